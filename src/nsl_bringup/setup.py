@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+PACKAGE = "nsl_bringup"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="NSL developers",
+    maintainer_email="nsl@example.com",
+    description="NSL node graphs (one description for launch files and the process runner), launch files, parameter files and the nsl command-line tool.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "nsl = nsl_bringup.cli:main",
+        ],
+    },
+)

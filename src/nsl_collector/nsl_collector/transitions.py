@@ -1,0 +1,74 @@
+"""QT-Opt transitions as flat arrays: what the dataset loader produces and the trainer consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Transitions:
+    """N transitions (s_t, a_t, r_t, s_{t+1}, done_t) from complete grasp episodes.
+
+    Observations are stored once per step; ``next_index`` points at the row holding s_{t+1}.
+    """
+
+    image: np.ndarray
+    """(N, H, W, 3) uint8 RGB observation s_t."""
+    state: np.ndarray
+    """(N, 3) float32 gripper state at s_t: closed (0/1), height (m), step fraction."""
+    action: np.ndarray
+    """(N, 6) float32 normalised action (nsl_policy.action_space)."""
+    reward: np.ndarray
+    """(N,) float32 reward: 1 on the last step of a successful episode, else 0."""
+    done: np.ndarray
+    """(N,) bool: the episode ended after this step (no bootstrap)."""
+    next_index: np.ndarray
+    """(N,) int64 row of s_{t+1}; equals the row itself when done."""
+    episode: np.ndarray
+    """(N,) int64 episode number within this set (0-based, in reading order)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.image)
+        for name in ("state", "action", "reward", "done", "next_index", "episode"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Transitions.{name} has {len(getattr(self, name))} rows, image has {n}")
+        if n and (self.next_index.min() < 0 or self.next_index.max() >= n):
+            raise ValueError("Transitions.next_index points outside the set")
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.episode.max()) + 1 if len(self) else 0
+
+    @property
+    def next_state(self) -> np.ndarray:
+        return self.state[self.next_index]
+
+    @property
+    def next_image(self) -> np.ndarray:
+        return self.image[self.next_index]
+
+    @staticmethod
+    def concatenate(parts: list["Transitions"]) -> "Transitions":
+        """One set from several; row and episode numbers are offset so they stay consistent."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise ValueError("no transitions to concatenate")
+        row_offset, episode_offset, next_index, episode = 0, 0, [], []
+        for p in parts:
+            next_index.append(p.next_index + row_offset)
+            episode.append(p.episode + episode_offset)
+            row_offset += len(p)
+            episode_offset += p.num_episodes
+        return Transitions(
+            image=np.concatenate([p.image for p in parts]),
+            state=np.concatenate([p.state for p in parts]),
+            action=np.concatenate([p.action for p in parts]),
+            reward=np.concatenate([p.reward for p in parts]),
+            done=np.concatenate([p.done for p in parts]),
+            next_index=np.concatenate(next_index),
+            episode=np.concatenate(episode),
+        )

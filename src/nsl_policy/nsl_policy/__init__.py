@@ -1,0 +1,1 @@
+"""QT-Opt Q-network, CEM action selection and checkpoint format (ROS-free) and the policy node that runs grasp episodes and hot-swaps checkpoints."""

@@ -1,0 +1,76 @@
+"""The QT-Opt action space: a normalised 6-vector the Q-function scores, and its physical meaning.
+
+Vector layout (every component in [-1, 1]):
+    0..2  Cartesian displacement x, y, z, scaled by ``max_translation`` (metres)
+    3     rotation about the vertical axis, scaled by ``max_rotation`` (radians)
+    4     close gripper when > 0
+    5     terminate the episode when > 0
+CEM searches this box; the arm receives the physical command.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTION_DIM = 6
+STATE_DIM = 3  # gripper closed (0/1), height above tray (m), step fraction
+
+
+@dataclass(frozen=True)
+class GraspCommand:
+    """A physical grasp step, as sent to the arm (nsl_msgs/GraspAction)."""
+
+    translation: tuple[float, float, float]
+    """Displacement in the tray frame, metres."""
+    rotation: float
+    """Rotation about the vertical axis, radians."""
+    close_gripper: bool
+    """Close the gripper now."""
+    terminate: bool
+    """End the episode: close, lift and report the outcome."""
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """Scales between the normalised action vector and physical commands."""
+
+    max_translation: float = 0.03
+    """Largest displacement per axis and step, metres."""
+    max_rotation: float = 0.25
+    """Largest rotation per step, radians."""
+
+    def __post_init__(self) -> None:
+        if not (self.max_translation > 0 and np.isfinite(self.max_translation)):
+            raise ValueError(f"max_translation must be a positive number, got {self.max_translation}")
+        if not (self.max_rotation > 0 and np.isfinite(self.max_rotation)):
+            raise ValueError(f"max_rotation must be a positive number, got {self.max_rotation}")
+
+    def to_command(self, vector: np.ndarray) -> GraspCommand:
+        """Physical command for a normalised vector (clipped to [-1, 1]; NaN is refused)."""
+        v = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if v.shape != (ACTION_DIM,):
+            raise ValueError(f"action vector must have {ACTION_DIM} components, got shape {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"action vector has non-finite components: {v.tolist()}")
+        v = np.clip(v, -1.0, 1.0)
+        return GraspCommand(
+            translation=tuple(float(x) * self.max_translation for x in v[:3]),
+            rotation=float(v[3]) * self.max_rotation,
+            close_gripper=bool(v[4] > 0.0),
+            terminate=bool(v[5] > 0.0),
+        )
+
+    def to_vector(self, command: GraspCommand) -> np.ndarray:
+        """Normalised vector of a physical command (the inverse of ``to_command`` up to the
+        gripper/terminate thresholds, which map to +1 / -1)."""
+        t = np.asarray(command.translation, dtype=np.float64) / self.max_translation
+        return np.clip(
+            np.array(
+                [t[0], t[1], t[2], command.rotation / self.max_rotation,
+                 1.0 if command.close_gripper else -1.0, 1.0 if command.terminate else -1.0],
+                dtype=np.float32,
+            ),
+            -1.0,
+            1.0,
+        )
