@@ -1,0 +1,6 @@
+"""`ros2 launch nsl_bringup sim_demo.launch.py [name:=value ...]`: the 'sim_demo' graph of nsl_bringup.graph."""
+from nsl_bringup.launch_description import generate
+
+
+def generate_launch_description():
+    return generate("sim_demo")

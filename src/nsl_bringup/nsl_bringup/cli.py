@@ -1,0 +1,112 @@
+"""The ``nsl`` command: start node graphs and run the simulated demo.
+
+  nsl up GRAPH [name:=value ...]     start a graph as processes (where ros2 launch is unavailable)
+  nsl graph GRAPH [name:=value ...]  print the nodes, parameters and command lines of a graph
+  nsl demo [--task T --episodes N]   the main job: collect, fine-tune, hot-swap, evaluate in sim
+  nsl checkpoint init PATH           write a randomly initialised Q-function checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        if ":=" not in item:
+            raise SystemExit(f"nsl: expected name:=value, got '{item}'")
+        name, value = item.split(":=", 1)
+        values[name] = value
+    return values
+
+
+def cmd_up(args) -> int:
+    from nsl_bringup.graph import resolve
+    from nsl_bringup.runner import GraphRunner, isolated_environment, run_until_interrupted
+
+    namespace, nodes = resolve(args.graph, parse_assignments(args.assignments))
+    env = isolated_environment(args.domain_id) if args.isolate or args.domain_id is not None else {}
+    if env:
+        print(f"[runner] isolated run: {env}", file=sys.stderr)
+    return run_until_interrupted(GraphRunner(nodes, namespace=namespace, env=env))
+
+
+def cmd_graph(args) -> int:
+    from nsl_bringup.graph import resolve
+    from nsl_bringup.runner import GraphRunner
+
+    namespace, nodes = resolve(args.graph, parse_assignments(args.assignments))
+    runner = GraphRunner(nodes, namespace=namespace)
+    commands = runner.commands()
+    out = {"graph": args.graph, "namespace": namespace, "nodes": [
+        {"name": n.name, "package": n.package, "executable": n.executable, "params_file": n.params_file,
+         "parameters": n.parameters, "remappings": [list(r) for r in n.remappings], "command": commands[n.name]} for n in nodes]}
+    print(yaml.safe_dump(out, sort_keys=False))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from nsl_bringup.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(task=args.task, episodes=args.episodes, finetune_steps=args.steps, epsilon=args.epsilon,
+                        seed=args.seed, output=args.output, checkpoint=args.checkpoint))
+    return 0
+
+
+def cmd_checkpoint_init(args) -> int:
+    from nsl_policy.checkpoint import init_checkpoint
+    from nsl_policy.model import QNetworkConfig
+
+    checkpoint_id = init_checkpoint(args.path, QNetworkConfig(image_size=args.image_size), seed=args.seed)
+    print(f"wrote {args.path} (checkpoint {checkpoint_id})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nsl", description="NSL: never-stop-learning grasping on ROS 2")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from nsl_bringup.graph import GRAPHS
+
+    for name, fn, help_ in (("up", cmd_up, "start a graph's nodes as processes"), ("graph", cmd_graph, "show a resolved graph")):
+        p = sub.add_parser(name, help=help_, description="graphs: " + "; ".join(f"{g.name}: {g.description}" for g in GRAPHS.values()))
+        p.add_argument("graph", choices=sorted(GRAPHS))
+        p.add_argument("assignments", nargs="*", metavar="name:=value", help="launch arguments")
+        p.set_defaults(fn=fn)
+        if name == "up":
+            p.add_argument("--isolate", action="store_true", help="own ROS_DOMAIN_ID and localhost-only discovery")
+            p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for an isolated run")
+    p = sub.add_parser("demo", help="the whole loop in simulation: collect, fine-tune, hot-swap, evaluate")
+    p.add_argument("--task", default="base", help="task to run and fine-tune on (default base)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes before and after fine-tuning (default 10)")
+    p.add_argument("--steps", type=int, default=50, help="fine-tuning gradient steps (default 50)")
+    p.add_argument("--epsilon", type=float, default=0.1, help="exploration while collecting (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="", help="run folder (default runs/demo-<time>)")
+    p.add_argument("--checkpoint", default="", help="start checkpoint (default: shipped base, else random init)")
+    p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("checkpoint", help="checkpoint tools")
+    csub = p.add_subparsers(dest="checkpoint_command", required=True)
+    c = csub.add_parser("init", help="write a randomly initialised checkpoint")
+    c.add_argument("path")
+    c.add_argument("--image-size", type=int, default=64)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(fn=cmd_checkpoint_init)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        print(f"nsl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A client node that drives and observes a running NSL graph (used by the demo and system tests).
+
+It spins in a background thread; the ``wait_*`` and ``call`` methods block the *calling* thread
+(never an executor callback) on conditions that the subscriptions signal.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from std_srvs.srv import Trigger
+
+from nsl_bringup import graph
+from nsl_msgs.msg import CheckpointInfo, EpisodeResult, TrainerStatus
+from nsl_msgs.srv import FineTune, LoadCheckpoint
+
+RECORD_QOS = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
+LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class LoopClient(Node):
+    def __init__(self, namespace: str = "", name: str = "nsl_client") -> None:
+        super().__init__(name, namespace=namespace or "/")
+        self._cond = threading.Condition()
+        self.results: list[EpisodeResult] = []
+        self.active_checkpoint: CheckpointInfo | None = None
+        self.trainer_status: TrainerStatus | None = None
+        self.create_subscription(EpisodeResult, graph.EPISODE_RESULTS_TOPIC, self._on_result, RECORD_QOS)
+        self.create_subscription(CheckpointInfo, graph.ACTIVE_CHECKPOINT_TOPIC, self._on_active, LATCHED_QOS)
+        self.create_subscription(TrainerStatus, graph.TRAINER_STATUS_TOPIC, self._on_status, LATCHED_QOS)
+        self.fine_tune_client = self.create_client(FineTune, graph.FINE_TUNE_SERVICE)
+        self.stop_session_client = self.create_client(Trigger, graph.STOP_SESSION_SERVICE)
+        self.load_checkpoint_client = self.create_client(LoadCheckpoint, graph.LOAD_CHECKPOINT_SERVICE)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self)
+        self._spinner = threading.Thread(target=self._executor.spin, daemon=True, name="client-spin")
+        self._spinner.start()
+
+    def _update(self, fn: Callable[[], None]) -> None:
+        with self._cond:
+            fn()
+            self._cond.notify_all()
+
+    def _on_result(self, msg: EpisodeResult) -> None:
+        self._update(lambda: self.results.append(msg))
+
+    def _on_active(self, msg: CheckpointInfo) -> None:
+        self._update(lambda: setattr(self, "active_checkpoint", msg))
+
+    def _on_status(self, msg: TrainerStatus) -> None:
+        self._update(lambda: setattr(self, "trainer_status", msg))
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout=timeout):
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def results_with(self, checkpoint_id: str, complete_only: bool = True) -> list[EpisodeResult]:
+        with self._cond:
+            return [r for r in self.results if r.checkpoint_id == checkpoint_id and (r.complete or not complete_only)]
+
+    def wait_for_episodes(self, checkpoint_id: str, count: int, timeout: float, progress: Callable[[int], None] | None = None) -> list[EpisodeResult]:
+        seen = [0]
+
+        def enough() -> bool:
+            n = len([r for r in self.results if r.checkpoint_id == checkpoint_id and r.complete])
+            if progress and n != seen[0]:
+                seen[0] = n
+                progress(n)
+            return n >= count
+
+        self.wait_until(enough, timeout, f"{count} episodes with checkpoint {checkpoint_id}")
+        return self.results_with(checkpoint_id)[:count]
+
+    def call(self, client, request, timeout: float = 30.0):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.srv_name} not available after {timeout:.0f} s")
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
+        return future.result()
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self._spinner.join(timeout=5)
+        self.destroy_node()
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def ensure_rclpy() -> None:
+    if not rclpy.ok():
+        rclpy.init()

@@ -1,0 +1,159 @@
+"""The main job: the whole NSL loop in simulation, from one command.
+
+Starts the sim_demo graph (sim, policy, collector, trainer as separate processes over ROS 2),
+lets the policy run episodes on the task while the collector records them, closes the session,
+asks the trainer to fine-tune on it through the ROS service, waits for the policy to hot-swap
+the new checkpoint, runs the same number of episodes again and prints a before/after table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nsl_bringup.graph import resolve
+from nsl_bringup.runner import GraphRunner, isolated_environment
+
+SHIPPED_BASE_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "base.safetensors"
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``nsl demo``."""
+
+    task: str = "base"
+    """Task the policy runs on (and is fine-tuned for)."""
+    episodes: int = 10
+    """Episodes before and after fine-tuning."""
+    finetune_steps: int = 50
+    """Gradient steps of the fine-tuning job."""
+    epsilon: float = 0.1
+    """Exploration while collecting."""
+    seed: int = 0
+    """Seed of the first episode."""
+    output: str = ""
+    """Run folder (default runs/demo-<time>)."""
+    checkpoint: str = ""
+    """Start checkpoint (default: the shipped base checkpoint, else a random initialisation)."""
+    timeout: float = 900.0
+    """Seconds any single phase may take."""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.finetune_steps < 1:
+            raise ValueError("episodes and finetune_steps must be >= 1")
+        if not 0 <= self.epsilon <= 1:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+
+
+def say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def start_checkpoint(config: DemoConfig, run_dir: Path) -> str:
+    if config.checkpoint:
+        return str(Path(config.checkpoint).resolve())
+    if SHIPPED_BASE_CHECKPOINT.is_file():
+        return str(SHIPPED_BASE_CHECKPOINT)
+    from nsl_policy.checkpoint import init_checkpoint
+    from nsl_policy.model import QNetworkConfig
+
+    path = run_dir / "checkpoints" / "random_init.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    init_checkpoint(str(path), QNetworkConfig(), seed=config.seed)
+    say(f"no shipped base checkpoint yet: starting from a random initialisation ({path})")
+    return str(path)
+
+
+def run_demo(config: DemoConfig) -> dict:
+    from nsl_bringup.client import LoopClient, ensure_rclpy, wilson_interval
+    from nsl_msgs.msg import TrainerStatus
+    from nsl_msgs.srv import FineTune
+    from std_srvs.srv import Trigger
+
+    t0 = time.monotonic()
+    run_dir = Path(config.output or f"runs/demo-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = start_checkpoint(config, run_dir)
+    namespace = "demo"
+    _, nodes = resolve("sim_demo", {
+        "namespace": namespace, "task": config.task, "checkpoint": checkpoint, "epsilon": str(config.epsilon),
+        "seed": str(config.seed), "dataset_root": str(run_dir / "datasets"), "checkpoint_dir": str(run_dir / "checkpoints"),
+    })
+    env = isolated_environment()
+    import os
+    os.environ.update(env)  # the client node joins the graph's isolated domain
+    log = open(run_dir / "nodes.log", "w")
+    say(f"run folder {run_dir}; node output in {run_dir / 'nodes.log'}")
+    runner = GraphRunner(nodes, namespace=namespace, env=env, output=log)
+    runner.start()
+    ensure_rclpy()
+    client = LoopClient(namespace=namespace)
+    try:
+        def guard(what: str):
+            died = runner.first_exit
+            if died is not None:
+                raise RuntimeError(f"{died.describe()} while {what}; see {run_dir / 'nodes.log'}")
+
+        say("waiting for the policy to load its checkpoint")
+        client.wait_until(lambda: client.active_checkpoint is not None or runner.first_exit is not None, 120, "the policy's checkpoint")
+        guard("starting")
+        before_id = client.active_checkpoint.checkpoint_id
+        say(f"policy runs checkpoint {before_id}; collecting {config.episodes} episodes on '{config.task}'")
+        before = client.wait_for_episodes(before_id, config.episodes, config.timeout,
+                                          progress=lambda n: say(f"  episode {n}/{config.episodes}"))
+        guard("collecting")
+        reply = client.call(client.stop_session_client, Trigger.Request())
+        if not reply.success:
+            raise RuntimeError(f"collector could not close the session: {reply.message}")
+        bag = reply.message
+        say(f"recorded session {bag}")
+        request = FineTune.Request(target_datasets=[bag], init_checkpoint=checkpoint, steps=config.finetune_steps)
+        reply = client.call(client.fine_tune_client, request)
+        if not reply.accepted:
+            raise RuntimeError(f"trainer refused the fine-tune request: {reply.message}")
+        job = reply.job_id
+        say(f"fine-tuning job {job}: {config.finetune_steps} steps (the robot keeps running meanwhile)")
+        last = [-1]
+
+        def job_done() -> bool:
+            s = client.trainer_status
+            if s is None or s.job_id != job or runner.first_exit is not None:
+                return runner.first_exit is not None
+            if s.step != last[0] and s.state == TrainerStatus.STATE_RUNNING:
+                last[0] = s.step
+                say(f"  step {s.step}/{s.total_steps} loss {s.loss:.4f}")
+            return s.state in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED, TrainerStatus.STATE_CANCELLED)
+
+        client.wait_until(job_done, config.timeout, f"fine-tuning job {job}")
+        guard("fine-tuning")
+        if client.trainer_status.state != TrainerStatus.STATE_SUCCEEDED:
+            raise RuntimeError(f"fine-tuning failed: {client.trainer_status.message}")
+        client.wait_until(lambda: client.active_checkpoint.checkpoint_id != before_id, 120, "the policy to swap in the new checkpoint")
+        after_id = client.active_checkpoint.checkpoint_id
+        say(f"policy hot-swapped to {after_id}; evaluating {config.episodes} episodes")
+        after = client.wait_for_episodes(after_id, config.episodes, config.timeout,
+                                         progress=lambda n: say(f"  episode {n}/{config.episodes}"))
+    finally:
+        client.close()
+        runner.stop()
+        log.close()
+
+    rows = []
+    for label, ckpt, results in (("before", before_id, before), ("after", after_id, after)):
+        wins = sum(r.success for r in results)
+        lo, hi = wilson_interval(wins, len(results))
+        rows.append({"phase": label, "checkpoint": ckpt, "episodes": len(results), "successes": wins,
+                     "success_rate": wins / len(results), "ci95": [lo, hi]})
+    summary = {"task": config.task, "rows": rows, "dataset": bag, "job_id": job, "wall_clock_s": time.monotonic() - t0}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print()
+    print(f"| phase  | checkpoint   | episodes | success | 95% CI        |")
+    print(f"|--------|--------------|----------|---------|---------------|")
+    for r in rows:
+        print(f"| {r['phase']:<6} | {r['checkpoint']:<12} | {r['episodes']:>8} | {r['success_rate']:>7.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] |")
+    print()
+    say(f"done in {summary['wall_clock_s']:.0f} s; summary in {run_dir / 'summary.json'}")
+    return summary

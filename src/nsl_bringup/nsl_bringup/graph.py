@@ -1,0 +1,145 @@
+"""The NSL node graphs, described once as data.
+
+Both starters read this module: the launch files (``ros2 launch nsl_bringup collect.launch.py``)
+turn a resolved graph into launch_ros ``Node`` actions, and the process runner (``nsl up``)
+starts the same nodes as processes with ``--ros-args``. A test checks they agree.
+
+Names inside a graph are relative, so every topic and service lands under the graph's
+namespace: several robots (or simulated robots) run side by side under different namespaces.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+# Topic and service names, relative to the graph's namespace.
+CAMERA_TOPIC = "camera/image_raw"
+ARM_RESET_SERVICE = "arm/reset_episode"
+ARM_STEP_SERVICE = "arm/execute_step"
+GRIPPER_STATE_TOPIC = "arm/gripper_state"
+STEP_RECORDS_TOPIC = "step_records"
+EPISODE_RESULTS_TOPIC = "episode_results"
+LOAD_CHECKPOINT_SERVICE = "policy/load_checkpoint"
+ACTIVE_CHECKPOINT_TOPIC = "policy/active_checkpoint"
+FINE_TUNE_SERVICE = "trainer/fine_tune"
+TRAINER_STATUS_TOPIC = "trainer/status"
+CHECKPOINT_ANNOUNCE_TOPIC = "trainer/checkpoints"
+STOP_SESSION_SERVICE = "collector/stop_session"
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """One launch argument (``name:=value`` on both starters)."""
+
+    name: str
+    default: str
+    description: str
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a resolved graph: what to start and with which parameters."""
+
+    name: str
+    """Node name (``__node``)."""
+    package: str
+    executable: str
+    """console_scripts entry of ``package`` (``ros2 run package executable``)."""
+    params_file: str
+    """File name in nsl_bringup's config/ (installed to share/nsl_bringup/config)."""
+    parameters: dict = field(default_factory=dict)
+    """Values that override the params file (from launch arguments)."""
+    remappings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A deployment: its launch arguments and how they select and parameterise nodes."""
+
+    name: str
+    description: str
+    arguments: tuple[LaunchArgument, ...]
+
+    def defaults(self) -> dict[str, str]:
+        return {a.name: a.default for a in self.arguments}
+
+    def check_arguments(self, values: dict[str, str]) -> dict[str, str]:
+        """Defaults merged with ``values``; unknown names and values outside ``choices`` are refused."""
+        known = {a.name: a for a in self.arguments}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"graph '{self.name}' has no argument(s) {unknown}; valid: {sorted(known)}")
+        merged = {**self.defaults(), **values}
+        for name, value in merged.items():
+            choices = known[name].choices
+            if choices and value not in choices:
+                raise ValueError(f"argument {name}:={value} is not one of {list(choices)}")
+        return merged
+
+
+def _bool(value: str) -> bool:
+    return value.lower() in ("true", "1", "yes")
+
+
+_COMMON_ARGS = (
+    LaunchArgument("namespace", "", "namespace of every node, topic and service (one per robot)"),
+)
+_COLLECT_ARGS = (
+    LaunchArgument("sim", "true", "true: the PyBullet sim node plays arm and camera; false: a real arm node and camera driver", ("true", "false")),
+    LaunchArgument("task", "base", "task (world variation) recorded with every episode; the sim also builds it"),
+    LaunchArgument("dataset_root", "datasets", "folder under which the collector writes <task>/<session> bags"),
+    LaunchArgument("checkpoint", "", "Q-function checkpoint the policy starts with (it does not move the arm without one)"),
+    LaunchArgument("epsilon", "0.1", "probability of a random exploration action per step"),
+    LaunchArgument("seed", "0", "seed of the first episode (episode k uses seed+k)"),
+    LaunchArgument("image_size", "64", "camera image size the sim renders"),
+    LaunchArgument("camera_topic", CAMERA_TOPIC, "image topic of the camera driver (robot) or sim"),
+)
+_TRAINER_ARGS = (
+    LaunchArgument("checkpoint_dir", "checkpoints", "folder where the trainer writes fine-tuned checkpoints"),
+    LaunchArgument("default_checkpoint", "", "checkpoint fine-tuning starts from when a request names none"),
+)
+
+GRAPHS: dict[str, Graph] = {
+    "collect": Graph("collect", "run grasp episodes with the policy and record them (sim or robot)", _COMMON_ARGS + _COLLECT_ARGS),
+    "finetune": Graph("finetune", "the trainer node with its fine-tune service", _COMMON_ARGS + _TRAINER_ARGS),
+    "sim_demo": Graph("sim_demo", "the whole loop in simulation: collect, fine-tune, hot-swap", _COMMON_ARGS + _COLLECT_ARGS + _TRAINER_ARGS),
+}
+
+
+def resolve(graph_name: str, arguments: dict[str, str] | None = None) -> tuple[str, list[NodeSpec]]:
+    """The namespace and the nodes of ``graph_name`` for the given launch argument values."""
+    if graph_name not in GRAPHS:
+        raise ValueError(f"unknown graph '{graph_name}'; valid: {sorted(GRAPHS)}")
+    graph = GRAPHS[graph_name]
+    args = graph.check_arguments(arguments or {})
+    nodes: list[NodeSpec] = []
+    if "sim" in args:
+        if _bool(args["sim"]):
+            nodes.append(NodeSpec("sim", "nsl_sim", "sim_node", "sim.yaml", {
+                "task": args["task"],
+                "image_size": int(args["image_size"]),
+            }, remappings=(("camera/image_raw", args["camera_topic"]),) if args["camera_topic"] != CAMERA_TOPIC else ()))
+        nodes.append(NodeSpec("policy", "nsl_policy", "policy_node", "policy.yaml", {
+            "checkpoint": args["checkpoint"],
+            "task": args["task"],
+            "epsilon": float(args["epsilon"]),
+            "seed": int(args["seed"]),
+        }, remappings=(("camera/image_raw", args["camera_topic"]),) if args["camera_topic"] != CAMERA_TOPIC else ()))
+        nodes.append(NodeSpec("collector", "nsl_collector", "collector_node", "collector.yaml", {
+            "dataset_root": args["dataset_root"],
+            "task": args["task"],
+            "robot": "sim" if _bool(args["sim"]) else "robot",
+        }))
+    if "checkpoint_dir" in args:
+        nodes.append(NodeSpec("trainer", "nsl_trainer", "trainer_node", "trainer.yaml", {
+            "checkpoint_dir": args["checkpoint_dir"],
+            "default_checkpoint": args["default_checkpoint"],
+        }))
+    return args["namespace"], nodes
+
+
+def config_dir() -> Path:
+    """Folder of the params YAML files (package data; also installed to share/nsl_bringup/config)."""
+    return Path(str(resources.files("nsl_bringup") / "config"))

@@ -1,0 +1,189 @@
+"""Start a node graph as separate processes with ``--ros-args``, where ROS 2 launch is not installed.
+
+The runner reads the same graph description as the launch files (nsl_bringup.graph). It prefixes
+every line a node prints with the node's name, forwards Ctrl-C/SIGTERM to all nodes, and stops
+the whole graph when one node dies, saying which one and how. ``isolate=True`` gives the run its
+own ROS_DOMAIN_ID and localhost-only discovery, so parallel runs (tests) do not cross-talk.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from nsl_bringup.graph import NodeSpec, config_dir
+
+
+def find_executable(package: str, executable: str) -> str:
+    """Path of a node executable: an ament install's lib/<package>/, else the venv's bin/."""
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        candidate = Path(prefix) / "lib" / package / executable
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    candidate = Path(sys.executable).parent / executable
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which(executable)
+    if found:
+        return found
+    raise FileNotFoundError(
+        f"executable '{executable}' of package '{package}' not found (looked in AMENT_PREFIX_PATH lib/{package}/, "
+        f"{Path(sys.executable).parent} and PATH); run the set-up (./nsl) or source your ROS workspace"
+    )
+
+
+def ros_args(spec: NodeSpec, namespace: str, overrides_file: Path) -> list[str]:
+    args = ["--ros-args", "-r", f"__node:={spec.name}"]
+    if namespace:
+        args += ["-r", f"__ns:={'/' + namespace.strip('/')}"]
+    args += ["--params-file", str(config_dir() / spec.params_file), "--params-file", str(overrides_file)]
+    for src, dst in spec.remappings:
+        args += ["-r", f"{src}:={dst}"]
+    return args
+
+
+def isolated_environment(domain_id: int | None = None) -> dict[str, str]:
+    """ROS variables that keep a run to this machine and its own DDS domain."""
+    if domain_id is None:
+        domain_id = 1 + os.getpid() % 100
+    if not 0 <= domain_id <= 101:
+        raise ValueError(f"ROS_DOMAIN_ID must be in 0..101, got {domain_id}")
+    return {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+
+
+@dataclass
+class NodeExit:
+    name: str
+    returncode: int
+
+    def describe(self) -> str:
+        if self.returncode < 0:
+            try:
+                how = f"killed by {signal.Signals(-self.returncode).name}"
+            except ValueError:
+                how = f"killed by signal {-self.returncode}"
+        else:
+            how = f"exited with code {self.returncode}"
+        return f"node '{self.name}' {how}"
+
+
+class GraphRunner:
+    """Runs the nodes of a resolved graph as child processes."""
+
+    def __init__(self, nodes: list[NodeSpec], namespace: str = "", env: dict[str, str] | None = None,
+                 output=None, cwd: str | Path | None = None):
+        self.nodes = nodes
+        self.namespace = namespace
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = str(cwd) if cwd else None
+        self.output = output or sys.stdout
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._pumps: list[threading.Thread] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="nsl-graph-")
+        self._exited = threading.Condition()
+        self._first_exit: NodeExit | None = None
+        self._stopping = False
+        self._interrupted = False
+        self._print_lock = threading.Lock()
+
+    def commands(self) -> dict[str, list[str]]:
+        """The command line of every node (written parameter override files included)."""
+        cmds = {}
+        for spec in self.nodes:
+            overrides = Path(self._tmp.name) / f"{spec.name}.overrides.yaml"
+            overrides.write_text(yaml.safe_dump({"/**": {"ros__parameters": spec.parameters}}))
+            cmds[spec.name] = [find_executable(spec.package, spec.executable), *ros_args(spec, self.namespace, overrides)]
+        return cmds
+
+    def start(self) -> None:
+        for name, cmd in self.commands().items():
+            proc = subprocess.Popen(cmd, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
+            self._procs[name] = proc
+            pump = threading.Thread(target=self._pump, args=(name, proc), daemon=True, name=f"output-{name}")
+            pump.start()
+            self._pumps.append(pump)
+
+    def _pump(self, name: str, proc: subprocess.Popen) -> None:
+        width = max(len(n) for n in self._procs) if self._procs else len(name)
+        for line in proc.stdout:
+            with self._print_lock:
+                self.output.write(f"[{name:<{width}}] {line}")
+                self.output.flush()
+        proc.wait()
+        with self._exited:
+            if self._first_exit is None and not self._stopping:
+                self._first_exit = NodeExit(name, proc.returncode)
+            self._exited.notify_all()
+
+    def wait(self, timeout: float | None = None) -> NodeExit | None:
+        """Block until a node exits (returns it), ``interrupt()`` is called or ``timeout`` passes."""
+        with self._exited:
+            self._exited.wait_for(lambda: self._first_exit is not None or self._interrupted, timeout=timeout)
+            return self._first_exit
+
+    def interrupt(self) -> None:
+        """Wake ``wait()`` (safe from a signal handler's thread)."""
+        with self._exited:
+            self._interrupted = True
+            self._exited.notify_all()
+
+    @property
+    def first_exit(self) -> NodeExit | None:
+        return self._first_exit
+
+    def pid(self, name: str) -> int:
+        return self._procs[name].pid
+
+    def stop(self, grace: float = 10.0) -> dict[str, int]:
+        """SIGINT every node, SIGKILL what is still running after ``grace`` seconds; exit codes."""
+        with self._exited:
+            self._stopping = True
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        codes = {}
+        for name, proc in self._procs.items():
+            try:
+                codes[name] = proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                codes[name] = proc.wait()
+                with self._print_lock:
+                    self.output.write(f"[runner] node '{name}' did not stop within {grace:.0f} s; killed\n")
+        for pump in self._pumps:
+            pump.join(timeout=2)
+        self._tmp.cleanup()
+        return codes
+
+    def __enter__(self) -> "GraphRunner":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_until_interrupted(runner: GraphRunner) -> int:
+    """Run a graph in the foreground: Ctrl-C/SIGTERM stop it cleanly; a dying node stops the rest."""
+    old = {s: signal.signal(s, lambda *_: runner.interrupt()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        runner.start()
+        died = runner.wait()
+        if died is not None:
+            print(f"[runner] {died.describe()}; stopping the graph", file=sys.stderr, flush=True)
+        else:
+            print("[runner] interrupted; stopping the graph", file=sys.stderr, flush=True)
+        runner.stop()
+        return 1 if died is not None else 0
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -1,0 +1,182 @@
+"""The QT-Opt grasping Q-network (after tensor2robot's qtopt grasping model, scaled down).
+
+Q(image, gripper state, action) -> logit; ``sigmoid(logit)`` is the predicted probability that
+the grasp succeeds.
+
+Layout (``c`` = ``QNetworkConfig.width``)::
+
+    image (B,3,S,S) in [0,1]
+      -> conv 5x5 stride 2, c                                       (trunk, "encode")
+      -> [maxpool 2 -> conv 3x3, c] until the map is <= feature_size
+      -> trunk_depth x conv 3x3, c
+    [action (6) ++ gripper state (3)] -> MLP -> c-vector
+    trunk features + action embedding (broadcast over the map)      ("score")
+      -> head_depth x conv 3x3, c -> adaptive max pool 2x2 -> FC fc_width x2 -> 1 logit
+
+The trunk only depends on the image, so ``encode`` runs once per observation and ``score``
+re-uses its output for all N action samples of CEM (the features are broadcast, not
+recomputed). Convolutions run in ``torch.channels_last`` memory format: on CPUs this is several
+times faster than NCHW for this network.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .action_space import ACTION_DIM, STATE_DIM
+
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 472
+
+
+@dataclass(frozen=True)
+class QNetworkConfig:
+    """Architecture of a ``QNetwork``. Checkpoints store it; a checkpoint only loads into a
+    network with the same config."""
+
+    image_size: int = 64
+    """Side of the square RGB input image, pixels (32..472)."""
+    width: int = 32
+    """Channels of every convolution and of the action embedding (4..256)."""
+    trunk_depth: int = 1
+    """3x3 convolutions on the image features before the action is merged in (0..8)."""
+    head_depth: int = 2
+    """3x3 convolutions after the action is merged in (1..8)."""
+    feature_size: int = 8
+    """The trunk max-pools until its feature map is at most this many cells wide (2..64)."""
+    embed_width: int = 64
+    """Hidden units of the action/state embedding MLP (4..1024)."""
+    fc_width: int = 64
+    """Units of each of the two fully connected layers before the output (4..1024)."""
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, lo: int, hi: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"QNetworkConfig.{name} must be an integer, got {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"QNetworkConfig.{name} must be in [{lo}, {hi}], got {value}")
+
+        check_int("image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        check_int("width", 4, 256)
+        check_int("trunk_depth", 0, 8)
+        check_int("head_depth", 1, 8)
+        check_int("feature_size", 2, 64)
+        check_int("embed_width", 4, 1024)
+        check_int("fc_width", 4, 1024)
+
+    @property
+    def trunk_stages(self) -> int:
+        """Number of max-pool stages after the stride-2 stem convolution."""
+        return max(0, math.ceil(math.log2((self.image_size / 2) / self.feature_size)))
+
+    @property
+    def feature_map_size(self) -> int:
+        """Side of the trunk's output feature map."""
+        size = (self.image_size + 2 * 2 - 5) // 2 + 1  # stem conv 5x5 stride 2 pad 2
+        for _ in range(self.trunk_stages):
+            size = (size + 1) // 2  # maxpool 2, ceil_mode
+        return size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QNetworkConfig":
+        """Config from a dict; unknown keys are an error (a newer format, or a typo)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"model config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QNetworkConfig fields: {unknown}")
+        return cls(**data)
+
+    def differences(self, other: "QNetworkConfig") -> dict[str, tuple[Any, Any]]:
+        """``{field: (self value, other value)}`` for every field that differs."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+class QNetwork(nn.Module):
+    """QT-Opt Q-function. See the module docstring for the layout."""
+
+    def __init__(self, config: QNetworkConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or QNetworkConfig()
+        c = self.config
+        trunk: list[nn.Module] = [_conv(3, c.width, 5, stride=2), nn.ReLU(inplace=True)]
+        for _ in range(c.trunk_stages):
+            trunk += [nn.MaxPool2d(2, ceil_mode=True), _conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+        for _ in range(c.trunk_depth):
+            trunk += [_conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+        self.trunk = nn.Sequential(*trunk)
+        self.embed = nn.Sequential(
+            nn.Linear(ACTION_DIM + STATE_DIM, c.embed_width),
+            nn.ReLU(inplace=True),
+            nn.Linear(c.embed_width, c.width),
+        )
+        head: list[nn.Module] = []
+        for _ in range(c.head_depth):
+            head += [_conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+        head += [nn.AdaptiveMaxPool2d(2), nn.Flatten()]
+        self.head = nn.Sequential(*head)
+        self.fc = nn.Sequential(
+            nn.Linear(c.width * 4, c.fc_width),
+            nn.ReLU(inplace=True),
+            nn.Linear(c.fc_width, c.fc_width),
+            nn.ReLU(inplace=True),
+            nn.Linear(c.fc_width, 1),
+        )
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Trunk features (B, C, h, w), channels_last, of float images (B, 3, S, S) in [0, 1]."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        s = self.config.image_size
+        if images.shape[2] != s or images.shape[3] != s:
+            raise ValueError(f"images must be {s}x{s} (the network's image_size), got {images.shape[2]}x{images.shape[3]}")
+        return self.trunk(images.contiguous(memory_format=torch.channels_last))
+
+    def score(self, features: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N) of N actions (B, N, 6) per observation, from ``encode``'s features
+        (B, C, h, w) and the gripper state (B, 3). The features are broadcast over N."""
+        if actions.dim() != 3 or actions.shape[2] != ACTION_DIM:
+            raise ValueError(f"actions must be (B, N, {ACTION_DIM}), got {tuple(actions.shape)}")
+        b, n, _ = actions.shape
+        if features.shape[0] != b or state.shape != (b, STATE_DIM):
+            raise ValueError(
+                f"batch mismatch: features {tuple(features.shape)}, state {tuple(state.shape)}, actions {tuple(actions.shape)}")
+        x = torch.cat([actions, state.to(actions.dtype).unsqueeze(1).expand(b, n, STATE_DIM)], dim=2)
+        emb = self.embed(x)  # (B, N, C)
+        # NHWC view of the (channels_last) features; broadcast-add the embedding over the map.
+        f = features.permute(0, 2, 3, 1)  # (B, h, w, C)
+        merged = f.unsqueeze(1) + emb[:, :, None, None, :]  # (B, N, h, w, C), one allocation
+        h, w, c = f.shape[1:]
+        merged = merged.reshape(b * n, h, w, c).permute(0, 3, 1, 2)  # NCHW view, channels_last memory
+        out = self.fc(self.head(merged))
+        return out.reshape(b, n)
+
+    def forward(self, images: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) of one action (B, 6) per image (B, 3, S, S) and gripper state (B, 3)."""
+        if actions.dim() != 2:
+            raise ValueError(f"actions must be (B, {ACTION_DIM}), got {tuple(actions.shape)}")
+        return self.score(self.encode(images), state, actions.unsqueeze(1)).squeeze(1)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,130 @@
+"""ROS 2 node: the PyBullet grasping world standing in for the Kuka arm and its camera.
+
+Serves the arm interface (``arm/reset_episode``, ``arm/execute_step``), publishes the camera
+image (``camera/image_raw``) after every reset and step (and optionally at ``camera_rate``) and
+the gripper state. Bad requests (unknown task, NaN action) get a clear error reply; the node
+keeps serving.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from nsl_msgs.msg import GripperState
+from nsl_msgs.srv import ExecuteStep, ResetEpisode
+from nsl_sim.env import GraspEnv, Observation, SimConfig
+
+# The camera publishes reliably with a short queue: one frame per step is what the policy needs,
+# and a late frame is useless. Best-effort subscribers (any camera client) are compatible.
+CAMERA_QOS = QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE)
+STATE_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class SimNode(Node):
+    def __init__(self) -> None:
+        super().__init__("sim")
+        self.declare_parameter("task", "base", ParameterDescriptor(description="world variation the sim builds until a reset names another"))
+        self.declare_parameter("image_size", 64, ParameterDescriptor(description="camera image width = height, pixels (32..472)"))
+        self.declare_parameter("num_objects", 3, ParameterDescriptor(description="objects dropped in the tray per episode"))
+        self.declare_parameter("max_steps", 10, ParameterDescriptor(description="control steps before the forced close-and-lift"))
+        self.declare_parameter("camera_rate", 0.0, ParameterDescriptor(description="Hz of extra camera frames between steps; 0: a frame after each reset and step only"))
+        self.declare_parameter("object_split", "train", ParameterDescriptor(description="object set: train or test (held-out objects)"))
+        p = self.get_parameter
+        config = SimConfig(image_size=p("image_size").value, num_objects=p("num_objects").value,
+                           max_steps=p("max_steps").value, object_split=p("object_split").value)
+        self.env = GraspEnv(config, task=p("task").value)  # raises a clear error on a bad task/config
+        self.frame_id = self.get_namespace().strip("/") or "sim"
+        self.observation: Observation | None = None
+
+        self.image_pub = self.create_publisher(Image, "camera/image_raw", CAMERA_QOS)
+        self.state_pub = self.create_publisher(GripperState, "arm/gripper_state", STATE_QOS)
+        self.create_service(ResetEpisode, "arm/reset_episode", self.on_reset)
+        self.create_service(ExecuteStep, "arm/execute_step", self.on_step)
+        rate = p("camera_rate").value
+        if rate < 0:
+            raise ValueError(f"camera_rate must be >= 0 Hz, got {rate}")
+        if rate > 0:
+            self.create_timer(1.0 / rate, self.publish_observation)
+        self.get_logger().info(f"sim ready: task={self.env.task} image={config.image_size}px objects={config.num_objects}")
+
+    def gripper_state(self) -> GripperState:
+        obs = self.observation
+        if obs is None:
+            return GripperState()
+        return GripperState(closed=bool(obs.gripper_closed), height=float(obs.height), step_fraction=float(obs.step_fraction))
+
+    def publish_observation(self) -> None:
+        if self.observation is None:
+            return
+        img = np.ascontiguousarray(self.observation.image, dtype=np.uint8)
+        msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", is_bigendian=0, step=img.shape[1] * 3)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        msg.data = img.tobytes()  # bytes, not an ndarray: 60x faster (docs/platform.md)
+        self.image_pub.publish(msg)
+        self.state_pub.publish(self.gripper_state())
+
+    def on_reset(self, request: ResetEpisode.Request, response: ResetEpisode.Response) -> ResetEpisode.Response:
+        try:
+            self.observation = self.env.reset(seed=int(request.seed), task=request.task or None)
+        except (ValueError, FileNotFoundError) as exc:
+            response.success, response.message = False, f"reset refused: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        self.publish_observation()
+        response.success, response.gripper_state = True, self.gripper_state()
+        return response
+
+    def on_step(self, request: ExecuteStep.Request, response: ExecuteStep.Response) -> ExecuteStep.Response:
+        action = request.action
+        values = [*action.translation, action.rotation]
+        if self.observation is None:
+            response.success, response.message = False, "no episode: call arm/reset_episode first"
+            return response
+        if not all(math.isfinite(v) for v in values):
+            response.success, response.message = False, f"step refused: non-finite action {values}"
+            self.get_logger().error(response.message)
+            return response
+        try:
+            result = self.env.step(tuple(float(v) for v in action.translation), float(action.rotation),
+                                   bool(action.close_gripper), bool(action.terminate))
+        except ValueError as exc:
+            response.success, response.message = False, f"step refused: {exc}"
+            return response
+        self.observation = result.observation
+        self.publish_observation()
+        response.success, response.gripper_state = True, self.gripper_state()
+        response.done, response.grasp_success = bool(result.done), bool(result.grasp_success)
+        return response
+
+    def destroy_node(self) -> None:
+        self.env.close()
+        super().destroy_node()
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"sim_node: {exc}", flush=True)
+        raise SystemExit(2)
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Named challenge tasks (world variations) for the grasping simulator.
+
+The "Never Stop Learning" paper (Julian et al., CoRL 2020) fine-tunes a pre-trained
+grasping policy to a set of challenge variations. This module describes every variation as
+one generic, documented :class:`TaskConfig` of knobs (surface texture, lighting, gripper
+geometry, object appearance, camera pose). :class:`nsl_sim.env.GraspEnv` applies them.
+
+Named tasks (``TASKS``):
+
+``base``
+    The nominal world.
+``checkerboard``
+    Black/white checkerboard texture on the tray and table (generated with numpy and cached
+    as a PNG file in a temp folder, nothing binary is committed).
+``harsh_light``
+    Low, warm, strong directional light with hard shadows and strong specular highlights.
+``extend_gripper_1cm``
+    Finger tips 1 cm longer (a modified copy of the Kuka SDF is written to a cache folder).
+    The arm controller does not know: the fingers hit things 1 cm earlier than expected.
+``offset_gripper_10cm``
+    The whole gripper (palm and fingers) sits 10 cm to the side of the wrist, where the
+    controller thinks it is (modified SDF copy). Commands and the reported height keep the
+    nominal geometry, so the gripper lands 10 cm off target.
+``transparent_objects``
+    Objects are see-through (alpha 0.25). TinyRenderer ignores alpha, so the env blends a
+    background render (tray without objects, arm moved out of view, taken once per episode)
+    into the object pixels of the segmentation mask.
+
+``severity`` scales every knob between the nominal world (0.0) and the full variation (1.0);
+values above 1.0 exaggerate it. :meth:`TaskConfig.effective` returns the scaled values.
+
+User-defined variations load from YAML with :func:`load_task_yaml`, e.g.::
+
+    name: dim_checker
+    texture: checkerboard
+    checker_squares: 12
+    light_color: [0.6, 0.6, 0.7]
+    severity: 0.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+__all__ = ["TaskConfig", "TASKS", "get_task", "load_task_yaml", "task_from_dict"]
+
+Vec3 = tuple[float, float, float]
+
+
+# ---------------------------------------------------------------------------------------
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _as_tuple(v: Any) -> tuple:
+    if isinstance(v, (list, tuple)):
+        return tuple(_as_tuple(x) if isinstance(x, (list, tuple)) else x for x in v)
+    raise ValueError(f"expected a sequence, got {v!r}")
+
+
+def _vec3(v: Any, field_name: str, lo: float = -math.inf, hi: float = math.inf) -> Vec3:
+    try:
+        t = tuple(v)
+    except TypeError:
+        raise ValueError(f"TaskConfig.{field_name}: must be 3 numbers, got {v!r}") from None
+    if len(t) != 3 or not all(_finite(x) for x in t):
+        raise ValueError(f"TaskConfig.{field_name}: must be 3 finite numbers, got {v!r}")
+    if not all(lo <= x <= hi for x in t):
+        raise ValueError(f"TaskConfig.{field_name}: values must be in {lo}..{hi}, got {v!r}")
+    return tuple(float(x) for x in t)  # type: ignore[return-value]
+
+
+def _lists(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _lists(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_lists(x) for x in v]
+    return v
+
+#: Nominal light used by every task unless overridden (TinyRenderer's own defaults are
+#: implicit; we pass explicit values so that the nominal look is pinned down).
+NOMINAL_LIGHT_DIRECTION: Vec3 = (0.3, 0.2, 1.0)
+NOMINAL_LIGHT_COLOR: Vec3 = (1.0, 1.0, 1.0)
+NOMINAL_AMBIENT = 0.6
+NOMINAL_DIFFUSE = 0.35
+NOMINAL_SPECULAR = 0.05
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One world variation. Every field is a knob; the defaults are the nominal world."""
+
+    name: str = "base"
+    """Task name (used for dataset folders and logs)."""
+
+    severity: float = 1.0
+    """Scales all deviations from the nominal world: 0 = nominal, 1 = the full variation."""
+
+    # --- surface texture -------------------------------------------------------------
+    texture: str = "none"
+    """Texture of the tray and table: ``"none"`` (stock look) or ``"checkerboard"``."""
+    checker_squares: int = 8
+    """Number of checker squares along one side of the texture image."""
+    checker_colors: tuple[Vec3, Vec3] = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    """RGB colours (0..1) of the two kinds of squares. Severity blends them toward grey."""
+
+    # --- lighting (passed to getCameraImage) ----------------------------------------
+    light_direction: Vec3 = NOMINAL_LIGHT_DIRECTION
+    """Direction towards the light, world frame."""
+    light_color: Vec3 = NOMINAL_LIGHT_COLOR
+    """Light colour, RGB 0..1."""
+    light_ambient: float = NOMINAL_AMBIENT
+    """Ambient coefficient."""
+    light_diffuse: float = NOMINAL_DIFFUSE
+    """Diffuse coefficient."""
+    light_specular: float = NOMINAL_SPECULAR
+    """Specular coefficient."""
+    shadows: bool = False
+    """Render hard shadows (only when severity > 0)."""
+
+    # --- gripper geometry (modified SDF copy) ---------------------------------------
+    finger_extension: float = 0.0
+    """Extra length of both finger tips (m), along the gripper axis."""
+    gripper_offset: Vec3 = (0.0, 0.0, 0.0)
+    """Displacement of the whole gripper from the wrist (m), in the wrist frame
+    (x, y lateral, z along the gripper axis). The controller does not know about it."""
+
+    # --- objects --------------------------------------------------------------------
+    object_alpha: float = 1.0
+    """Object opacity 0..1 (1 = opaque); <1 blends the background into object pixels."""
+    object_scale: float = 1.0
+    """Uniform scale factor of the objects (changes their physics too)."""
+
+    # --- camera ---------------------------------------------------------------------
+    camera_offset: Vec3 = (0.0, 0.0, 0.0)
+    """Shift of the camera eye (m, tray frame); the camera keeps looking at the tray."""
+    camera_noise: float = 0.0
+    """Std. dev. (m) of a per-episode random shift of the eye, drawn from the reset seed."""
+
+    def __post_init__(self) -> None:
+        def bad(field_name: str, why: str) -> ValueError:
+            return ValueError(f"TaskConfig.{field_name}: {why}")
+
+        if not isinstance(self.name, str) or not self.name:
+            raise bad("name", "must be a non-empty string")
+        if not _finite(self.severity) or self.severity < 0:
+            raise bad("severity", f"must be a finite number >= 0, got {self.severity!r}")
+        if self.texture not in ("none", "checkerboard"):
+            raise bad("texture", f"must be 'none' or 'checkerboard', got {self.texture!r}")
+        if not isinstance(self.checker_squares, int) or not 1 <= self.checker_squares <= 256:
+            raise bad("checker_squares", f"must be an int in 1..256, got {self.checker_squares!r}")
+        cc = _as_tuple(self.checker_colors)
+        if len(cc) != 2:
+            raise bad("checker_colors", "must be two RGB triples")
+        object.__setattr__(
+            self, "checker_colors", tuple(_vec3(c, "checker_colors", 0.0, 1.0) for c in cc)
+        )
+        object.__setattr__(self, "light_direction", _vec3(self.light_direction, "light_direction"))
+        if all(v == 0 for v in self.light_direction):
+            raise bad("light_direction", "must not be the zero vector")
+        object.__setattr__(self, "light_color", _vec3(self.light_color, "light_color", 0.0, 10.0))
+        for f in ("light_ambient", "light_diffuse", "light_specular"):
+            v = getattr(self, f)
+            if not _finite(v) or not 0.0 <= v <= 10.0:
+                raise bad(f, f"must be a number in 0..10, got {v!r}")
+        if not isinstance(self.shadows, bool):
+            raise bad("shadows", f"must be a bool, got {self.shadows!r}")
+        if not _finite(self.finger_extension) or not -0.02 <= self.finger_extension <= 0.05:
+            raise bad("finger_extension", f"must be in -0.02..0.05 m, got {self.finger_extension!r}")
+        object.__setattr__(self, "gripper_offset", _vec3(self.gripper_offset, "gripper_offset", -0.2, 0.2))
+        if not _finite(self.object_alpha) or not 0.0 <= self.object_alpha <= 1.0:
+            raise bad("object_alpha", f"must be in 0..1, got {self.object_alpha!r}")
+        if not _finite(self.object_scale) or not 0.3 <= self.object_scale <= 2.0:
+            raise bad("object_scale", f"must be in 0.3..2.0, got {self.object_scale!r}")
+        object.__setattr__(self, "camera_offset", _vec3(self.camera_offset, "camera_offset", -0.5, 0.5))
+        if not _finite(self.camera_noise) or not 0.0 <= self.camera_noise <= 0.2:
+            raise bad("camera_noise", f"must be in 0..0.2 m, got {self.camera_noise!r}")
+
+    # ------------------------------------------------------------------------------
+    def effective(self) -> "EffectiveTask":
+        """The knob values after applying ``severity`` (linear blend from nominal)."""
+        s = float(self.severity)
+        base = TaskConfig()
+
+        def lerp(a: float, b: float) -> float:
+            return a + s * (b - a)
+
+        def lerp3(a: Vec3, b: Vec3) -> Vec3:
+            return tuple(lerp(x, y) for x, y in zip(a, b))  # type: ignore[return-value]
+
+        grey = (0.5, 0.5, 0.5)
+        colors = tuple(lerp3(grey, c) for c in self.checker_colors)
+        colors = tuple(tuple(min(1.0, max(0.0, v)) for v in c) for c in colors)
+        return EffectiveTask(
+            texture=self.texture if s > 0 else "none",
+            checker_squares=self.checker_squares,
+            checker_colors=colors,  # type: ignore[arg-type]
+            light_direction=lerp3(base.light_direction, self.light_direction),
+            light_color=tuple(max(0.0, v) for v in lerp3(base.light_color, self.light_color)),  # type: ignore[arg-type]
+            light_ambient=max(0.0, lerp(base.light_ambient, self.light_ambient)),
+            light_diffuse=max(0.0, lerp(base.light_diffuse, self.light_diffuse)),
+            light_specular=max(0.0, lerp(base.light_specular, self.light_specular)),
+            shadows=self.shadows and s > 0,
+            finger_extension=s * self.finger_extension,
+            gripper_offset=tuple(s * v for v in self.gripper_offset),  # type: ignore[arg-type]
+            object_alpha=min(1.0, max(0.0, lerp(1.0, self.object_alpha))),
+            object_scale=max(0.3, lerp(1.0, self.object_scale)),
+            camera_offset=tuple(s * v for v in self.camera_offset),  # type: ignore[arg-type]
+            camera_noise=s * self.camera_noise,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (lists instead of tuples), suitable for YAML/JSON."""
+        d = dataclasses.asdict(self)
+        return _lists(d)
+
+
+@dataclass(frozen=True)
+class EffectiveTask:
+    """Knob values after ``severity`` was applied (see :meth:`TaskConfig.effective`)."""
+
+    texture: str
+    checker_squares: int
+    checker_colors: tuple[Vec3, Vec3]
+    light_direction: Vec3
+    light_color: Vec3
+    light_ambient: float
+    light_diffuse: float
+    light_specular: float
+    shadows: bool
+    finger_extension: float
+    gripper_offset: Vec3
+    object_alpha: float
+    object_scale: float
+    camera_offset: Vec3
+    camera_noise: float
+
+    @property
+    def gripper_key(self) -> tuple[float, float, float, float]:
+        """Identifies the gripper geometry (the robot is reloaded when it changes)."""
+        return (round(self.finger_extension, 6),) + tuple(round(v, 6) for v in self.gripper_offset)  # type: ignore[return-value]
+
+
+TASKS: dict[str, TaskConfig] = {
+    "base": TaskConfig(name="base"),
+    "checkerboard": TaskConfig(name="checkerboard", texture="checkerboard", checker_squares=8),
+    "harsh_light": TaskConfig(
+        name="harsh_light",
+        light_direction=(-1.0, 0.6, 0.35),
+        light_color=(1.0, 0.8, 0.55),
+        light_ambient=0.15,
+        light_diffuse=1.2,
+        light_specular=0.8,
+        shadows=True,
+    ),
+    "extend_gripper_1cm": TaskConfig(name="extend_gripper_1cm", finger_extension=0.01),
+    "offset_gripper_10cm": TaskConfig(name="offset_gripper_10cm", gripper_offset=(0.1, 0.0, 0.0)),
+    "transparent_objects": TaskConfig(name="transparent_objects", object_alpha=0.25),
+}
+
+
+def get_task(name: str | TaskConfig) -> TaskConfig:
+    """Return the named task (a :class:`TaskConfig` passes through unchanged).
+
+    Raises ValueError listing the valid names for an unknown name.
+    """
+    if isinstance(name, TaskConfig):
+        return name
+    try:
+        return TASKS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}"
+        ) from None
+
+
+def task_from_dict(data: Mapping[str, Any], source: str = "task") -> TaskConfig:
+    """Build a TaskConfig from a mapping. Unknown keys raise ValueError naming them.
+
+    A key ``base`` names a task in ``TASKS`` whose values are the starting point.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: expected a mapping of TaskConfig fields, got {type(data).__name__}")
+    data = dict(data)
+    start = get_task(data.pop("base", "base"))
+    valid = {f.name for f in dataclasses.fields(TaskConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown TaskConfig key(s) {unknown}; valid keys: {sorted(valid | {'base'})}"
+        )
+    kwargs = dataclasses.asdict(start)
+    kwargs.update(data)
+    if "checker_colors" in kwargs:
+        kwargs["checker_colors"] = _as_tuple(kwargs["checker_colors"])
+    try:
+        return TaskConfig(**kwargs)
+    except TypeError as exc:  # pragma: no cover - defensive
+        raise ValueError(f"{source}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def load_task_yaml(path: str) -> TaskConfig:
+    """Load a user-defined variation from a YAML file of TaskConfig fields.
+
+    The file may also hold the fields under a top-level ``task:`` key.
+    """
+    import yaml
+
+    with open(path, "r", encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if isinstance(data, Mapping) and set(data) == {"task"}:
+        data = data["task"]
+    return task_from_dict(data, source=str(path))

@@ -1,0 +1,420 @@
+"""Offline QT-Opt (Kalashnikov et al. 2018) as used by "Never Stop Learning" (Julian et al. 2020).
+
+One update step:
+  1. sample a batch: each element comes from the target-task data with probability
+     ``target_fraction`` and from the base data otherwise (fine-tuning uses 0.5);
+  2. a* = argmax_a' Q_targ1(s', a') by CEM (or the best of N uniform samples) on target network 1;
+  3. y = r + discount * (1 - done) * min(sigmoid Q_targ1(s', a*), sigmoid Q_targ2(s', a*))
+     (clipped double Q-learning; Q_targ1 is a Polyak average of the online network, Q_targ2 a
+     lagged copy of Q_targ1 refreshed every ``target2_lag`` steps);
+  4. loss = binary cross-entropy of sigmoid Q(s, a) against y; one Adam step.
+Images are augmented (random shift via crop-of-padding, brightness/contrast) on the fly.
+Fine-tuning = the same algorithm started from a pre-trained checkpoint, at
+``finetune_lr_scale`` x the pre-training learning rate (paper: 1e-4 = 25% of pre-training).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nsl_collector.transitions import Transitions
+from nsl_policy.action_space import ACTION_DIM, STATE_DIM
+from nsl_policy.cem import CEMConfig, cem_maximize
+from nsl_policy.image import resize_batch
+from nsl_policy.model import QNetwork, QNetworkConfig, default_device
+
+ProgressFn = Callable[[int, dict], Any]
+
+
+@dataclass(frozen=True)
+class QTOptConfig:
+    """Hyper-parameters of offline QT-Opt."""
+
+    batch_size: int = 64
+    """Transitions per gradient step."""
+    learning_rate: float = 1e-3
+    """Adam learning rate for pre-training / training from scratch."""
+    finetune_lr_scale: float = 0.25
+    """Fine-tuning uses learning_rate x this (paper: 1e-4, 25% of pre-training)."""
+    discount: float = 0.9
+    """Discount gamma of the Bellman target (QT-Opt: 0.9)."""
+    polyak: float = 0.995
+    """Target network 1 <- polyak * target 1 + (1 - polyak) * online network, every step."""
+    target2_lag: int = 100
+    """Target network 2 is a copy of target network 1 refreshed every this many steps."""
+    target_action: str = "cem"
+    """How a* = argmax_a' Q_targ1(s', a') is found: "cem" (target_cem) or "random" (best of
+    target_samples uniform actions)."""
+    target_samples: int = 64
+    """Uniform samples per next state when target_action == "random"."""
+    target_cem: CEMConfig = field(default_factory=lambda: CEMConfig(population=16, elites=4, iterations=2))
+    """CEM for the Bellman target. QT-Opt uses 64 x 2 on dedicated Bellman-updater machines; the
+    default here is 16 x 2 so a CPU step stays fast. Set CEMConfig() for the paper's values."""
+    augment: bool = True
+    """Random-shift and photometric augmentation of s and s' (independently)."""
+    crop_pad: int = 4
+    """Random shift: pad by this many pixels (edge replicate) and crop back (0 = off)."""
+    brightness: float = 0.1
+    """Photometric: add U(-b, b) to all pixels (images in [0, 1])."""
+    contrast: float = 0.1
+    """Photometric: scale deviations from the image mean by U(1 - c, 1 + c)."""
+    grad_clip: float = 10.0
+    """Clip the gradient's global norm to this (0 = off)."""
+    seed: int = 0
+    """Seeds batch sampling, augmentation and the target-action search."""
+
+    def __post_init__(self) -> None:
+        def check(name: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"QTOptConfig.{name} must be {what}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        check("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "a positive integer")
+        check("learning_rate", is_num(self.learning_rate) and self.learning_rate > 0, "a positive number")
+        check("finetune_lr_scale", is_num(self.finetune_lr_scale) and self.finetune_lr_scale > 0, "a positive number")
+        check("discount", is_num(self.discount) and 0 <= self.discount < 1, "in [0, 1)")
+        check("polyak", is_num(self.polyak) and 0 <= self.polyak < 1, "in [0, 1)")
+        check("target2_lag", is_int(self.target2_lag) and self.target2_lag >= 1, "a positive integer")
+        check("target_action", self.target_action in ("cem", "random"), '"cem" or "random"')
+        check("target_samples", is_int(self.target_samples) and self.target_samples >= 1, "a positive integer")
+        check("target_cem", isinstance(self.target_cem, CEMConfig), "a CEMConfig")
+        check("augment", isinstance(self.augment, bool), "a bool")
+        check("crop_pad", is_int(self.crop_pad) and 0 <= self.crop_pad <= 64, "an integer in [0, 64]")
+        check("brightness", is_num(self.brightness) and 0 <= self.brightness <= 1, "in [0, 1]")
+        check("contrast", is_num(self.contrast) and 0 <= self.contrast < 1, "in [0, 1)")
+        check("grad_clip", is_num(self.grad_clip) and self.grad_clip >= 0, "a number >= 0")
+        check("seed", is_int(self.seed), "an integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QTOptConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QTOptConfig fields: {unknown}")
+        data = dict(data)
+        if isinstance(data.get("target_cem"), dict):
+            data["target_cem"] = CEMConfig(**data["target_cem"])
+        return cls(**data)
+
+
+def td_target(reward: torch.Tensor, done: torch.Tensor, next_logit1: torch.Tensor, next_logit2: torch.Tensor,
+              discount: float) -> torch.Tensor:
+    """Clipped double-Q Bellman target in probability space:
+    y = r + discount * (1 - done) * min(sigmoid(l1), sigmoid(l2)), clamped to [0, 1] (the
+    cross-entropy needs a probability; with QT-Opt's 0/1 terminal reward it already is one)."""
+    not_done = 1.0 - done.to(reward.dtype)
+    next_q = torch.minimum(torch.sigmoid(next_logit1), torch.sigmoid(next_logit2))
+    return (reward + discount * not_done * next_q).clamp(0.0, 1.0)
+
+
+class _Data:
+    """Base and target transitions on the training device, images at network size (uint8 NHWC).
+    Rows [0, n_base) are base data, [n_base, n_base + n_target) target data."""
+
+    def __init__(self, base: Transitions | None, target: Transitions | None, image_size: int, device: torch.device):
+        parts = [p for p in (base, target) if p is not None and len(p)]
+        if not parts:
+            raise ValueError("no transitions to train on")
+        self.n_base = len(base) if base is not None else 0
+        self.n_target = len(target) if target is not None else 0
+        offset, next_index = 0, []
+        for p in parts:
+            next_index.append(np.asarray(p.next_index, dtype=np.int64) + offset)
+            offset += len(p)
+        dev = device
+        self.image = torch.as_tensor(np.concatenate([resize_batch(np.asarray(p.image, dtype=np.uint8), image_size) for p in parts])).to(dev)
+        self.state = torch.as_tensor(np.concatenate([np.asarray(p.state, dtype=np.float32).reshape(-1, STATE_DIM) for p in parts])).to(dev)
+        self.action = torch.as_tensor(np.concatenate([np.asarray(p.action, dtype=np.float32).reshape(-1, ACTION_DIM) for p in parts])).to(dev)
+        self.reward = torch.as_tensor(np.concatenate([np.asarray(p.reward, dtype=np.float32).reshape(-1) for p in parts])).to(dev)
+        self.done = torch.as_tensor(np.concatenate([np.asarray(p.done, dtype=bool).reshape(-1) for p in parts])).to(dev)
+        self.next_index = torch.as_tensor(np.concatenate(next_index)).to(dev)
+        for name in ("state", "action", "reward"):
+            if not bool(torch.isfinite(getattr(self, name)).all()):
+                raise ValueError(f"transitions contain non-finite {name} values")
+
+
+def augment_images(images: torch.Tensor, config: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
+    """Float (B, 3, H, W) channels_last images in [0, 1] from uint8 (B, H, W, 3), with the random
+    shift (a crop of the edge-replicated, ``crop_pad``-padded image) and brightness/contrast jitter
+    of ``config`` (none when ``config.augment`` is False). Random numbers come from ``generator``
+    (CPU)."""
+    if not config.augment:
+        return images.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    b, h, w, ch = images.shape
+    dev = images.device
+    pad = config.crop_pad
+    if pad > 0:
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        # Source row/column of every output pixel; clamping = edge-replicate padding.
+        rows = (dy[:, None] + torch.arange(h, device=dev) - pad).clamp_(0, h - 1)
+        cols = (dx[:, None] + torch.arange(w, device=dev) - pad).clamp_(0, w - 1)
+        lin = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, h * w, 1).expand(b, h * w, ch)
+        images = torch.gather(images.reshape(b, h * w, ch), 1, lin).reshape(b, h, w, ch)
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # channels_last memory
+    if config.brightness > 0 or config.contrast > 0:
+        c = (1.0 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * config.contrast).to(dev)
+        br = ((torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * config.brightness).to(dev)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x * c + (mean * (1.0 - c) + br)).clamp_(0.0, 1.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class QTOptTrainer:
+    """Offline QT-Opt on fixed data sets. ``model`` is trained in place."""
+
+    def __init__(self, model: QNetwork, config: QTOptConfig | None = None, device: torch.device | str | None = None) -> None:
+        self.config = config or QTOptConfig()
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(device=self.device, memory_format=torch.channels_last).train()
+        self.target1 = self._frozen_copy(self.model)
+        self.target2 = self._frozen_copy(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
+        self._gen = torch.Generator().manual_seed(self.config.seed)  # CPU: batches, augmentation
+        self._dev_gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)  # target search
+        self.step_count = 0
+        self.samples_base = 0
+        self.samples_target = 0
+
+    @staticmethod
+    def _frozen_copy(model: QNetwork) -> QNetwork:
+        m = copy.deepcopy(model).eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        return m
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def set_learning_rate(self, lr: float) -> None:
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate must be a positive number, got {lr!r}")
+        for g in self.optimizer.param_groups:
+            g["lr"] = float(lr)
+
+    # --- pieces of one step (public so tests can check them one by one) -------------------
+    def sample_indices(self, n_base: int, n_target: int, target_fraction: float, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the combined set (base rows first): each element is a target row with
+        probability ``target_fraction``. Returns (indices (B,) int64, from_target (B,) bool)."""
+        if n_target == 0:
+            from_target = torch.zeros(batch_size, dtype=torch.bool)
+        elif n_base == 0:
+            from_target = torch.ones(batch_size, dtype=torch.bool)
+        else:
+            from_target = torch.rand(batch_size, generator=self._gen) < target_fraction
+        base_idx = torch.randint(0, max(n_base, 1), (batch_size,), generator=self._gen)
+        target_idx = n_base + torch.randint(0, max(n_target, 1), (batch_size,), generator=self._gen)
+        return torch.where(from_target, target_idx, base_idx), from_target
+
+    @torch.no_grad()
+    def target_action(self, next_images: torch.Tensor, next_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """a* = argmax_a Q_targ1(s', a) and its target-1 logit, ((B, 6), (B,))."""
+        net = self.target1
+        feats = net.encode(next_images)
+        b = next_images.shape[0]
+        if self.config.target_action == "cem":
+            return cem_maximize(lambda a: net.score(feats, next_state, a), b, ACTION_DIM, self.config.target_cem,
+                                generator=self._dev_gen, device=self.device)
+        actions = torch.rand(b, self.config.target_samples, ACTION_DIM, generator=self._dev_gen, device=self.device) * 2 - 1
+        logits = net.score(feats, next_state, actions)
+        best, idx = logits.max(dim=1)
+        return actions[torch.arange(b, device=self.device), idx], best
+
+    @torch.no_grad()
+    def bellman_target(self, reward: torch.Tensor, done: torch.Tensor, next_images: torch.Tensor,
+                       next_state: torch.Tensor) -> torch.Tensor:
+        """y for a batch; next states are only evaluated where the episode goes on."""
+        y = reward.clone().clamp_(0.0, 1.0)
+        live = (~done).nonzero(as_tuple=True)[0]
+        if live.numel() == 0:
+            return y
+        ni, ns = next_images[live], next_state[live]
+        a_star, logit1 = self.target_action(ni, ns)
+        logit2 = self.target2(ni, ns, a_star)
+        y[live] = td_target(reward[live], done[live], logit1, logit2, self.config.discount)
+        return y
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Polyak-average target 1 towards the online network; refresh the lagged target 2."""
+        p = self.config.polyak
+        for t, s in zip(self.target1.parameters(), self.model.parameters()):
+            t.lerp_(s, 1.0 - p)
+        if self.step_count % self.config.target2_lag == 0:
+            self.target2.load_state_dict(self.target1.state_dict())
+
+    def train_step(self, data: _Data, target_fraction: float) -> dict[str, float]:
+        cfg = self.config
+        idx, from_target = self.sample_indices(data.n_base, data.n_target, target_fraction, cfg.batch_size)
+        idx = idx.to(self.device)
+        nidx = data.next_index[idx]
+        images = augment_images(data.image[idx], cfg, self._gen)
+        reward, done = data.reward[idx], data.done[idx]
+        live = ~done
+        next_images = augment_images(data.image[nidx], cfg, self._gen) if bool(live.any()) else images
+        y = self.bellman_target(reward, done, next_images, data.state[nidx])
+        logits = self.model(images, data.state[idx], data.action[idx])
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"QT-Opt loss became non-finite at step {self.step_count + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        self.update_targets()
+        n_t = int(from_target.sum())
+        self.samples_target += n_t
+        self.samples_base += cfg.batch_size - n_t
+        with torch.no_grad():
+            q = torch.sigmoid(logits)
+            return {
+                "loss": float(loss),
+                "mean_q": float(q.mean()),
+                "td_error": float((q - y).abs().mean()),
+                "mean_target": float(y.mean()),
+                "batch_target_fraction": n_t / cfg.batch_size,
+            }
+
+    def train(self, base: Transitions | None, target: Transitions | None = None, steps: int = 1000,
+              target_fraction: float = 0.5, progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Run ``steps`` QT-Opt updates on base (+ target) data. ``progress(step, metrics)`` is
+        called after every step (1-based). Returns summary metrics: loss / mean_q / td_error /
+        mean_target averaged over the last 10% of steps (and ``initial_loss`` over the first
+        10%), the sampled base/target fractions over all steps, and timing."""
+        if not (isinstance(steps, int) and steps >= 0):
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        if not (math.isfinite(target_fraction) and 0.0 <= target_fraction <= 1.0):
+            raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction!r}")
+        data = _Data(base, target, self.model.config.image_size, self.device)
+        if data.n_target == 0 and target is not None and target_fraction > 0:
+            raise ValueError("target data is empty but target_fraction > 0")
+        if data.n_base == 0 and target_fraction < 1.0 and base is not None:
+            raise ValueError("base data is empty but target_fraction < 1")
+        self.model.train()
+        start_base, start_target = self.samples_base, self.samples_target
+        history: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        for i in range(steps):
+            m = self.train_step(data, target_fraction)
+            history.append(m)
+            if progress is not None:
+                progress(i + 1, m)
+        elapsed = time.perf_counter() - t0
+        n_base = self.samples_base - start_base
+        n_target = self.samples_target - start_target
+        total = max(1, n_base + n_target)
+        window = max(1, steps // 10)
+        summary: dict[str, Any] = {"steps": steps, "total_steps": self.step_count,
+                                   "base_samples": n_base, "target_samples": n_target,
+                                   "base_fraction": n_base / total, "target_fraction": n_target / total,
+                                   "learning_rate": self.learning_rate,
+                                   "seconds": elapsed, "ms_per_step": 1000.0 * elapsed / max(1, steps)}
+        if history:
+            for key in ("loss", "mean_q", "td_error", "mean_target"):
+                summary[key] = float(np.mean([h[key] for h in history[-window:]]))
+            summary["initial_loss"] = float(np.mean([h["loss"] for h in history[:window]]))
+        self.model.eval()
+        return summary
+
+
+# --- top level: checkpoints in, checkpoint out ------------------------------------------------
+
+def load_datasets(paths: Sequence[str]) -> Transitions | None:
+    """Transitions of the bags at ``paths`` (None when there are none)."""
+    paths = [os.fspath(p) for p in paths or []]
+    if not paths:
+        return None
+    from nsl_collector.dataset import load_transitions  # lazy: the reader is optional here
+
+    return load_transitions(paths)
+
+
+def finetune_transitions(init_checkpoint: str | None, base: Transitions | None, target: Transitions | None,
+                         steps: int, *, output_path: str, learning_rate: float | None = None,
+                         target_fraction: float = 0.5, progress: ProgressFn | None = None, seed: int = 0,
+                         config: QTOptConfig | None = None, model_config: QNetworkConfig | None = None,
+                         device: torch.device | str | None = None, datasets: dict | None = None,
+                         num_threads: int | None = None) -> str:
+    """``finetune`` on already loaded transitions; returns the new checkpoint id."""
+    from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
+
+    if num_threads is not None:
+        torch.set_num_threads(max(1, int(num_threads)))
+    config = config or QTOptConfig()
+    if config.seed != seed:
+        config = QTOptConfig.from_dict({**config.to_dict(), "seed": seed})
+    dev = torch.device(device) if device is not None else default_device()
+    if init_checkpoint:
+        loaded = load_checkpoint(init_checkpoint, expected_config=model_config, device=dev)
+        model, parent, kind = loaded.model, loaded.checkpoint_id, "finetune"
+        lr = learning_rate if learning_rate is not None else config.learning_rate * config.finetune_lr_scale
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = QNetwork(model_config or QNetworkConfig())
+        parent, kind = None, "scratch"
+        lr = learning_rate if learning_rate is not None else config.learning_rate
+    has_base = base is not None and len(base) > 0
+    has_target = target is not None and len(target) > 0
+    if not has_base and not has_target:
+        raise ValueError("no training data: both base and target data sets are empty")
+    frac = target_fraction if (has_base and has_target) else (1.0 if has_target else 0.0)
+    trainer = QTOptTrainer(model, config, dev)
+    trainer.set_learning_rate(lr)
+    metrics = trainer.train(base if has_base else None, target if has_target else None, steps, frac, progress)
+    metadata = {
+        "parent": parent,
+        "kind": kind,
+        "datasets": datasets or {},
+        "num_transitions": {"base": len(base) if has_base else 0, "target": len(target) if has_target else 0},
+        "steps": steps,
+        "learning_rate": lr,
+        "target_fraction": frac,
+        "seed": seed,
+        "qtopt_config": config.to_dict(),
+        "metrics": metrics,
+    }
+    return save_checkpoint(output_path, trainer.model, metadata)
+
+
+def finetune(init_checkpoint: str | None, base_paths: Sequence[str], target_paths: Sequence[str], steps: int, *,
+             output_path: str, learning_rate: float | None = None, target_fraction: float = 0.5,
+             progress: ProgressFn | None = None, seed: int = 0, config: QTOptConfig | None = None,
+             model_config: QNetworkConfig | None = None, device: torch.device | str | None = None,
+             num_threads: int | None = None) -> str:
+    """Fine-tune ``init_checkpoint`` (None: random init, "scratch") with QT-Opt on the bags at
+    ``base_paths`` + ``target_paths`` (sampled ``target_fraction`` from target), write the result
+    to ``output_path`` atomically and return its checkpoint id.
+
+    ``learning_rate`` None means config.learning_rate x finetune_lr_scale when fine-tuning and
+    config.learning_rate from scratch. With no target paths all samples come from base (and vice
+    versa). ``model_config`` sets the architecture from scratch and is checked against the
+    checkpoint otherwise. ``num_threads`` sets torch's CPU threads for this process (leave a core
+    free for the simulator/policy when they share the machine)."""
+    base_paths = [os.fspath(p) for p in base_paths or []]
+    target_paths = [os.fspath(p) for p in target_paths or []]
+    base = load_datasets(base_paths)
+    target = load_datasets(target_paths)
+    return finetune_transitions(init_checkpoint, base, target, steps, output_path=output_path,
+                                learning_rate=learning_rate, target_fraction=target_fraction, progress=progress,
+                                seed=seed, config=config, model_config=model_config, device=device,
+                                datasets={"base": base_paths, "target": target_paths}, num_threads=num_threads)

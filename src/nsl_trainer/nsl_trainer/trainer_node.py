@@ -1,0 +1,179 @@
+"""ROS 2 node: offline QT-Opt fine-tuning behind the ``trainer/fine_tune`` service.
+
+A request is validated at once (datasets exist and hold episodes, the start checkpoint loads)
+and answered with a job id or a clear refusal, also while another job runs. The job trains in a
+worker process; a reader thread forwards its progress to ``trainer/status`` and, when the job
+succeeds, announces the checkpoint on ``trainer/checkpoints`` (latched), which the policy swaps in.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from pathlib import Path
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+
+from nsl_collector.dataset import DatasetError, dataset_info
+from nsl_msgs.msg import CheckpointInfo, TrainerStatus
+from nsl_msgs.srv import FineTune
+from nsl_policy.checkpoint import CheckpointError, load_checkpoint
+from nsl_trainer.jobs import FineTuneJob, start_job
+
+LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+ANNOUNCE_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+FINETUNE_LR_SCALE = 0.25  # the paper fine-tunes at 25% of the pre-training learning rate
+
+
+class TrainerNode(Node):
+    def __init__(self) -> None:
+        super().__init__("trainer")
+        d = ParameterDescriptor
+        self.declare_parameter("checkpoint_dir", "checkpoints", d(description="folder where fine-tuned checkpoints are written"))
+        self.declare_parameter("default_checkpoint", "", d(description="start checkpoint when a request names none"))
+        self.declare_parameter("default_steps", 200, d(description="gradient steps when a request says 0"))
+        self.declare_parameter("learning_rate", 1e-4, d(description="pre-training learning rate; fine-tuning defaults to 25% of it"))
+        self.declare_parameter("batch_size", 64, d(description="transitions per gradient step"))
+        self.declare_parameter("device", "auto", d(description="auto (CUDA when present), cpu or cuda"))
+        p = lambda name: self.get_parameter(name).value  # noqa: E731
+        self.checkpoint_dir = Path(p("checkpoint_dir")).resolve()
+        self.default_checkpoint = p("default_checkpoint")
+        self.default_steps, self.learning_rate = int(p("default_steps")), float(p("learning_rate"))
+        self.batch_size, self.device = int(p("batch_size")), p("device")
+        if self.default_steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ValueError("default_steps and batch_size must be >= 1 and learning_rate > 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got '{self.device}'")
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+        self._lock = threading.Lock()
+        self._job: FineTuneJob | None = None
+        self._status = TrainerStatus(state=TrainerStatus.STATE_IDLE, loss=math.nan, message="idle")
+        self.status_pub = self.create_publisher(TrainerStatus, "trainer/status", LATCHED_QOS)
+        self.announce_pub = self.create_publisher(CheckpointInfo, "trainer/checkpoints", ANNOUNCE_QOS)
+        self.create_service(FineTune, "trainer/fine_tune", self.on_fine_tune)
+        self.publish_status()
+        self.get_logger().info(f"trainer ready; checkpoints go to {self.checkpoint_dir}")
+
+    def publish_status(self, **changes) -> None:
+        with self._lock:
+            for k, v in changes.items():
+                setattr(self._status, k, v)
+            self._status.header.stamp = self.get_clock().now().to_msg()
+            msg = self._status
+        self.status_pub.publish(msg)
+
+    def validate(self, request: FineTune.Request) -> str | None:
+        """Why the request cannot run, or None."""
+        if not request.target_datasets:
+            return "no target_datasets given"
+        for path in [*request.base_datasets, *request.target_datasets]:
+            try:
+                info = dataset_info(path)
+            except (DatasetError, OSError) as exc:
+                return f"dataset '{path}' is unusable: {exc}"
+            if info.get("complete", 0) < 1:
+                return f"dataset '{path}' holds no complete episode"
+        init = request.init_checkpoint or self.default_checkpoint
+        if init:
+            try:
+                load_checkpoint(init)
+            except CheckpointError as exc:
+                return f"init checkpoint '{init}' cannot be used: {exc}"
+        if request.learning_rate < 0 or not math.isfinite(request.learning_rate):
+            return f"learning_rate must be >= 0 (0: default), got {request.learning_rate}"
+        return None
+
+    def on_fine_tune(self, request: FineTune.Request, response: FineTune.Response) -> FineTune.Response:
+        with self._lock:
+            busy = self._job
+        if busy is not None:
+            response.accepted, response.message = False, f"busy: job {busy.job_id} is running; try again when it ends"
+            return response
+        problem = self.validate(request)
+        if problem:
+            response.accepted, response.message = False, problem
+            self.get_logger().warn(f"fine-tune request refused: {problem}")
+            return response
+        job_id = uuid.uuid4().hex[:12]
+        job = FineTuneJob(
+            job_id=job_id,
+            base_datasets=list(request.base_datasets),
+            target_datasets=list(request.target_datasets),
+            init_checkpoint=request.init_checkpoint or self.default_checkpoint,
+            steps=int(request.steps) or self.default_steps,
+            learning_rate=float(request.learning_rate) or self.learning_rate * FINETUNE_LR_SCALE,
+            target_fraction=float(request.target_fraction) if 0 < request.target_fraction <= 1 else 0.5,
+            output_path=str(self.checkpoint_dir / f"finetune-{job_id}.safetensors"),
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+        with self._lock:
+            if self._job is not None:  # a concurrent request won the race
+                response.accepted, response.message = False, f"busy: job {self._job.job_id} is running"
+                return response
+            self._job = job
+        proc, conn = start_job(job)
+        threading.Thread(target=self.follow_job, args=(job, proc, conn), daemon=True, name=f"job-{job_id}").start()
+        self.publish_status(job_id=job_id, state=TrainerStatus.STATE_RUNNING, step=0, total_steps=job.steps,
+                            loss=math.nan, checkpoint_path="", message="starting")
+        self.get_logger().info(f"job {job_id}: {job.steps} steps, lr={job.learning_rate:g}, target fraction={job.target_fraction}")
+        response.accepted, response.message, response.job_id = True, f"job {job_id} started", job_id
+        return response
+
+    def follow_job(self, job: FineTuneJob, proc, conn) -> None:
+        """Forward a worker's messages until it ends (blocking reads in this thread, not a callback)."""
+        final = None
+        while True:
+            try:
+                event = conn.recv()
+            except (EOFError, OSError):
+                break
+            if event["event"] == "progress":
+                self.publish_status(step=event["step"], loss=event["loss"], message=f"step {event['step']}/{event['total_steps']}")
+            else:
+                final = event
+        proc.join()
+        if final is None:
+            final = {"event": "failed", "message": f"worker process exited with code {proc.exitcode} without a result"}
+        if final["event"] == "succeeded":
+            info = CheckpointInfo(checkpoint_id=final["checkpoint_id"], path=final["checkpoint_path"],
+                                  parent_id=job.init_checkpoint, job_id=job.job_id)
+            info.header.stamp = self.get_clock().now().to_msg()
+            self.publish_status(state=TrainerStatus.STATE_SUCCEEDED, step=job.steps, checkpoint_path=final["checkpoint_path"],
+                                message=f"wrote {final['checkpoint_path']}")
+            self.announce_pub.publish(info)
+            self.get_logger().info(f"job {job.job_id} succeeded: checkpoint {final['checkpoint_id']} announced")
+        else:
+            self.publish_status(state=TrainerStatus.STATE_FAILED, message=final["message"])
+            self.get_logger().error(f"job {job.job_id} failed: {final['message']}")
+        with self._lock:
+            self._job = None
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        node = TrainerNode()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"trainer_node: {exc}", flush=True)
+        raise SystemExit(2)
+    finally:
+        if node is not None:
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

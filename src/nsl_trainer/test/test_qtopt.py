@@ -1,0 +1,260 @@
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from nsl_collector.transitions import Transitions
+from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
+from nsl_policy.cem import CEMConfig
+from nsl_policy.model import QNetwork, QNetworkConfig
+from nsl_trainer.qtopt import (QTOptConfig, QTOptTrainer, augment_images, finetune, finetune_transitions,
+                               td_target)
+
+CFG = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1)
+FAST = QTOptConfig(batch_size=32, target_cem=CEMConfig(population=8, elites=2, iterations=1), seed=0)
+
+
+def one_step_task(n, size=32, seed=0, shade=None):
+    """One-step episodes; reward 1 iff action[0] > 0."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    if shade is not None:
+        image[:] = shade
+    action = rng.uniform(-1, 1, (n, 6)).astype(np.float32)
+    return Transitions(image=image, state=rng.random((n, 3)).astype(np.float32), action=action,
+                       reward=(action[:, 0] > 0).astype(np.float32), done=np.ones(n, bool),
+                       next_index=np.arange(n), episode=np.arange(n))
+
+
+def multi_step(n_episodes, steps=4, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_episodes * steps
+    done = (np.arange(n) % steps) == steps - 1
+    next_index = np.where(done, np.arange(n), np.arange(n) + 1)
+    return Transitions(image=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+                       state=rng.random((n, 3)).astype(np.float32),
+                       action=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
+                       reward=(done & (rng.random(n) < 0.5)).astype(np.float32), done=done,
+                       next_index=next_index, episode=np.arange(n) // steps)
+
+
+def test_config_validation():
+    for bad in ({"batch_size": 0}, {"learning_rate": 0}, {"discount": 1.0}, {"polyak": 1.0},
+                {"target_action": "argmax"}, {"target2_lag": 0}, {"grad_clip": -1}, {"augment": 1},
+                {"learning_rate": math.nan}):
+        with pytest.raises(ValueError):
+            QTOptConfig(**bad)
+    c = QTOptConfig(target_action="random", target_cem=CEMConfig(population=10, elites=3))
+    assert QTOptConfig.from_dict(c.to_dict()) == c
+
+
+def test_td_target_uses_min_of_target_nets():
+    reward = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    done = torch.tensor([False, False, True, False])
+    l1 = torch.tensor([2.0, -1.0, 5.0, 0.0])
+    l2 = torch.tensor([-1.0, 3.0, 5.0, 0.0])
+    y = td_target(reward, done, l1, l2, discount=0.9)
+    expected = torch.tensor([0.9 * torch.sigmoid(torch.tensor(-1.0)), 0.9 * torch.sigmoid(torch.tensor(-1.0)),
+                             1.0, 0.9 * 0.5])
+    torch.testing.assert_close(y, expected)
+
+
+def test_bellman_target_takes_min_over_both_networks():
+    torch.manual_seed(0)
+    trainer = QTOptTrainer(QNetwork(CFG), FAST, "cpu")
+    with torch.no_grad():  # target 2 pessimistic everywhere, then target 1 pessimistic everywhere
+        trainer.target2.fc[-1].bias.fill_(-4.0)
+    imgs = torch.rand(6, 3, 32, 32)
+    st = torch.rand(6, 3)
+    reward = torch.zeros(6)
+    done = torch.tensor([False] * 5 + [True])
+    trainer._dev_gen.manual_seed(7)
+    y = trainer.bellman_target(reward, done, imgs, st)
+    trainer._dev_gen.manual_seed(7)
+    a_star, l1 = trainer.target_action(imgs[:5], st[:5])
+    with torch.no_grad():
+        l2 = trainer.target2(imgs[:5], st[:5], a_star)
+    assert (l2 < l1).all()
+    torch.testing.assert_close(y[:5], 0.9 * torch.sigmoid(l2))
+    assert y[5] == 0.0
+    with torch.no_grad():
+        trainer.target2.fc[-1].bias.fill_(4.0)
+        trainer.target1.fc[-1].bias.fill_(-4.0)
+    trainer._dev_gen.manual_seed(7)
+    y = trainer.bellman_target(reward, done, imgs, st)
+    trainer._dev_gen.manual_seed(7)
+    a_star, l1 = trainer.target_action(imgs[:5], st[:5])
+    torch.testing.assert_close(y[:5], 0.9 * torch.sigmoid(l1))
+
+
+def test_target_action_is_argmax_of_target1():
+    trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig(target_action="random", target_samples=32), "cpu")
+    imgs, st = torch.rand(4, 3, 32, 32), torch.rand(4, 3)
+    a, logit = trainer.target_action(imgs, st)
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.target1(imgs, st, a), logit)
+        others = trainer.target1.score(trainer.target1.encode(imgs), st, torch.rand(4, 32, 6) * 2 - 1)
+    assert (others.max(dim=1).values <= logit + 0.5).all()  # loose: the best of 32 is near the top
+
+
+def test_mixing_counts():
+    trainer = QTOptTrainer(QNetwork(CFG), FAST, "cpu")
+    n_base, n_target = 100, 10
+    idx, from_t = trainer.sample_indices(n_base, n_target, 0.5, 20000)
+    assert abs(float(from_t.float().mean()) - 0.5) < 0.02
+    assert bool(((idx >= n_base) == from_t).all())  # target rows are exactly the target samples
+    assert idx.min() >= 0 and idx.max() < n_base + n_target
+    assert len(torch.unique(idx[from_t])) == n_target  # small target set is fully covered
+    idx, from_t = trainer.sample_indices(n_base, n_target, 0.2, 20000)
+    assert abs(float(from_t.float().mean()) - 0.2) < 0.02
+    idx, from_t = trainer.sample_indices(n_base, 0, 0.5, 1000)
+    assert not from_t.any() and idx.max() < n_base
+
+
+def test_train_reports_fractions_and_decreases_loss():
+    torch.manual_seed(0)
+    base, target = multi_step(16, seed=1), one_step_task(24, seed=2)
+    trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig(batch_size=32, learning_rate=3e-3, augment=False,
+                                                      target_cem=CEMConfig(population=8, elites=2, iterations=1)), "cpu")
+    seen = []
+    metrics = trainer.train(base, target, steps=60, target_fraction=0.5, progress=lambda s, m: seen.append((s, m)))
+    assert [s for s, _ in seen] == list(range(1, 61))
+    assert metrics["base_samples"] + metrics["target_samples"] == 60 * 32
+    assert abs(metrics["target_fraction"] - 0.5) < 0.06 and abs(metrics["base_fraction"] - 0.5) < 0.06
+    for key in ("loss", "mean_q", "td_error", "initial_loss"):
+        assert math.isfinite(metrics[key])
+    assert metrics["loss"] < metrics["initial_loss"] - 0.05
+
+
+def test_polyak_and_lagged_target():
+    torch.manual_seed(0)
+    cfg = QTOptConfig(batch_size=8, polyak=0.9, target2_lag=3, augment=False,
+                      target_cem=CEMConfig(population=4, elites=2, iterations=1))
+    trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
+    data = one_step_task(16)
+    before = [p.clone() for p in trainer.target1.parameters()]
+    t2_before = [p.clone() for p in trainer.target2.parameters()]
+    trainer.train(data, None, steps=1)
+    for old, new, online in zip(before, trainer.target1.parameters(), trainer.model.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
+    assert all(torch.equal(a, b) for a, b in zip(t2_before, trainer.target2.parameters()))
+    trainer.train(data, None, steps=2)  # step 3: target 2 <- target 1
+    assert all(torch.equal(a, b) for a, b in zip(trainer.target1.parameters(), trainer.target2.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(t2_before, trainer.target2.parameters()))
+
+
+def test_augmentation():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 255, (5, 32, 32, 3), dtype=torch.uint8)
+    plain = augment_images(imgs, QTOptConfig(augment=False), g)
+    assert plain.shape == (5, 3, 32, 32) and plain.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(plain, imgs.permute(0, 3, 1, 2).float() / 255)
+    aug = augment_images(imgs, QTOptConfig(), g)
+    assert aug.shape == plain.shape and aug.is_contiguous(memory_format=torch.channels_last)
+    assert 0 <= float(aug.min()) and float(aug.max()) <= 1 and not torch.allclose(aug, plain)
+    shift_only = augment_images(imgs, QTOptConfig(brightness=0, contrast=0, crop_pad=2), torch.Generator().manual_seed(1))
+    # A pure shift keeps pixel values: each output pixel exists in the source image.
+    src = set(map(tuple, imgs[0].reshape(-1, 3).tolist()))
+    out = (shift_only[0].permute(1, 2, 0) * 255).round().to(torch.uint8).reshape(-1, 3).tolist()
+    assert all(tuple(p) in src for p in out)
+
+
+def test_learns_one_step_task():
+    torch.manual_seed(0)
+    data = one_step_task(256, seed=3)
+    trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig(batch_size=64, learning_rate=3e-3, seed=1), "cpu")
+    metrics = trainer.train(data, None, steps=80)
+    assert metrics["loss"] < metrics["initial_loss"]
+    test = one_step_task(64, seed=4)
+    imgs = torch.as_tensor(test.image).permute(0, 3, 1, 2).float() / 255
+    st = torch.as_tensor(test.state)
+    pos, neg = torch.zeros(64, 6), torch.zeros(64, 6)
+    pos[:, 0], neg[:, 0] = 0.6, -0.6
+    with torch.no_grad():
+        q_pos = torch.sigmoid(trainer.model(imgs, st, pos))
+        q_neg = torch.sigmoid(trainer.model(imgs, st, neg))
+    assert float(q_pos.mean()) > float(q_neg.mean()) + 0.3
+    assert float((q_pos > q_neg).float().mean()) > 0.95
+
+
+def test_finetune_transitions_scratch_then_finetune(tmp_path):
+    base, target = one_step_task(64, size=48, seed=5), one_step_task(32, size=48, seed=6)  # resized to 32
+    out1 = tmp_path / "scratch.safetensors"
+    id1 = finetune_transitions(None, base, None, 5, output_path=str(out1), config=FAST, model_config=CFG,
+                               device="cpu", datasets={"base": ["b"]})
+    c1 = load_checkpoint(out1, CFG)
+    assert c1.checkpoint_id == id1
+    m = c1.metadata
+    assert m["parent"] is None and m["kind"] == "scratch" and m["steps"] == 5
+    assert m["learning_rate"] == FAST.learning_rate and m["metrics"]["target_fraction"] == 0.0
+    out2 = tmp_path / "ft.safetensors"
+    id2 = finetune_transitions(str(out1), base, target, 5, output_path=str(out2), config=FAST, device="cpu")
+    c2 = load_checkpoint(out2, CFG)
+    assert id2 != id1 and c2.metadata["parent"] == id1 and c2.metadata["kind"] == "finetune"
+    assert c2.metadata["learning_rate"] == pytest.approx(FAST.learning_rate * 0.25)
+    assert 0.2 < c2.metadata["metrics"]["target_fraction"] < 0.8
+
+
+def test_finetune_loads_bags_through_collector(tmp_path, monkeypatch):
+    calls = []
+    sets = {"base.mcap": one_step_task(40, seed=7), "target.mcap": one_step_task(20, seed=8)}
+
+    def load_transitions(paths):
+        calls.append(list(paths))
+        return Transitions.concatenate([sets[p] for p in paths])
+
+    fake = types.ModuleType("nsl_collector.dataset")
+    fake.load_transitions = load_transitions
+    monkeypatch.setitem(sys.modules, "nsl_collector.dataset", fake)
+    init = tmp_path / "init.safetensors"
+    parent = init_checkpoint(init, CFG, seed=0)
+    out = tmp_path / "out.safetensors"
+    ckpt_id = finetune(str(init), ["base.mcap"], ["target.mcap"], 4, output_path=str(out), learning_rate=1e-4,
+                       config=FAST, device="cpu", seed=3)
+    assert calls == [["base.mcap"], ["target.mcap"]]
+    meta = load_checkpoint(out, CFG).metadata
+    assert meta["checkpoint_id"] == ckpt_id and meta["parent"] == parent
+    assert meta["datasets"] == {"base": ["base.mcap"], "target": ["target.mcap"]}
+    assert meta["learning_rate"] == 1e-4 and meta["seed"] == 3 and meta["steps"] == 4
+    with pytest.raises(ValueError):
+        finetune(None, [], [], 1, output_path=str(tmp_path / "x.safetensors"), device="cpu")
+
+
+def two_step_task(n_episodes, seed=0, success_possible=True):
+    """Step 0 (dark image): any action, reward 0, episode goes on. Step 1 (bright image): reward
+    1 iff action[0] > 0 (never when success is impossible), then done. Q(s0, .) must learn
+    discount x max_a Q(s1, a) through the Bellman target."""
+    rng = np.random.default_rng(seed)
+    n = 2 * n_episodes
+    image = np.empty((n, 32, 32, 3), np.uint8)
+    image[0::2] = rng.integers(0, 60, (n_episodes, 32, 32, 3))
+    image[1::2] = rng.integers(190, 255, (n_episodes, 32, 32, 3))
+    action = rng.uniform(-1, 1, (n, 6)).astype(np.float32)
+    done = np.tile([False, True], n_episodes)
+    reward = np.where(done & (action[:, 0] > 0) & success_possible, 1.0, 0.0).astype(np.float32)
+    state = np.zeros((n, 3), np.float32)
+    state[1::2, 2] = 0.5
+    return Transitions(image=image, state=state, action=action, reward=reward, done=done,
+                       next_index=np.where(done, np.arange(n), np.arange(n) + 1), episode=np.arange(n) // 2)
+
+
+@pytest.mark.parametrize("possible", [True, False])
+def test_bellman_backup_propagates_value(possible):
+    torch.manual_seed(0)
+    data = two_step_task(96, seed=9, success_possible=possible)
+    cfg = QTOptConfig(batch_size=64, learning_rate=3e-3, polyak=0.9, target2_lag=10, augment=False,
+                      target_cem=CEMConfig(population=16, elites=4, iterations=2), seed=2)
+    trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
+    trainer.train(data, None, steps=150)
+    first = np.arange(0, len(data), 2)[:32]
+    imgs = torch.as_tensor(data.image[first]).permute(0, 3, 1, 2).float() / 255
+    st = torch.as_tensor(data.state[first])
+    with torch.no_grad():
+        q0 = torch.sigmoid(trainer.model(imgs, st, torch.rand(32, 6) * 2 - 1)).mean()
+    if possible:
+        assert 0.6 < float(q0) < 0.98  # ~ discount * 1
+    else:
+        assert float(q0) < 0.15

@@ -1,0 +1,65 @@
+"""Shared fixtures of the system tests: a real node graph started through the runner."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ros_isolation():
+    """Own DDS domain and localhost-only discovery for this test run, also for in-process clients."""
+    from nsl_bringup.runner import isolated_environment
+
+    env = isolated_environment()
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def rclpy_context(ros_isolation):
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+class GraphLog:
+    """Collects node output (prefixed by the runner) and echoes it into pytest's capture."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+        sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def graph_log() -> GraphLog:
+    return GraphLog()
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    from nsl_policy.checkpoint import init_checkpoint
+    from nsl_policy.model import QNetworkConfig
+
+    path = tmp_path_factory.mktemp("ckpt") / "random_init.safetensors"
+    init_checkpoint(str(path), QNetworkConfig(), seed=0)
+    return path
