@@ -42,12 +42,14 @@ class QNetworkConfig:
     """Side of the square RGB input image, pixels (32..472)."""
     width: int = 32
     """Channels of every convolution and of the action embedding (4..256)."""
-    trunk_depth: int = 1
+    trunk_depth: int = 2
     """3x3 convolutions on the image features before the action is merged in (0..8)."""
     head_depth: int = 2
     """3x3 convolutions after the action is merged in (1..8)."""
-    feature_size: int = 8
-    """The trunk max-pools until its feature map is at most this many cells wide (2..64)."""
+    feature_size: int = 4
+    """The trunk max-pools until its feature map is at most this many cells wide (2..64). The
+    head runs once per (observation, CEM sample), so its cost grows with feature_size^2: 4 keeps
+    a batch-64 QT-Opt step with a CEM Bellman target fast on a CPU."""
     embed_width: int = 64
     """Hidden units of the action/state embedding MLP (4..1024)."""
     fc_width: int = 64

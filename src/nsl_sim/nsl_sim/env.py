@@ -42,7 +42,7 @@ Actions (one control step)
     ``lift_success_height`` above the tray floor (the sim's "lifted object" check).
 
 Observation
-    RGB image (image_size x image_size, uint8), gripper_closed, height of the commanded tool
+    RGB image (image_size x image_size, uint8; rendered after the step's motion), gripper_closed, height of the commanded tool
     point above the tray floor as the arm believes it (forward kinematics with the *nominal*
     gripper geometry; the geometry tasks change the real gripper, not the belief) and
     step_fraction = steps taken / max_steps. :meth:`GraspEnv.gripper_pose` returns the *actual*
@@ -59,11 +59,15 @@ Physics settings (differences from pybullet_envs' KukaDiverseObjectEnv, all in S
     * Object settling: all objects are dropped at once from staggered heights and physics runs
       until every object is at rest (or ``settle_steps`` max) instead of 500 steps per object.
     * Grasp: fingers ramp closed over ``close_steps`` (finger forces as in pybullet_envs),
-      then the arm lifts for at most ``lift_steps``; pybullet_envs uses 500 + 500 steps.
-    * The world (plane, table, tray, robot) is loaded once; each reset removes the objects,
-      resets the joint states and restores a saved physics state, so episodes do not depend on
-      history (same seed + task => bit-identical images and outcomes). The robot is reloaded
-      only when a task changes the gripper geometry or the tray/table texture.
+      then the arm lifts for at most ``lift_steps`` (stops once at ``lift_height``);
+      pybullet_envs uses 500 + 500 steps.
+    * Each reset rebuilds the world (resetSimulation, then plane, table, tray, robot; ~0.1 s)
+      and resets joint states directly to a cached IK solution of the start pose. Measured:
+      keeping the robot/tray loaded across episodes (``SimConfig.reuse_world=True``, a bit
+      faster) makes results depend on earlier episodes (contact/broadphase caches), so it is
+      off by default. With the default, same seed + task => bit-identical images and outcomes
+      regardless of history, also with several envs in one process.
+    * ``deterministicOverlappingPairs=1`` (sorted contact pairs).
     * Early-exit tests (settle, convergence) read the simulator state, so they are
       deterministic too.
 """
@@ -123,6 +127,10 @@ CAMERA_EYE = (0.45, -0.35, 0.9)
 CAMERA_TARGET = (-0.02, 0.0, 0.0)
 CAMERA_FOV = 38.0
 
+
+#: Arm joint angles of the start pose per (start_position, start_yaw); the arm chain is the
+#: same for every gripper variant, so one IK solution serves all tasks.
+_START_JOINTS_CACHE: dict[tuple, list[float]] = {}
 
 # ------------------------------------------------------------------ object split
 _OBJECT_FILES: list[str] | None = None
@@ -384,8 +392,11 @@ class GraspEnv:
             for body in (tray, table, plane):
                 for link in range(-1, c.getNumJoints(body)):
                     c.changeVisualShape(body, link, textureUniqueId=tex, rgbaColor=[1, 1, 1, 1])
-        self._start_joints = None
-        self._compute_start_joints()
+        key = (tuple(cfg.start_position), cfg.start_yaw)
+        if key not in _START_JOINTS_CACHE:
+            self._compute_start_joints()
+            _START_JOINTS_CACHE[key] = list(self._start_joints)  # type: ignore[arg-type]
+        self._start_joints = list(_START_JOINTS_CACHE[key])
         self._set_robot_to_start()
         self._saved_state = c.saveState()
         self._world_key = (eff.gripper_key, eff.texture, eff.checker_squares, eff.checker_colors)

@@ -52,7 +52,7 @@ class SimNode(Node):
             raise ValueError(f"camera_rate must be >= 0 Hz, got {rate}")
         if rate > 0:
             self.create_timer(1.0 / rate, self.publish_observation)
-        self.get_logger().info(f"sim ready: task={self.env.task} image={config.image_size}px objects={config.num_objects}")
+        self.get_logger().info(f"sim ready: task={self.env.task.name} image={config.image_size}px objects={config.num_objects}")
 
     def gripper_state(self) -> GripperState:
         obs = self.observation
