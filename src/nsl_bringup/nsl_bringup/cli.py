@@ -4,10 +4,13 @@
   nsl graph GRAPH [name:=value ...]  print the nodes, parameters and command lines of a graph
   nsl demo [--task T --episodes N]   the main job: collect, fine-tune, hot-swap, evaluate in sim
   nsl checkpoint init PATH           write a randomly initialised Q-function checkpoint
+  plus the commands of the packages (nsl sim ..., nsl data ..., nsl train ...): nsl --help
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 
 import yaml
@@ -65,6 +68,12 @@ def cmd_checkpoint_init(args) -> int:
     return 0
 
 
+# Each package contributes its own subcommands: a module with add_commands(subparsers), where
+# every added parser sets ``fn`` (a function of the parsed args returning an exit code).
+PACKAGE_COMMANDS = [m for m in ("nsl_sim.cli", "nsl_policy.cli", "nsl_collector.cli", "nsl_trainer.cli")
+                    if importlib.util.find_spec(m) is not None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsl", description="NSL: never-stop-learning grasping on ROS 2")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image-size", type=int, default=64)
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(fn=cmd_checkpoint_init)
+    for module_name in PACKAGE_COMMANDS:
+        importlib.import_module(module_name).add_commands(sub)
     return parser
 
 
