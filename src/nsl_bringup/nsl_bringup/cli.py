@@ -70,8 +70,15 @@ def cmd_checkpoint_init(args) -> int:
 
 # Each package contributes its own subcommands: a module with add_commands(subparsers), where
 # every added parser sets ``fn`` (a function of the parsed args returning an exit code).
-PACKAGE_COMMANDS = [m for m in ("nsl_sim.cli", "nsl_policy.cli", "nsl_collector.cli", "nsl_trainer.cli")
-                    if importlib.util.find_spec(m) is not None]
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
+PACKAGE_COMMANDS = [m for m in ("nsl_sim.cli", "nsl_policy.cli", "nsl_collector.cli", "nsl_trainer.cli", "nsl_bringup.experiment.cli")
+                    if _module_exists(m)]
 
 
 def build_parser() -> argparse.ArgumentParser:
