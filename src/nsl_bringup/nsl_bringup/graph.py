@@ -116,6 +116,8 @@ def resolve(graph_name: str, arguments: dict[str, str] | None = None) -> tuple[s
     args = graph.check_arguments(arguments or {})
     nodes: list[NodeSpec] = []
     if "sim" in args:
+        if not _bool(args["sim"]):
+            nodes.append(NodeSpec("arm", "nsl_kuka", "kuka_arm_node", "kuka_arm.yaml", {}))
         if _bool(args["sim"]):
             nodes.append(NodeSpec("sim", "nsl_sim", "sim_node", "sim.yaml", {
                 "task": args["task"],

@@ -15,9 +15,10 @@ def test_collect_sim_has_sim_policy_collector_and_robot_has_no_sim():
     _, sim_nodes = resolve("collect", {"sim": "true"})
     _, robot_nodes = resolve("collect", {"sim": "false", "camera_topic": "/camera/color/image_raw"})
     assert [n.name for n in sim_nodes] == ["sim", "policy", "collector"]
-    assert [n.name for n in robot_nodes] == ["policy", "collector"]
-    assert robot_nodes[0].remappings == (("camera/image_raw", "/camera/color/image_raw"),)
-    assert robot_nodes[1].parameters["robot"] == "robot"
+    assert [n.name for n in robot_nodes] == ["arm", "policy", "collector"]
+    assert robot_nodes[0].package == "nsl_kuka"
+    assert robot_nodes[1].remappings == (("camera/image_raw", "/camera/color/image_raw"),)
+    assert robot_nodes[2].parameters["robot"] == "robot"
 
 
 def test_unknown_argument_and_bad_choice_are_refused():

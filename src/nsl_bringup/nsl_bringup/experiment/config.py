@@ -1,0 +1,218 @@
+"""Configuration of the simulated paper-reproduction experiment (issue 7).
+
+One typed dataclass, :class:`ExperimentConfig`, holds every knob of every stage. Each stage
+hashes only the fields it reads (see :data:`STAGE_FIELDS`), so changing, say, the evaluation
+episode count does not invalidate the pre-trained checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from nsl_policy.cem import CEMConfig
+from nsl_policy.model import QNetworkConfig
+from nsl_sim.tasks import TASKS
+from nsl_trainer.qtopt import QTOptConfig
+
+#: Seed ranges (added to ``ExperimentConfig.seed * SEED_STRIDE``). Data collection, validation
+#: and evaluation never share an episode seed, so choices made on validation episodes are never
+#: made on the episodes the reported numbers come from.
+SEED_STRIDE = 10_000_000
+BOOTSTRAP_SEEDS = 0
+ROUND_SEEDS = 1_000_000  # + round * 100_000
+VALIDATION_SEEDS = 5_000_000
+EVALUATION_SEEDS = 8_000_000
+
+CHALLENGES = ("harsh_light", "transparent_objects", "checkerboard", "extend_gripper_1cm", "offset_gripper_10cm")
+
+
+@dataclass
+class ExperimentConfig:
+    """Every setting of ``nsl experiment run``. Defaults reproduce docs/results/base_policy.md."""
+
+    seed: int = 0
+    """Master seed: episode seeds, network initialisation, batch sampling and CEM all derive from it."""
+    image_size: int = 64
+    """Camera image side (pixels) of the sim and the Q-network input."""
+    max_steps: int = 10
+    """Control steps per grasp episode before the forced close-and-lift."""
+    num_objects: int = 3
+    """Objects dropped into the tray per episode."""
+    workers: int = 1
+    """Processes that collect/evaluate episodes in parallel (results do not depend on it)."""
+    chunk_episodes: int = 100
+    """Episodes per bag; a bag is the unit of caching/resuming of data collection."""
+
+    # --- stage 1: pretrain -------------------------------------------------------------
+    bootstrap_episodes: int = 2000
+    """Scripted bootstrap grasps on ``base`` (train objects) before the first training."""
+    bootstrap_random_fraction: float = 0.2
+    """Fraction of bootstrap episodes that are purely random exploration (nsl_sim.scripted.random_action)."""
+    bootstrap_noise_max: float = 0.5
+    """Oracle episodes add Gaussian noise to the normalised action, std drawn per episode in U(0, this)."""
+    bootstrap_epsilon_max: float = 0.3
+    """Oracle episodes replace each step by a random action with probability drawn per episode in U(0, this)."""
+    pretrain_steps: int = 6000
+    """QT-Opt gradient steps of the offline pre-training on the bootstrap data."""
+    rounds: int = 0
+    """On-policy rounds after the offline pre-training: collect with the current policy, retrain."""
+    round_episodes: int = 500
+    """Episodes collected per on-policy round (epsilon-greedy current policy)."""
+    round_steps: int = 3000
+    """Gradient steps per on-policy round (continuing from the previous checkpoint on all data so far)."""
+    round_epsilon: float = 0.2
+    """Probability of a random action per step while collecting on-policy rounds."""
+    round_noise_std: float = 0.1
+    """Gaussian noise on the CEM action while collecting on-policy rounds."""
+    learning_rate: float = 1e-3
+    """Adam learning rate of pre-training (fine-tuning later uses 25% of it, as in the paper)."""
+    round_learning_rate: float = 5e-4
+    """Adam learning rate of the on-policy rounds."""
+    model: dict = field(default_factory=dict)
+    """Overrides of nsl_policy.model.QNetworkConfig (image_size is taken from ``image_size``)."""
+    qtopt: dict = field(default_factory=dict)
+    """Overrides of nsl_trainer.qtopt.QTOptConfig (seed and learning_rate are set per run)."""
+    policy_cem: dict = field(default_factory=dict)
+    """Overrides of nsl_policy.cem.CEMConfig for acting (collection and evaluation)."""
+
+    # --- stage 2: evaluate_base ----------------------------------------------------------
+    eval_episodes: int = 200
+    """Evaluation episodes per task (held-out test objects, fresh evaluation seeds)."""
+    eval_tasks: tuple[str, ...] = ("base",)
+    """Tasks the base checkpoint is evaluated on (add the challenges for Table I)."""
+    threads: int = 1
+    """torch CPU threads per process (the build machine has 2 cores)."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"ExperimentConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+        def check_int(name: str, lo: int, hi: int = 10**9) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise bad(name, f"must be an integer in {lo}..{hi}")
+
+        def check_float(name: str, lo: float, hi: float, lo_open: bool = False) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not (lo < v if lo_open else lo <= v) or not v <= hi:
+                raise bad(name, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}]")
+            setattr(self, name, float(v))
+
+        check_int("seed", 0, 10**6)
+        check_int("image_size", 32, 472)
+        check_int("max_steps", 1, 100)
+        check_int("num_objects", 1, 10)
+        check_int("workers", 1, 64)
+        check_int("chunk_episodes", 1, 100_000)
+        check_int("bootstrap_episodes", 1)
+        check_float("bootstrap_random_fraction", 0.0, 1.0)
+        check_float("bootstrap_noise_max", 0.0, 2.0)
+        check_float("bootstrap_epsilon_max", 0.0, 1.0)
+        check_int("pretrain_steps", 1)
+        check_int("rounds", 0, 9)
+        check_int("round_episodes", 1)
+        check_int("round_steps", 1)
+        check_float("round_epsilon", 0.0, 1.0)
+        check_float("round_noise_std", 0.0, 2.0)
+        check_float("learning_rate", 0.0, 1.0, lo_open=True)
+        check_float("round_learning_rate", 0.0, 1.0, lo_open=True)
+        check_int("eval_episodes", 1)
+        check_int("threads", 1, 64)
+        self.eval_tasks = tuple(self.eval_tasks)
+        for t in self.eval_tasks:
+            if t not in TASKS:
+                raise bad("eval_tasks", f"unknown task {t!r} (known: {sorted(TASKS)})")
+        for name in ("model", "qtopt", "policy_cem"):
+            if not isinstance(getattr(self, name), dict):
+                raise bad(name, "must be a mapping of field overrides")
+        # Build the library configs once so a typo fails here, not an hour into a run.
+        try:
+            self.model_config()
+            self.qtopt_config()
+            self.cem_config()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"ExperimentConfig: {exc}") from None
+
+    # --- library configs ----------------------------------------------------------------
+    def model_config(self) -> QNetworkConfig:
+        if "image_size" in self.model and self.model["image_size"] != self.image_size:
+            raise ValueError("model.image_size must equal image_size (leave it out)")
+        return QNetworkConfig.from_dict({**self.model, "image_size": self.image_size})
+
+    def qtopt_config(self) -> QTOptConfig:
+        return QTOptConfig.from_dict({**self.qtopt, "seed": self.seed, "learning_rate": self.learning_rate})
+
+    def cem_config(self) -> CEMConfig:
+        return CEMConfig(**self.policy_cem)
+
+    def sim_kwargs(self) -> dict[str, Any]:
+        """SimConfig fields shared by every stage (the object split is set per use)."""
+        return {"image_size": self.image_size, "max_steps": self.max_steps, "num_objects": self.num_objects}
+
+    def seed_base(self, offset: int) -> int:
+        return self.seed * SEED_STRIDE + offset
+
+    # --- (de)serialisation --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["eval_tasks"] = list(self.eval_tasks)
+        return d
+
+    def subset(self, names: tuple[str, ...]) -> dict[str, Any]:
+        d = self.to_dict()
+        return {n: d[n] for n in names}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ExperimentConfig fields: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        """From a YAML or JSON file of field values."""
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: an experiment config must be a mapping")
+        return cls.from_dict(data)
+
+    def with_overrides(self, items: list[str]) -> "ExperimentConfig":
+        """Copy with ``name=value`` overrides (values parsed as YAML: 3, 0.5, [base, checkerboard], {width: 48})."""
+        import yaml
+
+        data = self.to_dict()
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"expected name=value, got {item!r}")
+            name, value = item.split("=", 1)
+            data[name.strip()] = yaml.safe_load(value)
+        return self.from_dict(data)
+
+
+def stable_hash(obj: Any) -> str:
+    """Short content hash of a JSON-serialisable object."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: Fields each stage depends on (its cache key is a hash of these plus its inputs' keys).
+COMMON_FIELDS = ("seed", "image_size", "max_steps", "num_objects")
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "bootstrap": COMMON_FIELDS + ("bootstrap_episodes", "bootstrap_random_fraction", "bootstrap_noise_max",
+                                  "bootstrap_epsilon_max", "chunk_episodes"),
+    "pretrain_train": COMMON_FIELDS + ("pretrain_steps", "learning_rate", "model", "qtopt"),
+    "round": COMMON_FIELDS + ("round_episodes", "round_steps", "round_epsilon", "round_noise_std",
+                              "round_learning_rate", "policy_cem", "chunk_episodes", "model", "qtopt"),
+    "evaluate": COMMON_FIELDS + ("eval_episodes", "policy_cem"),
+}
