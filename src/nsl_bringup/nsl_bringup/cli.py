@@ -81,6 +81,17 @@ PACKAGE_COMMANDS = [m for m in ("nsl_sim.cli", "nsl_policy.cli", "nsl_collector.
                     if _module_exists(m)]
 
 
+def cmd_docs_parameters(args) -> int:
+    from pathlib import Path
+
+    from nsl_bringup.paramdoc import collect_parameter_docs, render_markdown
+
+    text = render_markdown(collect_parameter_docs())
+    Path(args.output).write_text(text + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsl", description="NSL: never-stop-learning grasping on ROS 2")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image-size", type=int, default=64)
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(fn=cmd_checkpoint_init)
+    p = sub.add_parser("docs", help="generate documentation from the code")
+    dsub = p.add_subparsers(dest="docs_command", required=True)
+    c = dsub.add_parser("parameters", help="write the node parameters reference")
+    c.add_argument("--output", default="docs/parameters.md")
+    c.set_defaults(fn=cmd_docs_parameters)
     for module_name in PACKAGE_COMMANDS:
         importlib.import_module(module_name).add_commands(sub)
     return parser

@@ -59,6 +59,13 @@ def isolated_environment(domain_id: int | None = None) -> dict[str, str]:
     return {"ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 
 
+def fastdds_environment() -> dict[str, str]:
+    """FASTDDS_DEFAULT_PROFILES_FILE pointing at config/fastdds_shm.xml (a 16 MiB shared-memory
+    segment: large images such as 472x472 are delivered reliably); empty if the file is missing."""
+    profile = config_dir() / "fastdds_shm.xml"
+    return {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)} if profile.is_file() else {}
+
+
 @dataclass
 class NodeExit:
     name: str
@@ -82,7 +89,7 @@ class GraphRunner:
                  output=None, cwd: str | Path | None = None):
         self.nodes = nodes
         self.namespace = namespace
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**fastdds_environment(), **os.environ, **(env or {})}  # a user's own profile wins
         self.cwd = str(cwd) if cwd else None
         self.output = output or sys.stdout
         self._procs: dict[str, subprocess.Popen] = {}

@@ -1,112 +1,116 @@
 """ROS 2 node: records grasp episodes into one rosbag2 (MCAP) bag per session.
 
-Step records and episode results arrive as serialized CDR (raw subscriptions) and are written to
-the bag unchanged. An episode's steps are held until its result arrives and then written in one
-go, so a crash loses at most the episode in flight. Aborted episodes (result.complete false)
-are dropped. ``collector/stop_session`` closes the current bag (its path is in the reply); the
-next episode opens a new session.
+A thin adapter over :class:`nsl_collector.session.Collector` (ROS-free): step records, episode
+results and (``record_camera``) raw camera frames arrive as serialized CDR (raw subscriptions)
+and are written to the bag unchanged. An episode's steps are held until its result arrives and
+then written and flushed as one MCAP chunk, so a crash loses at most the episode in flight.
+
+Services (std_srvs/Trigger): ``collector/start_session`` (reply: the new bag's path),
+``collector/stop_session`` (reply: the closed bag's path), ``collector/discard_episode``.
+Topic ``collector/status`` (std_msgs/String, JSON, latched): counters after every change.
 """
 from __future__ import annotations
 
-import datetime as dt
-from collections import OrderedDict
+import json
+import time
 from pathlib import Path
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, QoSReliabilityPolicy
-from rclpy.serialization import deserialize_message
+from rclpy.qos import (QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data)
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from nsl_collector.dataset import BagRecorder
+from nsl_collector.session import Collector, CollectorConfig
 from nsl_msgs.msg import EpisodeResult, StepRecord
 
 RECORD_QOS = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-STEP_TYPE = "nsl_msgs/msg/StepRecord"
-RESULT_TYPE = "nsl_msgs/msg/EpisodeResult"
+STATUS_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                        durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+# name: (default, description); types follow the defaults.
+PARAMETERS = {
+    "dataset_root": ("datasets", "bags go to <dataset_root>/<task>/session_<UTC time>"),
+    "task": ("base", "task folder and session metadata"),
+    "robot": ("sim", "robot name, or 'sim' for the simulator; stored in the session metadata"),
+    "checkpoint": ("", "policy checkpoint path for the session metadata (the checkpoint ids come from the episodes)"),
+    "auto_start": (True, "open a session at the first complete episode; false: only collector/start_session opens one"),
+    "record_camera": (False, "also record the raw camera stream (camera/image_raw) into the session bag"),
+    "max_pending_episodes": (8, "episodes buffered awaiting their result; the oldest is dropped beyond this"),
+    "max_steps_per_episode": (200, "steps buffered per episode; an episode with more is dropped"),
+    "max_episodes_per_bag": (0, "roll over to a new session bag after this many episodes (0: never)"),
+    "max_bag_megabytes": (4096, "roll over to a new session bag at this MCAP size (0: never); bounds memory"),
+    "fsync": (True, "fsync the bag after every episode (durable against power loss, not only process crashes)"),
+}
+_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER, str: ParameterType.PARAMETER_STRING}
 
 
 class CollectorNode(Node):
     def __init__(self) -> None:
         super().__init__("collector")
-        d = ParameterDescriptor
-        self.declare_parameter("dataset_root", "datasets", d(description="bags go to <dataset_root>/<task>/<session>"))
-        self.declare_parameter("task", "base", d(description="task folder and session metadata"))
-        self.declare_parameter("robot", "sim", d(description="robot name or 'sim', stored in the session metadata"))
-        self.declare_parameter("max_pending_episodes", 8, d(description="episodes buffered awaiting their result; older ones are dropped"))
+        for name, (default, text) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=text, type=_TYPES[type(default)],
+                                                                      read_only=True))
         p = lambda name: self.get_parameter(name).value  # noqa: E731
-        self.dataset_root = Path(p("dataset_root")).resolve()
-        self.task, self.robot = p("task"), p("robot")
-        self.max_pending = int(p("max_pending_episodes"))
-        if self.max_pending < 1:
-            raise ValueError(f"max_pending_episodes must be >= 1, got {self.max_pending}")
-        if not self.task or "/" in self.task:
-            raise ValueError(f"task must be a non-empty name without '/', got '{self.task}'")
-
-        self.recorder: BagRecorder | None = None
-        self.session_path: Path | None = None
-        self.episodes_written = 0
-        # episode id -> [(timestamp ns, cdr bytes)], oldest first; bounded by max_pending.
-        self.pending: OrderedDict[str, list[tuple[int, bytes]]] = OrderedDict()
+        cfg = CollectorConfig(
+            dataset_root=Path(p("dataset_root")).resolve(), task=p("task"), robot=p("robot"),
+            namespace=self.get_namespace(), max_pending=int(p("max_pending_episodes")),
+            max_steps=int(p("max_steps_per_episode")), max_episodes_per_bag=int(p("max_episodes_per_bag")),
+            max_bag_bytes=int(p("max_bag_megabytes")) * 1024 * 1024, auto_start=bool(p("auto_start")),
+            record_camera=bool(p("record_camera")), checkpoint=p("checkpoint"), fsync=bool(p("fsync")))
+        self.collector = Collector(cfg, log=self._log, clock_ns=lambda: self.get_clock().now().nanoseconds)
+        self.status_pub = self.create_publisher(String, "collector/status", STATUS_QOS)
         self.create_subscription(StepRecord, "step_records", self.on_step, RECORD_QOS, raw=True)
         self.create_subscription(EpisodeResult, "episode_results", self.on_result, RECORD_QOS, raw=True)
-        self.create_service(Trigger, "collector/stop_session", self.on_stop_session)
-        self.get_logger().info(f"collector ready; sessions go to {self.dataset_root / self.task}")
+        if cfg.record_camera:
+            self.create_subscription(Image, "camera/image_raw", self.collector.on_camera, qos_profile_sensor_data, raw=True)
+        for name, fn in (("start_session", self.collector.start_session), ("stop_session", self.collector.stop_session),
+                         ("discard_episode", self.collector.discard_episode)):
+            self.create_service(Trigger, f"collector/{name}", self._trigger(fn))
+        self.publish_status()
+        self.get_logger().info(f"collector ready; sessions go to {cfg.dataset_root / cfg.task}"
+                               f"{' (with the camera stream)' if cfg.record_camera else ''}")
 
-    def open_session(self, first_result: EpisodeResult) -> None:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S_%f")
-        self.session_path = self.dataset_root / self.task / f"session_{stamp}"
-        metadata = {"task": self.task, "robot": self.robot, "namespace": self.get_namespace(),
-                    "checkpoint_id": first_result.checkpoint_id, "exploration": first_result.exploration,
-                    "started": stamp, "software": "nsl 0.1.0"}
-        self.recorder = BagRecorder(self.session_path, metadata)
-        self.episodes_written = 0
-        self.get_logger().info(f"recording session {self.session_path}")
+    def _log(self, level: str, text: str) -> None:
+        if not rclpy.ok():  # shutting down: the rosout publisher is gone
+            print(f"[collector] {text}", flush=True)
+            return
+        # One call site per severity: rclpy refuses different severities from the same line.
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(text)
+        elif level == "warn":
+            logger.warning(text)
+        else:
+            logger.info(text)
+
+    def publish_status(self) -> None:
+        self._last_status = time.monotonic()
+        if rclpy.ok():
+            self.status_pub.publish(String(data=json.dumps(self.collector.status())))
 
     def on_step(self, raw: bytes) -> None:
-        msg = deserialize_message(raw, StepRecord)
-        steps = self.pending.setdefault(msg.episode_id, [])
-        steps.append((self.get_clock().now().nanoseconds, raw))
-        while len(self.pending) > self.max_pending:
-            dropped, records = self.pending.popitem(last=False)
-            self.get_logger().warn(f"dropping {len(records)} steps of episode {dropped[:8]}: its result never arrived")
+        self.collector.on_step(raw)
+        now = time.monotonic()
+        if now - self._last_status > 0.2:  # throttled: a step is not worth a status message each
+            self.publish_status()
 
     def on_result(self, raw: bytes) -> None:
-        result = deserialize_message(raw, EpisodeResult)
-        steps = self.pending.pop(result.episode_id, [])
-        if not result.complete:
-            self.get_logger().warn(f"episode {result.episode_id[:8]} aborted ({result.message}); not recorded")
-            return
-        if len(steps) != result.num_steps:
-            self.get_logger().error(f"episode {result.episode_id[:8]}: {len(steps)} step records for {result.num_steps} steps; not recorded")
-            return
-        if self.recorder is None:
-            self.open_session(result)
-        self.recorder.write_episode_raw(steps, (self.get_clock().now().nanoseconds, raw))
-        self.episodes_written += 1
+        self.collector.on_result(raw)
+        self.publish_status()
 
-    def close_session(self) -> str:
-        if self.recorder is None:
-            return ""
-        self.recorder.close()
-        path, self.recorder = str(self.session_path), None
-        note = f"closed session {path} with {self.episodes_written} episodes"
-        if rclpy.ok():
-            self.get_logger().info(note)
-        else:  # shutting down: the rosout publisher is gone
-            print(f"[collector] {note}", flush=True)
-        return path
-
-    def on_stop_session(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        path = self.close_session()
-        response.success = bool(path)
-        response.message = path if path else "no session open (no complete episode recorded since the last stop)"
-        return response
+    def _trigger(self, fn):
+        def handle(request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+            response.success, response.message = fn()
+            self.publish_status()
+            return response
+        return handle
 
     def destroy_node(self) -> None:
-        self.close_session()
+        self.collector.close()
         super().destroy_node()
 
 

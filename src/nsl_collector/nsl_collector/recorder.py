@@ -154,6 +154,7 @@ class BagRecorder:
         self._connections: dict[tuple[str, str], Any] = {}
         self.episodes_written = 0
         self.steps_written = 0
+        self.messages_written = 0
         self._created_ns = time.time_ns()
         self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
@@ -220,22 +221,46 @@ class BagRecorder:
             raise DatasetError(f"{self.path}: recorder is closed")
 
     # ------------------------------------------------------------------ writing
-    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, cdr_bytes: bytes | memoryview) -> None:
+    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, cdr_bytes: bytes | memoryview,
+                  *, flush: bool | None = None) -> None:
         """Write one serialized (CDR, e.g. from ``rclpy.serialization.serialize_message``)
-        message. An EpisodeResult ends an MCAP chunk and is flushed (and fsynced) at once."""
+        message. An EpisodeResult ends an MCAP chunk and is flushed (and fsynced) at once.
+
+        ``flush``: end the chunk and flush after this message (default: ``flush_steps`` for
+        other types). ``False`` lets messages of a side stream (the raw camera images) collect
+        in the current chunk, which reaches the file at the next flush or at 1 MiB."""
         msgtype = _normalise_type(msgtype)
         with self._lock:
             self._check_open()
             conn = self._connection(topic, msgtype)
             self._writer.write(conn, int(timestamp_ns), cdr_bytes)
+            self.messages_written += 1
             if msgtype == EPISODE_RESULT:
                 self.episodes_written += 1
                 self._end_chunk(self.fsync)
             else:
                 if msgtype == STEP_RECORD:
                     self.steps_written += 1
-                if self.flush_steps:
+                if self.flush_steps if flush is None else flush:
                     self._end_chunk(False)
+
+    def update_metadata(self, values: dict) -> None:
+        """Merge ``values`` into the session metadata (sidecar rewritten now, metadata.yaml's
+        custom_data at close)."""
+        try:
+            json.dumps(values)
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{self.path}: session metadata is not JSON-serialisable: {exc}") from exc
+        with self._lock:
+            self._check_open()
+            self.metadata.update(values)
+            self._writer.set_custom_data("nsl_session", json.dumps(self.metadata, sort_keys=True))
+            self._write_session("recording")
+
+    @property
+    def bytes_written(self) -> int:
+        """Size of the MCAP file so far (flushed and buffered)."""
+        return self._storage.bio.tell()
 
     def write_episode_raw(self, steps: Sequence[tuple[int, bytes | memoryview]], result: tuple[int, bytes | memoryview],
                           *, step_topic: str = STEP_TOPIC, result_topic: str = RESULT_TOPIC) -> None:
@@ -249,6 +274,7 @@ class BagRecorder:
             for stamp, data in steps:
                 self._writer.write(sconn, int(stamp), data)
             self._writer.write(rconn, int(result[0]), result[1])
+            self.messages_written += len(steps) + 1
             self.steps_written += len(steps)
             self.episodes_written += 1
             self._end_chunk(self.fsync)
@@ -274,6 +300,7 @@ class BagRecorder:
             for stamp, data in serialized:
                 self._writer.write(sconn, stamp, data)
             self._writer.write(rconn, end, res_bytes)
+            self.messages_written += len(serialized) + 1
             self.steps_written += len(serialized)
             self.episodes_written += 1
             self._end_chunk(self.fsync)

@@ -19,28 +19,33 @@ from nsl_msgs.msg import GripperState
 from nsl_msgs.srv import ExecuteStep, ResetEpisode
 
 
+def declare_arm_parameters(node: Node) -> None:
+    """Declare the arm node's parameters (also used to document them where MoveIt is missing)."""
+    d = ParameterDescriptor
+    defaults = ArmConfig()
+    node.declare_parameter("workspace_low", list(defaults.workspace_low), d(description="lowest tool position x, y, z (m, planning frame)"))
+    node.declare_parameter("workspace_high", list(defaults.workspace_high), d(description="highest tool position x, y, z (m, planning frame)"))
+    node.declare_parameter("tray_height", defaults.tray_height, d(description="z of the tray floor (m); heights are reported above it"))
+    node.declare_parameter("max_translation", defaults.max_translation, d(description="largest displacement per axis and step (m)"))
+    node.declare_parameter("max_rotation", defaults.max_rotation, d(description="largest rotation per step (rad)"))
+    node.declare_parameter("max_steps", defaults.max_steps, d(description="steps before the forced close-and-lift"))
+    node.declare_parameter("lift_height", defaults.lift_height, d(description="lift after closing (m)"))
+    node.declare_parameter("min_object_gap", defaults.min_object_gap, d(description="finger gap after lifting that counts as a held object (m)"))
+    node.declare_parameter("start_position", list(defaults.start_position), d(description="tool position at each episode start (m)"))
+    node.declare_parameter("start_yaw", defaults.start_yaw, d(description="tool yaw at each episode start (rad)"))
+    node.declare_parameter("planning_group", "manipulator", d(description="MoveIt planning group of the arm"))
+    node.declare_parameter("tool_link", "tool0", d(description="link whose pose the steps move"))
+    node.declare_parameter("planning_frame", "world", d(description="frame of the workspace limits"))
+    node.declare_parameter("gripper_action", "gripper_controller/gripper_cmd", d(description="control_msgs/GripperCommand action"))
+    node.declare_parameter("finger_joints", ["finger_joint"], d(description="joints whose positions give the finger gap"))
+    node.declare_parameter("finger_gap_scale", 1.0, d(description="metres of finger gap per unit of joint position"))
+    node.declare_parameter("timeout", 10.0, d(description="seconds to wait for the gripper"))
+
+
 class KukaArmNode(Node):
     def __init__(self) -> None:
         super().__init__("arm")
-        d = ParameterDescriptor
-        defaults = ArmConfig()
-        self.declare_parameter("workspace_low", list(defaults.workspace_low), d(description="lowest tool position x, y, z (m, planning frame)"))
-        self.declare_parameter("workspace_high", list(defaults.workspace_high), d(description="highest tool position x, y, z (m, planning frame)"))
-        self.declare_parameter("tray_height", defaults.tray_height, d(description="z of the tray floor (m); heights are reported above it"))
-        self.declare_parameter("max_translation", defaults.max_translation, d(description="largest displacement per axis and step (m)"))
-        self.declare_parameter("max_rotation", defaults.max_rotation, d(description="largest rotation per step (rad)"))
-        self.declare_parameter("max_steps", defaults.max_steps, d(description="steps before the forced close-and-lift"))
-        self.declare_parameter("lift_height", defaults.lift_height, d(description="lift after closing (m)"))
-        self.declare_parameter("min_object_gap", defaults.min_object_gap, d(description="finger gap after lifting that counts as a held object (m)"))
-        self.declare_parameter("start_position", list(defaults.start_position), d(description="tool position at each episode start (m)"))
-        self.declare_parameter("start_yaw", defaults.start_yaw, d(description="tool yaw at each episode start (rad)"))
-        self.declare_parameter("planning_group", "manipulator", d(description="MoveIt planning group of the arm"))
-        self.declare_parameter("tool_link", "tool0", d(description="link whose pose the steps move"))
-        self.declare_parameter("planning_frame", "world", d(description="frame of the workspace limits"))
-        self.declare_parameter("gripper_action", "gripper_controller/gripper_cmd", d(description="control_msgs/GripperCommand action"))
-        self.declare_parameter("finger_joints", ["finger_joint"], d(description="joints whose positions give the finger gap"))
-        self.declare_parameter("finger_gap_scale", 1.0, d(description="metres of finger gap per unit of joint position"))
-        self.declare_parameter("timeout", 10.0, d(description="seconds to wait for the gripper"))
+        declare_arm_parameters(self)
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         self.config = ArmConfig(
             workspace_low=tuple(p("workspace_low")), workspace_high=tuple(p("workspace_high")), tray_height=p("tray_height"),

@@ -87,7 +87,7 @@ import pybullet_data
 from pybullet_utils import bullet_client
 
 from . import assets
-from .tasks import EffectiveTask, TaskConfig, get_task
+from .tasks import EffectiveTask, TaskConfig, get_task, image_format
 
 __all__ = ["SimConfig", "Observation", "StepResult", "GraspEnv", "object_files"]
 
@@ -212,6 +212,27 @@ class SimConfig:
     """Keep the loaded robot/tray between episodes (faster resets) instead of rebuilding the
     world. Measured: reusing makes episodes depend on history (not bit-identical across
     histories), so the default rebuilds the world on every reset."""
+    gravity: float = -9.81
+    """Vertical gravity (m/s^2; pybullet_envs uses -10)."""
+    early_exit: bool = True
+    """Stop the settle, move and lift loops once the simulator state has converged (objects at
+    rest, tool at its target). False always runs the full ``settle_steps``, ``max_substeps`` and
+    ``lift_steps``, as pybullet_envs does."""
+
+    @classmethod
+    def reference_physics(cls, **changes: Any) -> "SimConfig":
+        """The physics settings of pybullet_envs' KukaDiverseObjectEnv (for comparisons).
+
+        150 solver iterations, gravity -10, arm joint velocity limit 0.35 rad/s, always 80
+        physics steps per control step, 500 settle steps per object, 500 steps to close and
+        500 to lift, no early exits. Everything else (world, camera, action semantics) is as
+        the default. ``changes`` override fields (e.g. image_size).
+        """
+        num_objects = int(changes.get("num_objects", cls.num_objects))
+        ref = dict(solver_iterations=150, gravity=-10.0, arm_max_velocity=0.35, max_substeps=80,
+                   settle_steps=min(5000, 500 * num_objects), close_steps=500, lift_steps=500, early_exit=False)
+        ref.update(changes)
+        return cls(**ref)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -266,7 +287,8 @@ class SimConfig:
         check_int("settle_steps", 0, 5000)
         check_int("close_steps", 1, 2000)
         check_int("lift_steps", 1, 5000)
-        for name in ("render_final", "reuse_world"):
+        check_float("gravity", -20.0, 0.0)
+        for name in ("render_final", "reuse_world", "early_exit"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a bool")
 
@@ -380,15 +402,24 @@ class GraspEnv:
         c.resetSimulation()
         c.setPhysicsEngineParameter(numSolverIterations=cfg.solver_iterations, deterministicOverlappingPairs=1)
         c.setTimeStep(cfg.time_step)
-        c.setGravity(0, 0, -9.81)
+        c.setGravity(0, 0, cfg.gravity)
         plane = c.loadURDF(os.path.join(DATA_PATH, "plane.urdf"), [0, 0, -1])
         table = c.loadURDF(os.path.join(DATA_PATH, "table", "table.urdf"), [0.5, 0.0, -0.82], [0, 0, 0, 1])
         tray = c.loadURDF(os.path.join(DATA_PATH, "tray", "tray.urdf"), TRAY_POS, TRAY_ORN)
         sdf = assets.gripper_sdf(eff.finger_extension, eff.gripper_offset) if eff.gripper_key != (0, 0, 0, 0) else KUKA_SDF
         self._robot = c.loadSDF(sdf)[0]
         c.resetBasePositionAndOrientation(self._robot, KUKA_BASE_POS, [0, 0, 0, 1])
-        if eff.texture == "checkerboard":
-            tex = c.loadTexture(assets.checkerboard_texture(eff.checker_squares, eff.checker_colors))
+        if eff.texture != "none":
+            tex_path = (assets.checkerboard_texture(eff.checker_squares, eff.checker_colors)
+                        if eff.texture == "checkerboard" else eff.texture)
+            if image_format(tex_path) is None:  # PyBullet would warn and return a valid-looking id
+                raise ValueError(f"task {self._task.name!r}: texture {tex_path!r} is missing or not an image file")
+            try:
+                tex = c.loadTexture(tex_path)
+            except p.error as exc:
+                raise ValueError(f"task {self._task.name!r}: cannot load texture {tex_path!r}: {exc}") from None
+            if tex < 0:
+                raise ValueError(f"task {self._task.name!r}: cannot load texture {tex_path!r}")
             for body in (tray, table, plane):
                 for link in range(-1, c.getNumJoints(body)):
                     c.changeVisualShape(body, link, textureUniqueId=tex, rgbaColor=[1, 1, 1, 1])
@@ -508,7 +539,7 @@ class GraspEnv:
                 self._apply_arm_targets(self._solve_ik(pos, yaw), yaw)
             c.stepSimulation()
             used += 1
-            if used % 4 == 0:
+            if used % 4 == 0 and self._config.early_exit:
                 err = np.max(np.abs(self._believed_tool() - pos))
                 yaw_err = abs(c.getJointState(self._robot, YAW_JOINT)[0] + yaw)
                 if err < tol and yaw_err < 0.02:
@@ -521,14 +552,17 @@ class GraspEnv:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         seed = int(seed)
-        if task is not None:
-            self._task = get_task(task)
+        new_task = get_task(task) if task is not None else self._task
+        c = self._client()
+        # From here on the previous episode is gone; a failure below leaves no episode running.
+        self._started, self._done = False, True
+        self._task = new_task
         eff = self._task.effective()
         self._eff = eff
-        c = self._client()
         cfg = self._config
         key = (eff.gripper_key, eff.texture, eff.checker_squares, eff.checker_colors)
         if key != self._world_key or not self._config.reuse_world:
+            self._world_key = None
             self._build_world(eff)
         else:
             for uid in self._object_ids:
@@ -579,7 +613,7 @@ class GraspEnv:
         c = self._client()
         for i in range(self._config.settle_steps):
             c.stepSimulation()
-            if i % 10 == 9 and i >= 59:
+            if i % 10 == 9 and i >= 59 and self._config.early_exit:
                 still = True
                 for uid in self._object_ids:
                     v, w = c.getBaseVelocity(uid)

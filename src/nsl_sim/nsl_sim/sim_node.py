@@ -2,8 +2,16 @@
 
 Serves the arm interface (``arm/reset_episode``, ``arm/execute_step``), publishes the camera
 image (``camera/image_raw``) after every reset and step (and optionally at ``camera_rate``) and
-the gripper state. Bad requests (unknown task, NaN action) get a clear error reply; the node
-keeps serving.
+the gripper state.
+
+``task`` (parameter, and the ``task`` of a reset request) is a named task (``base``,
+``checkerboard``, ...) or the path of a YAML task file (``task:=/path/my_variation.yaml``).
+
+Bad requests never kill the node: an unknown task, a bad YAML file or texture, a step without
+an episode or after its end, a non-finite action get ``success=false`` and a message saying
+why; translations and rotations beyond the limits are clipped (the reply's message says so).
+A bad ``task`` *parameter* at start-up is a configuration error: the node exits with code 2
+and the reason.
 """
 from __future__ import annotations
 
@@ -73,8 +81,11 @@ class SimNode(Node):
 
     def on_reset(self, request: ResetEpisode.Request, response: ResetEpisode.Response) -> ResetEpisode.Response:
         try:
+            self.observation = None
+            if request.seed < 0:
+                raise ValueError(f"seed must be >= 0, got {request.seed}")
             self.observation = self.env.reset(seed=int(request.seed), task=request.task or None)
-        except (ValueError, FileNotFoundError) as exc:
+        except Exception as exc:  # never let a request kill the node
             response.success, response.message = False, f"reset refused: {exc}"
             self.get_logger().error(response.message)
             return response
@@ -95,17 +106,24 @@ class SimNode(Node):
         try:
             result = self.env.step(tuple(float(v) for v in action.translation), float(action.rotation),
                                    bool(action.close_gripper), bool(action.terminate))
-        except ValueError as exc:
+        except Exception as exc:  # e.g. a step after the episode ended; never kill the node
             response.success, response.message = False, f"step refused: {exc}"
+            self.get_logger().error(response.message)
             return response
         self.observation = result.observation
         self.publish_observation()
         response.success, response.gripper_state = True, self.gripper_state()
+        if result.info.get("clipped"):
+            cfg = self.env.config
+            response.message = (f"action clipped to the limits (translation +-{cfg.max_translation} m per axis, "
+                                f"rotation +-{cfg.max_rotation} rad, workspace {list(cfg.workspace_low)}..{list(cfg.workspace_high)})")
         response.done, response.grasp_success = bool(result.done), bool(result.grasp_success)
         return response
 
     def destroy_node(self) -> None:
-        self.env.close()
+        env = getattr(self, "env", None)  # absent when __init__ failed (bad parameters)
+        if env is not None:
+            env.close()
         super().destroy_node()
 
 

@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["TaskConfig", "TASKS", "get_task", "load_task_yaml", "task_from_dict"]
+__all__ = ["TaskConfig", "TASKS", "get_task", "is_task_file", "load_task_yaml", "task_from_dict"]
 
 Vec3 = tuple[float, float, float]
 
@@ -80,6 +81,28 @@ def _lists(v: Any) -> Any:
         return [_lists(x) for x in v]
     return v
 
+def image_format(path: str) -> str | None:
+    """Image format of a file from its first bytes ("png", "jpeg", "bmp", "gif"; "tga" by
+    extension, TGA has no signature), None when it is none of these or cannot be read.
+    PyBullet's texture loader accepts these formats and silently ignores anything else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if path.lower().endswith(".tga") and len(head) >= 8:
+        return "tga"
+    return None
+
+
 #: Nominal light used by every task unless overridden (TinyRenderer's own defaults are
 #: implicit; we pass explicit values so that the nominal look is pinned down).
 NOMINAL_LIGHT_DIRECTION: Vec3 = (0.3, 0.2, 1.0)
@@ -101,7 +124,9 @@ class TaskConfig:
 
     # --- surface texture -------------------------------------------------------------
     texture: str = "none"
-    """Texture of the tray and table: ``"none"`` (stock look) or ``"checkerboard"``."""
+    """Texture of the tray, table and floor: ``"none"`` (stock look), ``"checkerboard"`` (generated
+    from ``checker_squares``/``checker_colors``) or the path of an image file (PNG, JPEG, TGA,
+    BMP; in a YAML file relative to the YAML file's folder). A missing file is refused here."""
     checker_squares: int = 8
     """Number of checker squares along one side of the texture image."""
     checker_colors: tuple[Vec3, Vec3] = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -148,8 +173,14 @@ class TaskConfig:
             raise bad("name", "must be a non-empty string")
         if not _finite(self.severity) or self.severity < 0:
             raise bad("severity", f"must be a finite number >= 0, got {self.severity!r}")
+        if not isinstance(self.texture, str) or not self.texture:
+            raise bad("texture", f"must be 'none', 'checkerboard' or an image file path, got {self.texture!r}")
         if self.texture not in ("none", "checkerboard"):
-            raise bad("texture", f"must be 'none' or 'checkerboard', got {self.texture!r}")
+            if not os.path.isfile(self.texture):
+                raise bad("texture", f"texture file not found: {self.texture!r} "
+                                     "(texture must be 'none', 'checkerboard' or the path of an image file)")
+            if image_format(self.texture) is None:
+                raise bad("texture", f"{self.texture!r} is not a PNG, JPEG, BMP, GIF or TGA image")
         if not isinstance(self.checker_squares, int) or not 1 <= self.checker_squares <= 256:
             raise bad("checker_squares", f"must be an int in 1..256, got {self.checker_squares!r}")
         cc = _as_tuple(self.checker_colors)
@@ -262,25 +293,35 @@ TASKS: dict[str, TaskConfig] = {
 }
 
 
-def get_task(name: str | TaskConfig) -> TaskConfig:
-    """Return the named task (a :class:`TaskConfig` passes through unchanged).
+def is_task_file(name: object) -> bool:
+    """True when ``name`` names a YAML task file (ends in .yaml or .yml)."""
+    return isinstance(name, str) and name.lower().endswith((".yaml", ".yml"))
 
-    Raises ValueError listing the valid names for an unknown name.
+
+def get_task(name: str | TaskConfig) -> TaskConfig:
+    """Return the named task, or the task of a YAML file path (``*.yaml``/``*.yml``, read with
+    :func:`load_task_yaml`); a :class:`TaskConfig` passes through unchanged.
+
+    Raises ValueError listing the valid names for an unknown name, or naming the file and the
+    problem for a bad YAML file.
     """
     if isinstance(name, TaskConfig):
         return name
+    if is_task_file(name):
+        return load_task_yaml(name)  # type: ignore[arg-type]
     try:
         return TASKS[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}"
+            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} (or the path of a .yaml task file)"
         ) from None
 
 
-def task_from_dict(data: Mapping[str, Any], source: str = "task") -> TaskConfig:
+def task_from_dict(data: Mapping[str, Any], source: str = "task", base_dir: str | None = None) -> TaskConfig:
     """Build a TaskConfig from a mapping. Unknown keys raise ValueError naming them.
 
-    A key ``base`` names a task in ``TASKS`` whose values are the starting point.
+    A key ``base`` names a task in ``TASKS`` whose values are the starting point. A relative
+    ``texture`` file path is taken relative to ``base_dir`` (when given).
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: expected a mapping of TaskConfig fields, got {type(data).__name__}")
@@ -294,6 +335,12 @@ def task_from_dict(data: Mapping[str, Any], source: str = "task") -> TaskConfig:
         )
     kwargs = dataclasses.asdict(start)
     kwargs.update(data)
+    tex = kwargs.get("texture")
+    if (base_dir and isinstance(tex, str) and tex not in ("none", "checkerboard")
+            and not os.path.isabs(os.path.expanduser(tex))):
+        kwargs["texture"] = os.path.normpath(os.path.join(base_dir, tex))
+    elif isinstance(tex, str) and tex.startswith("~"):
+        kwargs["texture"] = os.path.expanduser(tex)
     if "checker_colors" in kwargs:
         kwargs["checker_colors"] = _as_tuple(kwargs["checker_colors"])
     try:
@@ -307,17 +354,26 @@ def task_from_dict(data: Mapping[str, Any], source: str = "task") -> TaskConfig:
 def load_task_yaml(path: str) -> TaskConfig:
     """Load a user-defined variation from a YAML file of TaskConfig fields.
 
-    The file may also hold the fields under a top-level ``task:`` key.
+    The file may also hold the fields under a top-level ``task:`` key. Without a ``name`` the
+    task is named after the file (``dim_checker.yaml`` -> ``dim_checker``). A relative
+    ``texture`` path is relative to the file's folder. Every problem (missing file, bad YAML,
+    unknown key, bad value, missing texture file) raises ValueError naming the file.
     """
     import yaml
 
-    with open(path, "r", encoding="utf-8") as fh:
-        try:
-            data = yaml.safe_load(fh)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    path = os.path.expanduser(str(path))
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            try:
+                data = yaml.safe_load(fh)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"task file {path!r} cannot be read: {exc.strerror or exc}") from None
     if data is None:
         data = {}
     if isinstance(data, Mapping) and set(data) == {"task"}:
         data = data["task"]
-    return task_from_dict(data, source=str(path))
+    if isinstance(data, Mapping) and "name" not in data:
+        data = {**data, "name": os.path.splitext(os.path.basename(path))[0]}
+    return task_from_dict(data, source=str(path), base_dir=os.path.dirname(os.path.abspath(path)))

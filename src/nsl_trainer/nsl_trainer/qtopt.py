@@ -11,12 +11,25 @@ One update step:
 Images are augmented (random shift via crop-of-padding, brightness/contrast) on the fly.
 Fine-tuning = the same algorithm started from a pre-trained checkpoint, at
 ``finetune_lr_scale`` x the pre-training learning rate (paper: 1e-4 = 25% of pre-training).
+
+Random numbers (batch sampling, augmentation, target-action search) are counter-based: before
+every step the trainer's generators are seeded from (config.seed, process rank, step number).
+The sampler's whole state is therefore the step counter, so a resumed run draws exactly the
+batches an uninterrupted one would, also under DistributedDataParallel (each rank draws its own
+batches; gradients are averaged by DDP, so all ranks keep identical weights).
+
+Training state (``save_state``/``load_state``): online network, both target networks, Adam's
+moments and step counts, the step counter and sample counts, in one safetensors file whose
+header holds the JSON metadata. Loading never unpickles anything.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
@@ -32,6 +45,27 @@ from nsl_policy.image import resize_batch
 from nsl_policy.model import QNetwork, QNetworkConfig, default_device
 
 ProgressFn = Callable[[int, dict], Any]
+
+STATE_FORMAT = "nsl-qtopt-state"
+STATE_VERSION = 1
+METRIC_KEYS = ("loss", "mean_q", "q_std", "q_min", "q_max", "mean_target", "td_error", "td_error_max",
+               "grad_norm", "batch_target_fraction")
+"""Per-step metrics returned by ``QTOptTrainer.train_step`` (floats)."""
+
+
+def stream_seed(seed: int, rank: int, step: int, stream: int) -> int:
+    """Seed of random stream ``stream`` for gradient step ``step`` on process ``rank``."""
+    digest = hashlib.blake2b(f"{seed}:{rank}:{step}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def dist_info() -> tuple[int, int]:
+    """(world size, rank) of the default torch.distributed process group, (1, 0) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +157,25 @@ def td_target(reward: torch.Tensor, done: torch.Tensor, next_logit1: torch.Tenso
     return (reward + discount * not_done * next_q).clamp(0.0, 1.0)
 
 
+def _atomic_write(path: str, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` through a temporary file + fsync + os.replace."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 class _Data:
     """Base and target transitions on the training device, images at network size (uint8 NHWC).
     Rows [0, n_base) are base data, [n_base, n_base + n_target) target data."""
@@ -183,6 +236,16 @@ class QTOptTrainer:
         self.config = config or QTOptConfig()
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(device=self.device, memory_format=torch.channels_last).train()
+        self.world_size, self.rank = dist_info()
+        self.ddp: torch.nn.Module | None = None
+        if self.world_size > 1:
+            # DDP broadcasts rank 0's weights here and averages gradients in backward(); the
+            # target networks are copied afterwards, so every rank starts from the same ones.
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         self.target1 = self._frozen_copy(self.model)
         self.target2 = self._frozen_copy(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
@@ -191,6 +254,8 @@ class QTOptTrainer:
         self.step_count = 0
         self.samples_base = 0
         self.samples_target = 0
+        self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(row indices, from_target) of the latest batch (CPU tensors), for inspection."""
 
     @staticmethod
     def _frozen_copy(model: QNetwork) -> QNetwork:
@@ -260,9 +325,17 @@ class QTOptTrainer:
         if self.step_count % self.config.target2_lag == 0:
             self.target2.load_state_dict(self.target1.state_dict())
 
+    def seed_step(self) -> None:
+        """Seed the generators for the next step from (seed, rank, step) (see the module doc)."""
+        self._gen.manual_seed(stream_seed(self.config.seed, self.rank, self.step_count, 0))
+        self._dev_gen.manual_seed(stream_seed(self.config.seed, self.rank, self.step_count, 1))
+
     def train_step(self, data: _Data, target_fraction: float) -> dict[str, float]:
+        """One QT-Opt update (see the module doc); returns the METRIC_KEYS of this batch."""
         cfg = self.config
+        self.seed_step()
         idx, from_target = self.sample_indices(data.n_base, data.n_target, target_fraction, cfg.batch_size)
+        self.last_batch = (idx, from_target)
         idx = idx.to(self.device)
         nidx = data.next_index[idx]
         images = augment_images(data.image[idx], cfg, self._gen)
@@ -270,14 +343,17 @@ class QTOptTrainer:
         live = ~done
         next_images = augment_images(data.image[nidx], cfg, self._gen) if bool(live.any()) else images
         y = self.bellman_target(reward, done, next_images, data.state[nidx])
-        logits = self.model(images, data.state[idx], data.action[idx])
+        logits = (self.ddp or self.model)(images, data.state[idx], data.action[idx])
         loss = F.binary_cross_entropy_with_logits(logits, y)
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"QT-Opt loss became non-finite at step {self.step_count + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters()
+                                                              if p.grad is not None]))
         self.optimizer.step()
         self.step_count += 1
         self.update_targets()
@@ -286,13 +362,86 @@ class QTOptTrainer:
         self.samples_base += cfg.batch_size - n_t
         with torch.no_grad():
             q = torch.sigmoid(logits)
-            return {
-                "loss": float(loss),
-                "mean_q": float(q.mean()),
-                "td_error": float((q - y).abs().mean()),
-                "mean_target": float(y.mean()),
-                "batch_target_fraction": n_t / cfg.batch_size,
-            }
+            td = (q - y).abs()
+            stats = torch.stack([loss.detach(), q.mean(), q.std(unbiased=False), q.min(), q.max(), y.mean(),
+                                 td.mean(), td.max(), grad_norm.detach().float()]).tolist()  # one device sync
+        out = dict(zip(METRIC_KEYS, stats))
+        out["batch_target_fraction"] = n_t / cfg.batch_size
+        return out
+
+    # --- training state ---------------------------------------------------------------------
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything a resumed run needs: (tensors for safetensors, JSON-able metadata)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, net in (("model.", self.model), ("target1.", self.target1), ("target2.", self.target2)):
+            for k, v in net.state_dict().items():
+                tensors[prefix + k] = v.detach().to("cpu").contiguous()
+        opt = self.optimizer.state_dict()
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                if not torch.is_tensor(v):
+                    v = torch.tensor(v)
+                tensors[f"optim.{pid}.{k}"] = v.detach().to("cpu").contiguous()
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
+        meta = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "step": self.step_count,
+            "samples_base": self.samples_base, "samples_target": self.samples_target,
+            "qtopt_config": self.config.to_dict(), "model_config": self.model.config.to_dict(),
+            "optimizer_param_groups": groups, "rng": "counter-based: stream_seed(seed, rank, step)",
+        }
+        return tensors, meta
+
+    def save_state(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+        """Write the training state to ``path`` atomically (safetensors; ``extra`` goes into the
+        JSON metadata under "extra")."""
+        from safetensors.torch import save as st_save
+
+        tensors, meta = self.state_tensors()
+        meta["extra"] = extra or {}
+        blob = st_save(tensors, metadata={"nsl_format": STATE_FORMAT, "state": json.dumps(meta, default=str)})
+        _atomic_write(os.fspath(path), blob)
+
+    def load_state(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Restore a state written by ``save_state`` into this trainer (same network and QT-Opt
+        config required); returns the "extra" metadata. Raises ValueError naming the problem."""
+        from safetensors import safe_open
+
+        path = os.fspath(path)
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+            raise ValueError(f"training state {path} is unreadable: {exc}") from exc
+        if header.get("nsl_format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not an NSL training state (no nsl_format={STATE_FORMAT!r})")
+        meta = json.loads(header["state"])
+        if meta.get("version") != STATE_VERSION:
+            raise ValueError(f"training state {path} has version {meta.get('version')!r}; this code reads {STATE_VERSION}")
+        if meta["model_config"] != self.model.config.to_dict():
+            raise ValueError(f"training state {path} is for another network: {meta['model_config']} "
+                             f"vs {self.model.config.to_dict()}")
+        mine = self.config.to_dict()
+        diffs = {k: (meta["qtopt_config"].get(k), v) for k, v in mine.items() if meta["qtopt_config"].get(k) != v}
+        if diffs:
+            raise ValueError(f"training state {path} was written with other QT-Opt settings (state vs now): {diffs}")
+        for prefix, net in (("model.", self.model), ("target1.", self.target1), ("target2.", self.target2)):
+            sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            net.load_state_dict(sd)  # copies into the existing (channels_last) parameters
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        groups = meta["optimizer_param_groups"]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        for pid, st in self.optimizer.state.items():  # moments back in the parameters' layout
+            for name, v in list(st.items()):
+                if torch.is_tensor(v) and v.shape == pid.shape and v.dim() == 4:
+                    st[name] = torch.empty_like(pid).copy_(v)
+        self.step_count = int(meta["step"])
+        self.samples_base, self.samples_target = int(meta["samples_base"]), int(meta["samples_target"])
+        return meta.get("extra", {})
 
     def train(self, base: Transitions | None, target: Transitions | None = None, steps: int = 1000,
               target_fraction: float = 0.5, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -353,63 +502,33 @@ def finetune_transitions(init_checkpoint: str | None, base: Transitions | None, 
                          target_fraction: float = 0.5, progress: ProgressFn | None = None, seed: int = 0,
                          config: QTOptConfig | None = None, model_config: QNetworkConfig | None = None,
                          device: torch.device | str | None = None, datasets: dict | None = None,
-                         num_threads: int | None = None) -> str:
-    """``finetune`` on already loaded transitions; returns the new checkpoint id."""
-    from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
+                         num_threads: int | None = None, **run_options: Any) -> str:
+    """``finetune`` on already loaded transitions; returns the new checkpoint id. ``run_options``
+    go to :func:`nsl_trainer.runs.train_transitions` (run_dir, checkpoint_every, resume, ...)."""
+    from .runs import train_transitions
 
-    if num_threads is not None:
-        torch.set_num_threads(max(1, int(num_threads)))
-    config = config or QTOptConfig()
-    if config.seed != seed:
-        config = QTOptConfig.from_dict({**config.to_dict(), "seed": seed})
-    dev = torch.device(device) if device is not None else default_device()
-    if init_checkpoint:
-        loaded = load_checkpoint(init_checkpoint, expected_config=model_config, device=dev)
-        model, parent, kind = loaded.model, loaded.checkpoint_id, "finetune"
-        lr = learning_rate if learning_rate is not None else config.learning_rate * config.finetune_lr_scale
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = QNetwork(model_config or QNetworkConfig())
-        parent, kind = None, "scratch"
-        lr = learning_rate if learning_rate is not None else config.learning_rate
-    has_base = base is not None and len(base) > 0
-    has_target = target is not None and len(target) > 0
-    if not has_base and not has_target:
-        raise ValueError("no training data: both base and target data sets are empty")
-    frac = target_fraction if (has_base and has_target) else (1.0 if has_target else 0.0)
-    trainer = QTOptTrainer(model, config, dev)
-    trainer.set_learning_rate(lr)
-    metrics = trainer.train(base if has_base else None, target if has_target else None, steps, frac, progress)
-    metadata = {
-        "parent": parent,
-        "kind": kind,
-        "datasets": datasets or {},
-        "num_transitions": {"base": len(base) if has_base else 0, "target": len(target) if has_target else 0},
-        "steps": steps,
-        "learning_rate": lr,
-        "target_fraction": frac,
-        "seed": seed,
-        "qtopt_config": config.to_dict(),
-        "metrics": metrics,
-    }
-    return save_checkpoint(output_path, trainer.model, metadata)
+    return train_transitions("finetune" if init_checkpoint else "scratch", base, target, steps,
+                             output_path=output_path, init_checkpoint=init_checkpoint or None,
+                             learning_rate=learning_rate, target_fraction=target_fraction, progress=progress,
+                             seed=seed, config=config, model_config=model_config, device=device,
+                             datasets=datasets, num_threads=num_threads, **run_options).checkpoint_id
 
 
 def finetune(init_checkpoint: str | None, base_paths: Sequence[str], target_paths: Sequence[str], steps: int, *,
              output_path: str, learning_rate: float | None = None, target_fraction: float = 0.5,
              progress: ProgressFn | None = None, seed: int = 0, config: QTOptConfig | None = None,
              model_config: QNetworkConfig | None = None, device: torch.device | str | None = None,
-             num_threads: int | None = None) -> str:
-    """Fine-tune ``init_checkpoint`` (None: random init, "scratch") with QT-Opt on the bags at
-    ``base_paths`` + ``target_paths`` (sampled ``target_fraction`` from target), write the result
-    to ``output_path`` atomically and return its checkpoint id.
+             num_threads: int | None = None, **run_options: Any) -> str:
+    """Fine-tune ``init_checkpoint`` (None: random init, the "scratch" comparison: the same recipe)
+    with QT-Opt on the bags at ``base_paths`` + ``target_paths`` (sampled ``target_fraction``
+    from target), write the result to ``output_path`` atomically and return its checkpoint id.
 
-    ``learning_rate`` None means config.learning_rate x finetune_lr_scale when fine-tuning and
-    config.learning_rate from scratch. With no target paths all samples come from base (and vice
-    versa). ``model_config`` sets the architecture from scratch and is checked against the
-    checkpoint otherwise. ``num_threads`` sets torch's CPU threads for this process (leave a core
-    free for the simulator/policy when they share the machine)."""
+    ``learning_rate`` None means config.learning_rate x finetune_lr_scale (the paper's 25%). With
+    no target paths all samples come from base (and vice versa). ``model_config`` sets the
+    architecture from scratch and is checked against the checkpoint otherwise. ``num_threads``
+    sets torch's CPU threads for this process. ``run_options``: see
+    :func:`nsl_trainer.runs.train_transitions` (run_dir, checkpoint_every, log_every, resume,
+    tensorboard, should_stop)."""
     base_paths = [os.fspath(p) for p in base_paths or []]
     target_paths = [os.fspath(p) for p in target_paths or []]
     base = load_datasets(base_paths)
@@ -417,4 +536,5 @@ def finetune(init_checkpoint: str | None, base_paths: Sequence[str], target_path
     return finetune_transitions(init_checkpoint, base, target, steps, output_path=output_path,
                                 learning_rate=learning_rate, target_fraction=target_fraction, progress=progress,
                                 seed=seed, config=config, model_config=model_config, device=device,
-                                datasets={"base": base_paths, "target": target_paths}, num_threads=num_threads)
+                                datasets={"base": base_paths, "target": target_paths}, num_threads=num_threads,
+                                **run_options)

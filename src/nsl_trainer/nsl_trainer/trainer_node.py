@@ -1,9 +1,12 @@
 """ROS 2 node: offline QT-Opt fine-tuning behind the ``trainer/fine_tune`` service.
 
-A request is validated at once (datasets exist and hold episodes, the start checkpoint loads)
-and answered with a job id or a clear refusal, also while another job runs. The job trains in a
-worker process; a reader thread forwards its progress to ``trainer/status`` and, when the job
-succeeds, announces the checkpoint on ``trainer/checkpoints`` (latched), which the policy swaps in.
+A request is validated at once (datasets exist and hold episodes, checked without decoding
+them; the start checkpoint loads) and answered with a job id or a clear refusal, also while
+another job runs. The job trains in a worker process; a reader thread forwards its progress and
+metrics to ``trainer/status`` and, when the job succeeds, announces the checkpoint on
+``trainer/checkpoints`` (latched), which the policy swaps in. ``trainer/cancel``
+(std_srvs/Trigger) stops the running job: the worker saves its state and exits (or is
+terminated after ``cancel_timeout``) and the status says STATE_CANCELLED.
 """
 from __future__ import annotations
 
@@ -13,16 +16,17 @@ import uuid
 from pathlib import Path
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
-from nsl_collector.dataset import DatasetError, dataset_info
 from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
 from nsl_policy.checkpoint import CheckpointError, load_checkpoint
 from nsl_trainer.jobs import FineTuneJob, start_job
+from nsl_trainer.validation import check_dataset
+from std_srvs.srv import Trigger
 
 LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 ANNOUNCE_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
@@ -33,17 +37,26 @@ class TrainerNode(Node):
     def __init__(self) -> None:
         super().__init__("trainer")
         d = ParameterDescriptor
-        self.declare_parameter("checkpoint_dir", "checkpoints", d(description="folder where fine-tuned checkpoints are written"))
-        self.declare_parameter("default_checkpoint", "", d(description="start checkpoint when a request names none"))
-        self.declare_parameter("default_steps", 200, d(description="gradient steps when a request says 0"))
-        self.declare_parameter("learning_rate", 1e-4, d(description="pre-training learning rate; fine-tuning defaults to 25% of it"))
-        self.declare_parameter("batch_size", 64, d(description="transitions per gradient step"))
+        ints = lambda lo, hi: [IntegerRange(from_value=lo, to_value=hi, step=1)]  # noqa: E731
+        self.declare_parameter("checkpoint_dir", "checkpoints", d(description="folder where fine-tuned checkpoints (and job run folders under runs/) are written", read_only=True))
+        self.declare_parameter("default_checkpoint", "", d(description="start checkpoint when a request names none; empty: random init (scratch)"))
+        self.declare_parameter("default_steps", 200, d(description="gradient steps when a request says 0", integer_range=ints(1, 100_000_000)))
+        self.declare_parameter("learning_rate", 1e-4, d(description="pre-training learning rate; fine-tuning defaults to 25% of it",
+                                                         floating_point_range=[FloatingPointRange(from_value=1e-9, to_value=1.0)]))
+        self.declare_parameter("batch_size", 64, d(description="transitions per gradient step", integer_range=ints(1, 65536)))
         self.declare_parameter("device", "auto", d(description="auto (CUDA when present), cpu or cuda"))
+        self.declare_parameter("checkpoint_every", 1000, d(description="save training state + a checkpoint in the job's run folder every K steps (0: only at the end)", integer_range=ints(0, 100_000_000)))
+        self.declare_parameter("num_threads", 0, d(description="torch CPU threads of the worker (0: torch's default); leave a core for the sim/policy", integer_range=ints(0, 1024)))
+        self.declare_parameter("max_steps", 10_000_000, d(description="requests asking for more gradient steps are refused", integer_range=ints(1, 1_000_000_000)))
+        self.declare_parameter("cancel_timeout", 10.0, d(description="seconds a cancelled worker gets to save its state and exit before it is terminated",
+                                                           floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)]))
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         self.checkpoint_dir = Path(p("checkpoint_dir")).resolve()
         self.default_checkpoint = p("default_checkpoint")
         self.default_steps, self.learning_rate = int(p("default_steps")), float(p("learning_rate"))
         self.batch_size, self.device = int(p("batch_size")), p("device")
+        self.checkpoint_every, self.num_threads = int(p("checkpoint_every")), int(p("num_threads"))
+        self.max_steps, self.cancel_timeout = int(p("max_steps")), float(p("cancel_timeout"))
         if self.default_steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise ValueError("default_steps and batch_size must be >= 1 and learning_rate > 0")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -52,10 +65,16 @@ class TrainerNode(Node):
 
         self._lock = threading.Lock()
         self._job: FineTuneJob | None = None
-        self._status = TrainerStatus(state=TrainerStatus.STATE_IDLE, loss=math.nan, message="idle")
+        self._proc = None
+        self._cancel = None
+        self._cancelling = False
+        nan = math.nan
+        self._status = TrainerStatus(state=TrainerStatus.STATE_IDLE, loss=nan, mean_q=nan, td_error=nan,
+                                     target_fraction=nan, learning_rate=nan, steps_per_second=nan, message="idle")
         self.status_pub = self.create_publisher(TrainerStatus, "trainer/status", LATCHED_QOS)
         self.announce_pub = self.create_publisher(CheckpointInfo, "trainer/checkpoints", ANNOUNCE_QOS)
         self.create_service(FineTune, "trainer/fine_tune", self.on_fine_tune)
+        self.create_service(Trigger, "trainer/cancel", self.on_cancel)
         self.publish_status()
         self.get_logger().info(f"trainer ready; checkpoints go to {self.checkpoint_dir}")
 
@@ -71,13 +90,14 @@ class TrainerNode(Node):
         """Why the request cannot run, or None."""
         if not request.target_datasets:
             return "no target_datasets given"
+        if request.steps > self.max_steps:
+            return f"steps {request.steps} exceeds this trainer's max_steps ({self.max_steps})"
+        if not math.isfinite(request.target_fraction):
+            return f"target_fraction must be a number, got {request.target_fraction}"
         for path in [*request.base_datasets, *request.target_datasets]:
-            try:
-                info = dataset_info(path)
-            except (DatasetError, OSError) as exc:
-                return f"dataset '{path}' is unusable: {exc}"
-            if info.get("complete", 0) < 1:
-                return f"dataset '{path}' holds no complete episode"
+            problem = check_dataset(path)  # cheap: no message is decoded
+            if problem:
+                return problem
         init = request.init_checkpoint or self.default_checkpoint
         if init:
             try:
@@ -111,18 +131,46 @@ class TrainerNode(Node):
             output_path=str(self.checkpoint_dir / f"finetune-{job_id}.safetensors"),
             batch_size=self.batch_size,
             device=self.device,
+            run_dir=str(self.checkpoint_dir / "runs" / job_id),
+            checkpoint_every=self.checkpoint_every,
+            num_threads=self.num_threads,
         )
         with self._lock:
             if self._job is not None:  # a concurrent request won the race
                 response.accepted, response.message = False, f"busy: job {self._job.job_id} is running"
                 return response
             self._job = job
-        proc, conn = start_job(job)
+            self._cancelling = False
+            self._proc, conn, self._cancel = start_job(job)
+            proc = self._proc
         threading.Thread(target=self.follow_job, args=(job, proc, conn), daemon=True, name=f"job-{job_id}").start()
+        nan = math.nan
         self.publish_status(job_id=job_id, state=TrainerStatus.STATE_RUNNING, step=0, total_steps=job.steps,
-                            loss=math.nan, checkpoint_path="", message="starting")
+                            loss=nan, mean_q=nan, td_error=nan, target_fraction=nan, steps_per_second=nan,
+                            learning_rate=job.learning_rate, run_dir=job.run_dir, checkpoint_path="", message="starting")
         self.get_logger().info(f"job {job_id}: {job.steps} steps, lr={job.learning_rate:g}, target fraction={job.target_fraction}")
         response.accepted, response.message, response.job_id = True, f"job {job_id} started", job_id
+        return response
+
+    def on_cancel(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            job, proc, cancel = self._job, self._proc, self._cancel
+            if job is not None:
+                self._cancelling = True
+        if job is None:
+            response.success, response.message = False, "no job is running"
+            return response
+        cancel.set()  # the worker saves its state and stops before its next step
+
+        def enforce() -> None:
+            proc.join(self.cancel_timeout)
+            if proc.is_alive():
+                self.get_logger().warn(f"job {job.job_id}: worker did not stop within {self.cancel_timeout} s; terminating it")
+                proc.terminate()
+
+        threading.Thread(target=enforce, daemon=True, name=f"cancel-{job.job_id}").start()
+        self.get_logger().info(f"job {job.job_id}: cancel requested")
+        response.success, response.message = True, f"cancelling job {job.job_id}"
         return response
 
     def follow_job(self, job: FineTuneJob, proc, conn) -> None:
@@ -134,15 +182,26 @@ class TrainerNode(Node):
             except (EOFError, OSError):
                 break
             if event["event"] == "progress":
-                self.publish_status(step=event["step"], loss=event["loss"], message=f"step {event['step']}/{event['total_steps']}")
+                m = event.get("metrics", {})
+                self.publish_status(step=event["step"], loss=event["loss"], mean_q=m.get("mean_q", math.nan),
+                                    td_error=m.get("td_error", math.nan), target_fraction=m.get("target_fraction", math.nan),
+                                    steps_per_second=m.get("steps_per_s", math.nan),
+                                    message=f"step {event['step']}/{event['total_steps']}")
             else:
                 final = event
         proc.join()
+        with self._lock:
+            cancelling = self._cancelling
+        if final is None and cancelling:
+            final = {"event": "cancelled", "message": f"worker terminated (exit code {proc.exitcode})"}
         if final is None:
             final = {"event": "failed", "message": f"worker process exited with code {proc.exitcode} without a result"}
-        if final["event"] == "succeeded":
+        if final["event"] == "cancelled":
+            self.publish_status(state=TrainerStatus.STATE_CANCELLED, message=f"cancelled: {final['message']}")
+            self.get_logger().info(f"job {job.job_id} cancelled: {final['message']}")
+        elif final["event"] == "succeeded":
             info = CheckpointInfo(checkpoint_id=final["checkpoint_id"], path=final["checkpoint_path"],
-                                  parent_id=job.init_checkpoint, job_id=job.job_id)
+                                  parent_id=final.get("parent_id", ""), job_id=job.job_id)
             info.header.stamp = self.get_clock().now().to_msg()
             self.publish_status(state=TrainerStatus.STATE_SUCCEEDED, step=job.steps, checkpoint_path=final["checkpoint_path"],
                                 message=f"wrote {final['checkpoint_path']}")
@@ -152,7 +211,7 @@ class TrainerNode(Node):
             self.publish_status(state=TrainerStatus.STATE_FAILED, message=final["message"])
             self.get_logger().error(f"job {job.job_id} failed: {final['message']}")
         with self._lock:
-            self._job = None
+            self._job, self._proc, self._cancel, self._cancelling = None, None, None, False
 
 
 def main(args=None) -> None:

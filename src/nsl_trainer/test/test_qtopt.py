@@ -189,7 +189,8 @@ def test_finetune_transitions_scratch_then_finetune(tmp_path):
     assert c1.checkpoint_id == id1
     m = c1.metadata
     assert m["parent"] is None and m["kind"] == "scratch" and m["steps"] == 5
-    assert m["learning_rate"] == FAST.learning_rate and m["metrics"]["target_fraction"] == 0.0
+    assert m["learning_rate"] == pytest.approx(FAST.learning_rate * 0.25)  # scratch = the fine-tune recipe
+    assert m["metrics"]["target_fraction"] == 0.0
     out2 = tmp_path / "ft.safetensors"
     id2 = finetune_transitions(str(out1), base, target, 5, output_path=str(out2), config=FAST, device="cpu")
     c2 = load_checkpoint(out2, CFG)

@@ -56,6 +56,9 @@ class ExperimentConfig:
     """Oracle episodes add Gaussian noise to the normalised action, std drawn per episode in U(0, this)."""
     bootstrap_epsilon_max: float = 0.3
     """Oracle episodes replace each step by a random action with probability drawn per episode in U(0, this)."""
+    bootstrap_p_close: float = 0.05
+    """Probability that a random exploration step closes the gripper (so the Q-function sees the
+    close dimension of the action; the oracle itself never closes before terminating)."""
     pretrain_steps: int = 6000
     """QT-Opt gradient steps of the offline pre-training on the bootstrap data."""
     rounds: int = 0
@@ -113,6 +116,7 @@ class ExperimentConfig:
         check_float("bootstrap_random_fraction", 0.0, 1.0)
         check_float("bootstrap_noise_max", 0.0, 2.0)
         check_float("bootstrap_epsilon_max", 0.0, 1.0)
+        check_float("bootstrap_p_close", 0.0, 1.0)
         check_int("pretrain_steps", 1)
         check_int("rounds", 0, 9)
         check_int("round_episodes", 1)
@@ -209,8 +213,8 @@ def stable_hash(obj: Any) -> str:
 #: Fields each stage depends on (its cache key is a hash of these plus its inputs' keys).
 COMMON_FIELDS = ("seed", "image_size", "max_steps", "num_objects")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    "bootstrap": COMMON_FIELDS + ("bootstrap_episodes", "bootstrap_random_fraction", "bootstrap_noise_max",
-                                  "bootstrap_epsilon_max", "chunk_episodes"),
+    "bootstrap": COMMON_FIELDS + ("bootstrap_random_fraction", "bootstrap_noise_max",
+                                  "bootstrap_epsilon_max", "bootstrap_p_close", "chunk_episodes"),
     "pretrain_train": COMMON_FIELDS + ("pretrain_steps", "learning_rate", "model", "qtopt"),
     "round": COMMON_FIELDS + ("round_episodes", "round_steps", "round_epsilon", "round_noise_std",
                               "round_learning_rate", "policy_cem", "chunk_episodes", "model", "qtopt"),

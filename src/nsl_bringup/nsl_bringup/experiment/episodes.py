@@ -1,0 +1,199 @@
+"""Grasp episodes in the ROS-free sim: scripted bootstrap collection, policy collection and
+greedy evaluation. Collected episodes are written with nsl_collector's BagRecorder, the format
+the robot's collector node writes, so every trainer reads sim and robot data the same way.
+
+Work is split into *jobs* (a chunk of episodes with fixed seeds, one bag per collection job) that
+run in worker processes; a job's result depends only on its spec, never on the worker count.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+#: Episode kinds.
+SCRIPTED = "scripted"
+POLICY = "policy"
+
+
+@dataclass
+class EpisodeOutcome:
+    seed: int
+    success: bool
+    steps: int
+    kind: str
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def success_summary(outcomes: list[EpisodeOutcome]) -> dict[str, Any]:
+    n = len(outcomes)
+    k = sum(1 for o in outcomes if o.success)
+    lo, hi = wilson_interval(k, n)
+    return {"episodes": n, "successes": k, "success_rate": k / n if n else float("nan"),
+            "ci95": [lo, hi], "mean_steps": float(np.mean([o.steps for o in outcomes])) if n else float("nan")}
+
+
+def msg_dir() -> Path | None:
+    """nsl_msgs' .msg folder: the ament index / NSL_MSGS_DIR (nsl_collector's lookup), else the
+    venv prefix or this source tree (``python -m``/``.venv/bin/nsl`` without a sourced workspace)."""
+    import sys
+
+    from nsl_collector.dataset import DatasetError, find_msg_dir
+
+    try:
+        return find_msg_dir()
+    except DatasetError:
+        for d in (Path(sys.prefix) / "share" / "nsl_msgs" / "msg", Path(__file__).resolve().parents[3] / "nsl_msgs" / "msg"):
+            if d.is_dir() and any(d.glob("*.msg")):
+                return d
+        raise
+
+
+def _state(obs) -> np.ndarray:
+    return np.array([1.0 if obs.gripper_closed else 0.0, obs.height, obs.step_fraction], dtype=np.float32)
+
+
+def _scripted_actor(spec: dict, env, seed: int) -> Callable:
+    """Oracle with per-episode noise/epsilon, or a purely random episode (decided from the seed)."""
+    from nsl_policy.action_space import ActionSpace, GraspCommand
+    from nsl_sim.scripted import random_action
+
+    space = ActionSpace(env.config.max_translation, env.config.max_rotation)
+    rng = np.random.default_rng([spec["rng_seed"], seed])
+    random_episode = rng.random() < spec["random_fraction"]
+    noise = rng.uniform(0.0, spec["noise_max"])
+    eps = rng.uniform(0.0, spec["epsilon_max"])
+
+    def act(obs) -> tuple[np.ndarray, float, bool]:
+        if random_episode or rng.random() < eps:
+            t, r, c, term = random_action(rng, env.config, p_close=spec.get("p_close", 0.0))
+            explore = True
+        else:
+            t, r, c, term = env.oracle_action()
+            explore = noise > 0
+        vec = space.to_vector(GraspCommand(tuple(float(x) for x in t), float(r), bool(c), bool(term)))
+        if not random_episode and noise > 0:
+            vec[:4] = np.clip(vec[:4] + rng.normal(0.0, noise, 4), -1.0, 1.0)
+        return vec.astype(np.float32), math.nan, explore
+
+    return act
+
+
+def _policy_actor(policy) -> Callable:
+    def act(obs):
+        choice = policy.select_action(obs.image, _state(obs))
+        return choice.vector, choice.q_value, choice.exploratory
+
+    return act
+
+
+def run_job(spec: dict) -> list[dict]:
+    """Run one job (a chunk of episodes) and return one dict per episode. ``spec``:
+
+    kind (scripted|policy), task, split (train|test), seeds, sim (SimConfig kwargs), bag (path or
+    None), metadata, threads; scripted: rng_seed, random_fraction, noise_max, epsilon_max;
+    policy: checkpoint, cem (CEMConfig kwargs), epsilon, noise_std, policy_seed.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", str(spec.get("threads", 1)))
+    import torch
+
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
+    from nsl_policy.action_space import ActionSpace
+    from nsl_sim.env import GraspEnv, SimConfig
+
+    sim = SimConfig(**spec["sim"], object_split=spec["split"])
+    env = GraspEnv(sim)
+    space = ActionSpace(sim.max_translation, sim.max_rotation)
+    policy = None
+    checkpoint_id = ""
+    if spec["kind"] == POLICY:
+        from nsl_policy.cem import CEMConfig
+        from nsl_policy.checkpoint import load_checkpoint
+        from nsl_policy.policy import ExplorationConfig, GraspPolicy
+
+        loaded = load_checkpoint(spec["checkpoint"], device="cpu")
+        checkpoint_id = loaded.checkpoint_id
+        policy = GraspPolicy(loaded.model, CEMConfig(**spec.get("cem", {})),
+                             ExplorationConfig(spec.get("epsilon", 0.0), spec.get("noise_std", 0.0)),
+                             seed=int(spec["policy_seed"]), device="cpu")
+    bag_path = Path(spec["bag"]) if spec.get("bag") else None
+    recorder = None
+    if bag_path is not None:
+        tmp = bag_path.with_name(bag_path.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        recorder = BagRecorder(tmp, dict(spec.get("metadata", {})), msg_dir(), fsync=False, flush_steps=False)
+    exploration = {} if policy is None else {"epsilon": spec.get("epsilon", 0.0), "noise_std": spec.get("noise_std", 0.0)}
+    if spec["kind"] == SCRIPTED:
+        exploration = {"scripted": True, "random_fraction": spec["random_fraction"], "noise_max": spec["noise_max"],
+                       "epsilon_max": spec["epsilon_max"]}
+    results = []
+    try:
+        for seed in spec["seeds"]:
+            obs = env.reset(seed=int(seed), task=spec["task"])
+            act = _scripted_actor(spec, env, int(seed)) if policy is None else _policy_actor(policy)
+            steps: list[StepData] = []
+            done, success = False, False
+            while not done:
+                vec, q, explore = act(obs)
+                cmd = space.to_command(vec)
+                if recorder is not None:
+                    steps.append(StepData.from_vector(obs.image, _state(obs), vec, action_space=space,
+                                                      q_value=float(q), exploratory=bool(explore),
+                                                      checkpoint_id=checkpoint_id or None))
+                res = env.step(cmd.translation, cmd.rotation, cmd.close_gripper, cmd.terminate)
+                done, success, obs = res.done, bool(res.grasp_success), res.observation
+            if recorder is not None:
+                recorder.write_episode(steps, EpisodeData(episode_id=f"{spec['kind']}-{seed}", task=spec["task"],
+                                                          seed=int(seed), success=success,
+                                                          checkpoint_id=checkpoint_id, exploration=exploration))
+            results.append({"seed": int(seed), "success": success, "steps": int(res.info["steps"]),
+                            "kind": spec["kind"]})
+    finally:
+        env.close() if hasattr(env, "close") else None
+        if recorder is not None:
+            recorder.close()
+    if bag_path is not None:
+        if bag_path.exists():
+            shutil.rmtree(bag_path)
+        os.replace(tmp, bag_path)
+    return results
+
+
+def run_jobs(specs: list[dict], workers: int, log: Callable[[str], None] | None = None) -> list[list[dict]]:
+    """Run jobs, in ``workers`` spawned processes when > 1; results in spec order."""
+    t0 = time.monotonic()
+    out: list[list[dict] | None] = [None] * len(specs)
+    if workers <= 1 or len(specs) <= 1:
+        for i, s in enumerate(specs):
+            out[i] = run_job(s)
+            if log:
+                log(f"job {i + 1}/{len(specs)} done ({time.monotonic() - t0:.0f} s)")
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(workers, len(specs))) as pool:
+            pending = {i: pool.apply_async(run_job, (s,)) for i, s in enumerate(specs)}
+            for i, r in pending.items():
+                out[i] = r.get()
+                if log:
+                    log(f"job {i + 1}/{len(specs)} done ({time.monotonic() - t0:.0f} s)")
+    return out  # type: ignore[return-value]

@@ -1,0 +1,240 @@
+"""``nsl train ...``: offline QT-Opt from the command line, one command per mode.
+
+  nsl train pretrain  --data BAG... --steps N --output base.safetensors
+  nsl train finetune  --init base.safetensors --base BAG... --target BAG... --steps N --output ft.safetensors
+  nsl train scratch   --base BAG... --target BAG... --steps N --output scratch.safetensors
+  nsl train continual --init base.safetensors --base BAG... --task NAME=BAG[,BAG...] ... --steps N --output-dir DIR
+
+Under torchrun every process trains (DistributedDataParallel; gloo on CPU, nccl on CUDA) and
+rank 0 writes the files:
+
+  torchrun --standalone --nproc-per-node 2 -m nsl_trainer.cli finetune --init ... --output ...
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, required=True, help="gradient steps (per task for continual)")
+    if output:
+        g.add_argument("--output", required=True, help="result checkpoint (.safetensors), written atomically")
+        g.add_argument("--run-dir", default=None,
+                       help="state, periodic checkpoints and TensorBoard logs (default: <output>.run next to the output)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: --base-lr for pretrain, 25%% of it otherwise)")
+    g.add_argument("--base-lr", type=float, default=1e-3, help="pre-training learning rate (default 1e-3)")
+    g.add_argument("--batch-size", type=int, default=64, help="transitions per step and process (default 64)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--target-action", choices=("cem", "random"), default="cem",
+                   help="max over next actions in the Bellman target: CEM (default) or best of N random")
+    g.add_argument("--no-augment", action="store_true", help="no random-shift/photometric augmentation")
+    g.add_argument("--checkpoint-every", type=int, default=1000, metavar="K",
+                   help="save training state + a policy checkpoint every K steps (0: only at the end; default 1000)")
+    g.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
+    g.add_argument("--no-resume", action="store_true", help="start over even if the run directory holds a state")
+    g.add_argument("--no-tensorboard", action="store_true")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--image-size", type=int, default=64, help="network input size for a random init (default 64)")
+    g.add_argument("--width", type=int, default=32, help="network width for a random init (default 32)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _mixing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", nargs="*", default=[], metavar="BAG", help="base-task bags or dataset folders")
+    p.add_argument("--target-fraction", type=float, default=0.5,
+                   help="probability that a sample comes from target data (default 0.5, the paper's 50/50)")
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("train", help="offline QT-Opt: pretrain, finetune, scratch, continual",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="train_command", required=True)
+    c = sub.add_parser("pretrain", help="train from a random init at the pre-training learning rate")
+    c.add_argument("--data", nargs="+", required=True, metavar="BAG", help="bags or dataset folders")
+    _common(c)
+    c.set_defaults(fn=cmd_train, mode="pretrain")
+    c = sub.add_parser("finetune", help="fine-tune a checkpoint on base + target data (50/50, 25%% lr)")
+    c.add_argument("--init", required=True, help="checkpoint to start from")
+    c.add_argument("--target", nargs="+", required=True, metavar="BAG", help="target-task bags or dataset folders")
+    _mixing(c)
+    _common(c)
+    c.set_defaults(fn=cmd_train, mode="finetune")
+    c = sub.add_parser("scratch", help="the fine-tune recipe from a random init (the paper's comparison)")
+    c.add_argument("--target", nargs="+", required=True, metavar="BAG")
+    _mixing(c)
+    _common(c)
+    c.set_defaults(fn=cmd_train, mode="scratch")
+    c = sub.add_parser("continual", help="fine-tune a chain of tasks, each from the previous result")
+    c.add_argument("--init", default=None, help="checkpoint the chain starts from (default: random init)")
+    c.add_argument("--task", action="append", required=True, metavar="NAME=BAG[,BAG...]",
+                   help="a task and its data, in order (repeat)")
+    c.add_argument("--output-dir", required=True, help="NN-<task>.safetensors and their run directories go here")
+    c.add_argument("--accumulate", action="store_true", help="earlier tasks' data joins the base data")
+    _mixing(c)
+    _common(c, output=False)
+    c.set_defaults(fn=cmd_train, mode="continual")
+
+
+@contextlib.contextmanager
+def distributed(device_arg: str):
+    """Initialise torch.distributed when started by torchrun (WORLD_SIZE > 1); yields the device."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device_arg == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = device_arg
+    if world <= 1:
+        yield device
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+class _Bar:
+    """tqdm progress on the console (rank 0 only)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, step: int, m: dict) -> None:
+        if self.bar is None:
+            return
+        if self.bar.n == 0 and step > 1:
+            self.bar.update(step - 1)  # resumed
+        self.bar.update(step - self.bar.n)
+        if step % 10 == 0 or step == self.bar.total:
+            self.bar.set_postfix(loss=f"{m['loss']:.4f}", q=f"{m['mean_q']:.3f}", td=f"{m['td_error']:.3f}",
+                                 target=f"{m['target_fraction']:.2f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _parse_tasks(items: list[str]) -> list[tuple[str, list[str]]]:
+    tasks = []
+    for item in items:
+        name, sep, paths = item.partition("=")
+        if not sep or not name or not paths:
+            raise ValueError(f"--task expects NAME=BAG[,BAG...], got {item!r}")
+        tasks.append((name, [p for p in paths.split(",") if p]))
+    return tasks
+
+
+def cmd_train(args) -> int:
+    from nsl_collector.errors import DatasetError
+    from nsl_policy.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except (DatasetError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"nsl train {args.mode}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"nsl train {args.mode}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    import torch
+
+    from nsl_policy.cem import CEMConfig  # noqa: F401 - QTOptConfig default
+    from nsl_policy.model import QNetworkConfig
+    from nsl_trainer.qtopt import QTOptConfig
+    from nsl_trainer.runs import continual, train
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    config = QTOptConfig(batch_size=args.batch_size, learning_rate=args.base_lr, target_action=args.target_action,
+                         augment=not args.no_augment, seed=args.seed)
+    model_config = QNetworkConfig(image_size=args.image_size, width=args.width)
+    with distributed(args.device) as device:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        show = rank == 0 and not args.quiet
+        opts: dict[str, Any] = dict(learning_rate=args.lr, seed=args.seed, config=config, device=device,
+                                    checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                                    resume=not args.no_resume, tensorboard=not args.no_tensorboard)
+        if args.mode != "finetune":
+            opts["model_config"] = model_config
+        if args.mode == "continual":
+            tasks = _parse_tasks(args.task)
+            bars: list[_Bar] = []
+
+            def factory(i: int, name: str):
+                bars.append(_Bar(args.steps, f"{i + 1}/{len(tasks)} {name}", show))
+                return bars[-1]
+
+            opts.pop("model_config") if args.init else None
+            results = continual(args.init, args.base, tasks, args.steps, output_dir=args.output_dir,
+                                accumulate=args.accumulate, progress_factory=factory,
+                                target_fraction=args.target_fraction, **{k: v for k, v in opts.items() if k != "resume"},
+                                resume=not args.no_resume)
+            for b in bars:
+                b.close()
+        else:
+            bar = _Bar(args.steps, args.mode, show)
+            base = args.data if args.mode == "pretrain" else args.base
+            target = [] if args.mode == "pretrain" else args.target
+            if args.mode == "finetune":
+                opts["init_checkpoint"] = args.init
+            else:
+                opts["target_fraction"] = 0.0 if args.mode == "pretrain" else args.target_fraction
+            if args.mode == "finetune":
+                opts["target_fraction"] = args.target_fraction
+            try:
+                results = [train(args.mode, base, target, args.steps, output_path=args.output, run_dir=args.run_dir,
+                                 progress=bar, **opts)]
+            finally:
+                bar.close()
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        for r in results:
+            if world > 1:  # every rank reports the hash of its own weights
+                print(f"rank {rank}/{world}: checkpoint {r.checkpoint_id}", flush=True)
+            if rank == 0:
+                m = r.metrics
+                resumed = f", resumed from step {r.resumed_from}" if r.resumed_from else ""
+                print(f"wrote {r.checkpoint_path} (checkpoint {r.checkpoint_id}, {r.mode}, {r.steps} steps{resumed}; "
+                      f"loss {m.get('loss', float('nan')):.4f}, target fraction {m.get('target_fraction', 0):.2f}; "
+                      f"run dir {r.run_dir})", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m nsl_trainer.cli`` (e.g. under torchrun)."""
+    parser = argparse.ArgumentParser(prog="nsl_trainer.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["train"]:
+        argv = ["train", *argv]
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
