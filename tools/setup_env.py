@@ -14,6 +14,7 @@ Standard library only: it runs before the venv exists.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -187,7 +188,8 @@ def ensure_interfaces(force: bool) -> None:
     t0 = time.monotonic()
     log("building nsl_msgs interfaces (about 30 s)")
     build = BUILD / "nsl_msgs"
-    shutil.rmtree(build, ignore_errors=True)
+    if build.exists():
+        shutil.rmtree(build)
     build.mkdir(parents=True)
     env = venv_env()
     run(["cmake", str(src), f"-DCMAKE_INSTALL_PREFIX={VENV}", f"-DPython3_EXECUTABLE={venv_python()}",
@@ -213,6 +215,15 @@ def ensure_python_packages() -> None:
 
 def main() -> int:
     t0 = time.monotonic()
+    # Parallel runs (several terminals, test sessions) wait for each other instead of building
+    # the same venv and interfaces at once.
+    BUILD.mkdir(parents=True, exist_ok=True)
+    lock = open(BUILD / ".setup.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log("another set-up is running; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         base_python = find_base_python()
         check_prerequisites(base_python)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rcl_interfaces.msg import ParameterType
 
@@ -95,8 +95,9 @@ def collect_parameter_docs() -> list[ParameterDoc]:
     env = isolated_environment()
     os.environ.update(env)
     with tempfile.TemporaryDirectory() as tmp:
-        _, nodes = resolve("sim_demo", {"namespace": "paramdoc", "dataset_root": f"{tmp}/datasets", "checkpoint_dir": f"{tmp}/ckpt"})
-        runner = GraphRunner(nodes, namespace="paramdoc", env=env, output=open(os.devnull, "w"))
+        # Params files only (no launch-argument overrides): the reference shows their defaults.
+        nodes = [replace(spec, parameters={}) for spec in resolve("sim_demo")[1]]
+        runner = GraphRunner(nodes, namespace="paramdoc", env=env, output=open(os.devnull, "w"), cwd=tmp)
         started = not rclpy.ok()
         if started:
             rclpy.init()
