@@ -15,7 +15,7 @@ from nsl_bringup.experiment import ExperimentConfig, evaluate_checkpoint, run, w
 from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
 
 TINY = dict(image_size=32, max_steps=3, num_objects=1, chunk_episodes=2, bootstrap_episodes=4, pretrain_steps=3,
-            rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, model={"width": 8, "embed_width": 8, "fc_width": 8},
+            rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, model={"width": 8, "embed_width": 8, "fc_width": 8},
             qtopt={"batch_size": 8, "target_cem": {"population": 4, "elites": 2, "iterations": 1}},
             policy_cem={"population": 8, "elites": 2, "iterations": 1})
 

@@ -12,7 +12,6 @@ Topic ``collector/status`` (std_msgs/String, JSON, latched): counters after ever
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import rclpy
@@ -41,6 +40,7 @@ PARAMETERS = {
     "record_camera": (False, "also record the raw camera stream (camera/image_raw) into the session bag"),
     "max_pending_episodes": (8, "episodes buffered awaiting their result; the oldest is dropped beyond this"),
     "max_steps_per_episode": (200, "steps buffered per episode; an episode with more is dropped"),
+    "max_pending_megabytes": (512, "bytes buffered over all pending episodes; the oldest are dropped beyond this"),
     "max_episodes_per_bag": (0, "roll over to a new session bag after this many episodes (0: never)"),
     "max_bag_megabytes": (4096, "roll over to a new session bag at this MCAP size (0: never); bounds memory"),
     "fsync": (True, "fsync the bag after every episode (durable against power loss, not only process crashes)"),
@@ -58,7 +58,8 @@ class CollectorNode(Node):
         cfg = CollectorConfig(
             dataset_root=Path(p("dataset_root")).resolve(), task=p("task"), robot=p("robot"),
             namespace=self.get_namespace(), max_pending=int(p("max_pending_episodes")),
-            max_steps=int(p("max_steps_per_episode")), max_episodes_per_bag=int(p("max_episodes_per_bag")),
+            max_steps=int(p("max_steps_per_episode")), max_pending_bytes=int(p("max_pending_megabytes")) << 20,
+            max_episodes_per_bag=int(p("max_episodes_per_bag")),
             max_bag_bytes=int(p("max_bag_megabytes")) * 1024 * 1024, auto_start=bool(p("auto_start")),
             record_camera=bool(p("record_camera")), checkpoint=p("checkpoint"), fsync=bool(p("fsync")))
         self.collector = Collector(cfg, log=self._log, clock_ns=lambda: self.get_clock().now().nanoseconds)
@@ -70,6 +71,8 @@ class CollectorNode(Node):
         for name, fn in (("start_session", self.collector.start_session), ("stop_session", self.collector.stop_session),
                          ("discard_episode", self.collector.discard_episode)):
             self.create_service(Trigger, f"collector/{name}", self._trigger(fn))
+        self._dirty = False
+        self.create_timer(0.2, self._status_timer)
         self.publish_status()
         self.get_logger().info(f"collector ready; sessions go to {cfg.dataset_root / cfg.task}"
                                f"{' (with the camera stream)' if cfg.record_camera else ''}")
@@ -88,14 +91,20 @@ class CollectorNode(Node):
             logger.info(text)
 
     def publish_status(self) -> None:
-        self._last_status = time.monotonic()
+        self._dirty = False
         if rclpy.ok():
             self.status_pub.publish(String(data=json.dumps(self.collector.status())))
 
     def on_step(self, raw: bytes) -> None:
-        self.collector.on_step(raw)
-        now = time.monotonic()
-        if now - self._last_status > 0.2:  # throttled: a step is not worth a status message each
+        # A step that completes an episode (its result came first) updates the status at once;
+        # other steps through the 5 Hz timer: a step is not worth a status message each.
+        if self.collector.on_step(raw) == "written":
+            self.publish_status()
+        else:
+            self._dirty = True
+
+    def _status_timer(self) -> None:
+        if self._dirty:
             self.publish_status()
 
     def on_result(self, raw: bytes) -> None:

@@ -15,13 +15,17 @@ from .reader import (
     Step,
     dataset_info,
     find_bags,
+    is_manifest,
     load_transitions,
     read_episodes,
+    read_manifest,
+    transitions_from_episodes,
 )
 from .recorder import SESSION_FILE, BagRecorder, EpisodeData, StepData
 
 __all__ = [
     "BagRecorder", "DatasetError", "EPISODE_RESULT", "Episode", "EpisodeData", "EpisodeList",
     "RESULT_TOPIC", "SESSION_FILE", "STEP_RECORD", "STEP_TOPIC", "SkippedEpisode", "Step", "StepData",
-    "dataset_info", "find_bags", "find_msg_dir", "load_transitions", "read_episodes", "writer_typestore",
+    "dataset_info", "find_bags", "find_msg_dir", "is_manifest", "load_transitions", "read_episodes",
+    "read_manifest", "transitions_from_episodes", "writer_typestore",
 ]

@@ -107,13 +107,44 @@ def _is_bag_dir(d: Path) -> bool:
     return (d / "metadata.yaml").is_file() or any(d.glob("*.mcap"))
 
 
+MANIFEST_FORMAT = "nsl-episode-manifest"
+
+
+def is_manifest(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_file() and p.suffix in (".yaml", ".yml") and p.name != "metadata.yaml"
+
+
+def read_manifest(path: str | Path) -> dict[Path, list[str]]:
+    """An episode manifest (what ``nsl data split`` writes): {bag: [episode ids]} in bag order.
+    Bag paths in the file are relative to the manifest's folder (or absolute)."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DatasetError(f"{p}: cannot read the manifest: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise DatasetError(f"{p}: not an episode manifest (format: {MANIFEST_FORMAT} expected)")
+    out: dict[Path, list[str]] = {}
+    try:
+        for item in doc["bags"]:
+            bag = Path(item["bag"])
+            out.setdefault(bag if bag.is_absolute() else p.parent / bag, []).extend(str(e) for e in item["episodes"])
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{p}: malformed manifest (bags: [{{bag, episodes}}] expected): {exc}") from exc
+    return out
+
+
 def find_bags(path: str | Path) -> list[Path]:
-    """Bags under ``path``: the bag itself (a bag directory or a single .mcap file), or every bag
-    directory below a dataset directory (sorted). DatasetError if there is none."""
+    """Bags under ``path``: the bag itself (a bag directory or a single .mcap file), every bag
+    directory below a dataset directory (sorted), or the bags an episode manifest names.
+    DatasetError if there is none."""
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"{p}: no such file or directory")
     if p.is_file():
+        if is_manifest(p):
+            return list(read_manifest(p))
         if p.suffix != ".mcap":
             if p.name == "metadata.yaml":
                 return [p.parent]
@@ -356,6 +387,23 @@ def read_episodes(path: str | Path, *, action_space=None) -> EpisodeList:
         action_space = ActionSpace()
     p = Path(path)
     out = EpisodeList(path=p)
+    if is_manifest(p):
+        for bag, ids in read_manifest(p).items():
+            part = EpisodeList(path=bag)
+            if not bag.exists():
+                raise DatasetError(f"{p}: names {bag}, which does not exist")
+            _read_bag(bag, action_space, part)
+            by_id = {e.episode_id: e for e in part}
+            missing = [i for i in ids if i not in by_id]
+            if missing:
+                raise DatasetError(f"{p}: {len(missing)} episode(s) it names are not complete episodes of {bag} "
+                                   f"(e.g. {missing[0]}): the bag changed since the manifest was written")
+            keep = set(ids)
+            out += [e for e in part if e.episode_id in keep]
+            out.sessions += part.sessions
+            out.unclosed += part.unclosed
+            out.notes += part.notes
+        return out
     for bag in find_bags(p):
         _read_bag(bag, action_space, out)
     for s in out.skipped:
@@ -363,28 +411,13 @@ def read_episodes(path: str | Path, *, action_space=None) -> EpisodeList:
     return out
 
 
-def load_transitions(paths: list[str | Path] | str | Path, action_space=None) -> Transitions:
-    """QT-Opt transitions of every complete episode in ``paths`` (bags or dataset directories):
-    reward 1 on the last step of a successful episode else 0, done on the last step, next_index
-    to the next row (itself on the last step). Episodes are numbered in reading order."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise DatasetError("load_transitions: no paths given")
-    for p in paths:
-        if not p.exists():
-            raise DatasetError(f"{p}: no such file or directory")
-    episodes: list[Episode] = []
-    for p in paths:
-        eps = read_episodes(p, action_space=action_space)
-        if not eps:
-            why = "; ".join(f"{s.episode_id}: {s.reason}" for s in eps.skipped[:5]) or "no episodes at all"
-            raise DatasetError(f"{p}: holds no complete episode ({why})")
-        if eps.skipped:
-            log.warning("%s: %d episode(s) skipped: %s", p, len(eps.skipped),
-                        "; ".join(f"{s.episode_id}: {s.reason}" for s in eps.skipped[:5]))
-        episodes += eps
+def transitions_from_episodes(episodes: list[Episode]) -> Transitions:
+    """QT-Opt transitions of ``episodes`` (all with the same image shape)."""
+    if not episodes:
+        z = np.zeros(0, dtype=np.float32)
+        return Transitions(image=np.zeros((0, 0, 0, 3), np.uint8), state=np.zeros((0, 3), np.float32),
+                           action=np.zeros((0, 6), np.float32), reward=z, done=np.zeros(0, bool),
+                           next_index=np.zeros(0, np.int64), episode=np.zeros(0, np.int64))
     shape = episodes[0].steps[0].image.shape
     for e in episodes:
         if e.steps[0].image.shape != shape:
@@ -412,6 +445,100 @@ def load_transitions(paths: list[str | Path] | str | Path, action_space=None) ->
     next_index[done] = np.flatnonzero(done)
     return Transitions(image=image, state=state, action=action, reward=reward, done=done,
                        next_index=next_index, episode=episode)
+
+
+def _select_episodes(tr: Transitions, keep: np.ndarray) -> Transitions:
+    """The rows of the episodes flagged in ``keep`` (indexed by episode number), renumbered."""
+    rows = keep[tr.episode]
+    if rows.all():
+        return tr
+    idx = np.flatnonzero(rows)
+    new_row = np.full(len(tr), -1, dtype=np.int64)
+    new_row[idx] = np.arange(len(idx))
+    renum = np.cumsum(keep) - 1
+    return Transitions(image=tr.image[idx], state=tr.state[idx], action=tr.action[idx], reward=tr.reward[idx],
+                       done=tr.done[idx], next_index=new_row[tr.next_index[idx]], episode=renum[tr.episode[idx]])
+
+
+def _bag_transitions(bag: Path, action_space, cache) -> tuple[Transitions, dict]:
+    """One bag's transitions and meta (episode ids, skipped), through the cache if given."""
+    if cache is not None:
+        hit = cache.get(bag, action_space)
+        if hit is not None:
+            return hit
+        from .cache import bag_fingerprint
+
+        fingerprint = bag_fingerprint(bag, full=cache.full)  # before reading: a change meanwhile invalidates
+    out = EpisodeList(path=bag)
+    _read_bag(bag, action_space, out)
+    tr = transitions_from_episodes(list(out))
+    meta = {"bag": str(bag), "episode_ids": [e.episode_id for e in out],
+            "skipped": [[s.episode_id, s.reason] for s in out.skipped]}
+    if cache is not None:
+        cache.put(bag, action_space, tr, meta, fingerprint)
+    return tr, meta
+
+
+def load_transitions(paths: list[str | Path] | str | Path, action_space=None, *, cache: bool = True,
+                     cache_dir: str | Path | None = None) -> Transitions:
+    """QT-Opt transitions of every complete episode in ``paths`` (bags, dataset directories or
+    episode manifests): reward 1 on the last step of a successful episode else 0, done on the
+    last step, next_index to the next row (itself on the last step). Episodes are numbered in
+    reading order.
+
+    ``cache``: decoded bags are kept in an on-disk cache (:mod:`nsl_collector.cache`; location
+    ``cache_dir``, ``$NSL_DATASET_CACHE`` or ``~/.cache/nsl/transitions``) and reused while the
+    bag is unchanged.
+    """
+    if action_space is None:
+        from nsl_policy.action_space import ActionSpace
+
+        action_space = ActionSpace()
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DatasetError("load_transitions: no paths given")
+    for p in paths:
+        if not p.exists():
+            raise DatasetError(f"{p}: no such file or directory")
+    store = None
+    if cache:
+        from .cache import TransitionCache
+
+        store = TransitionCache(cache_dir)
+    parts: list[Transitions] = []
+    for p in paths:
+        selection = read_manifest(p) if is_manifest(p) else {b: None for b in find_bags(p)}
+        found, skipped = 0, []
+        for bag, ids in selection.items():
+            if not bag.exists():
+                raise DatasetError(f"{p}: names {bag}, which does not exist")
+            tr, meta = _bag_transitions(bag, action_space, store)
+            if ids is not None:
+                have = {e: k for k, e in enumerate(meta["episode_ids"])}
+                missing = [i for i in ids if i not in have]
+                if missing:
+                    raise DatasetError(f"{p}: {len(missing)} episode(s) it names are not complete episodes of "
+                                       f"{bag} (e.g. {missing[0]}): the bag changed since the manifest was written")
+                keep = np.zeros(len(meta["episode_ids"]), dtype=bool)
+                keep[[have[i] for i in ids]] = True
+                tr = _select_episodes(tr, keep)
+            else:
+                skipped += meta["skipped"]
+            found += tr.num_episodes
+            parts.append(tr)
+        if not found:
+            why = "; ".join(f"{e}: {r}" for e, r in skipped[:5]) or "no episodes at all"
+            raise DatasetError(f"{p}: holds no complete episode ({why})")
+        if skipped:
+            log.warning("%s: %d episode(s) skipped: %s", p, len(skipped), "; ".join(f"{e}: {r}" for e, r in skipped[:5]))
+    parts = [t for t in parts if len(t)]
+    shapes = {t.image.shape[1:] for t in parts}
+    if len(shapes) > 1:
+        raise DatasetError(f"{', '.join(map(str, paths))}: episodes have different image shapes {sorted(shapes)}; "
+                           "cannot stack them into one set")
+    return parts[0] if len(parts) == 1 else Transitions.concatenate(parts)
 
 
 def dataset_info(path: str | Path) -> dict:

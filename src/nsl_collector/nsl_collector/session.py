@@ -56,6 +56,8 @@ class CollectorConfig:
     """Episodes buffered while awaiting their result; the oldest is dropped beyond this."""
     max_steps: int = 200
     """Steps one episode may buffer; an episode with more is dropped."""
+    max_pending_bytes: int = 512 * 1024 * 1024
+    """Bytes buffered over all pending episodes; the oldest episodes are dropped beyond this."""
     max_episodes_per_bag: int = 0
     """Roll over to a new session bag after this many episodes (0: never)."""
     max_bag_bytes: int = 0
@@ -85,6 +87,7 @@ class _Pending:
     """(timestamp ns, StepRecord CDR bytes) in arrival order."""
     result: tuple | None = None
     """(timestamp ns, EpisodeResult CDR bytes, ResultInfo) once the result has arrived."""
+    nbytes: int = 0
 
 
 class Collector:
@@ -101,9 +104,11 @@ class Collector:
         self._lock = threading.RLock()
         self.recorder: BagRecorder | None = None
         self.session_path: Path | None = None
+        self._next: dict | None = None  # metadata of the next part after a roll-over
         self.part = 0
         # episode id -> its buffered steps (and result, when that overtook steps), oldest first.
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._pending_bytes = 0
         self.ignored: OrderedDict[str, str] = OrderedDict()  # episode id -> why (discarded / dropped)
         self.checkpoints: OrderedDict[str, None] = OrderedDict()
         self.counts = {"episodes_written": 0, "steps_written": 0, "camera_frames": 0, "sessions": 0,
@@ -135,7 +140,7 @@ class Collector:
         with self._lock:
             if self.recorder is not None:
                 return False, f"a session is open already: {self.session_path} (stop it first)"
-            self.part = 0
+            self.part, self._next = 0, None
             try:
                 return True, str(self._open())
             except (DatasetError, OSError) as exc:
@@ -158,6 +163,9 @@ class Collector:
         """Close the open session; (True, bag path) or (False, why not)."""
         with self._lock:
             path = self._close()
+            if not path and self._next is not None:  # rolled over, next part not opened yet
+                path = self._next["continues"]
+            self._next = None
             if not path:
                 return False, "no session open (no complete episode recorded since the last stop)"
             return True, path
@@ -168,7 +176,8 @@ class Collector:
         with self._lock:
             if not self.pending:
                 return False, "no episode in flight (no step buffered since the last result)"
-            eid, ep = self.pending.popitem(last=True)
+            eid = next(reversed(self.pending))
+            ep = self._unpend(eid)
             self._ignore(eid, "discarded")
             self.counts["discarded_episodes"] += 1
             note = f"discarded episode {eid} ({len(ep.steps)} steps buffered)"
@@ -211,22 +220,35 @@ class Collector:
             if ep is None:
                 ep = self.pending[eid] = _Pending()
             if len(ep.steps) >= self.cfg.max_steps:
-                self.pending.pop(eid)
+                self._unpend(eid)
                 self._drop(eid, len(ep.steps) + 1, f"more than max_steps_per_episode={self.cfg.max_steps} steps")
                 return "dropped"
             ep.steps.append((self.clock_ns() if stamp_ns is None else stamp_ns, bytes(raw)))
+            ep.nbytes += len(raw)
+            self._pending_bytes += len(raw)
             if ep.result is not None:  # the result overtook the last steps (separate topics)
                 return self._try_finish(eid, ep)
             self._bound_pending()
             return "buffered"
 
+    def _unpend(self, eid: str) -> "_Pending | None":
+        ep = self.pending.pop(eid, None)
+        if ep is not None:
+            self._pending_bytes -= ep.nbytes
+        return ep
+
     def _bound_pending(self) -> None:
-        while len(self.pending) > self.cfg.max_pending:
+        # Episodes holding steps count against max_pending; results waiting for steps still on
+        # their way (a few hundred bytes each) only against a looser cap.
+        while (sum(1 for e in self.pending.values() if e.steps) > self.cfg.max_pending
+               or len(self.pending) > 8 * self.cfg.max_pending
+               or (len(self.pending) > 1 and self._pending_bytes > self.cfg.max_pending_bytes)):
             old, ep = self.pending.popitem(last=False)
             why = (f"{len(ep.steps)} of its {ep.result[2].num_steps} steps arrived" if ep.result is not None
                    else "its result never arrived")
+            self._pending_bytes -= ep.nbytes
             self._drop(old, len(ep.steps), f"{why} (more than max_pending_episodes={self.cfg.max_pending} "
-                                           "episodes waiting)")
+                                           f"episodes or max_pending_megabytes={self.cfg.max_pending_bytes >> 20} waiting)")
 
     def on_result(self, raw: bytes | memoryview, stamp_ns: int | None = None) -> str:
         """Handle an EpisodeResult; returns what happened: written, waiting (for steps still
@@ -240,10 +262,10 @@ class Collector:
         with self._lock:
             eid = res.episode_id
             if eid in self.ignored:
-                self.pending.pop(eid, None)
+                self._unpend(eid)
                 return self.ignored[eid]
             if not res.complete:
-                self.pending.pop(eid, None)
+                self._unpend(eid)
                 self.counts["aborted_episodes"] += 1
                 self.log("warn", f"episode {eid} aborted ({res.message}); not recorded")
                 return "aborted"
@@ -260,11 +282,13 @@ class Collector:
         stamp, raw, res = ep.result
         if len(ep.steps) < res.num_steps:
             return "waiting"
-        self.pending.pop(eid, None)
+        self._unpend(eid)
         if len(ep.steps) != res.num_steps:
             self._drop(eid, len(ep.steps), f"{len(ep.steps)} step records for {res.num_steps} steps")
             return "mismatch"
         steps = ep.steps
+        if self.recorder is None and self._next is not None:
+            self._reopen()
         if self.recorder is None:
             if not self.cfg.auto_start:
                 self._drop(eid, len(steps), "no session open (auto_start is false; call start_session)")
@@ -295,6 +319,8 @@ class Collector:
     def on_camera(self, raw: bytes | memoryview, stamp_ns: int | None = None) -> bool:
         """Write a camera frame into the open session (not buffered; not flushed on its own)."""
         with self._lock:
+            if self.recorder is None and self._next is not None:
+                self._reopen()
             if self.recorder is None:
                 return False
             self.recorder.write_raw(CAMERA_TOPIC, IMAGE_TYPE, self.clock_ns() if stamp_ns is None else stamp_ns,
@@ -303,16 +329,20 @@ class Collector:
             self._maybe_roll_over()
             return True
 
+    def _reopen(self) -> None:
+        extra, self._next = self._next, None
+        self._open(extra)
+
     def _maybe_roll_over(self) -> None:
         rec, c = self.recorder, self.cfg
         if rec is None:
             return
         full = (c.max_episodes_per_bag and rec.episodes_written >= c.max_episodes_per_bag) or (
             c.max_bag_bytes and rec.bytes_written >= c.max_bag_bytes)
-        if full:
+        if full:  # the next bag opens with the next message, so no empty bag is left behind
             previous = self._close("rolled over")
             self.part += 1
-            self._open({"continues": previous, "part": self.part})
+            self._next = {"continues": previous, "part": self.part}
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
@@ -321,7 +351,7 @@ class Collector:
                     "session_episodes": self.recorder.episodes_written if self.recorder is not None else 0,
                     "pending_episodes": len(self.pending),
                     "pending_steps": sum(len(e.steps) for e in self.pending.values()),
-                    "pending_bytes": sum(len(b) for e in self.pending.values() for _, b in e.steps),
+                    "pending_bytes": self._pending_bytes,
                     **self.counts}
 
 

@@ -116,12 +116,19 @@ class Log:
 
     def __init__(self):
         self.lines: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
 
     def write(self, text: str) -> None:
         with self._lock:
             self.lines.append(text)
+            self._lock.notify_all()
         print(text, end="")
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        """Block until ``predicate(text so far)`` holds."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: predicate("".join(self.lines)), timeout=timeout):
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} in the policy's output")
 
     def flush(self) -> None:
         pass
@@ -392,9 +399,10 @@ def test_rejected_checkpoints_keep_the_old_weights_and_commands_stay_in_limits(g
         assert reply.checkpoint_id == ck.id_a
     for k, (name, (path, fragment)) in enumerate(ck.bad.items()):
         robot.announce(path, f"bad{k:09d}")
-    log = policy.log
-    robot.wait_until(lambda: all(f"{path}" in log.text() and fragment in log.text() for path, fragment in ck.bad.values())
-                     and log.text().count("checkpoint rejected") >= 2 * len(ck.bad), 60, "the announced checkpoints' rejection")
+    policy.log.wait_for(lambda text: text.count("checkpoint rejected") >= 2 * len(ck.bad), 60, "the announced checkpoints' rejection")
+    rejections = [line for line in policy.log.text().splitlines() if "checkpoint rejected" in line][len(ck.bad):]
+    for path, fragment in ck.bad.values():
+        assert any(str(path) in line and fragment in line for line in rejections), (path, fragment, rejections)
     done = len(robot.complete())
     robot.wait_until(lambda: len(robot.complete()) >= done + 3, 60, "episodes after the rejections")
     assert not ck.marker.exists(), "the pickle ran"
@@ -453,7 +461,7 @@ def test_stalled_camera_aborts_the_episode_and_stops_all_commands(graph, checkpo
 def test_no_valid_checkpoint_no_command(graph, checkpoints):
     nan_path, _ = checkpoints.bad["NaN weights"]
     robot, policy = graph({"checkpoint": str(nan_path)})
-    robot.wait_until(lambda: "no valid checkpoint" in policy.log.text(), 60, "the policy to start")
+    policy.log.wait_for(lambda text: "no valid checkpoint" in text, 60, "the policy to start")
     assert "non-finite" in policy.log.text()
     assert policy.runner.first_exit is None
     robot.publish_image()  # the camera works; still no checkpoint
@@ -468,7 +476,9 @@ def test_no_valid_checkpoint_no_command(graph, checkpoints):
 
 # ---- (e) camera encodings and sizes --------------------------------------------------------
 def test_camera_encodings_are_converted_and_unsupported_ones_refused(graph, checkpoints):
-    robot, policy = graph({"checkpoint": str(checkpoints.a), "epsilon": 0.0}, width=100, height=80, encoding="bgr8")
+    # control_rate: steps at most every 20 ms (a timed wait; no figure is asserted).
+    robot, policy = graph({"checkpoint": str(checkpoints.a), "epsilon": 0.0, "control_rate": 50.0},
+                          width=100, height=80, encoding="bgr8")
     for encoding in ("bgr8", "rgba8", "mono8"):
         with robot.cond:
             robot.encoding = encoding
@@ -497,3 +507,23 @@ def test_camera_encodings_are_converted_and_unsupported_ones_refused(graph, chec
         assert len(robot.results) == first_result + 1
     check_episodes_consistent(robot)
     assert "no arm command until a usable image arrives" in policy.log.text()
+
+
+# ---- parameters -----------------------------------------------------------------------------
+def test_invalid_parameters_stop_the_node_with_a_message(ros, checkpoints):
+    from nsl_bringup.graph import NodeSpec
+    from nsl_bringup.runner import GraphRunner
+
+    env, _ = ros
+    for params, fragment in (({"epsilon": 1.5}, "epsilon"), ({"cem_elites": 65}, "cem_elites"),
+                             ({"min_height": 0.4, "max_height": 0.3}, "min_height")):
+        log = Log()
+        spec = NodeSpec("policy", "nsl_policy", "policy_node", "policy.yaml", {"checkpoint": str(checkpoints.a), **params})
+        runner = GraphRunner([spec], namespace=f"pt{os.getpid()}_bad", env=env, output=log)
+        runner.start()
+        try:
+            died = runner.wait(timeout=60)
+        finally:
+            runner.stop()
+        assert died is not None and died.returncode == 2, log.text()
+        assert fragment in log.text(), log.text()

@@ -48,8 +48,10 @@ Observation
     step_fraction = steps taken / max_steps. :meth:`GraspEnv.gripper_pose` returns the *actual*
     tool point (centre between the finger tips, including task geometry changes).
 
-Physics settings (differences from pybullet_envs' KukaDiverseObjectEnv, all in SimConfig)
-    * time step 1/240 s (same), gravity -9.81 (pybullet_envs: -10),
+Physics settings (differences from pybullet_envs' KukaDiverseObjectEnv, all in SimConfig;
+``SimConfig.reference_physics()`` restores pybullet_envs' values, and bench/sim_throughput.py
+measures the oracle's success with both: docs/sim.md has the figures)
+    * time step 1/240 s (same), gravity ``SimConfig.gravity`` -9.81 (pybullet_envs: -10),
       ``numSolverIterations`` = ``SimConfig.solver_iterations`` (default 50, PyBullet's default;
       pybullet_envs uses 150).
     * Arm: joint position control, force 200, position gain 0.3 (same); joint max velocity
@@ -69,7 +71,8 @@ Physics settings (differences from pybullet_envs' KukaDiverseObjectEnv, all in S
       regardless of history, also with several envs in one process.
     * ``deterministicOverlappingPairs=1`` (sorted contact pairs).
     * Early-exit tests (settle, convergence) read the simulator state, so they are
-      deterministic too.
+      deterministic too; ``SimConfig.early_exit=False`` turns them off (always the full step
+      counts, as pybullet_envs).
 """
 
 from __future__ import annotations

@@ -168,14 +168,14 @@ def test_wilson_interval():
 
 
 def test_evaluate_oracle_matches_single_episodes():
-    res = evaluate_oracle("base", episodes=3, seed=40, config=SimConfig(image_size=32))
+    res = evaluate_oracle("base", episodes=2, seed=40, config=SimConfig(image_size=32))
     e = GraspEnv(SimConfig(image_size=32))
     try:
-        singles = [run_oracle_episode(e, 40 + i)[0] for i in range(3)]
+        singles = [run_oracle_episode(e, 40 + i)[0] for i in range(2)]
     finally:
         e.close()
     assert res.outcomes == singles and res.successes == sum(singles)
-    assert res.task == "base" and res.episodes == 3
+    assert res.task == "base" and res.episodes == 2
     lo, hi = res.ci
     assert lo <= res.rate <= hi
     assert "95% CI" in res.line()

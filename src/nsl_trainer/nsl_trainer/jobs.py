@@ -35,7 +35,7 @@ class FineTuneJob:
     """State, periodic checkpoints and TensorBoard logs; empty: next to output_path."""
     checkpoint_every: int = 0
     progress_every: int = 0
-    """Steps between progress messages; 0: about 50 per job."""
+    """Steps between progress messages; 0: every 10 steps (about 50 per job for short jobs)."""
     num_threads: int = 0
     """torch CPU threads in the worker; 0: torch's default."""
     extra: dict = field(default_factory=dict)
@@ -46,7 +46,7 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
     from nsl_trainer.qtopt import QTOptConfig
     from nsl_trainer.runs import Cancelled, train
 
-    every = job.progress_every or max(1, job.steps // 50)
+    every = job.progress_every or max(1, min(job.steps // 50, 10))
 
     def progress(step: int, metrics: dict) -> None:
         if step % every == 0 or step == job.steps:

@@ -71,6 +71,10 @@ class ExperimentConfig:
     """Probability of a random action per step while collecting on-policy rounds."""
     round_noise_std: float = 0.1
     """Gaussian noise on the CEM action while collecting on-policy rounds."""
+    validation_episodes: int = 0
+    """When > 0: each round's checkpoint is evaluated on this many *validation* episodes (test
+    objects, validation seeds, never the evaluation seeds) and the best becomes the base policy;
+    0: the last round's checkpoint is the base policy."""
     learning_rate: float = 1e-3
     """Adam learning rate of pre-training (fine-tuning later uses 25% of it, as in the paper)."""
     round_learning_rate: float = 5e-4
@@ -123,6 +127,7 @@ class ExperimentConfig:
         check_int("round_steps", 1)
         check_float("round_epsilon", 0.0, 1.0)
         check_float("round_noise_std", 0.0, 2.0)
+        check_int("validation_episodes", 0)
         check_float("learning_rate", 0.0, 1.0, lo_open=True)
         check_float("round_learning_rate", 0.0, 1.0, lo_open=True)
         check_int("eval_episodes", 1)

@@ -178,13 +178,17 @@ def run_job(spec: dict) -> list[dict]:
     return results
 
 
-def run_jobs(specs: list[dict], workers: int, log: Callable[[str], None] | None = None) -> list[list[dict]]:
-    """Run jobs, in ``workers`` spawned processes when > 1; results in spec order."""
+def run_jobs(specs: list[dict], workers: int, log: Callable[[str], None] | None = None,
+             on_done: Callable[[int, list[dict]], None] | None = None) -> list[list[dict]]:
+    """Run jobs, in ``workers`` spawned processes when > 1; results in spec order. ``on_done(i,
+    result)`` is called as each job finishes (in order), e.g. to stamp its bag as complete."""
     t0 = time.monotonic()
     out: list[list[dict] | None] = [None] * len(specs)
     if workers <= 1 or len(specs) <= 1:
         for i, s in enumerate(specs):
             out[i] = run_job(s)
+            if on_done:
+                on_done(i, out[i])
             if log:
                 log(f"job {i + 1}/{len(specs)} done ({time.monotonic() - t0:.0f} s)")
     else:
@@ -194,6 +198,8 @@ def run_jobs(specs: list[dict], workers: int, log: Callable[[str], None] | None 
             pending = {i: pool.apply_async(run_job, (s,)) for i, s in enumerate(specs)}
             for i, r in pending.items():
                 out[i] = r.get()
+                if on_done:
+                    on_done(i, out[i])
                 if log:
                     log(f"job {i + 1}/{len(specs)} done ({time.monotonic() - t0:.0f} s)")
     return out  # type: ignore[return-value]

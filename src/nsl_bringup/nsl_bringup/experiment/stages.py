@@ -119,10 +119,12 @@ def collect(ctx: Context, name: str, kind: str, key_kind: str, seeds: list[int],
     if specs:
         ctx.log(f"{name}: collecting {sum(len(s['seeds']) for s in specs)} episodes in {len(specs)} bag(s) "
                 f"({len(bags) - len(specs)} cached)")
-        outs = run_jobs(specs, cfg.workers, lambda m: ctx.log(f"{name}: {m}"))
-        for (i, stamp, key), out in zip(stamps, outs):
+        def done(j: int, out: list[dict]) -> None:
+            i, stamp, key = stamps[j]
             write_stamp(stamp, key, {"episodes": out})
             results[i] = out
+
+        run_jobs(specs, cfg.workers, lambda m: ctx.log(f"{name}: {m}"), done)
     else:
         ctx.log(f"{name}: {len(bags)} bag(s) cached")
     outcomes = [EpisodeOutcome(**r) for i in sorted(results) for r in results[i]]
@@ -149,6 +151,24 @@ def collect_policy(ctx: Context, name: str, checkpoint: Path, checkpoint_id: str
 
 
 # ------------------------------------------------------------------ training
+def _run_dir(ctx: Context, name: str, key: str) -> Path:
+    return ctx.path("checkpoints", f"{name}.{key}.run")
+
+
+def _run_options(ctx: Context, name: str, steps: int, key: str) -> dict:
+    """Mid-training resume: nsl_trainer saves its full state (weights, targets, optimiser,
+    step) into checkpoints/<name>.<key>.run every ``steps // 10`` steps and resumes from it when
+    the same unit (same key) is started again (older trainers without run directories just train)."""
+    import inspect
+
+    from nsl_trainer import qtopt
+
+    if "run_options" not in inspect.signature(qtopt.finetune_transitions).parameters:
+        return {}
+    return {"run_dir": str(_run_dir(ctx, name, key)), "checkpoint_every": max(50, steps // 10),
+            "resume": True, "tensorboard": False, "log_every": max(1, steps // 20)}
+
+
 def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], target_bags: list[Path], steps: int,
           learning_rate: float, target_fraction: float, key: str) -> tuple[Path, str, dict]:
     """QT-Opt on the bags into checkpoints/<name>.safetensors (cached). Returns (path, id, stamp)."""
@@ -178,12 +198,16 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
+    # Relative to the run folder, so a moved/copied run folder resumes (the trainer checks them).
+    datasets = {"base": [str(b.relative_to(ctx.output)) for b in base_bags],
+                "target": [str(b.relative_to(ctx.output)) for b in target_bags]}
     checkpoint_id = finetune_transitions(
         str(init) if init is not None else None, base, target, steps, output_path=str(tmp),
         learning_rate=learning_rate, target_fraction=target_fraction if (n_base and n_target) else 0.5,
         progress=progress, seed=cfg.seed, config=cfg.qtopt_config(), model_config=cfg.model_config(),
-        num_threads=cfg.threads, datasets={"base": [str(b) for b in base_bags], "target": [str(b) for b in target_bags]})
+        num_threads=cfg.threads, datasets=datasets, **_run_options(ctx, name, steps, key))
     os.replace(tmp, out)
+    shutil.rmtree(_run_dir(ctx, name, key), ignore_errors=True)
     seconds = time.monotonic() - t0
     data = write_stamp(stamp, key, {"checkpoint_id": checkpoint_id, "steps": steps, "transitions":
                                     {"base": n_base, "target": n_target}, "seconds": seconds,
@@ -215,6 +239,24 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, episodes: int, config
 
 
 # ------------------------------------------------------------------ stages
+def validate(ctx: Context, checkpoint: Path, checkpoint_id: str) -> dict | None:
+    """Validation-seed success of a checkpoint on ``base`` (cached; None when disabled)."""
+    cfg = ctx.config
+    if cfg.validation_episodes <= 0:
+        return None
+    stamp = checkpoint.with_name(checkpoint.stem + ".validation.json")
+    key = unit_key(ctx, "evaluate", checkpoint=checkpoint_id, task="base", validation=cfg.validation_episodes)
+    hit = read_stamp(stamp, key, [])
+    if hit is not None:
+        return hit["result"]
+    res = evaluate_checkpoint(checkpoint, "base", cfg.validation_episodes, cfg, "validation")
+    write_stamp(stamp, key, {"result": res})
+    lo, hi = res["ci95"]
+    ctx.log(f"{checkpoint.stem}: validation success {res['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"(n={res['episodes']}, {res['seconds']:.0f} s)")
+    return res
+
+
 def pretrain(ctx: Context) -> dict:
     """Stage 1: the base policy."""
     cfg = ctx.config
@@ -228,7 +270,8 @@ def pretrain(ctx: Context) -> dict:
     key = unit_key(ctx, "pretrain_train", data=boot_key)
     ckpt, ckpt_id, st = train(ctx, "pretrain_round_0", None, bags, [], cfg.pretrain_steps, cfg.learning_rate, 0.5, key)
     timings["round_0_train_s"] = st["seconds"]
-    rounds = [{"round": 0, "checkpoint": ckpt.name, "checkpoint_id": ckpt_id, "train": st}]
+    rounds = [{"round": 0, "checkpoint": ckpt.name, "checkpoint_id": ckpt_id, "train": st,
+               "validation": validate(ctx, ckpt, ckpt_id)}]
     round_bags: list[Path] = []
     for r in range(1, cfg.rounds + 1):
         seeds = [cfg.seed_base(ROUND_SEEDS + 100_000 * r) + i for i in range(cfg.round_episodes)]
@@ -243,10 +286,15 @@ def pretrain(ctx: Context) -> dict:
                                   cfg.round_learning_rate, 0.5, key)
         timings[f"round_{r}_train_s"] = st["seconds"]
         rounds.append({"round": r, "checkpoint": ckpt.name, "checkpoint_id": ckpt_id, "train": st,
-                       "collected": coll})
+                       "collected": coll, "validation": validate(ctx, ckpt, ckpt_id)})
+    chosen = rounds[-1]
+    if cfg.validation_episodes > 0:  # best on validation seeds; ties go to the later round
+        chosen = max(reversed(rounds), key=lambda r: r["validation"]["success_rate"])
+        ckpt, ckpt_id = ctx.path("checkpoints", chosen["checkpoint"]), chosen["checkpoint_id"]
+        ctx.log(f"base policy: round {chosen['round']} ({ckpt_id}), chosen on validation seeds")
     final = ctx.path("checkpoints", "base.safetensors")
     shutil.copyfile(ckpt, final)
-    summary = {"stage": "pretrain", "checkpoint": str(final), "checkpoint_id": ckpt_id,
+    summary = {"stage": "pretrain", "checkpoint": str(final), "checkpoint_id": ckpt_id, "chosen_round": chosen["round"],
                "bootstrap": boot_summary, "rounds": rounds, "timings": timings,
                "seconds_this_run": time.monotonic() - t0}
     write_stamp(ctx.path("stages", "pretrain.json"), ckpt_id, summary)

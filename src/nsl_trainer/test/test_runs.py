@@ -1,0 +1,207 @@
+"""Training runs: learning on a visual task, 50/50 mixing, resume, modes, CLI, DDP under torchrun."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nsl_policy.cem import CEMConfig, cem_maximize
+from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
+from nsl_policy.model import QNetwork, QNetworkConfig
+from nsl_trainer.qtopt import QTOptConfig, QTOptTrainer
+from nsl_trainer.runs import Cancelled, continual, train_transitions
+
+from trainer_helpers import episodes_task, marker_images, marker_success, marker_task, write_bag
+
+TINY = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1)
+FAST = QTOptConfig(batch_size=16, target_cem=CEMConfig(population=8, elites=2, iterations=2), seed=0)
+SRC = Path(__file__).resolve().parents[2]
+
+
+def test_offline_qtopt_learns_marker_task_from_random_data():
+    """Random-policy data succeeds ~18% of the time; the greedy (CEM) policy of the learned Q
+    must point at the marker far more often on unseen images."""
+    radius = 0.5
+    data, _ = marker_task(2048, radius=radius, seed=0)
+    data_rate = float(data.reward.mean())
+    config = QNetworkConfig(image_size=32, width=32, embed_width=32, fc_width=32, trunk_depth=1, head_depth=1)
+    torch.manual_seed(0)
+    model = QNetwork(config)
+    # No random shift: it would move the marker relative to the recorded action.
+    trainer = QTOptTrainer(model, QTOptConfig(batch_size=64, learning_rate=3e-3, augment=False, seed=0), "cpu")
+    trainer.train(data, None, steps=500)
+    images, centre = marker_images(256, seed=99)
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    state = torch.zeros(256, 3)
+    with torch.no_grad():
+        feats = model.encode(x)
+        actions, _ = cem_maximize(lambda a: model.score(feats, state, a), 256, 6, CEMConfig(),
+                                  generator=torch.Generator().manual_seed(0))
+    greedy_rate = float(marker_success(actions.numpy(), centre, radius).mean())
+    print(f"data success {data_rate:.3f}, greedy success {greedy_rate:.3f}")
+    assert 0.1 < data_rate < 0.25
+    assert greedy_rate > 0.6 and greedy_rate > 3 * data_rate
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_mixing_by_counting_sampled_episodes(fraction):
+    """Base has 10x the episodes of target; batches still draw target with the set probability,
+    and every episode of each set gets sampled."""
+    base, target = episodes_task(200, steps=3, seed=1), episodes_task(20, steps=3, seed=2)
+    trainer = QTOptTrainer(QNetwork(TINY), QTOptConfig(batch_size=64, augment=False, target_action="random",
+                                                       target_samples=4), "cpu")
+    n_base = len(base)
+    counts = {"base": [], "target": []}
+
+    def record(step, m):
+        idx, from_target = trainer.last_batch
+        assert bool(((idx >= n_base) == from_target).all())
+        counts["base"] += base.episode[idx[~from_target].numpy()].tolist()
+        counts["target"] += target.episode[(idx[from_target] - n_base).numpy()].tolist()
+
+    summary = trainer.train(base, target, steps=40, target_fraction=fraction, progress=record)
+    nb, nt = len(counts["base"]), len(counts["target"])
+    assert nb + nt == 40 * 64
+    assert abs(nt / (nb + nt) - fraction) < 0.04  # binomial sd ~0.01
+    assert summary["target_fraction"] == pytest.approx(nt / (nb + nt))
+    assert len(set(counts["target"])) == 20  # every target episode was drawn
+    per_target_episode = np.bincount(counts["target"], minlength=20)
+    assert per_target_episode.min() > 0.4 * per_target_episode.mean()  # uniform within the set
+    assert len(set(counts["base"])) > 150
+
+
+def _weights(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def test_interrupted_and_resumed_matches_uninterrupted(tmp_path):
+    base, target = episodes_task(30, seed=3), episodes_task(10, seed=4)
+    init = tmp_path / "init.safetensors"
+    init_checkpoint(init, TINY, seed=1)
+    kw = dict(init_checkpoint=str(init), config=FAST, device="cpu", checkpoint_every=4, tensorboard=True)
+    full = train_transitions("finetune", base, target, 12, output_path=str(tmp_path / "full.safetensors"), **kw)
+
+    stop_at = {"n": 0}
+
+    def stop():  # interrupt after 6 steps (between two periodic checkpoints)
+        stop_at["n"] += 1
+        return stop_at["n"] > 6
+
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(Cancelled) as info:
+        train_transitions("finetune", base, target, 12, output_path=str(out), should_stop=stop, **kw)
+    assert info.value.step == 6 and not out.exists()
+    run_dir = Path(info.value.state_path).parent
+    assert (run_dir / "checkpoints" / "step_0000004.safetensors").is_file()
+    assert load_checkpoint(run_dir / "checkpoints" / "step_0000004.safetensors").metadata["steps"] == 4
+    resumed = train_transitions("finetune", base, target, 12, output_path=str(out), **kw)
+    assert resumed.resumed_from == 6 and full.resumed_from == 0
+    a, b = _weights(tmp_path / "full.safetensors"), _weights(out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert resumed.metrics["target_samples"] == full.metrics["target_samples"]  # same batches drawn
+    # Targets and optimizer state resumed too: both runs' final states agree.
+    ta = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
+    tb = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
+    ta.load_state(Path(full.run_dir) / "state.safetensors")
+    tb.load_state(run_dir / "state.safetensors")
+    for na, nb in ((ta.target1, tb.target1), (ta.target2, tb.target2)):
+        for pa, pb in zip(na.parameters(), nb.parameters()):
+            torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    sa, sb = ta.optimizer.state_dict()["state"], tb.optimizer.state_dict()["state"]
+    for i in sa:
+        torch.testing.assert_close(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+        assert float(sa[i]["step"]) == float(sb[i]["step"]) == 12
+    assert any((run_dir / "tensorboard").iterdir())
+    # The same run directory refuses a different run.
+    with pytest.raises(ValueError, match="different run"):
+        train_transitions("finetune", base, target, 12, output_path=str(out), **{**kw, "learning_rate": 1e-2})
+
+
+def test_state_file_is_not_pickle(tmp_path):
+    trainer = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
+    trainer.train(episodes_task(4), None, steps=2)
+    path = tmp_path / "s.safetensors"
+    trainer.save_state(path, {"note": 1})
+    blob = path.read_bytes()
+    assert b"\x80\x04" not in blob[:16] and blob[8:9] == b"{"  # safetensors: u64 length + JSON header
+    other = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
+    assert other.load_state(path) == {"note": 1} and other.step_count == 2
+    with pytest.raises(ValueError, match="other QT-Opt settings"):
+        QTOptTrainer(QNetwork(TINY), QTOptConfig(batch_size=8), "cpu").load_state(path)
+
+
+def test_modes_pretrain_scratch_continual(tmp_path):
+    base, t1, t2 = episodes_task(12, seed=5), episodes_task(6, seed=6), episodes_task(6, seed=7)
+    kw = dict(config=FAST, device="cpu", tensorboard=False, model_config=TINY)
+    pre = train_transitions("pretrain", base, None, 3, output_path=str(tmp_path / "pre.safetensors"), **kw)
+    meta = load_checkpoint(pre.checkpoint_path).metadata
+    assert meta["kind"] == "pretrain" and meta["parent"] is None and meta["learning_rate"] == FAST.learning_rate
+    sc = train_transitions("scratch", base, t1, 3, output_path=str(tmp_path / "sc.safetensors"), **kw)
+    meta = load_checkpoint(sc.checkpoint_path).metadata
+    assert meta["kind"] == "scratch" and meta["learning_rate"] == pytest.approx(0.25 * FAST.learning_rate)
+    with pytest.raises(ValueError, match="init checkpoint"):
+        train_transitions("finetune", base, t1, 3, output_path=str(tmp_path / "x.safetensors"), **kw)
+    sets = {"b": base, "t1": t1, "t2": t2}
+    load = lambda paths: None if not paths else sets[paths[0]]  # noqa: E731
+    kw.pop("model_config")
+    chain = continual(pre.checkpoint_path, ["b"], [("one", ["t1"]), ("two", ["t2"])], 3,
+                      output_dir=str(tmp_path / "cl"), load=load, **kw)
+    m1, m2 = (load_checkpoint(r.checkpoint_path).metadata for r in chain)
+    assert m1["parent"] == pre.checkpoint_id and m2["parent"] == chain[0].checkpoint_id
+    assert m1["kind"] == m2["kind"] == "finetune" and m2["continual"]["chain"] == [pre.checkpoint_id, chain[0].checkpoint_id]
+    assert Path(chain[1].checkpoint_path).name == "02-two.safetensors"
+    again = continual(pre.checkpoint_path, ["b"], [("one", ["t1"]), ("two", ["t2"])], 3,
+                      output_dir=str(tmp_path / "cl"), load=load, **kw)
+    assert [r.checkpoint_id for r in again] == [r.checkpoint_id for r in chain]  # already done: not retrained
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bags")
+    return write_bag(d / "base", 6, seed=1), write_bag(d / "target", 4, seed=2, task="target")
+
+
+def _cli(*args, env=None, module=("-m", "nsl_trainer.cli")):
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=240, env=e)
+
+
+def test_cli_finetune_and_clear_errors(tmp_path, bags):
+    base, target = bags
+    init = tmp_path / "init.safetensors"
+    init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
+    out = tmp_path / "ft.safetensors"
+    r = _cli("finetune", "--init", str(init), "--base", str(base), "--target", str(target), "--steps", "4",
+             "--batch-size", "8", "--output", str(out), "--threads", "1", "--checkpoint-every", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {out}" in r.stdout and "4/4" in r.stderr  # tqdm progress on the console
+    meta = load_checkpoint(out).metadata
+    assert meta["kind"] == "finetune" and meta["datasets"] == {"base": [str(base)], "target": [str(target)]}
+    r = _cli("finetune", "--init", str(tmp_path / "missing.safetensors"), "--target", str(target), "--steps", "2",
+             "--output", str(tmp_path / "y.safetensors"))
+    assert r.returncode == 1 and "missing.safetensors does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("scratch", "--target", str(tmp_path / "nope"), "--steps", "2", "--output", str(tmp_path / "z.safetensors"))
+    assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ddp_two_processes_gloo_identical_weights(tmp_path, bags):
+    base, target = bags
+    init = tmp_path / "init.safetensors"
+    init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
+    out = tmp_path / "ddp.safetensors"
+    r = _cli("--standalone", "--nproc-per-node", "2", "-m", "nsl_trainer.cli", "finetune", "--init", str(init),
+             "--base", str(base), "--target", str(target), "--steps", "6", "--batch-size", "8", "--output", str(out),
+             "--threads", "1", "--quiet", "--device", "cpu", module=("-m", "torch.distributed.run"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = dict(re.findall(r"rank (\d)/2: checkpoint ([0-9a-f]{12})", r.stdout))
+    assert set(ids) == {"0", "1"}, r.stdout
+    assert ids["0"] == ids["1"] == load_checkpoint(out).checkpoint_id  # bitwise-identical weights on both ranks
+    assert load_checkpoint(out).metadata["world_size"] == 2
+    assert load_checkpoint(out).checkpoint_id != load_checkpoint(init).checkpoint_id
