@@ -25,7 +25,11 @@ ACTIVE_CHECKPOINT_TOPIC = "policy/active_checkpoint"
 FINE_TUNE_SERVICE = "trainer/fine_tune"
 TRAINER_STATUS_TOPIC = "trainer/status"
 CHECKPOINT_ANNOUNCE_TOPIC = "trainer/checkpoints"
+START_SESSION_SERVICE = "collector/start_session"
 STOP_SESSION_SERVICE = "collector/stop_session"
+DISCARD_EPISODE_SERVICE = "collector/discard_episode"
+COLLECTOR_STATUS_TOPIC = "collector/status"
+CANCEL_JOB_SERVICE = "trainer/cancel"
 
 
 @dataclass(frozen=True)

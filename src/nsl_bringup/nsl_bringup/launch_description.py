@@ -5,11 +5,12 @@ same nodes with the same parameters.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -44,4 +45,10 @@ def generate(graph_name: str) -> LaunchDescription:
 
     declared = [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description, **({"choices": list(a.choices)} if a.choices else {}))
                 for a in graph.arguments]
-    return LaunchDescription([*declared, OpaqueFunction(function=nodes)])
+    # Large images (e.g. 472x472) need Fast DDS's bigger shared-memory segment; a profile the
+    # user set already wins.
+    profile = []
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+        xml = Path(get_package_share_directory("nsl_bringup")) / "config" / "fastdds_shm.xml"
+        profile = [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", str(xml))]
+    return LaunchDescription([*declared, *profile, OpaqueFunction(function=nodes)])

@@ -189,6 +189,7 @@ def test_reading_needs_no_msg_files_and_uses_stored_definitions(tmp_path, monkey
             rec.write_episode(steps, result)  # write_episode fills only the current fields
     monkeypatch.delenv("NSL_MSGS_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "ament_index_python", None)
+    monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # also when rclpy imported it
     with pytest.raises(DatasetError, match="NSL_MSGS_DIR"):
         find_msg_dir()
     (ep,) = read_episodes(tmp_path / "bag")
@@ -197,6 +198,7 @@ def test_reading_needs_no_msg_files_and_uses_stored_definitions(tmp_path, monkey
 
 def test_find_msg_dir_env(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ament_index_python", None)
+    monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # also when rclpy imported it
     monkeypatch.setenv("NSL_MSGS_DIR", str(MSG_DIR))
     assert find_msg_dir() == MSG_DIR
     monkeypatch.setenv("NSL_MSGS_DIR", str(tmp_path))

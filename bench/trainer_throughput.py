@@ -1,0 +1,156 @@
+"""Gradient steps/s of offline QT-Opt at batch 64 on 64x64 images, on this machine.
+
+  full     the trainer as users run it: nsl_trainer.runs.train("finetune", ...) on rosbag2 bags
+           written here (bag reading, 50/50 sampling, augmentation, CEM Bellman targets with the
+           two target nets, Adam update, TensorBoard logging), timed end to end;
+  ideal    the same model, target computation (CEM on target 1, min with target 2) and update on
+           one pre-loaded, pre-augmented batch (no loading, sampling or augmentation);
+  nchw     the ideal loop with NCHW (contiguous) instead of channels_last tensors.
+
+  nice -n 5 .venv/bin/python bench/trainer_throughput.py [--steps 60] [--threads 2]
+
+Prints figures; the last line is one JSON object (steps_per_s, ideal_steps_per_s, ratio_vs_ideal,
+channels_last_speedup, ...)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for pkg in ("nsl_policy", "nsl_trainer", "nsl_collector"):
+    sys.path.insert(0, str(ROOT / "src" / pkg))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def write_bags(folder: Path, episodes: int, steps: int, size: int) -> tuple[Path, Path]:
+    from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
+
+    rng = np.random.default_rng(0)
+    out = []
+    for name in ("base", "target"):
+        with BagRecorder(folder / name, {"task": name}, ROOT / "src" / "nsl_msgs" / "msg", flush_steps=False, fsync=False) as rec:
+            for e in range(episodes):
+                recs = [StepData.from_vector(rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+                                             [float(j == steps - 1), 0.3 - 0.05 * j, j / steps], rng.uniform(-1, 1, 6),
+                                             stamp_ns=10**18 + (e * 100 + j) * 10**6) for j in range(steps)]
+                rec.write_episode(recs, EpisodeData(episode_id=f"{name}-{e}", task=name, seed=e, success=bool(e % 3 == 0),
+                                                    stamp_ns=10**18 + (e * 100 + 99) * 10**6))
+        out.append(folder / name)
+    return out[0], out[1]
+
+
+def ideal_loop(trainer, batch, steps: int, nchw: bool = False) -> float:
+    """Seconds per step of the update on one pre-loaded batch (same target computation)."""
+    images, state, action, reward, done, next_images, next_state = batch
+    fmt = torch.contiguous_format if nchw else torch.channels_last
+    images, next_images = images.contiguous(memory_format=fmt), next_images.contiguous(memory_format=fmt)
+
+    def one() -> None:
+        y = trainer.bellman_target(reward, done, next_images, next_state)
+        logits = trainer.model(images, state, action)
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.grad_clip)
+        trainer.optimizer.step()
+        trainer.step_count += 1
+        trainer.update_targets()
+        float(loss)
+
+    for _ in range(2):
+        one()
+    t = time.perf_counter()
+    for _ in range(steps):
+        one()
+    return (time.perf_counter() - t) / steps
+
+
+def nchw_network(config):
+    """The same Q-network computing in NCHW: no channels_last conversion of inputs or features."""
+    from nsl_policy.model import QNetwork
+
+    class NCHW(QNetwork):
+        def encode(self, images):
+            return self.trunk(images.contiguous())
+
+        def score(self, features, state, actions):
+            b, n, _ = actions.shape
+            x = torch.cat([actions, state.unsqueeze(1).expand(b, n, state.shape[1])], dim=2)
+            emb = self.embed(x)
+            merged = (features.unsqueeze(1) + emb[:, :, :, None, None]).reshape(b * n, *features.shape[1:])
+            return self.fc(self.head(merged.contiguous())).reshape(b, n)
+
+    net = NCHW(config)
+    return net.to(memory_format=torch.contiguous_format)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=60, help="timed steps of the full and ideal loops (default 60)")
+    ap.add_argument("--nchw-steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--episodes", type=int, default=100, help="episodes per bag (x5 steps)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
+    from nsl_policy.model import QNetworkConfig
+    from nsl_trainer.qtopt import QTOptConfig, QTOptTrainer, _Data, augment_images
+    from nsl_trainer.runs import train
+
+    config = QTOptConfig(batch_size=64)
+    net_config = QNetworkConfig(image_size=64)
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load {open('/proc/loadavg').read().split()[:3]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base, target = write_bags(tmp, args.episodes, 5, 64)
+        init = tmp / "init.safetensors"
+        init_checkpoint(init, net_config, seed=0)
+        # Warm-up run (imports, allocator), then the timed run.
+        train("finetune", [base], [target], 3, output_path=str(tmp / "warm.safetensors"), init_checkpoint=str(init),
+              config=config, device="cpu", tensorboard=True)
+        t = time.perf_counter()
+        r = train("finetune", [base], [target], args.steps, output_path=str(tmp / "ft.safetensors"),
+                  init_checkpoint=str(init), config=config, device="cpu", tensorboard=True)
+        full_s = time.perf_counter() - t
+        print(f"full trainer: {args.steps} steps in {full_s:.2f} s incl. loading {2 * args.episodes * 5} transitions "
+              f"-> {args.steps / full_s:.2f} steps/s (target fraction {r.metrics['target_fraction']:.2f})")
+
+        # The ideal loop: one pre-loaded, pre-augmented batch from the same data.
+        from nsl_collector.dataset import load_transitions
+
+        trainer = QTOptTrainer(load_checkpoint(init).model, config, "cpu")
+        data = _Data(load_transitions([base]), load_transitions([target]), 64, trainer.device)
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randint(0, data.n_base + data.n_target, (64,), generator=g)
+        nidx = data.next_index[idx]
+        batch = (augment_images(data.image[idx], config, g), data.state[idx], data.action[idx], data.reward[idx],
+                 data.done[idx], augment_images(data.image[nidx], config, g), data.state[nidx])
+        ideal = ideal_loop(trainer, batch, args.steps)
+        print(f"ideal loop (pre-loaded batch, same model and targets, channels_last): {1 / ideal:.2f} steps/s")
+        nchw_trainer = QTOptTrainer(nchw_network(net_config), config, "cpu")
+        nchw_trainer.model.to(memory_format=torch.contiguous_format)
+        for tnet in (nchw_trainer.target1, nchw_trainer.target2):
+            tnet.to(memory_format=torch.contiguous_format)
+        nchw = ideal_loop(nchw_trainer, batch, args.nchw_steps, nchw=True)
+        print(f"ideal loop in NCHW: {1 / nchw:.2f} steps/s; channels_last speed-up x{nchw / ideal:.2f}")
+    out = {"steps_per_s": round(args.steps / full_s, 3), "ideal_steps_per_s": round(1 / ideal, 3),
+           "ratio_vs_ideal": round((args.steps / full_s) * ideal, 3), "channels_last_speedup": round(nchw / ideal, 2),
+           "nchw_steps_per_s": round(1 / nchw, 3), "batch_size": 64, "image_size": 64, "threads": torch.get_num_threads(),
+           "loadavg": open("/proc/loadavg").read().split()[0]}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
