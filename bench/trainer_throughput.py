@@ -64,7 +64,7 @@ def ideal_loop(trainer, batch, steps: int, nchw: bool = False) -> float:
         trainer.optimizer.step()
         trainer.step_count += 1
         trainer.update_targets()
-        float(loss)
+        float(loss.detach())
 
     for _ in range(2):
         one()
