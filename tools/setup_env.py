@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("NSL_VENV", ROOT / ".venv"))
 STAMPS = VENV / ".nsl-stamps"
 BUILD = ROOT / "build"
-PYTHON_PACKAGES = ["nsl_sim", "nsl_policy", "nsl_collector", "nsl_trainer", "nsl_kuka", "nsl_bringup"]
+PYTHON_PACKAGES = ["nsl_common", "nsl_sim", "nsl_policy", "nsl_collector", "nsl_trainer", "nsl_kuka", "nsl_bringup"]
 TORCH_DEFAULT = "torch==2.13.0"
 # The ROS wheels' exported CMake files name the interpreter of the machine they were built on.
 WHEEL_BUILD_PYTHON_INCLUDE = "/opt/python/cp311-cp311/include/python3.11"

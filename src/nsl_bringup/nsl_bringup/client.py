@@ -15,6 +15,7 @@ from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from std_srvs.srv import Trigger
 
 from nsl_bringup import graph
+from nsl_common.service_call import ServiceCallError, call_service
 from nsl_msgs.msg import CheckpointInfo, EpisodeResult, TrainerStatus
 from nsl_msgs.srv import FineTune, LoadCheckpoint
 
@@ -77,14 +78,10 @@ class LoopClient(Node):
         return self.results_with(checkpoint_id)[:count]
 
     def call(self, client, request, timeout: float = 30.0):
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {client.srv_name} not available after {timeout:.0f} s")
-        done = threading.Event()
-        future = client.call_async(request)
-        future.add_done_callback(lambda _f: done.set())
-        if not done.wait(timeout):
-            raise TimeoutError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
-        return future.result()
+        try:
+            return call_service(client, request, timeout)
+        except ServiceCallError as exc:
+            raise TimeoutError(str(exc)) from exc
 
     def close(self) -> None:
         self._executor.shutdown()

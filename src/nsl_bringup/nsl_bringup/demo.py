@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,8 +149,8 @@ def run_demo(config: DemoConfig) -> dict:
     summary = {"task": config.task, "rows": rows, "dataset": bag, "job_id": job, "wall_clock_s": time.monotonic() - t0}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
-    print(f"| phase  | checkpoint   | episodes | success | 95% CI        |")
-    print(f"|--------|--------------|----------|---------|---------------|")
+    print("| phase  | checkpoint   | episodes | success | 95% CI        |")
+    print("|--------|--------------|----------|---------|---------------|")
     for r in rows:
         print(f"| {r['phase']:<6} | {r['checkpoint']:<12} | {r['episodes']:>8} | {r['success_rate']:>7.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] |")
     print()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 from rcl_interfaces.msg import ParameterType
 
+from nsl_common.service_call import call_service
+
 _TYPE_NAMES = {ParameterType.PARAMETER_BOOL: "bool", ParameterType.PARAMETER_INTEGER: "int",
                ParameterType.PARAMETER_DOUBLE: "float", ParameterType.PARAMETER_STRING: "string",
                ParameterType.PARAMETER_BOOL_ARRAY: "bool[]", ParameterType.PARAMETER_INTEGER_ARRAY: "int[]",
@@ -41,15 +43,7 @@ def _value_text(value) -> str:
 
 
 def _call(node, srv_type, name: str, request, timeout: float = 20.0):
-    client = node.create_client(srv_type, name)
-    if not client.wait_for_service(timeout_sec=timeout):
-        raise TimeoutError(f"parameter service {name} not available")
-    done = threading.Event()
-    future = client.call_async(request)
-    future.add_done_callback(lambda _f: done.set())
-    if not done.wait(timeout):
-        raise TimeoutError(f"{name} did not answer")
-    return future.result()
+    return call_service(node.create_client(srv_type, name), request, timeout)
 
 
 def describe_running_node(client_node, full_name: str) -> list[ParameterDoc]:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from nsl_common.node_main import run_node
 from nsl_collector.session import Collector, CollectorConfig
 from nsl_msgs.msg import EpisodeResult, StepRecord
 
@@ -124,20 +124,7 @@ class CollectorNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CollectorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"collector_node: {exc}", flush=True)
-        raise SystemExit(2)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(CollectorNode, "collector_node", args)
 
 
 if __name__ == "__main__":

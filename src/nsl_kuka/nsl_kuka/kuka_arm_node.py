@@ -7,12 +7,11 @@ with a message saying what to install.
 """
 from __future__ import annotations
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
+from nsl_common.node_main import run_node
 from nsl_kuka.arm_logic import ArmConfig, GraspEpisode, StepOutcome
 from nsl_kuka.moveit_backend import BackendUnavailable, MoveItBackend
 from nsl_msgs.msg import GripperState
@@ -88,23 +87,7 @@ class KukaArmNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    try:
-        node = KukaArmNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (BackendUnavailable, ValueError) as exc:
-        print(f"kuka_arm_node: {exc}", flush=True)
-        raise SystemExit(2)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+    run_node(KukaArmNode, "kuka_arm_node", args, threads=2, config_errors=(BackendUnavailable,))
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 
+from nsl_common.node_main import run_node
+from nsl_common.service_call import ServiceCallError, call_service
 from nsl_msgs.msg import CheckpointInfo, EpisodeResult, GraspAction, GripperState, StepRecord
 from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode
 from nsl_policy.action_space import ActionSpace
@@ -94,6 +94,10 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("policy")
+        # Shutdown state first: destroy_node() runs even when the constructor fails below.
+        self._stop = threading.Event()
+        self._call_wake: threading.Event | None = None  # wakes the arm call in flight on shutdown
+        self._loop: threading.Thread | None = None
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
         self.config = self._read_config()
@@ -120,8 +124,6 @@ class PolicyNode(Node):
         self._active: LoadedCheckpoint | None = None
         self._pending: LoadedCheckpoint | None = None
         self.policy: GraspPolicy | None = None
-        self._stop = threading.Event()
-        self._call_done: threading.Event | None = None  # the arm call in flight, woken on shutdown
 
         io_group = ReentrantCallbackGroup()
         swap_group = MutuallyExclusiveCallbackGroup()
@@ -275,22 +277,14 @@ class PolicyNode(Node):
 
     # ---- the arm --------------------------------------------------------------------------
     def call(self, client, request, what: str):
-        """Call an arm service from the episode thread; the executor delivers the reply."""
-        if not client.wait_for_service(timeout_sec=self.config["arm_timeout"]):
-            raise EpisodeAborted(f"arm service {client.srv_name} not available")
-        done = self._call_done = threading.Event()
+        """Call an arm service from the episode thread; shutdown interrupts the wait."""
         if self._stop.is_set():
             raise EpisodeAborted("node is shutting down")
-        future = client.call_async(request)
-        future.add_done_callback(lambda _f: done.set())
-        done.wait(self.config["arm_timeout"])
-        if self._stop.is_set():
-            future.cancel()
-            raise EpisodeAborted("node is shutting down")
-        if not future.done() or future.result() is None:
-            future.cancel()
-            raise EpisodeAborted(f"arm did not answer {what} within {self.config['arm_timeout']:.0f} s")
-        return future.result()
+        try:
+            self._call_wake = threading.Event()
+            return call_service(client, request, self.config["arm_timeout"], wake=self._call_wake, interrupted=self._stop.is_set)
+        except ServiceCallError as exc:
+            raise EpisodeAborted("node is shutting down" if self._stop.is_set() else f"arm call ({what}) failed: {exc}") from exc
 
     def safe_action(self, vector: np.ndarray, state: GripperState) -> GraspAction:
         """Physical command within the per-step and workspace limits; never NaN."""
@@ -449,35 +443,24 @@ class PolicyNode(Node):
         record.image.data = np.ascontiguousarray(image).tobytes()
         self.step_pub.publish(record)
 
+    def destroy_node(self) -> None:
+        self.shutdown()
+        super().destroy_node()
+
     def shutdown(self) -> None:
         self._stop.set()
-        if self._call_done is not None:
-            self._call_done.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._loop.is_alive():
+        if self._call_wake is not None:
+            self._call_wake.set()
+        cond = getattr(self, "_cond", None)  # absent when the constructor failed early
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+        if self._loop is not None and self._loop.is_alive():
             self._loop.join(timeout=self.config["arm_timeout"])
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    executor = MultiThreadedExecutor(num_threads=3)
-    try:
-        node = PolicyNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, ParameterException) as exc:
-        print(f"policy_node: {exc}", flush=True)
-        raise SystemExit(2)
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+    run_node(PolicyNode, "policy_node", args, threads=3)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from nsl_common.node_main import run_node
 from nsl_msgs.msg import GripperState
 from nsl_msgs.srv import ExecuteStep, ResetEpisode
 from nsl_sim.env import GraspEnv, Observation, SimConfig
@@ -128,20 +127,7 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"sim_node: {exc}", flush=True)
-        raise SystemExit(2)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(SimNode, "sim_node", args)
 
 
 if __name__ == "__main__":

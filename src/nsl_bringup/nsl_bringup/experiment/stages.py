@@ -151,6 +151,17 @@ def collect_policy(ctx: Context, name: str, checkpoint: Path, checkpoint_id: str
 
 
 # ------------------------------------------------------------------ training
+def jitter_binary_actions(transitions, seed) -> None:
+    """In place: the close/terminate components (+-1 as read from bags) become same-sign values
+    uniform in (0, 1] (see ExperimentConfig.binary_action_jitter)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = transitions.action
+    mag = rng.uniform(1e-3, 1.0, size=(len(a), 2)).astype(a.dtype)
+    a[:, 4:6] = np.where(a[:, 4:6] > 0, mag, -mag)
+
+
 def _run_dir(ctx: Context, name: str, key: str) -> Path:
     return ctx.path("checkpoints", f"{name}.{key}.run")
 
@@ -185,6 +196,10 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
     t0 = time.monotonic()
     base = load_transitions([str(b) for b in base_bags]) if base_bags else None
     target = load_transitions([str(b) for b in target_bags]) if target_bags else None
+    if cfg.binary_action_jitter:
+        for i, t in enumerate((base, target)):
+            if t is not None:
+                jitter_binary_actions(t, [cfg.seed, i, int(stable_hash(name), 16) % 2**31])
     n_base, n_target = (len(base) if base is not None else 0), (len(target) if target is not None else 0)
     ctx.log(f"{name}: training {steps} steps on {n_base} base + {n_target} target transitions "
             f"(lr {learning_rate}, init {'scratch' if init is None else init.name})")

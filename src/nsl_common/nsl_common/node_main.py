@@ -1,0 +1,39 @@
+"""The standard ``main()`` of an NSL node: init, spin until Ctrl-C or shutdown, clean up.
+
+A node's constructor raises on an invalid configuration (bad parameter value, missing
+dependency); ``run_node`` prints that message and exits with code 2, so the runner and
+``ros2 launch`` show the reason instead of a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+
+CONFIG_ERRORS: tuple[type[BaseException], ...] = (ValueError, ParameterException)
+
+
+def run_node(make_node: Callable[[], Node], program: str, args=None, threads: int = 1,
+             config_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Spin the node ``make_node()`` builds; ``threads`` > 1 uses a MultiThreadedExecutor."""
+    rclpy.init(args=args)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    try:
+        node = make_node()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except CONFIG_ERRORS + tuple(config_errors) as exc:
+        print(f"{program}: {exc}", file=sys.stdout, flush=True)
+        raise SystemExit(2)
+    finally:
+        if node is not None:
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()

@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+PACKAGE = "nsl_common"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="NSL developers",
+    maintainer_email="nsl@example.com",
+    description="Pieces shared by the NSL nodes: the standard node main() and service calls from a thread.",
+    license="Apache-2.0",
+)
