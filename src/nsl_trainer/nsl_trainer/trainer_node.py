@@ -15,12 +15,11 @@ import threading
 import uuid
 from pathlib import Path
 
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
+from nsl_common.node_main import run_node
 from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
 from nsl_policy.checkpoint import CheckpointError, load_checkpoint
@@ -183,7 +182,7 @@ class TrainerNode(Node):
                 break
             if event["event"] == "progress":
                 m = event.get("metrics", {})
-                self.publish_status(step=event["step"], loss=event["loss"], mean_q=m.get("mean_q", math.nan),
+                self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_RUNNING, step=event["step"], loss=event["loss"], mean_q=m.get("mean_q", math.nan),
                                     td_error=m.get("td_error", math.nan), target_fraction=m.get("target_fraction", math.nan),
                                     steps_per_second=m.get("steps_per_s", math.nan),
                                     message=f"step {event['step']}/{event['total_steps']}")
@@ -196,42 +195,26 @@ class TrainerNode(Node):
             final = {"event": "cancelled", "message": f"worker terminated (exit code {proc.exitcode})"}
         if final is None:
             final = {"event": "failed", "message": f"worker process exited with code {proc.exitcode} without a result"}
+        with self._lock:  # free before the final status, so a client seeing it can start the next job
+            self._job, self._proc, self._cancel, self._cancelling = None, None, None, False
         if final["event"] == "cancelled":
-            self.publish_status(state=TrainerStatus.STATE_CANCELLED, message=f"cancelled: {final['message']}")
+            self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_CANCELLED, message=f"cancelled: {final['message']}")
             self.get_logger().info(f"job {job.job_id} cancelled: {final['message']}")
         elif final["event"] == "succeeded":
             info = CheckpointInfo(checkpoint_id=final["checkpoint_id"], path=final["checkpoint_path"],
                                   parent_id=final.get("parent_id", ""), job_id=job.job_id)
             info.header.stamp = self.get_clock().now().to_msg()
-            self.publish_status(state=TrainerStatus.STATE_SUCCEEDED, step=job.steps, checkpoint_path=final["checkpoint_path"],
+            self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_SUCCEEDED, step=job.steps, checkpoint_path=final["checkpoint_path"],
                                 message=f"wrote {final['checkpoint_path']}")
             self.announce_pub.publish(info)
             self.get_logger().info(f"job {job.job_id} succeeded: checkpoint {final['checkpoint_id']} announced")
         else:
-            self.publish_status(state=TrainerStatus.STATE_FAILED, message=final["message"])
+            self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_FAILED, message=final["message"])
             self.get_logger().error(f"job {job.job_id} failed: {final['message']}")
-        with self._lock:
-            self._job, self._proc, self._cancel, self._cancelling = None, None, None, False
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    try:
-        node = TrainerNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"trainer_node: {exc}", flush=True)
-        raise SystemExit(2)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+    run_node(TrainerNode, "trainer_node", args, threads=2)
 
 
 if __name__ == "__main__":
