@@ -148,11 +148,33 @@ def run_demo(config: DemoConfig) -> dict:
                      "success_rate": wins / len(results), "ci95": [lo, hi]})
     summary = {"task": config.task, "rows": rows, "dataset": bag, "job_id": job, "wall_clock_s": time.monotonic() - t0}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_path = write_plot(rows, config.task, run_dir / "before_after.png")
     print()
     print("| phase  | checkpoint   | episodes | success | 95% CI        |")
     print("|--------|--------------|----------|---------|---------------|")
     for r in rows:
         print(f"| {r['phase']:<6} | {r['checkpoint']:<12} | {r['episodes']:>8} | {r['success_rate']:>7.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] |")
     print()
-    say(f"done in {summary['wall_clock_s']:.0f} s; summary in {run_dir / 'summary.json'}")
+    say(f"done in {summary['wall_clock_s']:.0f} s; summary in {run_dir / 'summary.json'}, plot in {plot_path}")
     return summary
+
+
+def write_plot(rows: list[dict], task: str, path: Path) -> Path:
+    """Bar chart of success before and after fine-tuning, with 95% Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3.2), dpi=120)
+    rates = [r["success_rate"] for r in rows]
+    errors = [[r["success_rate"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["success_rate"] for r in rows]]
+    labels = [f"{r['phase']}\n{r['checkpoint'][:8]}\n(n={r['episodes']})" for r in rows]
+    ax.bar(labels, rates, yerr=errors, capsize=6, color=["#999999", "#2a7ab9"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("grasp success (95% CI)")
+    ax.set_title(f"{task}: before vs after fine-tuning", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

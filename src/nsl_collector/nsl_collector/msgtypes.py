@@ -6,6 +6,7 @@ needs them: it builds its types from the message definitions stored in the bag i
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def find_msg_dir() -> Path:
     """Directory holding nsl_msgs' ``.msg`` files.
 
     Looked up, in order: the ament index (``share/nsl_msgs/msg`` of an installed, sourced
-    workspace), then the ``NSL_MSGS_DIR`` environment variable.
+    workspace), the running interpreter's prefix (the NSL virtualenv is itself the install
+    prefix of nsl_msgs, also when AMENT_PREFIX_PATH is not set), then ``NSL_MSGS_DIR``.
     """
     try:
         from ament_index_python.packages import get_package_share_directory
@@ -49,6 +51,9 @@ def find_msg_dir() -> Path:
             d = None
         if d is not None and any(d.glob("*.msg")):
             return d
+    d = Path(sys.prefix) / "share" / PACKAGE / "msg"
+    if any(d.glob("*.msg")):
+        return d
     env = os.environ.get("NSL_MSGS_DIR")
     if env:
         d = Path(env).expanduser()

@@ -180,7 +180,8 @@ class _Data:
     """Base and target transitions on the training device, images at network size (uint8 NHWC).
     Rows [0, n_base) are base data, [n_base, n_base + n_target) target data."""
 
-    def __init__(self, base: Transitions | None, target: Transitions | None, image_size: int, device: torch.device):
+    def __init__(self, base: Transitions | None, target: Transitions | None, image_size: int, device: torch.device,
+                 crop_pad: int = 0):
         parts = [p for p in (base, target) if p is not None and len(p)]
         if not parts:
             raise ValueError("no transitions to train on")
@@ -191,7 +192,11 @@ class _Data:
             next_index.append(np.asarray(p.next_index, dtype=np.int64) + offset)
             offset += len(p)
         dev = device
-        self.image = torch.as_tensor(np.concatenate([resize_batch(np.asarray(p.image, dtype=np.uint8), image_size) for p in parts])).to(dev)
+        images = torch.as_tensor(np.concatenate([resize_batch(np.asarray(p.image, dtype=np.uint8), image_size) for p in parts])).to(dev)
+        # Random-shift augmentation crops from images edge-padded once here, not every batch.
+        self.crop_pad = crop_pad
+        self.padded = edge_pad(images, crop_pad) if crop_pad > 0 else images
+        self.image = self.padded[:, crop_pad:crop_pad + image_size, crop_pad:crop_pad + image_size]
         self.state = torch.as_tensor(np.concatenate([np.asarray(p.state, dtype=np.float32).reshape(-1, STATE_DIM) for p in parts])).to(dev)
         self.action = torch.as_tensor(np.concatenate([np.asarray(p.action, dtype=np.float32).reshape(-1, ACTION_DIM) for p in parts])).to(dev)
         self.reward = torch.as_tensor(np.concatenate([np.asarray(p.reward, dtype=np.float32).reshape(-1) for p in parts])).to(dev)
@@ -201,32 +206,52 @@ class _Data:
             if not bool(torch.isfinite(getattr(self, name)).all()):
                 raise ValueError(f"transitions contain non-finite {name} values")
 
+    def augmented(self, rows: torch.Tensor, config: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
+        """``augment_images(self.image[rows], config, generator)``, cropping from the stored padding."""
+        if not (config.augment and config.crop_pad > 0 and config.crop_pad == self.crop_pad):
+            return augment_images(self.image[rows], config, generator)
+        h, w = self.image.shape[1:3]
+        return photometric(random_crops(self.padded, rows.tolist(), h, w, self.crop_pad, generator), config, generator)
+
+
+def edge_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """uint8 (B, H, W, C) images padded by ``pad`` pixels replicating the edges (clamped indices)."""
+    h, w = images.shape[1:3]
+    rows = (torch.arange(h + 2 * pad, device=images.device) - pad).clamp_(0, h - 1)
+    cols = (torch.arange(w + 2 * pad, device=images.device) - pad).clamp_(0, w - 1)
+    return images.index_select(1, rows).index_select(2, cols)
+
+
+def random_crops(padded: torch.Tensor, rows: list[int], h: int, w: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """One random (h, w) window per listed row of ``padded``: a shift of up to ``pad`` pixels."""
+    dy = torch.randint(0, 2 * pad + 1, (len(rows),), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (len(rows),), generator=generator).tolist()
+    return torch.stack([padded[r, y:y + h, x:x + w] for r, y, x in zip(rows, dy, dx)])
+
+
+def photometric(images: torch.Tensor, config: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
+    """Float channels_last images in [0, 1] from uint8 (B, H, W, 3), with the brightness and
+    contrast jitter of ``config``."""
+    b = images.shape[0]
+    dev = images.device
+    x = images.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0)  # channels_last memory
+    if config.augment and (config.brightness > 0 or config.contrast > 0):
+        c = (1.0 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * config.contrast).to(dev)
+        br = ((torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * config.brightness).to(dev)
+        shift = x.mean(dim=(1, 2, 3), keepdim=True).mul_(1.0 - c).add_(br)
+        x = x.mul_(c).add_(shift).clamp_(0.0, 1.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
 
 def augment_images(images: torch.Tensor, config: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
     """Float (B, 3, H, W) channels_last images in [0, 1] from uint8 (B, H, W, 3), with the random
     shift (a crop of the edge-replicated, ``crop_pad``-padded image) and brightness/contrast jitter
     of ``config`` (none when ``config.augment`` is False). Random numbers come from ``generator``
     (CPU)."""
-    if not config.augment:
-        return images.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
-    b, h, w, ch = images.shape
-    dev = images.device
-    pad = config.crop_pad
-    if pad > 0:
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
-        # Source row/column of every output pixel; clamping = edge-replicate padding.
-        rows = (dy[:, None] + torch.arange(h, device=dev) - pad).clamp_(0, h - 1)
-        cols = (dx[:, None] + torch.arange(w, device=dev) - pad).clamp_(0, w - 1)
-        lin = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, h * w, 1).expand(b, h * w, ch)
-        images = torch.gather(images.reshape(b, h * w, ch), 1, lin).reshape(b, h, w, ch)
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # channels_last memory
-    if config.brightness > 0 or config.contrast > 0:
-        c = (1.0 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * config.contrast).to(dev)
-        br = ((torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * config.brightness).to(dev)
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x * c + (mean * (1.0 - c) + br)).clamp_(0.0, 1.0)
-    return x.contiguous(memory_format=torch.channels_last)
+    if config.augment and config.crop_pad > 0:
+        b, h, w, _ = images.shape
+        images = random_crops(edge_pad(images, config.crop_pad), list(range(b)), h, w, config.crop_pad, generator)
+    return photometric(images, config, generator)
 
 
 class QTOptTrainer:
@@ -338,10 +363,12 @@ class QTOptTrainer:
         self.last_batch = (idx, from_target)
         idx = idx.to(self.device)
         nidx = data.next_index[idx]
-        images = augment_images(data.image[idx], cfg, self._gen)
         reward, done = data.reward[idx], data.done[idx]
-        live = ~done
-        next_images = augment_images(data.image[nidx], cfg, self._gen) if bool(live.any()) else images
+        if bool(done.all()):  # no bootstrap needed: s' is never looked at
+            images = next_images = data.augmented(idx, cfg, self._gen)
+        else:  # s and s' in one batch: half the per-call cost
+            both = data.augmented(torch.cat([idx, nidx]), cfg, self._gen)
+            images, next_images = both[:len(idx)], both[len(idx):]
         y = self.bellman_target(reward, done, next_images, data.state[nidx])
         logits = (self.ddp or self.model)(images, data.state[idx], data.action[idx])
         loss = F.binary_cross_entropy_with_logits(logits, y)
@@ -453,7 +480,7 @@ class QTOptTrainer:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if not (math.isfinite(target_fraction) and 0.0 <= target_fraction <= 1.0):
             raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction!r}")
-        data = _Data(base, target, self.model.config.image_size, self.device)
+        data = _Data(base, target, self.model.config.image_size, self.device, crop_pad=self.config.crop_pad if self.config.augment else 0)
         if data.n_target == 0 and target is not None and target_fraction > 0:
             raise ValueError("target data is empty but target_fraction > 0")
         if data.n_base == 0 and target_fraction < 1.0 and base is not None:

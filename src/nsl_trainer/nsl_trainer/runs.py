@@ -144,7 +144,8 @@ def train_transitions(mode: str, base: Transitions | None, target: Transitions |
         if trainer.step_count > steps:
             raise ValueError(f"run directory {run_dir} is at step {trainer.step_count}, beyond the requested {steps} steps")
         start = trainer.step_count
-    data = _Data(base if has_base else None, target if has_target else None, model.config.image_size, trainer.device)
+    data = _Data(base if has_base else None, target if has_target else None, model.config.image_size, trainer.device,
+                 crop_pad=config.crop_pad if config.augment else 0)
     writer = _writer(run_dir, start) if (tensorboard and rank0) else None
     base_metadata = {"parent": parent, "kind": mode, "datasets": datasets or {},
                      "num_transitions": signature["num_transitions"], "learning_rate": lr, "target_fraction": frac,
