@@ -67,7 +67,8 @@ def start_checkpoint(config: DemoConfig, run_dir: Path) -> str:
 
 
 def run_demo(config: DemoConfig) -> dict:
-    from nsl_bringup.client import LoopClient, ensure_rclpy, wilson_interval
+    from nsl_bringup.client import LoopClient, ensure_rclpy
+    from nsl_sim.evaluate import wilson_interval
     from nsl_msgs.msg import TrainerStatus
     from nsl_msgs.srv import FineTune
     from std_srvs.srv import Trigger

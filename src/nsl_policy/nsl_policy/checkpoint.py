@@ -92,6 +92,14 @@ def save_checkpoint(path: str | os.PathLike, model: QNetwork, metadata: dict[str
         "checkpoint_id": ckpt_id,
     }
     blob = st_save(tensors, metadata=header)
+    atomic_write(path, blob)
+    return ckpt_id
+
+
+def atomic_write(path: str | os.PathLike, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` so readers see the old file or the new one, never a part:
+    a temporary file in the same folder, fsync, os.replace, then fsync of the folder."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
@@ -115,7 +123,6 @@ def save_checkpoint(path: str | os.PathLike, model: QNetwork, metadata: dict[str
             os.close(dfd)
     except OSError:
         pass  # not every filesystem lets a directory be fsynced
-    return ckpt_id
 
 
 def _read_header(path: str, blob: bytes) -> dict[str, str]:

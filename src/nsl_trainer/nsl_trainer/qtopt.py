@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from nsl_collector.transitions import Transitions
 from nsl_policy.action_space import ACTION_DIM, STATE_DIM
 from nsl_policy.cem import CEMConfig, cem_maximize
+from nsl_policy.checkpoint import atomic_write
 from nsl_policy.image import resize_batch
 from nsl_policy.model import QNetwork, QNetworkConfig, default_device
 
@@ -155,25 +155,6 @@ def td_target(reward: torch.Tensor, done: torch.Tensor, next_logit1: torch.Tenso
     not_done = 1.0 - done.to(reward.dtype)
     next_q = torch.minimum(torch.sigmoid(next_logit1), torch.sigmoid(next_logit2))
     return (reward + discount * not_done * next_q).clamp(0.0, 1.0)
-
-
-def _atomic_write(path: str, blob: bytes) -> None:
-    """Write ``blob`` to ``path`` through a temporary file + fsync + os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class _Data:
@@ -426,7 +407,7 @@ class QTOptTrainer:
         tensors, meta = self.state_tensors()
         meta["extra"] = extra or {}
         blob = st_save(tensors, metadata={"nsl_format": STATE_FORMAT, "state": json.dumps(meta, default=str)})
-        _atomic_write(os.fspath(path), blob)
+        atomic_write(path, blob)
 
     def load_state(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore a state written by ``save_state`` into this trainer (same network and QT-Opt
