@@ -54,7 +54,8 @@ def cmd_graph(args) -> int:
 def cmd_demo(args) -> int:
     from nsl_bringup.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(task=args.task, episodes=args.episodes, finetune_steps=args.steps, epsilon=args.epsilon,
+    run_demo(DemoConfig(task=args.task, eval_episodes=args.eval_episodes, collect_episodes=args.episodes,
+                        finetune_steps=args.steps, epsilon=args.epsilon,
                         seed=args.seed, output=args.output, checkpoint=args.checkpoint))
     return 0
 
@@ -106,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--isolate", action="store_true", help="own ROS_DOMAIN_ID and localhost-only discovery")
             p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for an isolated run")
     p = sub.add_parser("demo", help="the whole loop in simulation: collect, fine-tune, hot-swap, evaluate")
-    p.add_argument("--task", default="base", help="task to run and fine-tune on (default base)")
-    p.add_argument("--episodes", type=int, default=10, help="episodes before and after fine-tuning (default 10)")
-    p.add_argument("--steps", type=int, default=50, help="fine-tuning gradient steps (default 50)")
-    p.add_argument("--epsilon", type=float, default=0.1, help="exploration while collecting (default 0.1)")
+    p.add_argument("--task", default="checkerboard", help="task to run and fine-tune on (default checkerboard)")
+    p.add_argument("--eval-episodes", type=int, default=50, help="greedy evaluation episodes before and after (default 50)")
+    p.add_argument("--episodes", type=int, default=150, help="exploration grasps collected for fine-tuning (default 150)")
+    p.add_argument("--steps", type=int, default=500, help="fine-tuning gradient steps (default 500)")
+    p.add_argument("--epsilon", type=float, default=0.2, help="exploration while collecting (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="", help="run folder (default runs/demo-<time>)")
     p.add_argument("--checkpoint", default="", help="start checkpoint (default: shipped base, else random init)")

@@ -5,6 +5,7 @@ It spins in a background thread; the ``wait_*`` and ``call`` methods block the *
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 
@@ -12,6 +13,8 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from std_srvs.srv import Trigger
 
 from nsl_bringup import graph
@@ -36,6 +39,7 @@ class LoopClient(Node):
         self.fine_tune_client = self.create_client(FineTune, graph.FINE_TUNE_SERVICE)
         self.stop_session_client = self.create_client(Trigger, graph.STOP_SESSION_SERVICE)
         self.load_checkpoint_client = self.create_client(LoadCheckpoint, graph.LOAD_CHECKPOINT_SERVICE)
+        self.set_parameters_client = self.create_client(SetParameters, "policy/set_parameters")
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self)
         self._spinner = threading.Thread(target=self._executor.spin, daemon=True, name="client-spin")
@@ -64,18 +68,33 @@ class LoopClient(Node):
         with self._cond:
             return [r for r in self.results if r.checkpoint_id == checkpoint_id and (r.complete or not complete_only)]
 
-    def wait_for_episodes(self, checkpoint_id: str, count: int, timeout: float, progress: Callable[[int], None] | None = None) -> list[EpisodeResult]:
+    def wait_for_episodes(self, checkpoint_id: str, count: int, timeout: float, progress: Callable[[int], None] | None = None,
+                          epsilon: float | None = None) -> list[EpisodeResult]:
+        """The first ``count`` complete episodes run with ``checkpoint_id`` (and exploration
+        ``epsilon``, when given) that arrive from now on or have arrived already."""
+        def matching() -> list[EpisodeResult]:
+            return [r for r in self.results if r.checkpoint_id == checkpoint_id and r.complete
+                    and (epsilon is None or json.loads(r.exploration or "{}").get("epsilon") == epsilon)]
+
         seen = [0]
 
         def enough() -> bool:
-            n = len([r for r in self.results if r.checkpoint_id == checkpoint_id and r.complete])
+            n = len(matching())
             if progress and n != seen[0]:
                 seen[0] = n
-                progress(n)
+                progress(min(n, count))
             return n >= count
 
         self.wait_until(enough, timeout, f"{count} episodes with checkpoint {checkpoint_id}")
-        return self.results_with(checkpoint_id)[:count]
+        with self._cond:
+            return matching()[:count]
+
+    def set_exploration(self, epsilon: float, timeout: float = 30.0) -> None:
+        """Set the policy's epsilon (applies from its next episode)."""
+        p = Parameter(name="epsilon", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(epsilon)))
+        result = self.call(self.set_parameters_client, SetParameters.Request(parameters=[p]), timeout).results[0]
+        if not result.successful:
+            raise ValueError(f"policy refused epsilon={epsilon}: {result.reason}")
 
     def call(self, client, request, timeout: float = 30.0):
         try:

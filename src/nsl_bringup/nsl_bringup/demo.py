@@ -1,9 +1,11 @@
 """The main job: the whole NSL loop in simulation, from one command.
 
-Starts the sim_demo graph (sim, policy, collector, trainer as separate processes over ROS 2),
-lets the policy run episodes on the task while the collector records them, closes the session,
-asks the trainer to fine-tune on it through the ROS service, waits for the policy to hot-swap
-the new checkpoint, runs the same number of episodes again and prints a before/after table.
+Starts the sim_demo graph (sim, policy, collector, trainer as separate processes over ROS 2) on
+a task, then: evaluates the policy greedily (epsilon 0), collects exploration grasps (epsilon
+set at run time through the policy's parameter), closes the recording session, asks the trainer
+to fine-tune on it through the ROS service, waits for the policy to hot-swap the announced
+checkpoint, evaluates greedily again, and prints a before/after table with 95% intervals and
+writes a plot. Every episode of the run is recorded and trained on.
 """
 from __future__ import annotations
 
@@ -23,13 +25,15 @@ SHIPPED_BASE_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "bas
 class DemoConfig:
     """Options of ``nsl demo``."""
 
-    task: str = "base"
-    """Task the policy runs on (and is fine-tuned for)."""
-    episodes: int = 10
-    """Episodes before and after fine-tuning."""
-    finetune_steps: int = 50
+    task: str = "checkerboard"
+    """Task the policy runs on and is fine-tuned for (a challenge of the paper, or base)."""
+    eval_episodes: int = 50
+    """Greedy evaluation episodes before and after fine-tuning."""
+    collect_episodes: int = 150
+    """Exploration grasps collected for fine-tuning."""
+    finetune_steps: int = 500
     """Gradient steps of the fine-tuning job."""
-    epsilon: float = 0.1
+    epsilon: float = 0.2
     """Exploration while collecting."""
     seed: int = 0
     """Seed of the first episode."""
@@ -41,8 +45,8 @@ class DemoConfig:
     """Seconds any single phase may take."""
 
     def __post_init__(self) -> None:
-        if self.episodes < 1 or self.finetune_steps < 1:
-            raise ValueError("episodes and finetune_steps must be >= 1")
+        if self.eval_episodes < 1 or self.collect_episodes < 0 or self.finetune_steps < 1:
+            raise ValueError("eval_episodes and finetune_steps must be >= 1, collect_episodes >= 0")
         if not 0 <= self.epsilon <= 1:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
 
@@ -79,7 +83,7 @@ def run_demo(config: DemoConfig) -> dict:
     checkpoint = start_checkpoint(config, run_dir)
     namespace = "demo"
     _, nodes = resolve("sim_demo", {
-        "namespace": namespace, "task": config.task, "checkpoint": checkpoint, "epsilon": str(config.epsilon),
+        "namespace": namespace, "task": config.task, "checkpoint": checkpoint, "epsilon": "0.0",
         "seed": str(config.seed), "dataset_root": str(run_dir / "datasets"), "checkpoint_dir": str(run_dir / "checkpoints"),
     })
     env = isolated_environment()
@@ -101,15 +105,22 @@ def run_demo(config: DemoConfig) -> dict:
         client.wait_until(lambda: client.active_checkpoint is not None or runner.first_exit is not None, 120, "the policy's checkpoint")
         guard("starting")
         before_id = client.active_checkpoint.checkpoint_id
-        say(f"policy runs checkpoint {before_id}; collecting {config.episodes} episodes on '{config.task}'")
-        before = client.wait_for_episodes(before_id, config.episodes, config.timeout,
-                                          progress=lambda n: say(f"  episode {n}/{config.episodes}"))
-        guard("collecting")
+        say(f"policy runs checkpoint {before_id} on '{config.task}'; greedy evaluation, {config.eval_episodes} episodes")
+        before = client.wait_for_episodes(before_id, config.eval_episodes, config.timeout, epsilon=0.0,
+                                          progress=lambda n: say(f"  evaluation episode {n}/{config.eval_episodes}"))
+        guard("evaluating")
+        if config.collect_episodes:
+            client.set_exploration(config.epsilon)
+            say(f"collecting {config.collect_episodes} exploration grasps (epsilon {config.epsilon})")
+            client.wait_for_episodes(before_id, config.collect_episodes, config.timeout, epsilon=config.epsilon,
+                                     progress=lambda n: say(f"  grasp {n}/{config.collect_episodes}"))
+            guard("collecting")
         reply = client.call(client.stop_session_client, Trigger.Request())
         if not reply.success:
             raise RuntimeError(f"collector could not close the session: {reply.message}")
         bag = reply.message
         say(f"recorded session {bag}")
+        client.set_exploration(0.0)  # from here on the robot runs greedily: the after-evaluation
         request = FineTune.Request(target_datasets=[bag], init_checkpoint=checkpoint, steps=config.finetune_steps)
         reply = client.call(client.fine_tune_client, request)
         if not reply.accepted:
@@ -133,9 +144,9 @@ def run_demo(config: DemoConfig) -> dict:
             raise RuntimeError(f"fine-tuning failed: {client.trainer_status.message}")
         client.wait_until(lambda: client.active_checkpoint.checkpoint_id != before_id, 120, "the policy to swap in the new checkpoint")
         after_id = client.active_checkpoint.checkpoint_id
-        say(f"policy hot-swapped to {after_id}; evaluating {config.episodes} episodes")
-        after = client.wait_for_episodes(after_id, config.episodes, config.timeout,
-                                         progress=lambda n: say(f"  episode {n}/{config.episodes}"))
+        say(f"policy hot-swapped to {after_id}; greedy evaluation, {config.eval_episodes} episodes")
+        after = client.wait_for_episodes(after_id, config.eval_episodes, config.timeout, epsilon=0.0,
+                                         progress=lambda n: say(f"  evaluation episode {n}/{config.eval_episodes}"))
     finally:
         client.close()
         runner.stop()

@@ -26,7 +26,7 @@ import uuid
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -57,9 +57,9 @@ class CameraProblem(EpisodeAborted):
 
 
 def _param(description: str, *, int_range: tuple[int, int] | None = None,
-           float_range: tuple[float, float] | None = None) -> ParameterDescriptor:
-    """Read-only descriptor (the node reads its parameters once, at start)."""
-    d = ParameterDescriptor(description=description, read_only=True)
+           float_range: tuple[float, float] | None = None, read_only: bool = True) -> ParameterDescriptor:
+    """Descriptor; read-only unless the node applies changes at run time (exploration)."""
+    d = ParameterDescriptor(description=description, read_only=read_only)
     if int_range is not None:
         d.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
     if float_range is not None:
@@ -75,8 +75,10 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
     "max_episodes": (0, _param("stop after this many episodes (0: until shut down)", int_range=(0, 2**31 - 1))),
     "max_steps": (10, _param("control steps per episode; the last one terminates", int_range=(1, 10000))),
     "seed": (0, _param("seed of the first episode; episode k resets with seed + k")),
-    "epsilon": (0.1, _param("exploration: probability of a uniformly random action per step", float_range=(0.0, 1.0))),
-    "noise_std": (0.0, _param("exploration: std of Gaussian noise added to CEM actions (normalised units)", float_range=(0.0, 10.0))),
+    "epsilon": (0.1, _param("exploration: probability of a uniformly random action per step; settable at run time, "
+                            "applies from the next episode", float_range=(0.0, 1.0), read_only=False)),
+    "noise_std": (0.0, _param("exploration: std of Gaussian noise added to CEM actions (normalised units); settable at "
+                              "run time, applies from the next episode", float_range=(0.0, 10.0), read_only=False)),
     "cem_population": (64, _param("CEM samples per iteration (paper: 64)", int_range=(1, 100000))),
     "cem_elites": (6, _param("CEM elite samples (paper: 6)", int_range=(1, 100000))),
     "cem_iterations": (2, _param("CEM iterations (paper: 2)", int_range=(1, 1000))),
@@ -104,6 +106,8 @@ class PolicyNode(Node):
 
         self.action_space = ActionSpace(self.config["max_translation"], self.config["max_rotation"])
         self.exploration = ExplorationConfig(epsilon=self.config["epsilon"], noise_std=self.config["noise_std"])
+        self._next_exploration: ExplorationConfig | None = None  # set at run time, used from the next episode
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.cem = CEMConfig(population=self.config["cem_population"], elites=self.config["cem_elites"],
                              iterations=self.config["cem_iterations"])
         self.frame_id = self.get_namespace().strip("/") or "robot"
@@ -352,8 +356,28 @@ class PolicyNode(Node):
             episode += 1
         self.get_logger().info(f"episode loop finished after {episode} episodes")
 
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Exploration may change at run time (e.g. greedy evaluation between collection runs)."""
+        values = {"epsilon": self.exploration.epsilon, "noise_std": self.exploration.noise_std}
+        if self._next_exploration is not None:
+            values = {"epsilon": self._next_exploration.epsilon, "noise_std": self._next_exploration.noise_std}
+        for p in params:
+            if p.name in values:
+                values[p.name] = float(p.value)
+        try:
+            exploration = ExplorationConfig(**values)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        with self._swap_lock:
+            self._next_exploration = exploration
+        return SetParametersResult(successful=True)
+
     def run_episode(self, seed: int) -> None:
         with self._swap_lock:  # the episode boundary: swap, then no swap until it ends
+            if self._next_exploration is not None:
+                self.exploration, self._next_exploration = self._next_exploration, None
+                if self.policy is not None:
+                    self.policy.exploration = self.exploration
             self._swap_locked()
             self._in_episode = True
             checkpoint_id, policy = self.active_id, self.policy

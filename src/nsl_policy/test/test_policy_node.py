@@ -527,3 +527,40 @@ def test_invalid_parameters_stop_the_node_with_a_message(ros, checkpoints):
             runner.stop()
         assert died is not None and died.returncode == 2, log.text()
         assert fragment in log.text(), log.text()
+
+
+# ---- exploration changed at run time ----------------------------------------------------------
+def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoints):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    from nsl_common.service_call import call_service
+
+    ck = checkpoints
+    robot, policy = graph({"checkpoint": str(ck.a), "epsilon": 0.5})
+    robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 2, 90, "exploratory episodes")
+    client = robot.node.create_client(SetParameters, "policy/set_parameters")
+
+    def set_epsilon(value: float):
+        p = Parameter(name="epsilon", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))
+        return call_service(client, SetParameters.Request(parameters=[p]), timeout=30).results[0]
+
+    refused = set_epsilon(1.5)
+    assert not refused.successful and "epsilon" in refused.reason
+    assert set_epsilon(0.0).successful
+    with robot.cond:
+        before = len(robot.results)
+    robot.wait_until(lambda: sum(json.loads(r.exploration)["epsilon"] == 0.0 for r in robot.complete()) >= 3, 90,
+                     "greedy episodes")
+    with robot.cond:
+        results, steps = list(robot.results), list(robot.steps)
+    epsilons = [json.loads(r.exploration)["epsilon"] for r in results]
+    # One switch, at an episode boundary: 0.5 ... 0.5, then 0.0 ... 0.0 (at most the episode in flight stays 0.5).
+    assert epsilons[:before - 1] == [0.5] * (before - 1)
+    switch = epsilons.index(0.0)
+    assert all(e == 0.0 for e in epsilons[switch:]) and switch <= before + 1
+    greedy_ids = {r.episode_id for r in results[switch:]}
+    greedy_steps = [s for s in steps if s.episode_id in greedy_ids]
+    assert greedy_steps and not any(s.exploratory for s in greedy_steps)
+    assert any(s.exploratory for s in steps if s.episode_id not in greedy_ids)
+    check_episodes_consistent(robot)
