@@ -12,7 +12,6 @@ Topic ``collector/status`` (std_msgs/String, JSON, latched): counters after ever
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
@@ -23,6 +22,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from nsl_common.node_main import run_node
+from nsl_common.paths import writable_dir
 from nsl_collector.session import Collector, CollectorConfig
 from nsl_msgs.msg import EpisodeResult, StepRecord
 
@@ -56,7 +56,7 @@ class CollectorNode(Node):
                                                                       read_only=True))
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         cfg = CollectorConfig(
-            dataset_root=Path(p("dataset_root")).resolve(), task=p("task"), robot=p("robot"),
+            dataset_root=writable_dir(p("dataset_root"), "dataset_root"), task=p("task"), robot=p("robot"),
             namespace=self.get_namespace(), max_pending=int(p("max_pending_episodes")),
             max_steps=int(p("max_steps_per_episode")), max_pending_bytes=int(p("max_pending_megabytes")) << 20,
             max_episodes_per_bag=int(p("max_episodes_per_bag")),
@@ -119,7 +119,9 @@ class CollectorNode(Node):
         return handle
 
     def destroy_node(self) -> None:
-        self.collector.close()
+        collector = getattr(self, "collector", None)  # absent when __init__ failed (bad parameters)
+        if collector is not None:
+            collector.close()
         super().destroy_node()
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from pathlib import Path
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
 from nsl_common.node_main import run_node
+from nsl_common.paths import writable_dir
 from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
 from nsl_policy.checkpoint import CheckpointError, load_checkpoint
@@ -50,7 +50,7 @@ class TrainerNode(Node):
         self.declare_parameter("cancel_timeout", 10.0, d(description="seconds a cancelled worker gets to save its state and exit before it is terminated",
                                                            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)]))
         p = lambda name: self.get_parameter(name).value  # noqa: E731
-        self.checkpoint_dir = Path(p("checkpoint_dir")).resolve()
+        self.checkpoint_dir = writable_dir(p("checkpoint_dir"), "checkpoint_dir")
         self.default_checkpoint = p("default_checkpoint")
         self.default_steps, self.learning_rate = int(p("default_steps")), float(p("learning_rate"))
         self.batch_size, self.device = int(p("batch_size")), p("device")
@@ -60,7 +60,6 @@ class TrainerNode(Node):
             raise ValueError("default_steps and batch_size must be >= 1 and learning_rate > 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got '{self.device}'")
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
         self._lock = threading.Lock()
         self._job: FineTuneJob | None = None
