@@ -15,7 +15,7 @@ from nsl_bringup.experiment import ExperimentConfig, evaluate_checkpoint, run, w
 from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
 
 TINY = dict(image_size=32, max_steps=3, num_objects=1, chunk_episodes=2, bootstrap_episodes=4, pretrain_steps=3,
-            rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, model={"width": 8, "embed_width": 8, "fc_width": 8},
+            rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, eval_tasks=("base",), model={"width": 8, "embed_width": 8, "fc_width": 8},
             qtopt={"batch_size": 8, "target_cem": {"population": 4, "elites": 2, "iterations": 1}},
             policy_cem={"population": 8, "elites": 2, "iterations": 1})
 
@@ -102,6 +102,8 @@ def test_evaluate_gives_wilson_interval(first_run):
 
 
 def test_config_validation():
+    with pytest.raises(ValueError, match="init_scheme"):
+        ExperimentConfig(init_scheme="xavier")
     with pytest.raises(ValueError, match="rounds"):
         ExperimentConfig(rounds=-1)
     with pytest.raises(ValueError, match="unknown"):
@@ -111,3 +113,16 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown ExperimentConfig fields"):
         ExperimentConfig.from_dict({"bogus": 1})
     assert ExperimentConfig().with_overrides(["rounds=2", "model={width: 48}"]).model == {"width": 48}
+
+
+def test_kaiming_init_checkpoint_feeds_the_image_through(tmp_path):
+    import torch
+    from nsl_bringup.experiment.stages import initial_checkpoint
+    from nsl_policy.checkpoint import load_checkpoint
+
+    cfg = ExperimentConfig(**{**TINY, "init_scheme": "kaiming"})
+    path = initial_checkpoint(Context(cfg, tmp_path, lambda m: None))
+    model = load_checkpoint(path).model.eval()
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert float(model.encode(images).std(dim=0).mean()) > 1e-3

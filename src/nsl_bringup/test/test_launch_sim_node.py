@@ -14,6 +14,7 @@ launch_testing = pytest.importorskip("launch_testing", reason="ROS 2 launch_test
 
 import launch  # noqa: E402
 import launch_testing.actions  # noqa: E402
+import launch_testing.asserts  # noqa: E402
 import rclpy  # noqa: E402
 
 NAMESPACE = "launch_test"

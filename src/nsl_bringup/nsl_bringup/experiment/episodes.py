@@ -30,15 +30,18 @@ class EpisodeOutcome:
     kind: str
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+try:  # the project's one Wilson interval
+    from nsl_sim.evaluate import wilson_interval
+except ImportError:  # pragma: no cover - older nsl_sim
+    def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+        """95% Wilson score interval of a success rate."""
+        if n <= 0:
+            return 0.0, 1.0
+        p = successes / n
+        denom = 1 + z * z / n
+        centre = (p + z * z / (2 * n)) / denom
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+        return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def success_summary(outcomes: list[EpisodeOutcome]) -> dict[str, Any]:
@@ -168,7 +171,7 @@ def run_job(spec: dict) -> list[dict]:
             results.append({"seed": int(seed), "success": success, "steps": int(res.info["steps"]),
                             "kind": spec["kind"]})
     finally:
-        env.close() if hasattr(env, "close") else None
+        env.close()
         if recorder is not None:
             recorder.close()
     if bag_path is not None:

@@ -99,7 +99,7 @@ def collect(ctx: Context, name: str, kind: str, key_kind: str, seeds: list[int],
     Returns (bag paths, outcomes, seconds spent collecting in this call)."""
     cfg = ctx.config
     folder = ctx.path("datasets", task, name)
-    specs, bags, stamps, keys, results = [], [], [], [], {}
+    specs, bags, stamps, results = [], [], [], {}
     for i, chunk in enumerate(_chunks(seeds, cfg.chunk_episodes)):
         bag = folder / f"chunk_{i:03d}"
         stamp = folder / f"chunk_{i:03d}.json"
@@ -151,6 +151,28 @@ def collect_policy(ctx: Context, name: str, checkpoint: Path, checkpoint_id: str
 
 
 # ------------------------------------------------------------------ training
+def initial_checkpoint(ctx: Context) -> Path:
+    """A freshly initialised network per ``init_scheme`` (seeded), saved as checkpoints/init_<scheme>.safetensors.
+    Training from it with an explicit learning rate is pre-training (the trainer labels it "finetune")."""
+    import torch
+    from nsl_policy.checkpoint import save_checkpoint
+    from nsl_policy.model import QNetwork
+
+    cfg = ctx.config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = QNetwork(cfg.model_config())
+        if cfg.init_scheme == "kaiming":
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    torch.nn.init.zeros_(m.bias)
+    path = ctx.path("checkpoints", f"init_{cfg.init_scheme}.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(str(path), model, {"kind": "init", "init_scheme": cfg.init_scheme, "seed": cfg.seed})
+    return path
+
+
 def jitter_binary_actions(transitions, seed) -> None:
     """In place: the close/terminate components (+-1 as read from bags) become same-sign values
     uniform in (0, 1] (see ExperimentConfig.binary_action_jitter)."""
@@ -216,6 +238,8 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
     # Relative to the run folder, so a moved/copied run folder resumes (the trainer checks them).
     datasets = {"base": [str(b.relative_to(ctx.output)) for b in base_bags],
                 "target": [str(b.relative_to(ctx.output)) for b in target_bags]}
+    if init is None and cfg.init_scheme != "default":
+        init = initial_checkpoint(ctx)
     checkpoint_id = finetune_transitions(
         str(init) if init is not None else None, base, target, steps, output_path=str(tmp),
         learning_rate=learning_rate, target_fraction=target_fraction if (n_base and n_target) else 0.5,
