@@ -138,7 +138,20 @@ class QNetwork(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(c.fc_width, 1),
         )
+        self._init_weights()
         self.to(memory_format=torch.channels_last)
+
+    def _init_weights(self) -> None:
+        """Kaiming-normal weights (ReLU gain) and zero biases. With PyTorch's default init the
+        image signal fades through the unnormalised conv stack (feature spread across images
+        ~1e-4 at 64x64), so the Q-function learned to ignore the image; see
+        docs/results/base_policy.md. The output layer keeps a small init (Q starts near 0.5)."""
+        layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for m in layers[:-1]:
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        nn.init.normal_(layers[-1].weight, std=0.01)
+        nn.init.zeros_(layers[-1].bias)
 
     @property
     def device(self) -> torch.device:

@@ -161,3 +161,20 @@ def test_policy_swap_and_nan_model():
         b.fc[-1].bias.fill_(math.nan)
     with pytest.raises(RuntimeError):
         policy.select_action(img, st)
+
+
+@pytest.mark.parametrize("image_size", [64, 128])
+def test_fresh_network_sees_the_image(image_size):
+    """At initialisation the trunk features vary across images and Q depends on the image: a
+    network whose image pathway starts dead learns a blind policy (docs/results/base_policy.md)."""
+    torch.manual_seed(0)
+    net = QNetwork(QNetworkConfig(image_size=image_size)).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(16, 3, image_size, image_size, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        features = net.encode(images)
+        spread = features.std(dim=0).mean().item()
+        q = net(images, torch.zeros(16, 3), torch.zeros(16, 6))
+        q_black = net(torch.zeros_like(images), torch.zeros(16, 3), torch.zeros(16, 6))
+    assert spread > 1e-2, f"trunk features barely vary across images (mean std {spread:.2e})"
+    assert (q - q_black).abs().max().item() > 1e-3, "Q does not depend on the image"
