@@ -37,8 +37,8 @@ def find_msg_dir() -> Path:
     """Directory holding nsl_msgs' ``.msg`` files.
 
     Looked up, in order: the ament index (``share/nsl_msgs/msg`` of an installed, sourced
-    workspace), the running interpreter's prefix (the NSL virtualenv is itself the install
-    prefix of nsl_msgs, also when AMENT_PREFIX_PATH is not set), then ``NSL_MSGS_DIR``.
+    workspace), ``NSL_MSGS_DIR``, then the running interpreter's prefix (the NSL virtualenv is
+    itself the install prefix of nsl_msgs, also when AMENT_PREFIX_PATH is not set).
     """
     try:
         from ament_index_python.packages import get_package_share_directory
@@ -51,14 +51,14 @@ def find_msg_dir() -> Path:
             d = None
         if d is not None and any(d.glob("*.msg")):
             return d
-    d = Path(sys.prefix) / "share" / PACKAGE / "msg"
-    if any(d.glob("*.msg")):
-        return d
     env = os.environ.get("NSL_MSGS_DIR")
     if env:
         d = Path(env).expanduser()
         if not d.is_dir() or not any(d.glob("*.msg")):
             raise DatasetError(f"NSL_MSGS_DIR={env!r} is not a directory holding nsl_msgs .msg files")
+        return d
+    d = Path(sys.prefix) / "share" / PACKAGE / "msg"
+    if any(d.glob("*.msg")):
         return d
     raise DatasetError(
         "cannot find the nsl_msgs .msg files: source a ROS 2 workspace where nsl_msgs is installed "

@@ -190,6 +190,7 @@ def test_reading_needs_no_msg_files_and_uses_stored_definitions(tmp_path, monkey
     monkeypatch.delenv("NSL_MSGS_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "ament_index_python", None)
     monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # also when rclpy imported it
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "no_prefix"))  # nor in the interpreter's prefix
     with pytest.raises(DatasetError, match="NSL_MSGS_DIR"):
         find_msg_dir()
     (ep,) = read_episodes(tmp_path / "bag")
