@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from nsl_sim.evaluate import wilson_interval  # the project's one Wilson interval
+
 #: Episode kinds.
 SCRIPTED = "scripted"
 POLICY = "policy"
@@ -28,20 +30,6 @@ class EpisodeOutcome:
     success: bool
     steps: int
     kind: str
-
-
-try:  # the project's one Wilson interval
-    from nsl_sim.evaluate import wilson_interval
-except ImportError:  # pragma: no cover - older nsl_sim
-    def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-        """95% Wilson score interval of a success rate."""
-        if n <= 0:
-            return 0.0, 1.0
-        p = successes / n
-        denom = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-        return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def success_summary(outcomes: list[EpisodeOutcome]) -> dict[str, Any]:
