@@ -32,6 +32,11 @@ def run_node(make_node: Callable[[], Node], program: str, args=None, threads: in
     except CONFIG_ERRORS + tuple(config_errors) as exc:
         print(f"{program}: {exc}", file=sys.stdout, flush=True)
         raise SystemExit(2)
+    except RuntimeError:
+        # Ctrl-C shuts the context down while the executor builds its wait set; rclpy then raises
+        # RCLError ("context is not valid") instead of ExternalShutdownException. A normal stop.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
