@@ -1,30 +1,43 @@
-"""The experiment pipeline (nsl_bringup.experiment) on a tiny config: caching, resuming,
-seeded data collection and evaluation with a confidence interval. ROS-free, < 60 s."""
+"""The experiment pipeline (nsl_bringup.experiment) on a tiny config, every stage end to end:
+caching, resuming, seeded data collection, evaluation with a confidence interval, calibration,
+nested tiers, the fine-tuning sweep, the continual chain and the report. ROS-free, < 90 s."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("pybullet")
 pytest.importorskip("torch")
 
-from nsl_bringup.experiment import ExperimentConfig, evaluate_checkpoint, run, wilson_interval  # noqa: E402
+from nsl_bringup.experiment import STAGES, ExperimentConfig, evaluate_checkpoint, run, wilson_interval  # noqa: E402
 from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
 
 TINY = dict(image_size=32, max_steps=3, num_objects=1, chunk_episodes=2, bootstrap_episodes=4, pretrain_steps=3,
-            rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, eval_tasks=("base",), model={"width": 8, "embed_width": 8, "fc_width": 8},
+            rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, eval_tasks=("base",),
+            model={"width": 8, "embed_width": 8, "fc_width": 8},
             qtopt={"batch_size": 8, "target_cem": {"population": 4, "elites": 2, "iterations": 1}},
-            policy_cem={"population": 8, "elites": 2, "iterations": 1})
+            policy_cem={"population": 8, "elites": 2, "iterations": 1},
+            # The fine-tuning study: 2 challenges (in the continual order), 4 grasps per task in two bags.
+            challenges=("offset_gripper_10cm", "checkerboard"), calibration_episodes=3,
+            calibration_severities=(1.0, 3.0), target_episodes=4, tiers=(2, 4), finetune_steps=2, scratch_steps=2,
+            report_dir="report")
+
+
+def tiny(out, **overrides) -> ExperimentConfig:
+    """TINY reporting into <out>/report."""
+    return ExperimentConfig(**{**TINY, "report_dir": str(out / "report"), **overrides})
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("experiment")
     logs: list[str] = []
-    results = run(ExperimentConfig(**TINY), out, None, logs.append)
+    results = run(tiny(out), out, None, logs.append)
     return out, results, logs
 
 
@@ -34,7 +47,9 @@ def test_run_writes_checkpoint_data_and_summary(first_run):
     assert sorted(p.name for p in (out / "datasets" / "base" / "bootstrap").glob("chunk_???")) == ["chunk_000", "chunk_001"]
     assert (out / "datasets" / "base" / "round_1" / "chunk_000" / "metadata.yaml").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["stages"]) == {"pretrain", "evaluate_base"}
+    assert list(results["stages"]) == ["pretrain", "evaluate_base", "calibrate", "collect_targets", "finetune_sweep",
+                                       "continual", "report"] == list(STAGES)
+    assert set(summary["stages"]) == set(STAGES)
     base = summary["stages"]["evaluate_base"]["results"]["base"]
     assert base["episodes"] == 3 and base["object_split"] == "test"
     lo, hi = base["ci95"]
@@ -43,18 +58,26 @@ def test_run_writes_checkpoint_data_and_summary(first_run):
 
 def test_second_run_skips_everything(first_run):
     out, results, _ = first_run
-    stamps = sorted(out.rglob("*.json"))
-    before = {p: p.read_text() for p in stamps if p.name not in ("summary.json", "pretrain.json", "evaluate_base.json")}
+    # Unit stamps (bags, checkpoints, evaluations); the stage stamps and the report are rewritten.
+    units = [p for p in out.rglob("*.json") if p.parent != out / "stages" and p.parent != out / "report"
+             and p.name != "summary.json"]
+    before = {p: p.read_text() for p in units}
+    stage_stamps = {p.name: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mcap")}
     logs: list[str] = []
-    again = run(ExperimentConfig(**TINY), out, None, logs.append)
-    assert not any("collecting" in m or "training" in m for m in logs), logs
+    again = run(tiny(out), out, None, logs.append)
+    assert not any(re.search(r"collecting|training|: \d+ (evaluation|validation) episodes$", m) for m in logs), logs
     assert any("bootstrap: 2 bag(s) cached" in m for m in logs)
     assert any("evaluate_base/base: cached" in m for m in logs)
+    assert any("sweep/checkerboard/tier_0004: cached checkpoint" in m for m in logs)
     assert {p: p.read_text() for p in before} == before
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mcap")} == mtimes
+    for p in (out / "stages").glob("*.json"):  # a cached re-run keeps the cost of the run that did the work
+        assert json.loads(p.read_text())["provenance"] == stage_stamps[p.name]["provenance"]
     assert again["stages"]["pretrain"]["checkpoint_id"] == results["stages"]["pretrain"]["checkpoint_id"]
     assert again["stages"]["evaluate_base"]["results"] == results["stages"]["evaluate_base"]["results"]
+    for stage in ("calibrate", "finetune_sweep", "continual"):
+        assert again["stages"][stage]["key"] == results["stages"][stage]["key"]
 
 
 def test_resume_redoes_only_missing_work_and_config_changes_invalidate(first_run, tmp_path):
@@ -63,12 +86,12 @@ def test_resume_redoes_only_missing_work_and_config_changes_invalidate(first_run
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "datasets" / "base" / "bootstrap" / "chunk_001")  # as if killed mid-collection
     logs: list[str] = []
-    run(ExperimentConfig(**TINY), copy, ["pretrain"], logs.append)
+    run(tiny(copy), copy, ["pretrain"], logs.append)
     assert any("collecting 2 episodes in 1 bag(s) (1 cached)" in m for m in logs), logs
     # Same seeds -> same data -> same checkpoint, so the training after it is a cache hit.
     assert any("pretrain_round_0: cached" in m for m in logs), logs
     logs.clear()
-    run(ExperimentConfig(**{**TINY, "pretrain_steps": 4}), copy, ["pretrain"], logs.append)
+    run(tiny(copy, pretrain_steps=4), copy, ["pretrain"], logs.append)
     assert any("bootstrap: 2 bag(s) cached" in m for m in logs)
     assert any("pretrain_round_0: training 4 steps" in m for m in logs), logs
 
@@ -113,6 +136,25 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown ExperimentConfig fields"):
         ExperimentConfig.from_dict({"bogus": 1})
     assert ExperimentConfig().with_overrides(["rounds=2", "model={width: 48}"]).model == {"width": 48}
+    with pytest.raises(ValueError, match="tiers"):
+        ExperimentConfig(tiers=(25, 50, 900))  # beyond target_episodes
+    with pytest.raises(ValueError, match="tiers"):
+        ExperimentConfig(tiers=(50, 25))
+    with pytest.raises(ValueError, match="calibration_severities"):
+        ExperimentConfig(calibration_severities=(2.0, 1.0))
+    with pytest.raises(ValueError, match="challenges"):
+        ExperimentConfig(challenges=("base",))
+    with pytest.raises(ValueError, match="challenges"):
+        ExperimentConfig(challenges="checkerboard")
+    with pytest.raises(ValueError, match="reinit_modules"):
+        ExperimentConfig(reinit_modules=("trunk",))
+    with pytest.raises(ValueError, match="target_fraction"):
+        ExperimentConfig(target_fraction=0.0)
+    small = ExperimentConfig().with_overrides(["challenges=[checkerboard, harsh_light]", "base_control=false",
+                                               "tiers=[25, 100]"])
+    assert small.study_tasks() == ("harsh_light", "checkerboard")
+    assert small.continual_chain() == ("harsh_light", "checkerboard")  # the paper's order
+    assert small.tiers == (25, 100) and ExperimentConfig().finetune_learning_rate() == pytest.approx(2.5e-4)
 
 
 def test_kaiming_init_checkpoint_feeds_the_image_through(tmp_path):
@@ -126,3 +168,222 @@ def test_kaiming_init_checkpoint_feeds_the_image_through(tmp_path):
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert float(model.encode(images).std(dim=0).mean()) > 1e-3
+
+
+# ------------------------------------------------------------------ the fine-tuning study
+def _cell(rate: float) -> dict:
+    return {"success_rate": rate}
+
+
+def _numbers(base=0.85, policy=(0.5, 0.5, 0.5, 0.5, 0.5), best=(0.8, 0.8, 0.8, 0.8, 0.8), largest=None,
+             scratch=(0.1,) * 5, continual=None) -> dict:
+    """Synthetic tables: five challenges, the base policy ``policy`` on each, fine-tuning ``best``
+    at tier 800 (``largest`` at tier 1600, default = best) and 0 at tier 25, continual = single-step."""
+    names = [f"c{i}" for i in range(5)]
+    largest = largest or best
+    t1 = {"base": {"base_policy": _cell(base), "drop": 0.0}}
+    t1.update({n: {"base_policy": _cell(p), "drop": base - p} for n, p in zip(names, policy)})
+    tasks = {n: {"tiers": {"25": _cell(0.0), "800": _cell(b), "1600": _cell(lg)}, "scratch": _cell(s),
+                 "reinit_head": _cell(0.0)} for n, b, lg, s in zip(names, best, largest, scratch)}
+    continual = continual or largest
+    t3 = {"steps": [{"step": k, "task": n, "continual": _cell(c)} for k, (n, c) in enumerate(zip(names, continual))]}
+    t2 = {"tiers": [25, 800, 1600], "largest_tier": 1600, "tasks": tasks}
+    return {"table_i": t1, "table_ii": t2, "table_iii": t3}
+
+
+def _passed(numbers: dict) -> list:
+    from nsl_bringup.experiment.report import acceptance
+
+    return [c["passed"] for c in acceptance(numbers)]
+
+
+def test_acceptance_checks_on_synthetic_numbers():
+    assert _passed(_numbers()) == [True] * 5
+    assert _passed(_numbers(base=0.79)) == [False, True, True, True, True]
+    assert _passed(_numbers(base=0.80, policy=(0.65,) * 5)) == [True] * 5  # thresholds are inclusive
+    assert _passed(_numbers(policy=(0.5, 0.5, 0.5, 0.5, 0.75)))[1] is False  # one drop of 0.10
+    # Recovery uses the best tier <= 800 grasps (not tier 1600): (best - policy) / drop >= 50%.
+    four = _numbers(best=(0.8, 0.8, 0.8, 0.8, 0.55), largest=(0.8,) * 5)
+    assert _passed(four)[2] is True  # 4 of 5
+    three = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
+    assert _passed(three)[2] is False
+    assert _passed(_numbers(best=(0.675,) * 5))[2] is True  # exactly half of 0.35
+    # Scratch is compared with fine-tuning on the same grasps (the largest tier); a tie is no win.
+    assert _passed(_numbers(scratch=(0.1, 0.1, 0.1, 0.1, 0.8)))[3] is False
+    # Continual may be at most 0.10 below single-step (better is fine).
+    assert _passed(_numbers(continual=(0.7, 0.8, 0.9, 0.8, 0.8)))[4] is True
+    assert _passed(_numbers(continual=(0.69, 0.8, 0.8, 0.8, 0.8)))[4] is False
+    assert _passed({"table_i": None, "table_ii": None, "table_iii": None}) == [None] * 5
+
+
+def test_calibration_rule():
+    from nsl_bringup.experiment.stages import choose_severity
+
+    trials = [(1.0, 0.75), (1.5, 0.6), (2.0, 0.3)]
+    assert choose_severity(0.8, trials, 0.2) == (1.5, True)  # the first with a drop >= 0.2 (0.8 - 0.6)
+    assert choose_severity(0.7, [(1.0, 0.5)], 0.2) == (1.0, True)  # 0.7 - 0.5 < 0.2 in floats
+    assert choose_severity(0.8, trials, 0.6) == (2.0, False)  # never reached: the largest, flagged
+    assert choose_severity(0.8, [(1.0, 0.1), (3.0, 0.0)], 0.2) == (1.0, True)
+    with pytest.raises(ValueError):
+        choose_severity(0.8, [], 0.2)
+
+
+def test_calibration_follows_the_rule_and_later_stages_use_it(first_run):
+    from nsl_bringup.experiment.stages import choose_severity
+
+    out, results, _ = first_run
+    cal = results["stages"]["calibrate"]["calibration"]
+    base = cal["base_validation"]["success_rate"]
+    for name in TINY["challenges"]:
+        c = cal["challenges"][name]
+        trials = [(t["severity"], t["result"]["success_rate"]) for t in c["trials"]]
+        assert [t["result"]["seed_set"] for t in c["trials"]] == ["validation"] * len(trials)
+        assert (c["severity"], c["reached"]) == choose_severity(base, trials, 0.2)
+        # Severities are tried in order and only until one is severe enough.
+        assert [s for s, _ in trials] == list(TINY["calibration_severities"][:len(trials)])
+        assert len(trials) == len(TINY["calibration_severities"]) or c["reached"]
+        assert c["task"]["name"] == name and c["task"]["severity"] == c["severity"]
+        table = results["stages"]["calibrate"]["table_i"][name]["result"]
+        assert (table["seed_set"], table["severity"], table["episodes"]) == ("evaluation", c["severity"], 3)
+        # The exploration grasps ran on the calibrated task; the bags' metadata says which.
+        session = yaml.safe_load((out / "datasets" / name / "targets" / "chunk_000" / "nsl_session.yaml").read_text())
+        assert (session["session"]["task"], session["session"]["severity"]) == (name, c["severity"])
+        assert results["stages"]["finetune_sweep"]["tasks"][name]["task"]["severity"] == c["severity"]
+
+
+def test_evaluate_accepts_a_task_dict(first_run):
+    from nsl_bringup.experiment.episodes import task_spec
+
+    out, _, _ = first_run
+    assert task_spec("checkerboard") == "checkerboard" == task_spec("checkerboard", 1.0)
+    spec = task_spec("checkerboard", 2.0)
+    assert spec["severity"] == 2.0 and spec["texture"] == "checkerboard"
+    res = evaluate_checkpoint(out / "checkpoints" / "base.safetensors", spec, 2, tiny(out), "validation")
+    assert (res["task"], res["severity"], res["episodes"]) == ("checkerboard", 2.0, 2)
+
+
+def test_tiers_are_nested_prefixes(first_run):
+    from nsl_bringup.experiment.stages import first_episodes, load_episodes, tier_bags
+
+    out, results, _ = first_run
+    bags = [out / b for b in results["stages"]["collect_targets"]["tasks"]["checkerboard"]["bags"]]
+    assert len(bags) == 2  # 4 grasps in bags of 2
+    small, large = load_episodes(tier_bags(bags, 2, 2), 2), load_episodes(tier_bags(bags, 4, 2), 4)
+    assert (small.num_episodes, large.num_episodes) == (2, 4)
+    one = first_episodes(large, 1)  # a tier smaller than a bag: a prefix of the bag's episodes
+    assert one.num_episodes == 1 and one.done[-1] and not one.done[:-1].any()
+    for part in (small, one):
+        n = len(part)
+        assert n < len(large)
+        for name in ("image", "state", "action", "reward", "done", "next_index", "episode"):
+            np.testing.assert_array_equal(getattr(part, name), getattr(large, name)[:n])
+        assert part.next_index.max() < n
+    with pytest.raises(ValueError, match="first 5 episodes"):
+        first_episodes(large, 5)
+
+
+def test_sweep_and_continual_units(first_run):
+    import torch
+    from nsl_policy.checkpoint import load_checkpoint
+
+    out, results, _ = first_run
+    sweep = results["stages"]["finetune_sweep"]
+    assert list(sweep["tasks"]) == ["base", "checkerboard", "offset_gripper_10cm"]  # the control, then challenges
+    for name, row in sweep["tasks"].items():
+        for n, entry in row["tiers"].items():
+            assert entry["train"]["target_episodes"] == int(n) and entry["train"]["steps"] == 2
+            assert entry["train"]["learning_rate"] == pytest.approx(2.5e-4)  # 25% of pre-training
+            assert entry["result"]["task"] == name and entry["result"]["episodes"] == 3
+        assert row["scratch"]["train"]["transitions"]["base"] == 0  # target data only
+        assert row["scratch"]["train"]["learning_rate"] == pytest.approx(1e-3)
+        assert row["reinit_head"]["train"]["target_episodes"] == 4
+    # The head re-initialisation keeps the trunk and the action embedding, resets head and fc.
+    base = load_checkpoint(out / "checkpoints" / "base.safetensors").model.state_dict()
+    reinit = load_checkpoint(out / "checkpoints" / "reinit_head_init.safetensors").model.state_dict()
+    for key, value in base.items():
+        assert torch.equal(value, reinit[key]) == (not key.startswith(("head.", "fc."))), key
+    cont = results["stages"]["continual"]
+    assert cont["order"] == ["checkerboard", "offset_gripper_10cm"]  # CONTINUAL_ORDER, not the config's order
+    first, second = cont["steps"]
+    assert first["checkpoint_id"] == sweep["tasks"]["checkerboard"]["tiers"]["4"]["checkpoint_id"]
+    assert json.loads((out / "checkpoints" / "continual" / "step_1_offset_gripper_10cm.json").read_text())["init"] == \
+        "tier_0004.safetensors"
+    assert second["checkpoint_id"] == cont["final_checkpoint_id"] != first["checkpoint_id"]
+    assert list(cont["final"]) == ["base", "checkerboard", "offset_gripper_10cm"]
+    assert cont["final"]["offset_gripper_10cm"] == second["result"]
+
+
+def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path):
+    out, results, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    logs: list[str] = []
+    res = run(tiny(copy, continual_recollect=True), copy, ["continual"], logs.append)["stages"]["continual"]
+    first, second = res["steps"]
+    assert first == results["stages"]["continual"]["steps"][0]  # step 0 still explores with the base policy
+    assert any("offset_gripper_10cm/continual_step_1: collecting 4 episodes" in m for m in logs), logs
+    from nsl_collector.dataset import read_episodes
+
+    episodes = read_episodes(copy / "datasets" / "offset_gripper_10cm" / "continual_step_1")
+    assert {e.checkpoint_id for e in episodes} == {first["checkpoint_id"]}
+    assert second["checkpoint_id"] != results["stages"]["continual"]["steps"][1]["checkpoint_id"]
+
+
+def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):
+    out, _, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    logs: list[str] = []
+    res = run(tiny(copy, eval_episodes=2), copy, ["finetune_sweep"], logs.append)
+    assert not any("collecting" in m or "training" in m for m in logs), logs
+    assert any("sweep/base/tier_0002 on base: 2 evaluation episodes" in m for m in logs), logs
+    assert res["stages"]["finetune_sweep"]["tasks"]["base"]["scratch"]["result"]["episodes"] == 2
+
+
+def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
+    import argparse
+
+    from nsl_bringup.experiment import cli, episodes, stages
+    from nsl_bringup.experiment.report import acceptance, load_stamps, tables
+
+    out, results, _ = first_run
+    assert (out / "report" / "paper_reproduction.md").is_file()  # the run's own report stage
+
+    def no_episodes(*args, **kwargs):
+        raise AssertionError("the report must not run episodes")
+
+    monkeypatch.setattr(episodes, "run_jobs", no_episodes)
+    monkeypatch.setattr(stages, "run_jobs", no_episodes)
+    target = tmp_path / "rendered"
+    assert cli.cmd_report(argparse.Namespace(output=str(out), report_dir=str(target))) == 0
+    text = (target / "paper_reproduction.md").read_text()
+    for heading in ("## Acceptance checks", "## Table I", "## Table II", "## Table III", "## Wall-clock and hardware"):
+        assert heading in text
+    assert "./nsl experiment run --output" in text and "--set 'tiers=[2, 4]'" in text
+    for png in ("success_vs_grasps.png", "continual_vs_single.png"):
+        assert (target / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((target / "summary.json").read_text())
+    assert summary["acceptance"] == acceptance(tables(load_stamps(out)))
+    assert [c["passed"] is not None for c in summary["acceptance"]] == [True] * 5  # every stage ran
+    for c in summary["acceptance"]:
+        assert f"**{'PASS' if c['passed'] else 'FAIL'}**" in text
+    cell = summary["table_ii"]["tasks"]["checkerboard"]["tiers"]["2"]
+    assert cell["episodes"] == 3 and len(cell["ci95"]) == 2
+    assert summary["table_i"]["checkerboard"]["base_policy"]["episodes"] == 3
+    assert set(summary["stages"]) == {"pretrain", "evaluate_base", "calibrate", "collect_targets", "finetune_sweep",
+                                      "continual"}
+    assert summary["stages"]["finetune_sweep"]["hardware"]["cpus"] >= 1
+    assert summary["warnings"] == []
+
+
+def test_report_flags_stamps_from_different_runs(first_run):
+    from nsl_bringup.experiment.report import consistency_warnings, load_stamps
+
+    out, _, _ = first_run
+    stamps = load_stamps(out)
+    assert consistency_warnings(stamps) == []
+    stamps["continual"]["base_checkpoint_id"] = "another"
+    stamps["finetune_sweep"]["tasks"]["checkerboard"]["task"]["severity"] = 7.5
+    warnings = consistency_warnings(stamps)
+    assert any("different base checkpoints" in w for w in warnings)
+    assert any("finetune_sweep used checkerboard at severity 7.5" in w for w in warnings)

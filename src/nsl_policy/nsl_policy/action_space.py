@@ -15,6 +15,36 @@ import numpy as np
 
 ACTION_DIM = 6
 STATE_DIM = 3  # gripper closed (0/1), height above tray (m), step fraction
+HEIGHT_INDEX = 1
+CLOSE_INDEX, TERMINATE_INDEX = 4, 5
+BINARY_DIMS = (CLOSE_INDEX, TERMINATE_INDEX)
+"""Components that are on/off commands (close, terminate): the arm thresholds them at 0 and bags
+store them as booleans (+-1)."""
+
+
+def canonical_actions(actions):
+    """Recorded actions (torch tensor ``(..., 6)``) in the form the Q-function is trained on, a
+    new tensor: close/terminate snapped to +-1 (bags store booleans), and close = +1 wherever
+    terminate = +1 (terminating closes the gripper anyway, so both spellings are one action)."""
+    out = actions.clone()
+    on = out[..., list(BINARY_DIMS)] > 0
+    on[..., 0] |= on[..., 1]
+    out[..., list(BINARY_DIMS)] = on.to(out.dtype) * 2 - 1
+    return out
+
+
+def policy_actions(actions):
+    """The actions the policy chooses from (CEM acting, and the Bellman target's argmax), a new
+    tensor: close/terminate snapped to +-1, and close = terminate, i.e. the grasp is one decision,
+    as in the scripted data (QT-Opt treats these commands as discrete too). Measured without
+    these restrictions, offline QT-Opt's argmax found actions the data hardly contains and that
+    its Q-function overrated at 0.9-0.99: interior switch values, "close and terminate" in
+    mid-air, and "close, then keep moving" at the first step."""
+    out = actions.clone()
+    grasp = (out[..., TERMINATE_INDEX] > 0).to(out.dtype) * 2 - 1
+    out[..., CLOSE_INDEX] = grasp
+    out[..., TERMINATE_INDEX] = grasp
+    return out
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,16 @@ def cem_maximize(
     config: CEMConfig | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximise ``score_fn`` over [-1, 1]^action_dim for ``batch_size`` independent problems.
 
     ``score_fn(actions (B, N, A)) -> scores (B, N)``. Returns the best sampled action of every
     problem over all iterations, (B, A), and its score, (B,). ``generator`` (on ``device``)
-    makes the search reproducible. Non-finite scores never win an elite slot.
+    makes the search reproducible. Non-finite scores never win an elite slot. ``project`` maps
+    every sample before it is scored (e.g. nsl_policy.action_space.policy_actions snaps the
+    on/off components); the returned action is a projected one and the Gaussian is refitted to
+    the projected elites (for a snapped component: it tracks the elites' vote).
     """
     config = config or CEMConfig()
     device = torch.device(device)
@@ -71,6 +75,8 @@ def cem_maximize(
     for _ in range(config.iterations):
         noise = torch.randn(b, n, a, generator=generator, device=device)
         samples = (mean + std * noise).clamp_(-1.0, 1.0)
+        if project is not None:
+            samples = project(samples)
         scores = score_fn(samples)
         if scores.shape != (b, n):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(b, n)}")

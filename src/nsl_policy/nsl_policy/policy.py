@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .action_space import ACTION_DIM, STATE_DIM
+from .action_space import ACTION_DIM, BINARY_DIMS, STATE_DIM, policy_actions
 from .cem import CEMConfig, cem_maximize
 from .image import to_tensor
 from .model import QNetwork
@@ -20,7 +20,8 @@ class ExplorationConfig:
     """Exploration on top of the greedy CEM action (used while collecting data)."""
 
     epsilon: float = 0.0
-    """Probability of a uniformly random action instead of the CEM action (0..1)."""
+    """Probability of a random motion instead of the CEM action (0..1): translation and
+    rotation uniform in the action box; close/terminate stay the CEM action's."""
     noise_std: float = 0.0
     """Std of Gaussian noise added to the CEM action before clipping to [-1, 1] (>= 0)."""
 
@@ -103,17 +104,20 @@ class GraspPolicy:
         with self._lock:
             model = self._model
         img, st = self._inputs(model, image, state)
-        if self.exploration.epsilon > 0 and self._rng.random() < self.exploration.epsilon:
-            vec = self._rng.uniform(-1.0, 1.0, ACTION_DIM).astype(np.float32)
-            return ActionChoice(vector=vec, q_value=float("nan"), exploratory=True)
         features = model.encode(img)
         action, value = cem_maximize(lambda a: model.score(features, st, a), 1, ACTION_DIM, self.cem_config,
-                                     generator=self._generator, device=self.device)
+                                     generator=self._generator, device=self.device, project=policy_actions)
         vec = action[0].cpu().numpy().astype(np.float32)
         raw = float(value[0])
         q = float(torch.sigmoid(value[0]))
         if not (np.all(np.isfinite(vec)) and math.isfinite(raw) and math.isfinite(q)):
             raise RuntimeError("Q-network produced no finite value for this observation (non-finite weights or input?)")
+        if self.exploration.epsilon > 0 and self._rng.random() < self.exploration.epsilon:
+            # Random motion; close/terminate stay the policy's choice. A uniform draw there would
+            # end half of all random steps' episodes early (and close the gripper on nothing).
+            motion = [d for d in range(ACTION_DIM) if d not in BINARY_DIMS]
+            vec[motion] = self._rng.uniform(-1.0, 1.0, len(motion)).astype(np.float32)
+            return ActionChoice(vector=vec, q_value=float("nan"), exploratory=True)
         exploratory = False
         if self.exploration.noise_std > 0:
             vec = np.clip(vec + self._rng.normal(0.0, self.exploration.noise_std, ACTION_DIM), -1.0, 1.0).astype(np.float32)

@@ -178,3 +178,73 @@ def test_fresh_network_sees_the_image(image_size):
         q_black = net(torch.zeros_like(images), torch.zeros(16, 3), torch.zeros(16, 6))
     assert spread > 1e-2, f"trunk features barely vary across images (mean std {spread:.2e})"
     assert (q - q_black).abs().max().item() > 1e-3, "Q does not depend on the image"
+
+
+def test_cem_searches_policy_actions_and_finds_the_better_switch():
+    """CEM scores only +-1 for close/terminate, with close = terminate (one grasp decision); the
+    better setting wins even when the score peaks in the (never trained) interior."""
+    from nsl_policy.action_space import BINARY_DIMS, policy_actions
+
+    seen: list[torch.Tensor] = []
+
+    def score(a):
+        seen.append(a.clone())
+        # Terminate would score best at 0.2 if interior values were ever evaluated; of the legal
+        # values +1 is better.
+        return -(a[..., 5] - 0.2) ** 2 * 10 - (a[..., 0] - 0.5) ** 2
+
+    action, _ = cem_maximize(score, 3, ACTION_DIM, CEMConfig(), generator=torch.Generator().manual_seed(0),
+                             project=policy_actions)
+    for a in seen:
+        assert set(a[..., list(BINARY_DIMS)].unique().tolist()) <= {-1.0, 1.0}
+        assert torch.equal(a[..., 4], a[..., 5])
+    assert action[:, 4].tolist() == [1.0] * 3 and action[:, 5].tolist() == [1.0] * 3
+    assert torch.allclose(action[:, 0], torch.full((3,), 0.5), atol=0.15)  # continuous dims unaffected
+
+
+def test_canonical_and_policy_action_forms():
+    from nsl_policy.action_space import canonical_actions, policy_actions
+
+    raw = torch.tensor([[0.3, -0.2, 0.1, 0.9, -0.4, 0.01], [0.0, 0.0, 0.0, 0.0, 0.5, -0.7]])
+    # Data: terminating closes; a close without terminating stays what it was.
+    assert torch.equal(canonical_actions(raw), torch.tensor([[0.3, -0.2, 0.1, 0.9, 1.0, 1.0],
+                                                            [0.0, 0.0, 0.0, 0.0, 1.0, -1.0]]))
+    # Search space: close follows terminate.
+    assert torch.equal(policy_actions(raw), torch.tensor([[0.3, -0.2, 0.1, 0.9, 1.0, 1.0],
+                                                         [0.0, 0.0, 0.0, 0.0, -1.0, -1.0]]))
+    assert torch.equal(raw[0, 4], torch.tensor(-0.4))  # inputs untouched
+
+
+def test_random_exploration_moves_randomly_but_keeps_the_policy_switches():
+    from nsl_policy.action_space import BINARY_DIMS
+
+    net = QNetwork(SMALL).eval()
+    img = np.zeros((32, 32, 3), np.uint8)
+    st = np.array([0.0, 0.1, 0.0], np.float32)
+    greedy = GraspPolicy(net, seed=1, device="cpu").select_action(img, st)
+    for seed in range(5):
+        rnd = GraspPolicy(net, exploration=ExplorationConfig(epsilon=1.0), seed=1, device="cpu")
+        rnd._rng = np.random.default_rng(seed)
+        choice = rnd.select_action(img, st)
+        assert choice.exploratory and math.isnan(choice.q_value)
+        assert choice.vector[list(BINARY_DIMS)].tolist() == greedy.vector[list(BINARY_DIMS)].tolist()
+        assert not np.allclose(choice.vector[:4], greedy.vector[:4])
+
+
+def test_height_is_scaled_before_the_embedding_and_old_configs_load_unscaled():
+    legacy = {k: v for k, v in SMALL.to_dict().items() if k != "height_scale"}
+    assert QNetworkConfig.from_dict(legacy).height_scale == 1.0
+    assert QNetworkConfig.from_dict(SMALL.to_dict()).height_scale == SMALL.height_scale == 10.0
+    for bad in (0, -1.0, math.inf, True):
+        with pytest.raises(ValueError, match="height_scale"):
+            QNetworkConfig(height_scale=bad)
+    torch.manual_seed(0)
+    net = QNetwork(SMALL).eval()
+    unscaled = QNetwork(QNetworkConfig(**{**SMALL.to_dict(), "height_scale": 1.0})).eval()
+    unscaled.load_state_dict(net.state_dict())
+    img = torch.rand(1, 3, 32, 32)
+    act = torch.zeros(1, 1, ACTION_DIM)
+    with torch.no_grad():
+        f = net.encode(img)
+        h = torch.tensor([[0.0, 0.15, 0.2]])
+        assert torch.allclose(net.score(f, h, act), unscaled.score(f, h * torch.tensor([1.0, 10.0, 1.0]), act))

@@ -143,7 +143,7 @@ class FakeRobot:
     spinning in a background thread. Its waits block the test thread on a condition."""
 
     def __init__(self, context, namespace: str, width: int = 64, height: int = 64, encoding: str = "rgb8",
-                 start_heights=(0.25,), step_delay: float = 0.0):
+                 start_heights=(0.25,), step_delay: float = 0.0, min_steps: int = 0):
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
@@ -162,6 +162,9 @@ class FakeRobot:
         self.width, self.height, self.encoding = width, height, encoding
         self.start_heights = start_heights
         self.step_delay = step_delay
+        # Terminate requests before this many steps are ignored: an untrained network may
+        # terminate every episode at its first step, and some tests need episodes in flight.
+        self.min_steps = min_steps
         self.camera_on = True
         self.commands_at_first_refused = None
         self.commands: list[tuple] = []  # ("reset", seed) | ("step", height_before, translation, rotation, close, terminate)
@@ -233,7 +236,7 @@ class FakeRobot:
         response.success = True
         response.gripper_state.height = self.gripper_height
         response.gripper_state.closed = bool(a.close_gripper)
-        response.done = bool(a.terminate) or self.episode_steps >= MAX_STEPS
+        response.done = (bool(a.terminate) and self.episode_steps >= self.min_steps) or self.episode_steps >= MAX_STEPS
         response.grasp_success = response.done and self.episode_steps % 2 == 0
         if camera_on:
             self.publish_image()
@@ -346,7 +349,7 @@ def stamp(msg) -> int:
 # ---- (a) hot-swap ---------------------------------------------------------------------------
 def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints):
     ck = checkpoints
-    robot, policy = graph({"checkpoint": str(ck.a), "epsilon": 0.2, "noise_std": 0.1}, step_delay=0.03)
+    robot, policy = graph({"checkpoint": str(ck.a), "epsilon": 0.2, "noise_std": 0.1}, step_delay=0.03, min_steps=3)
     robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 2, 90, "two episodes on checkpoint A")
     requests = []  # (episode in flight at the request, id requested)
     for path, new_id, old_id, via in ((ck.b, ck.id_b, ck.id_a, "service"), (ck.a, ck.id_a, ck.id_b, "topic"),

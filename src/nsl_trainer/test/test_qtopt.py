@@ -259,3 +259,31 @@ def test_bellman_backup_propagates_value(possible):
         assert 0.6 < float(q0) < 0.98  # ~ discount * 1
     else:
         assert float(q0) < 0.15
+
+
+def test_mc_lower_bound_raises_targets_to_the_recorded_return(monkeypatch):
+    from nsl_trainer.qtopt import _Data
+
+    data = multi_step(6, steps=4, seed=3)
+    d = _Data(data, None, 32, torch.device("cpu"))
+    g = d.mc_return(0.9).numpy()
+    assert data.reward.sum() > 0
+    for e in range(6):
+        rows = np.arange(e * 4, e * 4 + 4)
+        assert np.allclose(g[rows], data.reward[rows[-1]] * 0.9 ** np.arange(3, -1, -1), atol=1e-6)
+
+    captured = []
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
+                        lambda logits, y: captured.append(y.clone()) or bce(logits, y))
+    for bound in (False, True):
+        trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig.from_dict({**FAST.to_dict(), "mc_lower_bound": bound,
+                                                                   "batch_size": 24}), "cpu")
+        trainer.train_step(d, 0.0)
+        ret = torch.as_tensor(g)[trainer.last_batch[0]]
+        below = bool((captured[-1] < ret - 1e-6).any())
+        # A fresh network's bootstrapped targets (~0.45) undercut successful episodes' returns;
+        # the bound lifts them to the return.
+        assert below != bound
+    with pytest.raises(ValueError, match="mc_lower_bound"):
+        QTOptConfig(mc_lower_bound=1)

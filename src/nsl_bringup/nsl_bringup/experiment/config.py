@@ -24,10 +24,21 @@ from nsl_trainer.qtopt import QTOptConfig
 SEED_STRIDE = 10_000_000
 BOOTSTRAP_SEEDS = 0
 ROUND_SEEDS = 1_000_000  # + round * 100_000
+TARGET_SEEDS = 2_000_000  # + task index in STUDY_TASKS * 100_000 (the fine-tuning study's exploration grasps)
+CONTINUAL_SEEDS = 3_000_000  # + step * 100_000 (continual_recollect: grasps with the previous step's policy)
 VALIDATION_SEEDS = 5_000_000
 EVALUATION_SEEDS = 8_000_000
+#: Most episodes one use may draw from its seed range (the ranges above are 100_000 apart).
+MAX_EPISODES_PER_RANGE = 100_000
 
 CHALLENGES = ("harsh_light", "transparent_objects", "checkerboard", "extend_gripper_1cm", "offset_gripper_10cm")
+#: Every task of the fine-tuning study; the position fixes a task's target seed range, so the
+#: seeds of a task do not depend on which tasks a run studies.
+STUDY_TASKS = ("base",) + CHALLENGES
+#: The paper's continual-learning chain (Table III, Fig. 4).
+CONTINUAL_ORDER = ("harsh_light", "transparent_objects", "checkerboard", "extend_gripper_1cm", "offset_gripper_10cm")
+#: Modules of nsl_policy.model.QNetwork that the head re-initialisation ablation may reset.
+REINIT_MODULES = ("embed", "head", "fc")
 
 
 @dataclass
@@ -63,11 +74,11 @@ class ExperimentConfig:
     """QT-Opt gradient steps of the offline pre-training on the bootstrap data."""
     rounds: int = 3
     """On-policy rounds after the offline pre-training: collect with the current policy, retrain."""
-    round_episodes: int = 400
+    round_episodes: int = 500
     """Episodes collected per on-policy round (epsilon-greedy current policy)."""
-    round_steps: int = 1500
+    round_steps: int = 2000
     """Gradient steps per on-policy round (continuing from the previous checkpoint on all data so far)."""
-    round_epsilon: float = 0.2
+    round_epsilon: float = 0.1
     """Probability of a random action per step while collecting on-policy rounds."""
     round_noise_std: float = 0.1
     """Gaussian noise on the CEM action while collecting on-policy rounds."""
@@ -75,13 +86,12 @@ class ExperimentConfig:
     """When > 0: each round's checkpoint is evaluated on this many *validation* episodes (test
     objects, validation seeds, never the evaluation seeds) and the best becomes the base policy;
     0: the last round's checkpoint is the base policy."""
-    binary_action_jitter: bool = True
-    """Bags store close/terminate as booleans, so every recorded action has exactly +-1 in those
-    two components, while CEM (acting and in the Bellman target) searches the whole [-1, 1] box
-    and the arm thresholds at 0. When True, each training transition's two components are
-    replaced once (seeded) by a value of the same sign drawn uniformly from (0, 1], so the
-    Q-function sees the range CEM searches; without it CEM exploits the untrained interior
-    (measured: a policy that closes/terminates early, ~3-8% success)."""
+    binary_action_jitter: bool = False
+    """Retired workaround; only False is accepted (the field stays so older run folders keep
+    their cache keys). Bags store close/terminate as booleans (+-1), and the first pre-training
+    runs replaced them by same-sign values in (0, 1] so that a CEM searching all of [-1, 1]
+    met trained values. CEM and the trainer now score canonical actions instead
+    (nsl_policy.action_space.canonical_actions), which makes any such jitter a no-op."""
     init_scheme: str = "default"
     """Initialisation of the pre-trained network: "default" (nsl_policy.model's, PyTorch default
     init) or "kaiming" (Kaiming-normal weights, zero biases). Measured: with "default" the image
@@ -106,6 +116,51 @@ class ExperimentConfig:
     threads: int = 1
     """torch CPU threads per process (the build machine has 2 cores)."""
 
+    # --- the fine-tuning study: calibrate, collect_targets, finetune_sweep, continual ----
+    challenges: tuple[str, ...] = CHALLENGES
+    """Challenge tasks of the study (a subset of CHALLENGES): calibrated, explored, fine-tuned
+    and chained (the chain takes them in CONTINUAL_ORDER)."""
+    base_control: bool = True
+    """Also explore and fine-tune on ``base`` itself, the paper's control row of Table II."""
+    calibration_episodes: int = 100
+    """Validation episodes per (task, severity) when calibrating the challenges (Table I)."""
+    calibration_severities: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+    """Severities tried in this order (increasing; nsl_sim.tasks.TaskConfig.severity, > 1
+    exaggerates the variation); the first that drops the base policy by ``calibration_drop``
+    on validation episodes defines the challenge task."""
+    calibration_drop: float = 0.2
+    """Success drop (base minus challenge, validation episodes) a challenge must cause; a margin
+    over the acceptance's 0.15 on the evaluation episodes."""
+    target_episodes: int = 800
+    """Exploration grasps collected per study task with the base policy (train objects)."""
+    target_epsilon: float = 0.1
+    """Probability of a random action per step while collecting the exploration grasps."""
+    target_noise_std: float = 0.1
+    """Gaussian noise on the CEM action while collecting the exploration grasps."""
+    tiers: tuple[int, ...] = (25, 50, 100, 200, 400, 800)
+    """Exploration-grasp tiers of Table II (increasing): tier n fine-tunes on the first n of the
+    ``target_episodes`` grasps, so the tiers are nested. Scratch, the head re-initialisation and
+    the continual chain use the largest tier."""
+    finetune_steps: int = 1000
+    """Gradient steps of every fine-tuning run (sweep, head re-initialisation, continual step)."""
+    target_fraction: float = 0.5
+    """Share of each fine-tuning batch drawn from the target data (the rest from the base data;
+    the paper samples 50/50)."""
+    scratch_steps: int = 3000
+    """Gradient steps of the scratch baseline (a fresh network on the target data only, at the
+    pre-training ``learning_rate``)."""
+    reinit_modules: tuple[str, ...] = ("head", "fc")
+    """QNetwork modules that the "re-initialise the head" ablation resets (seeded) before
+    fine-tuning: by default the layers after the image and the action merge (``head`` convs and
+    ``fc``); ``embed`` (the action/state MLP) may be added."""
+    continual_recollect: bool = False
+    """False (the paper): every step of the continual chain fine-tunes on the exploration grasps
+    collected with the base policy (stage collect_targets). True: from the second step on, collect
+    fresh grasps with the previous step's policy instead."""
+    report_dir: str = "docs/results"
+    """Folder of the report stage's paper_reproduction.md, summary.json and plots (relative paths
+    are taken from the current directory)."""
+
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"ExperimentConfig.{name}: {why} (got {getattr(self, name)!r})")
@@ -121,6 +176,19 @@ class ExperimentConfig:
                     or not (lo < v if lo_open else lo <= v) or not v <= hi:
                 raise bad(name, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}]")
             setattr(self, name, float(v))
+
+        def as_tuple(name: str) -> tuple:
+            """A sequence field as a tuple (YAML and JSON give lists)."""
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not v:
+                raise bad(name, "must be a non-empty list")
+            setattr(self, name, tuple(v))
+            return tuple(v)
+
+        def check_names(name: str, allowed: tuple[str, ...]) -> None:
+            values = as_tuple(name)
+            if len(set(values)) != len(values) or not set(values) <= set(allowed):
+                raise bad(name, f"must be distinct names from {list(allowed)}")
 
         check_int("seed", 0, 10**6)
         check_int("image_size", 32, 472)
@@ -142,8 +210,9 @@ class ExperimentConfig:
         check_int("validation_episodes", 0)
         if self.init_scheme not in ("default", "kaiming"):
             raise bad("init_scheme", 'must be "default" or "kaiming"')
-        if not isinstance(self.binary_action_jitter, bool):
-            raise bad("binary_action_jitter", "must be true or false")
+        if self.binary_action_jitter is not False:
+            raise bad("binary_action_jitter", "is retired: CEM and the trainer now use canonical close/terminate "
+                      "values (nsl_policy.action_space.canonical_actions); leave it out")
         check_float("learning_rate", 0.0, 1.0, lo_open=True)
         check_float("round_learning_rate", 0.0, 1.0, lo_open=True)
         check_int("eval_episodes", 1)
@@ -152,6 +221,31 @@ class ExperimentConfig:
         for t in self.eval_tasks:
             if t not in TASKS:
                 raise bad("eval_tasks", f"unknown task {t!r} (known: {sorted(TASKS)})")
+        # The fine-tuning study.
+        check_names("challenges", CHALLENGES)
+        check_names("reinit_modules", REINIT_MODULES)
+        for name in ("base_control", "continual_recollect"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+        check_int("calibration_episodes", 1)
+        sev = as_tuple("calibration_severities")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                          for v in sev) or any(a >= b for a, b in zip(sev, sev[1:])):
+            raise bad("calibration_severities", "must be increasing positive numbers")
+        self.calibration_severities = tuple(float(v) for v in sev)
+        check_float("calibration_drop", 0.0, 1.0, lo_open=True)
+        check_int("target_episodes", 1, MAX_EPISODES_PER_RANGE)
+        check_float("target_epsilon", 0.0, 1.0)
+        check_float("target_noise_std", 0.0, 2.0)
+        tiers = as_tuple("tiers")
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in tiers) \
+                or any(a >= b for a, b in zip(tiers, tiers[1:])) or tiers[0] < 1 or tiers[-1] > self.target_episodes:
+            raise bad("tiers", f"must be increasing integers in 1..target_episodes ({self.target_episodes})")
+        check_int("finetune_steps", 1)
+        check_float("target_fraction", 0.0, 1.0, lo_open=True)
+        check_int("scratch_steps", 1)
+        if not isinstance(self.report_dir, str) or not self.report_dir:
+            raise bad("report_dir", "must be a folder path")
         for name in ("model", "qtopt", "policy_cem"):
             if not isinstance(getattr(self, name), dict):
                 raise bad(name, "must be a mapping of field overrides")
@@ -162,6 +256,21 @@ class ExperimentConfig:
             self.cem_config()
         except (TypeError, ValueError) as exc:
             raise ValueError(f"ExperimentConfig: {exc}") from None
+
+    # --- the study --------------------------------------------------------------------
+    def study_tasks(self) -> tuple[str, ...]:
+        """Tasks explored and fine-tuned on (Table II rows): ``base`` (when ``base_control``)
+        then the challenges, in STUDY_TASKS order."""
+        chosen = set(self.challenges) | ({"base"} if self.base_control else set())
+        return tuple(t for t in STUDY_TASKS if t in chosen)
+
+    def continual_chain(self) -> tuple[str, ...]:
+        """The studied challenges in the paper's continual order."""
+        return tuple(t for t in CONTINUAL_ORDER if t in self.challenges)
+
+    def finetune_learning_rate(self) -> float:
+        """Fine-tuning learning rate: ``learning_rate`` x QTOptConfig.finetune_lr_scale (the paper's 25%)."""
+        return self.learning_rate * self.qtopt_config().finetune_lr_scale
 
     # --- library configs ----------------------------------------------------------------
     def model_config(self) -> QNetworkConfig:
@@ -185,7 +294,9 @@ class ExperimentConfig:
     # --- (de)serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["eval_tasks"] = list(self.eval_tasks)
+        for f in fields(self):  # tuples as lists: the JSON/YAML form
+            if isinstance(d[f.name], tuple):
+                d[f.name] = list(d[f.name])
         return d
 
     def subset(self, names: tuple[str, ...]) -> dict[str, Any]:
@@ -241,4 +352,10 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "round": COMMON_FIELDS + ("binary_action_jitter", "round_episodes", "round_steps", "round_epsilon", "round_noise_std",
                               "round_learning_rate", "policy_cem", "chunk_episodes", "model", "qtopt"),
     "evaluate": COMMON_FIELDS + ("eval_episodes", "policy_cem"),
+    "calibrate": COMMON_FIELDS + ("calibration_episodes", "policy_cem"),
+    "targets": COMMON_FIELDS + ("target_epsilon", "target_noise_std", "policy_cem", "chunk_episodes"),
+    "finetune": COMMON_FIELDS + ("finetune_steps", "learning_rate", "target_fraction", "model", "qtopt",
+                                 "binary_action_jitter"),
+    "scratch": COMMON_FIELDS + ("scratch_steps", "learning_rate", "model", "qtopt", "binary_action_jitter",
+                                "init_scheme"),
 }

@@ -7,6 +7,7 @@ run in worker processes; a job's result depends only on its spec, never on the w
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -18,10 +19,29 @@ from typing import Any, Callable
 import numpy as np
 
 from nsl_sim.evaluate import wilson_interval  # the project's one Wilson interval
+from nsl_sim.tasks import TaskConfig, get_task, task_from_dict
 
 #: Episode kinds.
 SCRIPTED = "scripted"
 POLICY = "policy"
+
+#: A task as job specs and cache keys carry it: a registered name (nsl_sim.tasks.TASKS) at its
+#: own severity, or any other variation as a TaskConfig dict (``TaskConfig.to_dict()``).
+TaskSpec = str | dict
+
+
+def task_spec(name: str, severity: float | None = None) -> TaskSpec:
+    """The spec of task ``name`` at ``severity`` (None: the task's own). The registered task
+    stays its name, so its cache keys match those of plain-name evaluations (evaluate_base)."""
+    task = get_task(name)
+    if severity is None or float(severity) == task.severity:
+        return name
+    return dataclasses.replace(task, severity=float(severity)).to_dict()
+
+
+def resolve_task(spec: TaskSpec) -> TaskConfig:
+    """The TaskConfig of a spec (a name or a TaskConfig dict)."""
+    return task_from_dict(spec, source="task spec") if isinstance(spec, dict) else get_task(spec)
 
 
 @dataclass
@@ -97,9 +117,10 @@ def _policy_actor(policy) -> Callable:
 def run_job(spec: dict) -> list[dict]:
     """Run one job (a chunk of episodes) and return one dict per episode. ``spec``:
 
-    kind (scripted|policy), task, split (train|test), seeds, sim (SimConfig kwargs), bag (path or
-    None), metadata, threads; scripted: rng_seed, random_fraction, noise_max, epsilon_max;
-    policy: checkpoint, cem (CEMConfig kwargs), epsilon, noise_std, policy_seed.
+    kind (scripted|policy), task (a TaskSpec: name or TaskConfig dict), split (train|test), seeds,
+    sim (SimConfig kwargs), bag (path or None), metadata, threads; scripted: rng_seed,
+    random_fraction, noise_max, epsilon_max; policy: checkpoint, cem (CEMConfig kwargs), epsilon,
+    noise_std, policy_seed.
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.get("threads", 1)))
     import torch
@@ -110,6 +131,7 @@ def run_job(spec: dict) -> list[dict]:
     from nsl_sim.env import GraspEnv, SimConfig
 
     sim = SimConfig(**spec["sim"], object_split=spec["split"])
+    task = resolve_task(spec["task"])
     env = GraspEnv(sim)
     space = ActionSpace(sim.max_translation, sim.max_rotation)
     policy = None
@@ -139,7 +161,7 @@ def run_job(spec: dict) -> list[dict]:
     results = []
     try:
         for seed in spec["seeds"]:
-            obs = env.reset(seed=int(seed), task=spec["task"])
+            obs = env.reset(seed=int(seed), task=task)
             act = _scripted_actor(spec, env, int(seed)) if policy is None else _policy_actor(policy)
             steps: list[StepData] = []
             done, success = False, False
@@ -153,7 +175,7 @@ def run_job(spec: dict) -> list[dict]:
                 res = env.step(cmd.translation, cmd.rotation, cmd.close_gripper, cmd.terminate)
                 done, success, obs = res.done, bool(res.grasp_success), res.observation
             if recorder is not None:
-                recorder.write_episode(steps, EpisodeData(episode_id=f"{spec['kind']}-{seed}", task=spec["task"],
+                recorder.write_episode(steps, EpisodeData(episode_id=f"{spec['kind']}-{seed}", task=task.name,
                                                           seed=int(seed), success=success,
                                                           checkpoint_id=checkpoint_id, exploration=exploration))
             results.append({"seed": int(seed), "success": success, "steps": int(res.info["steps"]),
