@@ -58,11 +58,10 @@ class QNetworkConfig:
     """Append two constant channels holding each pixel's x and y in [-1, 1] to the image
     ("CoordConv", Liu et al. 2018): convolutions are translation-invariant and max-pooling drops
     where a feature was, but grasping needs where things are relative to the fixed camera."""
-    height_scale: float = 10.0
-    """The gripper height (m) is multiplied by this before the embedding, so its ~0-0.3 m range
-    weighs like the actions' [-1, 1]. Measured with 1.0: after pre-training, Q(terminate) moved by
-    0.02 between heights 0 and 0.15 m, and the policy terminated in mid-air. Checkpoints written
-    before this field existed load with 1.0."""
+    height_scale: float = 1.0
+    """The gripper height (m) is multiplied by this before the embedding (its range is only
+    ~0-0.3 m against the actions' [-1, 1]). 1.0, the raw height, is what every shipped checkpoint
+    was trained with; whether a larger value learns faster is not measured yet."""
 
     def __post_init__(self) -> None:
         def check_int(name: str, lo: int, hi: int) -> None:
@@ -111,8 +110,7 @@ class QNetworkConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown QNetworkConfig fields: {unknown}")
-        # Written before height_scale existed: those networks were trained on the raw height.
-        return cls(**{"height_scale": 1.0, **data})
+        return cls(**data)
 
     def differences(self, other: "QNetworkConfig") -> dict[str, tuple[Any, Any]]:
         """``{field: (self value, other value)}`` for every field that differs."""

@@ -231,16 +231,15 @@ def test_random_exploration_moves_randomly_but_keeps_the_policy_switches():
         assert not np.allclose(choice.vector[:4], greedy.vector[:4])
 
 
-def test_height_is_scaled_before_the_embedding_and_old_configs_load_unscaled():
-    legacy = {k: v for k, v in SMALL.to_dict().items() if k != "height_scale"}
-    assert QNetworkConfig.from_dict(legacy).height_scale == 1.0
-    assert QNetworkConfig.from_dict(SMALL.to_dict()).height_scale == SMALL.height_scale == 10.0
+def test_height_scale_multiplies_the_height_and_old_configs_load_unchanged():
+    older = {k: v for k, v in SMALL.to_dict().items() if k not in ("height_scale", "coord_channels")}
+    assert QNetworkConfig.from_dict(older) == SMALL  # checkpoints from before these fields load unchanged
     for bad in (0, -1.0, math.inf, True):
         with pytest.raises(ValueError, match="height_scale"):
             QNetworkConfig(height_scale=bad)
     torch.manual_seed(0)
-    net = QNetwork(SMALL).eval()
-    unscaled = QNetwork(QNetworkConfig(**{**SMALL.to_dict(), "height_scale": 1.0})).eval()
+    net = QNetwork(QNetworkConfig(**{**SMALL.to_dict(), "height_scale": 10.0})).eval()
+    unscaled = QNetwork(SMALL).eval()
     unscaled.load_state_dict(net.state_dict())
     img = torch.rand(1, 3, 32, 32)
     act = torch.zeros(1, 1, ACTION_DIM)

@@ -93,10 +93,10 @@ class ExperimentConfig:
     met trained values. CEM and the trainer now score canonical actions instead
     (nsl_policy.action_space.canonical_actions), which makes any such jitter a no-op."""
     init_scheme: str = "default"
-    """Initialisation of the pre-trained network: "default" (nsl_policy.model's, PyTorch default
-    init) or "kaiming" (Kaiming-normal weights, zero biases). Measured: with "default" the image
-    features barely vary across images at init (std 0.00013) and QT-Opt ends with a blind
-    Q-function; "kaiming" keeps them alive (see docs/results/base_policy.md)."""
+    """Initialisation of the pre-trained network: "default" (nsl_policy.model's own, which is
+    Kaiming-normal since commit 215f567) or "kaiming" (re-applies Kaiming-normal to every layer,
+    the output layer included). With PyTorch's default init the image features barely varied
+    across images (std 0.00013) and QT-Opt ended with a blind Q-function (docs/results/base_policy.md)."""
     learning_rate: float = 1e-3
     """Adam learning rate of pre-training (fine-tuning later uses 25% of it, as in the paper)."""
     round_learning_rate: float = 5e-4
@@ -352,6 +352,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "round": COMMON_FIELDS + ("binary_action_jitter", "round_episodes", "round_steps", "round_epsilon", "round_noise_std",
                               "round_learning_rate", "policy_cem", "chunk_episodes", "model", "qtopt"),
     "evaluate": COMMON_FIELDS + ("eval_episodes", "policy_cem"),
+    "validate": COMMON_FIELDS + ("validation_episodes", "policy_cem"),
     "calibrate": COMMON_FIELDS + ("calibration_episodes", "policy_cem"),
     "targets": COMMON_FIELDS + ("target_epsilon", "target_noise_std", "policy_cem", "chunk_episodes"),
     "finetune": COMMON_FIELDS + ("finetune_steps", "learning_rate", "target_fraction", "model", "qtopt",

@@ -413,7 +413,7 @@ def validate(ctx: Context, checkpoint: Path, checkpoint_id: str) -> dict | None:
         return None
     stamp = checkpoint.with_name(checkpoint.stem + ".validation.json")
     return evaluate_cached(ctx, f"{checkpoint.stem}/validation", stamp, checkpoint, checkpoint_id, "base",
-                           episodes=cfg.validation_episodes, seed_set="validation", validation=cfg.validation_episodes)
+                           kind="validate", episodes=cfg.validation_episodes, seed_set="validation")
 
 
 def pretrain(ctx: Context) -> dict:
