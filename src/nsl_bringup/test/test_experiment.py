@@ -208,6 +208,13 @@ def test_acceptance_checks_on_synthetic_numbers():
     three = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
     assert _passed(three)[2] is False
     assert _passed(_numbers(best=(0.675,) * 5))[2] is True  # exactly half of 0.35
+    # A challenge that does not compromise the policy (drop < 0.15) has nothing to recover: a
+    # gain on it does not count, however large as a share of its tiny drop.
+    small = _numbers(policy=(0.5, 0.5, 0.5, 0.84, 0.84), best=(0.8, 0.8, 0.8, 0.9, 0.9))
+    assert _passed(small)[2] is False
+    from nsl_bringup.experiment.report import acceptance
+
+    assert "nothing to recover" in acceptance(small)[2]["detail"]
     # Scratch is compared with fine-tuning on the same grasps (the largest tier); a tie is no win.
     assert _passed(_numbers(scratch=(0.1, 0.1, 0.1, 0.1, 0.8)))[3] is False
     # Continual may be at most 0.10 below single-step (better is fine).

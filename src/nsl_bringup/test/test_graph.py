@@ -66,14 +66,19 @@ def test_runner_prefixes_output_and_reports_a_dying_node(tmp_path, monkeypatch):
     import nsl_bringup.runner as runner_module
 
     scripts = {
-        "steady": fake_node(tmp_path, "steady", """
-            import signal, sys, time
+        # crashy dies only once steady handles SIGINT: a SIGINT that came earlier would be lost
+        # when the suite runs in a background job (which starts with SIGINT ignored).
+        "steady": fake_node(tmp_path, "steady", f"""
+            import pathlib, signal, sys, time
             signal.signal(signal.SIGINT, lambda *a: sys.exit(0))
+            pathlib.Path({str(tmp_path / "steady.ready")!r}).touch()
             print("hello from steady", flush=True)
             signal.pause()
         """),
-        "crashy": fake_node(tmp_path, "crashy", """
-            import sys
+        "crashy": fake_node(tmp_path, "crashy", f"""
+            import pathlib, sys, time
+            while not pathlib.Path({str(tmp_path / "steady.ready")!r}).exists():
+                time.sleep(0.01)
             print("about to fail", flush=True)
             sys.exit(3)
         """),

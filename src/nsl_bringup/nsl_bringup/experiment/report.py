@@ -143,8 +143,11 @@ def acceptance(numbers: dict) -> list[dict]:
         for n in swept:
             best = best_tier(t2["tasks"][n])
             drop = t1.get(n, {}).get("drop")
-            if best is None or drop is None or drop <= EPS:
-                details.append(f"{n}: n/a (no tier <= {MAX_FINETUNE_GRASPS} or no drop to recover)")
+            if best is None or drop is None:
+                details.append(f"{n}: n/a (no tier <= {MAX_FINETUNE_GRASPS})")
+                continue
+            if drop < MIN_CHALLENGE_DROP - EPS:  # a share of a drop within noise means nothing
+                details.append(f"{n}: n/a (drop {drop:+.3f} < {MIN_CHALLENGE_DROP:.2f}: nothing to recover)")
                 continue
             share = (best[1]["success_rate"] - t1[n]["base_policy"]["success_rate"]) / drop
             recovered += share >= MIN_RECOVERED_SHARE - EPS
@@ -400,8 +403,9 @@ def plot_sweep(numbers: dict, path: Path) -> None:
     largest = t2["largest_tier"]
     for ax, name in zip(axes.flat, names):
         row = t2["tasks"][name]
-        xs = [int(n) for n in row["tiers"]]
-        cs = list(row["tiers"].values())
+        # Stamps are JSON with sorted keys ("200" < "50"): order the tiers by grasps.
+        tiers = sorted(row["tiers"].items(), key=lambda kv: int(kv[0]))
+        xs, cs = [int(n) for n, _ in tiers], [c for _, c in tiers]
         ax.errorbar(xs, [c["success_rate"] for c in cs], yerr=list(zip(*[_errorbar(c) for c in cs])), marker="o",
                     capsize=3, color="#2a7ab9", label="fine-tuned")
         base_cell = (t1.get(name) or {}).get("base_policy")
