@@ -49,7 +49,16 @@ class SimClient:
         self.step_client = node.create_client(ExecuteStep, f"/{namespace}/arm/execute_step")
         self.images: list = []
         self.cond = threading.Condition()
-        node.create_subscription(Image, f"/{namespace}/camera/image_raw", self._on_image, 10)
+        self.image_sub = node.create_subscription(Image, f"/{namespace}/camera/image_raw", self._on_image, 10)
+
+    def wait_for_camera(self, timeout: float = 30.0) -> None:
+        """Until the camera subscription is matched: a frame published before that is lost
+        (volatile QoS), e.g. right after a cold start on a loaded machine. rclpy has no event
+        for a match, hence the poll."""
+        deadline = time.monotonic() + timeout
+        while self.image_sub.get_publisher_count() == 0:
+            assert time.monotonic() < deadline, f"camera topic not matched within {timeout} s"
+            time.sleep(0.05)
 
     def _on_image(self, msg) -> None:
         with self.cond:
@@ -81,6 +90,7 @@ class SimClient:
 
     def reset_and_image(self, task: str = "", seed: int = 0) -> tuple:
         """Reset and return (reply, the camera frame published by that reset)."""
+        self.wait_for_camera()
         with self.cond:
             start = len(self.images)
         reply = self.reset(task, seed)
