@@ -193,9 +193,10 @@ class QNetwork(nn.Module):
         if features.shape[0] != b or state.shape != (b, STATE_DIM):
             raise ValueError(
                 f"batch mismatch: features {tuple(features.shape)}, state {tuple(state.shape)}, actions {tuple(actions.shape)}")
-        scale = torch.ones(STATE_DIM, dtype=actions.dtype, device=actions.device)
-        scale[HEIGHT_INDEX] = self.config.height_scale
-        state = state.to(actions.dtype) * scale
+        state = state.to(actions.dtype)
+        if self.config.height_scale != 1.0:  # the default skips this on CEM's hot path
+            state = state.clone()
+            state[:, HEIGHT_INDEX] *= self.config.height_scale
         x = torch.cat([actions, state.unsqueeze(1).expand(b, n, STATE_DIM)], dim=2)
         emb = self.embed(x)  # (B, N, C)
         # NHWC view of the (channels_last) features; broadcast-add the embedding over the map.

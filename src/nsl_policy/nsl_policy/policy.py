@@ -14,6 +14,9 @@ from .cem import CEMConfig, cem_maximize
 from .image import to_tensor
 from .model import QNetwork
 
+#: Action components a random exploration step draws (the motion, not the on/off switches).
+MOTION_DIMS = [d for d in range(ACTION_DIM) if d not in BINARY_DIMS]
+
 
 @dataclass(frozen=True)
 class ExplorationConfig:
@@ -115,8 +118,7 @@ class GraspPolicy:
         if self.exploration.epsilon > 0 and self._rng.random() < self.exploration.epsilon:
             # Random motion; close/terminate stay the policy's choice. A uniform draw there would
             # end half of all random steps' episodes early (and close the gripper on nothing).
-            motion = [d for d in range(ACTION_DIM) if d not in BINARY_DIMS]
-            vec[motion] = self._rng.uniform(-1.0, 1.0, len(motion)).astype(np.float32)
+            vec[MOTION_DIMS] = self._rng.uniform(-1.0, 1.0, len(MOTION_DIMS)).astype(np.float32)
             return ActionChoice(vector=vec, q_value=float("nan"), exploratory=True)
         exploratory = False
         if self.exploration.noise_std > 0:
