@@ -16,6 +16,9 @@ pytest.importorskip("torch")
 
 from nsl_bringup.experiment import STAGES, ExperimentConfig, evaluate_checkpoint, run, wilson_interval  # noqa: E402
 from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
+from nsl_bringup.experiment.config import (BOOTSTRAP_SEEDS, CONTINUAL_ORDER, CONTINUAL_SEEDS, EVALUATION_SEEDS,  # noqa: E402
+                                          MAX_EPISODES_PER_RANGE, MAX_ROUNDS, ROUND_SEEDS, SEED_STRIDE,
+                                          STUDY_TASKS, TARGET_SEEDS, VALIDATION_SEEDS, round_seed_offset)
 
 TINY = dict(image_size=32, max_steps=3, num_objects=1, chunk_episodes=2, bootstrap_episodes=4, pretrain_steps=3,
             rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, eval_tasks=("base",),
@@ -96,6 +99,20 @@ def test_resume_redoes_only_missing_work_and_config_changes_invalidate(first_run
     assert any("pretrain_round_0: training 4 steps" in m for m in logs), logs
 
 
+def test_seed_ranges_never_overlap():
+    """Every use draws up to MAX_EPISODES_PER_RANGE seeds from its own range."""
+    starts = [BOOTSTRAP_SEEDS, VALIDATION_SEEDS, EVALUATION_SEEDS]
+    starts += [round_seed_offset(r) for r in range(1, MAX_ROUNDS + 1)]
+    starts += [TARGET_SEEDS + 100_000 * i for i in range(len(STUDY_TASKS))]
+    starts += [CONTINUAL_SEEDS + 100_000 * i for i in range(len(CONTINUAL_ORDER))]
+    starts.sort()
+    assert all(b - a >= MAX_EPISODES_PER_RANGE for a, b in zip(starts, starts[1:]))
+    assert starts[-1] + MAX_EPISODES_PER_RANGE <= SEED_STRIDE
+    assert round_seed_offset(9) == ROUND_SEEDS + 900_000  # rounds 1-9 kept their seeds
+    with pytest.raises(ValueError, match="round"):
+        round_seed_offset(0)
+
+
 def test_collection_is_seeded(tmp_path):
     from nsl_collector.dataset import load_transitions
 
@@ -129,6 +146,8 @@ def test_config_validation():
         ExperimentConfig(init_scheme="xavier")
     with pytest.raises(ValueError, match="rounds"):
         ExperimentConfig(rounds=-1)
+    with pytest.raises(ValueError, match="rounds"):
+        ExperimentConfig(rounds=MAX_ROUNDS + 1)
     with pytest.raises(ValueError, match="unknown"):
         ExperimentConfig(model={"widht": 3})
     with pytest.raises(ValueError, match="eval_tasks"):

@@ -27,7 +27,7 @@ Named tasks (``TASKS``):
     into the object pixels of the segmentation mask.
 
 ``severity`` scales every knob between the nominal world (0.0) and the full variation (1.0);
-values above 1.0 exaggerate it. :meth:`TaskConfig.effective` returns the scaled values.
+values above 1.0 exaggerate it (a checkerboard gets finer squares). :meth:`TaskConfig.effective` returns the scaled values.
 
 User-defined variations load from YAML with :func:`load_task_yaml`, e.g.::
 
@@ -128,7 +128,9 @@ class TaskConfig:
     from ``checker_squares``/``checker_colors``) or the path of an image file (PNG, JPEG, TGA,
     BMP; in a YAML file relative to the YAML file's folder). A missing file is refused here."""
     checker_squares: int = 8
-    """Number of checker squares along one side of the texture image."""
+    """Number of checker squares along one side of the texture image. Severity above 1
+    multiplies it (finer squares, closer to object size), since the colours cannot get more
+    contrasting than black and white."""
     checker_colors: tuple[Vec3, Vec3] = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     """RGB colours (0..1) of the two kinds of squares. Severity blends them toward grey."""
 
@@ -227,7 +229,8 @@ class TaskConfig:
         colors = tuple(tuple(min(1.0, max(0.0, v)) for v in c) for c in colors)
         return EffectiveTask(
             texture=self.texture if s > 0 else "none",
-            checker_squares=self.checker_squares,
+            # Above 1 the colours are already saturated (black/white): exaggerate by finer squares.
+            checker_squares=min(256, round(self.checker_squares * max(1.0, s))),
             checker_colors=colors,  # type: ignore[arg-type]
             light_direction=lerp3(base.light_direction, self.light_direction),
             light_color=tuple(max(0.0, v) for v in lerp3(base.light_color, self.light_color)),  # type: ignore[arg-type]

@@ -94,6 +94,17 @@ def test_severity_zero_is_base(env, base):
     assert np.linalg.norm(env.gripper_pose()[0][:2] - base[1][:2]) == pytest.approx(0.05, abs=0.004)
 
 
+def test_checkerboard_severity_above_one_refines_the_squares(env):
+    """Black/white cannot get more contrasting, so severity > 1 must still change the image."""
+    full = TASKS["checkerboard"].effective()
+    double = dataclasses.replace(TASKS["checkerboard"], severity=2.0).effective()
+    assert double.checker_colors == full.checker_colors
+    assert double.checker_squares == 2 * full.checker_squares
+    a = env.reset(SEED, "checkerboard").image.copy()
+    b = env.reset(SEED, dataclasses.replace(TASKS["checkerboard"], severity=2.0)).image
+    assert image_diff(a, b) > 1.0
+
+
 def test_task_switch_is_deterministic(env):
     a = env.reset(9, "checkerboard").image.copy()
     env.reset(9, "offset_gripper_10cm")

@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .config import (BOOTSTRAP_SEEDS, CONTINUAL_SEEDS, EVALUATION_SEEDS, ROUND_SEEDS, STAGE_FIELDS, STUDY_TASKS,
-                     TARGET_SEEDS, VALIDATION_SEEDS, ExperimentConfig, stable_hash)
+from .config import (BOOTSTRAP_SEEDS, CONTINUAL_SEEDS, EVALUATION_SEEDS, STAGE_FIELDS, STUDY_TASKS,
+                     TARGET_SEEDS, VALIDATION_SEEDS, ExperimentConfig, round_seed_offset, stable_hash)
 from .episodes import (POLICY, SCRIPTED, EpisodeOutcome, TaskSpec, resolve_task, run_jobs, success_summary,
                        task_spec)
 
@@ -433,7 +433,7 @@ def pretrain(ctx: Context) -> dict:
                "validation": validate(ctx, ckpt, ckpt_id)}]
     round_bags: list[Path] = []
     for r in range(1, cfg.rounds + 1):
-        seeds = seed_range(cfg, ROUND_SEEDS + 100_000 * r, cfg.round_episodes)
+        seeds = seed_range(cfg, round_seed_offset(r), cfg.round_episodes)
         new_bags, outs, secs = collect_policy(ctx, f"round_{r}", ckpt, ckpt_id, seeds, "base",
                                               cfg.round_epsilon, cfg.round_noise_std)
         timings[f"round_{r}_collect_s"] = secs
