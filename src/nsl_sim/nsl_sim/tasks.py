@@ -27,7 +27,8 @@ Named tasks (``TASKS``):
     into the object pixels of the segmentation mask.
 
 ``severity`` scales every knob between the nominal world (0.0) and the full variation (1.0);
-values above 1.0 exaggerate it (a checkerboard gets finer squares). :meth:`TaskConfig.effective` returns the scaled values.
+values above 1.0 exaggerate it (a checkerboard gets finer squares). :meth:`TaskConfig.effective`
+returns the scaled values.
 
 User-defined variations load from YAML with :func:`load_task_yaml`, e.g.::
 

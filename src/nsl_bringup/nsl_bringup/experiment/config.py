@@ -24,7 +24,8 @@ from nsl_trainer.qtopt import QTOptConfig
 SEED_STRIDE = 10_000_000
 BOOTSTRAP_SEEDS = 0
 ROUND_SEEDS = 1_000_000  # + round * 100_000 (rounds 1-9; see round_seed_offset)
-LATE_ROUND_SEEDS = 4_000_000  # + (round - 10) * 100_000 (rounds 10-19)
+FIRST_LATE_ROUND = 10
+LATE_ROUND_SEEDS = 4_000_000  # + (round - FIRST_LATE_ROUND) * 100_000 (rounds 10-19)
 MAX_ROUNDS = 19
 TARGET_SEEDS = 2_000_000  # + task index in STUDY_TASKS * 100_000 (the fine-tuning study's exploration grasps)
 CONTINUAL_SEEDS = 3_000_000  # + step * 100_000 (continual_recollect: grasps with the previous step's policy)
@@ -34,15 +35,14 @@ EVALUATION_SEEDS = 8_000_000
 MAX_EPISODES_PER_RANGE = 100_000
 
 
-
 def round_seed_offset(round_index: int) -> int:
     """Start of on-policy round ``round_index``'s seed range (1..MAX_ROUNDS). Rounds 10-19 got a
     range of their own later, so the seeds of rounds 1-9 (and their cached bags) never changed."""
     if not 1 <= round_index <= MAX_ROUNDS:
         raise ValueError(f"round must be in 1..{MAX_ROUNDS}, got {round_index}")
-    if round_index < 10:
+    if round_index < FIRST_LATE_ROUND:
         return ROUND_SEEDS + 100_000 * round_index
-    return LATE_ROUND_SEEDS + 100_000 * (round_index - 10)
+    return LATE_ROUND_SEEDS + 100_000 * (round_index - FIRST_LATE_ROUND)
 
 
 CHALLENGES = ("harsh_light", "transparent_objects", "checkerboard", "extend_gripper_1cm", "offset_gripper_10cm")
