@@ -169,6 +169,9 @@ def test_config_validation():
         ExperimentConfig(reinit_modules=("trunk",))
     with pytest.raises(ValueError, match="target_fraction"):
         ExperimentConfig(target_fraction=0.0)
+    with pytest.raises(ValueError, match="continual_guard: needs validation_episodes > 0"):
+        ExperimentConfig(validation_episodes=0)
+    assert ExperimentConfig(validation_episodes=0, continual_guard=False).continual_guard is False
     small = ExperimentConfig().with_overrides(["challenges=[checkerboard, harsh_light]", "base_control=false",
                                                "tiers=[25, 100]"])
     assert small.study_tasks() == ("harsh_light", "checkerboard")
@@ -330,13 +333,69 @@ def test_sweep_and_continual_units(first_run):
         assert torch.equal(value, reinit[key]) == (not key.startswith(("head.", "fc."))), key
     cont = results["stages"]["continual"]
     assert cont["order"] == ["checkerboard", "offset_gripper_10cm"]  # CONTINUAL_ORDER, not the config's order
+    assert cont["guard"] is True  # the default: every step is gated on validation
     first, second = cont["steps"]
-    assert first["checkpoint_id"] == sweep["tasks"]["checkerboard"]["tiers"]["4"]["checkpoint_id"]
-    assert json.loads((out / "checkpoints" / "continual" / "step_1_offset_gripper_10cm.json").read_text())["init"] == \
-        "tier_0004.safetensors"
-    assert second["checkpoint_id"] == cont["final_checkpoint_id"] != first["checkpoint_id"]
+    # Step 0 trains exactly the sweep's largest-tier run.
+    assert first["candidate"]["checkpoint_id"] == sweep["tasks"]["checkerboard"]["tiers"]["4"]["checkpoint_id"]
+    in_force = cont["base_checkpoint_id"]
+    for step in cont["steps"]:
+        gate = step["guard"]
+        assert gate["previous_checkpoint_id"] == in_force  # each step starts from the policy in force
+        assert gate["candidate_validation"]["seed_set"] == gate["previous_validation"]["seed_set"] == "validation"
+        assert gate["candidate_validation"]["episodes"] == 2 and gate["candidate_validation"]["task"] == step["task"]
+        assert step["accepted"] == (gate["candidate_validation"]["success_rate"]
+                                    >= gate["previous_validation"]["success_rate"])
+        in_force = step["candidate"]["checkpoint_id"] if step["accepted"] else in_force
+        assert step["checkpoint_id"] == in_force and step["result"]["checkpoint_id"] == in_force
+    step_1 = json.loads((out / "checkpoints" / "continual_guarded" / "step_1_offset_gripper_10cm.json").read_text())
+    assert step_1["init"] == ("tier_0004.safetensors" if first["accepted"] else "base.safetensors")
+    assert cont["final_checkpoint_id"] == second["checkpoint_id"]
     assert list(cont["final"]) == ["base", "checkerboard", "offset_gripper_10cm"]
-    assert cont["final"]["offset_gripper_10cm"] == second["result"]
+    assert cont["final"]["offset_gripper_10cm"]["success_rate"] == second["result"]["success_rate"]
+
+
+def test_continual_guard_rejects_a_step_that_validates_worse(first_run, tmp_path, monkeypatch):
+    """The gate keeps the policy in force when a step's checkpoint does worse on validation."""
+    from nsl_bringup.experiment import stages
+
+    out, results, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    base_id = results["stages"]["continual"]["base_checkpoint_id"]
+    real_validate = stages.validate
+
+    def validate(ctx, checkpoint, checkpoint_id, task="base"):
+        res = dict(real_validate(ctx, checkpoint, checkpoint_id, task))
+        # The base policy validates at 1, every trained candidate at 0: every step must be rejected.
+        res["success_rate"] = 1.0 if checkpoint_id == base_id else 0.0
+        return res
+
+    monkeypatch.setattr(stages, "validate", validate)
+    res = run(tiny(copy), copy, ["continual"], lambda m: None)["stages"]["continual"]
+    assert [s["accepted"] for s in res["steps"]] == [False, False]
+    assert [s["checkpoint_id"] for s in res["steps"]] == [base_id, base_id] == [res["final_checkpoint_id"]] * 2
+    # A rejected step reports the policy in force on its task: the base policy's Table I evaluation.
+    table_i = results["stages"]["calibrate"]["table_i"]
+    for step in res["steps"]:
+        assert step["result"] == table_i[step["task"]]["result"]
+        assert step["candidate"]["checkpoint_id"] != base_id  # what it trained is still reported
+    # Step 1 trained from the policy in force (the base policy), not from step 0's rejected checkpoint.
+    step_1 = json.loads((copy / "checkpoints" / "continual_guarded" / "step_1_offset_gripper_10cm.json").read_text())
+    assert step_1["init"] == "base.safetensors"
+
+
+def test_continual_without_guard_accepts_every_step(first_run, tmp_path):
+    out, results, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    res = run(tiny(copy, continual_guard=False), copy, ["continual"], lambda m: None)["stages"]["continual"]
+    first, second = res["steps"]
+    assert res["guard"] is False and first["accepted"] and second["accepted"] and first["guard"] is None
+    assert first["checkpoint_id"] == results["stages"]["finetune_sweep"]["tasks"]["checkerboard"]["tiers"]["4"][
+        "checkpoint_id"]
+    assert json.loads((copy / "checkpoints" / "continual" / "step_1_offset_gripper_10cm.json").read_text())["init"] == \
+        "tier_0004.safetensors"
+    assert second["checkpoint_id"] == res["final_checkpoint_id"] != first["checkpoint_id"]
 
 
 def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path):
@@ -386,6 +445,7 @@ def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
     for heading in ("## Acceptance checks", "## Table I", "## Table II", "## Table III", "## Wall-clock and hardware"):
         assert heading in text
     assert "./nsl experiment run --output" in text and "--set 'tiers=[2, 4]'" in text
+    assert "| gate: validation, step vs in force |" in text  # the guarded chain shows its decisions
     for png in ("success_vs_grasps.png", "continual_vs_single.png"):
         assert (target / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((target / "summary.json").read_text())

@@ -174,6 +174,11 @@ class ExperimentConfig:
     """False (the paper): every step of the continual chain fine-tunes on the exploration grasps
     collected with the base policy (stage collect_targets). True: from the second step on, collect
     fresh grasps with the previous step's policy instead."""
+    continual_guard: bool = True
+    """Gate every continual step on validation: its checkpoint replaces the policy in force only
+    if it does at least as well on that step's task over ``validation_episodes`` validation
+    episodes; a rejected step keeps the previous policy (a deployed learner never swaps in a
+    policy that got worse). False: the paper's plain chain, every step accepted."""
     report_dir: str = "docs/results"
     """Folder of the report stage's paper_reproduction.md, summary.json and plots (relative paths
     are taken from the current directory)."""
@@ -241,7 +246,7 @@ class ExperimentConfig:
         # The fine-tuning study.
         check_names("challenges", CHALLENGES)
         check_names("reinit_modules", REINIT_MODULES)
-        for name in ("base_control", "continual_recollect"):
+        for name in ("base_control", "continual_recollect", "continual_guard"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         check_int("calibration_episodes", 1)
@@ -261,6 +266,9 @@ class ExperimentConfig:
         check_int("finetune_steps", 1)
         check_float("target_fraction", 0.0, 1.0, lo_open=True)
         check_int("scratch_steps", 1)
+        if self.continual_guard and self.validation_episodes == 0:
+            raise bad("continual_guard", "needs validation_episodes > 0 (the gate compares validation "
+                      "success); set continual_guard=false for the plain chain")
         if not isinstance(self.report_dir, str) or not self.report_dir:
             raise bad("report_dir", "must be a folder path")
         for name in ("model", "qtopt", "policy_cem"):

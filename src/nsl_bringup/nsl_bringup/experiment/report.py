@@ -81,9 +81,15 @@ def tables(stamps: dict[str, dict]) -> dict[str, Any]:
     cont = stamps.get("continual")
     if cont:
         out["table_iii"] = {"order": cont["order"], "episodes_per_step": cont["episodes_per_step"],
-                            "recollect": cont["recollect"],
+                            "recollect": cont["recollect"], "guard": cont.get("guard", False),
                             "steps": [{"step": s["step"], "task": s["task"], "severity": s["severity"],
-                                       "checkpoint_id": s["checkpoint_id"], "continual": cell(s["result"])}
+                                       "checkpoint_id": s["checkpoint_id"], "continual": cell(s["result"]),
+                                       "accepted": s.get("accepted", True),
+                                       "candidate": cell(s["candidate"]["result"]) if "candidate" in s else None,
+                                       "validation": None if not s.get("guard") else {
+                                           "candidate": s["guard"]["candidate_validation"]["success_rate"],
+                                           "in_force": s["guard"]["previous_validation"]["success_rate"],
+                                           "episodes": s["guard"]["candidate_validation"]["episodes"]}}
                                       for s in cont["steps"]],
                             "final": {name: cell(r) for name, r in cont["final"].items()}}
     return out
@@ -180,8 +186,11 @@ def acceptance(numbers: dict) -> list[dict]:
             details.append(f"{s['task']} {delta:+.3f}")
             if -delta > MAX_CONTINUAL_PENALTY + EPS:
                 worse.append(s["task"])
+        accepted = sum(bool(s.get("accepted", True)) for s in t3["steps"])
+        gate = (f" (validation-gated chain: {accepted} of {len(t3['steps'])} steps accepted; a rejected step "
+                "keeps the previous policy)") if t3.get("guard") else ""
         add(cont_check, not worse, ("fails: " + ", ".join(worse) + "; " if worse else "") + "continual - single: "
-            + ", ".join(details))
+            + ", ".join(details) + gate)
     else:
         add(cont_check, None, "finetune_sweep and continual have not both run")
     return checks
@@ -336,20 +345,33 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
     out += ["## Table III: continual fine-tuning", ""]
     if t3:
         rows = []
+        guarded = bool(t3.get("guard"))
         for s in t3["steps"]:
             base_cell = (t1.get(s["task"]) or {}).get("base_policy") if t1 else None
             single = single_step(numbers, s["task"])
-            rows.append([f"{s['step']}: {s['task']}", fmt(s["continual"]),
-                         "n/a" if base_cell is None else f"{_rate(s['continual']) - _rate(base_cell):+.2f}",
-                         fmt(single), "n/a" if single is None else f"{_rate(s['continual']) - _rate(single):+.2f}"])
-        out += _table(["step: challenge", "continual", "Δ vs base policy", f"single-step ({t3['episodes_per_step']})",
-                       "Δ vs single"], rows)
-        data = ("from step 1 on, fresh grasps collected with the previous step's policy" if t3["recollect"]
+            row = [f"{s['step']}: {s['task']}", fmt(s["continual"]),
+                   "n/a" if base_cell is None else f"{_rate(s['continual']) - _rate(base_cell):+.2f}",
+                   fmt(single), "n/a" if single is None else f"{_rate(s['continual']) - _rate(single):+.2f}"]
+            if guarded:
+                v = s.get("validation") or {}
+                row += [f"{v['candidate']:.2f} vs {v['in_force']:.2f}: {'accepted' if s['accepted'] else 'rejected'}"
+                        if v else "n/a", fmt(s.get("candidate"))]
+            rows.append(row)
+        head = ["step: challenge", "continual", "Δ vs base policy", f"single-step ({t3['episodes_per_step']})",
+                "Δ vs single"]
+        out += _table(head + (["gate: validation, step vs in force", "the step's checkpoint"] if guarded else []), rows)
+        data = ("from step 1 on, fresh grasps collected with the policy in force" if t3["recollect"]
                 else "the grasps collected with the base policy, as in the paper")
-        out += ["", f"Each step fine-tunes the previous step's checkpoint on base data + {t3['episodes_per_step']} "
-                f"grasps of its challenge ({data}); step 0 is the single-step run itself. Single-step: the base "
-                "policy fine-tuned on the same grasps (Table II).", "",
-                "### The final policy on every task of the chain", ""]
+        out += ["", f"Each step fine-tunes the policy in force on base data + {t3['episodes_per_step']} "
+                f"grasps of its challenge ({data}); step 0's checkpoint is the single-step run itself. Single-step: "
+                "the base policy fine-tuned on the same grasps (Table II)."]
+        if guarded:
+            n_val = next((s["validation"]["episodes"] for s in t3["steps"] if s.get("validation")), "?")
+            out += ["", "Validation gate (`continual_guard`): a step's checkpoint replaces the policy in force only "
+                    f"if its success on {n_val} validation episodes of that challenge (never the evaluation seeds) "
+                    "is at least the policy in force's. \"continual\" is the policy in force after the step; \"the "
+                    "step's checkpoint\" is what the step trained, accepted or not (evaluation episodes)."]
+        out += ["", "### The final policy on every task of the chain", ""]
         own = {s["task"]: s["continual"] for s in t3["steps"]}
         rows = []
         for name, c in t3["final"].items():

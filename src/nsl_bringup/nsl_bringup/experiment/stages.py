@@ -36,9 +36,11 @@ Stages (in order; ``STAGES``):
                    ``reinit_modules`` re-initialised, then fine-tuned like the tier). Every
                    checkpoint is evaluated on its task (evaluation seeds, test objects).
   continual        Table III. The challenges in CONTINUAL_ORDER, each step fine-tuning the
-                   previous step's checkpoint (the first: the base checkpoint, so it is the
-                   sweep's largest-tier run) on base data + the challenge's largest tier, then
-                   evaluated on it; the final checkpoint also on every task of the chain and base.
+                   policy in force (the first: the base checkpoint, so it is the sweep's
+                   largest-tier run) on base data + the challenge's largest tier; with
+                   ``continual_guard`` the result replaces the policy in force only if it does
+                   no worse on validation episodes of that challenge. The policy in force after
+                   each step is evaluated on its challenge, the final one on every task.
   report           from the stamps only: ``report_dir``/paper_reproduction.md (Tables I-III,
                    acceptance checks, wall-clock and hardware, the command), summary.json, plots.
 """
@@ -406,13 +408,16 @@ def evaluate_cached(ctx: Context, label: str, stamp: Path, checkpoint: Path, che
 
 
 # ------------------------------------------------------------------ stages
-def validate(ctx: Context, checkpoint: Path, checkpoint_id: str) -> dict | None:
-    """Validation-seed success of a checkpoint on ``base`` (cached; None when disabled)."""
+def validate(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec = "base") -> dict | None:
+    """Validation-seed success of a checkpoint on ``task`` (cached next to the checkpoint; None
+    when ``validation_episodes`` is 0)."""
     cfg = ctx.config
     if cfg.validation_episodes <= 0:
         return None
-    stamp = checkpoint.with_name(checkpoint.stem + ".validation.json")
-    return evaluate_cached(ctx, f"{checkpoint.stem}/validation", stamp, checkpoint, checkpoint_id, "base",
+    name = resolve_task(task).name
+    suffix = "validation" if task == "base" else f"validation_{name}"  # base keeps its older stamp name
+    stamp = checkpoint.with_name(f"{checkpoint.stem}.{suffix}.json")
+    return evaluate_cached(ctx, f"{checkpoint.stem}/{suffix}", stamp, checkpoint, checkpoint_id, task,
                            kind="validate", episodes=cfg.validation_episodes, seed_set="validation")
 
 
@@ -699,17 +704,23 @@ def finetune_sweep(ctx: Context) -> dict:
 
 def continual(ctx: Context) -> dict:
     """Stage 6 (Table III): the paper's continual chain (Sec. V, Fig. 4). Step k fine-tunes the
-    checkpoint of step k-1 (step 0: the base checkpoint) on the base data + that challenge's
-    largest tier, with the sweep's recipe, and is evaluated on its challenge; the final
-    checkpoint is then evaluated on every task of the chain and on base (the paper's future work:
-    what later fine-tuning does to earlier tasks).
+    policy in force after step k-1 (step 0: the base checkpoint) on the base data + that
+    challenge's largest tier, with the sweep's recipe, and is evaluated on its challenge; the
+    final policy is then evaluated on every task of the chain and on base (the paper's future
+    work: what later fine-tuning does to earlier tasks).
+
+    ``continual_guard`` (default): a step's checkpoint (the candidate) replaces the policy in force
+    only if its validation success on the step's task is at least that of the policy in force;
+    otherwise the step is rejected and the chain goes on from the policy in force. Every step
+    reports the policy in force after it (``result``), the candidate's own evaluation and the
+    two validation numbers. Without the guard every candidate is accepted (the paper).
 
     Data: the paper reuses, for every step, "800 exploration-grasp datasets for each Challenge
     Task" collected for its single-step study, where exploration always used the pre-trained base
-    policy; so by default every step trains on collect_targets' grasps, and step 0 is exactly the
-    sweep's largest-tier run (the paper notes the same for Harsh Lighting; here it is the same
-    cached unit). ``continual_recollect``: steps >= 1 instead collect fresh grasps with the
-    previous step's policy (seeds CONTINUAL_SEEDS + 100 000 x step), as an online learner would."""
+    policy; so by default every step trains on collect_targets' grasps, and step 0's candidate is
+    exactly the sweep's largest-tier run (the paper notes the same for Harsh Lighting; here it is
+    the same cached unit). ``continual_recollect``: steps >= 1 instead collect fresh grasps with
+    the policy in force (seeds CONTINUAL_SEEDS + 100 000 x step), as an online learner would."""
     cfg = ctx.config
     chain = cfg.continual_chain()
     largest = cfg.tiers[-1]
@@ -718,23 +729,47 @@ def continual(ctx: Context) -> dict:
     base = base_data(ctx)
     cal = calibration(ctx)
     data = targets(ctx, chain[:1] if cfg.continual_recollect else chain, cal)
+    folder = "continual_guarded" if cfg.continual_guard else "continual"
+
+    def evaluate_in_force(checkpoint: Path, checkpoint_id: str, spec: TaskSpec) -> dict:
+        # The base policy's evaluations are Table I's (same seeds): reuse them.
+        if checkpoint_id == base_id:
+            return evaluate_base_on(ctx, checkpoint, checkpoint_id, spec)
+        return evaluate_trained(ctx, checkpoint, checkpoint_id, spec)
+
     steps = []
     for k, name in enumerate(chain):
         target = data.get(name)
-        if target is None:  # continual_recollect, step >= 1: explore with the previous step's policy
+        if target is None:  # continual_recollect, step >= 1: explore with the policy in force
             spec = study_spec(cal, name)
             bags, outcomes, _ = collect_policy(ctx, f"continual_step_{k}", init, init_id,
                                                seed_range(cfg, CONTINUAL_SEEDS + 100_000 * k, largest), spec,
                                                cfg.target_epsilon, cfg.target_noise_std, key_kind="targets",
                                                key_inputs={"task": spec, "step": k})
             target = TargetData(spec, bags, success_summary(outcomes))
-        unit = sweep_unit_name(name, largest) if k == 0 else f"continual/step_{k}_{name}"
-        init, init_id, entry = finetune_on(ctx, unit, init, init_id, base, target, largest)
-        steps.append({"step": k, "task": name, "severity": resolve_task(target.spec).severity,
-                      "collected": target.collected, **entry})
-    final = {name: evaluate_trained(ctx, init, init_id, study_spec(cal, name)) for name in ("base",) + chain}
+        unit = sweep_unit_name(name, largest) if k == 0 else f"{folder}/step_{k}_{name}"
+        cand, cand_id, candidate = finetune_on(ctx, unit, init, init_id, base, target, largest)
+        step = {"step": k, "task": name, "severity": resolve_task(target.spec).severity,
+                "collected": target.collected, "candidate": candidate, "accepted": True, "guard": None}
+        if cfg.continual_guard:
+            previous = validate(ctx, init, init_id, target.spec)
+            proposed = validate(ctx, cand, cand_id, target.spec)
+            step["accepted"] = proposed["success_rate"] >= previous["success_rate"]
+            step["guard"] = {"candidate_validation": proposed, "previous_validation": previous,
+                             "previous_checkpoint_id": init_id}
+            ctx.log(f"continual/step_{k}_{name}: candidate {proposed['success_rate']:.3f} vs policy in force "
+                    f"{previous['success_rate']:.3f} on validation: {'accepted' if step['accepted'] else 'REJECTED'}")
+        if step["accepted"]:
+            init, init_id = cand, cand_id
+            step.update(checkpoint=candidate["checkpoint"], checkpoint_id=cand_id, result=candidate["result"])
+        else:
+            step.update(checkpoint=str(init.relative_to(ctx.output)), checkpoint_id=init_id,
+                        result=evaluate_in_force(init, init_id, target.spec))
+        steps.append(step)
+    final = {name: evaluate_in_force(init, init_id, study_spec(cal, name)) for name in ("base",) + chain}
     summary = {"stage": "continual", "base_checkpoint_id": base_id, "order": list(chain), "episodes_per_step": largest,
-               "recollect": cfg.continual_recollect, "steps": steps, "final_checkpoint_id": init_id, "final": final}
+               "recollect": cfg.continual_recollect, "guard": cfg.continual_guard, "steps": steps,
+               "final_checkpoint_id": init_id, "final": final}
     return finish_stage(ctx, "continual", init_id, summary)
 
 
