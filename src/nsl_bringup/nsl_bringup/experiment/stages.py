@@ -417,7 +417,10 @@ def validate(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec 
     name = resolve_task(task).name
     suffix = "validation" if task == "base" else f"validation_{name}"  # base keeps its older stamp name
     stamp = checkpoint.with_name(f"{checkpoint.stem}.{suffix}.json")
-    return evaluate_cached(ctx, f"{checkpoint.stem}/{suffix}", stamp, checkpoint, checkpoint_id, task,
+    # The path under checkpoints/ names the unit: every sweep task has a "tier_0400".
+    where = checkpoint.with_suffix("")
+    label = where.relative_to(ctx.path("checkpoints")) if where.is_relative_to(ctx.path("checkpoints")) else where.name
+    return evaluate_cached(ctx, f"{label}/{suffix}", stamp, checkpoint, checkpoint_id, task,
                            kind="validate", episodes=cfg.validation_episodes, seed_set="validation")
 
 
