@@ -173,7 +173,8 @@ class ExperimentConfig:
     continual_recollect: bool = False
     """False (the paper): every step of the continual chain fine-tunes on the exploration grasps
     collected with the base policy (stage collect_targets). True: from the second step on, collect
-    fresh grasps with the previous step's policy instead."""
+    fresh grasps with the policy in force (the previous step's, or an earlier one when the gate
+    rejected it) instead."""
     continual_guard: bool = True
     """Gate every continual step on validation: its checkpoint replaces the policy in force only
     if it does at least as well on that step's task over ``validation_episodes`` validation

@@ -407,6 +407,14 @@ def evaluate_cached(ctx: Context, label: str, stamp: Path, checkpoint: Path, che
     return res
 
 
+def unit_label(ctx: Context, checkpoint: Path) -> str:
+    """A checkpoint's name in logs: its path under checkpoints/ without suffix (every sweep task
+    has a "tier_0400"), or its stem when it lives elsewhere."""
+    where = checkpoint.with_suffix("")
+    root = ctx.path("checkpoints")
+    return str(where.relative_to(root)) if where.is_relative_to(root) else where.name
+
+
 # ------------------------------------------------------------------ stages
 def validate(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec = "base") -> dict | None:
     """Validation-seed success of a checkpoint on ``task`` (cached next to the checkpoint; None
@@ -417,10 +425,7 @@ def validate(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec 
     name = resolve_task(task).name
     suffix = "validation" if task == "base" else f"validation_{name}"  # base keeps its older stamp name
     stamp = checkpoint.with_name(f"{checkpoint.stem}.{suffix}.json")
-    # The path under checkpoints/ names the unit: every sweep task has a "tier_0400".
-    where = checkpoint.with_suffix("")
-    label = where.relative_to(ctx.path("checkpoints")) if where.is_relative_to(ctx.path("checkpoints")) else where.name
-    return evaluate_cached(ctx, f"{label}/{suffix}", stamp, checkpoint, checkpoint_id, task,
+    return evaluate_cached(ctx, f"{unit_label(ctx, checkpoint)}/{suffix}", stamp, checkpoint, checkpoint_id, task,
                            kind="validate", episodes=cfg.validation_episodes, seed_set="validation")
 
 
@@ -620,8 +625,7 @@ def collect_targets(ctx: Context) -> dict:
 def evaluate_trained(ctx: Context, checkpoint: Path, checkpoint_id: str, spec: TaskSpec) -> dict:
     """A trained checkpoint on a task, evaluation seeds (cached next to the checkpoint)."""
     name = resolve_task(spec).name
-    label = f"{checkpoint.relative_to(ctx.path('checkpoints')).with_suffix('')} on {name}"
-    return evaluate_cached(ctx, label, checkpoint.with_name(f"{checkpoint.stem}.eval_{name}.json"),
+    return evaluate_cached(ctx, f"{unit_label(ctx, checkpoint)} on {name}", checkpoint.with_name(f"{checkpoint.stem}.eval_{name}.json"),
                            checkpoint, checkpoint_id, spec)
 
 
