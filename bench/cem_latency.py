@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=200, help="timed action selections per size (naive: a quarter)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--width", type=int, default=QNetworkConfig().width, help="network width (default: the default config)")
+    ap.add_argument("--head", choices=("conv", "keypoints"), default="conv",
+                    help="QNetworkConfig.head; keypoints uses the pipeline's recipe (16x16 map, fc 256)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -81,7 +83,8 @@ def main() -> None:
     print(f"# CEM population={cem.population} elites={cem.elites} iterations={cem.iterations}; exploration off", flush=True)
     out: dict[str, float | int | str] = {}
     for size in (64, 128):
-        config = QNetworkConfig(image_size=size, width=args.width)
+        recipe = {"feature_size": 16, "fc_width": 256} if args.head == "keypoints" else {}
+        config = QNetworkConfig(image_size=size, width=args.width, head=args.head, **recipe)
         policy = GraspPolicy(QNetwork(config), cem, ExplorationConfig(), seed=0, device="cpu")
         inputs = [(rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
                    np.array([0.0, rng.uniform(0.0, 0.3), k / 10], dtype=np.float32)) for k in range(10)]
@@ -98,9 +101,10 @@ def main() -> None:
             out["naive_p50_ms_64"] = round(naive["p50"], 3)
             out["speedup_vs_naive_64"] = round(speedup, 2)
     out["threads"] = torch.get_num_threads()
+    out["head"] = args.head
     out["loadavg_1m"] = float(open("/proc/loadavg").read().split()[0])
     print(json.dumps({k: out[k] for k in ("p50_ms_64", "p99_ms_64", "p50_ms_128", "p99_ms_128", "speedup_vs_naive_64",
-                                          "naive_p50_ms_64", "threads", "loadavg_1m")}), flush=True)
+                                          "naive_p50_ms_64", "head", "threads", "loadavg_1m")}), flush=True)
 
 
 if __name__ == "__main__":

@@ -473,3 +473,19 @@ def test_report_flags_stamps_from_different_runs(first_run):
     warnings = consistency_warnings(stamps)
     assert any("different base checkpoints" in w for w in warnings)
     assert any("finetune_sweep used checkerboard at severity 7.5" in w for w in warnings)
+
+
+def test_reinit_ablation_resets_the_modules_the_network_has(tmp_path):
+    """A keypoints network scores keypoints + action in ``fc`` alone: the head ablation resets
+    ``fc`` there, and refuses a list that names none of its modules."""
+    from nsl_bringup.experiment.stages import reinit_modules
+    from nsl_policy.model import QNetwork, QNetworkConfig
+
+    keypoints = QNetwork(QNetworkConfig(image_size=32, width=8, fc_width=8, feature_size=8, head="keypoints"))
+    conv = QNetwork(QNetworkConfig(image_size=32, width=8, fc_width=8))
+    ctx = Context(ExperimentConfig(), tmp_path, print)
+    assert reinit_modules(ctx, conv) == ["head", "fc"]
+    assert reinit_modules(ctx, keypoints) == ["fc"]
+    ctx = Context(ExperimentConfig(reinit_modules=("head",)), tmp_path, print)
+    with pytest.raises(ValueError, match="keypoints head"):
+        reinit_modules(ctx, keypoints)

@@ -10,8 +10,13 @@ Layout (``c`` = ``QNetworkConfig.width``)::
       -> [maxpool 2 -> conv 3x3, c] until the map is <= feature_size
       -> trunk_depth x conv 3x3, c
     [action (6) ++ gripper state (3)] -> MLP -> c-vector
+    head "conv" (the default; every checkpoint before 2026-11-22 13:00 UTC):
     trunk features + action embedding (broadcast over the map)      ("score")
       -> head_depth x conv 3x3, c -> adaptive max pool 2x2 -> FC fc_width x2 -> 1 logit
+    head "keypoints" (spatial softmax, Levine et al. 2016):
+    trunk features -> conv 1x1, c -> softmax over each channel's map -> expected (x, y):
+      c image keypoints                                              ("encode")
+    [keypoints ++ action ++ gripper state] -> FC fc_width x2 -> 1 logit   ("score")
 
 The trunk only depends on the image, so ``encode`` runs once per observation and ``score``
 re-uses its output for all N action samples of CEM (the features are broadcast, not
@@ -31,6 +36,7 @@ from .action_space import ACTION_DIM, HEIGHT_INDEX, STATE_DIM
 
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 472
+HEADS = ("conv", "keypoints")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,13 @@ class QNetworkConfig:
     """Append two constant channels holding each pixel's x and y in [-1, 1] to the image
     ("CoordConv", Liu et al. 2018): convolutions are translation-invariant and max-pooling drops
     where a feature was, but grasping needs where things are relative to the fixed camera."""
+    head: str = "conv"
+    """How the action meets the image. "conv": the action embedding is added to every cell of
+    the trunk's feature map and convolutions + max-pooling score it (translation-invariant:
+    "where" survives only through the map's coarse cells). "keypoints": a spatial softmax turns
+    each trunk channel into the expected (x, y) of its activation, and an MLP scores those
+    ``width`` image points together with the action; the head then costs almost nothing per CEM
+    sample, so ``feature_size`` can be large (16 keeps 4-pixel cells at 64x64)."""
     height_scale: float = 1.0
     """The gripper height (m) is multiplied by this before the embedding (its range is only
     ~0-0.3 m against the actions' [-1, 1]). 1.0, the raw height, is what every shipped checkpoint
@@ -82,6 +95,8 @@ class QNetworkConfig:
                 or not (math.isfinite(self.height_scale) and 0 < self.height_scale <= 1000):
             raise ValueError(f"QNetworkConfig.height_scale must be a number in (0, 1000], got {self.height_scale!r}")
         object.__setattr__(self, "height_scale", float(self.height_scale))
+        if self.head not in HEADS:
+            raise ValueError(f"QNetworkConfig.head must be one of {HEADS}, got {self.head!r}")
         if not isinstance(self.coord_channels, bool):
             raise ValueError(f"QNetworkConfig.coord_channels must be true or false, got {self.coord_channels!r}")
 
@@ -134,19 +149,26 @@ class QNetwork(nn.Module):
             trunk += [nn.MaxPool2d(2, ceil_mode=True), _conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
         for _ in range(c.trunk_depth):
             trunk += [_conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+        if c.head == "keypoints":
+            trunk.append(nn.Conv2d(c.width, c.width, 1))  # keypoint logits: no ReLU before the softmax
         self.trunk = nn.Sequential(*trunk)
-        self.embed = nn.Sequential(
-            nn.Linear(ACTION_DIM + STATE_DIM, c.embed_width),
-            nn.ReLU(inplace=True),
-            nn.Linear(c.embed_width, c.width),
-        )
-        head: list[nn.Module] = []
-        for _ in range(c.head_depth):
-            head += [_conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
-        head += [nn.AdaptiveMaxPool2d(2), nn.Flatten()]
-        self.head = nn.Sequential(*head)
+        if c.head == "keypoints":
+            self.keypoints = SpatialSoftmax(c.feature_map_size)
+            fc_in = 2 * c.width + ACTION_DIM + STATE_DIM
+        else:
+            self.embed = nn.Sequential(
+                nn.Linear(ACTION_DIM + STATE_DIM, c.embed_width),
+                nn.ReLU(inplace=True),
+                nn.Linear(c.embed_width, c.width),
+            )
+            head: list[nn.Module] = []
+            for _ in range(c.head_depth):
+                head += [_conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+            head += [nn.AdaptiveMaxPool2d(2), nn.Flatten()]
+            self.head = nn.Sequential(*head)
+            fc_in = c.width * 4
         self.fc = nn.Sequential(
-            nn.Linear(c.width * 4, c.fc_width),
+            nn.Linear(fc_in, c.fc_width),
             nn.ReLU(inplace=True),
             nn.Linear(c.fc_width, c.fc_width),
             nn.ReLU(inplace=True),
@@ -172,7 +194,8 @@ class QNetwork(nn.Module):
         return next(self.parameters()).device
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Trunk features (B, C, h, w), channels_last, of float images (B, 3, S, S) in [0, 1]."""
+        """Image features of float images (B, 3, S, S) in [0, 1]: the trunk's map (B, C, h, w),
+        channels_last, for the "conv" head; keypoints (B, 2C) for the "keypoints" head."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         s = self.config.image_size
@@ -182,11 +205,12 @@ class QNetwork(nn.Module):
             ramp = torch.linspace(-1.0, 1.0, s, dtype=images.dtype, device=images.device)
             coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="xy")).expand(images.shape[0], 2, s, s)
             images = torch.cat([images, coords], dim=1)
-        return self.trunk(images.contiguous(memory_format=torch.channels_last))
+        features = self.trunk(images.contiguous(memory_format=torch.channels_last))
+        return self.keypoints(features) if self.config.head == "keypoints" else features
 
     def score(self, features: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Logits (B, N) of N actions (B, N, 6) per observation, from ``encode``'s features
-        (B, C, h, w) and the gripper state (B, 3). The features are broadcast over N."""
+        """Logits (B, N) of N actions (B, N, 6) per observation, from ``encode``'s features and
+        the gripper state (B, 3). The features are broadcast over N."""
         if actions.dim() != 3 or actions.shape[2] != ACTION_DIM:
             raise ValueError(f"actions must be (B, N, {ACTION_DIM}), got {tuple(actions.shape)}")
         b, n, _ = actions.shape
@@ -198,6 +222,9 @@ class QNetwork(nn.Module):
             state = state.clone()
             state[:, HEIGHT_INDEX] *= self.config.height_scale
         x = torch.cat([actions, state.unsqueeze(1).expand(b, n, STATE_DIM)], dim=2)
+        if self.config.head == "keypoints":
+            x = torch.cat([features.unsqueeze(1).expand(b, n, features.shape[1]), x], dim=2)
+            return self.fc(x).reshape(b, n)
         emb = self.embed(x)  # (B, N, C)
         # NHWC view of the (channels_last) features; broadcast-add the embedding over the map.
         f = features.permute(0, 2, 3, 1)  # (B, h, w, C)
@@ -212,6 +239,27 @@ class QNetwork(nn.Module):
         if actions.dim() != 2:
             raise ValueError(f"actions must be (B, {ACTION_DIM}), got {tuple(actions.shape)}")
         return self.score(self.encode(images), state, actions.unsqueeze(1)).squeeze(1)
+
+
+class SpatialSoftmax(nn.Module):
+    """(B, C, h, w) maps -> (B, 2C) expected (x, y) in [-1, 1] of each channel's softmax over
+    its h x w cells, with one learned temperature (Levine et al. 2016, "End-to-end training of
+    deep visuomotor policies")."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        ramp = torch.linspace(-1.0, 1.0, size)
+        ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1), persistent=False)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        if h * w != self.grid.shape[0]:
+            raise ValueError(f"feature map {h}x{w} does not match the keypoint grid ({self.grid.shape[0]} cells)")
+        logits = features.reshape(b, c, h * w) / self.log_temperature.exp()
+        points = torch.softmax(logits, dim=2) @ self.grid.to(features.dtype)  # (B, C, 2)
+        return points.reshape(b, 2 * c)
 
 
 def default_device() -> torch.device:

@@ -247,3 +247,59 @@ def test_height_scale_multiplies_the_height_and_old_configs_load_unchanged():
         f = net.encode(img)
         h = torch.tensor([[0.0, 0.15, 0.2]])
         assert torch.allclose(net.score(f, h, act), unscaled.score(f, h * torch.tensor([1.0, 10.0, 1.0]), act))
+
+
+KEYPOINTS = QNetworkConfig(image_size=32, width=8, fc_width=16, feature_size=16, head="keypoints")
+
+
+def test_keypoints_head_shapes_sharing_and_old_configs():
+    older = {k: v for k, v in SMALL.to_dict().items() if k != "head"}
+    assert QNetworkConfig.from_dict(older).head == "conv"  # checkpoints from before the field are conv nets
+    with pytest.raises(ValueError, match="head"):
+        QNetworkConfig(head="transformer")
+    assert KEYPOINTS.feature_map_size == 16
+    torch.manual_seed(0)
+    net = QNetwork(KEYPOINTS).eval()
+    img, st = torch.rand(3, 3, 32, 32), torch.rand(3, 3)
+    actions = torch.rand(3, 7, ACTION_DIM) * 2 - 1
+    with torch.no_grad():
+        points = net.encode(img)
+        assert points.shape == (3, 2 * KEYPOINTS.width)
+        assert points.abs().max() <= 1.0  # expected positions on the [-1, 1] grid
+        shared = net.score(points, st, actions)
+        naive = torch.stack([net(img, st, actions[:, i]) for i in range(7)], dim=1)
+    torch.testing.assert_close(shared, naive, rtol=1e-5, atol=1e-5)
+    # The conv head's modules are absent, so a conv checkpoint cannot load into it silently.
+    with pytest.raises(RuntimeError):
+        net.load_state_dict(QNetwork(QNetworkConfig(**{**KEYPOINTS.to_dict(), "head": "conv"})).state_dict())
+
+
+def test_spatial_softmax_finds_a_bright_spot():
+    """The keypoints are where the activations are: one hot cell per channel at a known place
+    gives that cell's grid coordinates (low temperature), so moving an object moves the points."""
+    from nsl_policy.model import SpatialSoftmax
+
+    soft = SpatialSoftmax(8)
+    with torch.no_grad():
+        soft.log_temperature.fill_(math.log(0.01))
+    maps = torch.zeros(1, 2, 8, 8)
+    maps[0, 0, 1, 6] = 1.0  # row 1, column 6
+    maps[0, 1, 7, 0] = 1.0
+    ramp = torch.linspace(-1, 1, 8)
+    expected = torch.tensor([[ramp[6], ramp[1], ramp[0], ramp[7]]])
+    torch.testing.assert_close(soft(maps), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="grid"):
+        soft(torch.zeros(1, 2, 4, 4))
+
+
+def test_fresh_keypoint_network_sees_the_image():
+    torch.manual_seed(0)
+    net = QNetwork(QNetworkConfig(head="keypoints", feature_size=16)).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(16, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        q = net(images, torch.zeros(16, 3), torch.zeros(16, 6))
+        q_black = net(torch.zeros_like(images), torch.zeros(16, 3), torch.zeros(16, 6))
+        spread = net.encode(images).std(dim=0).mean().item()
+    assert spread > 1e-3, f"keypoints barely move across images (mean std {spread:.2e})"
+    assert (q - q_black).abs().max().item() > 1e-4, "Q does not depend on the image"

@@ -43,6 +43,10 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--image-size", type=int, default=64, help="network input size for a random init (default 64)")
     g.add_argument("--width", type=int, default=32, help="network width for a random init (default 32)")
+    g.add_argument("--head", choices=("conv", "keypoints"), default="conv",
+                   help="how a random init's network scores the action against the image (nsl_policy.model."
+                        "QNetworkConfig.head; default conv). keypoints: a spatial softmax over a 16x16 map and "
+                        "an MLP of 256 units, the recipe measured in docs/results/base_policy.md")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -156,6 +160,10 @@ def cmd_train(args) -> int:
         return 130
 
 
+#: Network fields that go with ``--head keypoints`` (the pipeline's measured recipe).
+KEYPOINTS_RECIPE = {"feature_size": 16, "fc_width": 256}
+
+
 def _run(args) -> int:
     import torch
 
@@ -170,7 +178,8 @@ def _run(args) -> int:
         torch.set_num_threads(max(1, args.threads))
     config = QTOptConfig(batch_size=args.batch_size, learning_rate=args.base_lr, target_action=args.target_action,
                          augment=not args.no_augment, seed=args.seed)
-    model_config = QNetworkConfig(image_size=args.image_size, width=args.width)
+    model_config = QNetworkConfig(image_size=args.image_size, width=args.width, head=args.head,
+                                  **(KEYPOINTS_RECIPE if args.head == "keypoints" else {}))
     with distributed(args.device) as device:
         import torch.distributed as dist
 

@@ -24,13 +24,19 @@ FAST = QTOptConfig(batch_size=16, target_cem=CEMConfig(population=8, elites=2, i
 SRC = Path(__file__).resolve().parents[2]
 
 
-def test_offline_qtopt_learns_marker_task_from_random_data():
+TINY_KEYPOINTS = QNetworkConfig(image_size=32, width=8, fc_width=16, trunk_depth=0, feature_size=8, head="keypoints")
+
+
+@pytest.mark.parametrize("head", ["conv", "keypoints"])
+def test_offline_qtopt_learns_marker_task_from_random_data(head):
     """Random-policy data succeeds ~18% of the time; the greedy (CEM) policy of the learned Q
-    must point at the marker far more often on unseen images."""
+    must point at the marker far more often on unseen images, with either head."""
     radius = 0.5
     data, _ = marker_task(2048, radius=radius, seed=0)
     data_rate = float(data.reward.mean())
     config = QNetworkConfig(image_size=32, width=32, embed_width=32, fc_width=32, trunk_depth=1, head_depth=1)
+    if head == "keypoints":
+        config = QNetworkConfig(image_size=32, width=32, fc_width=64, trunk_depth=1, feature_size=16, head=head)
     torch.manual_seed(0)
     model = QNetwork(config)
     # No random shift: it would move the marker relative to the recorded action.
@@ -91,10 +97,11 @@ def _weights(path):
     return load_checkpoint(path).model.state_dict()
 
 
-def test_interrupted_and_resumed_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("net", [TINY, TINY_KEYPOINTS], ids=["conv", "keypoints"])
+def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net):
     base, target = episodes_task(30, seed=3), episodes_task(10, seed=4)
     init = tmp_path / "init.safetensors"
-    init_checkpoint(init, TINY, seed=1)
+    init_checkpoint(init, net, seed=1)
     kw = dict(init_checkpoint=str(init), config=FAST, device="cpu", checkpoint_every=4, tensorboard=True)
     full = train_transitions("finetune", base, target, 12, output_path=str(tmp_path / "full.safetensors"), **kw)
 
@@ -118,8 +125,8 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert resumed.metrics["target_samples"] == full.metrics["target_samples"]  # same batches drawn
     # Targets and optimizer state resumed too: both runs' final states agree.
-    ta = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
-    tb = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
+    ta = QTOptTrainer(QNetwork(net), FAST, "cpu")
+    tb = QTOptTrainer(QNetwork(net), FAST, "cpu")
     ta.load_state(Path(full.run_dir) / "state.safetensors")
     tb.load_state(run_dir / "state.safetensors")
     for na, nb in ((ta.target1, tb.target1), (ta.target2, tb.target2)):
@@ -200,6 +207,11 @@ def test_cli_finetune_and_clear_errors(tmp_path, bags):
     assert r.returncode == 1 and "missing.safetensors does not exist" in r.stderr and "Traceback" not in r.stderr
     r = _cli("scratch", "--target", str(tmp_path / "nope"), "--steps", "2", "--output", str(tmp_path / "z.safetensors"))
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+    kp = tmp_path / "kp.safetensors"
+    r = _cli("scratch", "--target", str(target), "--steps", "2", "--batch-size", "8", "--image-size", "32",
+             "--head", "keypoints", "--output", str(kp), "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(kp).config.head == "keypoints" and load_checkpoint(kp).config.feature_size == 16
 
 
 def test_ddp_two_processes_gloo_identical_weights(tmp_path, bags):

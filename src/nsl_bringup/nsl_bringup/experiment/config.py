@@ -169,7 +169,8 @@ class ExperimentConfig:
     reinit_modules: tuple[str, ...] = ("head", "fc")
     """QNetwork modules that the "re-initialise the head" ablation resets (seeded) before
     fine-tuning: by default the layers after the image and the action merge (``head`` convs and
-    ``fc``); ``embed`` (the action/state MLP) may be added."""
+    ``fc``); ``embed`` (the action/state MLP) may be added. A "keypoints" network has only
+    ``fc`` after the merge; modules it lacks are skipped (nsl_bringup.experiment.stages.reinit_modules)."""
     continual_recollect: bool = False
     """False (the paper): every step of the continual chain fine-tunes on the exploration grasps
     collected with the base policy (stage collect_targets). True: from the second step on, collect

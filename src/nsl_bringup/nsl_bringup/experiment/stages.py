@@ -655,10 +655,20 @@ def sweep_unit_name(task: str, episodes: int) -> str:
     return f"sweep/{task}/tier_{episodes:04d}"
 
 
-def reinit_checkpoint(ctx: Context, base: Path) -> tuple[Path, str]:
+def reinit_modules(ctx: Context, model: Any) -> list[str]:
+    """The ``reinit_modules`` that ``model`` has: a "keypoints" network has no ``head`` or
+    ``embed`` (its ``fc`` scores keypoints + action directly), so the ablation resets ``fc``."""
+    present = [m for m in ctx.config.reinit_modules if hasattr(model, m)]
+    if not present:
+        raise ValueError(f"reinit_modules {list(ctx.config.reinit_modules)}: the base network "
+                         f"({model.config.head} head) has none of them")
+    return present
+
+
+def reinit_checkpoint(ctx: Context, base: Path) -> tuple[Path, str, list[str]]:
     """The base checkpoint with ``reinit_modules`` re-initialised: their weights are those of a
     fresh QNetwork (the library's own initialisation, seeded), the rest stays pre-trained.
-    Written to checkpoints/reinit_head_init.safetensors."""
+    Written to checkpoints/reinit_head_init.safetensors. Returns (path, id, modules reset)."""
     import torch
     from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
     from nsl_policy.model import QNetwork
@@ -669,12 +679,13 @@ def reinit_checkpoint(ctx: Context, base: Path) -> tuple[Path, str]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = QNetwork(loaded.config)
-    for module in cfg.reinit_modules:
+    modules = reinit_modules(ctx, loaded.model)
+    for module in modules:
         getattr(loaded.model, module).load_state_dict(getattr(fresh, module).state_dict())
     path = ctx.path("checkpoints", "reinit_head_init.safetensors")
     ckpt_id = save_checkpoint(str(path), loaded.model, {"kind": "reinit_head", "parent": loaded.checkpoint_id,
-                                                         "modules": list(cfg.reinit_modules), "seed": seed})
-    return path, ckpt_id
+                                                         "modules": modules, "seed": seed})
+    return path, ckpt_id, modules
 
 
 def finetune_sweep(ctx: Context) -> dict:
@@ -684,7 +695,7 @@ def finetune_sweep(ctx: Context) -> dict:
     ckpt, ckpt_id = base_checkpoint(ctx)
     base = base_data(ctx)
     largest = cfg.tiers[-1]
-    reinit, reinit_id = reinit_checkpoint(ctx, ckpt)
+    reinit, reinit_id, reset = reinit_checkpoint(ctx, ckpt)
     rows = {}
     for name, target in targets(ctx, cfg.study_tasks(), calibration(ctx)).items():
         row: dict[str, Any] = {"task": resolve_task(target.spec).to_dict(), "tiers": {}}
@@ -698,7 +709,7 @@ def finetune_sweep(ctx: Context) -> dict:
         row["scratch"] = trained_entry(ctx, s_ckpt, s_id, st, target.spec)
         row["reinit_head"] = finetune_on(ctx, f"sweep/{name}/reinit_head_{largest:04d}", reinit, reinit_id, base,
                                          target, largest)[2]
-        row["reinit_head"]["modules"] = list(cfg.reinit_modules)
+        row["reinit_head"]["modules"] = reset
         rows[name] = row
     summary = {"stage": "finetune_sweep", "checkpoint_id": ckpt_id, "tiers": list(cfg.tiers), "largest_tier": largest,
                "finetune_steps": cfg.finetune_steps, "scratch_steps": cfg.scratch_steps,
