@@ -9,14 +9,16 @@ Layout (``c`` = ``QNetworkConfig.width``)::
       -> conv 5x5 stride 2, c                                       (trunk, "encode")
       -> [maxpool 2 -> conv 3x3, c] until the map is <= feature_size
       -> trunk_depth x conv 3x3, c
+
+    head "conv" (the default; every checkpoint made before the "keypoints" head existed):
     [action (6) ++ gripper state (3)] -> MLP -> c-vector
-    head "conv" (the default; every checkpoint before 2026-11-22 13:00 UTC):
     trunk features + action embedding (broadcast over the map)      ("score")
       -> head_depth x conv 3x3, c -> adaptive max pool 2x2 -> FC fc_width x2 -> 1 logit
+
     head "keypoints" (spatial softmax, Levine et al. 2016):
-    trunk features -> conv 1x1, c -> softmax over each channel's map -> expected (x, y):
-      c image keypoints                                              ("encode")
-    [keypoints ++ action ++ gripper state] -> FC fc_width x2 -> 1 logit   ("score")
+    trunk features -> conv 1x1, c -> softmax over each channel's map
+      -> expected (x, y) of each channel: 2c numbers                 ("encode")
+    [keypoints ++ action (6) ++ gripper state (3)] -> FC fc_width x2 -> 1 logit   ("score")
 
 The trunk only depends on the image, so ``encode`` runs once per observation and ``score``
 re-uses its output for all N action samples of CEM (the features are broadcast, not
