@@ -412,6 +412,12 @@ def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path
     episodes = read_episodes(copy / "datasets" / "offset_gripper_10cm" / "continual_step_1")
     assert {e.checkpoint_id for e in episodes} == {first["checkpoint_id"]}
     assert second["checkpoint_id"] != results["stages"]["continual"]["steps"][1]["checkpoint_id"]
+    # The variants keep separate step checkpoints: going back to the paper's data retrains nothing.
+    assert (copy / "checkpoints" / "continual_guarded_recollect" / "step_1_offset_gripper_10cm.safetensors").is_file()
+    logs.clear()
+    again = run(tiny(copy), copy, ["continual"], logs.append)["stages"]["continual"]
+    assert not any("training" in m for m in logs), logs
+    assert again["steps"] == results["stages"]["continual"]["steps"]
 
 
 def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):

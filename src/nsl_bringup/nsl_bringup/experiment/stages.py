@@ -747,7 +747,9 @@ def continual(ctx: Context) -> dict:
     base = base_data(ctx)
     cal = calibration(ctx)
     data = targets(ctx, chain[:1] if cfg.continual_recollect else chain, cal)
-    folder = "continual_guarded" if cfg.continual_guard else "continual"
+    # One folder per variant, so switching guard or recollect in a run folder keeps the other
+    # variant's step checkpoints (their cache) instead of training over them.
+    folder = "continual" + ("_guarded" if cfg.continual_guard else "") + ("_recollect" if cfg.continual_recollect else "")
 
     def evaluate_in_force(checkpoint: Path, checkpoint_id: str, spec: TaskSpec) -> dict:
         # The base policy's evaluations are Table I's (same seeds): reuse them.
