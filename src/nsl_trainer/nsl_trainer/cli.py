@@ -34,6 +34,9 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g.add_argument("--target-action", choices=("cem", "random"), default="cem",
                    help="max over next actions in the Bellman target: CEM (default) or best of N random")
     g.add_argument("--no-augment", action="store_true", help="no random-shift/photometric augmentation")
+    g.add_argument("--policy-weights", choices=("online", "polyak"), default="online",
+                   help="write the online network (default) or its Polyak average (target network 1) as the "
+                        "checkpoint; see QTOptConfig.policy_weights")
     g.add_argument("--checkpoint-every", type=int, default=1000, metavar="K",
                    help="save training state + a policy checkpoint every K steps (0: only at the end; default 1000)")
     g.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
@@ -177,7 +180,7 @@ def _run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     config = QTOptConfig(batch_size=args.batch_size, learning_rate=args.base_lr, target_action=args.target_action,
-                         augment=not args.no_augment, seed=args.seed)
+                         augment=not args.no_augment, seed=args.seed, policy_weights=args.policy_weights)
     model_config = QNetworkConfig(image_size=args.image_size, width=args.width, head=args.head,
                                   **(KEYPOINTS_RECIPE if args.head == "keypoints" else {}))
     with distributed(args.device) as device:

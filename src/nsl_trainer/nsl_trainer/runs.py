@@ -67,6 +67,11 @@ def _writer(run_dir: str, purge_step: int | None):
     return SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"), purge_step=purge_step)
 
 
+def exported_network(trainer: Any) -> Any:
+    """The network a run writes as its checkpoint (``QTOptConfig.policy_weights``)."""
+    return trainer.target1 if trainer.config.policy_weights == "polyak" else trainer.model
+
+
 def train_transitions(mode: str, base: Transitions | None, target: Transitions | None, steps: int, *,
                       output_path: str, init_checkpoint: str | None = None, learning_rate: float | None = None,
                       target_fraction: float = 0.5, seed: int = 0, config: QTOptConfig | None = None,
@@ -195,12 +200,13 @@ def train_transitions(mode: str, base: Transitions | None, target: Transitions |
             if checkpoint_every and step % checkpoint_every == 0 and step < steps:
                 save_state()
                 if rank0:
-                    save_checkpoint(os.path.join(run_dir, "checkpoints", f"step_{step:07d}.safetensors"), trainer.model,
-                                    {**base_metadata, "steps": step, "final": False})
+                    save_checkpoint(os.path.join(run_dir, "checkpoints", f"step_{step:07d}.safetensors"),
+                                    exported_network(trainer), {**base_metadata, "steps": step, "final": False})
     finally:
         if writer is not None:
             writer.close()
     trainer.model.eval()
+    exported = exported_network(trainer)
     elapsed = time.perf_counter() - t0
     total = max(1, trainer.samples_base + trainer.samples_target)
     summary: dict[str, Any] = {"steps": steps, "steps_this_session": steps - start,
@@ -217,9 +223,9 @@ def train_transitions(mode: str, base: Transitions | None, target: Transitions |
     metadata = {**base_metadata, "steps": steps, "final": True, "resumed_from": start, "metrics": summary}
     save_state()
     if rank0:
-        ckpt_id = save_checkpoint(output_path, trainer.model, metadata)
+        ckpt_id = save_checkpoint(output_path, exported, metadata)
     else:
-        ckpt_id = weights_id(_cpu_state_dict(trainer.model))
+        ckpt_id = weights_id(_cpu_state_dict(exported))
     return RunResult(checkpoint_id=ckpt_id, checkpoint_path=os.path.abspath(output_path), run_dir=run_dir, mode=mode,
                      steps=steps, resumed_from=start, metrics=summary, parent=parent)
 

@@ -209,9 +209,10 @@ def test_cli_finetune_and_clear_errors(tmp_path, bags):
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
     kp = tmp_path / "kp.safetensors"
     r = _cli("scratch", "--target", str(target), "--steps", "2", "--batch-size", "8", "--image-size", "32",
-             "--head", "keypoints", "--output", str(kp), "--threads", "1", "--quiet")
+             "--head", "keypoints", "--policy-weights", "polyak", "--output", str(kp), "--threads", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(kp).config.head == "keypoints" and load_checkpoint(kp).config.feature_size == 16
+    assert load_checkpoint(kp).metadata["qtopt_config"]["policy_weights"] == "polyak"
 
 
 def test_ddp_two_processes_gloo_identical_weights(tmp_path, bags):
@@ -228,3 +229,32 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path, bags):
     assert ids["0"] == ids["1"] == load_checkpoint(out).checkpoint_id  # bitwise-identical weights on both ranks
     assert load_checkpoint(out).metadata["world_size"] == 2
     assert load_checkpoint(out).checkpoint_id != load_checkpoint(init).checkpoint_id
+
+
+def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
+    """``policy_weights="polyak"`` writes target network 1 (the Polyak average), the default the
+    online network; both runs train identically, only the exported weights differ."""
+    import dataclasses
+
+    from nsl_policy.checkpoint import weights_id
+
+    base = episodes_task(20, seed=3)
+    init = tmp_path / "init.safetensors"
+    init_checkpoint(init, TINY, seed=1)
+    runs = {}
+    for weights in ("online", "polyak"):
+        cfg = dataclasses.replace(FAST, policy_weights=weights)
+        runs[weights] = train_transitions("finetune", base, None, 6, output_path=str(tmp_path / f"{weights}.safetensors"),
+                                          init_checkpoint=str(init), config=cfg, device="cpu", tensorboard=False,
+                                          run_dir=str(tmp_path / f"run_{weights}"))
+    states = {}
+    for weights, res in runs.items():
+        trainer = QTOptTrainer(QNetwork(TINY), dataclasses.replace(FAST, policy_weights=weights), "cpu")
+        trainer.load_state(Path(res.run_dir) / "state.safetensors")
+        states[weights] = trainer
+    assert weights_id(states["online"].model.state_dict()) == weights_id(states["polyak"].model.state_dict())
+    assert runs["online"].checkpoint_id == weights_id(states["online"].model.state_dict())
+    assert runs["polyak"].checkpoint_id == weights_id(states["polyak"].target1.state_dict())
+    assert runs["polyak"].checkpoint_id != runs["online"].checkpoint_id
+    with pytest.raises(ValueError, match="policy_weights"):
+        QTOptConfig(policy_weights="ema")
