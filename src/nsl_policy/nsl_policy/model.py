@@ -72,7 +72,8 @@ class QNetworkConfig:
     "where" survives only through the map's coarse cells). "keypoints": a spatial softmax turns
     each trunk channel into the expected (x, y) of its activation, and an MLP scores those
     ``width`` image points together with the action; the head then costs almost nothing per CEM
-    sample, so ``feature_size`` can be large (16 keeps 4-pixel cells at 64x64)."""
+    sample, so ``feature_size`` can be large (16 keeps 4-pixel cells at 64x64). ``head_depth``
+    and ``embed_width`` only apply to "conv"."""
     height_scale: float = 1.0
     """The gripper height (m) is multiplied by this before the embedding (its range is only
     ~0-0.3 m against the actions' [-1, 1]). 1.0, the raw height, is what every shipped checkpoint
