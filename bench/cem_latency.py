@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from nsl_policy.action_space import ACTION_DIM  # noqa: E402
 from nsl_policy.cem import CEMConfig, cem_maximize  # noqa: E402
-from nsl_policy.model import QNetwork, QNetworkConfig  # noqa: E402
+from nsl_policy.model import KEYPOINTS_RECIPE, QNetwork, QNetworkConfig  # noqa: E402
 from nsl_policy.policy import ExplorationConfig, GraspPolicy  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"# CEM population={cem.population} elites={cem.elites} iterations={cem.iterations}; exploration off", flush=True)
     out: dict[str, float | int | str] = {}
     for size in (64, 128):
-        recipe = {"feature_size": 16, "fc_width": 256} if args.head == "keypoints" else {}
+        recipe = KEYPOINTS_RECIPE if args.head == "keypoints" else {}
         config = QNetworkConfig(image_size=size, width=args.width, head=args.head, **recipe)
         policy = GraspPolicy(QNetwork(config), cem, ExplorationConfig(), seed=0, device="cpu")
         inputs = [(rng.integers(0, 256, (size, size, 3), dtype=np.uint8),

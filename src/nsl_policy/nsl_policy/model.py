@@ -39,6 +39,9 @@ from .action_space import ACTION_DIM, HEIGHT_INDEX, STATE_DIM
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 472
 HEADS = ("conv", "keypoints")
+#: QNetworkConfig fields that go with head="keypoints" in the measured recipe
+#: (docs/results/base_policy.md): a 16x16 map and an MLP of 256 units.
+KEYPOINTS_RECIPE = {"feature_size": 16, "fc_width": 256}
 
 
 @dataclass(frozen=True)

@@ -163,15 +163,11 @@ def cmd_train(args) -> int:
         return 130
 
 
-#: Network fields that go with ``--head keypoints`` (the pipeline's measured recipe).
-KEYPOINTS_RECIPE = {"feature_size": 16, "fc_width": 256}
-
-
 def _run(args) -> int:
     import torch
 
     from nsl_policy.cem import CEMConfig  # noqa: F401 - QTOptConfig default
-    from nsl_policy.model import QNetworkConfig
+    from nsl_policy.model import KEYPOINTS_RECIPE, QNetworkConfig
     from nsl_trainer.qtopt import QTOptConfig
     from nsl_trainer.runs import continual, train
 

@@ -111,8 +111,8 @@ class QTOptConfig:
     policy_weights: str = "online"
     """Which network a training run writes as its checkpoint: "online" (the network the
     gradient steps update; every checkpoint so far) or "polyak" (target network 1, the Polyak
-    average of the online weights, ``polyak`` per step). Measured on one collapsed 500-step
-    fine-tune, the Polyak network got 0.47 on validation where the online one got 0.17
+    average of the online weights, ``polyak`` per step). On two collapsed 500-step fine-tunes
+    the Polyak network got 0.47 and 0.13 on validation where the online one got 0.17 and 0.02
     (docs/results/keypoints/README.md); not yet measured across a whole study."""
     seed: int = 0
     """Seeds batch sampling, augmentation and the target-action search."""
