@@ -420,6 +420,38 @@ def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path
     assert again["steps"] == results["stages"]["continual"]["steps"]
 
 
+def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):
+    import torch
+    from nsl_bringup.experiment.config import STAGE_FIELDS
+    from nsl_policy.checkpoint import load_checkpoint
+
+    out, results, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    polyak = {"policy_weights": "polyak"}
+    # Unset, the field stays out of the stage keys: run folders made before it existed stay cached.
+    assert "finetune_qtopt" not in tiny(copy).subset(STAGE_FIELDS["finetune"])
+    assert tiny(copy, finetune_qtopt=polyak).subset(STAGE_FIELDS["finetune"])["finetune_qtopt"] == polyak
+    logs: list[str] = []
+    res = run(tiny(copy, finetune_qtopt=polyak), copy, ["pretrain", "finetune_sweep"], logs.append)
+    assert not any(re.search(r"pretrain_round_\d+: training", m) for m in logs), logs
+    assert res["stages"]["pretrain"]["checkpoint_id"] == results["stages"]["pretrain"]["checkpoint_id"]
+    for unit in ("sweep/checkerboard/tier_0004", "sweep/checkerboard/scratch_0004", "sweep/checkerboard/reinit_head_0004"):
+        assert any(f"] {unit}: training" in m for m in logs), (unit, logs)
+    # The exported network is now the Polyak average (0.995 per step): after 2 steps it sits far
+    # closer to the base network than the online network the first run exported.
+    base = load_checkpoint(out / "checkpoints" / "base.safetensors").model.state_dict()
+    online = load_checkpoint(out / "checkpoints" / "sweep" / "checkerboard" / "tier_0004.safetensors").model.state_dict()
+    averaged = load_checkpoint(copy / "checkpoints" / "sweep" / "checkerboard" / "tier_0004.safetensors").model.state_dict()
+
+    def distance(a):
+        return max(float((a[k].float() - base[k].float()).abs().max()) for k in base)
+
+    assert distance(averaged) < 0.1 * distance(online), (distance(averaged), distance(online))
+    assert res["stages"]["finetune_sweep"]["tasks"]["checkerboard"]["tiers"]["4"]["checkpoint_id"] != \
+        results["stages"]["finetune_sweep"]["tasks"]["checkerboard"]["tiers"]["4"]["checkpoint_id"]
+
+
 def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):
     out, _, _ = first_run
     copy = tmp_path / "copy"

@@ -354,10 +354,19 @@ def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints)
     requests = []  # (episode in flight at the request, id requested)
     for path, new_id, old_id, via in ((ck.b, ck.id_b, ck.id_a, "service"), (ck.a, ck.id_a, ck.id_b, "topic"),
                                       (ck.b, ck.id_b, ck.id_a, "service")):
-        # Ask for the swap while an episode on the old checkpoint is in flight (its step 1 seen).
-        robot.wait_until(lambda: robot.steps and robot.steps[-1].step_index == 1 and robot.steps[-1].checkpoint_id == old_id,
-                         30, "an episode in flight")
-        in_flight = robot.steps[-1].episode_id
+        # Ask for the swap while an episode on the old checkpoint is in flight (its step 1 seen, no
+        # result yet). Searched over all steps, not just the newest: a loaded machine may wake
+        # this thread only after a later step has arrived.
+        in_flight = []
+
+        def episode_in_flight(old_id=old_id) -> bool:
+            finished = {r.episode_id for r in robot.results}
+            in_flight[:] = [s.episode_id for s in robot.steps
+                            if s.step_index == 1 and s.checkpoint_id == old_id and s.episode_id not in finished][-1:]
+            return bool(in_flight)
+
+        robot.wait_until(episode_in_flight, 30, "an episode in flight")
+        in_flight = in_flight[0]
         done_before = len(robot.complete(new_id))
         if via == "service":
             reply = robot.load(path)

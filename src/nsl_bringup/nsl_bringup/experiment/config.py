@@ -122,6 +122,11 @@ class ExperimentConfig:
     """Overrides of nsl_policy.model.QNetworkConfig (image_size is taken from ``image_size``)."""
     qtopt: dict = field(default_factory=dict)
     """Overrides of nsl_trainer.qtopt.QTOptConfig (seed and learning_rate are set per run)."""
+    finetune_qtopt: dict = field(default_factory=dict)
+    """More QTOptConfig overrides, on top of ``qtopt``, for the study's fine-tuning runs only:
+    the sweep, scratch, the re-initialised head and the continual chain. Pre-training does not
+    read it, so the base policy (and its cache) stays. Example: ``{"policy_weights": "polyak"}``
+    exports each fine-tune's Polyak-averaged network."""
     policy_cem: dict = field(default_factory=dict)
     """Overrides of nsl_policy.cem.CEMConfig for acting (collection and evaluation)."""
 
@@ -273,13 +278,13 @@ class ExperimentConfig:
                       "success); set continual_guard=false for the plain chain")
         if not isinstance(self.report_dir, str) or not self.report_dir:
             raise bad("report_dir", "must be a folder path")
-        for name in ("model", "qtopt", "policy_cem"):
+        for name in ("model", "qtopt", "finetune_qtopt", "policy_cem"):
             if not isinstance(getattr(self, name), dict):
                 raise bad(name, "must be a mapping of field overrides")
         # Build the library configs once so a typo fails here, not an hour into a run.
         try:
             self.model_config()
-            self.qtopt_config()
+            self.qtopt_config(finetune=True)
             self.cem_config()
         except (TypeError, ValueError) as exc:
             raise ValueError(f"ExperimentConfig: {exc}") from None
@@ -297,7 +302,7 @@ class ExperimentConfig:
 
     def finetune_learning_rate(self) -> float:
         """Fine-tuning learning rate: ``learning_rate`` x QTOptConfig.finetune_lr_scale (the paper's 25%)."""
-        return self.learning_rate * self.qtopt_config().finetune_lr_scale
+        return self.learning_rate * self.qtopt_config(finetune=True).finetune_lr_scale
 
     # --- library configs ----------------------------------------------------------------
     def model_config(self) -> QNetworkConfig:
@@ -305,8 +310,10 @@ class ExperimentConfig:
             raise ValueError("model.image_size must equal image_size (leave it out)")
         return QNetworkConfig.from_dict({**self.model, "image_size": self.image_size})
 
-    def qtopt_config(self) -> QTOptConfig:
-        return QTOptConfig.from_dict({**self.qtopt, "seed": self.seed, "learning_rate": self.learning_rate})
+    def qtopt_config(self, finetune: bool = False) -> QTOptConfig:
+        """QT-Opt settings of pre-training, or (``finetune``) of the study's fine-tuning runs."""
+        overrides = {**self.qtopt, **(self.finetune_qtopt if finetune else {})}
+        return QTOptConfig.from_dict({**overrides, "seed": self.seed, "learning_rate": self.learning_rate})
 
     def cem_config(self) -> CEMConfig:
         return CEMConfig(**self.policy_cem)
@@ -327,8 +334,9 @@ class ExperimentConfig:
         return d
 
     def subset(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """The named fields, for a stage key (see :data:`KEYED_WHEN_SET`)."""
         d = self.to_dict()
-        return {n: d[n] for n in names}
+        return {n: d[n] for n in names if n not in KEYED_WHEN_SET or d[n] != KEYED_WHEN_SET[n]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
@@ -383,7 +391,10 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "calibrate": COMMON_FIELDS + ("calibration_episodes", "policy_cem"),
     "targets": COMMON_FIELDS + ("target_epsilon", "target_noise_std", "policy_cem", "chunk_episodes"),
     "finetune": COMMON_FIELDS + ("finetune_steps", "learning_rate", "target_fraction", "model", "qtopt",
-                                 "binary_action_jitter"),
-    "scratch": COMMON_FIELDS + ("scratch_steps", "learning_rate", "model", "qtopt", "binary_action_jitter",
-                                "init_scheme"),
+                                 "finetune_qtopt", "binary_action_jitter"),
+    "scratch": COMMON_FIELDS + ("scratch_steps", "learning_rate", "model", "qtopt", "finetune_qtopt",
+                                "binary_action_jitter", "init_scheme"),
 }
+#: Fields added after run folders existed: a stage key includes one only when it differs from
+#: this value, so the caches made before the field existed stay valid.
+KEYED_WHEN_SET: dict[str, Any] = {"finetune_qtopt": {}}

@@ -309,9 +309,10 @@ def tier_bags(bags: list[Path], episodes: int, chunk_episodes: int) -> list[Path
 
 def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], target_bags: list[Path], steps: int,
           learning_rate: float, target_fraction: float, key: str,
-          target_episodes: int | None = None) -> tuple[Path, str, dict]:
+          target_episodes: int | None = None, finetune: bool = False) -> tuple[Path, str, dict]:
     """QT-Opt on the bags into checkpoints/<name>.safetensors (cached). Returns (path, id, stamp).
-    ``target_episodes``: train on the first that many episodes of ``target_bags`` only (a tier)."""
+    ``target_episodes``: train on the first that many episodes of ``target_bags`` only (a tier).
+    ``finetune``: a run of the study (its QT-Opt settings include ``finetune_qtopt``)."""
     from nsl_trainer.qtopt import finetune_transitions
 
     cfg = ctx.config
@@ -348,7 +349,7 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
     checkpoint_id = finetune_transitions(
         str(init) if init is not None else None, base, target, steps, output_path=str(tmp),
         learning_rate=learning_rate, target_fraction=target_fraction if (n_base and n_target) else 0.5,
-        progress=progress, seed=cfg.seed, config=cfg.qtopt_config(), model_config=cfg.model_config(),
+        progress=progress, seed=cfg.seed, config=cfg.qtopt_config(finetune), model_config=cfg.model_config(),
         num_threads=cfg.threads, datasets=datasets, **_run_options(ctx, name, steps, key))
     os.replace(tmp, out)
     shutil.rmtree(_run_dir(ctx, name, key), ignore_errors=True)
@@ -646,7 +647,7 @@ def finetune_on(ctx: Context, name: str, init: Path, init_id: str, base: tuple[l
     target_bags, target_key = target.tier(episodes, cfg.chunk_episodes)
     key = unit_key(ctx, "finetune", init=init_id, base=base_key, target=target_key, episodes=episodes, task=target.spec)
     ckpt, ckpt_id, st = train(ctx, name, init, base_bags, target_bags, cfg.finetune_steps, cfg.finetune_learning_rate(),
-                              cfg.target_fraction, key, target_episodes=episodes)
+                              cfg.target_fraction, key, target_episodes=episodes, finetune=True)
     return ckpt, ckpt_id, trained_entry(ctx, ckpt, ckpt_id, st, target.spec)
 
 
@@ -705,7 +706,7 @@ def finetune_sweep(ctx: Context) -> dict:
         key = unit_key(ctx, "scratch", target=target_key, episodes=largest, task=target.spec)
         # Scratch: a fresh network on the target grasps only, at the pre-training learning rate.
         s_ckpt, s_id, st = train(ctx, f"sweep/{name}/scratch_{largest:04d}", None, [], target_bags, cfg.scratch_steps,
-                                 cfg.learning_rate, 1.0, key, target_episodes=largest)
+                                 cfg.learning_rate, 1.0, key, target_episodes=largest, finetune=True)
         row["scratch"] = trained_entry(ctx, s_ckpt, s_id, st, target.spec)
         row["reinit_head"] = finetune_on(ctx, f"sweep/{name}/reinit_head_{largest:04d}", reinit, reinit_id, base,
                                          target, largest)[2]
