@@ -1,0 +1,50 @@
+"""The diagnostic scripts in tools/ (ROS-free): they run on a real checkpoint and add up."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pybullet")
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "src" / "nsl_bringup" / "nsl_bringup" / "checkpoints" / "base.safetensors"
+
+
+def test_grasp_anatomy_measures_each_episode_and_adds_up():
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "grasp_anatomy.py"), "--checkpoint", str(BASE),
+                          "--episodes", "3"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    episodes, summary = lines[:-1], lines[-1]
+    assert [e["seed"] for e in episodes] == [5_000_000, 5_000_001, 5_000_002]  # validation seeds only
+    assert summary["episodes"] == 3 and summary["task"] == "base"
+    ok = [e["success"] for e in episodes]
+    assert summary["success"] == pytest.approx(sum(ok) / 3, abs=1e-3)
+    # Every episode is a success, a miss or a fumble, by its distance to the nearest object.
+    misses = sum(1 for e in episodes if not e["success"] and e["nearest_object_cm"] > 3.0)
+    assert summary["missed"] == pytest.approx(misses / 3, abs=1e-3)
+    assert summary["success"] + summary["missed"] + summary["fumbled"] == pytest.approx(1.0, abs=2e-3)
+    for e in episodes:
+        assert 0.0 <= e["nearest_object_cm"] < 40.0 and 0.0 <= e["nearest_from_start_cm"] < 40.0  # inside the tray
+
+
+def test_nearest_object_distance_is_zero_at_an_objects_centre():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from grasp_anatomy import nearest_object_distance
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    from nsl_sim.env import GraspEnv, SimConfig
+
+    with GraspEnv(SimConfig(num_objects=2)) as env:
+        env.reset(seed=3)
+        centres = [env._object_footprint(u)[0] for u in env._object_ids]
+        assert nearest_object_distance(env, centres[1]) == pytest.approx(0.0, abs=1e-9)
+        far = centres[0] + [0.5, 0.0]
+        assert nearest_object_distance(env, far) == pytest.approx(min(float(((c - far) ** 2).sum() ** 0.5)
+                                                                      for c in centres))
