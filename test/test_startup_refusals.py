@@ -11,6 +11,7 @@ CASES = [
     ("sim", "nsl_sim", "sim_node", "sim.yaml", {"camera_rate": -5.0}, "camera_rate"),
     ("collector", "nsl_collector", "collector_node", "collector.yaml", {"dataset_root": "/proc/no/such/dir"}, "dataset_root '/proc/no/such/dir'"),
     ("trainer", "nsl_trainer", "trainer_node", "trainer.yaml", {"checkpoint_dir": "/proc/no/ckpt"}, "checkpoint_dir '/proc/no/ckpt'"),
+    ("trainer", "nsl_trainer", "trainer_node", "trainer.yaml", {"policy_weights": "ema"}, "policy_weights must be online or polyak"),
     ("policy", "nsl_policy", "policy_node", "policy.yaml", {"control_rate": -1.0}, "control_rate"),
     ("policy", "nsl_policy", "policy_node", "policy.yaml", {"epsilon": 2.0}, "epsilon"),
 ]

@@ -423,33 +423,39 @@ def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path
 def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):
     import torch
     from nsl_bringup.experiment.config import STAGE_FIELDS
+    from nsl_bringup.experiment.report import reproduce_commands
     from nsl_policy.checkpoint import load_checkpoint
 
     out, results, _ = first_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    polyak = {"policy_weights": "polyak"}
-    # Unset, the field stays out of the stage keys: run folders made before it existed stay cached.
-    assert "finetune_qtopt" not in tiny(copy).subset(STAGE_FIELDS["finetune"])
-    assert tiny(copy, finetune_qtopt=polyak).subset(STAGE_FIELDS["finetune"])["finetune_qtopt"] == polyak
+    # The default exports the Polyak-averaged network; {} (every run made before the field
+    # existed) stays out of the stage keys, so those run folders stay cached.
+    assert tiny(copy).qtopt_config(finetune=True).policy_weights == "polyak"
+    assert tiny(copy).qtopt_config().policy_weights == "online"  # pre-training is unchanged
+    assert "finetune_qtopt" not in tiny(copy, finetune_qtopt={}).subset(STAGE_FIELDS["finetune"])
     logs: list[str] = []
-    res = run(tiny(copy, finetune_qtopt=polyak), copy, ["pretrain", "finetune_sweep"], logs.append)
+    res = run(tiny(copy, finetune_qtopt={}), copy, ["pretrain", "finetune_sweep"], logs.append)
     assert not any(re.search(r"pretrain_round_\d+: training", m) for m in logs), logs
     assert res["stages"]["pretrain"]["checkpoint_id"] == results["stages"]["pretrain"]["checkpoint_id"]
     for unit in ("sweep/checkerboard/tier_0004", "sweep/checkerboard/scratch_0004", "sweep/checkerboard/reinit_head_0004"):
         assert any(f"] {unit}: training" in m for m in logs), (unit, logs)
-    # The exported network is now the Polyak average (0.995 per step): after 2 steps it sits far
-    # closer to the base network than the online network the first run exported.
+    # Polyak averaging (0.995 per step): after 2 steps the exported network sits far closer to
+    # the base network than the online network does.
     base = load_checkpoint(out / "checkpoints" / "base.safetensors").model.state_dict()
-    online = load_checkpoint(out / "checkpoints" / "sweep" / "checkerboard" / "tier_0004.safetensors").model.state_dict()
-    averaged = load_checkpoint(copy / "checkpoints" / "sweep" / "checkerboard" / "tier_0004.safetensors").model.state_dict()
+    averaged = load_checkpoint(out / "checkpoints" / "sweep" / "checkerboard" / "tier_0004.safetensors").model.state_dict()
+    online = load_checkpoint(copy / "checkpoints" / "sweep" / "checkerboard" / "tier_0004.safetensors").model.state_dict()
 
     def distance(a):
         return max(float((a[k].float() - base[k].float()).abs().max()) for k in base)
 
     assert distance(averaged) < 0.1 * distance(online), (distance(averaged), distance(online))
-    assert res["stages"]["finetune_sweep"]["tasks"]["checkerboard"]["tiers"]["4"]["checkpoint_id"] != \
-        results["stages"]["finetune_sweep"]["tasks"]["checkerboard"]["tiers"]["4"]["checkpoint_id"]
+    # A stamp from before the field existed reproduces with the online network it was made with.
+    stamp = json.loads((out / "stages" / "finetune_sweep.json").read_text())
+    del stamp["provenance"]["config"]["finetune_qtopt"]
+    assert "--set 'finetune_qtopt={}'" in reproduce_commands({"finetune_sweep": stamp}, out)[0]
+    assert "finetune_qtopt" not in reproduce_commands({"finetune_sweep": json.loads(
+        (out / "stages" / "finetune_sweep.json").read_text())}, out)[0]
 
 
 def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):

@@ -38,6 +38,8 @@ class FineTuneJob:
     """Steps between progress messages; 0: every 10 steps (about 50 per job for short jobs)."""
     num_threads: int = 0
     """torch CPU threads in the worker; 0: torch's default."""
+    policy_weights: str = "online"
+    """The network written as the checkpoint: "online" or "polyak" (QTOptConfig.policy_weights)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -59,7 +61,7 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
             job.base_datasets, job.target_datasets, job.steps,
             output_path=job.output_path, init_checkpoint=job.init_checkpoint or None,
             learning_rate=job.learning_rate, target_fraction=job.target_fraction, progress=progress,
-            seed=job.seed, config=QTOptConfig(batch_size=job.batch_size, seed=job.seed),
+            seed=job.seed, config=QTOptConfig(batch_size=job.batch_size, seed=job.seed, policy_weights=job.policy_weights),
             device=None if job.device == "auto" else job.device, run_dir=job.run_dir or None,
             checkpoint_every=job.checkpoint_every, num_threads=job.num_threads or None,
             should_stop=(cancel.is_set if cancel is not None else None))

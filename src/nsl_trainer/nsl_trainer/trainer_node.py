@@ -46,6 +46,8 @@ class TrainerNode(Node):
         self.declare_parameter("device", "auto", d(description="auto (CUDA when present), cpu or cuda"))
         self.declare_parameter("checkpoint_every", 1000, d(description="save training state + a checkpoint in the job's run folder every K steps (0: only at the end)", integer_range=ints(0, 100_000_000)))
         self.declare_parameter("num_threads", 0, d(description="torch CPU threads of the worker (0: torch's default); leave a core for the sim/policy", integer_range=ints(0, 1024)))
+        self.declare_parameter("policy_weights", "online", d(description="network a job writes as its checkpoint: online, or polyak (the "
+                                                               "Polyak-averaged target network; better for 500-step fine-tunes in simulation, docs/trainer.md)"))
         self.declare_parameter("max_steps", 10_000_000, d(description="requests asking for more gradient steps are refused", integer_range=ints(1, 1_000_000_000)))
         self.declare_parameter("cancel_timeout", 10.0, d(description="seconds a cancelled worker gets to save its state and exit before it is terminated",
                                                            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)]))
@@ -56,10 +58,13 @@ class TrainerNode(Node):
         self.batch_size, self.device = int(p("batch_size")), p("device")
         self.checkpoint_every, self.num_threads = int(p("checkpoint_every")), int(p("num_threads"))
         self.max_steps, self.cancel_timeout = int(p("max_steps")), float(p("cancel_timeout"))
+        self.policy_weights = p("policy_weights")
         if self.default_steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise ValueError("default_steps and batch_size must be >= 1 and learning_rate > 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got '{self.device}'")
+        if self.policy_weights not in ("online", "polyak"):
+            raise ValueError(f"policy_weights must be online or polyak, got '{self.policy_weights}'")
 
         self._lock = threading.Lock()
         self._job: FineTuneJob | None = None
@@ -132,6 +137,7 @@ class TrainerNode(Node):
             run_dir=str(self.checkpoint_dir / "runs" / job_id),
             checkpoint_every=self.checkpoint_every,
             num_threads=self.num_threads,
+            policy_weights=self.policy_weights,
         )
         with self._lock:
             if self._job is not None:  # a concurrent request won the race

@@ -258,3 +258,33 @@ def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
     assert runs["polyak"].checkpoint_id != runs["online"].checkpoint_id
     with pytest.raises(ValueError, match="policy_weights"):
         QTOptConfig(policy_weights="ema")
+
+
+def test_a_worker_job_writes_the_network_it_is_asked_for(tmp_path, bags):
+    """The trainer node's ``policy_weights`` reaches the worker: a job's checkpoint records it."""
+    from nsl_trainer.jobs import FineTuneJob, run_job
+
+    base, target = bags
+    init = tmp_path / "init.safetensors"
+    init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
+
+    class Pipe:
+        def __init__(self):
+            self.messages = []
+
+        def send(self, message):
+            self.messages.append(message)
+
+        def close(self):
+            pass
+
+    for weights in ("online", "polyak"):
+        pipe = Pipe()
+        out = tmp_path / f"{weights}.safetensors"
+        run_job(FineTuneJob(job_id=weights, base_datasets=[str(base)], target_datasets=[str(target)],
+                            init_checkpoint=str(init), steps=2, learning_rate=1e-4, target_fraction=0.5,
+                            output_path=str(out), batch_size=8, device="cpu", run_dir=str(tmp_path / weights),
+                            num_threads=1, policy_weights=weights), pipe)
+        assert pipe.messages[-1]["event"] == "succeeded", pipe.messages[-1]
+        assert load_checkpoint(out).metadata["qtopt_config"]["policy_weights"] == weights
+

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ExperimentConfig
+from .config import KEYED_WHEN_SET, ExperimentConfig
 
 #: Acceptance thresholds of the reproduction (issue 7).
 BASE_MIN_SUCCESS = 0.80
@@ -241,6 +241,8 @@ def reproduce_commands(stamps: dict[str, dict], run_dir: Path) -> list[str]:
         words = ["./nsl", "experiment", "run", "--output", str(run_dir)]
         if names != list(STAGE_ORDER):  # else the default: every stage, the report included
             words += ["--stages", ",".join(names)]
+        # A field newer than the stamp had the value of KEYED_WHEN_SET when the stamp was made.
+        config = {**{k: v for k, v in KEYED_WHEN_SET.items() if k in defaults}, **config}
         for key in sorted(config):
             if key in defaults and config[key] != defaults[key]:
                 words += ["--set", f"{key}={json.dumps(config[key])}"]
