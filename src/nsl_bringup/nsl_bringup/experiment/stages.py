@@ -822,7 +822,12 @@ def run(config: ExperimentConfig, output: str | Path, stages: list[str] | None =
             raise ValueError(f"unknown stage {n!r} (stages: {', '.join(STAGES)})")
     ctx = Context(config, Path(output), log_fn)
     ctx.output.mkdir(parents=True, exist_ok=True)
-    (ctx.output / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    # Replaced, not rewritten in place: a run folder copied with hard links (cp -al, to reuse
+    # its data) must not change the original's config.
+    saved = ctx.output / "config.json"
+    tmp = saved.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    os.replace(tmp, saved)
     results = {"config": config.to_dict(), "stages": {}, "started": _now(), "hardware": hardware()}
     for n in [s for s in STAGES if s in names]:
         ctx.work_done, ctx.stage_started = 0, time.monotonic()
