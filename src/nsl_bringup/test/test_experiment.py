@@ -458,6 +458,22 @@ def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):
         (out / "stages" / "finetune_sweep.json").read_text())}, out)[0]
 
 
+def test_a_hard_linked_copy_keeps_the_originals_config(first_run, tmp_path):
+    """Copying a run folder with hard links (cp -al) to reuse its data is safe: running the copy
+    replaces its config.json instead of writing into the file both folders share."""
+    import os
+
+    out, _, _ = first_run
+    original = tmp_path / "original"
+    shutil.copytree(out, original)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, copy_function=os.link)
+    before = (original / "config.json").read_text()
+    run(tiny(copy, finetune_steps=3), copy, ["report"], lambda m: None)
+    assert (original / "config.json").read_text() == before
+    assert json.loads((copy / "config.json").read_text())["finetune_steps"] == 3
+
+
 def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):
     out, _, _ = first_run
     copy = tmp_path / "copy"
