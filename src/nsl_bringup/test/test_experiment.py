@@ -421,7 +421,6 @@ def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path
 
 
 def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):
-    import torch
     from nsl_bringup.experiment.config import STAGE_FIELDS
     from nsl_bringup.experiment.report import reproduce_commands
     from nsl_policy.checkpoint import load_checkpoint

@@ -357,16 +357,16 @@ def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints)
         # Ask for the swap while an episode on the old checkpoint is in flight (its step 1 seen, no
         # result yet). Searched over all steps, not just the newest: a loaded machine may wake
         # this thread only after a later step has arrived.
-        in_flight = []
+        found: list[str] = []
 
         def episode_in_flight(old_id=old_id) -> bool:
             finished = {r.episode_id for r in robot.results}
-            in_flight[:] = [s.episode_id for s in robot.steps
-                            if s.step_index == 1 and s.checkpoint_id == old_id and s.episode_id not in finished][-1:]
-            return bool(in_flight)
+            found[:] = [s.episode_id for s in robot.steps
+                        if s.step_index == 1 and s.checkpoint_id == old_id and s.episode_id not in finished][-1:]
+            return bool(found)
 
         robot.wait_until(episode_in_flight, 30, "an episode in flight")
-        in_flight = in_flight[0]
+        in_flight = found[0]
         done_before = len(robot.complete(new_id))
         if via == "service":
             reply = robot.load(path)
