@@ -12,6 +12,7 @@ Results: docs/results/keypoints/README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def main() -> int:
     target_bags, _ = target.tier(args.grasps, cfg.chunk_episodes)
     out = args.run / "probes" / f"policy_weights_{args.task}_{args.grasps}"
     out.mkdir(parents=True, exist_ok=True)
-    qtopt = cfg.qtopt_config()
+    # The study's fine-tuning settings, exporting the online network: the Polyak one is read
+    # from the saved training state below.
+    qtopt = dataclasses.replace(cfg.qtopt_config(finetune=True), policy_weights="online")
     finetune_transitions(str(init), load_episodes(base_bags), load_episodes(target_bags, args.grasps), cfg.finetune_steps,
                          output_path=str(out / "online.safetensors"), learning_rate=cfg.finetune_learning_rate(),
                          target_fraction=cfg.target_fraction, seed=cfg.seed, config=qtopt, num_threads=cfg.threads,

@@ -242,7 +242,7 @@ def reproduce_commands(stamps: dict[str, dict], run_dir: Path) -> list[str]:
         if names != list(STAGE_ORDER):  # else the default: every stage, the report included
             words += ["--stages", ",".join(names)]
         # A field newer than the stamp had the value of KEYED_WHEN_SET when the stamp was made.
-        config = {**{k: v for k, v in KEYED_WHEN_SET.items() if k in defaults}, **config}
+        config = {**KEYED_WHEN_SET, **config}
         for key in sorted(config):
             if key in defaults and config[key] != defaults[key]:
                 words += ["--set", f"{key}={json.dumps(config[key])}"]
