@@ -48,3 +48,48 @@ def test_nearest_object_distance_is_zero_at_an_objects_centre():
         far = centres[0] + [0.5, 0.0]
         assert nearest_object_distance(env, far) == pytest.approx(min(float(((c - far) ** 2).sum() ** 0.5)
                                                                       for c in centres))
+
+
+def _import_tool(name: str):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+
+
+def test_perception_probe_labels_are_the_offset_to_the_nearest_object():
+    import numpy as np
+
+    from nsl_sim.env import GraspEnv, SimConfig
+
+    probe = _import_tool("perception_probe")
+    images, states, offsets = probe.collect(64, "train", range(2), noise_max=0.0, progress_every=0)
+    assert images.shape[1:] == (64, 64, 3) and images.dtype == np.uint8
+    assert len(images) == len(states) == len(offsets) >= 2
+    starts = np.flatnonzero(states[:, 2] == 0)
+    assert len(starts) == 2  # one start frame per episode
+    with GraspEnv(SimConfig(object_split="train")) as env:
+        env.reset(seed=1, task="base")
+        start_xy = env.commanded_pose()[0][:2]
+        centres = [env._object_footprint(u)[0] for u in env._object_ids]
+    expected = min((c - start_xy for c in centres), key=lambda d: float(np.linalg.norm(d)))
+    np.testing.assert_allclose(offsets[starts[1]], expected, atol=1e-5)
+    # The noise-free oracle closes in on its object: the last frame is nearer than the first.
+    assert np.linalg.norm(offsets[starts[1] - 1]) < np.linalg.norm(offsets[0])
+
+
+def test_perception_probe_runs_and_reuses_its_frames(tmp_path):
+    cmd = [sys.executable, str(ROOT / "tools" / "perception_probe.py"), "--train-episodes", "3", "--test-episodes", "2",
+           "--steps", "5", "--threads", "1", "--cache", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    cached = sorted(p.name for p in tmp_path.iterdir())
+    assert len(cached) == 2 and all(name.endswith(".npz") for name in cached)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert first.stderr.count("collected") == 2 and "collected" not in second.stderr  # the frames came from the cache
+    a, b = (json.loads(out.stdout.splitlines()[-1]) for out in (first, second))
+    assert a["train_frames"] == b["train_frames"] and a["test_frames"] == b["test_frames"] > 0
+    assert a["median_error_cm"] == b["median_error_cm"]  # same frames, same seed: same training
+    assert a["blind_median_error_cm"] > 0 and 0 <= a["within_3cm"] <= 1
