@@ -1,13 +1,14 @@
 """Can the Q-network's image trunk see where the objects are? A supervised check, outside QT-Opt.
 
-Runs the noisy scripted oracle (the bootstrap mix's oracle episodes) on train objects, and at
+Runs the scripted oracle with per-episode Gaussian motion noise, as in the bootstrap mix (but
+without its random steps), on train objects, and at
 every step records the camera image, the gripper state and, read from the simulator (the
 policy never sees it), the horizontal offset from the commanded gripper position to the nearest
 object's centre: the thing a grasping policy must find. Then it trains the QNetwork trunk of the
 chosen head and image size, plus a small MLP, to regress that offset from the image and state,
 and reports the error on frames of held-out test objects (validation seeds, never evaluation).
 
-    .venv/bin/python tools/perception_probe.py --image-size 64 --head conv
+    .venv/bin/python tools/perception_probe.py --image-size 64 --head conv --cache runs/perception
 
 If the trunk can localise the nearest object to well under the 3 cm that separates a grasp
 from a miss (docs/results/base_policy.md), the base policy's misses are a learning problem of
@@ -62,11 +63,11 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=64, help="camera image and network input size (default 64)")
     ap.add_argument("--head", choices=("conv", "keypoints"), default="conv",
                     help="which QNetwork trunk: the conv head's (4x4 map) or the keypoint head's (16x16 map)")
-    ap.add_argument("--train-episodes", type=int, default=600, help="oracle episodes on train objects (default 600)")
+    ap.add_argument("--train-episodes", type=int, default=2400, help="oracle episodes on train objects (default 2400)")
     ap.add_argument("--test-episodes", type=int, default=150, help="oracle episodes on test objects (default 150)")
     ap.add_argument("--noise-max", type=float, default=0.5,
                     help="per-episode motion noise std, drawn from U(0, this), in units of the step clip (default 0.5)")
-    ap.add_argument("--steps", type=int, default=3000, help="gradient steps (default 3000)")
+    ap.add_argument("--steps", type=int, default=4000, help="gradient steps (default 4000)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
