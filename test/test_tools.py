@@ -15,6 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "src" / "nsl_bringup" / "nsl_bringup" / "checkpoints" / "base.safetensors"
 
 
+def _import_tool(name: str):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+
+
 def test_grasp_anatomy_measures_each_episode_and_adds_up():
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "grasp_anatomy.py"), "--checkpoint", str(BASE),
                           "--episodes", "3"], capture_output=True, text=True, timeout=300)
@@ -34,28 +42,16 @@ def test_grasp_anatomy_measures_each_episode_and_adds_up():
 
 
 def test_nearest_object_distance_is_zero_at_an_objects_centre():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from grasp_anatomy import nearest_object_distance
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    nearest_object_distance = _import_tool("grasp_anatomy").nearest_object_distance
     from nsl_sim.env import GraspEnv, SimConfig
 
     with GraspEnv(SimConfig(num_objects=2)) as env:
         env.reset(seed=3)
-        centres = [env._object_footprint(u)[0] for u in env._object_ids]
+        centres = env.object_centres()
         assert nearest_object_distance(env, centres[1]) == pytest.approx(0.0, abs=1e-9)
         far = centres[0] + [0.5, 0.0]
         assert nearest_object_distance(env, far) == pytest.approx(min(float(((c - far) ** 2).sum() ** 0.5)
                                                                       for c in centres))
-
-
-def _import_tool(name: str):
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
 
 
 def test_perception_probe_labels_are_the_offset_to_the_nearest_object():
@@ -72,7 +68,7 @@ def test_perception_probe_labels_are_the_offset_to_the_nearest_object():
     with GraspEnv(SimConfig(object_split="train")) as env:
         env.reset(seed=1, task="base")
         start_xy = env.commanded_pose()[0][:2]
-        centres = [env._object_footprint(u)[0] for u in env._object_ids]
+        centres = env.object_centres()
     expected = min((c - start_xy for c in centres), key=lambda d: float(np.linalg.norm(d)))
     np.testing.assert_allclose(offsets[starts[1]], expected, atol=1e-5)
     # The noise-free oracle closes in on its object: the last frame is nearer than the first.

@@ -19,12 +19,20 @@ import json
 import sys
 
 
-def nearest_object_distance(env, xy) -> float:
-    """Horizontal distance (m) from ``xy`` (tray frame) to the nearest object's centre (the mesh
-    centre the scripted oracle aims at)."""
+def nearest_object_offset(env, xy):
+    """Horizontal offset (m, tray frame) from ``xy`` to the nearest object's centre (the mesh
+    centre the scripted oracle aims at); None when the tray holds no object."""
     import numpy as np
 
-    return float(min(np.linalg.norm(env._object_footprint(u)[0] - np.asarray(xy)[:2]) for u in env._object_ids))
+    offsets = [c - np.asarray(xy)[:2] for c in env.object_centres()]
+    return min(offsets, key=lambda d: float(np.linalg.norm(d))) if offsets else None
+
+
+def nearest_object_distance(env, xy) -> float:
+    """Horizontal distance (m) from ``xy`` (tray frame) to the nearest object's centre."""
+    import numpy as np
+
+    return float(np.linalg.norm(nearest_object_offset(env, xy)))
 
 
 def main() -> int:

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from grasp_anatomy import nearest_object_offset  # tools/ is on sys.path when run as a script
+
 
 def collect(image_size: int, split: str, seeds: range, noise_max: float, progress_every: int = 100):
     """(images uint8 (N,S,S,3), states float32 (N,3), offsets float32 (N,2) in metres)."""
@@ -41,13 +43,11 @@ def collect(image_size: int, split: str, seeds: range, noise_max: float, progres
             obs = env.reset(seed=seed, task="base")
             done = False
             while not done:
-                pos = env.commanded_pose()[0]
-                centres = [env._object_footprint(u)[0] for u in env._object_ids]
-                if centres:
-                    nearest = min(centres, key=lambda c: float(np.linalg.norm(c - pos[:2])))
+                offset = nearest_object_offset(env, env.commanded_pose()[0])
+                if offset is not None:
                     images.append(obs.image)
                     states.append(_state(obs))
-                    offsets.append((nearest - pos[:2]).astype(np.float32))
+                    offsets.append(offset.astype(np.float32))
                 t, r, c, term = env.oracle_action()
                 t = np.asarray(t, dtype=float) + rng.normal(0.0, noise * env.config.max_translation, 3)
                 res = env.step(np.clip(t, -env.config.max_translation, env.config.max_translation), r, c, term)

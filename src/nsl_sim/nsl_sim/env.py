@@ -746,6 +746,11 @@ class GraspEnv:
         c = self._client()
         return [np.array(c.getBasePositionAndOrientation(u)[0]) - TRAY_ORIGIN for u in self._object_ids]
 
+    def object_centres(self) -> list[np.ndarray]:
+        """Each object's mesh-bounding-box centre (xy, tray frame): the point the oracle aims at
+        (simulator state; for scripted policies and diagnostics)."""
+        return [self._object_footprint(u)[0] for u in self._object_ids]
+
     def oracle_action(self) -> tuple[np.ndarray, float, bool, bool]:
         """Scripted grasp from simulator state: go above the nearest object, align the fingers
         with its narrow side, descend, terminate. Returns (translation, rotation, close, terminate).
