@@ -41,6 +41,16 @@ def test_grasp_anatomy_measures_each_episode_and_adds_up():
         assert 0.0 <= e["nearest_object_cm"] < 40.0 and 0.0 <= e["nearest_from_start_cm"] < 40.0  # inside the tray
 
 
+def test_grasp_anatomy_takes_cem_overrides_and_names_bad_ones():
+    tool = [sys.executable, str(ROOT / "tools" / "grasp_anatomy.py"), "--checkpoint", str(BASE), "--episodes", "1"]
+    out = subprocess.run(tool + ["--cem", "{population: 8, elites: 2, iterations: 1}"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["cem"] == {"population": 8, "elites": 2, "iterations": 1}
+    bad = subprocess.run(tool + ["--cem", "{population: 2, elites: 4}"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "elites" in bad.stderr, bad.stderr
+
+
 def test_nearest_object_distance_is_zero_at_an_objects_centre():
     nearest_object_distance = _import_tool("grasp_anatomy").nearest_object_distance
     from nsl_sim.env import GraspEnv, SimConfig

@@ -44,9 +44,16 @@ def main() -> int:
     ap.add_argument("--miss", type=float, default=3.0, help="a failed grasp farther than this from every object "
                     "(cm, bounding-box centre) counts as a miss (default 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--cem", default="{}", metavar="YAML",
+                    help="overrides of the acting CEMConfig, e.g. '{population: 256, iterations: 3}' (default: none)")
     args = ap.parse_args()
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
+    import yaml
+
+    cem_overrides = yaml.safe_load(args.cem)
+    if not isinstance(cem_overrides, dict):
+        ap.error(f"--cem must be a YAML mapping of CEMConfig fields, got {args.cem!r}")
 
     import numpy as np
     import torch
@@ -63,7 +70,11 @@ def main() -> int:
     sim = SimConfig(object_split="test")
     space = ActionSpace(sim.max_translation, sim.max_rotation)
     loaded = load_checkpoint(args.checkpoint, device="cpu")
-    policy = GraspPolicy(loaded.model, CEMConfig(), ExplorationConfig(0.0, 0.0), seed=0, device="cpu")
+    try:
+        cem = CEMConfig(**cem_overrides)
+    except (TypeError, ValueError) as err:
+        ap.error(f"--cem: {err}")
+    policy = GraspPolicy(loaded.model, cem, ExplorationConfig(0.0, 0.0), seed=0, device="cpu")
     task = resolve_task(task_spec(args.task, args.severity))
     rows = []
     with GraspEnv(sim) as env:
@@ -95,7 +106,7 @@ def main() -> int:
         return round(float(np.median(values[mask])), 2) if mask.any() else None
 
     summary = {
-        "checkpoint_id": loaded.checkpoint_id, "task": task.name, "episodes": len(rows),
+        "checkpoint_id": loaded.checkpoint_id, "task": task.name, "episodes": len(rows), "cem": cem_overrides,
         "success": round(float(ok.mean()), 3),
         "ended_by_agent": round(float(np.mean([r["ended_by_agent"] for r in rows])), 3),
         "missed": round(float(np.mean(fails & (dist > args.miss))), 3),

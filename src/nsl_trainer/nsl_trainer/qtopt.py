@@ -10,7 +10,11 @@ One update step:
      with ``mc_lower_bound``, y = max(y, discounted Monte-Carlo return of the recorded episode):
      the return the data's own behaviour achieved is a lower bound on the optimal Q, and
      taking it speeds up the propagation of the sparse success reward through 10-step episodes;
-  4. loss = binary cross-entropy of sigmoid Q(s, a) against y; one Adam step.
+  4. loss = binary cross-entropy of sigmoid Q(s, a) against y; one Adam step. With
+     ``conservative_weight`` > 0 (not in QT-Opt; CQL(H), Kumar et al. 2020) the loss adds
+     weight x (logsumexp of the logits of the data action, ``conservative_samples`` uniform
+     actions and the online network's CEM argmax) - logit of the data action): it pushes down
+     the actions an argmax can find but the data never tried.
 Images are augmented (random shift via crop-of-padding, brightness/contrast) on the fly.
 Fine-tuning = the same algorithm started from a pre-trained checkpoint, at
 ``finetune_lr_scale`` x the pre-training learning rate (paper: 1e-4 = 25% of pre-training).
@@ -106,6 +110,14 @@ class QTOptConfig:
     mc_lower_bound: bool = False
     """Lower-bound the Bellman target by the recorded episode's discounted Monte-Carlo return
     (not in QT-Opt; speeds up learning from few, mostly scripted episodes)."""
+    conservative_weight: float = 0.0
+    """Weight of the conservative (CQL(H)) term, 0 = plain QT-Opt. A stronger acting CEM made
+    the pre-trained policy worse (0.38 -> 0.19 on validation going from 64 x 2 to 1024 x 4
+    samples), i.e. the Q-function overrates actions its data never tried; this term lowers
+    them (docs/results/base_policy.md)."""
+    conservative_samples: int = 16
+    """Uniform random actions per state in the conservative term (plus the data action and
+    the online network's CEM argmax, found with ``target_cem``)."""
     grad_clip: float = 10.0
     """Clip the gradient's global norm to this (0 = off)."""
     policy_weights: str = "online"
@@ -143,6 +155,10 @@ class QTOptConfig:
         check("brightness", is_num(self.brightness) and 0 <= self.brightness <= 1, "in [0, 1]")
         check("contrast", is_num(self.contrast) and 0 <= self.contrast < 1, "in [0, 1)")
         check("mc_lower_bound", isinstance(self.mc_lower_bound, bool), "a bool")
+        check("conservative_weight", is_num(self.conservative_weight) and self.conservative_weight >= 0,
+              "a number >= 0")
+        check("conservative_samples", is_int(self.conservative_samples) and self.conservative_samples >= 1,
+              "a positive integer")
         check("grad_clip", is_num(self.grad_clip) and self.grad_clip >= 0, "a number >= 0")
         check("policy_weights", self.policy_weights in ("online", "polyak"), '"online" or "polyak"')
         check("seed", is_int(self.seed), "an integer")
@@ -341,6 +357,25 @@ class QTOptTrainer:
         best, idx = logits.max(dim=1)
         return actions[torch.arange(b, device=self.device), idx], best
 
+    def conservative_logits(self, images: torch.Tensor, state: torch.Tensor,
+                            action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the data actions (B,), the CQL(H) term): one trunk pass scores the data
+        action, ``conservative_samples`` uniform actions and the online CEM argmax per state."""
+        if self.ddp is not None:
+            raise NotImplementedError("conservative_weight > 0 is not supported with DistributedDataParallel")
+        cfg, b = self.config, images.shape[0]
+        feats = self.model.encode(images)
+        with torch.no_grad():
+            detached = feats.detach()
+            greedy, _ = cem_maximize(lambda a: self.model.score(detached, state, a), b, ACTION_DIM, cfg.target_cem,
+                                     generator=self._dev_gen, device=self.device, project=policy_actions)
+            uniform = policy_actions(torch.rand(b, cfg.conservative_samples, ACTION_DIM, generator=self._dev_gen,
+                                                device=self.device) * 2 - 1)
+        actions = torch.cat([action.unsqueeze(1), greedy.unsqueeze(1), uniform], dim=1)
+        all_logits = self.model.score(feats, state, actions)
+        logits = all_logits[:, 0]
+        return logits, (torch.logsumexp(all_logits, dim=1) - logits).mean()
+
     @torch.no_grad()
     def bellman_target(self, reward: torch.Tensor, done: torch.Tensor, next_images: torch.Tensor,
                        next_state: torch.Tensor) -> torch.Tensor:
@@ -386,8 +421,12 @@ class QTOptTrainer:
         y = self.bellman_target(reward, done, next_images, data.state[nidx])
         if cfg.mc_lower_bound:
             y = torch.maximum(y, data.mc_return(cfg.discount)[idx])
-        logits = (self.ddp or self.model)(images, data.state[idx], data.action[idx])
-        loss = F.binary_cross_entropy_with_logits(logits, y)
+        if cfg.conservative_weight > 0:
+            logits, conservative = self.conservative_logits(images, data.state[idx], data.action[idx])
+            loss = F.binary_cross_entropy_with_logits(logits, y) + cfg.conservative_weight * conservative
+        else:
+            logits = (self.ddp or self.model)(images, data.state[idx], data.action[idx])
+            loss = F.binary_cross_entropy_with_logits(logits, y)
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"QT-Opt loss became non-finite at step {self.step_count + 1}")
         self.optimizer.zero_grad(set_to_none=True)

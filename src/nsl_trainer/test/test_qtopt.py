@@ -44,7 +44,8 @@ def multi_step(n_episodes, steps=4, size=32, seed=0):
 def test_config_validation():
     for bad in ({"batch_size": 0}, {"learning_rate": 0}, {"discount": 1.0}, {"polyak": 1.0},
                 {"target_action": "argmax"}, {"target2_lag": 0}, {"grad_clip": -1}, {"augment": 1},
-                {"learning_rate": math.nan}):
+                {"learning_rate": math.nan}, {"conservative_weight": -0.1}, {"conservative_weight": math.inf},
+                {"conservative_samples": 0}):
         with pytest.raises(ValueError):
             QTOptConfig(**bad)
     c = QTOptConfig(target_action="random", target_cem=CEMConfig(population=10, elites=3))
@@ -127,6 +128,32 @@ def test_train_reports_fractions_and_decreases_loss():
     for key in ("loss", "mean_q", "td_error", "initial_loss"):
         assert math.isfinite(metrics[key])
     assert metrics["loss"] < metrics["initial_loss"] - 0.05
+
+
+def test_conservative_term_lowers_actions_the_data_never_tried():
+    """Half the recorded grasps succeed, whatever the action, and all move in -x. Plain QT-Opt
+    extrapolates that success rate to +x moves it never saw; the conservative term lowers them."""
+    data = one_step_task(256, seed=5)
+    data.action[:, 0] = -np.abs(data.action[:, 0])
+    data.reward[:] = np.random.default_rng(7).random(256) < 0.5
+    test = one_step_task(64, seed=6)
+    imgs = torch.as_tensor(test.image).permute(0, 3, 1, 2).float() / 255
+    st = torch.as_tensor(test.state)
+    tried, untried = torch.zeros(64, 6), torch.zeros(64, 6)
+    tried[:, 0], untried[:, 0] = -0.7, 0.9
+    gaps = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        cfg = QTOptConfig(batch_size=32, learning_rate=3e-3, augment=False, conservative_weight=weight,
+                          conservative_samples=8, target_cem=CEMConfig(population=8, elites=2, iterations=1), seed=1)
+        trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
+        metrics = trainer.train(data, None, steps=60)
+        assert math.isfinite(metrics["loss"])
+        with torch.no_grad():
+            gaps[weight] = float((torch.sigmoid(trainer.model(imgs, st, tried))
+                                  - torch.sigmoid(trainer.model(imgs, st, untried))).mean())
+    assert gaps[0.0] < 0.15, gaps  # plain QT-Opt rates the untried moves about as high
+    assert gaps[1.0] > gaps[0.0] + 0.2, gaps
 
 
 def test_polyak_and_lagged_target():
