@@ -64,6 +64,31 @@ def test_nearest_object_distance_is_zero_at_an_objects_centre():
                                                                       for c in centres))
 
 
+def test_start_pose_figures_tell_a_blind_q_function_from_one_that_looks():
+    import numpy as np
+
+    figures = _import_tool("start_pose_probe").start_pose_figures
+    offsets = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    blind = figures(np.tile([0.1, 0.9, 0.3], (4, 1)) + np.arange(4)[:, None] * 0.01, np.tile([0.02, 0.0], (4, 1)),
+                    offsets)
+    assert blind["q_correlation_mean"] == pytest.approx(1.0) and blind["scenes_best_action_differs"] == 0
+    assert blind["first_move_towards_nearest"] == blind["fixed_move_towards_nearest"] == 0.25
+    looking = figures(np.eye(4) + 0.1, offsets * 0.02, offsets)  # a different best action, and a move at the object
+    assert looking["q_correlation_mean"] < 0 and looking["scenes_best_action_differs"] == 3
+    assert looking["first_move_towards_nearest"] == 1.0 and looking["fixed_move_towards_nearest"] == 0.0
+
+
+def test_start_pose_probe_runs_on_the_shipped_base():
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "start_pose_probe.py"), "--checkpoint", str(BASE),
+                          "--scenes", "3", "--actions", "16"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["scenes"] == 3 and result["actions"] == 16
+    assert -1.0 <= result["q_correlation_min"] <= result["q_correlation_mean"] <= 1.0
+    assert 0 <= result["scenes_best_action_differs"] <= 2
+    assert 0 < result["first_move_cm_mean"] <= 100 * 0.03 * 2 ** 0.5 + 1e-6  # inside one step's clip
+
+
 def test_perception_probe_labels_are_the_offset_to_the_nearest_object():
     import numpy as np
 
