@@ -6,7 +6,7 @@ actions in every scene and reports:
   1.0 means the image does not change which action is best);
 - how many scenes' best action differs from the most common one;
 - how often the policy's first move (greedy CEM) points within 45 degrees of the nearest
-  object, against a fixed move's rate (the most common first direction).
+  object, against the rate of one fixed move (the mean first move) in the same scenes.
 
     .venv/bin/python tools/start_pose_probe.py --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors
 

@@ -293,6 +293,9 @@ class QTOptTrainer:
         self.world_size, self.rank = dist_info()
         self.ddp: torch.nn.Module | None = None
         if self.world_size > 1:
+            if self.config.conservative_weight > 0:  # its trunk pass bypasses DDP's gradient hooks
+                raise ValueError("QTOptConfig.conservative_weight > 0 is not supported with several processes "
+                                 "(DistributedDataParallel); train in one process or set it to 0")
             # DDP broadcasts rank 0's weights here and averages gradients in backward(); the
             # target networks are copied afterwards, so every rank starts from the same ones.
             from torch.nn.parallel import DistributedDataParallel
@@ -361,13 +364,10 @@ class QTOptTrainer:
                             action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of the data actions (B,), the CQL(H) term): one trunk pass scores the data
         action, ``conservative_samples`` uniform actions and the online CEM argmax per state."""
-        if self.ddp is not None:
-            raise NotImplementedError("conservative_weight > 0 is not supported with DistributedDataParallel")
         cfg, b = self.config, images.shape[0]
         feats = self.model.encode(images)
-        with torch.no_grad():
-            detached = feats.detach()
-            greedy, _ = cem_maximize(lambda a: self.model.score(detached, state, a), b, ACTION_DIM, cfg.target_cem,
+        with torch.no_grad():  # the sampled actions are constants of the loss
+            greedy, _ = cem_maximize(lambda a: self.model.score(feats, state, a), b, ACTION_DIM, cfg.target_cem,
                                      generator=self._dev_gen, device=self.device, project=policy_actions)
             uniform = policy_actions(torch.rand(b, cfg.conservative_samples, ACTION_DIM, generator=self._dev_gen,
                                                 device=self.device) * 2 - 1)
