@@ -23,9 +23,14 @@ def _import_tool(name: str):
         sys.path.remove(str(ROOT / "tools"))
 
 
+def _tool(name: str, *args: str) -> list[str]:
+    """The command line that runs tools/<name>.py with ``args``."""
+    return [sys.executable, str(ROOT / "tools" / f"{name}.py"), *args]
+
+
 def test_grasp_anatomy_measures_each_episode_and_adds_up():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "grasp_anatomy.py"), "--checkpoint", str(BASE),
-                          "--episodes", "3"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(_tool("grasp_anatomy", "--checkpoint", str(BASE), "--episodes", "3"),
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     episodes, summary = lines[:-1], lines[-1]
@@ -42,7 +47,7 @@ def test_grasp_anatomy_measures_each_episode_and_adds_up():
 
 
 def test_grasp_anatomy_takes_cem_overrides_and_names_bad_ones():
-    tool = [sys.executable, str(ROOT / "tools" / "grasp_anatomy.py"), "--checkpoint", str(BASE), "--episodes", "1"]
+    tool = _tool("grasp_anatomy", "--checkpoint", str(BASE), "--episodes", "1")
     out = subprocess.run(tool + ["--cem", "{population: 8, elites: 2, iterations: 1}"], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
@@ -79,8 +84,8 @@ def test_start_pose_figures_tell_a_blind_q_function_from_one_that_looks():
 
 
 def test_start_pose_probe_runs_on_the_shipped_base():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "start_pose_probe.py"), "--checkpoint", str(BASE),
-                          "--scenes", "3", "--actions", "16"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(_tool("start_pose_probe", "--checkpoint", str(BASE), "--scenes", "3", "--actions", "16"),
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["scenes"] == 3 and result["actions"] == 16
@@ -111,8 +116,8 @@ def test_perception_probe_labels_are_the_offset_to_the_nearest_object():
 
 
 def test_perception_probe_runs_and_reuses_its_frames(tmp_path):
-    cmd = [sys.executable, str(ROOT / "tools" / "perception_probe.py"), "--train-episodes", "3", "--test-episodes", "2",
-           "--steps", "5", "--threads", "1", "--cache", str(tmp_path)]
+    cmd = _tool("perception_probe", "--train-episodes", "3", "--test-episodes", "2", "--steps", "5", "--threads", "1",
+                "--cache", str(tmp_path))
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     cached = sorted(p.name for p in tmp_path.iterdir())

@@ -51,9 +51,15 @@ def main() -> int:
         ap.error("--episodes must be >= 1")
     import yaml
 
+    from nsl_policy.cem import CEMConfig
+
     cem_overrides = yaml.safe_load(args.cem)
     if not isinstance(cem_overrides, dict):
         ap.error(f"--cem must be a YAML mapping of CEMConfig fields, got {args.cem!r}")
+    try:  # before any simulator or checkpoint work
+        cem = CEMConfig(**cem_overrides)
+    except (TypeError, ValueError) as err:
+        ap.error(f"--cem: {err}")
 
     import numpy as np
     import torch
@@ -62,7 +68,6 @@ def main() -> int:
     from nsl_bringup.experiment.config import VALIDATION_SEEDS
     from nsl_bringup.experiment.episodes import _state, resolve_task, task_spec
     from nsl_policy.action_space import ActionSpace
-    from nsl_policy.cem import CEMConfig
     from nsl_policy.checkpoint import load_checkpoint
     from nsl_policy.policy import ExplorationConfig, GraspPolicy
     from nsl_sim.env import GraspEnv, SimConfig
@@ -70,10 +75,6 @@ def main() -> int:
     sim = SimConfig(object_split="test")
     space = ActionSpace(sim.max_translation, sim.max_rotation)
     loaded = load_checkpoint(args.checkpoint, device="cpu")
-    try:
-        cem = CEMConfig(**cem_overrides)
-    except (TypeError, ValueError) as err:
-        ap.error(f"--cem: {err}")
     policy = GraspPolicy(loaded.model, cem, ExplorationConfig(0.0, 0.0), seed=0, device="cpu")
     task = resolve_task(task_spec(args.task, args.severity))
     rows = []

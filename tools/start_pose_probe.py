@@ -82,9 +82,10 @@ def main() -> int:
     with GraspEnv(sim) as env, torch.no_grad():
         for i in range(args.scenes):
             obs = env.reset(seed=VALIDATION_SEEDS + i, task="base")
-            state = torch.as_tensor(_state(obs)).reshape(1, -1)
-            q_rows.append(torch.sigmoid(model.score(model.encode(to_tensor(obs.image)), state, actions))[0].numpy())
-            first_moves.append(space.to_command(policy.select_action(obs.image, _state(obs)).vector).translation[:2])
+            state = _state(obs)
+            q = model.score(model.encode(to_tensor(obs.image)), torch.as_tensor(state).reshape(1, -1), actions)
+            q_rows.append(torch.sigmoid(q)[0].numpy())
+            first_moves.append(space.to_command(policy.select_action(obs.image, state).vector).translation[:2])
             offsets.append(nearest_object_offset(env, env.commanded_pose()[0]))
     result = {"checkpoint_id": loaded.checkpoint_id, "scenes": args.scenes, "actions": args.actions,
               **start_pose_figures(np.stack(q_rows), np.stack(first_moves), np.stack(offsets))}
