@@ -129,3 +129,46 @@ def test_perception_probe_runs_and_reuses_its_frames(tmp_path):
     assert a["train_frames"] == b["train_frames"] and a["test_frames"] == b["test_frames"] > 0
     assert a["median_error_cm"] == b["median_error_cm"]  # same frames, same seed: same training
     assert a["blind_median_error_cm"] > 0 and 0 <= a["within_3cm"] <= 1
+
+
+def test_roc_auc_matches_counting_pairs():
+    import numpy as np
+
+    auc = _import_tool("grasp_outcome_probe").roc_auc
+    assert auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0 and auc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
+    assert auc([0.5] * 4, [0, 1, 0, 1]) == 0.5 and np.isnan(auc([0.1, 0.2], [1, 1]))
+    rng = np.random.default_rng(0)
+    scores, labels = rng.integers(0, 5, 200) / 4, rng.random(200) < 0.3  # many ties
+    pos, neg = scores[labels], scores[~labels]
+    pairs = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    assert auc(scores, labels) == pytest.approx(pairs)
+
+
+def test_episode_labels_count_steps_to_the_grasp():
+    import numpy as np
+
+    labels = _import_tool("grasp_outcome_probe").episode_labels
+    to_go, success = labels(np.array([0, 0, 1, 0, 0]), np.array([False, False, True, False, True]))
+    assert to_go.tolist() == [2, 1, 0, 1, 0] and success.tolist() == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="no final step"):
+        labels(np.array([0, 0]), np.array([True, False]))
+
+
+def test_grasp_outcome_probe_scores_recorded_episodes(tmp_path):
+    sys.path.insert(0, str(ROOT / "src" / "nsl_trainer" / "test"))
+    try:
+        from trainer_helpers import write_bag
+    finally:
+        sys.path.pop(0)
+    held_out, train = write_bag(tmp_path / "held_out", 24, steps=2, seed=1), write_bag(tmp_path / "train", 12, steps=2, seed=2)
+    out = subprocess.run(_tool("grasp_outcome_probe", "--checkpoint", str(BASE), "--data", str(held_out),
+                               "--fit-steps", "2", "--train", str(train)), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["episodes"] == 24 and [r["steps_to_go"] for r in result["by_steps_to_go"]] == [0, 1]
+    for row in result["by_steps_to_go"]:
+        assert row["n"] == 24 and 0 < row["success"] < 1 and 0 <= row["auc"] <= 1 and 0 < row["mean_q"] < 1
+    assert result["classifier"]["steps"] == 2 and 0 <= result["classifier"]["grasp_auc"] <= 1
+    bad = subprocess.run(_tool("grasp_outcome_probe", "--checkpoint", str(BASE), "--data", str(held_out),
+                               "--fit-steps", "5"), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--fit-steps needs --train" in bad.stderr

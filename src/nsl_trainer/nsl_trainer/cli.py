@@ -40,6 +40,9 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g.add_argument("--conservative-weight", type=float, default=0.0, metavar="W",
                    help="weight of the conservative (CQL) term that lowers actions the data never tried "
                         "(default 0: plain QT-Opt; see QTOptConfig.conservative_weight)")
+    g.add_argument("--grasp-fraction", type=float, default=0.0, metavar="F",
+                   help="extra share of each batch drawn from grasp attempts (episode-final steps) "
+                        "(default 0: uniform rows, as QT-Opt; see QTOptConfig.grasp_fraction)")
     g.add_argument("--checkpoint-every", type=int, default=1000, metavar="K",
                    help="save training state + a policy checkpoint every K steps (0: only at the end; default 1000)")
     g.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
@@ -180,7 +183,8 @@ def _run(args) -> int:
         torch.set_num_threads(max(1, args.threads))
     config = QTOptConfig(batch_size=args.batch_size, learning_rate=args.base_lr, target_action=args.target_action,
                          augment=not args.no_augment, seed=args.seed, policy_weights=args.policy_weights,
-                         conservative_weight=args.conservative_weight)
+                         conservative_weight=args.conservative_weight,
+                         grasp_fraction=args.grasp_fraction)
     model_config = QNetworkConfig(image_size=args.image_size, width=args.width, head=args.head,
                                   **(KEYPOINTS_RECIPE if args.head == "keypoints" else {}))
     with distributed(args.device) as device:

@@ -57,8 +57,10 @@ class RunResult:
 
 
 def default_run_dir(output_path: str | os.PathLike) -> str:
+    """``<output without its extension>.run`` beside the output. Only the last suffix goes:
+    ``lr2.5e-4.safetensors`` -> ``lr2.5e-4.run`` (not ``lr2.run``, which ``lr2.7e-4`` would share)."""
     p = Path(output_path)
-    return str(p.with_name(p.name[: -len(p.suffix)] if p.suffix else p.name).with_suffix(".run"))
+    return str(p.with_name((p.name[: -len(p.suffix)] if p.suffix else p.name) + ".run"))
 
 
 def _writer(run_dir: str, purge_step: int | None):

@@ -45,7 +45,8 @@ def test_config_validation():
     for bad in ({"batch_size": 0}, {"learning_rate": 0}, {"discount": 1.0}, {"polyak": 1.0},
                 {"target_action": "argmax"}, {"target2_lag": 0}, {"grad_clip": -1}, {"augment": 1},
                 {"learning_rate": math.nan}, {"conservative_weight": -0.1}, {"conservative_weight": math.inf},
-                {"conservative_samples": 0}):
+                {"conservative_samples": 0}, {"grasp_fraction": -0.1}, {"grasp_fraction": 1.5},
+                {"grasp_fraction": math.nan}):
         with pytest.raises(ValueError):
             QTOptConfig(**bad)
     c = QTOptConfig(target_action="random", target_cem=CEMConfig(population=10, elites=3))
@@ -113,6 +114,30 @@ def test_mixing_counts():
     assert abs(float(from_t.float().mean()) - 0.2) < 0.02
     idx, from_t = trainer.sample_indices(n_base, 0, 0.5, 1000)
     assert not from_t.any() and idx.max() < n_base
+
+
+def test_grasp_fraction_draws_grasps_from_the_same_part():
+    from nsl_trainer.qtopt import _Data
+
+    base, target = multi_step(30, steps=4, seed=1), multi_step(10, steps=5, seed=2)
+    data = _Data(base, target, 32, torch.device("cpu"))
+    n_base = len(base.reward)
+    assert data.final_rows[0].tolist() == list(range(3, n_base, 4))
+    assert data.final_rows[1].tolist() == list(range(n_base + 4, n_base + 50, 5))
+    final = set(data.final_rows[0].tolist()) | set(data.final_rows[1].tolist())
+
+    def batch(fraction):
+        trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig(grasp_fraction=fraction, seed=0), "cpu")
+        idx, from_t = trainer.sample_indices(data.n_base, data.n_target, 0.5, 20000)
+        return trainer.with_grasps(idx, from_t, data), from_t
+
+    idx, from_t = batch(0.0)  # off: the uniform rows, a quarter or a fifth of them grasps
+    assert abs(np.mean([i in final for i in idx.tolist()]) - (0.5 / 4 + 0.5 / 5)) < 0.02
+    idx, from_t = batch(1.0)  # only grasps, each from the part its row was drawn for
+    assert all(i in final for i in idx.tolist()) and bool(((idx >= n_base) == from_t).all())
+    idx, from_t = batch(0.5)  # half replaced: 0.5 + 0.5 x the natural share
+    assert abs(np.mean([i in final for i in idx.tolist()]) - (0.5 + 0.5 * 0.225)) < 0.02
+    assert abs(float(from_t.float().mean()) - 0.5) < 0.02 and bool(((idx >= n_base) == from_t).all())
 
 
 def test_train_reports_fractions_and_decreases_loss():

@@ -15,13 +15,20 @@ from nsl_policy.cem import CEMConfig, cem_maximize
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
 from nsl_policy.model import QNetwork, QNetworkConfig
 from nsl_trainer.qtopt import QTOptConfig, QTOptTrainer
-from nsl_trainer.runs import Cancelled, continual, train_transitions
+from nsl_trainer.runs import Cancelled, continual, default_run_dir, train_transitions
 
 from trainer_helpers import episodes_task, marker_images, marker_success, marker_task, write_bag
 
 TINY = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1)
 FAST = QTOptConfig(batch_size=16, target_cem=CEMConfig(population=8, elites=2, iterations=2), seed=0)
 SRC = Path(__file__).resolve().parents[2]
+
+
+def test_default_run_dir_keeps_dots_in_the_name(tmp_path):
+    # Two runs whose names differ after a dot must not share (and resume from) one run directory.
+    a, b = default_run_dir(tmp_path / "gf0.3.safetensors"), default_run_dir(tmp_path / "gf0.safetensors")
+    assert a == str(tmp_path / "gf0.3.run") and b == str(tmp_path / "gf0.run")
+    assert default_run_dir(tmp_path / "base") == str(tmp_path / "base.run")
 
 
 TINY_KEYPOINTS = QNetworkConfig(image_size=32, width=8, fc_width=16, trunk_depth=0, feature_size=8, head="keypoints")
