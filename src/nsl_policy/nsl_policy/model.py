@@ -39,6 +39,7 @@ from .action_space import ACTION_DIM, HEIGHT_INDEX, STATE_DIM
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 472
 HEADS = ("conv", "keypoints")
+NORMS = ("none", "group")
 #: QNetworkConfig fields that go with head="keypoints" in the measured recipe
 #: (docs/results/base_policy.md): a 16x16 map and an MLP of 256 units.
 KEYPOINTS_RECIPE = {"feature_size": 16, "fc_width": 256}
@@ -77,6 +78,11 @@ class QNetworkConfig:
     ``width`` image points together with the action; the head then costs almost nothing per CEM
     sample, so ``feature_size`` can be large (16 keeps 4-pixel cells at 64x64). ``head_depth``
     and ``embed_width`` only apply to "conv"."""
+    norm: str = "none"
+    """Normalisation after every convolution, before its ReLU: "none" (every checkpoint made
+    before this field existed) or "group" (GroupNorm, 8 groups; per-sample, so CEM's batches
+    and single observations are scored alike). QT-Opt's network normalises its convolutions
+    (batch norm)."""
     height_scale: float = 1.0
     """The gripper height (m) is multiplied by this before the embedding (its range is only
     ~0-0.3 m against the actions' [-1, 1]). 1.0, the raw height, is what every shipped checkpoint
@@ -101,6 +107,10 @@ class QNetworkConfig:
                 or not (math.isfinite(self.height_scale) and 0 < self.height_scale <= 1000):
             raise ValueError(f"QNetworkConfig.height_scale must be a number in (0, 1000], got {self.height_scale!r}")
         object.__setattr__(self, "height_scale", float(self.height_scale))
+        if self.norm not in NORMS:
+            raise ValueError(f"QNetworkConfig.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm == "group" and self.width % 8:
+            raise ValueError(f"QNetworkConfig.norm 'group' needs a width divisible by 8, got {self.width}")
         if self.head not in HEADS:
             raise ValueError(f"QNetworkConfig.head must be one of {HEADS}, got {self.head!r}")
         if not isinstance(self.coord_channels, bool):
@@ -143,6 +153,14 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
 
 
+def _conv_relu(cin: int, cout: int, k: int, norm: str, stride: int = 1) -> list[nn.Module]:
+    """conv [-> GroupNorm] -> ReLU."""
+    layers: list[nn.Module] = [_conv(cin, cout, k, stride)]
+    if norm == "group":
+        layers.append(nn.GroupNorm(8, cout))
+    return layers + [nn.ReLU(inplace=True)]
+
+
 class QNetwork(nn.Module):
     """QT-Opt Q-function. See the module docstring for the layout."""
 
@@ -150,11 +168,11 @@ class QNetwork(nn.Module):
         super().__init__()
         self.config = config or QNetworkConfig()
         c = self.config
-        trunk: list[nn.Module] = [_conv(5 if c.coord_channels else 3, c.width, 5, stride=2), nn.ReLU(inplace=True)]
+        trunk: list[nn.Module] = _conv_relu(5 if c.coord_channels else 3, c.width, 5, c.norm, stride=2)
         for _ in range(c.trunk_stages):
-            trunk += [nn.MaxPool2d(2, ceil_mode=True), _conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+            trunk += [nn.MaxPool2d(2, ceil_mode=True), *_conv_relu(c.width, c.width, 3, c.norm)]
         for _ in range(c.trunk_depth):
-            trunk += [_conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+            trunk += _conv_relu(c.width, c.width, 3, c.norm)
         if c.head == "keypoints":
             trunk.append(nn.Conv2d(c.width, c.width, 1))  # keypoint logits: no ReLU before the softmax
         self.trunk = nn.Sequential(*trunk)
@@ -169,7 +187,7 @@ class QNetwork(nn.Module):
             )
             head: list[nn.Module] = []
             for _ in range(c.head_depth):
-                head += [_conv(c.width, c.width, 3), nn.ReLU(inplace=True)]
+                head += _conv_relu(c.width, c.width, 3, c.norm)
             head += [nn.AdaptiveMaxPool2d(2), nn.Flatten()]
             self.head = nn.Sequential(*head)
             fc_in = c.width * 4

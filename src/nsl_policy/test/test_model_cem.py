@@ -303,3 +303,24 @@ def test_fresh_keypoint_network_sees_the_image():
         spread = net.encode(images).std(dim=0).mean().item()
     assert spread > 1e-3, f"keypoints barely move across images (mean std {spread:.2e})"
     assert (q - q_black).abs().max().item() > 1e-4, "Q does not depend on the image"
+
+
+def test_group_norm_option_and_old_configs():
+    older = {k: v for k, v in SMALL.to_dict().items() if k != "norm"}
+    assert QNetworkConfig.from_dict(older).norm == "none"  # checkpoints from before the field load as before
+    for bad in ({"norm": "batch"}, {"norm": "group", "width": 12}):
+        with pytest.raises(ValueError, match="norm"):
+            QNetworkConfig(**bad)
+    cfg = QNetworkConfig(**{**SMALL.to_dict(), "norm": "group"})
+    torch.manual_seed(0)
+    net = QNetwork(cfg).eval()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())  # one after every conv
+    img, st = torch.rand(3, 3, 32, 32), torch.rand(3, 3)
+    actions = torch.rand(3, 7, ACTION_DIM) * 2 - 1
+    with torch.no_grad():  # per-sample normalisation: CEM's shared scoring equals one-by-one scoring
+        shared = net.score(net.encode(img), st, actions)
+        single = torch.stack([net(img[i:i + 1], st[i:i + 1], actions[i:i + 1, j]) for i in range(3) for j in range(7)])
+    torch.testing.assert_close(shared.reshape(-1), single.reshape(-1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError):  # a checkpoint without the norm layers does not load silently
+        net.load_state_dict(QNetwork(SMALL).state_dict())
