@@ -172,3 +172,28 @@ def test_grasp_outcome_probe_scores_recorded_episodes(tmp_path):
     bad = subprocess.run(_tool("grasp_outcome_probe", "--checkpoint", str(BASE), "--data", str(held_out),
                                "--fit-steps", "5"), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--fit-steps needs --train" in bad.stderr
+
+
+def test_steering_labels_and_within_frame_auc():
+    import numpy as np
+
+    probe = _import_tool("steering_probe")
+    offsets = np.array([[0.05, 0.0], [0.0, -0.05]])
+    moves = np.array([[[0.03, 0.0], [-0.03, 0.0]], [[0.0, -0.03], [0.03, 0.03]]])
+    assert probe.move_labels(offsets, moves).tolist() == [[1, 0], [1, 0]]
+    actions, metres = probe.random_moves(5, 3, 0.03, np.random.default_rng(0), horizontal_only=True)
+    assert (actions[..., 2] == -1).all() and (actions[..., 3] == 0).all() and (actions[..., 4:] == -1).all()
+    assert np.allclose(metres, actions[..., :2] * 0.03)
+    labels = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 1]])  # the last frame has one label only: skipped
+    assert probe.within_frame_auc(np.array([[0.9, 0.1, 0.2], [0.9, 0.1, 0.2], [0, 0, 0]]), labels) == 0.5
+    # A Q that only likes some scenes better ranks nothing within a scene.
+    assert probe.within_frame_auc(np.array([[0.5, 0.5, 0.5], [0.9, 0.9, 0.9], [0, 0, 0]]), labels) == 0.5
+
+
+def test_steering_probe_runs_on_the_shipped_base():
+    out = subprocess.run(_tool("steering_probe", "--checkpoint", str(BASE), "--test-episodes", "3", "--moves", "8",
+                               "--fit-steps", "2", "--train-episodes", "1"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["moves_per_frame"] == 8 and result["test_frames"] > 0 and 0 < result["closer_share"] < 1
+    assert 0 <= result["auc"] <= 1 and 0 <= result["classifier"]["auc"] <= 1 and result["classifier"]["steps"] == 2

@@ -1,0 +1,158 @@
+"""Does a Q-function know which moves bring the gripper closer to an object? On frames of the
+noisy scripted oracle (held-out test objects, validation seeds), with the nearest object more
+than 2 cm away, it scores random horizontal moves that all descend one full step without
+rotating (close and terminate off). It reports, averaged over frames, the AUC of its ranking
+of the frame's moves that end closer to the nearest object against those that do not
+(0.5 = chance). The labels come from the simulator state, which the policy never sees.
+
+- ``--checkpoint CK``: a trained Q-function (e.g. a base policy), as it is.
+- ``--fit-steps N``: a fresh network of the same architecture, trained for N steps as a plain
+  supervised classifier of that label on train-object frames: what the architecture can learn
+  when the label is given on every move. ``--blind`` trains it on black images (the control:
+  what the gripper state and the move alone predict).
+
+    .venv/bin/python tools/steering_probe.py --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \\
+        --fit-steps 3000 --cache runs/perception
+
+The frames and their cache are tools/perception_probe.py's. The last line printed is one JSON
+object with the figures. Results: docs/results/base_policy.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from grasp_outcome_probe import roc_auc  # tools/ is on sys.path when run as a script
+from perception_probe import collect
+
+
+def move_labels(offsets, moves):
+    """1 where a horizontal move (..., K, 2) (m) ends closer to the object at ``offsets`` (..., 2)
+    than the gripper is now, else 0."""
+    import numpy as np
+
+    o = offsets[..., None, :]
+    return (np.linalg.norm(o - moves, axis=-1) < np.linalg.norm(o, axis=-1)).astype(np.float32)
+
+
+def random_moves(n: int, k: int, max_translation: float, rng, horizontal_only: bool = False):
+    """(normalised actions (n, k, 6) with close and terminate off, their horizontal moves (n, k, 2)
+    in m). ``horizontal_only``: every move descends a full step without rotating, so that moves of
+    one frame differ only in x and y."""
+    import numpy as np
+
+    actions = rng.uniform(-1.0, 1.0, (n, k, 6)).astype(np.float32)
+    actions[..., 4:] = -1.0
+    if horizontal_only:
+        actions[..., 2], actions[..., 3] = -1.0, 0.0
+    return actions, actions[..., :2] * max_translation
+
+
+def within_frame_auc(q, labels) -> float:
+    """Mean over frames (rows) of the AUC of that frame's moves, over frames with both labels:
+    whether the Q-function prefers the closer moves *in the same scene*, not which scenes it likes."""
+    import numpy as np
+
+    aucs = [roc_auc(qi, li) for qi, li in zip(q, labels) if 0 < li.sum() < len(li)]
+    return float(np.mean(aucs))
+
+
+def frames(image_size: int, split: str, seeds: range, cache: str | None):
+    """perception_probe's oracle frames (images, states, offsets), from ``cache`` when there."""
+    import numpy as np
+
+    if cache is None:
+        return collect(image_size, split, seeds, 0.5)
+    path = Path(cache) / f"frames_{image_size}px_{split}_{seeds.start}_{len(seeds)}_noise0.5.npz"
+    if path.exists():
+        with np.load(path) as data:
+            return data["images"], data["states"], data["offsets"]
+    out = collect(image_size, split, seeds, 0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, images=out[0], states=out[1], offsets=out[2])
+    tmp.replace(path)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a policy checkpoint (.safetensors); its architecture "
+                                                        "is also the one --fit-steps trains")
+    ap.add_argument("--fit-steps", type=int, default=0, help="also train a supervised classifier (default 0: no)")
+    ap.add_argument("--blind", action="store_true", help="the classifier sees black images (control)")
+    ap.add_argument("--train-episodes", type=int, default=2400, help="oracle episodes on train objects (default 2400)")
+    ap.add_argument("--test-episodes", type=int, default=150, help="oracle episodes on test objects (default 150)")
+    ap.add_argument("--moves", type=int, default=16, help="random moves per frame (default 16)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default=None, help="perception_probe's frame cache folder")
+    args = ap.parse_args()
+    if min(args.test_episodes, args.moves) < 1 or args.fit_steps < 0 or (args.fit_steps and args.train_episodes < 1):
+        ap.error("--test-episodes, --moves (and --train-episodes with --fit-steps) must be >= 1, --fit-steps >= 0")
+
+    import numpy as np
+    import torch
+
+    from nsl_bringup.experiment.config import VALIDATION_SEEDS
+    from nsl_policy.checkpoint import load_checkpoint
+    from nsl_policy.model import QNetwork
+    from nsl_sim.env import SimConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    loaded = load_checkpoint(args.checkpoint, device="cpu")
+    size, max_t = loaded.model.config.image_size, SimConfig().max_translation
+
+    def far(data):  # frames whose nearest object is > 2 cm away: there the direction matters
+        keep = np.linalg.norm(data[2], axis=1) > 0.02
+        return tuple(x[keep] for x in data)
+
+    def tensors(images, states, actions, blind=False):
+        x = torch.from_numpy(images * 0 if blind else images).permute(0, 3, 1, 2).float().div_(255.0)
+        return x.contiguous(memory_format=torch.channels_last), torch.from_numpy(states), torch.from_numpy(actions)
+
+    test = far(frames(size, "test", range(VALIDATION_SEEDS, VALIDATION_SEEDS + args.test_episodes), args.cache))
+    test_actions, test_moves = random_moves(len(test[0]), args.moves, max_t, np.random.default_rng(args.seed + 1),
+                                            horizontal_only=True)
+    test_labels = move_labels(test[2], test_moves)
+
+    def auc_of(net, blind=False) -> float:
+        x, s, a = tensors(test[0], test[1], test_actions, blind)
+        with torch.no_grad():
+            q = torch.cat([net.score(net.encode(x[i:i + 128]), s[i:i + 128], a[i:i + 128]) for i in range(0, len(x), 128)])
+        return round(within_frame_auc(q.numpy(), test_labels), 3)
+
+    result = {"checkpoint_id": loaded.checkpoint_id, "test_frames": int(len(test[0])), "moves_per_frame": args.moves,
+              "closer_share": round(float(test_labels.mean()), 3), "auc": auc_of(loaded.model.eval())}
+    print(f"{loaded.checkpoint_id}: ranks moves that bring the gripper closer with AUC {result['auc']} "
+          f"({len(test[0])} test frames x {args.moves} moves)")
+    if args.fit_steps:
+        train = far(frames(size, "train", range(args.train_episodes), args.cache))
+        net = QNetwork(loaded.model.config).train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        rng = np.random.default_rng(args.seed)
+        t0 = time.time()
+        for step in range(1, args.fit_steps + 1):
+            idx = rng.integers(0, len(train[0]), 64)
+            actions, moves = random_moves(64, args.moves, max_t, rng)
+            x, s, a = tensors(train[0][idx], train[1][idx], actions, args.blind)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                net.score(net.encode(x), s, a), torch.from_numpy(move_labels(train[2][idx], moves)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % max(1, args.fit_steps // 10) == 0:
+                print(f"  classifier step {step}/{args.fit_steps}, loss {loss.item():.3f} ({time.time() - t0:.0f} s)",
+                      file=sys.stderr, flush=True)
+        result["classifier"] = {"steps": args.fit_steps, "blind": args.blind, "auc": auc_of(net.eval(), args.blind)}
+        print(f"supervised classifier of the same architecture ({args.fit_steps} steps{', blind' if args.blind else ''}): "
+              f"AUC {result['classifier']['auc']}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
