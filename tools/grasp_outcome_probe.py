@@ -98,7 +98,25 @@ def by_steps_to_go(q, to_go, success, max_to_go: int = 5) -> list[dict]:
     return rows
 
 
-def fit_grasp_classifier(model_config, train, steps: int, seed: int, log) -> "object":
+def train_classifier(net, batch_loss, steps: int, log):
+    """Train ``net`` for ``steps`` Adam steps (lr 1e-3) on ``batch_loss()``, the loss of a fresh
+    batch; logs ten progress lines. Returns ``net`` in eval mode."""
+    import torch
+
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        loss = batch_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % max(1, steps // 10) == 0:
+            log(f"  classifier step {step}/{steps}, loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
+    return net.eval()
+
+
+def fit_grasp_classifier(model_config, train, steps: int, seed: int, log):
     """A fresh QNetwork trained with binary cross-entropy on the final rows (grasps) of ``train``."""
     import numpy as np
     import torch
@@ -113,20 +131,15 @@ def fit_grasp_classifier(model_config, train, steps: int, seed: int, log) -> "ob
     action = canonical_actions(torch.as_tensor(np.asarray(train.action, dtype=np.float32)[final]))
     label = torch.as_tensor(np.asarray(train.reward, dtype=np.float32)[final] > 0).float()
     torch.manual_seed(seed)
-    net = QNetwork(model_config).train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net = QNetwork(model_config)
     rng = np.random.default_rng(seed)
-    t0 = time.time()
-    for step in range(1, steps + 1):
+
+    def batch_loss():
         b = rng.integers(0, len(final), 64)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        return torch.nn.functional.binary_cross_entropy_with_logits(
             net(to_tensor(images[b]), state[b], action[b]), label[b])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % max(1, steps // 10) == 0:
-            log(f"  classifier step {step}/{steps}, loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
-    return net.eval()
+
+    return train_classifier(net, batch_loss, steps, log)
 
 
 def main() -> int:

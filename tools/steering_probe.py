@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from grasp_outcome_probe import roc_auc  # tools/ is on sys.path when run as a script
+from grasp_outcome_probe import roc_auc, train_classifier  # tools/ is on sys.path when run as a script
 from perception_probe import collect
 
 
@@ -131,23 +130,18 @@ def main() -> int:
           f"({len(test[0])} test frames x {args.moves} moves)")
     if args.fit_steps:
         train = far(frames(size, "train", range(args.train_episodes), args.cache))
-        net = QNetwork(loaded.model.config).train()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        net = QNetwork(loaded.model.config)
         rng = np.random.default_rng(args.seed)
-        t0 = time.time()
-        for step in range(1, args.fit_steps + 1):
+
+        def batch_loss():
             idx = rng.integers(0, len(train[0]), 64)
             actions, moves = random_moves(64, args.moves, max_t, rng)
             x, s, a = tensors(train[0][idx], train[1][idx], actions, args.blind)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            return torch.nn.functional.binary_cross_entropy_with_logits(
                 net.score(net.encode(x), s, a), torch.from_numpy(move_labels(train[2][idx], moves)))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % max(1, args.fit_steps // 10) == 0:
-                print(f"  classifier step {step}/{args.fit_steps}, loss {loss.item():.3f} ({time.time() - t0:.0f} s)",
-                      file=sys.stderr, flush=True)
-        result["classifier"] = {"steps": args.fit_steps, "blind": args.blind, "auc": auc_of(net.eval(), args.blind)}
+
+        train_classifier(net, batch_loss, args.fit_steps, lambda msg: print(msg, file=sys.stderr, flush=True))
+        result["classifier"] = {"steps": args.fit_steps, "blind": args.blind, "auc": auc_of(net, args.blind)}
         print(f"supervised classifier of the same architecture ({args.fit_steps} steps{', blind' if args.blind else ''}): "
               f"AUC {result['classifier']['auc']}")
     print(json.dumps(result))
