@@ -161,17 +161,27 @@ def test_grasp_outcome_probe_scores_recorded_episodes(tmp_path):
     finally:
         sys.path.pop(0)
     held_out, train = write_bag(tmp_path / "held_out", 24, steps=2, seed=1), write_bag(tmp_path / "train", 12, steps=2, seed=2)
+    saved = tmp_path / "classifier.safetensors"
     out = subprocess.run(_tool("grasp_outcome_probe", "--checkpoint", str(BASE), "--data", str(held_out),
-                               "--fit-steps", "2", "--train", str(train)), capture_output=True, text=True, timeout=300)
+                               "--fit-steps", "2", "--train", str(train), "--save-classifier", str(saved)),
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["episodes"] == 24 and [r["steps_to_go"] for r in result["by_steps_to_go"]] == [0, 1]
     for row in result["by_steps_to_go"]:
         assert row["n"] == 24 and 0 < row["success"] < 1 and 0 <= row["auc"] <= 1 and 0 < row["mean_q"] < 1
     assert result["classifier"]["steps"] == 2 and 0 <= result["classifier"]["grasp_auc"] <= 1
+    from nsl_policy.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(saved)  # a policy checkpoint QT-Opt can start from
+    assert loaded.checkpoint_id == result["classifier"]["checkpoint_id"]
+    assert loaded.model.config == load_checkpoint(BASE).model.config
     bad = subprocess.run(_tool("grasp_outcome_probe", "--checkpoint", str(BASE), "--data", str(held_out),
                                "--fit-steps", "5"), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--fit-steps needs --train" in bad.stderr
+    bad = subprocess.run(_tool("grasp_outcome_probe", "--checkpoint", str(BASE), "--data", str(held_out),
+                               "--save-classifier", str(saved)), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--save-classifier needs --fit-steps" in bad.stderr
 
 
 def test_steering_labels_and_within_frame_auc():

@@ -14,7 +14,8 @@ and then no move is better than another.
 ``--fit-steps N --train BAGS`` also trains a fresh network of the checkpoint's architecture as
 a plain supervised classifier of the grasp outcome, on the grasps of BAGS only, and reports
 its AUC on the same held-out grasps: what the network can see at the grasp moment when
-nothing but that is asked of it.
+nothing but that is asked of it. ``--save-classifier PATH`` writes that network as a policy
+checkpoint: QT-Opt started from it learned to steer (probe 14).
 
     .venv/bin/python tools/grasp_outcome_probe.py \\
         --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \\
@@ -151,11 +152,16 @@ def main() -> int:
                     help="also train a supervised grasp classifier for this many steps (default 0: no)")
     ap.add_argument("--train", nargs="+", default=[], help="bags whose grasps train the classifier")
     ap.add_argument("--seed", type=int, default=0, help="seed of the classifier (default 0)")
+    ap.add_argument("--save-classifier", default=None, metavar="PATH",
+                    help="write the classifier as a policy checkpoint, e.g. to start QT-Opt from it "
+                         "(nsl train finetune --init PATH; docs/results/base_policy.md, probe 14)")
     args = ap.parse_args()
     if args.fit_steps < 0:
         ap.error("--fit-steps must be >= 0")
     if args.fit_steps and not args.train:
         ap.error("--fit-steps needs --train BAGS")
+    if args.save_classifier and not args.fit_steps:
+        ap.error("--save-classifier needs --fit-steps N")
 
     import numpy as np
     import torch
@@ -185,6 +191,13 @@ def main() -> int:
                                 "grasp_auc": round(roc_auc(q_values(net, held_out)[grasp], success[grasp]), 3)}
         print(f"supervised grasp classifier ({args.fit_steps} steps): AUC {result['classifier']['grasp_auc']:.3f} "
               f"at the grasp")
+        if args.save_classifier:
+            from nsl_policy.checkpoint import save_checkpoint
+
+            result["classifier"]["checkpoint_id"] = save_checkpoint(args.save_classifier, net, {
+                "note": "supervised grasp-outcome classifier (tools/grasp_outcome_probe.py)",
+                "datasets": list(args.train), "steps": args.fit_steps, "seed": args.seed})
+            print(f"wrote {args.save_classifier} ({result['classifier']['checkpoint_id']})")
     print(json.dumps(result))
     return 0
 
