@@ -58,6 +58,25 @@ def collect(image_size: int, split: str, seeds: range, noise_max: float, progres
     return np.stack(images), np.stack(states).astype(np.float32), np.stack(offsets)
 
 
+def cached_frames(image_size: int, split: str, seeds: range, noise_max: float, cache: str | None):
+    """``collect``'s frames, kept in and reused from ``cache`` (one .npz per size, split, seeds
+    and noise) when a folder is given."""
+    import numpy as np
+
+    if cache is None:
+        return collect(image_size, split, seeds, noise_max)
+    path = Path(cache) / f"frames_{image_size}px_{split}_{seeds.start}_{len(seeds)}_noise{noise_max:g}.npz"
+    if path.exists():
+        with np.load(path) as data:
+            return data["images"], data["states"], data["offsets"]
+    images, states, offsets = collect(image_size, split, seeds, noise_max)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, images=images, states=states, offsets=offsets)
+    tmp.replace(path)
+    return images, states, offsets
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image-size", type=int, default=64, help="camera image and network input size (default 64)")
@@ -90,18 +109,7 @@ def main() -> int:
     t0 = time.monotonic()
     # Train seeds sit in the bootstrap range; test seeds are validation seeds on test objects.
     def frames(split: str, seeds: range):
-        if args.cache is None:
-            return collect(args.image_size, split, seeds, args.noise_max)
-        path = Path(args.cache) / f"frames_{args.image_size}px_{split}_{seeds.start}_{len(seeds)}_noise{args.noise_max:g}.npz"
-        if path.exists():
-            with np.load(path) as data:
-                return data["images"], data["states"], data["offsets"]
-        images, states, offsets = collect(args.image_size, split, seeds, args.noise_max)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, images=images, states=states, offsets=offsets)
-        tmp.replace(path)
-        return images, states, offsets
+        return cached_frames(args.image_size, split, seeds, args.noise_max, args.cache)
 
     train = frames("train", range(args.train_episodes))
     test = frames("test", range(VALIDATION_SEEDS, VALIDATION_SEEDS + args.test_episodes))

@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from grasp_outcome_probe import roc_auc, train_classifier  # tools/ is on sys.path when run as a script
-from perception_probe import collect
+from perception_probe import cached_frames
 
 
 def move_labels(offsets, moves):
@@ -57,24 +56,6 @@ def within_frame_auc(q, labels) -> float:
 
     aucs = [roc_auc(qi, li) for qi, li in zip(q, labels) if 0 < li.sum() < len(li)]
     return float(np.mean(aucs))
-
-
-def frames(image_size: int, split: str, seeds: range, cache: str | None):
-    """perception_probe's oracle frames (images, states, offsets), from ``cache`` when there."""
-    import numpy as np
-
-    if cache is None:
-        return collect(image_size, split, seeds, 0.5)
-    path = Path(cache) / f"frames_{image_size}px_{split}_{seeds.start}_{len(seeds)}_noise0.5.npz"
-    if path.exists():
-        with np.load(path) as data:
-            return data["images"], data["states"], data["offsets"]
-    out = collect(image_size, split, seeds, 0.5)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, images=out[0], states=out[1], offsets=out[2])
-    tmp.replace(path)
-    return out
 
 
 def main() -> int:
@@ -113,7 +94,7 @@ def main() -> int:
         x = torch.from_numpy(images * 0 if blind else images).permute(0, 3, 1, 2).float().div_(255.0)
         return x.contiguous(memory_format=torch.channels_last), torch.from_numpy(states), torch.from_numpy(actions)
 
-    test = far(frames(size, "test", range(VALIDATION_SEEDS, VALIDATION_SEEDS + args.test_episodes), args.cache))
+    test = far(cached_frames(size, "test", range(VALIDATION_SEEDS, VALIDATION_SEEDS + args.test_episodes), 0.5, args.cache))
     test_actions, test_moves = random_moves(len(test[0]), args.moves, max_t, np.random.default_rng(args.seed + 1),
                                             horizontal_only=True)
     test_labels = move_labels(test[2], test_moves)
@@ -129,7 +110,7 @@ def main() -> int:
     print(f"{loaded.checkpoint_id}: ranks moves that bring the gripper closer with AUC {result['auc']} "
           f"({len(test[0])} test frames x {args.moves} moves)")
     if args.fit_steps:
-        train = far(frames(size, "train", range(args.train_episodes), args.cache))
+        train = far(cached_frames(size, "train", range(args.train_episodes), 0.5, args.cache))
         net = QNetwork(loaded.model.config)
         rng = np.random.default_rng(args.seed)
 
