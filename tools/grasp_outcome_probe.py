@@ -12,7 +12,7 @@ Q-function's foundation: a Q that cannot rank grasps gives every state about the
 and then no move is better than another.
 
 ``--fit-steps N --train BAGS`` also trains a fresh network of the checkpoint's architecture as
-a plain supervised classifier of the grasp outcome, on the grasps of BAGS only, and reports
+a plain supervised classifier of the grasp outcome (nsl_trainer.grasp_values), on the grasps of BAGS only, and reports
 its AUC on the same held-out grasps: what the network can see at the grasp moment when
 nothing but that is asked of it. ``--save-classifier PATH`` writes that network as a policy
 checkpoint: QT-Opt started from it learned to steer (probe 14).
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 
 def roc_auc(scores, labels) -> float:
@@ -99,50 +98,6 @@ def by_steps_to_go(q, to_go, success, max_to_go: int = 5) -> list[dict]:
     return rows
 
 
-def train_classifier(net, batch_loss, steps: int, log):
-    """Train ``net`` for ``steps`` Adam steps (lr 1e-3) on ``batch_loss()``, the loss of a fresh
-    batch; logs ten progress lines. Returns ``net`` in eval mode."""
-    import torch
-
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    t0 = time.time()
-    for step in range(1, steps + 1):
-        loss = batch_loss()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % max(1, steps // 10) == 0:
-            log(f"  classifier step {step}/{steps}, loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
-    return net.eval()
-
-
-def fit_grasp_classifier(model_config, train, steps: int, seed: int, log):
-    """A fresh QNetwork trained with binary cross-entropy on the final rows (grasps) of ``train``."""
-    import numpy as np
-    import torch
-
-    from nsl_policy.action_space import canonical_actions
-    from nsl_policy.image import resize_batch, to_tensor
-    from nsl_policy.model import QNetwork
-
-    final = np.flatnonzero(np.asarray(train.done, dtype=bool))
-    images = resize_batch(np.asarray(train.image)[final], model_config.image_size)
-    state = torch.as_tensor(np.asarray(train.state, dtype=np.float32)[final])
-    action = canonical_actions(torch.as_tensor(np.asarray(train.action, dtype=np.float32)[final]))
-    label = torch.as_tensor(np.asarray(train.reward, dtype=np.float32)[final] > 0).float()
-    torch.manual_seed(seed)
-    net = QNetwork(model_config)
-    rng = np.random.default_rng(seed)
-
-    def batch_loss():
-        b = rng.integers(0, len(final), 64)
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            net(to_tensor(images[b]), state[b], action[b]), label[b])
-
-    return train_classifier(net, batch_loss, steps, log)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a policy checkpoint (.safetensors)")
@@ -185,7 +140,11 @@ def main() -> int:
         print(f"{row['steps_to_go']} steps to go: {row['n']} steps, success {row['success']:.3f}, "
               f"mean Q {row['mean_q']:.3f}, AUC {row['auc']:.3f}")
     if args.fit_steps:
-        net = fit_grasp_classifier(loaded.model.config, load_transitions(args.train), args.fit_steps, args.seed, log)
+        from nsl_trainer.grasp_values import GraspValueConfig, fit_grasp_values, log_every, new_network
+
+        net = fit_grasp_values(new_network(loaded.model.config, args.seed), load_transitions(args.train),
+                               GraspValueConfig(steps=args.fit_steps, seed=args.seed),
+                               log_every(args.fit_steps, log, "  classifier"))
         grasp = to_go == 0
         result["classifier"] = {"steps": args.fit_steps,
                                 "grasp_auc": round(roc_auc(q_values(net, held_out)[grasp], success[grasp]), 3)}

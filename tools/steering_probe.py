@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 
-from grasp_outcome_probe import roc_auc, train_classifier  # tools/ is on sys.path when run as a script
+from grasp_outcome_probe import roc_auc  # tools/ is on sys.path when run as a script
 from perception_probe import cached_frames
 
 
@@ -121,7 +121,10 @@ def main() -> int:
             return torch.nn.functional.binary_cross_entropy_with_logits(
                 net.score(net.encode(x), s, a), torch.from_numpy(move_labels(train[2][idx], moves)))
 
-        train_classifier(net, batch_loss, args.fit_steps, lambda msg: print(msg, file=sys.stderr, flush=True))
+        from nsl_trainer.grasp_values import log_every, train_classifier
+
+        train_classifier(net, batch_loss, args.fit_steps,
+                         progress=log_every(args.fit_steps, lambda msg: print(msg, file=sys.stderr, flush=True), "  classifier"))
         result["classifier"] = {"steps": args.fit_steps, "blind": args.blind, "auc": auc_of(net, args.blind)}
         print(f"supervised classifier of the same architecture ({args.fit_steps} steps{', blind' if args.blind else ''}): "
               f"AUC {result['classifier']['auc']}")

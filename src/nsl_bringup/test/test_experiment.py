@@ -150,6 +150,12 @@ def test_config_validation():
         ExperimentConfig(rounds=MAX_ROUNDS + 1)
     with pytest.raises(ValueError, match="unknown"):
         ExperimentConfig(model={"widht": 3})
+    with pytest.raises(ValueError, match="grasp_value_round"):
+        ExperimentConfig(rounds=3, grasp_value_steps=10, grasp_value_round=4)
+    with pytest.raises(ValueError, match="grasp_value_steps"):
+        ExperimentConfig(grasp_value_steps=-1)
+    with pytest.raises(ValueError, match="grasp_value_qtopt_steps"):
+        ExperimentConfig(grasp_value_checks=4, grasp_value_qtopt_steps=3)
     with pytest.raises(ValueError, match="eval_tasks"):
         ExperimentConfig(eval_tasks=("nope",))
     with pytest.raises(ValueError, match="unknown ExperimentConfig fields"):
@@ -177,6 +183,52 @@ def test_config_validation():
     assert small.study_tasks() == ("harsh_light", "checkerboard")
     assert small.continual_chain() == ("harsh_light", "checkerboard")  # the paper's order
     assert small.tiers == (25, 100) and ExperimentConfig().finetune_learning_rate() == pytest.approx(2.5e-4)
+
+
+def test_grasp_values_restart_qtopt_at_their_round(first_run, tmp_path):
+    """grasp_value_steps > 0: at grasp_value_round a supervised grasp classifier of the data so
+    far is trained, and QT-Opt starts anew from it at the pre-training rate in validated parts,
+    each continuing the previous one and each a candidate base; the rounds before it are
+    unchanged (cached), and a second run finds it all cached."""
+    from nsl_policy.checkpoint import load_checkpoint
+
+    out, results, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    logs: list[str] = []
+    cfg = tiny(copy, grasp_value_steps=4, grasp_value_round=1, grasp_value_qtopt_steps=6, grasp_value_checks=2)
+    res = run(cfg, copy, ["pretrain"], logs.append)["stages"]["pretrain"]
+    assert any("pretrain_round_0: cached" in m for m in logs), logs
+    assert any("grasp_values_round_1: 4 supervised steps on 6 grasps" in m for m in logs), logs
+    assert any(re.search(r"pretrain_round_1_part_1: training 3 steps .*lr 0\.001, init grasp_values_round_1\.", m)
+               for m in logs), logs
+    assert any(re.search(r"pretrain_round_1_part_2: training 6 steps .*init grasp_values_round_1\.", m)
+               for m in logs), logs
+    # one QT-Opt run: part 2 resumed part 1's run state (optimiser, targets) at step 3, and its
+    # run directory is gone once the last part is written
+    assert load_checkpoint(copy / "checkpoints" / "pretrain_round_1_part_2.safetensors").metadata["resumed_from"] == 3
+    assert not list((copy / "checkpoints").glob("*.run"))
+    gv = load_checkpoint(copy / "checkpoints" / "grasp_values_round_1.safetensors")
+    assert gv.metadata["kind"] == "grasp_values" and gv.checkpoint_id == res["grasp_values"]["checkpoint_id"]
+    assert res["grasp_values"]["grasps"] == 6 and "round_1_grasp_values_s" in res["timings"]
+    assert res["rounds"][0] == results["stages"]["pretrain"]["rounds"][0]
+    parts = res["rounds"][1:]
+    assert [(p["round"], p["part"], p["qtopt_steps"]) for p in parts] == [(1, 1, 3), (1, 2, 6)]
+    assert all(p["validation"]["episodes"] == 2 for p in parts)
+    ids = {p["checkpoint_id"] for p in parts}
+    assert len(ids) == 2 and gv.checkpoint_id not in ids
+    assert res["checkpoint_id"] in ids | {res["rounds"][0]["checkpoint_id"]}
+    logs.clear()
+    again = run(cfg, copy, ["pretrain"], logs.append)["stages"]["pretrain"]
+    assert any("grasp_values_round_1: cached checkpoint" in m for m in logs), logs
+    assert not any("training" in m for m in logs), logs
+    assert [p["checkpoint_id"] for p in again["rounds"]] == [p["checkpoint_id"] for p in res["rounds"]]
+    # Round 0: the grasp values of the bootstrap data replace the offline QT-Opt.
+    logs.clear()
+    zero = run(tiny(copy, grasp_value_steps=4, grasp_value_round=0, grasp_value_qtopt_steps=2,
+                    grasp_value_checks=1, rounds=0), copy, ["pretrain"], logs.append)["stages"]["pretrain"]
+    assert any("grasp_values_round_0: 4 supervised steps on 4 grasps" in m for m in logs), logs
+    assert [(p["round"], p["part"]) for p in zero["rounds"]] == [(0, 1)]
 
 
 def test_kaiming_init_checkpoint_feeds_the_image_through(tmp_path):

@@ -295,3 +295,23 @@ def test_a_worker_job_writes_the_network_it_is_asked_for(tmp_path, bags):
         assert pipe.messages[-1]["event"] == "succeeded", pipe.messages[-1]
         assert load_checkpoint(out).metadata["qtopt_config"]["policy_weights"] == weights
 
+
+
+def test_cli_grasp_values_then_finetune_from_them(tmp_path, bags):
+    base, target = bags
+    gv = tmp_path / "gv.safetensors"
+    r = _cli("grasp-values", "--data", str(base), "--steps", "3", "--batch-size", "4", "--image-size", "32",
+             "--width", "8", "--output", str(gv), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "6 grasps" in r.stderr and "3/3" in r.stderr and f"wrote {gv}" in r.stdout
+    meta = load_checkpoint(gv).metadata
+    assert meta["kind"] == "grasp_values" and meta["steps"] == 3 and meta["datasets"] == [str(base)]
+    out = tmp_path / "ft.safetensors"
+    r = _cli("finetune", "--init", str(gv), "--base", str(base), "--target", str(target), "--steps", "2",
+             "--batch-size", "8", "--output", str(out), "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(out).metadata["parent"] == load_checkpoint(gv).checkpoint_id
+    r = _cli("grasp-values", "--data", str(tmp_path / "nope"), "--steps", "2", "--output", str(tmp_path / "x.safetensors"))
+    assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("grasp-values", "--data", str(base), "--steps", "0", "--output", str(tmp_path / "x.safetensors"))
+    assert r.returncode == 1 and "steps" in r.stderr and "Traceback" not in r.stderr

@@ -43,8 +43,9 @@ def _rate(r: dict) -> str:
 def headlines(name: str, res: dict) -> list[str]:
     """The headline numbers of a stage's summary, one line each."""
     if name == "pretrain":
-        val = next(r["validation"] for r in res["rounds"] if r["round"] == res["chosen_round"])
-        return [f"base checkpoint {res['checkpoint_id']} (round {res['chosen_round']}"
+        val = next(r["validation"] for r in res["rounds"] if r["checkpoint_id"] == res["checkpoint_id"])
+        part = f" part {res['chosen_part']}" if res.get("chosen_part") else ""
+        return [f"base checkpoint {res['checkpoint_id']} (round {res['chosen_round']}{part}"
                 + (f", validation {_rate(val)})" if val else ")")]
     if name == "evaluate_base":
         return [f"{task}: {_rate(r)}" for task, r in res["results"].items()]

@@ -84,6 +84,28 @@ class ExperimentConfig:
     bootstrap_p_close: float = 0.05
     """Probability that a random exploration step closes the gripper (so the Q-function sees the
     close dimension of the action; the oracle itself never closes before terminating)."""
+    grasp_value_steps: int = 0
+    """When > 0: "grasp values first". At round ``grasp_value_round``, a fresh network is
+    trained for this many steps as a supervised classifier of the outcomes of all grasps
+    collected so far (nsl_trainer.grasp_values: each episode's final step, label = success, no
+    augmentation). QT-Opt then starts anew from it on all the data so far
+    (``grasp_value_qtopt_steps`` at ``learning_rate``) instead of continuing from the previous
+    round. From a random init, QT-Opt learned grasp values that ignore the image, and then no
+    move looked better than another (docs/results/base_policy.md, probes 11-14). 0: no such
+    phase."""
+    grasp_value_qtopt_steps: int = 4000
+    """QT-Opt steps after the grasp values (at ``learning_rate``), in ``grasp_value_checks`` parts."""
+    grasp_value_checks: int = 4
+    """The QT-Opt run after the grasp values is checkpointed and validated at the end of each of
+    this many equal parts; every part is a candidate base policy, and the best one explores the
+    next round. Its success swung from part to part: 0.09, 0.51, 0.49 on validation
+    at 1000, 2000 and 4000 steps (probe 14), and 0.25 after 8000."""
+    grasp_value_round: int = 0
+    """Round (0..``rounds``) whose data, with all before it, trains the grasp values: 0 is the
+    bootstrap data alone, in place of the offline QT-Opt (``pretrain_steps`` is then unused). Scripted bootstrap grasps alone did not
+    teach the classifier what an on-policy grasp looks like (held-out AUC 0.54): their outcome
+    is predictable without looking (loss 0 within 900 steps), so the default waits for on-policy
+    rounds."""
     pretrain_steps: int = 3000
     """QT-Opt gradient steps of the offline pre-training on the bootstrap data."""
     rounds: int = 9
@@ -233,8 +255,12 @@ class ExperimentConfig:
         check_float("bootstrap_noise_max", 0.0, 2.0)
         check_float("bootstrap_epsilon_max", 0.0, 1.0)
         check_float("bootstrap_p_close", 0.0, 1.0)
+        check_int("grasp_value_steps", 0)
+        check_int("grasp_value_checks", 1, 100)
+        check_int("grasp_value_qtopt_steps", self.grasp_value_checks)
         check_int("pretrain_steps", 1)
         check_int("rounds", 0, MAX_ROUNDS)
+        check_int("grasp_value_round", 0, self.rounds if self.grasp_value_steps else MAX_ROUNDS)
         check_int("round_episodes", 1)
         check_int("round_steps", 1)
         check_float("round_epsilon", 0.0, 1.0)
@@ -385,6 +411,9 @@ COMMON_FIELDS = ("seed", "image_size", "max_steps", "num_objects")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "bootstrap": COMMON_FIELDS + ("bootstrap_random_fraction", "bootstrap_noise_max",
                                   "bootstrap_epsilon_max", "bootstrap_p_close", "chunk_episodes"),
+    "grasp_values": COMMON_FIELDS + ("grasp_value_steps", "model", "init_scheme"),
+    "grasp_value_qtopt": COMMON_FIELDS + ("grasp_value_qtopt_steps", "grasp_value_checks", "learning_rate", "model",
+                                          "qtopt", "binary_action_jitter"),
     "pretrain_train": COMMON_FIELDS + ("pretrain_steps", "learning_rate", "model", "qtopt", "binary_action_jitter",
                                        "init_scheme"),
     "round": COMMON_FIELDS + ("binary_action_jitter", "round_episodes", "round_steps", "round_epsilon", "round_noise_std",

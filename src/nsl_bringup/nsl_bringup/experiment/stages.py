@@ -15,6 +15,10 @@ them). The report stage reads only these stamps.
 Stages (in order; ``STAGES``):
   pretrain         bootstrap data on ``base`` (scripted oracle + noise + random exploration),
                    offline QT-Opt, then ``rounds`` of on-policy collection + retraining.
+                   With ``grasp_value_steps``, "grasp values first": at round
+                   ``grasp_value_round`` (0: instead of the offline QT-Opt) a network trained
+                   as a supervised classifier of the grasps so far replaces the current one,
+                   and QT-Opt starts anew from it on all the data so far, in validated parts.
                    Output: checkpoints/base.safetensors, datasets/base/... (the base data that
                    fine-tuning mixes in, listed in the stamp).
   evaluate_base    greedy CEM policy on held-out test objects, for each of ``eval_tasks`` (the
@@ -263,7 +267,7 @@ def _run_dir(ctx: Context, name: str, key: str) -> Path:
     return ctx.path("checkpoints", f"{name}.{key}.run")
 
 
-def _run_options(ctx: Context, name: str, steps: int, key: str) -> dict:
+def _run_options(ctx: Context, name: str, key: str, steps: int) -> dict:
     """Mid-training resume: nsl_trainer saves its full state (weights, targets, optimiser,
     step) into checkpoints/<name>.<key>.run every ``steps // 10`` steps and resumes from it when
     the same unit (same key) is started again (older trainers without run directories just train)."""
@@ -309,10 +313,14 @@ def tier_bags(bags: list[Path], episodes: int, chunk_episodes: int) -> list[Path
 
 def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], target_bags: list[Path], steps: int,
           learning_rate: float, target_fraction: float, key: str,
-          target_episodes: int | None = None, finetune: bool = False) -> tuple[Path, str, dict]:
+          target_episodes: int | None = None, finetune: bool = False,
+          run: tuple[str, str, bool] | None = None) -> tuple[Path, str, dict]:
     """QT-Opt on the bags into checkpoints/<name>.safetensors (cached). Returns (path, id, stamp).
     ``target_episodes``: train on the first that many episodes of ``target_bags`` only (a tier).
-    ``finetune``: a run of the study (its QT-Opt settings include ``finetune_qtopt``)."""
+    ``finetune``: a run of the study (its QT-Opt settings include ``finetune_qtopt``).
+    ``run``: (name, key, keep) of the trainer's run directory when it is not this unit's own: a
+    unit with more ``steps`` and the same init, data and run continues the run from where it
+    stopped (optimiser and target networks included); ``keep`` leaves it for such a unit."""
     from nsl_trainer.qtopt import finetune_transitions
 
     cfg = ctx.config
@@ -350,9 +358,10 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
         str(init) if init is not None else None, base, target, steps, output_path=str(tmp),
         learning_rate=learning_rate, target_fraction=target_fraction if (n_base and n_target) else 0.5,
         progress=progress, seed=cfg.seed, config=cfg.qtopt_config(finetune), model_config=cfg.model_config(),
-        num_threads=cfg.threads, datasets=datasets, **_run_options(ctx, name, steps, key))
+        num_threads=cfg.threads, datasets=datasets, **_run_options(ctx, *(run[:2] if run else (name, key)), steps))
     os.replace(tmp, out)
-    shutil.rmtree(_run_dir(ctx, name, key), ignore_errors=True)
+    if run is None or not run[2]:
+        shutil.rmtree(_run_dir(ctx, *(run[:2] if run else (name, key))), ignore_errors=True)
     seconds = time.monotonic() - t0
     data = write_stamp(stamp, key, {"checkpoint_id": checkpoint_id, "steps": steps, "transitions":
                                     {"base": n_base, "target": n_target}, "seconds": seconds,
@@ -430,6 +439,53 @@ def validate(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec 
                            kind="validate", episodes=cfg.validation_episodes, seed_set="validation")
 
 
+def grasp_values(ctx: Context, name: str, bags: list[Path], data_key: Any) -> tuple[Path, str, dict]:
+    """"Grasp values first": a fresh network (seeded, ``init_scheme``) trained as a supervised
+    classifier of the grasps' outcomes in ``bags`` for ``grasp_value_steps`` steps, saved as
+    checkpoints/<name>.safetensors (cached; ``data_key`` identifies the bags). Returns (path, id,
+    stamp)."""
+    import torch
+    from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
+    from nsl_trainer.grasp_values import GraspValueConfig, fit_grasp_values, grasp_rows, log_every, new_network
+
+    cfg = ctx.config
+    out = ctx.path("checkpoints", f"{name}.safetensors")
+    stamp = ctx.path("checkpoints", f"{name}.json")
+    key = unit_key(ctx, "grasp_values", data=data_key)
+    hit = read_stamp(stamp, key, [out])
+    if hit is not None:
+        ctx.log(f"{name}: cached checkpoint {hit['checkpoint_id']}")
+        return out, hit["checkpoint_id"], hit
+    ctx.work_done += 1
+    t0 = time.monotonic()
+    data = load_episodes(bags)
+    grasps = grasp_rows(data)
+    success = float((np.asarray(data.reward)[grasps] > 0).mean()) if len(grasps) else float("nan")
+    ctx.log(f"{name}: {cfg.grasp_value_steps} supervised steps on {len(grasps)} grasps "
+            f"(success {success:.3f})")
+    if cfg.init_scheme == "default":
+        net = new_network(cfg.model_config(), cfg.seed)
+    else:
+        net = load_checkpoint(initial_checkpoint(ctx), device="cpu").model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        fit_grasp_values(net, data, GraspValueConfig(steps=cfg.grasp_value_steps, seed=cfg.seed),
+                         log_every(cfg.grasp_value_steps, ctx.log, name), device=device)
+    finally:
+        torch.set_num_threads(threads)
+    checkpoint_id = save_checkpoint(str(out), net.cpu(), {  # atomic
+        "kind": "grasp_values", "steps": cfg.grasp_value_steps, "seed": cfg.seed,
+        "datasets": {"base": [str(b.relative_to(ctx.output)) for b in bags]}})
+    seconds = time.monotonic() - t0
+    data_stamp = write_stamp(stamp, key, {"checkpoint": out.name, "checkpoint_id": checkpoint_id,
+                                          "steps": cfg.grasp_value_steps, "grasps": int(len(grasps)),
+                                          "grasp_success": success, "seconds": seconds})
+    ctx.log(f"{name}: wrote {out.name} ({checkpoint_id}) in {seconds:.0f} s")
+    return out, checkpoint_id, data_stamp
+
+
 def pretrain(ctx: Context) -> dict:
     """Stage 1: the base policy."""
     cfg = ctx.config
@@ -440,12 +496,48 @@ def pretrain(ctx: Context) -> dict:
     boot_key = [unit_key(ctx, "bootstrap"), cfg.bootstrap_episodes]
     boot_summary = success_summary(boot)
     ctx.log(f"bootstrap: {boot_summary['episodes']} episodes, success {boot_summary['success_rate']:.3f}")
-    key = unit_key(ctx, "pretrain_train", data=boot_key)
-    ckpt, ckpt_id, st = train(ctx, "pretrain_round_0", None, bags, [], cfg.pretrain_steps, cfg.learning_rate, 0.5, key)
-    timings["round_0_train_s"] = st["seconds"]
-    rounds = [{"round": 0, "checkpoint": ckpt.name, "checkpoint_id": ckpt_id, "train": st,
-               "validation": validate(ctx, ckpt, ckpt_id)}]
+    grasp_stamp = None
     round_bags: list[Path] = []
+
+    def from_grasp_values(r: int, data_key: Any) -> list[dict]:
+        """Round ``r`` = ``grasp_value_round``: grasp values on all data so far, then one QT-Opt
+        run from them at the pre-training rate, checkpointed and validated at the end of each of
+        ``grasp_value_checks`` parts. Returns the parts' round entries."""
+        nonlocal grasp_stamp
+        path, init_id, grasp_stamp = grasp_values(ctx, f"grasp_values_round_{r}", bags + round_bags, data_key)
+        timings[f"round_{r}_grasp_values_s"] = grasp_stamp["seconds"]
+        per_part = cfg.grasp_value_qtopt_steps // cfg.grasp_value_checks
+        run_key = unit_key(ctx, "grasp_value_qtopt", round=r, init=init_id, data=data_key)
+        parts = []
+        for j in range(1, cfg.grasp_value_checks + 1):
+            # One QT-Opt run, stopped at each part's end: part j resumes part j-1's run directory.
+            last = j == cfg.grasp_value_checks
+            ckpt, ckpt_id, st = train(ctx, f"pretrain_round_{r}_part_{j}", path, bags, round_bags, j * per_part,
+                                      cfg.learning_rate, 0.5, unit_key(ctx, "grasp_value_qtopt", round=r, part=j,
+                                                                       init=init_id, data=data_key),
+                                      run=(f"pretrain_round_{r}_qtopt", run_key, not last))
+            timings[f"round_{r}_part_{j}_train_s"] = st["seconds"]
+            parts.append({"round": r, "part": j, "qtopt_steps": j * per_part, "checkpoint": ckpt.name,
+                          "checkpoint_id": ckpt_id, "train": st, "validation": validate(ctx, ckpt, ckpt_id)})
+        return parts
+
+    def best(entries: list[dict]) -> dict:
+        """The entry with the best validation success (ties: the later one); the last without validation."""
+        if cfg.validation_episodes <= 0:
+            return entries[-1]
+        return max(reversed(entries), key=lambda e: e["validation"]["success_rate"])
+
+    if cfg.grasp_value_steps and cfg.grasp_value_round == 0:
+        rounds = from_grasp_values(0, boot_key)
+        pick = best(rounds)
+        ckpt, ckpt_id = ctx.path("checkpoints", pick["checkpoint"]), pick["checkpoint_id"]
+    else:
+        key = unit_key(ctx, "pretrain_train", data=boot_key)
+        ckpt, ckpt_id, st = train(ctx, "pretrain_round_0", None, bags, [], cfg.pretrain_steps, cfg.learning_rate,
+                                  0.5, key)
+        timings["round_0_train_s"] = st["seconds"]
+        rounds = [{"round": 0, "checkpoint": ckpt.name, "checkpoint_id": ckpt_id, "train": st,
+                   "validation": validate(ctx, ckpt, ckpt_id)}]
     for r in range(1, cfg.rounds + 1):
         seeds = seed_range(cfg, round_seed_offset(r), cfg.round_episodes)
         new_bags, outs, secs = collect_policy(ctx, f"round_{r}", ckpt, ckpt_id, seeds, "base",
@@ -454,7 +546,15 @@ def pretrain(ctx: Context) -> dict:
         round_bags += new_bags
         coll = success_summary(outs)
         ctx.log(f"round_{r}: collected {coll['episodes']} episodes with {ckpt_id}, success {coll['success_rate']:.3f}")
-        key = unit_key(ctx, "round", round=r, init=ckpt_id, data=[boot_key, [str(b.relative_to(ctx.output)) for b in round_bags]])
+        data_key = [boot_key, [str(b.relative_to(ctx.output)) for b in round_bags]]
+        if cfg.grasp_value_steps and r == cfg.grasp_value_round:
+            parts = from_grasp_values(r, data_key)
+            parts[0]["collected"] = coll
+            rounds += parts
+            pick = best(parts)  # the next round explores with the best validated part
+            ckpt, ckpt_id = ctx.path("checkpoints", pick["checkpoint"]), pick["checkpoint_id"]
+            continue
+        key = unit_key(ctx, "round", round=r, init=ckpt_id, data=data_key)
         ckpt, ckpt_id, st = train(ctx, f"pretrain_round_{r}", ckpt, bags, round_bags, cfg.round_steps,
                                   cfg.round_learning_rate, 0.5, key)
         timings[f"round_{r}_train_s"] = st["seconds"]
@@ -462,13 +562,14 @@ def pretrain(ctx: Context) -> dict:
                        "collected": coll, "validation": validate(ctx, ckpt, ckpt_id)})
     chosen = rounds[-1]
     if cfg.validation_episodes > 0:  # best on validation seeds; ties go to the later round
-        chosen = max(reversed(rounds), key=lambda r: r["validation"]["success_rate"])
+        chosen = best(rounds)
         ckpt, ckpt_id = ctx.path("checkpoints", chosen["checkpoint"]), chosen["checkpoint_id"]
-        ctx.log(f"base policy: round {chosen['round']} ({ckpt_id}), chosen on validation seeds")
+        part = f" part {chosen['part']}" if "part" in chosen else ""
+        ctx.log(f"base policy: round {chosen['round']}{part} ({ckpt_id}), chosen on validation seeds")
     final = ctx.path("checkpoints", "base.safetensors")
     shutil.copyfile(ckpt, final)
     summary = {"stage": "pretrain", "checkpoint": str(final), "checkpoint_id": ckpt_id, "chosen_round": chosen["round"],
-               "bootstrap": boot_summary, "rounds": rounds, "timings": timings,
+               "chosen_part": chosen.get("part"), "bootstrap": boot_summary, "grasp_values": grasp_stamp, "rounds": rounds, "timings": timings,
                "seconds_this_run": time.monotonic() - t0,
                # All pre-training data: what fine-tuning mixes in as "base data" (the paper's 50/50).
                "base_data": {"bags": [str(b.relative_to(ctx.output)) for b in bags + round_bags]}}
