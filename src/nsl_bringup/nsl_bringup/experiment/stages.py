@@ -311,6 +311,19 @@ def tier_bags(bags: list[Path], episodes: int, chunk_episodes: int) -> list[Path
     return bags[:math.ceil(episodes / chunk_episodes)]
 
 
+def cached_checkpoint(ctx: Context, name: str, key: str) -> tuple[Path, Path, dict | None]:
+    """checkpoints/<name>.safetensors, its stamp, and the stamp's payload when it holds ``key``
+    (logged as cached); None counts the unit as work to do."""
+    out = ctx.path("checkpoints", f"{name}.safetensors")
+    stamp = ctx.path("checkpoints", f"{name}.json")
+    hit = read_stamp(stamp, key, [out])
+    if hit is not None:
+        ctx.log(f"{name}: cached checkpoint {hit['checkpoint_id']}")
+    else:
+        ctx.work_done += 1
+    return out, stamp, hit
+
+
 def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], target_bags: list[Path], steps: int,
           learning_rate: float, target_fraction: float, key: str,
           target_episodes: int | None = None, finetune: bool = False,
@@ -324,13 +337,9 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
     from nsl_trainer.qtopt import finetune_transitions
 
     cfg = ctx.config
-    out = ctx.path("checkpoints", f"{name}.safetensors")
-    stamp = ctx.path("checkpoints", f"{name}.json")
-    hit = read_stamp(stamp, key, [out])
+    out, stamp, hit = cached_checkpoint(ctx, name, key)
     if hit is not None:
-        ctx.log(f"{name}: cached checkpoint {hit['checkpoint_id']}")
         return out, hit["checkpoint_id"], hit
-    ctx.work_done += 1
     t0 = time.monotonic()
     base = load_episodes(base_bags) if base_bags else None
     target = load_episodes(target_bags, target_episodes) if target_bags else None
@@ -449,14 +458,10 @@ def grasp_values(ctx: Context, name: str, bags: list[Path], data_key: Any) -> tu
     from nsl_trainer.grasp_values import GraspValueConfig, fit_grasp_values, grasp_rows, log_every, new_network
 
     cfg = ctx.config
-    out = ctx.path("checkpoints", f"{name}.safetensors")
-    stamp = ctx.path("checkpoints", f"{name}.json")
     key = unit_key(ctx, "grasp_values", data=data_key)
-    hit = read_stamp(stamp, key, [out])
+    out, stamp, hit = cached_checkpoint(ctx, name, key)
     if hit is not None:
-        ctx.log(f"{name}: cached checkpoint {hit['checkpoint_id']}")
         return out, hit["checkpoint_id"], hit
-    ctx.work_done += 1
     t0 = time.monotonic()
     data = load_episodes(bags)
     grasps = grasp_rows(data)
