@@ -10,8 +10,9 @@ network trained as a plain classifier of the grasps' outcomes reached 0.76 and 0
 :func:`fit_grasp_values` trains the network with binary cross-entropy on the final transition
 (the grasp) of every recorded episode. The label is the episode's success, so the logit means
 what QT-Opt's logit means at the grasp step. QT-Opt started from this network learned to steer
-(probe 14) and beat every random-init base. The experiment pipeline runs it before pre-training
-(``ExperimentConfig.grasp_value_steps``); ``nsl train grasp-values`` runs it on any bags.
+(probe 14) and, in that run, beat every random-init base; repeated runs did not (probe 15).
+The experiment pipeline runs it as an opt-in phase (``ExperimentConfig.grasp_value_steps``);
+``nsl train grasp-values`` runs it on any bags.
 
 No augmentation: the classifier must first learn to see the object under the gripper, and
 random shifts of a 64-pixel image move it by several centimetres.
@@ -39,7 +40,8 @@ class GraspValueConfig:
 
     steps: int = 3000
     """Adam steps. Measured on 17 113 grasps: held-out grasp AUC 0.71 at 3000 steps, 0.74-0.80 up
-    to 8500 (docs/results/base_policy.md, probe 12); QT-Opt from the 3000-step network steered."""
+    to 8500 (docs/results/base_policy.md, probe 12); QT-Opt from a 3000-step network steered in
+    probe 14, and not in its repetitions (probe 15)."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
     batch_size: int = 64

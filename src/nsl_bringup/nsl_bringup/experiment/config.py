@@ -91,15 +91,16 @@ class ExperimentConfig:
     augmentation). QT-Opt then starts anew from it on all the data so far
     (``grasp_value_qtopt_steps`` at ``learning_rate``) instead of continuing from the previous
     round. From a random init, QT-Opt learned grasp values that ignore the image, and then no
-    move looked better than another (docs/results/base_policy.md, probes 11-14). 0: no such
-    phase."""
+    move looked better than another (docs/results/base_policy.md, probes 11-14). Measured: one
+    run gave the best base so far (0.475), and repeated runs were no better than the shipped
+    base (probe 15), so it is off by default. 0: no such phase."""
     grasp_value_qtopt_steps: int = 4000
     """QT-Opt steps after the grasp values (at ``learning_rate``), in ``grasp_value_checks`` parts."""
     grasp_value_checks: int = 4
     """The QT-Opt run after the grasp values is checkpointed and validated at the end of each of
     this many equal parts; every part is a candidate base policy, and the best one explores the
-    next round. Its success swung from part to part: 0.09, 0.51, 0.49 on validation
-    at 1000, 2000 and 4000 steps (probe 14), and 0.25 after 8000."""
+    next round. Validation swings from part to part and from seed to seed: 0.09, 0.51 and
+    0.49 at 1000, 2000 and 4000 steps in probe 14, 0.20-0.42 in the pipeline's runs (probe 15)."""
     grasp_value_round: int = 0
     """Round (0..``rounds``) whose data, with all before it, trains the grasp values: 0 is the
     bootstrap data alone, in place of the offline QT-Opt (``pretrain_steps`` is then unused). Scripted bootstrap grasps alone did not
