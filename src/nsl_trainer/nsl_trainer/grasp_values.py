@@ -39,9 +39,9 @@ class GraspValueConfig:
     """Settings of the supervised grasp-value phase."""
 
     steps: int = 3000
-    """Adam steps. Measured on 17 113 grasps: held-out grasp AUC 0.71 at 3000 steps, 0.74-0.80 up
-    to 8500 (docs/results/base_policy.md, probe 12); QT-Opt from a 3000-step network steered in
-    probe 14, and not in its repetitions (probe 15)."""
+    """Adam steps. Held-out grasp AUC at 3000 steps: 0.71 on 17 113 grasps, 0.60 on another 16 000
+    (0.71 at 8000); docs/results/base_policy.md, probes 12 and 15. QT-Opt from a 3000-step
+    network steered in probe 14, and not in its repetitions (probe 15)."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
     batch_size: int = 64
