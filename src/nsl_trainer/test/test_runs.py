@@ -311,7 +311,8 @@ def test_cli_grasp_values_then_finetune_from_them(tmp_path, bags):
              "--batch-size", "8", "--output", str(out), "--threads", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(out).metadata["parent"] == load_checkpoint(gv).checkpoint_id
-    r = _cli("grasp-values", "--data", str(tmp_path / "nope"), "--steps", "2", "--output", str(tmp_path / "x.safetensors"))
+    r = _cli("grasp-values", "--data", str(tmp_path / "nope"), "--steps", "2",
+             "--output", str(tmp_path / "x.safetensors"))
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
     r = _cli("grasp-values", "--data", str(base), "--steps", "0", "--output", str(tmp_path / "x.safetensors"))
     assert r.returncode == 1 and "steps" in r.stderr and "Traceback" not in r.stderr

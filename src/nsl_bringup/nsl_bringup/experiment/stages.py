@@ -340,6 +340,7 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
     out, stamp, hit = cached_checkpoint(ctx, name, key)
     if hit is not None:
         return out, hit["checkpoint_id"], hit
+    run_name, run_key, keep_run = run or (name, key, False)
     t0 = time.monotonic()
     base = load_episodes(base_bags) if base_bags else None
     target = load_episodes(target_bags, target_episodes) if target_bags else None
@@ -367,10 +368,10 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
         str(init) if init is not None else None, base, target, steps, output_path=str(tmp),
         learning_rate=learning_rate, target_fraction=target_fraction if (n_base and n_target) else 0.5,
         progress=progress, seed=cfg.seed, config=cfg.qtopt_config(finetune), model_config=cfg.model_config(),
-        num_threads=cfg.threads, datasets=datasets, **_run_options(ctx, *(run[:2] if run else (name, key)), steps))
+        num_threads=cfg.threads, datasets=datasets, **_run_options(ctx, run_name, run_key, steps))
     os.replace(tmp, out)
-    if run is None or not run[2]:
-        shutil.rmtree(_run_dir(ctx, *(run[:2] if run else (name, key))), ignore_errors=True)
+    if not keep_run:
+        shutil.rmtree(_run_dir(ctx, run_name, run_key), ignore_errors=True)
     seconds = time.monotonic() - t0
     data = write_stamp(stamp, key, {"checkpoint_id": checkpoint_id, "steps": steps, "transitions":
                                     {"base": n_base, "target": n_target}, "seconds": seconds,
@@ -574,7 +575,8 @@ def pretrain(ctx: Context) -> dict:
     final = ctx.path("checkpoints", "base.safetensors")
     shutil.copyfile(ckpt, final)
     summary = {"stage": "pretrain", "checkpoint": str(final), "checkpoint_id": ckpt_id, "chosen_round": chosen["round"],
-               "chosen_part": chosen.get("part"), "bootstrap": boot_summary, "grasp_values": grasp_stamp, "rounds": rounds, "timings": timings,
+               "chosen_part": chosen.get("part"), "bootstrap": boot_summary, "grasp_values": grasp_stamp,
+               "rounds": rounds, "timings": timings,
                "seconds_this_run": time.monotonic() - t0,
                # All pre-training data: what fine-tuning mixes in as "base data" (the paper's 50/50).
                "base_data": {"bags": [str(b.relative_to(ctx.output)) for b in bags + round_bags]}}
