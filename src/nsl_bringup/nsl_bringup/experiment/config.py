@@ -99,8 +99,8 @@ class ExperimentConfig:
     grasp_value_checks: int = 4
     """The QT-Opt run after the grasp values is checkpointed and validated at the end of each of
     this many equal parts; every part is a candidate base policy, and the best one explores the
-    next round. Validation swings from part to part and from seed to seed: 0.09, 0.51 and
-    0.49 at 1000, 2000 and 4000 steps in probe 14, 0.20-0.42 in the pipeline's runs (probe 15)."""
+    next round. Validation swings from part to part and from seed to seed: 0.10, 0.52 and
+    0.42 at 1000, 2000 and 4000 steps in probe 14, and other seeds differ as much (probe 15)."""
     grasp_value_round: int = 0
     """Round (0..``rounds``) whose data, with all before it, trains the grasp values: 0 is the
     bootstrap data alone, in place of the offline QT-Opt (``pretrain_steps`` is then unused). Scripted bootstrap grasps alone did not
