@@ -186,7 +186,6 @@ def cmd_grasp_values(args) -> int:
         config = GraspValueConfig(steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed)
         if args.threads is not None:
             torch.set_num_threads(max(1, args.threads))
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         if args.init:
             net = load_checkpoint(args.init, device="cpu").model
         else:
@@ -207,7 +206,7 @@ def cmd_grasp_values(args) -> int:
                     bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
 
         try:
-            fit_grasp_values(net, data, config, progress, device=device)
+            fit_grasp_values(net, data, config, progress, device=None if args.device == "auto" else args.device)
         finally:
             if bar is not None:
                 bar.close()

@@ -99,9 +99,11 @@ def fit_grasp_values(model: QNetwork, transitions: Transitions, config: GraspVal
     ``transitions``: binary cross-entropy of Q(image, state, recorded action) against
     ``reward > 0`` on every episode's final row. Actions are put in the canonical form QT-Opt
     scores (nsl_policy.action_space.canonical_actions). Raises ValueError when the data holds no
-    grasps, or only successes or only failures (nothing to tell apart)."""
+    grasps, or only successes or only failures (nothing to tell apart). ``device``: CUDA when
+    present unless given."""
     from nsl_policy.action_space import canonical_actions
     from nsl_policy.image import resize_batch, to_tensor
+    from nsl_policy.model import default_device
 
     config = config or GraspValueConfig()
     final = grasp_rows(transitions)
@@ -112,7 +114,7 @@ def fit_grasp_values(model: QNetwork, transitions: Transitions, config: GraspVal
     if successes in (0, len(final)):
         raise ValueError(f"the {len(final)} grasps are all {'successes' if successes else 'failures'}: "
                          "the grasp values need both outcomes")
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else default_device()
     model.to(device)
     images = resize_batch(np.asarray(transitions.image)[final], model.config.image_size)
     state = torch.as_tensor(np.asarray(transitions.state, dtype=np.float32)[final])

@@ -476,9 +476,8 @@ def grasp_values(ctx: Context, name: str, bags: list[Path], data_key: Any) -> tu
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         fit_grasp_values(net, data, GraspValueConfig(steps=cfg.grasp_value_steps, seed=cfg.seed),
-                         log_every(cfg.grasp_value_steps, ctx.log, name), device=device)
+                         log_every(cfg.grasp_value_steps, ctx.log, name))  # on CUDA when present
     finally:
         torch.set_num_threads(threads)
     checkpoint_id = save_checkpoint(str(out), net.cpu(), {  # atomic
