@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from .env import GraspEnv, SimConfig
 
-__all__ = ["oracle_action", "random_action"]
+__all__ = ["grasp_at", "oracle_action", "random_action", "random_grasp_goal"]
 
 #: Finger tips go this far below the object's top (m) ...
 GRASP_DEPTH = 0.07
@@ -49,8 +49,19 @@ def oracle_action(env: "GraspEnv") -> tuple[np.ndarray, float, bool, bool]:
     if best is None:
         return zero, 0.0, False, True
     _, centre, target_yaw, top = best
-    goal = np.array([centre[0], centre[1], max(GRASP_MIN_HEIGHT, top - GRASP_DEPTH)])
-    goal = np.clip(goal, lo, hi)
+    return grasp_at(env, np.array([centre[0], centre[1], max(GRASP_MIN_HEIGHT, top - GRASP_DEPTH)]), target_yaw)
+
+
+def grasp_at(env: "GraspEnv", goal: np.ndarray, target_yaw: float) -> tuple[np.ndarray, float, bool, bool]:
+    """The oracle's motion towards any grasp pose: move above ``goal`` (tray frame xyz, clipped
+    to the workspace) while descending so that height, position and yaw arrive together, and
+    terminate (close + lift) on the step that reaches it."""
+    cfg = env.config
+    pos, yaw = env.commanded_pose()
+    if env.done:
+        return np.zeros(3), 0.0, False, True
+    lo, hi = np.array(cfg.workspace_low), np.array(cfg.workspace_high)
+    goal = np.clip(np.asarray(goal, dtype=np.float64), lo, hi)
     mt, mr = cfg.max_translation, cfg.max_rotation
 
     dyaw = target_yaw - yaw
@@ -72,6 +83,16 @@ def oracle_action(env: "GraspEnv") -> tuple[np.ndarray, float, bool, bool]:
     reached = (np.max(np.abs(new[:2] - goal[:2])) < 0.004 and abs(new[2] - goal[2]) < 0.004
                and abs(dyaw - rot) < 0.03)
     return move, rot, False, bool(reached)
+
+
+def random_grasp_goal(rng: np.random.Generator, config: "SimConfig") -> tuple[np.ndarray, float]:
+    """A grasp pose drawn without looking: xy uniform over the object drop region, the oracle's
+    lowest grasp height, yaw uniform. :func:`grasp_at` towards it is QT-Opt's scripted
+    exploration ("lower the gripper to a random position and close"): it moves like the oracle,
+    so its outcome depends on where the objects are, which only the image shows."""
+    lo, hi = np.array(config.object_region_low), np.array(config.object_region_high)
+    xy = rng.uniform(lo, hi)
+    return np.array([xy[0], xy[1], GRASP_MIN_HEIGHT]), float(rng.uniform(-math.pi / 2, math.pi / 2))
 
 
 def random_action(rng: np.random.Generator, config: "SimConfig | None" = None,

@@ -2,7 +2,7 @@
 
   nsl experiment run [--stages pretrain,evaluate_base,...] [--output runs/experiment] [--config F] [--set k=v ...]
   nsl experiment report [--output runs/experiment] [--report-dir DIR]   re-render the report from the stamps
-  nsl experiment evaluate --checkpoint C --task T [--severity S] --episodes N [--seeds evaluation|validation]
+  nsl experiment evaluate --checkpoint C --task T [--severity S] --episodes N [--seeds evaluation|validation|calibration]
 """
 from __future__ import annotations
 
@@ -132,6 +132,8 @@ def cmd_evaluate(args) -> int:
 def add_commands(subparsers) -> None:
     from nsl_sim.tasks import TASKS
 
+    from .config import SEED_SETS
+
     p = subparsers.add_parser("experiment", help="simulated reproduction of the paper: pre-training, challenges, "
                                                  "fine-tuning study, continual learning, report")
     sub = p.add_subparsers(dest="experiment_command", required=True)
@@ -161,8 +163,9 @@ def add_commands(subparsers) -> None:
     e.add_argument("--severity", type=float, default=None,
                    help="TaskConfig.severity of the task (default: the task's own, 1; > 1 exaggerates it)")
     e.add_argument("--episodes", type=int, default=200)
-    e.add_argument("--seeds", default="evaluation", choices=("evaluation", "validation"),
-                   help="episode seed set: evaluation (reported numbers) or validation (for choices)")
+    e.add_argument("--seeds", default="evaluation", choices=tuple(SEED_SETS),
+                   help="episode seed set: evaluation (reported numbers), validation (choices) or calibration "
+                        "(the challenges' severities)")
     e.add_argument("--json", default="", help="also write the result as JSON here")
     e.add_argument("--verbose", action="store_true")
     common(e)

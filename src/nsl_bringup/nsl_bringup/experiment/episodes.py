@@ -81,19 +81,27 @@ def _state(obs) -> np.ndarray:
 
 
 def _scripted_actor(spec: dict, env, seed: int) -> Callable:
-    """Oracle with per-episode noise/epsilon, or a purely random episode (decided from the seed)."""
+    """Oracle with per-episode noise/epsilon, or a purely random episode, or (``decoy_fraction``)
+    the oracle's motion towards a random grasp pose: decided per episode from the seed."""
     from nsl_policy.action_space import ActionSpace, GraspCommand
-    from nsl_sim.scripted import random_action
+    from nsl_sim.scripted import grasp_at, random_action, random_grasp_goal
 
     space = ActionSpace(env.config.max_translation, env.config.max_rotation)
     rng = np.random.default_rng([spec["rng_seed"], seed])
     random_episode = rng.random() < spec["random_fraction"]
     noise = rng.uniform(0.0, spec["noise_max"])
     eps = rng.uniform(0.0, spec["epsilon_max"])
+    # Drawn only when asked, so that the episodes of older configs stay bit-identical.
+    decoy = (not random_episode and spec.get("decoy_fraction", 0.0) > 0
+             and rng.random() < spec["decoy_fraction"])
+    goal = random_grasp_goal(rng, env.config) if decoy else None
 
     def act(obs) -> tuple[np.ndarray, float, bool]:
         if random_episode or rng.random() < eps:
             t, r, c, term = random_action(rng, env.config, p_close=spec.get("p_close", 0.0))
+            explore = True
+        elif goal is not None:
+            t, r, c, term = grasp_at(env, *goal)
             explore = True
         else:
             t, r, c, term = env.oracle_action()
@@ -119,7 +127,7 @@ def run_job(spec: dict) -> list[dict]:
 
     kind (scripted|policy), task (a TaskSpec: name or TaskConfig dict), split (train|test), seeds,
     sim (SimConfig kwargs), bag (path or None), metadata, threads; scripted: rng_seed,
-    random_fraction, noise_max, epsilon_max; policy: checkpoint, cem (CEMConfig kwargs), epsilon,
+    random_fraction, noise_max, epsilon_max, decoy_fraction (optional); policy: checkpoint, cem (CEMConfig kwargs), epsilon,
     noise_std, policy_seed.
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.get("threads", 1)))
@@ -158,6 +166,8 @@ def run_job(spec: dict) -> list[dict]:
     if spec["kind"] == SCRIPTED:
         exploration = {"scripted": True, "random_fraction": spec["random_fraction"], "noise_max": spec["noise_max"],
                        "epsilon_max": spec["epsilon_max"]}
+        if spec.get("decoy_fraction", 0.0) > 0:
+            exploration["decoy_fraction"] = spec["decoy_fraction"]
     results = []
     try:
         for seed in spec["seeds"]:

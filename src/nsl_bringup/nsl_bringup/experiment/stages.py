@@ -61,8 +61,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .config import (BOOTSTRAP_SEEDS, CONTINUAL_SEEDS, EVALUATION_SEEDS, STAGE_FIELDS, STUDY_TASKS,
-                     TARGET_SEEDS, VALIDATION_SEEDS, ExperimentConfig, round_seed_offset, stable_hash)
+from .config import (BOOTSTRAP_SEEDS, CONTINUAL_SEEDS, SEED_SETS, STAGE_FIELDS, STUDY_TASKS, TARGET_SEEDS,
+                     ExperimentConfig, round_seed_offset, stable_hash)
 from .episodes import (POLICY, SCRIPTED, EpisodeOutcome, TaskSpec, resolve_task, run_jobs, success_summary,
                        task_spec)
 
@@ -208,7 +208,7 @@ def collect_bootstrap(ctx: Context) -> tuple[list[Path], list[EpisodeOutcome], f
     seeds = seed_range(cfg, BOOTSTRAP_SEEDS, cfg.bootstrap_episodes)
     extra = {"rng_seed": cfg.seed, "random_fraction": cfg.bootstrap_random_fraction,
              "noise_max": cfg.bootstrap_noise_max, "epsilon_max": cfg.bootstrap_epsilon_max,
-             "p_close": cfg.bootstrap_p_close}
+             "p_close": cfg.bootstrap_p_close, "decoy_fraction": cfg.bootstrap_decoy_fraction}
     return collect(ctx, "bootstrap", SCRIPTED, "bootstrap", seeds, "base", "train", extra, {})
 
 
@@ -385,10 +385,10 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
 def evaluate_checkpoint(checkpoint: str | Path, task: TaskSpec, episodes: int, config: ExperimentConfig,
                         seed_set: str = "evaluation", log: Callable[[str], None] | None = None) -> dict:
     """Greedy CEM policy (no exploration) on held-out test objects. ``task``: a task name or a
-    TaskConfig dict (e.g. a calibrated challenge). ``seed_set``: "evaluation" (reported numbers)
-    or "validation" (choices: settings, rounds, severities). Returns the success summary with
-    its 95% Wilson interval."""
-    offset = {"evaluation": EVALUATION_SEEDS, "validation": VALIDATION_SEEDS}[seed_set]
+    TaskConfig dict (e.g. a calibrated challenge). ``seed_set``: "evaluation" (reported numbers),
+    "validation" (choices: settings, rounds, the base) or "calibration" (the challenges'
+    severities). Returns the success summary with its 95% Wilson interval."""
+    offset = SEED_SETS[seed_set]
     resolved = resolve_task(task)
     seeds = seed_range(config, offset, episodes)
     specs = [{"kind": POLICY, "task": task, "split": "test", "seeds": chunk, "sim": config.sim_kwargs(), "bag": None,
@@ -635,7 +635,8 @@ def choose_severity(base_rate: float, trials: list[tuple[float, float]], min_dro
 
 
 def calibration(ctx: Context) -> dict:
-    """Each challenge's severity per the calibration rule, on validation episodes (cached units).
+    """Each challenge's severity per the calibration rule, on the base policy's and the challenges'
+    ``calibration_seed_set`` episodes (cached units).
     Severities are evaluated in order and only until the rule is met. Returns {"checkpoint_id",
     "base_validation", "challenges": {name: {severity, reached, task (TaskConfig dict), drop, trials}}}."""
     cfg = ctx.config
@@ -644,7 +645,7 @@ def calibration(ctx: Context) -> dict:
     def validation(spec: TaskSpec, label: str) -> dict:
         stamp = ctx.path("stages", "calibrate", "validation", f"{label}.json")
         return evaluate_cached(ctx, f"calibrate/{label}", stamp, ckpt, ckpt_id, spec, kind="calibrate",
-                               episodes=cfg.calibration_episodes, seed_set="validation")
+                               episodes=cfg.calibration_episodes, seed_set=cfg.calibration_seed_set)
 
     base = validation("base", "base")
     challenges = {}
