@@ -301,10 +301,16 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
                          f"{r['severity']:g}" + ("" if r["reached"] else " (drop not reached)"),
                          fmt(r["base_policy"]), f"{-r['drop']:+.2f}",
                          "n/a" if r["validation_drop"] is None else f"{-r['validation_drop']:+.2f}"])
-        out += _table(["task", "type", "severity", "base policy", "Δ vs base", "Δ on validation (calibration)"], rows)
+        seed_set = (stamps.get("calibrate", {}).get("calibration", {}).get("base_validation", {})
+                    .get("seed_set", "validation"))
+        out += _table(["task", "type", "severity", "base policy", "Δ vs base", f"Δ on {seed_set} episodes (calibration)"],
+                      rows)
         out += ["", f"n = {_episodes([r['base_policy'] for r in t1.values()])} evaluation episodes per task. The "
                 "severity (nsl_sim.tasks.TaskConfig.severity; 1 = the named variation, > 1 exaggerates it) is the "
-                "first whose validation-episode drop reached the calibration margin; Δ is on evaluation episodes.", ""]
+                f"first whose drop on the {seed_set} episodes reached the calibration margin"
+                + (" (the seeds the base policy was chosen on, so its figure there is optimistic)"
+                   if seed_set == "validation" else " (seeds used for nothing else)")
+                + "; Δ is on evaluation episodes.", ""]
     else:
         out += ["Not run (no stages/calibrate.json).", ""]
 
