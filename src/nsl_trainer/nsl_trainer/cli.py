@@ -41,6 +41,9 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g.add_argument("--conservative-weight", type=float, default=0.0, metavar="W",
                    help="weight of the conservative (CQL) term that lowers actions the data never tried "
                         "(default 0: plain QT-Opt; see QTOptConfig.conservative_weight)")
+    g.add_argument("--mc-mix", type=float, default=0.0, metavar="M",
+                   help="weight of the recorded episode's discounted return in the target, mixed with the "
+                        "Bellman target (default 0: plain QT-Opt; see QTOptConfig.mc_mix)")
     g.add_argument("--grasp-fraction", type=float, default=0.0, metavar="F",
                    help="extra share of each batch drawn from grasp attempts (episode-final steps) "
                         "(default 0: uniform rows, as QT-Opt; see QTOptConfig.grasp_fraction)")
@@ -248,7 +251,7 @@ def _run(args) -> int:
     config = QTOptConfig(batch_size=args.batch_size, learning_rate=args.base_lr, target_action=args.target_action,
                          augment=not args.no_augment, seed=args.seed, policy_weights=args.policy_weights,
                          conservative_weight=args.conservative_weight,
-                         grasp_fraction=args.grasp_fraction)
+                         grasp_fraction=args.grasp_fraction, mc_mix=args.mc_mix)
     model_config = QNetworkConfig(image_size=args.image_size, width=args.width, head=args.head,
                                   **(KEYPOINTS_RECIPE if args.head == "keypoints" else {}))
     with distributed(args.device) as device:

@@ -339,3 +339,27 @@ def test_mc_lower_bound_raises_targets_to_the_recorded_return(monkeypatch):
         assert below != bound
     with pytest.raises(ValueError, match="mc_lower_bound"):
         QTOptConfig(mc_lower_bound=1)
+
+
+def test_mc_mix_blends_the_target_with_the_recorded_return(monkeypatch):
+    from nsl_trainer.qtopt import _Data
+
+    data = multi_step(6, steps=4, seed=3)
+    d = _Data(data, None, 32, torch.device("cpu"))
+    captured = []
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
+                        lambda logits, y: captured.append(y.clone()) or bce(logits, y))
+    targets = {}
+    for mix in (0.0, 0.25, 1.0):
+        torch.manual_seed(0)
+        trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig.from_dict({**FAST.to_dict(), "mc_mix": mix,
+                                                                   "batch_size": 24}), "cpu")
+        trainer.train_step(d, 0.0)
+        targets[mix] = (captured[-1], d.mc_return(0.9)[trainer.last_batch[0]])
+    bellman, ret = targets[0.0]
+    assert torch.allclose(targets[1.0][0], ret)  # all Monte-Carlo
+    assert not torch.allclose(bellman, ret)
+    assert torch.allclose(targets[0.25][0], 0.75 * bellman + 0.25 * ret, atol=1e-5)
+    with pytest.raises(ValueError, match="mc_mix"):
+        QTOptConfig(mc_mix=1.5)

@@ -76,8 +76,9 @@ class ExperimentConfig:
     """Episodes per bag; a bag is the unit of caching/resuming of data collection."""
 
     # --- stage 1: pretrain -------------------------------------------------------------
-    bootstrap_episodes: int = 1000
-    """Scripted bootstrap grasps on ``base`` (train objects) before the first training."""
+    bootstrap_episodes: int = 3000
+    """Scripted bootstrap grasps on ``base`` (train objects) before the first training (1000
+    before 2026-11-23)."""
     bootstrap_random_fraction: float = 0.2
     """Fraction of bootstrap episodes that are purely random exploration (nsl_sim.scripted.random_action)."""
     bootstrap_noise_max: float = 0.5
@@ -87,11 +88,13 @@ class ExperimentConfig:
     bootstrap_p_close: float = 0.05
     """Probability that a random exploration step closes the gripper (so the Q-function sees the
     close dimension of the action; the oracle itself never closes before terminating)."""
-    bootstrap_decoy_fraction: float = 0.0
+    bootstrap_decoy_fraction: float = 0.5
     """Fraction of the oracle episodes that move like the oracle but towards a grasp pose drawn
     at random over the drop region (nsl_sim.scripted.random_grasp_goal, QT-Opt's scripted
     exploration). Height, timing and closing are then the oracle's in successes and failures
-    alike, so only the image tells them apart. 0 = off (the shipped recipe)."""
+    alike, so only the image tells them apart. Runs before 2026-11-23 had none (0). Alone it did
+    not raise the base; with ``qtopt`` mc_mix it is the shipped recipe (probe 16 in
+    docs/results/base_policy.md)."""
     grasp_value_steps: int = 0
     """When > 0: "grasp values first". At round ``grasp_value_round``, a fresh network is
     trained for this many steps as a supervised classifier of the outcomes of all grasps
@@ -115,8 +118,9 @@ class ExperimentConfig:
     teach the classifier what an on-policy grasp looks like (held-out AUC 0.54): their outcome
     is predictable without looking (loss 0 within 900 steps), so the default waits for on-policy
     rounds."""
-    pretrain_steps: int = 3000
-    """QT-Opt gradient steps of the offline pre-training on the bootstrap data."""
+    pretrain_steps: int = 4000
+    """QT-Opt gradient steps of the offline pre-training on the bootstrap data (3000 before
+    2026-11-23)."""
     rounds: int = 9
     """On-policy rounds after the offline pre-training: collect with the current policy, retrain
     (0..MAX_ROUNDS = 19)."""
@@ -151,8 +155,11 @@ class ExperimentConfig:
     """Adam learning rate of the on-policy rounds (the fine-tuning rate: 25% of ``learning_rate``)."""
     model: dict = field(default_factory=dict)
     """Overrides of nsl_policy.model.QNetworkConfig (image_size is taken from ``image_size``)."""
-    qtopt: dict = field(default_factory=dict)
-    """Overrides of nsl_trainer.qtopt.QTOptConfig (seed and learning_rate are set per run)."""
+    qtopt: dict = field(default_factory=lambda: {"mc_mix": 0.5})
+    """Overrides of nsl_trainer.qtopt.QTOptConfig (seed and learning_rate are set per run). The
+    default mixes each target half and half with the recorded episode's return
+    (QTOptConfig.mc_mix): the first change that raised the base above the 0.39 plateau (0.51 on
+    evaluation episodes, probe 16). ``{}`` is plain QT-Opt, as every run before 2026-11-23."""
     finetune_qtopt: dict = field(default_factory=lambda: {"policy_weights": "polyak"})
     """More QTOptConfig overrides, on top of ``qtopt``, for the study's fine-tuning runs only:
     the sweep, scratch, the re-initialised head and the continual chain. Pre-training does not
@@ -160,7 +167,8 @@ class ExperimentConfig:
     Polyak-averaged network. On validation episodes (60 per unit, keypoint study) it did better
     than the online network on 11 of 18 sweep units and worse on 4 (mean 0.30 against 0.25),
     and its worst unit got 0.13 against 0.02 (docs/results/keypoints_polyak/). ``{}`` exports
-    the online network, as every run before 2026-11-22 17:00 UTC did."""
+    the online network, as every run before 2026-11-22 17:00 UTC did. The fine-tunes inherit
+    ``qtopt`` (so the default mc_mix 0.5, which is not measured on fine-tuning yet)."""
     policy_cem: dict = field(default_factory=dict)
     """Overrides of nsl_policy.cem.CEMConfig for acting (collection and evaluation)."""
 

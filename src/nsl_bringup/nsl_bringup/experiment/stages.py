@@ -678,7 +678,8 @@ def calibrate(ctx: Context) -> dict:
     base = evaluate_base_on(ctx, ckpt, ckpt_id, "base")
     table = {"base": {"severity": None, "reached": None, "result": base, "drop": 0.0}}
     for name, c in cal["challenges"].items():
-        ctx.log(f"calibrate/{name}: severity {c['severity']:g} (validation drop {c['drop']:+.3f}, "
+        ctx.log(f"calibrate/{name}: severity {c['severity']:g} (drop on {ctx.config.calibration_seed_set} episodes "
+                f"{c['drop']:+.3f}, "
                 f"{'reached' if c['reached'] else 'NOT reached'}: {ctx.config.calibration_drop:.2f})")
         res = evaluate_base_on(ctx, ckpt, ckpt_id, study_spec(cal, name))
         table[name] = {"severity": c["severity"], "reached": c["reached"], "result": res,
