@@ -17,13 +17,14 @@ pytest.importorskip("torch")
 from nsl_bringup.experiment import STAGES, ExperimentConfig, evaluate_checkpoint, run, wilson_interval  # noqa: E402
 from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
 from nsl_bringup.experiment.config import (BOOTSTRAP_SEEDS, CALIBRATION_SEEDS, CONTINUAL_ORDER,  # noqa: E402
-                                          CONTINUAL_SEEDS, EVALUATION_SEEDS, MAX_EPISODES_PER_RANGE, MAX_ROUNDS, ROUND_SEEDS, SEED_STRIDE,
+                                          CONTINUAL_SEEDS, EVALUATION_SEEDS, MAX_EPISODES_PER_RANGE, MAX_ROUNDS,
+                                          ROUND_SEEDS, SEED_STRIDE,
                                           STUDY_TASKS, TARGET_SEEDS, VALIDATION_SEEDS, round_seed_offset)
 
 # No random-goal bootstrap grasps: with 4 bootstrap episodes they would leave too few successes
 # for the grasp-value phase; test_decoy_bootstrap_... covers them.
-TINY = dict(image_size=32, max_steps=3, num_objects=1, chunk_episodes=2, bootstrap_episodes=4, bootstrap_decoy_fraction=0.0,
-            pretrain_steps=3,
+TINY = dict(image_size=32, max_steps=3, num_objects=1, chunk_episodes=2, bootstrap_episodes=4,
+            bootstrap_decoy_fraction=0.0, pretrain_steps=3,
             rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, eval_tasks=("base",),
             model={"width": 8, "embed_width": 8, "fc_width": 8},
             qtopt={"batch_size": 8, "target_cem": {"population": 4, "elites": 2, "iterations": 1}},
@@ -200,8 +201,11 @@ def test_decoy_bootstrap_episodes_aim_at_random_goals_and_leave_older_episodes_u
 
     with pytest.raises(ValueError, match="bootstrap_decoy_fraction"):
         ExperimentConfig(bootstrap_decoy_fraction=1.5)
-    assert "bootstrap_decoy_fraction" not in ExperimentConfig(bootstrap_decoy_fraction=0.0).subset(STAGE_FIELDS["bootstrap"])
-    assert ExperimentConfig(bootstrap_decoy_fraction=0.5).subset(STAGE_FIELDS["bootstrap"])["bootstrap_decoy_fraction"] == 0.5
+    def bootstrap_key(fraction):
+        return ExperimentConfig(bootstrap_decoy_fraction=fraction).subset(STAGE_FIELDS["bootstrap"])
+
+    assert "bootstrap_decoy_fraction" not in bootstrap_key(0.0)
+    assert bootstrap_key(0.5)["bootstrap_decoy_fraction"] == 0.5
     old = {"rng_seed": 0, "random_fraction": 0.0, "noise_max": 0.0, "epsilon_max": 0.0, "p_close": 0.05}
     env = GraspEnv(SimConfig())
 

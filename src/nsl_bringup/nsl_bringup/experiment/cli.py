@@ -2,7 +2,8 @@
 
   nsl experiment run [--stages pretrain,evaluate_base,...] [--output runs/experiment] [--config F] [--set k=v ...]
   nsl experiment report [--output runs/experiment] [--report-dir DIR]   re-render the report from the stamps
-  nsl experiment evaluate --checkpoint C --task T [--severity S] --episodes N [--seeds evaluation|validation|calibration]
+  nsl experiment evaluate --checkpoint C --task T [--severity S] --episodes N
+      [--seeds evaluation|validation|calibration]
 """
 from __future__ import annotations
 

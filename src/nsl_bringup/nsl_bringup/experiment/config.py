@@ -317,7 +317,8 @@ class ExperimentConfig:
         self.calibration_severities = tuple(float(v) for v in sev)
         check_float("calibration_drop", 0.0, 1.0, lo_open=True)
         if self.calibration_seed_set not in ("calibration", "validation"):
-            raise bad("calibration_seed_set", f"must be 'calibration' or 'validation', got {self.calibration_seed_set!r}")
+            raise bad("calibration_seed_set",
+                      f"must be 'calibration' or 'validation', got {self.calibration_seed_set!r}")
         check_int("target_episodes", 1, MAX_EPISODES_PER_RANGE)
         check_float("target_epsilon", 0.0, 1.0)
         check_float("target_noise_std", 0.0, 2.0)

@@ -127,8 +127,8 @@ def run_job(spec: dict) -> list[dict]:
 
     kind (scripted|policy), task (a TaskSpec: name or TaskConfig dict), split (train|test), seeds,
     sim (SimConfig kwargs), bag (path or None), metadata, threads; scripted: rng_seed,
-    random_fraction, noise_max, epsilon_max, decoy_fraction (optional); policy: checkpoint, cem (CEMConfig kwargs), epsilon,
-    noise_std, policy_seed.
+    random_fraction, noise_max, epsilon_max, decoy_fraction (optional); policy: checkpoint, cem
+    (CEMConfig kwargs), epsilon, noise_std, policy_seed.
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.get("threads", 1)))
     import torch

@@ -303,8 +303,8 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
                          "n/a" if r["validation_drop"] is None else f"{-r['validation_drop']:+.2f}"])
         seed_set = (stamps.get("calibrate", {}).get("calibration", {}).get("base_validation", {})
                     .get("seed_set", "validation"))
-        out += _table(["task", "type", "severity", "base policy", "Δ vs base", f"Δ on {seed_set} episodes (calibration)"],
-                      rows)
+        out += _table(["task", "type", "severity", "base policy", "Δ vs base",
+                       f"Δ on {seed_set} episodes (calibration)"], rows)
         out += ["", f"n = {_episodes([r['base_policy'] for r in t1.values()])} evaluation episodes per task. The "
                 "severity (nsl_sim.tasks.TaskConfig.severity; 1 = the named variation, > 1 exaggerates it) is the "
                 f"first whose drop on the {seed_set} episodes reached the calibration margin"
