@@ -158,8 +158,9 @@ class ExperimentConfig:
     qtopt: dict = field(default_factory=lambda: {"mc_mix": 0.5})
     """Overrides of nsl_trainer.qtopt.QTOptConfig (seed and learning_rate are set per run). The
     default mixes each target half and half with the recorded episode's return
-    (QTOptConfig.mc_mix): the first change that raised the base above the 0.39 plateau (0.51 on
-    evaluation episodes, probe 16). ``{}`` is plain QT-Opt, as every run before 2026-11-23."""
+    (QTOptConfig.mc_mix). With ``bootstrap_decoy_fraction`` it raised the base above the 0.39
+    plateau (0.51 on evaluation episodes); without, it climbed for four rounds and fell back
+    (probe 16). ``{}`` is plain QT-Opt, as every run before 2026-11-23."""
     finetune_qtopt: dict = field(default_factory=lambda: {"policy_weights": "polyak"})
     """More QTOptConfig overrides, on top of ``qtopt``, for the study's fine-tuning runs only:
     the sweep, scratch, the re-initialised head and the continual chain. Pre-training does not
