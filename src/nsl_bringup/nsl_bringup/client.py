@@ -15,6 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from nsl_bringup import graph
@@ -33,9 +34,12 @@ class LoopClient(Node):
         self.results: list[EpisodeResult] = []
         self.active_checkpoint: CheckpointInfo | None = None
         self.trainer_status: TrainerStatus | None = None
+        self.collector_status: dict = {}
+        """The collector's latest counters (its latched ``collector/status`` JSON)."""
         self.create_subscription(EpisodeResult, graph.EPISODE_RESULTS_TOPIC, self._on_result, RECORD_QOS)
         self.create_subscription(CheckpointInfo, graph.ACTIVE_CHECKPOINT_TOPIC, self._on_active, LATCHED_QOS)
         self.create_subscription(TrainerStatus, graph.TRAINER_STATUS_TOPIC, self._on_status, LATCHED_QOS)
+        self.create_subscription(String, graph.COLLECTOR_STATUS_TOPIC, self._on_collector_status, LATCHED_QOS)
         self.fine_tune_client = self.create_client(FineTune, graph.FINE_TUNE_SERVICE)
         self.stop_session_client = self.create_client(Trigger, graph.STOP_SESSION_SERVICE)
         self.load_checkpoint_client = self.create_client(LoadCheckpoint, graph.LOAD_CHECKPOINT_SERVICE)
@@ -58,6 +62,13 @@ class LoopClient(Node):
 
     def _on_status(self, msg: TrainerStatus) -> None:
         self._update(lambda: setattr(self, "trainer_status", msg))
+
+    def _on_collector_status(self, msg: String) -> None:
+        try:
+            status = json.loads(msg.data)
+        except ValueError:
+            return  # not ours to judge here; the collector node logs its own state
+        self._update(lambda: setattr(self, "collector_status", status))
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         with self._cond:
