@@ -456,10 +456,12 @@ class QTOptTrainer:
             both = data.augmented(torch.cat([idx, nidx]), cfg, self._gen)
             images, next_images = both[:len(idx)], both[len(idx):]
         y = self.bellman_target(reward, done, next_images, data.state[nidx])
-        if cfg.mc_lower_bound:
-            y = torch.maximum(y, data.mc_return(cfg.discount)[idx])
-        if cfg.mc_mix > 0:
-            y = torch.lerp(y, data.mc_return(cfg.discount)[idx], cfg.mc_mix)
+        if cfg.mc_lower_bound or cfg.mc_mix > 0:
+            episode_return = data.mc_return(cfg.discount)[idx]
+            if cfg.mc_lower_bound:
+                y = torch.maximum(y, episode_return)
+            if cfg.mc_mix > 0:
+                y = torch.lerp(y, episode_return, cfg.mc_mix)
         if cfg.conservative_weight > 0:
             logits, conservative = self.conservative_logits(images, data.state[idx], data.action[idx])
             loss = F.binary_cross_entropy_with_logits(logits, y) + cfg.conservative_weight * conservative
