@@ -61,10 +61,7 @@ def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
     client.wait_until(lambda: client.active_checkpoint is not None, 120, "the policy's first checkpoint")
     initial = client.active_checkpoint.checkpoint_id
     client.wait_for_episodes(initial, EPISODES, 300)
-    # The collector gets the results on its own subscription, later on a loaded machine: wait
-    # for its own count of episodes written to the session bag.
-    client.wait_until(lambda: client.collector_status.get("session_episodes", 0) >= EPISODES, 120,
-                      f"the collector to write {EPISODES} episodes")
+    client.wait_for_recorded(EPISODES, 120)
     assert runner.first_exit is None, log.text()[-3000:]
 
     reply = client.call(client.stop_session_client, Trigger.Request())

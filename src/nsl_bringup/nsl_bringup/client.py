@@ -75,6 +75,14 @@ class LoopClient(Node):
             if not self._cond.wait_for(predicate, timeout=timeout):
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
+    def wait_for_recorded(self, count: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
+        """Wait until the collector reports at least ``count`` episodes written to its session
+        (latched ``collector/status``), or ``stop()`` is true. The collector gets the results on
+        its own subscription, later than this client on a loaded machine: close a session only
+        after this."""
+        self.wait_until(lambda: self.collector_status.get("session_episodes", 0) >= count or stop(), timeout,
+                        f"the collector to write {count} episodes")
+
     def results_with(self, checkpoint_id: str, complete_only: bool = True) -> list[EpisodeResult]:
         with self._cond:
             return [r for r in self.results if r.checkpoint_id == checkpoint_id and (r.complete or not complete_only)]

@@ -115,11 +115,9 @@ def run_demo(config: DemoConfig) -> dict:
             client.wait_for_episodes(before_id, config.collect_episodes, config.timeout, epsilon=config.epsilon,
                                      progress=lambda n: say(f"  grasp {n}/{config.collect_episodes}"))
             guard("collecting")
-        # Every episode so far is in the session. The collector gets the results on its own
-        # subscription, later on a loaded machine: close the session only once it has written them.
-        recorded = config.eval_episodes + config.collect_episodes
-        client.wait_until(lambda: client.collector_status.get("session_episodes", 0) >= recorded
-                          or runner.first_exit is not None, 120, f"the collector to write {recorded} episodes")
+        # Every episode so far belongs in the session bag.
+        client.wait_for_recorded(config.eval_episodes + config.collect_episodes, 120,
+                                 stop=lambda: runner.first_exit is not None)
         guard("recording")
         reply = client.call(client.stop_session_client, Trigger.Request())
         if not reply.success:

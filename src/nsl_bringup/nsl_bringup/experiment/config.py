@@ -169,7 +169,8 @@ class ExperimentConfig:
     than the online network on 11 of 18 sweep units and worse on 4 (mean 0.30 against 0.25),
     and its worst unit got 0.13 against 0.02 (docs/results/keypoints_polyak/). ``{}`` exports
     the online network, as every run before 2026-11-22 17:00 UTC did. The fine-tunes inherit
-    ``qtopt`` (so the default mc_mix 0.5, which is not measured on fine-tuning yet)."""
+    ``qtopt`` (so the default mc_mix 0.5). On validation episodes it was no worse in fine-tunes
+    than plain QT-Opt, one seed each (docs/results/README.md, fine-tuning recipe probe)."""
     policy_cem: dict = field(default_factory=dict)
     """Overrides of nsl_policy.cem.CEMConfig for acting (collection and evaluation)."""
 
