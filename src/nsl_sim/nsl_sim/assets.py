@@ -91,17 +91,24 @@ def _shift_pose(link: ET.Element, dx: float, dy: float, dz: float) -> None:
     pose.text = " ".join(f"{x:.6g}" for x in v)
 
 
-def gripper_sdf(finger_extension: float = 0.0, offset=(0.0, 0.0, 0.0)) -> str:
+def gripper_sdf(finger_extension: float = 0.0, offset=(0.0, 0.0, 0.0), tip_width_scale: float = 1.0,
+                tip_friction: float | None = None) -> str:
     """Path of a cached copy of ``kuka_with_gripper2.sdf`` with a modified gripper.
 
     ``finger_extension`` moves both finger tips further out along the gripper axis (longer
     fingers); ``offset`` moves the whole gripper (palm, fingers) relative to the wrist, in the
-    wrist frame (the SDF's model frame at zero joint angles, z along the gripper axis). Mesh
-    paths are made absolute so the copy loads from anywhere.
+    wrist frame (the SDF's model frame at zero joint angles, z along the gripper axis).
+    ``tip_width_scale`` scales the tip meshes (visual and collision) across the closing
+    direction (the finger joints' axis, y); ``tip_friction`` replaces the tips' lateral
+    friction (None keeps the SDF's). Mesh paths are made absolute so the copy loads from anywhere.
     """
     ext = float(finger_extension)
     off = tuple(float(v) for v in offset)
-    key = hashlib.sha1(repr((round(ext, 6),) + tuple(round(v, 6) for v in off)).encode()).hexdigest()[:16]
+    width = float(tip_width_scale)
+    ident = (round(ext, 6),) + tuple(round(v, 6) for v in off)
+    if width != 1.0 or tip_friction is not None:  # the stock tips keep their earlier file names
+        ident += (round(width, 6), None if tip_friction is None else round(float(tip_friction), 6))
+    key = hashlib.sha1(repr(ident).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir(), f"kuka_gripper_{key}.sdf")
     if os.path.exists(path):
         return path
@@ -113,7 +120,15 @@ def gripper_sdf(finger_extension: float = 0.0, offset=(0.0, 0.0, 0.0)) -> str:
     for name in _GRIPPER_LINKS:
         _shift_pose(links[name], *off)
     for name in _TIP_LINKS:
-        _shift_pose(links[name], 0.0, 0.0, ext)
+        tip = links[name]
+        _shift_pose(tip, 0.0, 0.0, ext)
+        for scale in tip.iter("scale"):
+            scale.text = f"1 {width:.6g} 1"
+        if tip_friction is not None:
+            friction = tip.find("contact/lateral_friction")
+            if friction is None:
+                raise RuntimeError(f"link {name} has no contact/lateral_friction")
+            friction.text = f"{float(tip_friction):.6g}"
     data = ET.tostring(root, encoding="unicode")
     _atomic_write(path, ('<?xml version="1.0" ?>\n' + data).encode("utf-8"))
     return path

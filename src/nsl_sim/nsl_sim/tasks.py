@@ -16,7 +16,9 @@ Named tasks (``TASKS``):
     Low, warm, strong directional light with hard shadows and strong specular highlights.
 ``extend_gripper_1cm``
     Finger tips 1 cm longer (a modified copy of the Kuka SDF is written to a cache folder).
-    The arm controller does not know: the fingers hit things 1 cm earlier than expected.
+    The arm controller does not know: the fingers hit things 1 cm earlier than expected. As in
+    the paper, whose extension also "significantly narrow[ed] its width and compliance", the
+    tips are half as wide and grip with less friction (0.5 instead of the stock pads' 0.8).
 ``offset_gripper_10cm``
     The whole gripper (palm and fingers) sits 10 cm to the side of the wrist, where the
     controller thinks it is (modified SDF copy). Commands and the reported height keep the
@@ -111,6 +113,12 @@ NOMINAL_LIGHT_COLOR: Vec3 = (1.0, 1.0, 1.0)
 NOMINAL_AMBIENT = 0.6
 NOMINAL_DIFFUSE = 0.35
 NOMINAL_SPECULAR = 0.05
+#: Lateral friction of the stock Kuka finger tips (kuka_with_gripper2.sdf).
+FINGER_FRICTION = 0.8
+
+#: Fields added after cache keys were first made from :meth:`TaskConfig.to_dict`, with their
+#: nominal values: ``to_dict`` leaves them out while nominal, so earlier keys stay valid.
+KEYED_WHEN_SET: dict[str, Any] = {"finger_width_scale": 1.0, "finger_friction": FINGER_FRICTION}
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,11 @@ class TaskConfig:
     gripper_offset: Vec3 = (0.0, 0.0, 0.0)
     """Displacement of the whole gripper from the wrist (m), in the wrist frame
     (x, y lateral, z along the gripper axis). The controller does not know about it."""
+    finger_width_scale: float = 1.0
+    """Width of the finger tips across the closing direction, as a fraction of the stock tips
+    (0.2..1): narrower tips touch less of an object. Severity above 1 narrows further (to 0.2)."""
+    finger_friction: float = FINGER_FRICTION
+    """Lateral friction coefficient of the finger tips (the stock pads: 0.8); lower slips sooner."""
 
     # --- objects --------------------------------------------------------------------
     object_alpha: float = 1.0
@@ -205,6 +218,10 @@ class TaskConfig:
         if not _finite(self.finger_extension) or not -0.02 <= self.finger_extension <= 0.05:
             raise bad("finger_extension", f"must be in -0.02..0.05 m, got {self.finger_extension!r}")
         object.__setattr__(self, "gripper_offset", _vec3(self.gripper_offset, "gripper_offset", -0.2, 0.2))
+        if not _finite(self.finger_width_scale) or not 0.2 <= self.finger_width_scale <= 1.0:
+            raise bad("finger_width_scale", f"must be in 0.2..1, got {self.finger_width_scale!r}")
+        if not _finite(self.finger_friction) or not 0.05 <= self.finger_friction <= 2.0:
+            raise bad("finger_friction", f"must be in 0.05..2, got {self.finger_friction!r}")
         if not _finite(self.object_alpha) or not 0.0 <= self.object_alpha <= 1.0:
             raise bad("object_alpha", f"must be in 0..1, got {self.object_alpha!r}")
         if not _finite(self.object_scale) or not 0.3 <= self.object_scale <= 2.0:
@@ -241,6 +258,8 @@ class TaskConfig:
             shadows=self.shadows and s > 0,
             finger_extension=s * self.finger_extension,
             gripper_offset=tuple(s * v for v in self.gripper_offset),  # type: ignore[arg-type]
+            finger_width_scale=min(1.0, max(0.2, lerp(1.0, self.finger_width_scale))),
+            finger_friction=max(0.05, lerp(FINGER_FRICTION, self.finger_friction)),
             object_alpha=min(1.0, max(0.0, lerp(1.0, self.object_alpha))),
             object_scale=max(0.3, lerp(1.0, self.object_scale)),
             camera_offset=tuple(s * v for v in self.camera_offset),  # type: ignore[arg-type]
@@ -248,8 +267,10 @@ class TaskConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (lists instead of tuples), suitable for YAML/JSON."""
-        d = dataclasses.asdict(self)
+        """Plain-data form (lists instead of tuples), suitable for YAML/JSON. Fields of
+        :data:`KEYED_WHEN_SET` are left out while they hold their nominal value."""
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]}
         return _lists(d)
 
 
@@ -268,16 +289,23 @@ class EffectiveTask:
     shadows: bool
     finger_extension: float
     gripper_offset: Vec3
+    finger_width_scale: float
+    finger_friction: float
     object_alpha: float
     object_scale: float
     camera_offset: Vec3
     camera_noise: float
 
     @property
-    def gripper_key(self) -> tuple[float, float, float, float]:
-        """Identifies the gripper geometry (the robot is reloaded when it changes)."""
-        return (round(self.finger_extension, 6),) + tuple(round(v, 6) for v in self.gripper_offset)  # type: ignore[return-value]
+    def gripper_key(self) -> tuple[float, ...]:
+        """Identifies the gripper (geometry and tip friction; the robot is reloaded when it
+        changes). :data:`NOMINAL_GRIPPER_KEY` is the stock gripper."""
+        return ((round(self.finger_extension, 6),) + tuple(round(v, 6) for v in self.gripper_offset)
+                + (round(self.finger_width_scale, 6), round(self.finger_friction, 6)))
 
+
+#: :attr:`EffectiveTask.gripper_key` of the stock gripper.
+NOMINAL_GRIPPER_KEY = (0.0, 0.0, 0.0, 0.0, 1.0, FINGER_FRICTION)
 
 TASKS: dict[str, TaskConfig] = {
     "base": TaskConfig(name="base"),
@@ -291,7 +319,8 @@ TASKS: dict[str, TaskConfig] = {
         light_specular=0.8,
         shadows=True,
     ),
-    "extend_gripper_1cm": TaskConfig(name="extend_gripper_1cm", finger_extension=0.01),
+    "extend_gripper_1cm": TaskConfig(name="extend_gripper_1cm", finger_extension=0.01,
+                                     finger_width_scale=0.5, finger_friction=0.5),
     "offset_gripper_10cm": TaskConfig(name="offset_gripper_10cm", gripper_offset=(0.1, 0.0, 0.0)),
     "transparent_objects": TaskConfig(name="transparent_objects", object_alpha=0.25),
 }

@@ -84,6 +84,41 @@ def test_extended_fingers_reach_lower(env, base):
     assert image_diff(obs.image, base[0]) > 0.2
 
 
+def _tip_links(env):
+    c, robot = env._client(), env._robot
+    return [(c, robot, j) for j in range(c.getNumJoints(robot)) if b"tip" in c.getJointInfo(robot, j)[12]]
+
+
+def test_extended_fingers_are_narrower_and_slipperier(env, base):
+    """The paper's extension also narrowed the fingers and their compliance: tips half as wide
+    (across the closing direction) with friction 0.5 instead of the stock pads' 0.8."""
+    def tips(task):
+        env.reset(SEED, task)
+        out = []
+        for c, robot, j in _tip_links(env):
+            lo, hi = c.getAABB(robot, j)
+            out.append((c.getDynamicsInfo(robot, j)[1], min(hi[0] - lo[0], hi[1] - lo[1])))
+        return out
+
+    stock, extended = tips("base"), tips("extend_gripper_1cm")
+    assert len(stock) == len(extended) == 2
+    for (f0, w0), (f1, w1) in zip(stock, extended):
+        assert f0 == pytest.approx(0.8) and f1 == pytest.approx(0.5)
+        assert w1 < 0.75 * w0  # AABB margins keep the ratio above the mesh's 0.5
+    eff = dataclasses.replace(TASKS["extend_gripper_1cm"], severity=2.0).effective()
+    assert (eff.finger_extension, eff.finger_width_scale, eff.finger_friction) == pytest.approx((0.02, 0.2, 0.2))
+
+
+def test_to_dict_leaves_out_nominal_newer_fields():
+    """Cache keys of earlier runs hold TaskConfig dicts without the newer gripper fields."""
+    assert "finger_width_scale" not in TASKS["offset_gripper_10cm"].to_dict()
+    assert "finger_friction" not in TaskConfig().to_dict()
+    extended = TASKS["extend_gripper_1cm"]
+    d = extended.to_dict()
+    assert (d["finger_width_scale"], d["finger_friction"]) == (0.5, 0.5)
+    assert task_from_dict(d) == extended
+
+
 def test_severity_zero_is_base(env, base):
     for name in ("checkerboard", "harsh_light", "offset_gripper_10cm"):
         cfg = dataclasses.replace(TASKS[name], severity=0.0)
@@ -122,6 +157,10 @@ def test_task_config_validation():
         TaskConfig(object_alpha=2.0)
     with pytest.raises(ValueError, match="gripper_offset"):
         TaskConfig(gripper_offset=(0.0, 0.0))
+    with pytest.raises(ValueError, match="finger_width_scale"):
+        TaskConfig(finger_width_scale=0.1)
+    with pytest.raises(ValueError, match="finger_friction"):
+        TaskConfig(finger_friction=float("nan"))
 
 
 def test_yaml_task_loads_and_runs(tmp_path, env, base):
