@@ -90,7 +90,7 @@ import pybullet_data
 from pybullet_utils import bullet_client
 
 from . import assets
-from .tasks import NOMINAL_GRIPPER_KEY, EffectiveTask, TaskConfig, get_task, image_format
+from .tasks import FINGER_FRICTION, NOMINAL_GRIPPER_KEY, EffectiveTask, TaskConfig, get_task, image_format
 
 __all__ = ["SimConfig", "Observation", "StepResult", "GraspEnv", "object_files"]
 
@@ -410,7 +410,8 @@ class GraspEnv:
         table = c.loadURDF(os.path.join(DATA_PATH, "table", "table.urdf"), [0.5, 0.0, -0.82], [0, 0, 0, 1])
         tray = c.loadURDF(os.path.join(DATA_PATH, "tray", "tray.urdf"), TRAY_POS, TRAY_ORN)
         sdf = (KUKA_SDF if eff.gripper_key == NOMINAL_GRIPPER_KEY else assets.gripper_sdf(
-            eff.finger_extension, eff.gripper_offset, eff.finger_width_scale, eff.finger_friction))
+            eff.finger_extension, eff.gripper_offset, eff.finger_width_scale,
+            None if eff.finger_friction == FINGER_FRICTION else eff.finger_friction))
         self._robot = c.loadSDF(sdf)[0]
         c.resetBasePositionAndOrientation(self._robot, KUKA_BASE_POS, [0, 0, 0, 1])
         if eff.texture != "none":
