@@ -17,8 +17,9 @@ pytest.importorskip("torch")
 from nsl_bringup.experiment import STAGES, ExperimentConfig, evaluate_checkpoint, run, wilson_interval  # noqa: E402
 from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
 from nsl_bringup.experiment.config import (BOOTSTRAP_SEEDS, CALIBRATION_SEEDS, CONTINUAL_ORDER,  # noqa: E402
-                                          CONTINUAL_SEEDS, EVALUATION_SEEDS, MAX_EPISODES_PER_RANGE, MAX_ROUNDS,
-                                          ROUND_SEEDS, SEED_STRIDE,
+                                          CONTINUAL_SEEDS, EVALUATION_SEEDS, MAX_EPISODES_PER_RANGE,
+                                          MAX_ONLINE_ROUND_EPISODES, MAX_ONLINE_ROUNDS, MAX_ROUNDS, ONLINE_SEEDS,
+                                          ROUND_SEEDS, SEED_STRIDE, online_seed_offset,
                                           STUDY_TASKS, TARGET_SEEDS, VALIDATION_SEEDS, round_seed_offset)
 
 # No random-goal bootstrap grasps: with 4 bootstrap episodes they would leave too few successes
@@ -55,7 +56,9 @@ def test_run_writes_checkpoint_data_and_summary(first_run):
     assert (out / "datasets" / "base" / "round_1" / "chunk_000" / "metadata.yaml").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert list(results["stages"]) == ["pretrain", "evaluate_base", "calibrate", "collect_targets", "finetune_sweep",
-                                       "continual", "report"] == list(STAGES)
+                                       "online_finetune", "continual", "report"] == list(STAGES)
+    assert results["stages"]["online_finetune"]["skipped"] == "online_rounds is 0"  # off by default
+    assert not (out / "stages" / "online_finetune.json").exists()
     assert set(summary["stages"]) == set(STAGES)
     base = summary["stages"]["evaluate_base"]["results"]["base"]
     assert base["episodes"] == 3 and base["object_split"] == "test"
@@ -109,6 +112,15 @@ def test_seed_ranges_never_overlap():
     starts += [round_seed_offset(r) for r in range(1, MAX_ROUNDS + 1)]
     starts += [TARGET_SEEDS + 100_000 * i for i in range(len(STUDY_TASKS))]
     starts += [CONTINUAL_SEEDS + 100_000 * i for i in range(len(CONTINUAL_ORDER))]
+    starts += [ONLINE_SEEDS + 100_000 * i for i in range(len(STUDY_TASKS))]
+    # A task's online rounds share its range: each round its own block, all inside the range.
+    for task in STUDY_TASKS:
+        first = ONLINE_SEEDS + 100_000 * STUDY_TASKS.index(task)
+        blocks = [online_seed_offset(task, k) for k in range(2, MAX_ONLINE_ROUNDS + 1)]
+        assert all(b - a >= MAX_ONLINE_ROUND_EPISODES for a, b in zip([first] + blocks, blocks))
+        assert blocks[-1] + MAX_ONLINE_ROUND_EPISODES <= first + MAX_EPISODES_PER_RANGE
+    with pytest.raises(ValueError, match="online round"):
+        online_seed_offset("base", 1)  # round 1 explores with the base policy's grasps
     starts.sort()
     assert all(b - a >= MAX_EPISODES_PER_RANGE for a, b in zip(starts, starts[1:]))
     assert starts[-1] + MAX_EPISODES_PER_RANGE <= SEED_STRIDE
@@ -184,6 +196,17 @@ def test_config_validation():
     with pytest.raises(ValueError, match="continual_guard: needs validation_episodes > 0"):
         ExperimentConfig(validation_episodes=0)
     assert ExperimentConfig(validation_episodes=0, continual_guard=False).continual_guard is False
+    with pytest.raises(ValueError, match="online_rounds: must split the largest tier"):
+        ExperimentConfig(online_rounds=3)  # 800 grasps do not split into 3 rounds of whole bags
+    with pytest.raises(ValueError, match="online_rounds: must split the largest tier"):
+        ExperimentConfig(online_rounds=8, chunk_episodes=200)  # rounds of 100 grasps: half a bag of 200
+    with pytest.raises(ValueError, match="online_rounds"):
+        ExperimentConfig(online_rounds=MAX_ONLINE_ROUNDS + 1)
+    with pytest.raises(ValueError, match="online_rounds: needs validation_episodes"):
+        ExperimentConfig(online_rounds=4, validation_episodes=0, continual_guard=False)
+    assert ExperimentConfig(online_rounds=4).online_rounds == 4
+    with pytest.raises(ValueError, match="base_checkpoint: needs base_control"):
+        ExperimentConfig(base_checkpoint="shipped", base_control=False)
     small = ExperimentConfig().with_overrides(["challenges=[checkerboard, harsh_light]", "base_control=false",
                                                "tiers=[25, 100]"])
     assert small.study_tasks() == ("harsh_light", "checkerboard")
@@ -350,6 +373,24 @@ def test_acceptance_checks_on_synthetic_numbers():
     assert _passed(_numbers(continual=(0.7, 0.8, 0.9, 0.8, 0.8)))[4] is True
     assert _passed(_numbers(continual=(0.69, 0.8, 0.8, 0.8, 0.8)))[4] is False
     assert _passed({"table_i": None, "table_ii": None, "table_iii": None}) == [None] * 5
+
+
+def test_best_fine_tune_includes_the_online_rounds():
+    from nsl_bringup.experiment.report import acceptance, best_tier
+
+    numbers = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
+    assert _passed(numbers)[2] is False  # 3 of 5 from the tiers alone
+    for name, rate in (("c3", 0.7), ("c4", 0.6)):
+        numbers["table_ii"]["tasks"][name]["online"] = {"grasps": 800, "result": _cell(rate)}
+    assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("online 800", _cell(0.7))
+    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"  # no online row
+    assert _passed(numbers)[2] is True  # c3 now recovers 0.2 of 0.35
+    assert "c3: 57% (best: online 800)" in acceptance(numbers)[2]["detail"]
+    numbers["table_ii"]["tasks"]["c3"]["online"]["grasps"] = 1600  # beyond the 800-grasp budget
+    assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("800", _cell(0.55))
+    # A tie goes to the tier: the online rounds spend more robot time (their validation episodes).
+    numbers["table_ii"]["tasks"]["c0"]["online"] = {"grasps": 800, "result": _cell(0.8)}
+    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
 
 
 def test_calibration_rule():
@@ -664,3 +705,65 @@ def test_reinit_ablation_resets_the_modules_the_network_has(tmp_path):
     ctx = Context(ExperimentConfig(reinit_modules=("head",)), tmp_path, print)
     with pytest.raises(ValueError, match="keypoints head"):
         reinit_modules(ctx, keypoints)
+
+
+def test_imported_base_and_online_rounds(first_run, tmp_path):
+    """``base_checkpoint``: the study starts from a given checkpoint (no pre-training) and mixes
+    in the base control's grasps as base data. ``online_rounds``: the largest tier's grasps are
+    spent in rounds that explore with the policy in force, gated on validation."""
+    from nsl_collector.dataset import load_transitions, read_episodes
+    from nsl_policy.checkpoint import load_checkpoint
+
+    out, results, _ = first_run
+    given = tmp_path / "given.safetensors"
+    shutil.copyfile(out / "checkpoints" / "base.safetensors", given)
+    given_id = load_checkpoint(given).checkpoint_id
+    run_dir = tmp_path / "imported"
+    logs: list[str] = []
+    cfg = tiny(run_dir, base_checkpoint=str(given), online_rounds=2, challenges=("offset_gripper_10cm",))
+    res = run(cfg, run_dir, ["pretrain", "calibrate", "collect_targets", "online_finetune", "report"],
+              logs.append)["stages"]
+    assert res["pretrain"]["imported_from"] == str(given) and res["pretrain"]["checkpoint_id"] == given_id
+    assert load_checkpoint(run_dir / "checkpoints" / "base.safetensors").checkpoint_id == given_id
+    assert not (run_dir / "datasets" / "base" / "bootstrap").exists()  # nothing pre-trained
+    assert not any("pretrain_round" in m for m in logs)
+    online = res["online_finetune"]
+    assert online["grasps_per_round"] == 2 and list(online["tasks"]) == ["base", "offset_gripper_10cm"]
+    base_transitions = len(load_transitions([str(b) for b in sorted((run_dir / "datasets" / "base" / "targets")
+                                                                     .glob("chunk_???"))]))
+    for name, row in online["tasks"].items():
+        first, second = row["rounds"]
+        # Round 1 is the base policy fine-tuned on its own first grasps: the sweep's tier-2 unit.
+        assert first["checkpoint"] == f"checkpoints/sweep/{name}/tier_0002.safetensors"
+        assert first["train"]["init"] == "base.safetensors" and first["explored_with"] == given_id
+        assert first["train"]["transitions"]["base"] == base_transitions  # the base control's grasps
+        in_force = first["checkpoint_id"] if first["accepted"] else given_id
+        assert first["accepted"] == (first["validation"]["success_rate"]
+                                     >= first["in_force_validation"]["success_rate"])
+        # Round 2 explores with the policy in force, then fine-tunes it on all 4 grasps.
+        assert second["explored_with"] == in_force and second["collected"]["episodes"] == 2
+        recorded = read_episodes(run_dir / "datasets" / name / "online_round_2")
+        assert {e.checkpoint_id for e in recorded} == {in_force}
+        assert second["train"]["target_episodes"] == 4
+        assert second["train"]["init"] == ("tier_0002.safetensors" if first["accepted"] else "base.safetensors")
+        assert second["validation"]["seed_set"] == "validation" and second["validation"]["episodes"] == 2
+        final = second["checkpoint_id"] if second["accepted"] else in_force
+        assert row["checkpoint_id"] == final == row["result"]["checkpoint_id"]
+        assert row["result"]["seed_set"] == "evaluation" and row["result"]["episodes"] == 3
+    assert any(re.search(r"online/offset_gripper_10cm/round_2: 4 grasps, validation", m) for m in logs), logs
+    # Cached: a second run trains and collects nothing.
+    logs.clear()
+    again = run(cfg, run_dir, ["pretrain", "online_finetune"], logs.append)["stages"]
+    assert not any(re.search(r"collecting|training", m) for m in logs), logs
+    assert again["online_finetune"]["tasks"] == online["tasks"]
+    # The report shows the online column only when finetune_sweep ran as well.
+    run(cfg, run_dir, ["finetune_sweep", "report"], lambda m: None)
+    text = (run_dir / "report" / "paper_reproduction.md").read_text()
+    assert "| online (4) |" in text and "Online (4): the same 4 grasps spent in 2 rounds of 2" in text
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary["table_ii"]["tasks"]["offset_gripper_10cm"]["online"]["result"]["checkpoint_id"] == \
+        online["tasks"]["offset_gripper_10cm"]["checkpoint_id"]
+    assert summary["warnings"] == []
+    with pytest.raises(Exception, match="does not exist"):
+        run(tiny(tmp_path / "missing", base_checkpoint=str(tmp_path / "nope.safetensors")), tmp_path / "missing",
+            ["pretrain"], lambda m: None)

@@ -43,6 +43,8 @@ def _rate(r: dict) -> str:
 
 def headlines(name: str, res: dict) -> list[str]:
     """The headline numbers of a stage's summary, one line each."""
+    if name == "pretrain" and res.get("imported_from"):
+        return [f"base checkpoint {res['checkpoint_id']} (imported from {res['imported_from']})"]
     if name == "pretrain":
         val = next(r["validation"] for r in res["rounds"] if r["checkpoint_id"] == res["checkpoint_id"])
         part = f" part {res['chosen_part']}" if res.get("chosen_part") else ""
@@ -66,6 +68,12 @@ def headlines(name: str, res: dict) -> list[str]:
                 + f" | scratch {row['scratch']['result']['success_rate']:.3f}"
                 + f" | reinit head {row['reinit_head']['result']['success_rate']:.3f}"
                 for task, row in res["tasks"].items()]
+    if name == "online_finetune":
+        if res.get("skipped"):
+            return [f"skipped: {res['skipped']}"]
+        return [f"{task}: " + ", ".join(f"round {r['round']} validation {r['validation']['success_rate']:.3f}"
+                                        f"{'' if r['accepted'] else ' (rejected)'}" for r in row["rounds"])
+                + f" | policy in force {_rate(row['result'])}" for task, row in res["tasks"].items()]
     if name == "continual":
         return ([f"step {s['step']} {s['task']}: {_rate(s['result'])}" for s in res["steps"]]
                 + [f"final policy on {task}: {_rate(r)}" for task, r in res["final"].items()])

@@ -30,6 +30,9 @@ MAX_ROUNDS = 19
 TARGET_SEEDS = 2_000_000  # + task index in STUDY_TASKS * 100_000 (the fine-tuning study's exploration grasps)
 CONTINUAL_SEEDS = 3_000_000  # + step * 100_000 (continual_recollect: grasps with the previous step's policy)
 VALIDATION_SEEDS = 5_000_000
+ONLINE_SEEDS = 7_000_000  # + task index in STUDY_TASKS * 100_000 + (round - 1) * 10_000 (online_finetune, rounds 2..)
+MAX_ONLINE_ROUNDS = 10
+MAX_ONLINE_ROUND_EPISODES = 10_000
 CALIBRATION_SEEDS = 6_000_000  # severity calibration: validation-like, but never used to choose the base
 EVALUATION_SEEDS = 8_000_000
 #: The held-out episode seed sets (test objects) by name.
@@ -46,6 +49,14 @@ def round_seed_offset(round_index: int) -> int:
     if round_index < FIRST_LATE_ROUND:
         return ROUND_SEEDS + 100_000 * round_index
     return LATE_ROUND_SEEDS + 100_000 * (round_index - FIRST_LATE_ROUND)
+
+
+def online_seed_offset(task: str, round_index: int) -> int:
+    """Start of the seed range of ``task``'s online round ``round_index`` (2..MAX_ONLINE_ROUNDS;
+    round 1 uses the base policy's exploration grasps, TARGET_SEEDS)."""
+    if not 2 <= round_index <= MAX_ONLINE_ROUNDS:
+        raise ValueError(f"online round must be in 2..{MAX_ONLINE_ROUNDS}, got {round_index}")
+    return ONLINE_SEEDS + 100_000 * STUDY_TASKS.index(task) + MAX_ONLINE_ROUND_EPISODES * (round_index - 1)
 
 
 CHALLENGES = ("harsh_light", "transparent_objects", "checkerboard", "extend_gripper_1cm", "offset_gripper_10cm")
@@ -76,6 +87,14 @@ class ExperimentConfig:
     """Episodes per bag; a bag is the unit of caching/resuming of data collection."""
 
     # --- stage 1: pretrain -------------------------------------------------------------
+    base_checkpoint: str = ""
+    """When set: study this pre-trained checkpoint instead of pre-training one. The pretrain
+    stage then only checks it and copies it to checkpoints/base.safetensors (every other
+    pretrain field is unused). Its own pre-training data is not at hand, so the fine-tunes mix
+    in the base control's exploration grasps (collect_targets on ``base``: ``target_episodes``
+    grasps of this checkpoint on base) as their base data; this needs ``base_control``.
+    "shipped": the base checkpoint shipped in nsl_bringup/checkpoints/. A relative path is
+    taken from the current directory. "": pre-train (the default)."""
     bootstrap_episodes: int = 3000
     """Scripted bootstrap grasps on ``base`` (train objects) before the first training (1000
     before 2026-11-23)."""
@@ -226,6 +245,18 @@ class ExperimentConfig:
     fine-tuning: by default the layers after the image and the action merge (``head`` convs and
     ``fc``); ``embed`` (the action/state MLP) may be added. A "keypoints" network has only
     ``fc`` after the merge; modules it lacks are skipped (nsl_bringup.experiment.stages.reinit_modules)."""
+    online_rounds: int = 0
+    """When > 0, stage online_finetune (the paper's proposed answer to "when to stop", Sec. VI-B:
+    "a mix of offline fine-tuning and online evaluation" where the robot "must return to
+    exploring online to continue improving"). Per study task, the largest tier's grasp budget
+    is spent in this many equal rounds: round 1 fine-tunes the base checkpoint on the first
+    grasps the base policy explored (the sweep's unit when that count is a tier); every later
+    round first collects its share of grasps with the policy in force (seeds ONLINE_SEEDS), then
+    fine-tunes the policy in force on all of the task's grasps so far. A round's checkpoint
+    becomes the policy in force only if it does at least as well on ``validation_episodes``
+    validation episodes of the task (the online evaluation). The policy in force after the last
+    round is evaluated: Table II's "online" column. Each round's share of grasps must be a whole
+    number of bags (``chunk_episodes``). 0: off."""
     continual_recollect: bool = False
     """False (the paper): every step of the continual chain fine-tunes on the exploration grasps
     collected with the base policy (stage collect_targets). True: from the second step on, collect
@@ -308,6 +339,11 @@ class ExperimentConfig:
         # The fine-tuning study.
         check_names("challenges", CHALLENGES)
         check_names("reinit_modules", REINIT_MODULES)
+        if not isinstance(self.base_checkpoint, str):
+            raise bad("base_checkpoint", 'must be a path, "shipped" or ""')
+        if self.base_checkpoint and not self.base_control:
+            raise bad("base_checkpoint", "needs base_control=true: the base control's exploration grasps are the "
+                      "fine-tunes' base data when the checkpoint's pre-training data is not at hand")
         for name in ("base_control", "continual_recollect", "continual_guard"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
@@ -330,6 +366,17 @@ class ExperimentConfig:
             raise bad("tiers", f"must be increasing integers in 1..target_episodes ({self.target_episodes})")
         check_int("finetune_steps", 1)
         check_float("target_fraction", 0.0, 1.0, lo_open=True)
+        check_int("online_rounds", 0, MAX_ONLINE_ROUNDS)
+        if self.online_rounds:
+            per_round, rest = divmod(self.tiers[-1], self.online_rounds)
+            if rest or per_round % self.chunk_episodes:
+                raise bad("online_rounds", f"must split the largest tier ({self.tiers[-1]} grasps) into equal rounds of "
+                          f"whole bags (chunk_episodes {self.chunk_episodes})")
+            if per_round > MAX_ONLINE_ROUND_EPISODES:
+                raise bad("online_rounds", f"gives rounds of {per_round} grasps, more than the "
+                          f"{MAX_ONLINE_ROUND_EPISODES} of a round's seed range")
+            if self.validation_episodes == 0:
+                raise bad("online_rounds", "needs validation_episodes > 0 (the online evaluation of every round)")
         check_int("scratch_steps", 1)
         if self.continual_guard and self.validation_episodes == 0:
             raise bad("continual_guard", "needs validation_episodes > 0 (the gate compares validation "

@@ -30,7 +30,8 @@ EPS = 1e-9
 CHALLENGE_TYPE = {"checkerboard": "background", "harsh_light": "lighting conditions",
                   "extend_gripper_1cm": "gripper shape", "offset_gripper_10cm": "robot morphology",
                   "transparent_objects": "unseen objects"}
-STAGE_ORDER = ("pretrain", "evaluate_base", "calibrate", "collect_targets", "finetune_sweep", "continual")
+STAGE_ORDER = ("pretrain", "evaluate_base", "calibrate", "collect_targets", "finetune_sweep", "online_finetune",
+               "continual")
 REPORT_NAME = "paper_reproduction.md"
 SUMMARY_NAME = "summary.json"
 SWEEP_PLOT = "success_vs_grasps.png"
@@ -78,6 +79,15 @@ def tables(stamps: dict[str, dict]) -> dict[str, Any]:
                              "reinit_head": cell(row["reinit_head"]["result"]),
                              "reinit_modules": row["reinit_head"].get("modules")}
                       for name, row in sweep["tasks"].items()}}
+    online = stamps.get("online_finetune")
+    if out["table_ii"] and online and online.get("tasks"):
+        out["table_ii"]["online"] = {"rounds": online["online_rounds"], "grasps_per_round": online["grasps_per_round"]}
+        for name, row in online["tasks"].items():
+            if name in out["table_ii"]["tasks"]:
+                out["table_ii"]["tasks"][name]["online"] = {
+                    "grasps": row["grasps"], "validation_episodes": row["validation_episodes"],
+                    "accepted_rounds": [r["round"] for r in row["rounds"] if r["accepted"]],
+                    "result": cell(row["result"])}
     cont = stamps.get("continual")
     if cont:
         out["table_iii"] = {"order": cont["order"], "episodes_per_step": cont["episodes_per_step"],
@@ -108,9 +118,17 @@ def single_step(numbers: dict, task: str) -> dict | None:
 
 
 def best_tier(row: dict, max_grasps: int = MAX_FINETUNE_GRASPS) -> tuple[str, dict] | None:
-    """The paper's "Best": the tier (<= ``max_grasps``) with the highest success, or None."""
-    tiers = [(n, c) for n, c in row["tiers"].items() if int(n) <= max_grasps]
-    return max(tiers, key=lambda nc: (nc[1]["success_rate"], -int(nc[0]))) if tiers else None
+    """The paper's "Best": the fine-tune with <= ``max_grasps`` grasps and the highest success, a
+    tier (labelled by its grasps) or the online rounds ("online N"); ties go to fewer grasps,
+    then to a tier. None when there is none."""
+    candidates = [(n, c, int(n)) for n, c in row["tiers"].items() if int(n) <= max_grasps]
+    online = row.get("online")
+    if online and online["grasps"] <= max_grasps:
+        candidates.append((f"online {online['grasps']}", online["result"], online["grasps"]))
+    if not candidates:
+        return None
+    label, c, _ = max(candidates, key=lambda x: (x[1]["success_rate"], -x[2]))
+    return label, c
 
 
 def acceptance(numbers: dict) -> list[dict]:
@@ -157,7 +175,7 @@ def acceptance(numbers: dict) -> list[dict]:
                 continue
             share = (best[1]["success_rate"] - t1[n]["base_policy"]["success_rate"]) / drop
             recovered += share >= MIN_RECOVERED_SHARE - EPS
-            details.append(f"{n}: {share:.0%} (best tier {best[0]})")
+            details.append(f"{n}: {share:.0%} (best: {best[0]})")
         needed = math.ceil(MIN_CHALLENGES_RECOVERED * len(swept) - EPS)
         add(recovery_check, recovered >= needed, f"{recovered} of {len(swept)} (needs {needed}): " + "; ".join(details))
         losses, details = [], []
@@ -199,7 +217,8 @@ def acceptance(numbers: dict) -> list[dict]:
 def consistency_warnings(stamps: dict[str, dict]) -> list[str]:
     """Stamps that do not belong together (another base checkpoint or calibration)."""
     warnings = []
-    base_ids = {name: stamps[name].get("checkpoint_id") for name in ("calibrate", "finetune_sweep", "collect_targets")
+    base_ids = {name: stamps[name].get("checkpoint_id") for name in ("calibrate", "finetune_sweep", "collect_targets",
+                                                                     "online_finetune")
                 if name in stamps and stamps[name].get("checkpoint_id")}
     if "continual" in stamps:
         base_ids["continual"] = stamps["continual"].get("base_checkpoint_id")
@@ -211,6 +230,9 @@ def consistency_warnings(stamps: dict[str, dict]) -> list[str]:
         used = []
         if "finetune_sweep" in stamps:
             used += [("finetune_sweep", n, r["task"]["severity"]) for n, r in stamps["finetune_sweep"]["tasks"].items()]
+        if "online_finetune" in stamps:
+            used += [("online_finetune", n, r["task"]["severity"])
+                     for n, r in stamps["online_finetune"].get("tasks", {}).items()]
         if "continual" in stamps:
             used += [("continual", s["task"], s["severity"]) for s in stamps["continual"]["steps"]]
         for stage, name, s in used:
@@ -318,6 +340,7 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
     if t2:
         tiers = [str(n) for n in t2["tiers"]]
         largest = t2["largest_tier"]
+        online = t2.get("online")
         rows = []
         for name, row in t2["tasks"].items():
             base_cell = (t1.get(name) or {}).get("base_policy") if t1 else None
@@ -327,13 +350,15 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
                 best_txt = f"{best[1]['success_rate']:.2f} ({best[0]})"
                 if base_cell is not None:
                     best_txt += f" {best[1]['success_rate'] - base_cell['success_rate']:+.2f}"
+            online_cell = [fmt((row.get("online") or {}).get("result"))] if online else []
             rows.append([f"{name} ({row['severity']:g})" if name != "base" else "base (control)", fmt(base_cell)]
-                        + [fmt(row["tiers"].get(n)) for n in tiers] + [best_txt, fmt(row["scratch"]),
-                                                                       fmt(row["reinit_head"])])
-        out += _table(["task (severity)", "base policy"] + tiers + ["best (Δ)", f"scratch ({largest})",
-                                                                    f"reinit head ({largest})"], rows)
+                        + [fmt(row["tiers"].get(n)) for n in tiers] + online_cell
+                        + [best_txt, fmt(row["scratch"]), fmt(row["reinit_head"])])
+        out += _table(["task (severity)", "base policy"] + tiers + ([f"online ({largest})"] if online else [])
+                      + ["best (Δ)", f"scratch ({largest})", f"reinit head ({largest})"], rows)
         cells = [c for row in t2["tasks"].values()
-                 for c in [*row["tiers"].values(), row["scratch"], row["reinit_head"]]]
+                 for c in [*row["tiers"].values(), row["scratch"], row["reinit_head"],
+                           *([row["online"]["result"]] if row.get("online") else [])]]
         modules = next(iter(t2["tasks"].values()))["reinit_modules"] if t2["tasks"] else None
         out += ["", f"n = {_episodes(cells)} evaluation episodes per cell. Columns are exploration grasps collected "
                 "with the base policy (nested tiers). Fine-tuning: the base checkpoint on base data + the tier sampled "
@@ -343,8 +368,17 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
                 f"paper's Best). Scratch: a freshly initialised network on the {largest} grasps only, "
                 f"{t2['scratch_steps']} steps at learning rate {t2['scratch_learning_rate']:g}. Reinit head: the base "
                 f"checkpoint with its {', '.join(modules or [])} re-initialised, then fine-tuned like the "
-                f"{largest}-grasp tier.",
-                ""]
+                f"{largest}-grasp tier."]
+        if online:
+            n_val = next((r["online"]["validation_episodes"] for r in t2["tasks"].values() if r.get("online")), "?")
+            out += ["", f"Online ({largest}): the same {largest} grasps spent in {online['rounds']} rounds of "
+                    f"{online['grasps_per_round']} (stage online_finetune, the paper's Sec. VI-B proposal). Round 1 "
+                    "is the base policy fine-tuned on its first grasps; every later round explores with the policy "
+                    "in force and fine-tunes it on all grasps so far, and a round's checkpoint becomes the policy in "
+                    "force only if it does at least as well on validation episodes of the task (online evaluation: "
+                    f"{n_val} validation episodes per task, never the evaluation seeds). The cell is the policy in "
+                    "force after the last round."]
+        out += [""]
         if "sweep" in plots:
             out += [f"![success vs exploration grasps]({plots['sweep']})", ""]
     else:
@@ -449,6 +483,10 @@ def plot_sweep(numbers: dict, path: Path) -> None:
             c = row[key]
             ax.errorbar([largest * shift], [c["success_rate"]], yerr=[[e] for e in _errorbar(c)], marker=marker,
                         capsize=3, color=color, ls="none", label=label)
+        if row.get("online"):
+            c = row["online"]["result"]
+            ax.errorbar([row["online"]["grasps"] * 1.2], [c["success_rate"]], yerr=[[e] for e in _errorbar(c)],
+                        marker="D", capsize=3, color="#27ae60", ls="none", label="online rounds")
         ax.set_xscale("log")
         ax.set_xticks(xs)
         ax.set_xticklabels([str(x) for x in xs])
@@ -459,7 +497,7 @@ def plot_sweep(numbers: dict, path: Path) -> None:
         ax.set_ylabel("grasp success (95% CI)")
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.06 / rows, 1, 1))
     fig.savefig(path)
     plt.close(fig)

@@ -21,6 +21,8 @@ Stages (in order; ``STAGES``):
                    and QT-Opt starts anew from it on all the data so far, in validated parts.
                    Output: checkpoints/base.safetensors, datasets/base/... (the base data that
                    fine-tuning mixes in, listed in the stamp).
+                   With ``base_checkpoint``, it imports that checkpoint instead, and the base
+                   data becomes the base control's exploration grasps.
   evaluate_base    greedy CEM policy on held-out test objects, for each of ``eval_tasks`` (the
                    registered tasks at their nominal severity).
   calibrate        the paper's Table I. Per challenge, severities (``calibration_severities``,
@@ -39,6 +41,11 @@ Stages (in order; ``STAGES``):
                    rate, ``scratch_steps``) and "reinit head" (the base checkpoint with
                    ``reinit_modules`` re-initialised, then fine-tuned like the tier). Every
                    checkpoint is evaluated on its task (evaluation seeds, test objects).
+  online_finetune  Table II's "online" column, only with ``online_rounds`` > 0: per study task,
+                   the largest tier's grasps spent in rounds of exploring with the policy in
+                   force, fine-tuning it on all grasps so far and keeping the result only if it
+                   validates at least as well (the paper's "offline fine-tuning and online
+                   evaluation", Sec. VI-B).
   continual        Table III. The challenges in CONTINUAL_ORDER, each step fine-tuning the
                    policy in force (the first: the base checkpoint, so it is the sweep's
                    largest-tier run) on base data + the challenge's largest tier; with
@@ -62,7 +69,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .config import (BOOTSTRAP_SEEDS, CONTINUAL_SEEDS, SEED_SETS, STAGE_FIELDS, STUDY_TASKS, TARGET_SEEDS,
-                     ExperimentConfig, round_seed_offset, stable_hash)
+                     ExperimentConfig, online_seed_offset, round_seed_offset, stable_hash)
 from .episodes import (POLICY, SCRIPTED, EpisodeOutcome, TaskSpec, resolve_task, run_jobs, success_summary,
                        task_spec)
 
@@ -491,9 +498,42 @@ def grasp_values(ctx: Context, name: str, bags: list[Path], data_key: Any) -> tu
     return out, checkpoint_id, data_stamp
 
 
-def pretrain(ctx: Context) -> dict:
-    """Stage 1: the base policy."""
+def shipped_base_checkpoint() -> Path:
+    """The base checkpoint shipped in the nsl_bringup package (what ``./nsl demo`` starts from)."""
+    from nsl_bringup.demo import SHIPPED_BASE_CHECKPOINT
+
+    return SHIPPED_BASE_CHECKPOINT
+
+
+def import_base(ctx: Context) -> dict:
+    """Stage 1 with ``base_checkpoint``: check the given checkpoint and copy it to
+    checkpoints/base.safetensors. The base data is then the base control's exploration grasps."""
+    from nsl_policy.checkpoint import load_checkpoint
+
     cfg = ctx.config
+    source = shipped_base_checkpoint() if cfg.base_checkpoint == "shipped" else Path(cfg.base_checkpoint)
+    loaded = load_checkpoint(source)  # CheckpointError names the file and what is wrong with it
+    if loaded.config.image_size != cfg.image_size:
+        raise ValueError(f"base_checkpoint {source}: the network takes {loaded.config.image_size}-pixel images, "
+                         f"the experiment renders {cfg.image_size} (set image_size={loaded.config.image_size})")
+    final = ctx.path("checkpoints", "base.safetensors")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".partial")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, final)
+    ctx.log(f"base policy: {loaded.checkpoint_id} imported from {source} (not pre-trained here); fine-tuning mixes "
+            f"in the base control's {cfg.target_episodes} exploration grasps as base data")
+    summary = {"stage": "pretrain", "imported_from": str(source), "checkpoint": str(final),
+               "checkpoint_id": loaded.checkpoint_id, "chosen_round": None, "chosen_part": None, "rounds": [],
+               "base_data": {"targets": "base"}}
+    return finish_stage(ctx, "pretrain", loaded.checkpoint_id, summary)
+
+
+def pretrain(ctx: Context) -> dict:
+    """Stage 1: the base policy (or, with ``base_checkpoint``, :func:`import_base`)."""
+    cfg = ctx.config
+    if cfg.base_checkpoint:
+        return import_base(ctx)
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     bags, boot, secs = collect_bootstrap(ctx)
@@ -594,11 +634,18 @@ def base_checkpoint(ctx: Context) -> tuple[Path, str]:
 
 def base_data(ctx: Context) -> tuple[list[Path], str]:
     """The pre-training bags (bootstrap + on-policy rounds) listed by the pretrain stage's stamp,
-    and their content key."""
+    and their content key; for an imported base checkpoint, the base control's exploration
+    grasps (collected here when they are not yet)."""
     stamp = read_json(ctx.path("stages", "pretrain.json"))
     if stamp is None or "base_data" not in stamp:
         raise FileNotFoundError(f"{ctx.path('stages', 'pretrain.json')} does not list the base data (missing, or "
                                 "written by an older version): run the pretrain stage (its work is cached)")
+    if "targets" in stamp["base_data"]:
+        if not ctx.config.base_control:
+            raise ValueError("the base checkpoint was imported, so the base data is the base control's exploration "
+                             "grasps: set base_control=true")
+        bags = targets(ctx, ("base",), {})["base"].bags
+        return bags, bags_key(bags)
     bags = [ctx.output / b for b in stamp["base_data"]["bags"]]
     return bags, bags_key(bags)
 
@@ -746,17 +793,23 @@ def trained_entry(ctx: Context, checkpoint: Path, checkpoint_id: str, stamp: dic
             "result": evaluate_trained(ctx, checkpoint, checkpoint_id, spec)}
 
 
-def finetune_on(ctx: Context, name: str, init: Path, init_id: str, base: tuple[list[Path], str], target: TargetData,
-                episodes: int) -> tuple[Path, str, dict]:
+def finetune_unit(ctx: Context, name: str, init: Path, init_id: str, base: tuple[list[Path], str],
+                  target: TargetData, episodes: int) -> tuple[Path, str, dict]:
     """Fine-tune ``init`` on the base data + the first ``episodes`` target grasps (the paper's
     recipe: ``target_fraction`` of each batch from the target, learning rate x finetune_lr_scale,
-    ``finetune_steps``), evaluated on the target task. Returns (checkpoint, id, stamp entry)."""
+    ``finetune_steps``; cached). Returns (checkpoint, id, training stamp)."""
     cfg = ctx.config
     base_bags, base_key = base
     target_bags, target_key = target.tier(episodes, cfg.chunk_episodes)
     key = unit_key(ctx, "finetune", init=init_id, base=base_key, target=target_key, episodes=episodes, task=target.spec)
-    ckpt, ckpt_id, st = train(ctx, name, init, base_bags, target_bags, cfg.finetune_steps, cfg.finetune_learning_rate(),
-                              cfg.target_fraction, key, target_episodes=episodes, finetune=True)
+    return train(ctx, name, init, base_bags, target_bags, cfg.finetune_steps, cfg.finetune_learning_rate(),
+                 cfg.target_fraction, key, target_episodes=episodes, finetune=True)
+
+
+def finetune_on(ctx: Context, name: str, init: Path, init_id: str, base: tuple[list[Path], str], target: TargetData,
+                episodes: int) -> tuple[Path, str, dict]:
+    """:func:`finetune_unit`, evaluated on the target task. Returns (checkpoint, id, stamp entry)."""
+    ckpt, ckpt_id, st = finetune_unit(ctx, name, init, init_id, base, target, episodes)
     return ckpt, ckpt_id, trained_entry(ctx, ckpt, ckpt_id, st, target.spec)
 
 
@@ -828,6 +881,71 @@ def finetune_sweep(ctx: Context) -> dict:
     trained = {name: [e["checkpoint_id"] for e in (*row["tiers"].values(), row["scratch"], row["reinit_head"])]
                for name, row in rows.items()}
     return finish_stage(ctx, "finetune_sweep", stable_hash(trained), summary)
+
+
+def online_finetune(ctx: Context) -> dict:
+    """Stage (Table II's "online" column, with ``online_rounds``): offline fine-tuning mixed with
+    online evaluation and exploration, the paper's proposed answer to when to stop fine-tuning
+    (Sec. VI-B). Per study task, the largest tier's grasps are spent in ``online_rounds`` equal
+    rounds. Round 1 fine-tunes the base checkpoint on the first of the base policy's exploration
+    grasps (the sweep's unit when that count is a tier). Round k >= 2 collects its grasps with the
+    policy in force (seeds :func:`online_seed_offset`), then fine-tunes the policy in force on
+    the base data + all the task's grasps so far. A round's checkpoint replaces the policy in
+    force only if it does at least as well on the task's validation episodes. The policy in
+    force after the last round is evaluated on the task (evaluation seeds)."""
+    cfg = ctx.config
+    if not cfg.online_rounds:
+        ctx.log("online_finetune: online_rounds is 0, nothing to do")
+        return {"stage": "online_finetune", "skipped": "online_rounds is 0"}
+    ckpt, ckpt_id = base_checkpoint(ctx)
+    base = base_data(ctx)
+    largest = cfg.tiers[-1]
+    per_round = largest // cfg.online_rounds
+    rows = {}
+    for name, explored in targets(ctx, cfg.study_tasks(), calibration(ctx)).items():
+        spec = explored.spec
+        in_force, in_force_id = ckpt, ckpt_id
+        in_force_validation = validate(ctx, ckpt, ckpt_id, spec)
+        bags = tier_bags(explored.bags, per_round, cfg.chunk_episodes)
+        rounds = []
+        for k in range(1, cfg.online_rounds + 1):
+            collected = None
+            if k > 1:
+                seeds = seed_range(cfg, online_seed_offset(name, k), per_round)
+                new_bags, outcomes, _ = collect_policy(ctx, f"online_round_{k}", in_force, in_force_id, seeds, spec,
+                                                       cfg.target_epsilon, cfg.target_noise_std, key_kind="targets",
+                                                       key_inputs={"task": spec, "online_round": k})
+                bags = bags + new_bags
+                collected = success_summary(outcomes)
+            unit = sweep_unit_name(name, per_round) if k == 1 else f"online/{name}/round_{k}"
+            cand, cand_id, st = finetune_unit(ctx, unit, in_force, in_force_id, base,
+                                              TargetData(spec, bags, explored.collected), k * per_round)
+            proposed = validate(ctx, cand, cand_id, spec)
+            accepted = proposed["success_rate"] >= in_force_validation["success_rate"]
+            ctx.log(f"online/{name}/round_{k}: {k * per_round} grasps, validation {proposed['success_rate']:.3f} vs "
+                    f"policy in force {in_force_validation['success_rate']:.3f}: "
+                    f"{'accepted' if accepted else 'REJECTED'}")
+            rounds.append({"round": k, "grasps": k * per_round, "explored_with": in_force_id, "collected": collected,
+                           "checkpoint": str(cand.relative_to(ctx.output)), "checkpoint_id": cand_id,
+                           "train": {key: st.get(key) for key in ("steps", "learning_rate", "transitions",
+                                                                  "target_episodes", "seconds", "init")},
+                           "validation": proposed, "in_force_validation": in_force_validation,
+                           "accepted": accepted})
+            if accepted:
+                in_force, in_force_id, in_force_validation = cand, cand_id, proposed
+        result = (evaluate_base_on(ctx, in_force, in_force_id, spec) if in_force_id == ckpt_id
+                  else evaluate_trained(ctx, in_force, in_force_id, spec))
+        ctx.log(f"online/{name}: policy in force {in_force_id}, success {result['success_rate']:.3f} "
+                f"(n={result['episodes']})")
+        rows[name] = {"task": resolve_task(spec).to_dict(), "rounds": rounds, "grasps": largest,
+                      "validation_episodes": cfg.validation_episodes * (cfg.online_rounds + 1),
+                      "checkpoint": str(in_force.relative_to(ctx.output)), "checkpoint_id": in_force_id,
+                      "result": result}
+    summary = {"stage": "online_finetune", "checkpoint_id": ckpt_id, "online_rounds": cfg.online_rounds,
+               "grasps_per_round": per_round, "finetune_steps": cfg.finetune_steps,
+               "learning_rate": cfg.finetune_learning_rate(), "target_fraction": cfg.target_fraction, "tasks": rows}
+    return finish_stage(ctx, "online_finetune", stable_hash({n: r["checkpoint_id"] for n, r in rows.items()}),
+                        summary)
 
 
 def continual(ctx: Context) -> dict:
@@ -917,6 +1035,7 @@ STAGES: dict[str, Callable[[Context], dict]] = {
     "calibrate": calibrate,
     "collect_targets": collect_targets,
     "finetune_sweep": finetune_sweep,
+    "online_finetune": online_finetune,
     "continual": continual,
     "report": report,
 }
