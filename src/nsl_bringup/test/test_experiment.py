@@ -760,6 +760,7 @@ def test_imported_base_and_online_rounds(first_run, tmp_path):
     run(cfg, run_dir, ["finetune_sweep", "report"], lambda m: None)
     text = (run_dir / "report" / "paper_reproduction.md").read_text()
     assert "| online (4) |" in text and "Online (4): the same 4 grasps spent in 2 rounds of 2" in text
+    assert f"The base policy `{given_id}` was imported from `{given}`" in text
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     assert summary["table_ii"]["tasks"]["offset_gripper_10cm"]["online"]["result"]["checkpoint_id"] == \
         online["tasks"]["offset_gripper_10cm"]["checkpoint_id"]

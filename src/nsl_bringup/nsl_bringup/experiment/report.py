@@ -303,6 +303,12 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
            "by the report stage (no episodes are run to make it). Every success rate is grasp success on "
            "held-out test objects with evaluation seeds, shown as `rate [95% Wilson CI]`.", "",
            f"**Acceptance: {passed} of {len(checks)} checks pass.**", ""]
+    imported = stamps.get("pretrain", {}).get("imported_from")
+    if imported:
+        out += [f"The base policy `{stamps['pretrain']['checkpoint_id']}` was imported from `{imported}` "
+                "(`base_checkpoint`), not pre-trained in this run. Its pre-training data is not part of the run, so "
+                "every fine-tune mixes in the base control's exploration grasps (the base row of Table II) as its base "
+                "data instead.", ""]
     if warnings:
         out += ["**Warning: the stamps do not all belong to one run:**", ""] + [f"- {w}" for w in warnings] + [""]
 
