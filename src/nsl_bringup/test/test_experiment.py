@@ -381,7 +381,7 @@ def test_best_fine_tune_includes_the_online_rounds():
     numbers = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
     assert _passed(numbers)[2] is False  # 3 of 5 from the tiers alone
     for name, rate in (("c3", 0.7), ("c4", 0.6)):
-        numbers["table_ii"]["tasks"][name]["online"] = {"grasps": 800, "result": _cell(rate)}
+        numbers["table_ii"]["tasks"][name]["online"] = {"grasps": 800, "accepted_rounds": [1, 2], "result": _cell(rate)}
     assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("online 800", _cell(0.7))
     assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"  # no online row
     assert _passed(numbers)[2] is True  # c3 now recovers 0.2 of 0.35
@@ -389,7 +389,10 @@ def test_best_fine_tune_includes_the_online_rounds():
     numbers["table_ii"]["tasks"]["c3"]["online"]["grasps"] = 1600  # beyond the 800-grasp budget
     assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("800", _cell(0.55))
     # A tie goes to the tier: the online rounds spend more robot time (their validation episodes).
-    numbers["table_ii"]["tasks"]["c0"]["online"] = {"grasps": 800, "result": _cell(0.8)}
+    numbers["table_ii"]["tasks"]["c0"]["online"] = {"grasps": 800, "accepted_rounds": [1], "result": _cell(0.8)}
+    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
+    # Rounds that were all rejected leave the base policy in force: that is no fine-tune.
+    numbers["table_ii"]["tasks"]["c0"]["online"] = {"grasps": 800, "accepted_rounds": [], "result": _cell(0.9)}
     assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
 
 

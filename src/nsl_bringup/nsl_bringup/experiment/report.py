@@ -119,11 +119,11 @@ def single_step(numbers: dict, task: str) -> dict | None:
 
 def best_tier(row: dict, max_grasps: int = MAX_FINETUNE_GRASPS) -> tuple[str, dict] | None:
     """The paper's "Best": the fine-tune with <= ``max_grasps`` grasps and the highest success, a
-    tier (labelled by its grasps) or the online rounds ("online N"); ties go to fewer grasps,
-    then to a tier. None when there is none."""
+    tier (labelled by its grasps) or the online rounds ("online N") when they replaced the base
+    policy at all; ties go to fewer grasps, then to a tier. None when there is none."""
     candidates = [(n, c, int(n)) for n, c in row["tiers"].items() if int(n) <= max_grasps]
     online = row.get("online")
-    if online and online["grasps"] <= max_grasps:
+    if online and online["accepted_rounds"] and online["grasps"] <= max_grasps:
         candidates.append((f"online {online['grasps']}", online["result"], online["grasps"]))
     if not candidates:
         return None
@@ -356,7 +356,10 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
                 best_txt = f"{best[1]['success_rate']:.2f} ({best[0]})"
                 if base_cell is not None:
                     best_txt += f" {best[1]['success_rate'] - base_cell['success_rate']:+.2f}"
-            online_cell = [fmt((row.get("online") or {}).get("result"))] if online else []
+            online_row = row.get("online")
+            online_cell = ([fmt(online_row and online_row["result"])
+                            + ("" if not online_row or online_row["accepted_rounds"] else " (no round accepted)")]
+                           if online else [])
             rows.append([f"{name} ({row['severity']:g})" if name != "base" else "base (control)", fmt(base_cell)]
                         + [fmt(row["tiers"].get(n)) for n in tiers] + online_cell
                         + [best_txt, fmt(row["scratch"]), fmt(row["reinit_head"])])
