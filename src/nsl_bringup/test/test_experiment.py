@@ -768,6 +768,11 @@ def test_imported_base_and_online_rounds(first_run, tmp_path):
     assert summary["table_ii"]["tasks"]["offset_gripper_10cm"]["online"]["result"]["checkpoint_id"] == \
         online["tasks"]["offset_gripper_10cm"]["checkpoint_id"]
     assert summary["warnings"] == []
+    # A run folder keeps its base policy: importing another one into it is refused, nothing overwritten.
+    other = run_dir / "checkpoints" / "sweep" / "base" / "tier_0004.safetensors"
+    with pytest.raises(ValueError, match=f"already has the base policy {given_id}"):
+        run(tiny(run_dir, base_checkpoint=str(other)), run_dir, ["pretrain"], lambda m: None)
+    assert load_checkpoint(run_dir / "checkpoints" / "base.safetensors").checkpoint_id == given_id
     with pytest.raises(Exception, match="does not exist"):
         run(tiny(tmp_path / "missing", base_checkpoint=str(tmp_path / "nope.safetensors")), tmp_path / "missing",
             ["pretrain"], lambda m: None)

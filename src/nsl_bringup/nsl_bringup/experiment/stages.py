@@ -517,6 +517,10 @@ def import_base(ctx: Context) -> dict:
         raise ValueError(f"base_checkpoint {source}: the network takes {loaded.config.image_size}-pixel images, "
                          f"the experiment renders {cfg.image_size} (set image_size={loaded.config.image_size})")
     final = ctx.path("checkpoints", "base.safetensors")
+    if final.exists() and (held := load_checkpoint(final).checkpoint_id) != loaded.checkpoint_id:
+        # Every cached unit of the folder hangs off its base; never overwrite one (maybe pre-trained here).
+        raise ValueError(f"{ctx.output} already has the base policy {held}, not {loaded.checkpoint_id} from "
+                         f"{source}: a run folder studies one base policy, so use another --output")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".partial")
     shutil.copyfile(source, tmp)
