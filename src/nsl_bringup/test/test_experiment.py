@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 from nsl_bringup.experiment import STAGES, ExperimentConfig, evaluate_checkpoint, run, wilson_interval  # noqa: E402
 from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
 from nsl_bringup.experiment.config import (BOOTSTRAP_SEEDS, CALIBRATION_SEEDS, CONTINUAL_ORDER,  # noqa: E402
-                                          CONTINUAL_SEEDS, EVALUATION_SEEDS, MAX_EPISODES_PER_RANGE,
+                                          CONTINUAL_SEEDS, EVALUATION_SEEDS, GATE_SEEDS, MAX_EPISODES_PER_RANGE,
                                           MAX_ONLINE_ROUND_EPISODES, MAX_ONLINE_ROUNDS, MAX_ROUNDS, ONLINE_SEEDS,
                                           ROUND_SEEDS, SEED_STRIDE, online_seed_offset,
                                           STUDY_TASKS, TARGET_SEEDS, VALIDATION_SEEDS, round_seed_offset)
@@ -108,7 +108,7 @@ def test_resume_redoes_only_missing_work_and_config_changes_invalidate(first_run
 
 def test_seed_ranges_never_overlap():
     """Every use draws up to MAX_EPISODES_PER_RANGE seeds from its own range."""
-    starts = [BOOTSTRAP_SEEDS, VALIDATION_SEEDS, CALIBRATION_SEEDS, EVALUATION_SEEDS]
+    starts = [BOOTSTRAP_SEEDS, VALIDATION_SEEDS, CALIBRATION_SEEDS, EVALUATION_SEEDS, GATE_SEEDS]
     starts += [round_seed_offset(r) for r in range(1, MAX_ROUNDS + 1)]
     starts += [TARGET_SEEDS + 100_000 * i for i in range(len(STUDY_TASKS))]
     starts += [CONTINUAL_SEEDS + 100_000 * i for i in range(len(CONTINUAL_ORDER))]
@@ -205,6 +205,11 @@ def test_config_validation():
     with pytest.raises(ValueError, match="online_rounds: needs validation_episodes"):
         ExperimentConfig(online_rounds=4, validation_episodes=0, continual_guard=False)
     assert ExperimentConfig(online_rounds=4).online_rounds == 4
+    assert ExperimentConfig(online_rounds=4, validation_episodes=0, continual_guard=False,
+                            gate_episodes=200).gate_episodes == 200
+    assert ExperimentConfig(validation_episodes=0, gate_episodes=200).continual_guard  # the gate has its episodes
+    with pytest.raises(ValueError, match="gate_episodes"):
+        ExperimentConfig(gate_episodes=-1)
     with pytest.raises(ValueError, match="base_checkpoint: needs base_control"):
         ExperimentConfig(base_checkpoint="shipped", base_control=False)
     small = ExperimentConfig().with_overrides(["challenges=[checkerboard, harsh_light]", "base_control=false",
@@ -768,6 +773,16 @@ def test_imported_base_and_online_rounds(first_run, tmp_path):
     assert summary["table_ii"]["tasks"]["offset_gripper_10cm"]["online"]["result"]["checkpoint_id"] == \
         online["tasks"]["offset_gripper_10cm"]["checkpoint_id"]
     assert summary["warnings"] == []
+    # gate_episodes: the gates measure on their own seed block; the fine-tunes stay cached.
+    gated = run(tiny(run_dir, base_checkpoint=str(given), online_rounds=2, challenges=("offset_gripper_10cm",),
+                     gate_episodes=3), run_dir, ["online_finetune"], lambda m: None)["stages"]["online_finetune"]
+    for row in gated["tasks"].values():
+        for r in row["rounds"]:
+            for measured in (r["validation"], r["in_force_validation"]):
+                assert measured["seed_set"] == "gate" and measured["episodes"] == 3
+                assert measured["first_seed"] == GATE_SEEDS
+    first_rounds = {n: r["rounds"][0]["checkpoint_id"] for n, r in online["tasks"].items()}
+    assert {n: r["rounds"][0]["checkpoint_id"] for n, r in gated["tasks"].items()} == first_rounds
     # A run folder keeps its base policy: importing another one into it is refused, nothing overwritten.
     other = run_dir / "checkpoints" / "sweep" / "base" / "tier_0004.safetensors"
     with pytest.raises(ValueError, match=f"already has the base policy {given_id}"):

@@ -86,6 +86,7 @@ def tables(stamps: dict[str, dict]) -> dict[str, Any]:
             if name in out["table_ii"]["tasks"]:
                 out["table_ii"]["tasks"][name]["online"] = {
                     "grasps": row["grasps"], "validation_episodes": row["validation_episodes"],
+                    "gate_seed_set": row["rounds"][0]["validation"]["seed_set"] if row["rounds"] else None,
                     "accepted_rounds": [r["round"] for r in row["rounds"] if r["accepted"]],
                     "result": cell(row["result"])}
     cont = stamps.get("continual")
@@ -379,13 +380,14 @@ def render_markdown(numbers: dict, checks: list[dict], stamps: dict[str, dict], 
                 f"checkpoint with its {', '.join(modules or [])} re-initialised, then fine-tuned like the "
                 f"{largest}-grasp tier."]
         if online:
-            n_val = next((r["online"]["validation_episodes"] for r in t2["tasks"].values() if r.get("online")), "?")
+            first = next((r["online"] for r in t2["tasks"].values() if r.get("online")), {})
+            n_val, gate_set = first.get("validation_episodes", "?"), first.get("gate_seed_set") or "validation"
             out += ["", f"Online ({largest}): the same {largest} grasps spent in {online['rounds']} rounds of "
                     f"{online['grasps_per_round']} (stage online_finetune, the paper's Sec. VI-B proposal). Round 1 "
                     "is the base policy fine-tuned on its first grasps; every later round explores with the policy "
                     "in force and fine-tunes it on all grasps so far, and a round's checkpoint becomes the policy in "
-                    "force only if it does at least as well on validation episodes of the task (online evaluation: "
-                    f"{n_val} validation episodes per task, never the evaluation seeds). The cell is the policy in "
+                    f"force only if it does at least as well on {gate_set} episodes of the task (online evaluation: "
+                    f"{n_val} {gate_set} episodes per task, never the evaluation seeds). The cell is the policy in "
                     "force after the last round."]
         out += [""]
         if "sweep" in plots:

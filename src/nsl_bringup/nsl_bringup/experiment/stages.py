@@ -456,6 +456,19 @@ def validate(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec 
                            kind="validate", episodes=cfg.validation_episodes, seed_set="validation")
 
 
+def gate_validation(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec) -> dict:
+    """What a gate (continual step, online round) compares: success on ``gate_episodes`` episodes
+    of the gate seed block, or with 0 the checkpoint's :func:`validate` result. Cached next to
+    the checkpoint."""
+    cfg = ctx.config
+    if not cfg.gate_episodes:
+        return validate(ctx, checkpoint, checkpoint_id, task)
+    suffix = f"gate_{resolve_task(task).name}"
+    return evaluate_cached(ctx, f"{unit_label(ctx, checkpoint)}/{suffix}",
+                           checkpoint.with_name(f"{checkpoint.stem}.{suffix}.json"), checkpoint, checkpoint_id, task,
+                           kind="gate", episodes=cfg.gate_episodes, seed_set="gate")
+
+
 def grasp_values(ctx: Context, name: str, bags: list[Path], data_key: Any) -> tuple[Path, str, dict]:
     """"Grasp values first": a fresh network (seeded, ``init_scheme``) trained as a supervised
     classifier of the grasps' outcomes in ``bags`` for ``grasp_value_steps`` steps, saved as
@@ -909,7 +922,7 @@ def online_finetune(ctx: Context) -> dict:
     for name, explored in targets(ctx, cfg.study_tasks(), calibration(ctx)).items():
         spec = explored.spec
         in_force, in_force_id = ckpt, ckpt_id
-        in_force_validation = validate(ctx, ckpt, ckpt_id, spec)
+        in_force_validation = gate_validation(ctx, ckpt, ckpt_id, spec)
         bags = tier_bags(explored.bags, per_round, cfg.chunk_episodes)
         rounds = []
         for k in range(1, cfg.online_rounds + 1):
@@ -924,7 +937,7 @@ def online_finetune(ctx: Context) -> dict:
             unit = sweep_unit_name(name, per_round) if k == 1 else f"online/{name}/round_{k}"
             cand, cand_id, st = finetune_unit(ctx, unit, in_force, in_force_id, base,
                                               TargetData(spec, bags, explored.collected), k * per_round)
-            proposed = validate(ctx, cand, cand_id, spec)
+            proposed = gate_validation(ctx, cand, cand_id, spec)
             accepted = proposed["success_rate"] >= in_force_validation["success_rate"]
             ctx.log(f"online/{name}/round_{k}: {k * per_round} grasps, validation {proposed['success_rate']:.3f} vs "
                     f"policy in force {in_force_validation['success_rate']:.3f}: "
@@ -942,7 +955,7 @@ def online_finetune(ctx: Context) -> dict:
         ctx.log(f"online/{name}: policy in force {in_force_id}, success {result['success_rate']:.3f} "
                 f"(n={result['episodes']})")
         rows[name] = {"task": resolve_task(spec).to_dict(), "rounds": rounds, "grasps": largest,
-                      "validation_episodes": cfg.validation_episodes * (cfg.online_rounds + 1),
+                      "validation_episodes": (cfg.gate_episodes or cfg.validation_episodes) * (cfg.online_rounds + 1),
                       "checkpoint": str(in_force.relative_to(ctx.output)), "checkpoint_id": in_force_id,
                       "result": result}
     summary = {"stage": "online_finetune", "checkpoint_id": ckpt_id, "online_rounds": cfg.online_rounds,
@@ -1004,8 +1017,8 @@ def continual(ctx: Context) -> dict:
         step = {"step": k, "task": name, "severity": resolve_task(target.spec).severity,
                 "collected": target.collected, "candidate": candidate, "accepted": True, "guard": None}
         if cfg.continual_guard:
-            previous = validate(ctx, init, init_id, target.spec)
-            proposed = validate(ctx, cand, cand_id, target.spec)
+            previous = gate_validation(ctx, init, init_id, target.spec)
+            proposed = gate_validation(ctx, cand, cand_id, target.spec)
             step["accepted"] = proposed["success_rate"] >= previous["success_rate"]
             step["guard"] = {"candidate_validation": proposed, "previous_validation": previous,
                              "previous_checkpoint_id": init_id}
