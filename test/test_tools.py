@@ -207,3 +207,53 @@ def test_steering_probe_runs_on_the_shipped_base():
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["moves_per_frame"] == 8 and result["test_frames"] > 0 and 0 < result["closer_share"] < 1
     assert 0 <= result["auc"] <= 1 and 0 <= result["classifier"]["auc"] <= 1 and result["classifier"]["steps"] == 2
+
+
+def test_aux_location_labels_follow_the_commanded_gripper():
+    """The probe's labels, rebuilt from the seed and the recorded actions, are the offsets from
+    the gripper position the sim commanded before each step (workspace clipping included) to
+    the nearest object as it settled."""
+    import numpy as np
+
+    from nsl_sim.env import GraspEnv, SimConfig
+
+    probe = _import_tool("aux_location_probe")
+    sim_kwargs = {"image_size": 64, "max_steps": 10, "num_objects": 3}
+    actions = np.array([[1, 1, -1, 0, -1, -1]] * 5 + [[-0.5, 0.2, -1, 0.3, -1, -1], [2.0, -3.0, 0.5, 0, -1, -1]],
+                       dtype=np.float32)
+    expected = []
+    with GraspEnv(SimConfig(**sim_kwargs, object_split="train")) as env:
+        env.reset(seed=7, task="base")
+        centres = [c[:2] for c in env.object_centres()]
+        for a in actions:
+            pos = env.commanded_pose()[0][:2]
+            expected.append(min((c - pos for c in centres), key=lambda d: float(np.linalg.norm(d))))
+            env.step(np.clip(a[:3], -1, 1) * env.config.max_translation, 0.0, False, False)
+        assert env.commanded_pose()[0][0] == env.config.workspace_high[0]  # the moves were clipped
+    probe._init_worker(sim_kwargs, "train")
+    np.testing.assert_allclose(probe._episode_offsets((7, "base", actions)), np.array(expected), atol=1e-6)
+
+
+def test_aux_location_probe_trains_both_runs_and_caches_its_labels(tmp_path):
+    sys.path.insert(0, str(ROOT / "src" / "nsl_trainer" / "test"))
+    try:
+        from trainer_helpers import write_bag
+    finally:
+        sys.path.pop(0)
+    data = write_bag(tmp_path / "data" / "bootstrap", 4, steps=2, size=64, seed=3)
+    cmd = _tool("aux_location_probe", "--data", str(data), "--steps", "3", "--threads", "1", "--workers", "1",
+                "--log-every", "1", "--output", str(tmp_path / "out"))
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout.splitlines()[-1])
+    assert result["rows"] == 8 and [r["aux_weight"] for r in result["runs"]] == [0.0, 1.0]
+    from nsl_policy.checkpoint import load_checkpoint
+
+    for run in result["runs"]:
+        assert load_checkpoint(run["checkpoint"]).checkpoint_id == run["checkpoint_id"]
+        assert run["location_loss_last10pct"] > 0
+    second = subprocess.run(cmd + ["--only", "aux"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "rows from" in second.stderr and "rows from" not in first.stderr  # the labels came from the cache
+    again = json.loads(second.stdout.splitlines()[-1])["runs"]
+    assert [r["checkpoint_id"] for r in again] == [result["runs"][1]["checkpoint_id"]]  # seeded: the same weights

@@ -337,6 +337,12 @@ class QTOptTrainer:
         self.samples_target = 0
         self.last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         """(row indices, from_target) of the latest batch (CPU tensors), for inspection."""
+        self.aux_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        """An extra loss term, ``aux_loss(images, rows)`` on the batch's augmented images and its
+        row numbers (device tensor), added to the QT-Opt loss; None (the default) adds nothing.
+        For auxiliary tasks on the trunk (tools/aux_location_probe.py); parameters of its own
+        must be added to ``optimizer`` (``add_param_group``). One process only: a term that
+        calls the model directly bypasses DistributedDataParallel's gradient averaging."""
 
     @staticmethod
     def _frozen_copy(model: QNetwork) -> QNetwork:
@@ -470,6 +476,8 @@ class QTOptTrainer:
         else:
             logits = (self.ddp or self.model)(images, data.state[idx], data.action[idx])
             loss = F.binary_cross_entropy_with_logits(logits, y)
+        if self.aux_loss is not None:
+            loss = loss + self.aux_loss(images, idx)
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"QT-Opt loss became non-finite at step {self.step_count + 1}")
         self.optimizer.zero_grad(set_to_none=True)

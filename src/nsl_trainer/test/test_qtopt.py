@@ -363,3 +363,39 @@ def test_mc_mix_blends_the_target_with_the_recorded_return(monkeypatch):
     assert torch.allclose(targets[0.25][0], 0.75 * bellman + 0.25 * ret, atol=1e-5)
     with pytest.raises(ValueError, match="mc_mix"):
         QTOptConfig(mc_mix=1.5)
+
+
+def test_aux_loss_sees_the_batch_and_trains_the_trunk():
+    """``aux_loss`` gets each batch's images and rows; a term that only the trunk can lower
+    changes the trunk's training, and with no term training is what it was."""
+    data = one_step_task(64, seed=3)
+    labels = torch.as_tensor(data.image.reshape(64, -1).mean(1) / 255.0, dtype=torch.float32)
+
+    def run(with_aux):
+        torch.manual_seed(0)
+        model = QNetwork(CFG)
+        trainer = QTOptTrainer(model, FAST, "cpu")
+        seen = []
+        if with_aux:
+            probe = torch.nn.Linear(CFG.width, 1)
+            trainer.optimizer.add_param_group({"params": list(probe.parameters())})
+
+            def brightness(images, rows):
+                seen.append((images.shape, rows.clone()))
+                pred = probe(model.encode(images).mean(dim=(2, 3))).squeeze(1)
+                return torch.nn.functional.mse_loss(pred, labels[rows])
+            trainer.aux_loss = brightness
+        trainer.train(data, None, steps=5, target_fraction=0.0)
+        return model, trainer, seen
+
+    plain_a, _, _ = run(False)
+    plain_b, _, _ = run(False)
+    aux, trainer, seen = run(True)
+    assert len(seen) == 5
+    shape, rows = seen[-1]
+    assert tuple(shape) == (FAST.batch_size, 3, CFG.image_size, CFG.image_size)
+    assert torch.equal(rows.cpu(), trainer.last_batch[0])
+    trunk = [n for n, _ in plain_a.named_parameters() if n.startswith("trunk")]
+    pa, pb, px = (dict(m.named_parameters()) for m in (plain_a, plain_b, aux))
+    assert all(torch.equal(pa[n], pb[n]) for n in trunk)
+    assert any(not torch.equal(pa[n], px[n]) for n in trunk)

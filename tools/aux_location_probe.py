@@ -1,0 +1,202 @@
+"""Does an auxiliary object-location loss make QT-Opt's first moves aim? An offline A/B probe.
+
+Probes 10-12 (docs/results/base_policy.md) found that QT-Opt's Q-function does not steer towards
+the objects it sees, while the same trunk, trained supervised, locates them. This probe adds a
+second, supervised task to QT-Opt: from the trunk's feature map and the gripper state, a small
+head regresses the horizontal offset from the commanded gripper position to the nearest object's
+centre. Its loss is added to the QT-Opt loss, so the trunk's features must encode where the
+nearest object is relative to the gripper; the Q-head may then use them.
+
+The labels are read from the simulator, which the policy never sees: each recorded episode is
+reset again with its seed and task (the same objects, settled the same way) and the commanded
+position is integrated from the recorded actions exactly as ``GraspEnv.step`` clips it. Objects
+the gripper pushed later in an episode keep their settled position, so late labels are
+approximate. The bags carry no such labels, so this works on simulated data only.
+
+It trains the same offline QT-Opt twice on the same bags, seed and steps: with ``--aux-weight``
+0 (plain QT-Opt) and with the given weight, and writes both checkpoints; the command prints
+both ``nsl experiment evaluate`` lines to run next (validation seeds, never evaluation ones).
+
+    .venv/bin/python tools/aux_location_probe.py --data runs/pk/datasets/base/bootstrap \\
+        --steps 4000 --aux-weight 1.0 --output runs/aux
+
+The last line printed is one JSON object with the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Offsets are regressed in units of this many metres (the workspace is ~0.25 m wide).
+OFFSET_SCALE = 0.05
+
+_ENV = None
+
+
+def _init_worker(sim_kwargs: dict, split: str) -> None:
+    global _ENV
+    from nsl_sim.env import GraspEnv, SimConfig
+
+    _ENV = GraspEnv(SimConfig(**sim_kwargs, object_split=split))
+
+
+def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
+    """(steps, 2) offsets (m) from the commanded gripper position before each recorded step to
+    the nearest settled object centre."""
+    seed, task, actions = job
+    env = _ENV
+    env.reset(seed=seed, task=task)
+    centres = np.array([c[:2] for c in env.object_centres()])
+    cfg = env.config
+    pos = np.array(cfg.start_position, dtype=np.float64)
+    out = np.zeros((len(actions), 2), dtype=np.float32)
+    for t, a in enumerate(actions):
+        d = centres - pos[:2]
+        out[t] = d[np.argmin(np.linalg.norm(d, axis=1))]
+        move = np.clip(np.asarray(a[:3], dtype=np.float64), -1.0, 1.0) * cfg.max_translation
+        pos = np.clip(pos + move, cfg.workspace_low, cfg.workspace_high)
+    return out
+
+
+def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache: Path | None):
+    """(episodes of the dataset folder ``data``, (rows, 2) float32 offsets in metres, row for row
+    with ``transitions_from_episodes(episodes)``), cached in ``cache``."""
+    from multiprocessing import get_context
+
+    from nsl_collector.reader import read_episodes
+
+    episodes = read_episodes(data)
+    rows = sum(e.num_steps for e in episodes)
+    if cache is not None and cache.exists():
+        offsets = np.load(cache)["offsets"]
+        if len(offsets) == rows:
+            print(f"labels: {data}: {rows} rows from {cache}", file=sys.stderr, flush=True)
+            return episodes, offsets
+        print(f"labels: {cache} has {len(offsets)} rows, {data} {rows}: recomputing", file=sys.stderr)
+    jobs = [(e.seed, e.task, e.actions) for e in episodes]
+    t0 = time.perf_counter()
+    parts = []
+    with get_context("spawn").Pool(workers, _init_worker, (sim_kwargs, split)) as pool:
+        for k, part in enumerate(pool.imap(_episode_offsets, jobs, chunksize=16)):
+            parts.append(part)
+            if (k + 1) % 500 == 0:
+                print(f"labels: {data}: {k + 1}/{len(jobs)} episodes ({time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr, flush=True)
+    offsets = np.concatenate(parts)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, offsets=offsets)
+    return episodes, offsets
+
+
+def labelled_transitions(data: list[str], split: str, sim_kwargs: dict, workers: int, cache_dir: Path):
+    """(Transitions of the dataset folders, (N, 2) float32 offsets in metres, aligned row for row)."""
+    from nsl_collector.reader import transitions_from_episodes
+
+    episodes, offsets = [], []
+    for d in data:
+        name = "_".join(Path(d).resolve().parts[-2:])
+        eps, off = dataset_offsets(d, split, sim_kwargs, workers, cache_dir / f"labels_{name}.npz")
+        episodes += eps
+        offsets.append(off)
+    transitions = transitions_from_episodes(episodes)
+    offsets = np.concatenate(offsets)
+    assert len(offsets) == len(transitions), "labels and transitions are out of step"
+    return transitions, offsets
+
+
+def train(transitions, offsets: np.ndarray, steps: int, aux_weight: float, seed: int, threads: int,
+          output: Path, log_every: int) -> dict:
+    """Offline QT-Opt from a fresh network, with the location loss at ``aux_weight`` (0: none)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from nsl_policy.action_space import STATE_DIM
+    from nsl_policy.checkpoint import save_checkpoint
+    from nsl_policy.model import QNetwork, QNetworkConfig
+    from nsl_trainer.qtopt import QTOptConfig, QTOptTrainer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = QNetwork(QNetworkConfig())
+    # The pre-training recipe's QT-Opt settings (ExperimentConfig.qtopt_config).
+    trainer = QTOptTrainer(model, QTOptConfig(mc_mix=0.5, seed=seed, learning_rate=1e-3), device="cpu")
+    c = model.config
+    head = nn.Sequential(nn.Linear(c.width * c.feature_map_size ** 2 + STATE_DIM, 64), nn.ReLU(), nn.Linear(64, 2))
+    trainer.optimizer.add_param_group({"params": list(head.parameters())})
+    labels = torch.as_tensor(offsets / OFFSET_SCALE)
+    states = torch.as_tensor(transitions.state)
+    aux_losses: list[float] = []
+
+    def location_loss(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        feats = model.encode(images).flatten(1)
+        if aux_weight == 0:
+            # The plain run still fits the head, on detached features, so both runs report how
+            # well their trunk encodes the offset; the network's gradients are plain QT-Opt's.
+            feats = feats.detach()
+        loss = F.smooth_l1_loss(head(torch.cat([feats, states[rows]], dim=1)), labels[rows])
+        aux_losses.append(float(loss.detach()))
+        return loss * (aux_weight or 1.0)
+
+    trainer.aux_loss = location_loss
+    t0 = time.perf_counter()
+
+    def progress(step: int, m: dict) -> None:
+        if step % log_every == 0 or step == steps:
+            window = aux_losses[-log_every:]
+            print(f"[aux {aux_weight:g}] step {step}/{steps} total loss {m['loss']:.4f} mean_q {m['mean_q']:.3f} "
+                  f"location {np.mean(window):.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    summary = trainer.train(transitions, None, steps=steps, target_fraction=0.0, progress=progress)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = save_checkpoint(output, model, {"probe": "aux_location", "aux_weight": aux_weight, "steps": steps})
+    return {"aux_weight": aux_weight, "checkpoint": str(output), "checkpoint_id": ckpt,
+            "location_loss_last10pct": float(np.mean(aux_losses[-max(1, steps // 10):])),
+            "total_loss": summary["loss"], "mean_q": summary["mean_q"], "seconds": summary["seconds"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="+", required=True, help="dataset folders (simulated episodes)")
+    ap.add_argument("--split", default="train", help="object split the data was collected on (default train)")
+    ap.add_argument("--steps", type=int, default=4000, help="QT-Opt steps per run (default 4000)")
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the location loss (default 1.0)")
+    ap.add_argument("--only", choices=("plain", "aux"), help="train one of the two runs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--workers", type=int, default=2, help="simulator processes for the labels (default 2)")
+    ap.add_argument("--output", type=Path, required=True, help="folder for the labels and checkpoints")
+    ap.add_argument("--log-every", type=int, default=250)
+    args = ap.parse_args()
+    if args.aux_weight <= 0:
+        ap.error("--aux-weight must be > 0 (the plain run is the weight-0 one)")
+    sim_kwargs = {"image_size": 64, "max_steps": 10, "num_objects": 3}  # ExperimentConfig.sim_kwargs defaults
+    transitions, offsets = labelled_transitions(args.data, args.split, sim_kwargs, args.workers,
+                                                args.output)
+    dist = np.linalg.norm(offsets, axis=1)
+    centred = np.abs(offsets - offsets.mean(0)) / OFFSET_SCALE
+    blind = float(np.mean(np.where(centred < 1, 0.5 * centred ** 2, centred - 0.5)))
+    print(f"labels: {len(offsets)} rows, nearest object median {100 * np.median(dist):.1f} cm; "
+          f"predicting the mean gives a location loss of {blind:.4f}", file=sys.stderr, flush=True)
+    runs = [("plain", 0.0), ("aux", args.aux_weight)]
+    results = []
+    for name, weight in runs:
+        if args.only and args.only != name:
+            continue
+        results.append(train(transitions, offsets, args.steps, weight, args.seed, args.threads,
+                             args.output / f"{name}.safetensors", args.log_every))
+        print(f"next: ./nsl experiment evaluate --checkpoint {results[-1]['checkpoint']} --task base "
+              f"--episodes 100 --seeds validation", file=sys.stderr, flush=True)
+    print(json.dumps({"rows": len(offsets), "runs": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
