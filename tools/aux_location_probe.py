@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from grasp_anatomy import nearest_object_offset  # tools/ is on sys.path when run as a script
+
 #: Offsets are regressed in units of this many metres (the workspace is ~0.25 m wide).
 OFFSET_SCALE = 0.05
 
@@ -50,14 +52,12 @@ def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
     the nearest settled object centre."""
     seed, task, actions = job
     env = _ENV
-    env.reset(seed=seed, task=task)
-    centres = np.array([c[:2] for c in env.object_centres()])
+    env.reset(seed=seed, task=task)  # not stepped: the objects stay where they settled
     cfg = env.config
     pos = np.array(cfg.start_position, dtype=np.float64)
     out = np.zeros((len(actions), 2), dtype=np.float32)
     for t, a in enumerate(actions):
-        d = centres - pos[:2]
-        out[t] = d[np.argmin(np.linalg.norm(d, axis=1))]
+        out[t] = nearest_object_offset(env, pos[:2])
         move = np.clip(np.asarray(a[:3], dtype=np.float64), -1.0, 1.0) * cfg.max_translation
         pos = np.clip(pos + move, cfg.workspace_low, cfg.workspace_high)
     return out
@@ -117,16 +117,17 @@ def train(transitions, offsets: np.ndarray, steps: int, aux_weight: float, seed:
     from torch import nn
     from torch.nn import functional as F
 
+    from nsl_bringup.experiment.config import ExperimentConfig
     from nsl_policy.action_space import STATE_DIM
     from nsl_policy.checkpoint import save_checkpoint
-    from nsl_policy.model import QNetwork, QNetworkConfig
-    from nsl_trainer.qtopt import QTOptConfig, QTOptTrainer
+    from nsl_policy.model import QNetwork
+    from nsl_trainer.qtopt import QTOptTrainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = QNetwork(QNetworkConfig())
-    # The pre-training recipe's QT-Opt settings (ExperimentConfig.qtopt_config).
-    trainer = QTOptTrainer(model, QTOptConfig(mc_mix=0.5, seed=seed, learning_rate=1e-3), device="cpu")
+    recipe = ExperimentConfig(seed=seed)  # the pre-training recipe's network and QT-Opt settings
+    model = QNetwork(recipe.model_config())
+    trainer = QTOptTrainer(model, recipe.qtopt_config(), device="cpu")
     c = model.config
     head = nn.Sequential(nn.Linear(c.width * c.feature_map_size ** 2 + STATE_DIM, 64), nn.ReLU(), nn.Linear(64, 2))
     trainer.optimizer.add_param_group({"params": list(head.parameters())})
@@ -176,7 +177,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.aux_weight <= 0:
         ap.error("--aux-weight must be > 0 (the plain run is the weight-0 one)")
-    sim_kwargs = {"image_size": 64, "max_steps": 10, "num_objects": 3}  # ExperimentConfig.sim_kwargs defaults
+    from nsl_bringup.experiment.config import ExperimentConfig
+
+    sim_kwargs = ExperimentConfig().sim_kwargs()  # the world the pipeline collects in
     transitions, offsets = labelled_transitions(args.data, args.split, sim_kwargs, args.workers,
                                                 args.output)
     dist = np.linalg.norm(offsets, axis=1)
