@@ -32,8 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from grasp_anatomy import nearest_object_offset  # tools/ is on sys.path when run as a script
-
 #: Offsets are regressed in units of this many metres (the workspace is ~0.25 m wide).
 OFFSET_SCALE = 0.05
 
@@ -49,18 +47,12 @@ def _init_worker(sim_kwargs: dict, split: str) -> None:
 
 def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
     """(steps, 2) offsets (m) from the commanded gripper position before each recorded step to
-    the nearest settled object centre."""
+    the nearest settled object centre (the pipeline's labels: episodes.episode_locations)."""
+    from nsl_bringup.experiment.episodes import episode_locations
+    from nsl_sim.tasks import get_task
+
     seed, task, actions = job
-    env = _ENV
-    env.reset(seed=seed, task=task)  # not stepped: the objects stay where they settled
-    cfg = env.config
-    pos = np.array(cfg.start_position, dtype=np.float64)
-    out = np.zeros((len(actions), 2), dtype=np.float32)
-    for t, a in enumerate(actions):
-        out[t] = nearest_object_offset(env, pos[:2])
-        move = np.clip(np.asarray(a[:3], dtype=np.float64), -1.0, 1.0) * cfg.max_translation
-        pos = np.clip(pos + move, cfg.workspace_low, cfg.workspace_high)
-    return out
+    return episode_locations(_ENV, seed, get_task(task), actions)
 
 
 def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache: Path | None):

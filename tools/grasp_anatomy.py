@@ -20,12 +20,9 @@ import sys
 
 
 def nearest_object_offset(env, xy):
-    """Horizontal offset (m, tray frame) from ``xy`` to the nearest object's centre (the mesh
-    centre the scripted oracle aims at); None when the tray holds no object."""
-    import numpy as np
-
-    offsets = [c - np.asarray(xy)[:2] for c in env.object_centres()]
-    return min(offsets, key=lambda d: float(np.linalg.norm(d))) if offsets else None
+    """Horizontal offset (m, tray frame) from ``xy`` to the nearest object's centre; None when
+    the tray holds no object (``GraspEnv.nearest_object_offset``)."""
+    return env.nearest_object_offset(xy)
 
 
 def nearest_object_distance(env, xy) -> float:

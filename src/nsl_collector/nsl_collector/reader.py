@@ -457,7 +457,8 @@ def _select_episodes(tr: Transitions, keep: np.ndarray) -> Transitions:
     new_row[idx] = np.arange(len(idx))
     renum = np.cumsum(keep) - 1
     return Transitions(image=tr.image[idx], state=tr.state[idx], action=tr.action[idx], reward=tr.reward[idx],
-                       done=tr.done[idx], next_index=new_row[tr.next_index[idx]], episode=renum[tr.episode[idx]])
+                       done=tr.done[idx], next_index=new_row[tr.next_index[idx]], episode=renum[tr.episode[idx]],
+                       location=None if tr.location is None else tr.location[idx])
 
 
 def _bag_transitions(bag: Path, action_space, cache) -> tuple[Transitions, dict]:

@@ -1,6 +1,7 @@
 """QT-Opt transitions as flat arrays: what the dataset loader produces and the trainer consumes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,12 +28,22 @@ class Transitions:
     """(N,) int64 row of s_{t+1}; equals the row itself when done."""
     episode: np.ndarray
     """(N,) int64 episode number within this set (0-based, in reading order)."""
+    location: np.ndarray | None = None
+    """Optional (N, 2) float32 horizontal offset (m) from the commanded gripper position at s_t
+    to the nearest object's centre: simulator labels for QT-Opt's auxiliary location loss
+    (QTOptConfig.location_weight). Bags do not hold them; None when absent."""
 
     def __post_init__(self) -> None:
         n = len(self.image)
         for name in ("state", "action", "reward", "done", "next_index", "episode"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Transitions.{name} has {len(getattr(self, name))} rows, image has {n}")
+        if self.location is not None:
+            self.location = np.asarray(self.location, dtype=np.float32)
+            if self.location.shape != (n, 2):
+                raise ValueError(f"Transitions.location must be ({n}, 2), got {self.location.shape}")
+            if not np.isfinite(self.location).all():
+                raise ValueError("Transitions.location holds non-finite values")
         if n and (self.next_index.min() < 0 or self.next_index.max() >= n):
             raise ValueError("Transitions.next_index points outside the set")
 
@@ -51,9 +62,25 @@ class Transitions:
     def next_image(self) -> np.ndarray:
         return self.image[self.next_index]
 
+    def with_location(self, location: np.ndarray | None) -> "Transitions":
+        """This set with ``location`` labels (None: without)."""
+        return dataclasses.replace(self, location=location)
+
+    def rows(self, stop: int) -> "Transitions":
+        """The first ``stop`` rows; every ``next_index`` must stay inside them (whole episodes)."""
+        if not 0 <= stop <= len(self):
+            raise ValueError(f"rows({stop}) of a set of {len(self)}")
+        if stop and int(self.next_index[:stop].max()) >= stop:
+            raise ValueError(f"the first {stop} rows cut an episode")
+        return Transitions(image=self.image[:stop], state=self.state[:stop], action=self.action[:stop],
+                           reward=self.reward[:stop], done=self.done[:stop], next_index=self.next_index[:stop],
+                           episode=self.episode[:stop],
+                           location=None if self.location is None else self.location[:stop])
+
     @staticmethod
     def concatenate(parts: list["Transitions"]) -> "Transitions":
-        """One set from several; row and episode numbers are offset so they stay consistent."""
+        """One set from several; row and episode numbers are offset so they stay consistent.
+        ``location`` is kept only when every part has it."""
         parts = [p for p in parts if len(p)]
         if not parts:
             raise ValueError("no transitions to concatenate")
@@ -71,4 +98,6 @@ class Transitions:
             done=np.concatenate([p.done for p in parts]),
             next_index=np.concatenate(next_index),
             episode=np.concatenate(episode),
+            location=(np.concatenate([p.location for p in parts])
+                      if all(p.location is not None for p in parts) else None),
         )

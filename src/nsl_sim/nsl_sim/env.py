@@ -753,6 +753,13 @@ class GraspEnv:
         (simulator state; for scripted policies and diagnostics)."""
         return [self._object_footprint(u)[0] for u in self._object_ids]
 
+    def nearest_object_offset(self, xy: Sequence[float]) -> np.ndarray | None:
+        """Horizontal offset (m, tray frame) from ``xy`` to the nearest object's centre (the
+        mesh centre the oracle aims at); None when the tray holds no object. Simulator state:
+        the label of the auxiliary location loss (nsl_bringup.experiment.episodes.location_job)."""
+        offsets = [c - np.asarray(xy, dtype=np.float64)[:2] for c in self.object_centres()]
+        return min(offsets, key=lambda d: float(np.linalg.norm(d))) if offsets else None
+
     def oracle_action(self) -> tuple[np.ndarray, float, bool, bool]:
         """Scripted grasp from simulator state: go above the nearest object, align the fingers
         with its narrow side, descend, terminate. Returns (translation, rotation, close, terminate).

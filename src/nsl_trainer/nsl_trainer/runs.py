@@ -152,7 +152,7 @@ def train_transitions(mode: str, base: Transitions | None, target: Transitions |
             raise ValueError(f"run directory {run_dir} is at step {trainer.step_count}, beyond the requested {steps} steps")
         start = trainer.step_count
     data = _Data(base if has_base else None, target if has_target else None, model.config.image_size, trainer.device,
-                 crop_pad=config.crop_pad if config.augment else 0)
+                 crop_pad=config.crop_pad if config.augment else 0, location=trainer.location_head is not None)
     writer = _writer(run_dir, start) if (tensorboard and rank0) else None
     base_metadata = {"parent": parent, "kind": mode, "datasets": datasets or {},
                      "num_transitions": signature["num_transitions"], "learning_rate": lr, "target_fraction": frac,
@@ -190,7 +190,7 @@ def train_transitions(mode: str, base: Transitions | None, target: Transitions |
                 t_log = now
                 m["steps_per_s"] = steps_per_s
                 if writer is not None:
-                    for k in METRIC_KEYS:
+                    for k in METRIC_KEYS + (("location_loss",) if "location_loss" in m else ()):
                         writer.add_scalar(f"train/{k}", float(np.mean([w[k] for w in window])), step)
                     writer.add_scalar("sampling/target_fraction", m["target_fraction"], step)
                     writer.add_scalar("sampling/base_fraction", m["base_fraction"], step)
@@ -218,8 +218,9 @@ def train_transitions(mode: str, base: Transitions | None, target: Transitions |
                                "learning_rate": lr, "seconds": elapsed,
                                "ms_per_step": 1000.0 * elapsed / max(1, steps - start)}
     if tail:
-        for k in ("loss", "mean_q", "td_error", "mean_target"):
-            summary[k] = float(np.mean([t[k] for t in tail]))
+        for k in ("loss", "mean_q", "td_error", "mean_target", "location_loss"):
+            if k in tail[-1]:
+                summary[k] = float(np.mean([t[k] for t in tail]))
     if head:
         summary["initial_loss"] = float(np.mean(head))
     metadata = {**base_metadata, "steps": steps, "final": True, "resumed_from": start, "metrics": summary}

@@ -192,6 +192,16 @@ class ExperimentConfig:
     the online network, as every run before 2026-11-22 17:00 UTC did. The fine-tunes inherit
     ``qtopt`` (so the default mc_mix 0.5). On validation episodes it was no worse in fine-tunes
     than plain QT-Opt, one seed each (docs/results/README.md, fine-tuning recipe probe)."""
+    pretrain_location_weight: float = 0.0
+    """When > 0: pre-training (the offline run and every round) adds QT-Opt's auxiliary
+    object-location loss at this weight (QTOptConfig.location_weight, overriding ``qtopt``'s).
+    Its labels, the offset from the commanded gripper to the nearest object at every step, are
+    simulator state: each collected bag's episodes are replayed in the sim once
+    (stages.location_labels, a chunk_NNN.location.npz beside the bag). The study's fine-tunes
+    stay plain QT-Opt (``finetune_qtopt`` may set location_weight), as on a robot, whose
+    grasps carry no such labels. Offline, weight 1 lifted QT-Opt from 0.43 / 0.38 to 0.67 /
+    0.665 on base evaluation episodes (two seeds, probe 19 in docs/results/base_policy.md).
+    0: none (every run before 2026-11-23 20:00)."""
     policy_cem: dict = field(default_factory=dict)
     """Overrides of nsl_policy.cem.CEMConfig for acting (collection and evaluation)."""
 
@@ -341,6 +351,7 @@ class ExperimentConfig:
                       "values (nsl_policy.action_space.canonical_actions); leave it out")
         check_float("learning_rate", 0.0, 1.0, lo_open=True)
         check_float("round_learning_rate", 0.0, 1.0, lo_open=True)
+        check_float("pretrain_location_weight", 0.0, 1e3)
         check_int("eval_episodes", 1)
         check_int("threads", 1, 64)
         self.eval_tasks = tuple(self.eval_tasks)
@@ -431,6 +442,8 @@ class ExperimentConfig:
     def qtopt_config(self, finetune: bool = False) -> QTOptConfig:
         """QT-Opt settings of pre-training, or (``finetune``) of the study's fine-tuning runs."""
         overrides = {**self.qtopt, **(self.finetune_qtopt if finetune else {})}
+        if not finetune and self.pretrain_location_weight > 0:
+            overrides["location_weight"] = self.pretrain_location_weight
         return QTOptConfig.from_dict({**overrides, "seed": self.seed, "learning_rate": self.learning_rate})
 
     def cem_config(self) -> CEMConfig:
@@ -503,11 +516,12 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
                                   "chunk_episodes"),
     "grasp_values": COMMON_FIELDS + ("grasp_value_steps", "model", "init_scheme"),
     "grasp_value_qtopt": COMMON_FIELDS + ("grasp_value_qtopt_steps", "grasp_value_checks", "learning_rate", "model",
-                                          "qtopt", "binary_action_jitter"),
+                                          "qtopt", "binary_action_jitter", "pretrain_location_weight"),
     "pretrain_train": COMMON_FIELDS + ("pretrain_steps", "learning_rate", "model", "qtopt", "binary_action_jitter",
-                                       "init_scheme"),
+                                       "init_scheme", "pretrain_location_weight"),
     "round": COMMON_FIELDS + ("binary_action_jitter", "round_episodes", "round_steps", "round_epsilon", "round_noise_std",
-                              "round_learning_rate", "policy_cem", "chunk_episodes", "model", "qtopt"),
+                              "round_learning_rate", "policy_cem", "chunk_episodes", "model", "qtopt",
+                              "pretrain_location_weight"),
     "evaluate": COMMON_FIELDS + ("eval_episodes", "policy_cem"),
     "validate": COMMON_FIELDS + ("validation_episodes", "policy_cem"),
     "gate": COMMON_FIELDS + ("gate_episodes", "policy_cem"),
@@ -522,4 +536,4 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 #: includes one only when it differs from that value, so the caches made before the field
 #: existed stay valid (and their report commands say the old value).
 KEYED_WHEN_SET: dict[str, Any] = {"finetune_qtopt": {}, "bootstrap_decoy_fraction": 0.0,
-                                  "calibration_seed_set": "validation"}
+                                  "calibration_seed_set": "validation", "pretrain_location_weight": 0.0}

@@ -201,15 +201,70 @@ def run_job(spec: dict) -> list[dict]:
     return results
 
 
+def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> np.ndarray:
+    """(steps, 2) float32 location labels of one recorded episode: the horizontal offset (m) from
+    the commanded gripper position before each step to the nearest object's centre.
+
+    The episode is reset again with its seed and task (the same objects, settled the same way)
+    but not stepped: the commanded position is integrated from the recorded actions and
+    clipped as ``GraspEnv.step`` clips it, which is fast. Objects the gripper pushed later in
+    the episode keep their settled position, so late labels are approximate."""
+    env.reset(seed=int(seed), task=task)
+    cfg = env.config
+    pos = env.commanded_pose()[0].astype(np.float64)
+    out = np.zeros((len(actions), 2), dtype=np.float32)
+    for t, a in enumerate(actions):
+        offset = env.nearest_object_offset(pos[:2])
+        if offset is None:
+            raise ValueError(f"episode seed {seed}: the tray holds no object, so it has no location label")
+        out[t] = offset
+        move = np.clip(np.asarray(a[:3], dtype=np.float64), -1.0, 1.0) * cfg.max_translation
+        pos = np.clip(pos + move, cfg.workspace_low, cfg.workspace_high)
+    return out
+
+
+def location_job(spec: dict) -> dict:
+    """Location labels of one bag recorded in the sim (``spec``: bag, sim (SimConfig kwargs),
+    output (.npz path), key (stored with them)), row for row with ``load_transitions(bag)``:
+    episodes in reading order. The task and object split come from the bag's session metadata
+    (what ``run_job`` records). Writes ``offsets`` (rows, 2) float32, ``steps`` (steps per
+    episode) and ``key`` atomically; returns
+    {"episodes", "rows", "seconds"}."""
+    from nsl_collector.reader import read_episodes
+    from nsl_sim.env import GraspEnv, SimConfig
+
+    t0 = time.monotonic()
+    bag = Path(spec["bag"])
+    episodes = read_episodes(bag)
+    session = episodes.sessions[0] if episodes.sessions else {}
+    if "task_config" not in session or "split" not in session:
+        raise ValueError(f"{bag}: its session metadata does not name the task and object split (task_config, "
+                         "split): location labels need a bag this pipeline collected in the sim")
+    task = task_from_dict(session["task_config"], source=f"{bag} session")
+    env = GraspEnv(SimConfig(**spec["sim"], object_split=session["split"]))
+    try:
+        parts = [episode_locations(env, e.seed, task, e.actions) for e in episodes]
+    finally:
+        env.close()
+    offsets = np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)
+    out = Path(spec["output"])
+    tmp = out.with_name(out.name + ".partial.npz")
+    np.savez_compressed(tmp, offsets=offsets, steps=np.array([len(p) for p in parts], dtype=np.int64),
+                        key=np.array(str(spec.get("key", ""))))
+    os.replace(tmp, out)
+    return {"episodes": len(parts), "rows": len(offsets), "seconds": time.monotonic() - t0}
+
+
 def run_jobs(specs: list[dict], workers: int, log: Callable[[str], None] | None = None,
-             on_done: Callable[[int, list[dict]], None] | None = None) -> list[list[dict]]:
-    """Run jobs, in ``workers`` spawned processes when > 1; results in spec order. ``on_done(i,
-    result)`` is called as each job finishes (in order), e.g. to stamp its bag as complete."""
+             on_done: Callable[[int, Any], None] | None = None, job: Callable[[dict], Any] = run_job) -> list:
+    """Run ``job`` (default :func:`run_job`) on each spec, in ``workers`` spawned processes when
+    > 1; results in spec order. ``on_done(i, result)`` is called as each job finishes (in
+    order), e.g. to stamp its bag as complete."""
     t0 = time.monotonic()
     out: list[list[dict] | None] = [None] * len(specs)
     if workers <= 1 or len(specs) <= 1:
         for i, s in enumerate(specs):
-            out[i] = run_job(s)
+            out[i] = job(s)
             if on_done:
                 on_done(i, out[i])
             if log:
@@ -218,7 +273,7 @@ def run_jobs(specs: list[dict], workers: int, log: Callable[[str], None] | None 
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(min(workers, len(specs))) as pool:
-            pending = {i: pool.apply_async(run_job, (s,)) for i, s in enumerate(specs)}
+            pending = {i: pool.apply_async(job, (s,)) for i, s in enumerate(specs)}
             for i, r in pending.items():
                 out[i] = r.get()
                 if on_done:

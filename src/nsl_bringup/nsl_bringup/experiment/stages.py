@@ -70,8 +70,8 @@ import numpy as np
 
 from .config import (BOOTSTRAP_SEEDS, CONTINUAL_SEEDS, SEED_SETS, STAGE_FIELDS, STUDY_TASKS, TARGET_SEEDS,
                      ExperimentConfig, online_seed_offset, round_seed_offset, stable_hash)
-from .episodes import (POLICY, SCRIPTED, EpisodeOutcome, TaskSpec, resolve_task, run_jobs, success_summary,
-                       task_spec)
+from .episodes import (POLICY, SCRIPTED, EpisodeOutcome, TaskSpec, location_job, resolve_task, run_jobs,
+                       success_summary, task_spec)
 
 if TYPE_CHECKING:
     from nsl_collector.transitions import Transitions
@@ -291,25 +291,72 @@ def _run_options(ctx: Context, name: str, key: str, steps: int) -> dict:
 def first_episodes(transitions: Transitions, n: int) -> Transitions:
     """The first ``n`` episodes of a Transitions set. Rows are stored episode after episode, so
     they are a prefix of the rows and every ``next_index`` in it stays inside it."""
-    from nsl_collector.transitions import Transitions
-
     episode = transitions.episode
     if transitions.num_episodes < n:
         raise ValueError(f"asked for the first {n} episodes of a set of {transitions.num_episodes}")
     if len(episode) and np.any(np.diff(episode) < 0):
         raise ValueError("transitions are not stored episode after episode")
-    rows = int(np.searchsorted(episode, n))  # first row of episode n
-    return Transitions(image=transitions.image[:rows], state=transitions.state[:rows],
-                       action=transitions.action[:rows], reward=transitions.reward[:rows],
-                       done=transitions.done[:rows], next_index=transitions.next_index[:rows],
-                       episode=episode[:rows])
+    return transitions.rows(int(np.searchsorted(episode, n)))  # up to the first row of episode n
 
 
-def load_episodes(bags: list[Path], episodes: int | None = None) -> Transitions:
-    """Transitions of the bags (in order), only their first ``episodes`` episodes when given (a tier)."""
+def location_file(bag: Path) -> Path:
+    """The location labels' sidecar of a collected bag: chunk_NNN.location.npz beside chunk_NNN."""
+    return bag.with_name(bag.name + ".location.npz")
+
+
+def location_labels(ctx: Context, bags: list[Path]) -> list[np.ndarray]:
+    """Per bag, its (rows, 2) location labels (``QTOptConfig.location_weight``), computed by
+    replaying its episodes in the sim (:func:`episodes.location_job`) into a sidecar beside
+    it, cached: a sidecar holds its bag's chunk key and is redone when the bag was
+    re-collected. Raises ValueError when a bag has no stamp (not collected by this pipeline)."""
+    from nsl_collector.dataset import DatasetError
+
+    def chunk_key(bag: Path) -> str:
+        stamp = read_json(bag.with_name(bag.name + ".json"))
+        if stamp is None or "key" not in stamp:
+            raise ValueError(f"{bag}: no stamp {bag.name}.json beside it; location labels are made for bags this "
+                             "pipeline collected in the sim")
+        return stamp["key"]
+
+    def cached(bag: Path) -> np.ndarray | None:
+        try:
+            with np.load(location_file(bag), allow_pickle=False) as f:
+                return f["offsets"] if str(f["key"]) == chunk_key(bag) else None
+        except (OSError, KeyError, ValueError):
+            return None
+
+    todo = [b for b in bags if cached(b) is None]
+    if todo:
+        ctx.work_done += len(todo)
+        ctx.log(f"location labels: replaying the episodes of {len(todo)} bag(s) in the sim "
+                f"({len(bags) - len(todo)} cached)")
+        specs = [{"bag": str(b), "sim": ctx.config.sim_kwargs(), "output": str(location_file(b)), "key": chunk_key(b)}
+                 for b in todo]
+        try:
+            run_jobs(specs, ctx.config.workers, lambda m: ctx.log(f"location labels: {m}"), job=location_job)
+        except DatasetError as exc:
+            raise ValueError(f"location labels: {exc}") from exc
+    labels = [cached(b) for b in bags]
+    missing = [b for b, lab in zip(bags, labels) if lab is None]
+    if missing:
+        raise ValueError(f"location labels of {missing[0]} were not written")
+    return labels  # type: ignore[return-value]
+
+
+def load_episodes(bags: list[Path], episodes: int | None = None,
+                  location: list[np.ndarray] | None = None) -> Transitions:
+    """Transitions of the bags (in order), only their first ``episodes`` episodes when given (a
+    tier). ``location``: each bag's labels (:func:`location_labels`), attached row for row."""
     from nsl_collector.dataset import load_transitions
 
     transitions = load_transitions([str(b) for b in bags])
+    if location is not None:
+        offsets = np.concatenate(location)
+        if len(offsets) != len(transitions):
+            raise ValueError(f"location labels have {len(offsets)} rows, the transitions of {len(bags)} bag(s) "
+                             f"{len(transitions)}: a bag changed after its labels were made; delete its "
+                             ".location.npz to redo them")
+        transitions = transitions.with_location(offsets)
     return transitions if episodes is None else first_episodes(transitions, episodes)
 
 
@@ -349,8 +396,13 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
         return out, hit["checkpoint_id"], hit
     run_name, run_key, keep_run = run or (name, key, False)
     t0 = time.monotonic()
-    base = load_episodes(base_bags) if base_bags else None
-    target = load_episodes(target_bags, target_episodes) if target_bags else None
+    qtopt_config = cfg.qtopt_config(finetune)
+
+    def labels(bags: list[Path]) -> list[np.ndarray] | None:
+        return location_labels(ctx, bags) if qtopt_config.location_weight > 0 else None
+
+    base = load_episodes(base_bags, location=labels(base_bags)) if base_bags else None
+    target = load_episodes(target_bags, target_episodes, location=labels(target_bags)) if target_bags else None
     n_base, n_target = (len(base) if base is not None else 0), (len(target) if target is not None else 0)
     ctx.log(f"{name}: training {steps} steps on {n_base} base + {n_target} target transitions "
             f"(lr {learning_rate}, init {'scratch' if init is None else init.name})")
@@ -359,8 +411,9 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
 
     def progress(step: int, m: dict) -> None:
         if step % every == 0 or step == steps:
+            location = f" location {m['location_loss']:.4f}" if "location_loss" in m else ""
             ctx.log(f"{name}: step {step}/{steps} loss {m.get('loss', float('nan')):.4f} "
-                    f"mean_q {m.get('mean_q', float('nan')):.3f} ({time.monotonic() - t_train:.0f} s)")
+                    f"mean_q {m.get('mean_q', float('nan')):.3f}{location} ({time.monotonic() - t_train:.0f} s)")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
@@ -374,7 +427,7 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
     checkpoint_id = finetune_transitions(
         str(init) if init is not None else None, base, target, steps, output_path=str(tmp),
         learning_rate=learning_rate, target_fraction=target_fraction if (n_base and n_target) else 0.5,
-        progress=progress, seed=cfg.seed, config=cfg.qtopt_config(finetune), model_config=cfg.model_config(),
+        progress=progress, seed=cfg.seed, config=qtopt_config, model_config=cfg.model_config(),
         num_threads=cfg.threads, datasets=datasets, **_run_options(ctx, run_name, run_key, steps))
     os.replace(tmp, out)
     if not keep_run:
