@@ -209,31 +209,6 @@ def test_steering_probe_runs_on_the_shipped_base():
     assert 0 <= result["auc"] <= 1 and 0 <= result["classifier"]["auc"] <= 1 and result["classifier"]["steps"] == 2
 
 
-def test_aux_location_labels_follow_the_commanded_gripper():
-    """The probe's labels, rebuilt from the seed and the recorded actions, are the offsets from
-    the gripper position the sim commanded before each step (workspace clipping included) to
-    the nearest object as it settled."""
-    import numpy as np
-
-    from nsl_sim.env import GraspEnv, SimConfig
-
-    probe = _import_tool("aux_location_probe")
-    sim_kwargs = {"image_size": 64, "max_steps": 10, "num_objects": 3}
-    actions = np.array([[1, 1, -1, 0, -1, -1]] * 5 + [[-0.5, 0.2, -1, 0.3, -1, -1], [2.0, -3.0, 0.5, 0, -1, -1]],
-                       dtype=np.float32)
-    expected = []
-    with GraspEnv(SimConfig(**sim_kwargs, object_split="train")) as env:
-        env.reset(seed=7, task="base")
-        centres = [c[:2] for c in env.object_centres()]
-        for a in actions:
-            pos = env.commanded_pose()[0][:2]
-            expected.append(min((c - pos for c in centres), key=lambda d: float(np.linalg.norm(d))))
-            env.step(np.clip(a[:3], -1, 1) * env.config.max_translation, 0.0, False, False)
-        assert env.commanded_pose()[0][0] == env.config.workspace_high[0]  # the moves were clipped
-    probe._init_worker(sim_kwargs, "train")
-    np.testing.assert_allclose(probe._episode_offsets((7, "base", actions)), np.array(expected), atol=1e-6)
-
-
 def test_aux_location_probe_trains_both_runs_and_caches_its_labels(tmp_path):
     sys.path.insert(0, str(ROOT / "src" / "nsl_trainer" / "test"))
     try:

@@ -314,6 +314,74 @@ def test_grasp_values_restart_qtopt_at_their_round(first_run, tmp_path):
     assert [(p["round"], p["part"]) for p in zero["rounds"]] == [(0, 1)]
 
 
+@pytest.mark.parametrize("task", ["base", "offset_gripper_10cm"])
+def test_location_labels_follow_the_commanded_gripper(task):
+    """A recorded episode's labels, rebuilt from its seed and actions, are the offsets from the
+    gripper position the sim commanded before each step (workspace clipping included) to the
+    nearest object as it settled."""
+    from nsl_bringup.experiment.episodes import episode_locations
+    from nsl_sim.env import GraspEnv, SimConfig
+    from nsl_sim.tasks import get_task
+
+    actions = np.array([[1, 1, -1, 0, -1, -1]] * 5 + [[-0.5, 0.2, -1, 0.3, -1, -1], [2.0, -3.0, 0.5, 0, -1, -1]],
+                       dtype=np.float32)
+    expected = []
+    with GraspEnv(SimConfig(image_size=32, max_steps=10, num_objects=3, object_split="train")) as env:
+        env.reset(seed=7, task=get_task(task))
+        centres = [c[:2] for c in env.object_centres()]
+        for a in actions:
+            pos = env.commanded_pose()[0][:2]
+            expected.append(min((c - pos for c in centres), key=lambda d: float(np.linalg.norm(d))))
+            env.step(np.clip(a[:3], -1, 1) * env.config.max_translation, 0.0, False, False)
+        assert env.commanded_pose()[0][0] == env.config.workspace_high[0]  # the moves were clipped
+        labels = episode_locations(env, 7, get_task(task), actions)
+    np.testing.assert_allclose(labels, np.array(expected), atol=1e-6)
+
+
+def test_pretrain_location_weight_labels_the_bags_once(first_run, tmp_path):
+    """pretrain_location_weight: pre-training labels every bag it trains on (a sidecar per bag,
+    row for row with its transitions, cached on the bag's key) and trains with the location
+    loss; the fine-tunes stay plain QT-Opt, and 0 keeps every older cache key."""
+    from nsl_bringup.experiment.config import STAGE_FIELDS
+    from nsl_bringup.experiment.stages import load_episodes, location_file, location_labels
+    from nsl_collector.dataset import load_transitions
+
+    out, results, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert "pretrain_location_weight" not in tiny(copy).subset(STAGE_FIELDS["round"])
+    config = tiny(copy, pretrain_location_weight=1.0)
+    assert config.qtopt_config().location_weight == 1.0
+    assert config.qtopt_config(finetune=True).location_weight == 0.0
+    logs: list[str] = []
+    res = run(config, copy, ["pretrain"], logs.append)
+    assert any("bootstrap: 2 bag(s) cached" in m for m in logs), logs
+    assert any("location labels: replaying the episodes of 2 bag(s)" in m for m in logs), logs
+    assert any(re.search(r"pretrain_round_0: step \d+/\d+ loss .* location \d", m) for m in logs), logs
+    assert res["stages"]["pretrain"]["checkpoint_id"] != results["stages"]["pretrain"]["checkpoint_id"]
+    bags = sorted(b for b in (copy / "datasets" / "base").glob("*/chunk_???") if b.parent.name != "targets")
+    assert len(bags) == 3 and all(location_file(b).is_file() for b in bags)
+    ctx = Context(config, copy, logs.append)
+    labels = location_labels(ctx, bags)
+    assert ctx.work_done == 0  # all cached
+    for bag, lab in zip(bags, labels):
+        transitions = load_transitions([bag])
+        assert lab.offsets.shape == (len(transitions), 2) and np.isfinite(lab.offsets).all()
+        assert 0 < np.abs(lab.offsets).max() < 0.5  # metres, inside the tray
+        np.testing.assert_array_equal(lab.steps, np.bincount(transitions.episode))
+    with pytest.raises(ValueError, match="do not match their episodes"):
+        load_episodes(bags[:2], location=labels[1:])
+    # A bag collected again (a new chunk key) gets new labels; the others stay.
+    stamp = bags[0].with_name(bags[0].name + ".json")
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "key": "recollected"}))
+    logs.clear()
+    location_labels(ctx, bags)
+    assert ctx.work_done == 1 and any("replaying the episodes of 1 bag(s) in the sim (2 cached)" in m for m in logs)
+    stamp.unlink()
+    with pytest.raises(ValueError, match=f"{bags[0].name}.json"):
+        location_labels(ctx, bags)
+
+
 def test_kaiming_init_checkpoint_feeds_the_image_through(tmp_path):
     import torch
     from nsl_bringup.experiment.stages import initial_checkpoint

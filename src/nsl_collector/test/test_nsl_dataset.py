@@ -278,6 +278,31 @@ def test_load_transitions(tmp_path):
     np.testing.assert_array_equal(tr2.image, tr.image)
 
 
+def test_transitions_carry_optional_location_labels(tmp_path):
+    """Location labels (simulator-only) travel with their rows through concatenation, prefixes
+    and manifests' episode selections; wrong shapes and NaNs are refused."""
+    from nsl_collector.reader import _select_episodes
+    from nsl_collector.transitions import Transitions
+
+    a = write_bag(tmp_path / "a", [make_episode(0, n=3), make_episode(1, n=2)])
+    b = write_bag(tmp_path / "b", [make_episode(2, n=4)])
+    ta, tb = load_transitions([a]), load_transitions([b])
+    assert ta.location is None
+    la, lb = np.arange(10, dtype=np.float32).reshape(5, 2), -np.arange(8, dtype=np.float32).reshape(4, 2)
+    both = Transitions.concatenate([ta.with_location(la), tb.with_location(lb)])
+    np.testing.assert_array_equal(both.location, np.concatenate([la, lb]))
+    assert Transitions.concatenate([ta.with_location(la), tb]).location is None  # all or none
+    np.testing.assert_array_equal(both.rows(5).location, la)
+    with pytest.raises(ValueError, match="cut an episode"):
+        both.rows(4)
+    second = _select_episodes(both, np.array([False, True, False]))
+    np.testing.assert_array_equal(second.location, la[3:])
+    with pytest.raises(ValueError, match=r"location must be \(5, 2\)"):
+        ta.with_location(lb)
+    with pytest.raises(ValueError, match="non-finite"):
+        ta.with_location(np.full((5, 2), np.nan))
+
+
 def test_load_transitions_errors(tmp_path):
     good = write_bag(tmp_path / "good", [make_episode(0)])
     missing = tmp_path / "nope"

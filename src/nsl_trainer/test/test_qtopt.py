@@ -46,7 +46,7 @@ def test_config_validation():
                 {"target_action": "argmax"}, {"target2_lag": 0}, {"grad_clip": -1}, {"augment": 1},
                 {"learning_rate": math.nan}, {"conservative_weight": -0.1}, {"conservative_weight": math.inf},
                 {"conservative_samples": 0}, {"grasp_fraction": -0.1}, {"grasp_fraction": 1.5},
-                {"grasp_fraction": math.nan}):
+                {"grasp_fraction": math.nan}, {"location_weight": -1.0}, {"location_weight": math.nan}):
         with pytest.raises(ValueError):
             QTOptConfig(**bad)
     c = QTOptConfig(target_action="random", target_cem=CEMConfig(population=10, elites=3))
@@ -399,3 +399,51 @@ def test_aux_loss_sees_the_batch_and_trains_the_trunk():
     pa, pb, px = (dict(m.named_parameters()) for m in (plain_a, plain_b, aux))
     assert all(torch.equal(pa[n], pb[n]) for n in trunk)
     assert any(not torch.equal(pa[n], px[n]) for n in trunk)
+
+
+def _location_task(n, seed=0):
+    """One-step episodes whose location label is where a bright square sits in the image."""
+    data = one_step_task(n, seed=seed, shade=0)
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(0, 24, (n, 2))
+    for k, (x, y) in enumerate(xy):
+        data.image[k, y:y + 8, x:x + 8] = 255
+    return data.with_location(((xy - 12) / 12 * 0.1).astype(np.float32))
+
+
+def test_location_loss_needs_labels_and_learns_them():
+    """``location_weight`` > 0: data without labels is refused with the reason; with labels the
+    head learns them through the trunk (the loss falls well below predicting their mean), and
+    weight 0 leaves QT-Opt exactly as it was."""
+    config = QTOptConfig.from_dict({**FAST.to_dict(), "location_weight": 1.0, "augment": False})
+    data = _location_task(256)
+    unlabelled = data.with_location(None)
+    with pytest.raises(ValueError, match="location labels"):
+        QTOptTrainer(QNetwork(CFG), config, "cpu").train(unlabelled, None, steps=1, target_fraction=0.0)
+    with pytest.raises(ValueError, match="target data have none"):
+        QTOptTrainer(QNetwork(CFG), config, "cpu").train(data, unlabelled, steps=1, target_fraction=0.5)
+    torch.manual_seed(0)
+    trainer = QTOptTrainer(QNetwork(CFG), config, "cpu")
+    losses = []
+    trainer.train(data, None, steps=300, target_fraction=0.0, progress=lambda i, m: losses.append(m["location_loss"]))
+    scaled = torch.as_tensor(data.location / 0.05)
+    blind = float(torch.nn.functional.smooth_l1_loss(scaled.mean(0).expand_as(scaled), scaled))
+    assert np.mean(losses[-30:]) < 0.5 * blind, (np.mean(losses[-30:]), blind)
+    # Weight 0: no head, no metric, and the same weights as a run on unlabelled data.
+    plain = QTOptConfig.from_dict({**config.to_dict(), "location_weight": 0.0})
+
+    def weights(d):
+        torch.manual_seed(0)
+        t = QTOptTrainer(QNetwork(CFG), plain, "cpu")
+        keys = set()
+        t.train(d, None, steps=3, target_fraction=0.0, progress=lambda i, m: keys.update(m))
+        assert t.location_head is None and "location_loss" not in keys and "loss" in keys
+        return t.model.state_dict()
+
+    a, b = weights(data), weights(unlabelled)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_location_loss_refuses_combinations_it_does_not_support():
+    with pytest.raises(ValueError, match="conservative_weight"):
+        QTOptTrainer(QNetwork(CFG), QTOptConfig(location_weight=1.0, conservative_weight=1.0), "cpu")

@@ -104,12 +104,21 @@ def _weights(path):
     return load_checkpoint(path).model.state_dict()
 
 
-@pytest.mark.parametrize("net", [TINY, TINY_KEYPOINTS], ids=["conv", "keypoints"])
-def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net):
+def _labelled(t, seed):
+    """``t`` with random location labels (the auxiliary location loss trains on them)."""
+    return t.with_location(np.random.default_rng(seed).uniform(-0.1, 0.1, (len(t), 2)))
+
+
+@pytest.mark.parametrize("net,location", [(TINY, 0.0), (TINY_KEYPOINTS, 0.0), (TINY, 1.0)],
+                         ids=["conv", "keypoints", "conv-location-loss"])
+def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
+    config = QTOptConfig.from_dict({**FAST.to_dict(), "location_weight": location})
     base, target = episodes_task(30, seed=3), episodes_task(10, seed=4)
+    if location:  # the location head and its Adam moments are part of the state
+        base, target = _labelled(base, 5), _labelled(target, 6)
     init = tmp_path / "init.safetensors"
     init_checkpoint(init, net, seed=1)
-    kw = dict(init_checkpoint=str(init), config=FAST, device="cpu", checkpoint_every=4, tensorboard=True)
+    kw = dict(init_checkpoint=str(init), config=config, device="cpu", checkpoint_every=4, tensorboard=True)
     full = train_transitions("finetune", base, target, 12, output_path=str(tmp_path / "full.safetensors"), **kw)
 
     stop_at = {"n": 0}
@@ -132,11 +141,16 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert resumed.metrics["target_samples"] == full.metrics["target_samples"]  # same batches drawn
     # Targets and optimizer state resumed too: both runs' final states agree.
-    ta = QTOptTrainer(QNetwork(net), FAST, "cpu")
-    tb = QTOptTrainer(QNetwork(net), FAST, "cpu")
+    ta = QTOptTrainer(QNetwork(net), config, "cpu")
+    tb = QTOptTrainer(QNetwork(net), config, "cpu")
     ta.load_state(Path(full.run_dir) / "state.safetensors")
     tb.load_state(run_dir / "state.safetensors")
-    for na, nb in ((ta.target1, tb.target1), (ta.target2, tb.target2)):
+    assert (ta.location_head is not None) == bool(location)
+    if location:
+        assert "location_loss" in full.metrics and "location_loss" in resumed.metrics
+        assert set(load_checkpoint(out).model.state_dict()) == set(QNetwork(net).state_dict())  # no head in it
+    for na, nb in ((ta.target1, tb.target1), (ta.target2, tb.target2)) + (
+            ((ta.location_head, tb.location_head),) if location else ()):
         for pa, pb in zip(na.parameters(), nb.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     sa, sb = ta.optimizer.state_dict()["state"], tb.optimizer.state_dict()["state"]

@@ -228,8 +228,7 @@ def location_job(spec: dict) -> dict:
     output (.npz path), key (stored with them)), row for row with ``load_transitions(bag)``:
     episodes in reading order. The task and object split come from the bag's session metadata
     (what ``run_job`` records). Writes ``offsets`` (rows, 2) float32, ``steps`` (steps per
-    episode) and ``key`` atomically; returns
-    {"episodes", "rows", "seconds"}."""
+    episode) and ``key`` atomically; returns {"episodes", "rows", "seconds"}."""
     from nsl_collector.reader import read_episodes
     from nsl_sim.env import GraspEnv, SimConfig
 

@@ -304,8 +304,18 @@ def location_file(bag: Path) -> Path:
     return bag.with_name(bag.name + ".location.npz")
 
 
-def location_labels(ctx: Context, bags: list[Path]) -> list[np.ndarray]:
-    """Per bag, its (rows, 2) location labels (``QTOptConfig.location_weight``), computed by
+@dataclass
+class LocationLabels:
+    """One bag's location labels (``QTOptConfig.location_weight``)."""
+
+    offsets: np.ndarray
+    """(rows, 2) float32 offsets (m) from the commanded gripper to the nearest object."""
+    steps: np.ndarray
+    """Steps of each episode, in reading order (they must match the bag's transitions)."""
+
+
+def location_labels(ctx: Context, bags: list[Path]) -> list[LocationLabels]:
+    """Per bag, its location labels (``QTOptConfig.location_weight``), computed by
     replaying its episodes in the sim (:func:`episodes.location_job`) into a sidecar beside
     it, cached: a sidecar holds its bag's chunk key and is redone when the bag was
     re-collected. Raises ValueError when a bag has no stamp (not collected by this pipeline)."""
@@ -318,10 +328,12 @@ def location_labels(ctx: Context, bags: list[Path]) -> list[np.ndarray]:
                              "pipeline collected in the sim")
         return stamp["key"]
 
-    def cached(bag: Path) -> np.ndarray | None:
+    def cached(bag: Path) -> LocationLabels | None:
         try:
             with np.load(location_file(bag), allow_pickle=False) as f:
-                return f["offsets"] if str(f["key"]) == chunk_key(bag) else None
+                if str(f["key"]) != chunk_key(bag) or int(f["steps"].sum()) != len(f["offsets"]):
+                    return None
+                return LocationLabels(f["offsets"], f["steps"])
         except (OSError, KeyError, ValueError):
             return None
 
@@ -344,19 +356,19 @@ def location_labels(ctx: Context, bags: list[Path]) -> list[np.ndarray]:
 
 
 def load_episodes(bags: list[Path], episodes: int | None = None,
-                  location: list[np.ndarray] | None = None) -> Transitions:
+                  location: list[LocationLabels] | None = None) -> Transitions:
     """Transitions of the bags (in order), only their first ``episodes`` episodes when given (a
     tier). ``location``: each bag's labels (:func:`location_labels`), attached row for row."""
     from nsl_collector.dataset import load_transitions
 
     transitions = load_transitions([str(b) for b in bags])
     if location is not None:
-        offsets = np.concatenate(location)
-        if len(offsets) != len(transitions):
-            raise ValueError(f"location labels have {len(offsets)} rows, the transitions of {len(bags)} bag(s) "
-                             f"{len(transitions)}: a bag changed after its labels were made; delete its "
-                             ".location.npz to redo them")
-        transitions = transitions.with_location(offsets)
+        steps = np.concatenate([lab.steps for lab in location])
+        if not np.array_equal(steps, np.bincount(transitions.episode, minlength=len(steps))):
+            raise ValueError(f"the location labels of {len(bags)} bag(s) do not match their episodes ({len(steps)} "
+                             f"labelled, {transitions.num_episodes} read): a bag changed after its labels were "
+                             "made; delete its .location.npz to redo them")
+        transitions = transitions.with_location(np.concatenate([lab.offsets for lab in location]))
     return transitions if episodes is None else first_episodes(transitions, episodes)
 
 
