@@ -410,7 +410,7 @@ def train(ctx: Context, name: str, init: Path | None, base_bags: list[Path], tar
     t0 = time.monotonic()
     qtopt_config = cfg.qtopt_config(finetune)
 
-    def labels(bags: list[Path]) -> list[np.ndarray] | None:
+    def labels(bags: list[Path]) -> list[LocationLabels] | None:
         return location_labels(ctx, bags) if qtopt_config.location_weight > 0 else None
 
     base = load_episodes(base_bags, location=labels(base_bags)) if base_bags else None
