@@ -32,9 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-#: Offsets are regressed in units of this many metres (the workspace is ~0.25 m wide).
-OFFSET_SCALE = 0.05
-
 _ENV = None
 
 
@@ -106,34 +103,31 @@ def train(transitions, offsets: np.ndarray, steps: int, aux_weight: float, seed:
           output: Path, log_every: int) -> dict:
     """Offline QT-Opt from a fresh network, with the location loss at ``aux_weight`` (0: none)."""
     import torch
-    from torch import nn
     from torch.nn import functional as F
 
     from nsl_bringup.experiment.config import ExperimentConfig
-    from nsl_policy.action_space import STATE_DIM
     from nsl_policy.checkpoint import save_checkpoint
     from nsl_policy.model import QNetwork
-    from nsl_trainer.qtopt import QTOptTrainer
+    from nsl_trainer.qtopt import LOCATION_SCALE, LocationHead, QTOptTrainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     recipe = ExperimentConfig(seed=seed)  # the pre-training recipe's network and QT-Opt settings
     model = QNetwork(recipe.model_config())
     trainer = QTOptTrainer(model, recipe.qtopt_config(), device="cpu")
-    c = model.config
-    head = nn.Sequential(nn.Linear(c.width * c.feature_map_size ** 2 + STATE_DIM, 64), nn.ReLU(), nn.Linear(64, 2))
+    head = LocationHead(model)  # QTOptConfig.location_weight's head, driven here through the aux_loss hook
     trainer.optimizer.add_param_group({"params": list(head.parameters())})
-    labels = torch.as_tensor(offsets / OFFSET_SCALE)
+    labels = torch.as_tensor(offsets / LOCATION_SCALE)
     states = torch.as_tensor(transitions.state)
     aux_losses: list[float] = []
 
     def location_loss(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        feats = model.encode(images).flatten(1)
+        feats = model.encode(images)
         if aux_weight == 0:
             # The plain run still fits the head, on detached features, so both runs report how
             # well their trunk encodes the offset; the network's gradients are plain QT-Opt's.
             feats = feats.detach()
-        loss = F.smooth_l1_loss(head(torch.cat([feats, states[rows]], dim=1)), labels[rows])
+        loss = F.smooth_l1_loss(head(feats, states[rows]), labels[rows])
         aux_losses.append(float(loss.detach()))
         return loss * (aux_weight or 1.0)
 
@@ -170,12 +164,13 @@ def main() -> int:
     if args.aux_weight <= 0:
         ap.error("--aux-weight must be > 0 (the plain run is the weight-0 one)")
     from nsl_bringup.experiment.config import ExperimentConfig
+    from nsl_trainer.qtopt import LOCATION_SCALE
 
     sim_kwargs = ExperimentConfig().sim_kwargs()  # the world the pipeline collects in
     transitions, offsets = labelled_transitions(args.data, args.split, sim_kwargs, args.workers,
                                                 args.output)
     dist = np.linalg.norm(offsets, axis=1)
-    centred = np.abs(offsets - offsets.mean(0)) / OFFSET_SCALE
+    centred = np.abs(offsets - offsets.mean(0)) / LOCATION_SCALE
     blind = float(np.mean(np.where(centred < 1, 0.5 * centred ** 2, centred - 0.5)))
     print(f"labels: {len(offsets)} rows, nearest object median {100 * np.median(dist):.1f} cm; "
           f"predicting the mean gives a location loss of {blind:.4f}", file=sys.stderr, flush=True)

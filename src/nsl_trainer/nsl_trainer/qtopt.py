@@ -569,12 +569,13 @@ class QTOptTrainer:
         with torch.no_grad():
             q = torch.sigmoid(logits)
             td = (q - y).abs()
+            extra = [location_loss.detach()] if location_loss is not None else []
             stats = torch.stack([loss.detach(), q.mean(), q.std(unbiased=False), q.min(), q.max(), y.mean(),
-                                 td.mean(), td.max(), grad_norm.detach().float()]).tolist()  # one device sync
+                                 td.mean(), td.max(), grad_norm.detach().float(), *extra]).tolist()  # one device sync
         out = dict(zip(METRIC_KEYS, stats))
         out["batch_target_fraction"] = n_t / cfg.batch_size
         if location_loss is not None:
-            out["location_loss"] = float(location_loss.detach())
+            out["location_loss"] = stats[-1]
         return out
 
     # --- training state ---------------------------------------------------------------------

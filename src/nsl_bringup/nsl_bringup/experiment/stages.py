@@ -337,7 +337,8 @@ def location_labels(ctx: Context, bags: list[Path]) -> list[LocationLabels]:
         except (OSError, KeyError, ValueError):
             return None
 
-    todo = [b for b in bags if cached(b) is None]
+    labels = [cached(b) for b in bags]
+    todo = [b for b, lab in zip(bags, labels) if lab is None]
     if todo:
         ctx.work_done += len(todo)
         ctx.log(f"location labels: replaying the episodes of {len(todo)} bag(s) in the sim "
@@ -348,7 +349,7 @@ def location_labels(ctx: Context, bags: list[Path]) -> list[LocationLabels]:
             run_jobs(specs, ctx.config.workers, lambda m: ctx.log(f"location labels: {m}"), job=location_job)
         except DatasetError as exc:
             raise ValueError(f"location labels: {exc}") from exc
-    labels = [cached(b) for b in bags]
+        labels = [lab if lab is not None else cached(b) for b, lab in zip(bags, labels)]
     missing = [b for b, lab in zip(bags, labels) if lab is None]
     if missing:
         raise ValueError(f"location labels of {missing[0]} were not written")
