@@ -112,7 +112,9 @@ def train(transitions, offsets: np.ndarray, steps: int, aux_weight: float, seed:
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    recipe = ExperimentConfig(seed=seed)  # the pre-training recipe's network and QT-Opt settings
+    # The pre-training recipe's network and QT-Opt settings; the probe adds the location loss
+    # itself, through the aux_loss hook, so the recipe's own (pretrain_location_weight) is off.
+    recipe = ExperimentConfig(seed=seed, pretrain_location_weight=0.0)
     model = QNetwork(recipe.model_config())
     trainer = QTOptTrainer(model, recipe.qtopt_config(), device="cpu")
     head = LocationHead(model)  # QTOptConfig.location_weight's head, driven here through the aux_loss hook

@@ -47,7 +47,7 @@ def main() -> int:
     a, b = args.runs
     cfgs, cals, units, caches = [], [], [], []
     for run in args.runs:
-        cfgs.append(ExperimentConfig.from_dict({**json.loads((run / "config.json").read_text()), "workers": args.workers}))
+        cfgs.append(ExperimentConfig.from_run(run, workers=args.workers))
         cals.append(calibration(Context(cfgs[-1], run, lambda m: None)))
         try:
             units.append(sweep_units(run))

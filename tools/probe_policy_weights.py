@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 
@@ -32,7 +31,7 @@ def main() -> int:
     from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
     from nsl_trainer.qtopt import QTOptTrainer, finetune_transitions
 
-    cfg = ExperimentConfig.from_dict({**json.loads((args.run / "config.json").read_text()), "workers": args.workers})
+    cfg = ExperimentConfig.from_run(args.run, workers=args.workers)
     ctx = Context(cfg, args.run, print)
     init, _ = base_checkpoint(ctx)
     base_bags, _ = base_data(ctx)

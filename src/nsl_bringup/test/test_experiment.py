@@ -23,9 +23,10 @@ from nsl_bringup.experiment.config import (BOOTSTRAP_SEEDS, CALIBRATION_SEEDS, C
                                           STUDY_TASKS, TARGET_SEEDS, VALIDATION_SEEDS, round_seed_offset)
 
 # No random-goal bootstrap grasps: with 4 bootstrap episodes they would leave too few successes
-# for the grasp-value phase; test_decoy_bootstrap_... covers them.
+# for the grasp-value phase; test_decoy_bootstrap_... covers them. No location loss either (the
+# sim replays that labels the bags): test_pretrain_location_weight_... covers it.
 TINY = dict(image_size=32, max_steps=3, num_objects=1, chunk_episodes=2, bootstrap_episodes=4,
-            bootstrap_decoy_fraction=0.0, pretrain_steps=3,
+            bootstrap_decoy_fraction=0.0, pretrain_location_weight=0.0, pretrain_steps=3,
             rounds=1, round_episodes=2, round_steps=2, eval_episodes=3, validation_episodes=2, eval_tasks=("base",),
             model={"width": 8, "embed_width": 8, "fc_width": 8},
             qtopt={"batch_size": 8, "target_cem": {"population": 4, "elites": 2, "iterations": 1}},
@@ -704,6 +705,21 @@ def test_a_hard_linked_copy_keeps_the_originals_config(first_run, tmp_path):
     run(tiny(copy, finetune_steps=3), copy, ["report"], lambda m: None)
     assert (original / "config.json").read_text() == before
     assert json.loads((copy / "config.json").read_text())["finetune_steps"] == 3
+
+
+def test_from_run_reads_an_older_config_with_the_values_it_had(first_run, tmp_path):
+    """ExperimentConfig.from_run: a run folder's config.json, where a field newer than the file
+    takes the value every older run had (KEYED_WHEN_SET), not today's default."""
+    out, _, _ = first_run
+    assert ExperimentConfig.from_run(out) == tiny(out)
+    saved = json.loads((out / "config.json").read_text())
+    older = tmp_path / "older"
+    older.mkdir()
+    del saved["pretrain_location_weight"]
+    (older / "config.json").write_text(json.dumps({**saved, "calibration_seed_set": "calibration"}))
+    config = ExperimentConfig.from_run(older, workers=3)
+    assert ExperimentConfig().pretrain_location_weight != 0.0 == config.pretrain_location_weight
+    assert (config.calibration_seed_set, config.workers) == ("calibration", 3)
 
 
 def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):
