@@ -19,17 +19,11 @@ import json
 import sys
 
 
-def nearest_object_offset(env, xy):
-    """Horizontal offset (m, tray frame) from ``xy`` to the nearest object's centre; None when
-    the tray holds no object (``GraspEnv.nearest_object_offset``)."""
-    return env.nearest_object_offset(xy)
-
-
 def nearest_object_distance(env, xy) -> float:
     """Horizontal distance (m) from ``xy`` (tray frame) to the nearest object's centre."""
     import numpy as np
 
-    return float(np.linalg.norm(nearest_object_offset(env, xy)))
+    return float(np.linalg.norm(env.nearest_object_offset(xy)))
 
 
 def main() -> int:

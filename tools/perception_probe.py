@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-from grasp_anatomy import nearest_object_offset  # tools/ is on sys.path when run as a script
-
 
 def collect(image_size: int, split: str, seeds: range, noise_max: float, progress_every: int = 100):
     """(images uint8 (N,S,S,3), states float32 (N,3), offsets float32 (N,2) in metres)."""
@@ -43,7 +41,7 @@ def collect(image_size: int, split: str, seeds: range, noise_max: float, progres
             obs = env.reset(seed=seed, task="base")
             done = False
             while not done:
-                offset = nearest_object_offset(env, env.commanded_pose()[0])
+                offset = env.nearest_object_offset(env.commanded_pose()[0])
                 if offset is not None:
                     images.append(obs.image)
                     states.append(_state(obs))

@@ -18,8 +18,6 @@ import argparse
 import json
 import sys
 
-from grasp_anatomy import nearest_object_offset  # tools/ is on sys.path when run as a script
-
 
 def towards(move, offset) -> bool:
     """Whether a horizontal move points within 45 degrees of ``offset``."""
@@ -86,7 +84,7 @@ def main() -> int:
             q = model.score(model.encode(to_tensor(obs.image)), torch.as_tensor(state).reshape(1, -1), actions)
             q_rows.append(torch.sigmoid(q)[0].numpy())
             first_moves.append(space.to_command(policy.select_action(obs.image, state).vector).translation[:2])
-            offsets.append(nearest_object_offset(env, env.commanded_pose()[0]))
+            offsets.append(env.nearest_object_offset(env.commanded_pose()[0]))
     result = {"checkpoint_id": loaded.checkpoint_id, "scenes": args.scenes, "actions": args.actions,
               **start_pose_figures(np.stack(q_rows), np.stack(first_moves), np.stack(offsets))}
     print(f"{args.scenes} start poses: Q correlation between scenes {result['q_correlation_mean']} (min "

@@ -72,10 +72,8 @@ class Transitions:
             raise ValueError(f"rows({stop}) of a set of {len(self)}")
         if stop and int(self.next_index[:stop].max()) >= stop:
             raise ValueError(f"the first {stop} rows cut an episode")
-        return Transitions(image=self.image[:stop], state=self.state[:stop], action=self.action[:stop],
-                           reward=self.reward[:stop], done=self.done[:stop], next_index=self.next_index[:stop],
-                           episode=self.episode[:stop],
-                           location=None if self.location is None else self.location[:stop])
+        return Transitions(**{f.name: None if (v := getattr(self, f.name)) is None else v[:stop]
+                              for f in dataclasses.fields(self)})
 
     @staticmethod
     def concatenate(parts: list["Transitions"]) -> "Transitions":
