@@ -299,6 +299,12 @@ class SimConfig:
         """Copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
+    def commanded_move(self, position: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the translation clipped per axis to +-max_translation, the new commanded position
+        clipped to the workspace box): what :meth:`GraspEnv.step` commands from ``position``."""
+        t_clip = np.clip(translation, -self.max_translation, self.max_translation)
+        return t_clip, np.clip(position + t_clip, self.workspace_low, self.workspace_high)
+
 
 @dataclass
 class Observation:
@@ -649,9 +655,8 @@ class GraspEnv:
         if not math.isfinite(r):
             raise ValueError(f"rotation must be finite, got {r}")
         cfg = self._config
-        t_clip = np.clip(t, -cfg.max_translation, cfg.max_translation)
+        t_clip, new_pos = cfg.commanded_move(self._target_pos, t)
         r_clip = float(np.clip(r, -cfg.max_rotation, cfg.max_rotation))
-        new_pos = np.clip(self._target_pos + t_clip, cfg.workspace_low, cfg.workspace_high)
         new_yaw = float(np.clip(self._target_yaw + r_clip, -math.pi / 2, math.pi / 2))
         clipped = bool(np.any(t_clip != t) or r_clip != r or np.any(new_pos != self._target_pos + t_clip)
                        or new_yaw != self._target_yaw + r_clip)

@@ -207,10 +207,14 @@ def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> 
 
     The episode is reset again with its seed and task (the same objects, settled the same way)
     but not stepped: the commanded position is integrated from the recorded actions and
-    clipped as ``GraspEnv.step`` clips it, which is fast. Objects the gripper pushed later in
-    the episode keep their settled position, so late labels are approximate."""
+    clipped as ``GraspEnv.step`` clips it (SimConfig.commanded_move), which is fast. Objects
+    the gripper pushed later in the episode keep their settled position, so late labels are
+    approximate."""
+    from nsl_policy.action_space import ActionSpace
+
     env.reset(seed=int(seed), task=task)
     cfg = env.config
+    space = ActionSpace(cfg.max_translation, cfg.max_rotation)
     pos = env.commanded_pose()[0].astype(np.float64)
     out = np.zeros((len(actions), 2), dtype=np.float32)
     for t, a in enumerate(actions):
@@ -218,8 +222,7 @@ def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> 
         if offset is None:
             raise ValueError(f"episode seed {seed}: the tray holds no object, so it has no location label")
         out[t] = offset
-        move = np.clip(np.asarray(a[:3], dtype=np.float64), -1.0, 1.0) * cfg.max_translation
-        pos = np.clip(pos + move, cfg.workspace_low, cfg.workspace_high)
+        pos = cfg.commanded_move(pos, np.asarray(space.to_command(a).translation))[1]
     return out
 
 

@@ -328,10 +328,12 @@ def location_labels(ctx: Context, bags: list[Path]) -> list[LocationLabels]:
                              "pipeline collected in the sim")
         return stamp["key"]
 
+    keys = {bag: chunk_key(bag) for bag in bags}
+
     def cached(bag: Path) -> LocationLabels | None:
         try:
             with np.load(location_file(bag), allow_pickle=False) as f:
-                if str(f["key"]) != chunk_key(bag) or int(f["steps"].sum()) != len(f["offsets"]):
+                if str(f["key"]) != keys[bag] or int(f["steps"].sum()) != len(f["offsets"]):
                     return None
                 return LocationLabels(f["offsets"], f["steps"])
         except (OSError, KeyError, ValueError):
@@ -343,7 +345,7 @@ def location_labels(ctx: Context, bags: list[Path]) -> list[LocationLabels]:
         ctx.work_done += len(todo)
         ctx.log(f"location labels: replaying the episodes of {len(todo)} bag(s) in the sim "
                 f"({len(bags) - len(todo)} cached)")
-        specs = [{"bag": str(b), "sim": ctx.config.sim_kwargs(), "output": str(location_file(b)), "key": chunk_key(b)}
+        specs = [{"bag": str(b), "sim": ctx.config.sim_kwargs(), "output": str(location_file(b)), "key": keys[b]}
                  for b in todo]
         try:
             run_jobs(specs, ctx.config.workers, lambda m: ctx.log(f"location labels: {m}"), job=location_job)
