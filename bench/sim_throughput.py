@@ -21,6 +21,7 @@ Usage (from the repository root, with the workspace venv):
 The last line printed is one JSON object with the keys episodes_per_s_64,
 peer_episodes_per_s_64, ratio_vs_peer, oracle_success_base, two_process_scaling (and more).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,9 @@ def peer_worker(size: int, episodes: int, num_objects: int, seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     rng = np.random.default_rng(seed)
-    env = KukaDiverseObjectEnv(renders=False, isDiscrete=False, width=size, height=size, numObjects=num_objects)
+    env = KukaDiverseObjectEnv(
+        renders=False, isDiscrete=False, width=size, height=size, numObjects=num_objects
+    )
 
     def episode() -> tuple[int, float]:
         env.reset()
@@ -71,8 +74,18 @@ def peer_worker(size: int, episodes: int, num_objects: int, seed: int) -> None:
         steps += s
         successes += r > 0
     seconds = time.perf_counter() - t0
-    print(json.dumps({"episodes": episodes, "seconds": seconds, "episodes_per_s": episodes / seconds,
-                      "steps_per_episode": steps / episodes, "successes": int(successes)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "episodes": episodes,
+                "seconds": seconds,
+                "episodes_per_s": episodes / seconds,
+                "steps_per_episode": steps / episodes,
+                "successes": int(successes),
+            }
+        ),
+        flush=True,
+    )
 
 
 def base_python() -> str:
@@ -90,15 +103,28 @@ def ensure_peer_venv() -> Path:
         return py
     log(f"[bench] creating the peer venv {PEER_VENV} with {' '.join(PEER_REQUIREMENTS)} (PyPI)")
     subprocess.run([base_python(), "-m", "venv", "--clear", str(PEER_VENV)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PEER_REQUIREMENTS],
-                   check=True)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PEER_REQUIREMENTS],
+        check=True,
+    )
     subprocess.run(check, check=True, capture_output=True, cwd="/tmp")
     return py
 
 
 def run_peer(py: Path, size: int, episodes: int, num_objects: int, seed: int) -> dict:
-    cmd = [str(py), str(Path(__file__).resolve()), "--peer-worker", "--size", str(size), "--episodes", str(episodes),
-           "--num-objects", str(num_objects), "--seed", str(seed)]
+    cmd = [
+        str(py),
+        str(Path(__file__).resolve()),
+        "--peer-worker",
+        "--size",
+        str(size),
+        "--episodes",
+        str(episodes),
+        "--num-objects",
+        str(num_objects),
+        "--seed",
+        str(seed),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp")
     if out.returncode != 0:
         raise RuntimeError(f"peer worker failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -107,7 +133,9 @@ def run_peer(py: Path, size: int, episodes: int, num_objects: int, seed: int) ->
 
 
 # ------------------------------------------------------------------------------------ our side
-def our_throughput(size: int, episodes: int, num_objects: int, seed: int, reference: bool = False) -> dict:
+def our_throughput(
+    size: int, episodes: int, num_objects: int, seed: int, reference: bool = False
+) -> dict:
     from nsl_sim.env import GraspEnv, SimConfig
     from nsl_sim.evaluate import run_oracle_episode
 
@@ -124,8 +152,13 @@ def our_throughput(size: int, episodes: int, num_objects: int, seed: int, refere
         seconds = time.perf_counter() - t0
     finally:
         env.close()
-    return {"episodes": episodes, "seconds": seconds, "episodes_per_s": episodes / seconds,
-            "steps_per_episode": steps / episodes, "successes": successes}
+    return {
+        "episodes": episodes,
+        "seconds": seconds,
+        "episodes_per_s": episodes / seconds,
+        "steps_per_episode": steps / episodes,
+        "successes": successes,
+    }
 
 
 def _oracle_worker(args) -> list[bool]:
@@ -133,7 +166,11 @@ def _oracle_worker(args) -> list[bool]:
     from nsl_sim.env import GraspEnv, SimConfig
     from nsl_sim.evaluate import run_oracle_episode
 
-    cfg = SimConfig.reference_physics(num_objects=num_objects) if reference else SimConfig(num_objects=num_objects)
+    cfg = (
+        SimConfig.reference_physics(num_objects=num_objects)
+        if reference
+        else SimConfig(num_objects=num_objects)
+    )
     env = GraspEnv(cfg)
     try:
         return [run_oracle_episode(env, s)[0] for s in seeds]
@@ -155,8 +192,14 @@ def oracle_success(episodes: int, reference: bool, num_objects: int, processes: 
     outcomes = {s: ok for c, part in zip(chunks, parts) for s, ok in zip(c, part)}
     k = sum(outcomes.values())
     lo, hi = wilson_interval(k, episodes)
-    return {"episodes": episodes, "successes": k, "success": k / episodes, "ci95": [lo, hi],
-            "wall_s": time.perf_counter() - t0, "outcomes": [outcomes[s] for s in seeds]}
+    return {
+        "episodes": episodes,
+        "successes": k,
+        "success": k / episodes,
+        "ci95": [lo, hi],
+        "wall_s": time.perf_counter() - t0,
+        "outcomes": [outcomes[s] for s in seeds],
+    }
 
 
 def _scaling_worker(barrier, queue, episodes: int, seed: int, num_objects: int) -> None:
@@ -178,8 +221,12 @@ def scaled_rate(processes: int, episodes: int, num_objects: int) -> float:
 
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_scaling_worker, args=(barrier, queue, episodes, 20_000 + 1000 * i, num_objects))
-             for i in range(processes)]
+    procs = [
+        ctx.Process(
+            target=_scaling_worker, args=(barrier, queue, episodes, 20_000 + 1000 * i, num_objects)
+        )
+        for i in range(processes)
+    ]
     for p in procs:
         p.start()
     rates = [queue.get() for _ in procs]
@@ -190,18 +237,55 @@ def scaled_rate(processes: int, episodes: int, num_objects: int) -> float:
 
 # ------------------------------------------------------------------------------------ main
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=60, help="timed episodes per throughput figure at 64x64 (default 60)")
-    ap.add_argument("--episodes-128", type=int, default=30, help="timed episodes at 128x128 (default 30)")
-    ap.add_argument("--peer-episodes", type=int, default=30, help="timed peer episodes per image size (default 30)")
-    ap.add_argument("--oracle-episodes", type=int, default=200, help="episodes for the oracle success on base (default 200)")
-    ap.add_argument("--reference-episodes", type=int, default=200,
-                    help="episodes for the oracle success with pybullet_envs' physics (default 200; 0 skips)")
-    ap.add_argument("--scaling-episodes", type=int, default=30, help="episodes per process for the scaling figure (default 30)")
-    ap.add_argument("--num-objects", type=int, default=3, help="objects per episode, both simulators (default 3)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--episodes",
+        type=int,
+        default=60,
+        help="timed episodes per throughput figure at 64x64 (default 60)",
+    )
+    ap.add_argument(
+        "--episodes-128", type=int, default=30, help="timed episodes at 128x128 (default 30)"
+    )
+    ap.add_argument(
+        "--peer-episodes",
+        type=int,
+        default=30,
+        help="timed peer episodes per image size (default 30)",
+    )
+    ap.add_argument(
+        "--oracle-episodes",
+        type=int,
+        default=200,
+        help="episodes for the oracle success on base (default 200)",
+    )
+    ap.add_argument(
+        "--reference-episodes",
+        type=int,
+        default=200,
+        help="episodes for the oracle success with pybullet_envs' physics (default 200; 0 skips)",
+    )
+    ap.add_argument(
+        "--scaling-episodes",
+        type=int,
+        default=30,
+        help="episodes per process for the scaling figure (default 30)",
+    )
+    ap.add_argument(
+        "--num-objects",
+        type=int,
+        default=3,
+        help="objects per episode, both simulators (default 3)",
+    )
     ap.add_argument("--seed", type=int, default=10_000, help="first seed of the timed episodes")
-    ap.add_argument("--skip-peer", action="store_true", help="do not measure the peer (its keys are null)")
-    ap.add_argument("--quick", action="store_true", help="small counts for a smoke run (rough figures)")
+    ap.add_argument(
+        "--skip-peer", action="store_true", help="do not measure the peer (its keys are null)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="small counts for a smoke run (rough figures)"
+    )
     ap.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -219,38 +303,57 @@ def main() -> int:
     log(f"[bench] {started} on {machine}; loadavg {load0}")
     import pybullet
 
-    res: dict = {"date": started, "machine": machine, "pybullet_api": pybullet.getAPIVersion(),
-                 "num_objects": a.num_objects}
+    res: dict = {
+        "date": started,
+        "machine": machine,
+        "pybullet_api": pybullet.getAPIVersion(),
+        "num_objects": a.num_objects,
+    }
 
     for size, n in ((64, a.episodes), (128, a.episodes_128)):
         r = our_throughput(size, n, a.num_objects, a.seed)
         res[f"ours_{size}"] = r
-        print(f"nsl_sim {size}x{size}: {r['episodes_per_s']:.3f} episodes/s per process "
-              f"({r['episodes']} oracle episodes, {r['steps_per_episode']:.1f} steps/episode)", flush=True)
+        print(
+            f"nsl_sim {size}x{size}: {r['episodes_per_s']:.3f} episodes/s per process "
+            f"({r['episodes']} oracle episodes, {r['steps_per_episode']:.1f} steps/episode)",
+            flush=True,
+        )
 
     if not a.skip_peer:
         py = ensure_peer_venv()
         for size in (64, 128):
             r = run_peer(py, size, a.peer_episodes, a.num_objects, a.seed)
             res[f"peer_{size}"] = r
-            print(f"KukaDiverseObjectEnv {size}x{size}: {r['episodes_per_s']:.3f} episodes/s per process "
-                  f"({r['episodes']} random-action episodes, {r['steps_per_episode']:.1f} steps/episode)", flush=True)
+            print(
+                f"KukaDiverseObjectEnv {size}x{size}: {r['episodes_per_s']:.3f} episodes/s per process "
+                f"({r['episodes']} random-action episodes, {r['steps_per_episode']:.1f} steps/episode)",
+                flush=True,
+            )
 
     o = oracle_success(a.oracle_episodes, reference=False, num_objects=a.num_objects)
     res["oracle_base"] = {k: v for k, v in o.items() if k != "outcomes"}
-    print(f"oracle success on base (default physics): {o['success']:.3f} ({o['successes']}/{o['episodes']}), "
-          f"95% CI [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]", flush=True)
+    print(
+        f"oracle success on base (default physics): {o['success']:.3f} ({o['successes']}/{o['episodes']}), "
+        f"95% CI [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]",
+        flush=True,
+    )
     if a.reference_episodes > 0:
         ro = oracle_success(a.reference_episodes, reference=True, num_objects=a.num_objects)
         res["oracle_base_reference_physics"] = {k: v for k, v in ro.items() if k != "outcomes"}
         m = min(a.reference_episodes, a.oracle_episodes)
         both = sum(x == y for x, y in zip(o["outcomes"][:m], ro["outcomes"][:m]))
         res["oracle_base_reference_physics"]["same_outcome_as_default"] = both / m
-        print(f"oracle success on base (pybullet_envs physics): {ro['success']:.3f} ({ro['successes']}/{ro['episodes']}), "
-              f"95% CI [{ro['ci95'][0]:.3f}, {ro['ci95'][1]:.3f}]; same outcome on {both}/{m} seeds", flush=True)
+        print(
+            f"oracle success on base (pybullet_envs physics): {ro['success']:.3f} ({ro['successes']}/{ro['episodes']}), "
+            f"95% CI [{ro['ci95'][0]:.3f}, {ro['ci95'][1]:.3f}]; same outcome on {both}/{m} seeds",
+            flush=True,
+        )
         rr = our_throughput(64, max(4, a.episodes // 4), a.num_objects, a.seed, reference=True)
         res["ours_64_reference_physics"] = rr
-        print(f"nsl_sim 64x64 with pybullet_envs physics: {rr['episodes_per_s']:.3f} episodes/s per process", flush=True)
+        print(
+            f"nsl_sim 64x64 with pybullet_envs physics: {rr['episodes_per_s']:.3f} episodes/s per process",
+            flush=True,
+        )
 
     r1 = scaled_rate(1, a.scaling_episodes, a.num_objects)
     r2 = scaled_rate(2, a.scaling_episodes, a.num_objects)
@@ -264,13 +367,18 @@ def main() -> int:
         "episodes_per_s_64": round(ours64, 4),
         "episodes_per_s_128": round(res["ours_128"]["episodes_per_s"], 4),
         "peer_episodes_per_s_64": round(peer64, 4) if peer64 else None,
-        "peer_episodes_per_s_128": round(res["peer_128"]["episodes_per_s"], 4) if "peer_128" in res else None,
+        "peer_episodes_per_s_128": round(res["peer_128"]["episodes_per_s"], 4)
+        if "peer_128" in res
+        else None,
         "ratio_vs_peer": round(ours64 / peer64, 3) if peer64 else None,
         "oracle_success_base": round(o["success"], 4),
         "oracle_success_base_ci95": [round(x, 4) for x in o["ci95"]],
         "oracle_episodes": o["episodes"],
-        "oracle_success_base_reference_physics": (round(res["oracle_base_reference_physics"]["success"], 4)
-                                                  if "oracle_base_reference_physics" in res else None),
+        "oracle_success_base_reference_physics": (
+            round(res["oracle_base_reference_physics"]["success"], 4)
+            if "oracle_base_reference_physics" in res
+            else None
+        ),
         "two_process_scaling": round(r2 / r1, 3),
         "date": started,
         "loadavg_start_end": [load0, res["loadavg_end"]],

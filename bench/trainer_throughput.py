@@ -10,7 +10,9 @@
   nice -n 5 .venv/bin/python bench/trainer_throughput.py [--steps 300] [--threads 2]
 
 Prints figures; the last line is one JSON object (steps_per_s, ideal_steps_per_s, ratio_vs_ideal,
-channels_last_speedup, ...)."""
+channels_last_speedup, ...).
+"""
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +39,33 @@ def write_bags(folder: Path, episodes: int, steps: int, size: int) -> tuple[Path
     rng = np.random.default_rng(0)
     out = []
     for name in ("base", "target"):
-        with BagRecorder(folder / name, {"task": name}, ROOT / "src" / "nsl_msgs" / "msg", flush_steps=False, fsync=False) as rec:
+        with BagRecorder(
+            folder / name,
+            {"task": name},
+            ROOT / "src" / "nsl_msgs" / "msg",
+            flush_steps=False,
+            fsync=False,
+        ) as rec:
             for e in range(episodes):
-                recs = [StepData.from_vector(rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
-                                             [float(j == steps - 1), 0.3 - 0.05 * j, j / steps], rng.uniform(-1, 1, 6),
-                                             stamp_ns=10**18 + (e * 100 + j) * 10**6) for j in range(steps)]
-                rec.write_episode(recs, EpisodeData(episode_id=f"{name}-{e}", task=name, seed=e, success=bool(e % 3 == 0),
-                                                    stamp_ns=10**18 + (e * 100 + 99) * 10**6))
+                recs = [
+                    StepData.from_vector(
+                        rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+                        [float(j == steps - 1), 0.3 - 0.05 * j, j / steps],
+                        rng.uniform(-1, 1, 6),
+                        stamp_ns=10**18 + (e * 100 + j) * 10**6,
+                    )
+                    for j in range(steps)
+                ]
+                rec.write_episode(
+                    recs,
+                    EpisodeData(
+                        episode_id=f"{name}-{e}",
+                        task=name,
+                        seed=e,
+                        success=bool(e % 3 == 0),
+                        stamp_ns=10**18 + (e * 100 + 99) * 10**6,
+                    ),
+                )
         out.append(folder / name)
     return out[0], out[1]
 
@@ -52,7 +74,10 @@ def ideal_loop(trainer, batch, steps: int, nchw: bool = False) -> float:
     """Seconds per step of the update on one pre-loaded batch (same target computation)."""
     images, state, action, reward, done, next_images, next_state = batch
     fmt = torch.contiguous_format if nchw else torch.channels_last
-    images, next_images = images.contiguous(memory_format=fmt), next_images.contiguous(memory_format=fmt)
+    images, next_images = (
+        images.contiguous(memory_format=fmt),
+        next_images.contiguous(memory_format=fmt),
+    )
 
     def one() -> None:
         y = trainer.bellman_target(reward, done, next_images, next_state)
@@ -86,7 +111,9 @@ def nchw_network(config):
             b, n, _ = actions.shape
             x = torch.cat([actions, state.unsqueeze(1).expand(b, n, state.shape[1])], dim=2)
             emb = self.embed(x)
-            merged = (features.unsqueeze(1) + emb[:, :, :, None, None]).reshape(b * n, *features.shape[1:])
+            merged = (features.unsqueeze(1) + emb[:, :, :, None, None]).reshape(
+                b * n, *features.shape[1:]
+            )
             return self.fc(self.head(merged.contiguous())).reshape(b, n)
 
     net = NCHW(config)
@@ -94,12 +121,26 @@ def nchw_network(config):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300, help="timed steps of the full and ideal loops (default 300; the full "
-                    "run's start-up, bag loading and final save are included, so few steps understate it)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=300,
+        help="timed steps of the full and ideal loops (default 300; the full "
+        "run's start-up, bag loading and final save are included, so few steps understate it)",
+    )
     ap.add_argument("--nchw-steps", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating full/ideal rounds; the median ratio is reported")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating full/ideal rounds; the median ratio is reported",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     ap.add_argument("--episodes", type=int, default=100, help="episodes per bag (x5 steps)")
     args = ap.parse_args()
     if args.threads:
@@ -111,49 +152,96 @@ def main() -> int:
 
     config = QTOptConfig(batch_size=64)
     net_config = QNetworkConfig(image_size=64)
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load {open('/proc/loadavg').read().split()[:3]}")
+    print(
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load {open('/proc/loadavg').read().split()[:3]}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base, target = write_bags(tmp, args.episodes, 5, 64)
         init = tmp / "init.safetensors"
         init_checkpoint(init, net_config, seed=0)
         # Warm-up run (imports, allocator), then the timed run.
-        train("finetune", [base], [target], 3, output_path=str(tmp / "warm.safetensors"), init_checkpoint=str(init),
-              config=config, device="cpu", tensorboard=True)
+        train(
+            "finetune",
+            [base],
+            [target],
+            3,
+            output_path=str(tmp / "warm.safetensors"),
+            init_checkpoint=str(init),
+            config=config,
+            device="cpu",
+            tensorboard=True,
+        )
 
         from nsl_collector.dataset import load_transitions
 
         trainer = QTOptTrainer(load_checkpoint(init).model, config, "cpu")
-        data = _Data(load_transitions([base]), load_transitions([target]), 64, trainer.device, crop_pad=config.crop_pad)
+        data = _Data(
+            load_transitions([base]),
+            load_transitions([target]),
+            64,
+            trainer.device,
+            crop_pad=config.crop_pad,
+        )
         g = torch.Generator().manual_seed(0)
         idx = torch.randint(0, data.n_base + data.n_target, (64,), generator=g)
         nidx = data.next_index[idx]
-        batch = (augment_images(data.image[idx], config, g), data.state[idx], data.action[idx], data.reward[idx],
-                 data.done[idx], augment_images(data.image[nidx], config, g), data.state[nidx])
+        batch = (
+            augment_images(data.image[idx], config, g),
+            data.state[idx],
+            data.action[idx],
+            data.reward[idx],
+            data.done[idx],
+            augment_images(data.image[nidx], config, g),
+            data.state[nidx],
+        )
         # Full and ideal runs alternate so that drift of the machine's speed hits both alike.
         fulls, ideals = [], []
         for r in range(args.rounds):
             t = time.perf_counter()
-            result = train("finetune", [base], [target], args.steps, output_path=str(tmp / f"ft{r}.safetensors"),
-                           init_checkpoint=str(init), config=config, device="cpu", tensorboard=True)
+            result = train(
+                "finetune",
+                [base],
+                [target],
+                args.steps,
+                output_path=str(tmp / f"ft{r}.safetensors"),
+                init_checkpoint=str(init),
+                config=config,
+                device="cpu",
+                tensorboard=True,
+            )
             fulls.append(time.perf_counter() - t)
             ideals.append(ideal_loop(trainer, batch, args.steps))
-            print(f"round {r + 1}: full trainer {args.steps / fulls[-1]:.2f} steps/s (incl. loading {2 * args.episodes * 5} "
-                  f"transitions, target fraction {result.metrics['target_fraction']:.2f}); ideal loop {1 / ideals[-1]:.2f} steps/s")
+            print(
+                f"round {r + 1}: full trainer {args.steps / fulls[-1]:.2f} steps/s (incl. loading {2 * args.episodes * 5} "
+                f"transitions, target fraction {result.metrics['target_fraction']:.2f}); ideal loop {1 / ideals[-1]:.2f} steps/s"
+            )
         ratios = sorted((args.steps / f) * i for f, i in zip(fulls, ideals))
         full_s, ideal = float(np.median(fulls)), float(np.median(ideals))
-        print(f"median: full {args.steps / full_s:.2f} steps/s, ideal {1 / ideal:.2f} steps/s; ratio per round {[round(x, 3) for x in ratios]}")
+        print(
+            f"median: full {args.steps / full_s:.2f} steps/s, ideal {1 / ideal:.2f} steps/s; ratio per round {[round(x, 3) for x in ratios]}"
+        )
         nchw_trainer = QTOptTrainer(nchw_network(net_config), config, "cpu")
         nchw_trainer.model.to(memory_format=torch.contiguous_format)
         for tnet in (nchw_trainer.target1, nchw_trainer.target2):
             tnet.to(memory_format=torch.contiguous_format)
         nchw = ideal_loop(nchw_trainer, batch, args.nchw_steps, nchw=True)
-        print(f"ideal loop in NCHW: {1 / nchw:.2f} steps/s; channels_last speed-up x{nchw / ideal:.2f}")
-    out = {"steps_per_s": round(args.steps / full_s, 3), "ideal_steps_per_s": round(1 / ideal, 3),
-           "ratio_vs_ideal": round(float(np.median(ratios)), 3), "ratio_min_max": [round(ratios[0], 3), round(ratios[-1], 3)], "channels_last_speedup": round(nchw / ideal, 2),
-           "nchw_steps_per_s": round(1 / nchw, 3), "batch_size": 64, "image_size": 64, "threads": torch.get_num_threads(),
-           "loadavg": open("/proc/loadavg").read().split()[0]}
+        print(
+            f"ideal loop in NCHW: {1 / nchw:.2f} steps/s; channels_last speed-up x{nchw / ideal:.2f}"
+        )
+    out = {
+        "steps_per_s": round(args.steps / full_s, 3),
+        "ideal_steps_per_s": round(1 / ideal, 3),
+        "ratio_vs_ideal": round(float(np.median(ratios)), 3),
+        "ratio_min_max": [round(ratios[0], 3), round(ratios[-1], 3)],
+        "channels_last_speedup": round(nchw / ideal, 2),
+        "nchw_steps_per_s": round(1 / nchw, 3),
+        "batch_size": 64,
+        "image_size": 64,
+        "threads": torch.get_num_threads(),
+        "loadavg": open("/proc/loadavg").read().split()[0],
+    }
     print(json.dumps(out))
     return 0
 

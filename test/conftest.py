@@ -1,4 +1,5 @@
 """Shared fixtures of the system tests: a real node graph started through the runner."""
+
 from __future__ import annotations
 
 import os

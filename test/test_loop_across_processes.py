@@ -3,6 +3,7 @@
 Runs episodes, reads the recorded bag with an independent reader (mcap + mcap-ros2-support),
 fine-tunes through the ROS service and checks the policy hot-swaps the announced checkpoint.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -25,8 +26,16 @@ def loop(rclpy_context, random_checkpoint, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("loop")
     namespace = "systest"
-    _, nodes = resolve("sim_demo", {"namespace": namespace, "checkpoint": str(random_checkpoint), "epsilon": "0.3",
-                                    "dataset_root": str(work / "datasets"), "checkpoint_dir": str(work / "checkpoints")})
+    _, nodes = resolve(
+        "sim_demo",
+        {
+            "namespace": namespace,
+            "checkpoint": str(random_checkpoint),
+            "epsilon": "0.3",
+            "dataset_root": str(work / "datasets"),
+            "checkpoint_dir": str(work / "checkpoints"),
+        },
+    )
     log = GraphLog()
     runner = GraphRunner(nodes, namespace=namespace, output=log)
     runner.start()
@@ -34,7 +43,9 @@ def loop(rclpy_context, random_checkpoint, tmp_path_factory):
     yield runner, client, work, log
     client.close()
     codes = runner.stop()
-    assert runner.first_exit is None, f"a node died during the test: {runner.first_exit.describe()}"
+    assert runner.first_exit is None, (
+        f"a node died during the test: {runner.first_exit.describe()}"
+    )
     assert all(code in (0, -2) for code in codes.values()), f"nodes did not stop cleanly: {codes}"
 
 
@@ -58,7 +69,9 @@ def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
     from std_srvs.srv import Trigger
 
     runner, client, work, log = loop
-    client.wait_until(lambda: client.active_checkpoint is not None, 120, "the policy's first checkpoint")
+    client.wait_until(
+        lambda: client.active_checkpoint is not None, 120, "the policy's first checkpoint"
+    )
     initial = client.active_checkpoint.checkpoint_id
     client.wait_for_episodes(initial, EPISODES, 300)
     client.wait_for_recorded(EPISODES, 120)
@@ -91,15 +104,32 @@ def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
         assert recorded[-1].action.terminate or r.num_steps == 10
 
     # Fine-tune through the ROS service; the policy must swap to the announced checkpoint.
-    reply = client.call(client.fine_tune_client, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(random_checkpoint), steps=5))
+    reply = client.call(
+        client.fine_tune_client,
+        FineTune.Request(
+            target_datasets=[str(bag)], init_checkpoint=str(random_checkpoint), steps=5
+        ),
+    )
     assert reply.accepted, reply.message
     job = reply.job_id
-    client.wait_until(lambda: client.trainer_status is not None and client.trainer_status.job_id == job
-                      and client.trainer_status.state in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED), 300, "the job")
-    assert client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED, client.trainer_status.message
+    client.wait_until(
+        lambda: (
+            client.trainer_status is not None
+            and client.trainer_status.job_id == job
+            and client.trainer_status.state
+            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
+        ),
+        300,
+        "the job",
+    )
+    assert client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED, (
+        client.trainer_status.message
+    )
     new_path = Path(client.trainer_status.checkpoint_path)
     assert new_path.is_file() and new_path.parent == work / "checkpoints"
-    client.wait_until(lambda: client.active_checkpoint.checkpoint_id != initial, 120, "the hot-swap")
+    client.wait_until(
+        lambda: client.active_checkpoint.checkpoint_id != initial, 120, "the hot-swap"
+    )
     swapped = client.active_checkpoint
     assert swapped.path == str(new_path)
     after = client.wait_for_episodes(swapped.checkpoint_id, 1, 120)
@@ -124,15 +154,33 @@ def test_trainer_refuses_bad_requests_and_keeps_serving(loop, tmp_path):
     runner, client, work, log = loop
     bag = recorded_bag(client)
     cases = [
-        (FineTune.Request(target_datasets=["/nonexistent/bag_42"], steps=5), "/nonexistent/bag_42"),
-        (FineTune.Request(target_datasets=[bag], base_datasets=["/nonexistent/base_1"], steps=5), "/nonexistent/base_1"),
-        (FineTune.Request(target_datasets=[bag], init_checkpoint="/nonexistent/model_7.safetensors", steps=5), "/nonexistent/model_7.safetensors"),
+        (
+            FineTune.Request(target_datasets=["/nonexistent/bag_42"], steps=5),
+            "/nonexistent/bag_42",
+        ),
+        (
+            FineTune.Request(
+                target_datasets=[bag], base_datasets=["/nonexistent/base_1"], steps=5
+            ),
+            "/nonexistent/base_1",
+        ),
+        (
+            FineTune.Request(
+                target_datasets=[bag], init_checkpoint="/nonexistent/model_7.safetensors", steps=5
+            ),
+            "/nonexistent/model_7.safetensors",
+        ),
         (FineTune.Request(target_datasets=[str(tmp_path)], steps=5), str(tmp_path)),
         (FineTune.Request(steps=5), "no target_datasets"),
     ]
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")
-    cases.append((FineTune.Request(target_datasets=[bag], init_checkpoint=str(garbage), steps=5), str(garbage)))
+    cases.append(
+        (
+            FineTune.Request(target_datasets=[bag], init_checkpoint=str(garbage), steps=5),
+            str(garbage),
+        )
+    )
     for request, expected in cases:
         reply = client.call(client.fine_tune_client, request)
         assert not reply.accepted, f"accepted a bad request: {request}"
@@ -145,6 +193,12 @@ def test_trainer_refuses_bad_requests_and_keeps_serving(loop, tmp_path):
     # A second request while the job runs is refused with a clear reason.
     busy = client.call(client.fine_tune_client, FineTune.Request(target_datasets=[bag], steps=2))
     assert not busy.accepted and "busy" in busy.message and reply.job_id in busy.message
-    client.wait_until(lambda: client.trainer_status.job_id == reply.job_id
-                      and client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED, 300, "the good job")
+    client.wait_until(
+        lambda: (
+            client.trainer_status.job_id == reply.job_id
+            and client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED
+        ),
+        300,
+        "the good job",
+    )
     assert runner.first_exit is None

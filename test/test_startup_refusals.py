@@ -1,5 +1,7 @@
 """A wrong parameter value is refused at start-up: the node exits with code 2 and a message naming
-the parameter and the value, before it touches the arm or any data."""
+the parameter and the value, before it touches the arm or any data.
+"""
+
 from __future__ import annotations
 
 import pytest
@@ -7,27 +9,65 @@ import pytest
 pytestmark = pytest.mark.system
 
 CASES = [
-    ("sim", "nsl_sim", "sim_node", "sim.yaml", {"task": "nosuchtask"}, "unknown task 'nosuchtask'"),
+    (
+        "sim",
+        "nsl_sim",
+        "sim_node",
+        "sim.yaml",
+        {"task": "nosuchtask"},
+        "unknown task 'nosuchtask'",
+    ),
     ("sim", "nsl_sim", "sim_node", "sim.yaml", {"camera_rate": -5.0}, "camera_rate"),
-    ("collector", "nsl_collector", "collector_node", "collector.yaml", {"dataset_root": "/proc/no/such/dir"}, "dataset_root '/proc/no/such/dir'"),
-    ("trainer", "nsl_trainer", "trainer_node", "trainer.yaml", {"checkpoint_dir": "/proc/no/ckpt"}, "checkpoint_dir '/proc/no/ckpt'"),
-    ("trainer", "nsl_trainer", "trainer_node", "trainer.yaml", {"policy_weights": "ema"}, "policy_weights must be online or polyak"),
+    (
+        "collector",
+        "nsl_collector",
+        "collector_node",
+        "collector.yaml",
+        {"dataset_root": "/proc/no/such/dir"},
+        "dataset_root '/proc/no/such/dir'",
+    ),
+    (
+        "trainer",
+        "nsl_trainer",
+        "trainer_node",
+        "trainer.yaml",
+        {"checkpoint_dir": "/proc/no/ckpt"},
+        "checkpoint_dir '/proc/no/ckpt'",
+    ),
+    (
+        "trainer",
+        "nsl_trainer",
+        "trainer_node",
+        "trainer.yaml",
+        {"policy_weights": "ema"},
+        "policy_weights must be online or polyak",
+    ),
     ("policy", "nsl_policy", "policy_node", "policy.yaml", {"control_rate": -1.0}, "control_rate"),
     ("policy", "nsl_policy", "policy_node", "policy.yaml", {"epsilon": 2.0}, "epsilon"),
 ]
 
 
-@pytest.mark.parametrize("name,package,executable,params_file,params,expected", CASES,
-                         ids=[f"{c[0]}-{next(iter(c[4]))}" for c in CASES])
-def test_bad_parameter_is_refused_at_start(ros_isolation, tmp_path, name, package, executable, params_file, params, expected):
+@pytest.mark.parametrize(
+    "name,package,executable,params_file,params,expected",
+    CASES,
+    ids=[f"{c[0]}-{next(iter(c[4]))}" for c in CASES],
+)
+def test_bad_parameter_is_refused_at_start(
+    ros_isolation, tmp_path, name, package, executable, params_file, params, expected
+):
     from conftest import GraphLog
 
     from nsl_bringup.graph import NodeSpec
     from nsl_bringup.runner import GraphRunner
 
     log = GraphLog()
-    runner = GraphRunner([NodeSpec(name, package, executable, params_file, params)], namespace="refusals",
-                         env=ros_isolation, output=log, cwd=tmp_path)
+    runner = GraphRunner(
+        [NodeSpec(name, package, executable, params_file, params)],
+        namespace="refusals",
+        env=ros_isolation,
+        output=log,
+        cwd=tmp_path,
+    )
     runner.start()
     died = runner.wait(timeout=60)
     runner.stop()

@@ -22,6 +22,7 @@ both ``nsl experiment evaluate`` lines to run next (validation seeds, never eval
 
 The last line printed is one JSON object with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,8 @@ def _init_worker(sim_kwargs: dict, split: str) -> None:
 
 def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
     """(steps, 2) offsets (m) from the commanded gripper position before each recorded step to
-    the nearest settled object centre (the pipeline's labels: episodes.episode_locations)."""
+    the nearest settled object centre (the pipeline's labels: episodes.episode_locations).
+    """
     from nsl_bringup.experiment.episodes import episode_locations
     from nsl_sim.tasks import get_task
 
@@ -54,7 +56,8 @@ def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
 
 def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache: Path | None):
     """(episodes of the dataset folder ``data``, (rows, 2) float32 offsets in metres, row for row
-    with ``transitions_from_episodes(episodes)``), cached in ``cache``."""
+    with ``transitions_from_episodes(episodes)``), cached in ``cache``.
+    """
     from multiprocessing import get_context
 
     from nsl_collector.reader import read_episodes
@@ -66,7 +69,9 @@ def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache
         if len(offsets) == rows:
             print(f"labels: {data}: {rows} rows from {cache}", file=sys.stderr, flush=True)
             return episodes, offsets
-        print(f"labels: {cache} has {len(offsets)} rows, {data} {rows}: recomputing", file=sys.stderr)
+        print(
+            f"labels: {cache} has {len(offsets)} rows, {data} {rows}: recomputing", file=sys.stderr
+        )
     jobs = [(e.seed, e.task, e.actions) for e in episodes]
     t0 = time.perf_counter()
     parts = []
@@ -74,8 +79,11 @@ def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache
         for k, part in enumerate(pool.imap(_episode_offsets, jobs, chunksize=16)):
             parts.append(part)
             if (k + 1) % 500 == 0:
-                print(f"labels: {data}: {k + 1}/{len(jobs)} episodes ({time.perf_counter() - t0:.0f} s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"labels: {data}: {k + 1}/{len(jobs)} episodes ({time.perf_counter() - t0:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     offsets = np.concatenate(parts)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +91,9 @@ def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache
     return episodes, offsets
 
 
-def labelled_transitions(data: list[str], split: str, sim_kwargs: dict, workers: int, cache_dir: Path):
+def labelled_transitions(
+    data: list[str], split: str, sim_kwargs: dict, workers: int, cache_dir: Path
+):
     """(Transitions of the dataset folders, (N, 2) float32 offsets in metres, aligned row for row)."""
     from nsl_collector.reader import transitions_from_episodes
 
@@ -99,8 +109,16 @@ def labelled_transitions(data: list[str], split: str, sim_kwargs: dict, workers:
     return transitions, offsets
 
 
-def train(transitions, offsets: np.ndarray, steps: int, aux_weight: float, seed: int, threads: int,
-          output: Path, log_every: int) -> dict:
+def train(
+    transitions,
+    offsets: np.ndarray,
+    steps: int,
+    aux_weight: float,
+    seed: int,
+    threads: int,
+    output: Path,
+    log_every: int,
+) -> dict:
     """Offline QT-Opt from a fresh network, with the location loss at ``aux_weight`` (0: none)."""
     import torch
     from torch.nn import functional as F
@@ -117,7 +135,9 @@ def train(transitions, offsets: np.ndarray, steps: int, aux_weight: float, seed:
     recipe = ExperimentConfig(seed=seed, pretrain_location_weight=0.0)
     model = QNetwork(recipe.model_config())
     trainer = QTOptTrainer(model, recipe.qtopt_config(), device="cpu")
-    head = LocationHead(model)  # QTOptConfig.location_weight's head, driven here through the aux_loss hook
+    head = LocationHead(
+        model
+    )  # QTOptConfig.location_weight's head, driven here through the aux_loss hook
     trainer.optimizer.add_param_group({"params": list(head.parameters())})
     labels = torch.as_tensor(offsets / LOCATION_SCALE)
     states = torch.as_tensor(transitions.state)
@@ -139,28 +159,52 @@ def train(transitions, offsets: np.ndarray, steps: int, aux_weight: float, seed:
     def progress(step: int, m: dict) -> None:
         if step % log_every == 0 or step == steps:
             window = aux_losses[-log_every:]
-            print(f"[aux {aux_weight:g}] step {step}/{steps} total loss {m['loss']:.4f} mean_q {m['mean_q']:.3f} "
-                  f"location {np.mean(window):.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"[aux {aux_weight:g}] step {step}/{steps} total loss {m['loss']:.4f} mean_q {m['mean_q']:.3f} "
+                f"location {np.mean(window):.4f} ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     summary = trainer.train(transitions, None, steps=steps, target_fraction=0.0, progress=progress)
     output.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = save_checkpoint(output, model, {"probe": "aux_location", "aux_weight": aux_weight, "steps": steps})
-    return {"aux_weight": aux_weight, "checkpoint": str(output), "checkpoint_id": ckpt,
-            "location_loss_last10pct": float(np.mean(aux_losses[-max(1, steps // 10):])),
-            "total_loss": summary["loss"], "mean_q": summary["mean_q"], "seconds": summary["seconds"]}
+    ckpt = save_checkpoint(
+        output, model, {"probe": "aux_location", "aux_weight": aux_weight, "steps": steps}
+    )
+    return {
+        "aux_weight": aux_weight,
+        "checkpoint": str(output),
+        "checkpoint_id": ckpt,
+        "location_loss_last10pct": float(np.mean(aux_losses[-max(1, steps // 10) :])),
+        "total_loss": summary["loss"],
+        "mean_q": summary["mean_q"],
+        "seconds": summary["seconds"],
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", nargs="+", required=True, help="dataset folders (simulated episodes)")
-    ap.add_argument("--split", default="train", help="object split the data was collected on (default train)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", nargs="+", required=True, help="dataset folders (simulated episodes)"
+    )
+    ap.add_argument(
+        "--split", default="train", help="object split the data was collected on (default train)"
+    )
     ap.add_argument("--steps", type=int, default=4000, help="QT-Opt steps per run (default 4000)")
-    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the location loss (default 1.0)")
+    ap.add_argument(
+        "--aux-weight", type=float, default=1.0, help="weight of the location loss (default 1.0)"
+    )
     ap.add_argument("--only", choices=("plain", "aux"), help="train one of the two runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--workers", type=int, default=2, help="simulator processes for the labels (default 2)")
-    ap.add_argument("--output", type=Path, required=True, help="folder for the labels and checkpoints")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="simulator processes for the labels (default 2)"
+    )
+    ap.add_argument(
+        "--output", type=Path, required=True, help="folder for the labels and checkpoints"
+    )
     ap.add_argument("--log-every", type=int, default=250)
     args = ap.parse_args()
     if args.aux_weight <= 0:
@@ -169,22 +213,41 @@ def main() -> int:
     from nsl_trainer.qtopt import LOCATION_SCALE
 
     sim_kwargs = ExperimentConfig().sim_kwargs()  # the world the pipeline collects in
-    transitions, offsets = labelled_transitions(args.data, args.split, sim_kwargs, args.workers,
-                                                args.output)
+    transitions, offsets = labelled_transitions(
+        args.data, args.split, sim_kwargs, args.workers, args.output
+    )
     dist = np.linalg.norm(offsets, axis=1)
     centred = np.abs(offsets - offsets.mean(0)) / LOCATION_SCALE
-    blind = float(np.mean(np.where(centred < 1, 0.5 * centred ** 2, centred - 0.5)))
-    print(f"labels: {len(offsets)} rows, nearest object median {100 * np.median(dist):.1f} cm; "
-          f"predicting the mean gives a location loss of {blind:.4f}", file=sys.stderr, flush=True)
+    blind = float(np.mean(np.where(centred < 1, 0.5 * centred**2, centred - 0.5)))
+    print(
+        f"labels: {len(offsets)} rows, nearest object median {100 * np.median(dist):.1f} cm; "
+        f"predicting the mean gives a location loss of {blind:.4f}",
+        file=sys.stderr,
+        flush=True,
+    )
     runs = [("plain", 0.0), ("aux", args.aux_weight)]
     results = []
     for name, weight in runs:
         if args.only and args.only != name:
             continue
-        results.append(train(transitions, offsets, args.steps, weight, args.seed, args.threads,
-                             args.output / f"{name}.safetensors", args.log_every))
-        print(f"next: ./nsl experiment evaluate --checkpoint {results[-1]['checkpoint']} --task base "
-              f"--episodes 100 --seeds validation", file=sys.stderr, flush=True)
+        results.append(
+            train(
+                transitions,
+                offsets,
+                args.steps,
+                weight,
+                args.seed,
+                args.threads,
+                args.output / f"{name}.safetensors",
+                args.log_every,
+            )
+        )
+        print(
+            f"next: ./nsl experiment evaluate --checkpoint {results[-1]['checkpoint']} --task base "
+            f"--episodes 100 --seeds validation",
+            file=sys.stderr,
+            flush=True,
+        )
     print(json.dumps({"rows": len(offsets), "runs": results}))
     return 0
 

@@ -12,6 +12,7 @@ line per unit and, last, one JSON object: per run the mean validation success ov
 and the units where the two differ by more than the 95% interval of a difference at this n.
 Results: docs/results/keypoints/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,19 @@ def sweep_units(run: Path) -> dict[tuple[str, str], tuple[Path, str]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs=2, type=Path, help="two experiment run folders (nsl experiment run --output)")
-    ap.add_argument("--episodes", type=int, default=60, help="validation episodes per checkpoint (default 60)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "runs", nargs=2, type=Path, help="two experiment run folders (nsl experiment run --output)"
+    )
+    ap.add_argument(
+        "--episodes", type=int, default=60, help="validation episodes per checkpoint (default 60)"
+    )
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--tiers-only", action="store_true", help="skip scratch and the re-initialised head")
+    ap.add_argument(
+        "--tiers-only", action="store_true", help="skip scratch and the re-initialised head"
+    )
     args = ap.parse_args()
 
     from nsl_bringup.experiment.config import ExperimentConfig
@@ -54,17 +63,31 @@ def main() -> int:
         except FileNotFoundError:
             ap.error(f"{run}: no finished finetune_sweep stage (stages/finetune_sweep.json)")
         cache_path = run / "probes" / "sweep_validation.json"
-        caches.append((cache_path, json.loads(cache_path.read_text()) if cache_path.exists() else {}))
+        caches.append(
+            (cache_path, json.loads(cache_path.read_text()) if cache_path.exists() else {})
+        )
     if cals[0]["challenges"] != cals[1]["challenges"]:
-        ap.error("the two runs calibrated the challenges differently: their sweeps are not comparable")
-    shared = [k for k in units[0] if k in units[1] and not (args.tiers_only and not k[1].startswith("tier_"))]
+        ap.error(
+            "the two runs calibrated the challenges differently: their sweeps are not comparable"
+        )
+    shared = [
+        k
+        for k in units[0]
+        if k in units[1] and not (args.tiers_only and not k[1].startswith("tier_"))
+    ]
 
     def validate(i: int, task: str, path: Path, checkpoint_id: str) -> dict:
         cache_path, cache = caches[i]
         key = f"{checkpoint_id}:{args.episodes}"
         if key not in cache:
-            res = evaluate_checkpoint(path, study_spec(cals[i], task), args.episodes, cfgs[i], "validation")
-            cache[key] = {"success_rate": res["success_rate"], "episodes": res["episodes"], "ci95": res["ci95"]}
+            res = evaluate_checkpoint(
+                path, study_spec(cals[i], task), args.episodes, cfgs[i], "validation"
+            )
+            cache[key] = {
+                "success_rate": res["success_rate"],
+                "episodes": res["episodes"],
+                "ci95": res["ci95"],
+            }
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             cache_path.write_text(json.dumps(cache, indent=2, sort_keys=True))
         return cache[key]
@@ -74,17 +97,39 @@ def main() -> int:
         ra, rb = (validate(i, task, *units[i][(task, unit)]) for i in (0, 1))
         pa, pb = ra["success_rate"], rb["success_rate"]
         # 95% interval of a difference of two independent proportions at this n (normal approx.).
-        half = 1.96 * math.sqrt(max(pa * (1 - pa), 1e-9) / ra["episodes"] + max(pb * (1 - pb), 1e-9) / rb["episodes"])
-        rows.append({"task": task, "unit": unit, a.name: pa, b.name: pb, "difference": pb - pa,
-                     "clear": abs(pb - pa) > half})
-        print(f"{task:22s} {unit:12s} {a.name} {pa:.3f}  {b.name} {pb:.3f}  diff {pb - pa:+.3f} "
-              f"(+-{half:.3f}{', clear' if abs(pb - pa) > half else ''})", flush=True)
+        half = 1.96 * math.sqrt(
+            max(pa * (1 - pa), 1e-9) / ra["episodes"] + max(pb * (1 - pb), 1e-9) / rb["episodes"]
+        )
+        rows.append(
+            {
+                "task": task,
+                "unit": unit,
+                a.name: pa,
+                b.name: pb,
+                "difference": pb - pa,
+                "clear": abs(pb - pa) > half,
+            }
+        )
+        print(
+            f"{task:22s} {unit:12s} {a.name} {pa:.3f}  {b.name} {pb:.3f}  diff {pb - pa:+.3f} "
+            f"(+-{half:.3f}{', clear' if abs(pb - pa) > half else ''})",
+            flush=True,
+        )
     tiers = [r for r in rows if r["unit"].startswith("tier_")]
-    summary = {"episodes": args.episodes, "units": len(rows),
-               "mean_over_tiers": {run.name: round(sum(r[run.name] for r in tiers) / max(1, len(tiers)), 4)
-                                   for run in args.runs},
-               "worst_tier": {run.name: min((r[run.name] for r in tiers), default=None) for run in args.runs},
-               "clear_differences": [{k: r[k] for k in ("task", "unit", "difference")} for r in rows if r["clear"]]}
+    summary = {
+        "episodes": args.episodes,
+        "units": len(rows),
+        "mean_over_tiers": {
+            run.name: round(sum(r[run.name] for r in tiers) / max(1, len(tiers)), 4)
+            for run in args.runs
+        },
+        "worst_tier": {
+            run.name: min((r[run.name] for r in tiers), default=None) for run in args.runs
+        },
+        "clear_differences": [
+            {k: r[k] for k in ("task", "unit", "difference")} for r in rows if r["clear"]
+        ],
+    }
     print(json.dumps(summary))
     return 0
 

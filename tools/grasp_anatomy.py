@@ -12,6 +12,7 @@ was from the start position in successful against failed episodes (a policy that
 succeeds mostly when an object happens to lie under its fixed approach). The last line is one
 JSON object with the figures. Results: docs/results/base_policy.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,16 +28,29 @@ def nearest_object_distance(env, xy) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--checkpoint", required=True, help="a policy checkpoint (.safetensors)")
     ap.add_argument("--task", default="base", help="task name (default base)")
-    ap.add_argument("--severity", type=float, default=None, help="task severity (default: the task's own)")
+    ap.add_argument(
+        "--severity", type=float, default=None, help="task severity (default: the task's own)"
+    )
     ap.add_argument("--episodes", type=int, default=60, help="validation episodes (default 60)")
-    ap.add_argument("--miss", type=float, default=3.0, help="a failed grasp farther than this from every object "
-                    "(cm, bounding-box centre) counts as a miss (default 3)")
+    ap.add_argument(
+        "--miss",
+        type=float,
+        default=3.0,
+        help="a failed grasp farther than this from every object "
+        "(cm, bounding-box centre) counts as a miss (default 3)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--cem", default="{}", metavar="YAML",
-                    help="overrides of the acting CEMConfig, e.g. '{population: 256, iterations: 3}' (default: none)")
+    ap.add_argument(
+        "--cem",
+        default="{}",
+        metavar="YAML",
+        help="overrides of the acting CEMConfig, e.g. '{population: 256, iterations: 3}' (default: none)",
+    )
     args = ap.parse_args()
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -78,16 +92,27 @@ def main() -> int:
             while not done:
                 choice = policy.select_action(obs.image, _state(obs))
                 cmd = space.to_command(choice.vector)
-                target = np.clip(env.commanded_pose()[0] + np.clip(cmd.translation, -sim.max_translation,
-                                                                   sim.max_translation), sim.workspace_low,
-                                 sim.workspace_high)
+                target = np.clip(
+                    env.commanded_pose()[0]
+                    + np.clip(cmd.translation, -sim.max_translation, sim.max_translation),
+                    sim.workspace_low,
+                    sim.workspace_high,
+                )
                 # Objects before the step that closes: the grasp and lift would move them.
                 at_grasp = nearest_object_distance(env, target[:2])
                 res = env.step(cmd.translation, cmd.rotation, cmd.close_gripper, cmd.terminate)
                 done, obs = res.done, res.observation
-            rows.append({"seed": VALIDATION_SEEDS + i, "success": bool(res.grasp_success), "steps": res.info["steps"],
-                         "ended_by_agent": res.info["terminated_by_agent"], "grasp_height_m": round(float(target[2]), 4),
-                         "nearest_object_cm": round(100 * at_grasp, 2), "nearest_from_start_cm": round(100 * from_start, 2)})
+            rows.append(
+                {
+                    "seed": VALIDATION_SEEDS + i,
+                    "success": bool(res.grasp_success),
+                    "steps": res.info["steps"],
+                    "ended_by_agent": res.info["terminated_by_agent"],
+                    "grasp_height_m": round(float(target[2]), 4),
+                    "nearest_object_cm": round(100 * at_grasp, 2),
+                    "nearest_from_start_cm": round(100 * from_start, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     ok = np.array([r["success"] for r in rows])
     dist = np.array([r["nearest_object_cm"] for r in rows])
@@ -98,20 +123,28 @@ def main() -> int:
         return round(float(np.median(values[mask])), 2) if mask.any() else None
 
     summary = {
-        "checkpoint_id": loaded.checkpoint_id, "task": task.name, "episodes": len(rows), "cem": cem_overrides,
+        "checkpoint_id": loaded.checkpoint_id,
+        "task": task.name,
+        "episodes": len(rows),
+        "cem": cem_overrides,
         "success": round(float(ok.mean()), 3),
         "ended_by_agent": round(float(np.mean([r["ended_by_agent"] for r in rows])), 3),
         "missed": round(float(np.mean(fails & (dist > args.miss))), 3),
         "fumbled": round(float(np.mean(fails & (dist <= args.miss))), 3),
         "miss_cm": args.miss,
         "median_grasp_to_object_cm": {"success": median(dist, ok), "failure": median(dist, fails)},
-        "median_start_to_object_cm": {"success": median(start, ok), "failure": median(start, fails)},
+        "median_start_to_object_cm": {
+            "success": median(start, ok),
+            "failure": median(start, fails),
+        },
         "median_steps": float(np.median([r["steps"] for r in rows])),
     }
-    print(f"{len(rows)} validation episodes on {task.name}: success {summary['success']:.3f}; failures that "
-          f"missed every object by > {args.miss:g} cm {summary['missed']:.3f}, that closed next to one "
-          f"{summary['fumbled']:.3f}; nearest object from the start (median): {summary['median_start_to_object_cm']['success']} cm "
-          f"in successes, {summary['median_start_to_object_cm']['failure']} cm in failures")
+    print(
+        f"{len(rows)} validation episodes on {task.name}: success {summary['success']:.3f}; failures that "
+        f"missed every object by > {args.miss:g} cm {summary['missed']:.3f}, that closed next to one "
+        f"{summary['fumbled']:.3f}; nearest object from the start (median): {summary['median_start_to_object_cm']['success']} cm "
+        f"in successes, {summary['median_start_to_object_cm']['failure']} cm in failures"
+    )
     print(json.dumps(summary))
     return 0
 

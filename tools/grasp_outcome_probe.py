@@ -23,6 +23,7 @@ checkpoint: QT-Opt started from it learned to steer (probe 14).
 
 The last line is one JSON object with the figures. Results: docs/results/base_policy.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,8 @@ import sys
 
 def roc_auc(scores, labels) -> float:
     """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count one half);
-    NaN when only one class is present."""
+    NaN when only one class is present.
+    """
     import numpy as np
 
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels).astype(bool)
@@ -53,15 +55,16 @@ def roc_auc(scores, labels) -> float:
 
 def episode_labels(reward, done):
     """(steps left to the episode's end, the episode's success) for every row of transitions
-    stored episode by episode (``done`` marks each episode's last row)."""
+    stored episode by episode (``done`` marks each episode's last row).
+    """
     import numpy as np
 
     done = np.asarray(done, dtype=bool)
     to_go, success = np.zeros(len(done), dtype=np.int64), np.zeros(len(done), dtype=bool)
     start = 0
     for end in np.flatnonzero(done):
-        to_go[start:end + 1] = np.arange(end - start, -1, -1)
-        success[start:end + 1] = reward[end] > 0
+        to_go[start : end + 1] = np.arange(end - start, -1, -1)
+        success[start : end + 1] = reward[end] > 0
         start = end + 1
     if start != len(done):
         raise ValueError("the last episode has no final step")
@@ -80,9 +83,11 @@ def q_values(model, transitions, batch: int = 256):
     out = []
     with torch.no_grad():
         for i in range(0, len(transitions.reward), batch):
-            images = to_tensor(resize_batch(np.asarray(transitions.image[i:i + batch]), size))
-            state = torch.as_tensor(np.asarray(transitions.state[i:i + batch], dtype=np.float32))
-            action = canonical_actions(torch.as_tensor(np.asarray(transitions.action[i:i + batch], dtype=np.float32)))
+            images = to_tensor(resize_batch(np.asarray(transitions.image[i : i + batch]), size))
+            state = torch.as_tensor(np.asarray(transitions.state[i : i + batch], dtype=np.float32))
+            action = canonical_actions(
+                torch.as_tensor(np.asarray(transitions.action[i : i + batch], dtype=np.float32))
+            )
             out.append(torch.sigmoid(model(images, state, action)).numpy())
     return np.concatenate(out)
 
@@ -93,23 +98,46 @@ def by_steps_to_go(q, to_go, success, max_to_go: int = 5) -> list[dict]:
     for k in range(max_to_go + 1):
         m = to_go == k
         if m.sum() and 0 < success[m].mean() < 1:
-            rows.append({"steps_to_go": k, "n": int(m.sum()), "success": round(float(success[m].mean()), 3),
-                         "mean_q": round(float(q[m].mean()), 3), "auc": round(roc_auc(q[m], success[m]), 3)})
+            rows.append(
+                {
+                    "steps_to_go": k,
+                    "n": int(m.sum()),
+                    "success": round(float(success[m].mean()), 3),
+                    "mean_q": round(float(q[m].mean()), 3),
+                    "auc": round(roc_auc(q[m], success[m]), 3),
+                }
+            )
     return rows
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--checkpoint", required=True, help="a policy checkpoint (.safetensors)")
-    ap.add_argument("--data", nargs="+", required=True,
-                    help="bags (or folders of bags) of episodes the checkpoint did not train on")
-    ap.add_argument("--fit-steps", type=int, default=0,
-                    help="also train a supervised grasp classifier for this many steps (default 0: no)")
-    ap.add_argument("--train", nargs="+", default=[], help="bags whose grasps train the classifier")
+    ap.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="bags (or folders of bags) of episodes the checkpoint did not train on",
+    )
+    ap.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        help="also train a supervised grasp classifier for this many steps (default 0: no)",
+    )
+    ap.add_argument(
+        "--train", nargs="+", default=[], help="bags whose grasps train the classifier"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the classifier (default 0)")
-    ap.add_argument("--save-classifier", default=None, metavar="PATH",
-                    help="write the classifier as a policy checkpoint, e.g. to start QT-Opt from it "
-                         "(nsl train finetune --init PATH; docs/results/base_policy.md, probe 14)")
+    ap.add_argument(
+        "--save-classifier",
+        default=None,
+        metavar="PATH",
+        help="write the classifier as a policy checkpoint, e.g. to start QT-Opt from it "
+        "(nsl train finetune --init PATH; docs/results/base_policy.md, probe 14)",
+    )
     args = ap.parse_args()
     if args.fit_steps < 0:
         ap.error("--fit-steps must be >= 0")
@@ -133,29 +161,53 @@ def main() -> int:
     to_go, success = episode_labels(np.asarray(held_out.reward), held_out.done)
     q = q_values(loaded.model.eval(), held_out)
     episodes = int(np.asarray(held_out.done).sum())
-    result = {"checkpoint_id": loaded.checkpoint_id, "episodes": episodes,
-              "success": round(float(success[np.asarray(held_out.done, dtype=bool)].mean()), 3),
-              "by_steps_to_go": by_steps_to_go(q, to_go, success)}
+    result = {
+        "checkpoint_id": loaded.checkpoint_id,
+        "episodes": episodes,
+        "success": round(float(success[np.asarray(held_out.done, dtype=bool)].mean()), 3),
+        "by_steps_to_go": by_steps_to_go(q, to_go, success),
+    }
     for row in result["by_steps_to_go"]:
-        print(f"{row['steps_to_go']} steps to go: {row['n']} steps, success {row['success']:.3f}, "
-              f"mean Q {row['mean_q']:.3f}, AUC {row['auc']:.3f}")
+        print(
+            f"{row['steps_to_go']} steps to go: {row['n']} steps, success {row['success']:.3f}, "
+            f"mean Q {row['mean_q']:.3f}, AUC {row['auc']:.3f}"
+        )
     if args.fit_steps:
-        from nsl_trainer.grasp_values import GraspValueConfig, fit_grasp_values, log_every, new_network
+        from nsl_trainer.grasp_values import (
+            GraspValueConfig,
+            fit_grasp_values,
+            log_every,
+            new_network,
+        )
 
-        net = fit_grasp_values(new_network(loaded.model.config, args.seed), load_transitions(args.train),
-                               GraspValueConfig(steps=args.fit_steps, seed=args.seed),
-                               log_every(args.fit_steps, log, "  classifier"))
+        net = fit_grasp_values(
+            new_network(loaded.model.config, args.seed),
+            load_transitions(args.train),
+            GraspValueConfig(steps=args.fit_steps, seed=args.seed),
+            log_every(args.fit_steps, log, "  classifier"),
+        )
         grasp = to_go == 0
-        result["classifier"] = {"steps": args.fit_steps,
-                                "grasp_auc": round(roc_auc(q_values(net, held_out)[grasp], success[grasp]), 3)}
-        print(f"supervised grasp classifier ({args.fit_steps} steps): AUC {result['classifier']['grasp_auc']:.3f} "
-              f"at the grasp")
+        result["classifier"] = {
+            "steps": args.fit_steps,
+            "grasp_auc": round(roc_auc(q_values(net, held_out)[grasp], success[grasp]), 3),
+        }
+        print(
+            f"supervised grasp classifier ({args.fit_steps} steps): AUC {result['classifier']['grasp_auc']:.3f} "
+            f"at the grasp"
+        )
         if args.save_classifier:
             from nsl_policy.checkpoint import save_checkpoint
 
-            result["classifier"]["checkpoint_id"] = save_checkpoint(args.save_classifier, net, {
-                "note": "supervised grasp-outcome classifier (tools/grasp_outcome_probe.py)",
-                "datasets": list(args.train), "steps": args.fit_steps, "seed": args.seed})
+            result["classifier"]["checkpoint_id"] = save_checkpoint(
+                args.save_classifier,
+                net,
+                {
+                    "note": "supervised grasp-outcome classifier (tools/grasp_outcome_probe.py)",
+                    "datasets": list(args.train),
+                    "steps": args.fit_steps,
+                    "seed": args.seed,
+                },
+            )
             print(f"wrote {args.save_classifier} ({result['classifier']['checkpoint_id']})")
     print(json.dumps(result))
     return 0

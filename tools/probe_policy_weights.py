@@ -9,6 +9,7 @@ Writes <run>/probes/policy_weights_<task>_<grasps>/{online,polyak}.safetensors a
 VALIDATION line per network. Needs the run's pretrain, calibrate and collect_targets stages.
 Results: docs/results/keypoints/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,17 +18,38 @@ from pathlib import Path
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="experiment run folder (nsl experiment run --output)")
-    ap.add_argument("--task", required=True, help="study task of the sweep unit, e.g. checkerboard")
-    ap.add_argument("--grasps", type=int, required=True, help="the unit's tier (exploration grasps)")
-    ap.add_argument("--episodes", type=int, default=60, help="validation episodes per network (default 60)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="experiment run folder (nsl experiment run --output)",
+    )
+    ap.add_argument(
+        "--task", required=True, help="study task of the sweep unit, e.g. checkerboard"
+    )
+    ap.add_argument(
+        "--grasps", type=int, required=True, help="the unit's tier (exploration grasps)"
+    )
+    ap.add_argument(
+        "--episodes", type=int, default=60, help="validation episodes per network (default 60)"
+    )
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
 
     from nsl_bringup.experiment.config import ExperimentConfig
-    from nsl_bringup.experiment.stages import (Context, base_checkpoint, base_data, calibration, evaluate_checkpoint,
-                                               load_episodes, study_spec, targets)
+    from nsl_bringup.experiment.stages import (
+        Context,
+        base_checkpoint,
+        base_data,
+        calibration,
+        evaluate_checkpoint,
+        load_episodes,
+        study_spec,
+        targets,
+    )
     from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
     from nsl_trainer.qtopt import QTOptTrainer, finetune_transitions
 
@@ -43,21 +65,43 @@ def main() -> int:
     # The study's fine-tuning settings, exporting the online network: the Polyak one is read
     # from the saved training state below.
     qtopt = dataclasses.replace(cfg.qtopt_config(finetune=True), policy_weights="online")
-    finetune_transitions(str(init), load_episodes(base_bags), load_episodes(target_bags, args.grasps), cfg.finetune_steps,
-                         output_path=str(out / "online.safetensors"), learning_rate=cfg.finetune_learning_rate(),
-                         target_fraction=cfg.target_fraction, seed=cfg.seed, config=qtopt, num_threads=cfg.threads,
-                         run_dir=str(out / "run"), tensorboard=False)
+    finetune_transitions(
+        str(init),
+        load_episodes(base_bags),
+        load_episodes(target_bags, args.grasps),
+        cfg.finetune_steps,
+        output_path=str(out / "online.safetensors"),
+        learning_rate=cfg.finetune_learning_rate(),
+        target_fraction=cfg.target_fraction,
+        seed=cfg.seed,
+        config=qtopt,
+        num_threads=cfg.threads,
+        run_dir=str(out / "run"),
+        tensorboard=False,
+    )
     online = load_checkpoint(out / "online.safetensors", device="cpu")
     trainer = QTOptTrainer(online.model, qtopt, "cpu")
     trainer.load_state(out / "run" / "state.safetensors")  # holds target network 1
-    polyak_id = save_checkpoint(str(out / "polyak.safetensors"), trainer.target1,
-                                {"kind": "probe_polyak", "parent": online.metadata.get("parent")})
+    polyak_id = save_checkpoint(
+        str(out / "polyak.safetensors"),
+        trainer.target1,
+        {"kind": "probe_polyak", "parent": online.metadata.get("parent")},
+    )
     print(f"online {online.checkpoint_id}, polyak {polyak_id}", flush=True)
     for name in ("online", "polyak"):
-        res = evaluate_checkpoint(out / f"{name}.safetensors", study_spec(cal, args.task), args.episodes, cfg, "validation")
+        res = evaluate_checkpoint(
+            out / f"{name}.safetensors",
+            study_spec(cal, args.task),
+            args.episodes,
+            cfg,
+            "validation",
+        )
         lo, hi = res["ci95"]
-        print(f"{args.task} {args.grasps} {name} VALIDATION {res['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
-              f"(n={res['episodes']})", flush=True)
+        print(
+            f"{args.task} {args.grasps} {name} VALIDATION {res['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"(n={res['episodes']})",
+            flush=True,
+        )
     return 0
 
 

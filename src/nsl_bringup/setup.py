@@ -13,7 +13,10 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
-        ("share/" + PACKAGE + "/config", glob(PACKAGE + "/config/*.yaml") + glob(PACKAGE + "/config/*.xml")),
+        (
+            "share/" + PACKAGE + "/config",
+            glob(PACKAGE + "/config/*.yaml") + glob(PACKAGE + "/config/*.xml"),
+        ),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

@@ -1,4 +1,5 @@
 """`ros2 launch nsl_bringup collect.launch.py [name:=value ...]`: the 'collect' graph of nsl_bringup.graph."""
+
 from nsl_bringup.launch_description import generate
 
 

@@ -1,4 +1,5 @@
 """`ros2 launch nsl_bringup sim_demo.launch.py [name:=value ...]`: the 'sim_demo' graph of nsl_bringup.graph."""
+
 from nsl_bringup.launch_description import generate
 
 

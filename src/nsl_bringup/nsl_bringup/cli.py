@@ -1,11 +1,12 @@
 """The ``nsl`` command: start node graphs and run the simulated demo.
 
-  nsl up GRAPH [name:=value ...]     start a graph as processes (where ros2 launch is unavailable)
-  nsl graph GRAPH [name:=value ...]  print the nodes, parameters and command lines of a graph
-  nsl demo [--task T --episodes N]   the main job: collect, fine-tune, hot-swap, evaluate in sim
-  nsl checkpoint init PATH           write a randomly initialised Q-function checkpoint
-  plus the commands of the packages (nsl sim ..., nsl data ..., nsl train ...): nsl --help
+nsl up GRAPH [name:=value ...]     start a graph as processes (where ros2 launch is unavailable)
+nsl graph GRAPH [name:=value ...]  print the nodes, parameters and command lines of a graph
+nsl demo [--task T --episodes N]   the main job: collect, fine-tune, hot-swap, evaluate in sim
+nsl checkpoint init PATH           write a randomly initialised Q-function checkpoint
+plus the commands of the packages (nsl sim ..., nsl data ..., nsl train ...): nsl --help
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def cmd_up(args) -> int:
     from nsl_bringup.runner import GraphRunner, isolated_environment, run_until_interrupted
 
     namespace, nodes = resolve(args.graph, parse_assignments(args.assignments))
-    env = isolated_environment(args.domain_id) if args.isolate or args.domain_id is not None else {}
+    env = (
+        isolated_environment(args.domain_id) if args.isolate or args.domain_id is not None else {}
+    )
     if env:
         print(f"[runner] isolated run: {env}", file=sys.stderr)
     return run_until_interrupted(GraphRunner(nodes, namespace=namespace, env=env))
@@ -44,9 +47,22 @@ def cmd_graph(args) -> int:
     namespace, nodes = resolve(args.graph, parse_assignments(args.assignments))
     runner = GraphRunner(nodes, namespace=namespace)
     commands = runner.commands()
-    out = {"graph": args.graph, "namespace": namespace, "nodes": [
-        {"name": n.name, "package": n.package, "executable": n.executable, "params_file": n.params_file,
-         "parameters": n.parameters, "remappings": [list(r) for r in n.remappings], "command": commands[n.name]} for n in nodes]}
+    out = {
+        "graph": args.graph,
+        "namespace": namespace,
+        "nodes": [
+            {
+                "name": n.name,
+                "package": n.package,
+                "executable": n.executable,
+                "params_file": n.params_file,
+                "parameters": n.parameters,
+                "remappings": [list(r) for r in n.remappings],
+                "command": commands[n.name],
+            }
+            for n in nodes
+        ],
+    }
     print(yaml.safe_dump(out, sort_keys=False))
     return 0
 
@@ -54,9 +70,18 @@ def cmd_graph(args) -> int:
 def cmd_demo(args) -> int:
     from nsl_bringup.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(task=args.task, eval_episodes=args.eval_episodes, collect_episodes=args.episodes,
-                        finetune_steps=args.steps, epsilon=args.epsilon,
-                        seed=args.seed, output=args.output, checkpoint=args.checkpoint))
+    run_demo(
+        DemoConfig(
+            task=args.task,
+            eval_episodes=args.eval_episodes,
+            collect_episodes=args.episodes,
+            finetune_steps=args.steps,
+            epsilon=args.epsilon,
+            seed=args.seed,
+            output=args.output,
+            checkpoint=args.checkpoint,
+        )
+    )
     return 0
 
 
@@ -64,7 +89,9 @@ def cmd_checkpoint_init(args) -> int:
     from nsl_policy.checkpoint import init_checkpoint
     from nsl_policy.model import QNetworkConfig
 
-    checkpoint_id = init_checkpoint(args.path, QNetworkConfig(image_size=args.image_size), seed=args.seed)
+    checkpoint_id = init_checkpoint(
+        args.path, QNetworkConfig(image_size=args.image_size), seed=args.seed
+    )
     print(f"wrote {args.path} (checkpoint {checkpoint_id})")
     return 0
 
@@ -78,8 +105,17 @@ def _module_exists(name: str) -> bool:
         return False
 
 
-PACKAGE_COMMANDS = [m for m in ("nsl_sim.cli", "nsl_policy.cli", "nsl_collector.cli", "nsl_trainer.cli", "nsl_bringup.experiment.cli")
-                    if _module_exists(m)]
+PACKAGE_COMMANDS = [
+    m
+    for m in (
+        "nsl_sim.cli",
+        "nsl_policy.cli",
+        "nsl_collector.cli",
+        "nsl_trainer.cli",
+        "nsl_bringup.experiment.cli",
+    )
+    if _module_exists(m)
+]
 
 
 def cmd_docs_parameters(args) -> int:
@@ -94,27 +130,67 @@ def cmd_docs_parameters(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nsl", description="NSL: never-stop-learning grasping on ROS 2")
+    parser = argparse.ArgumentParser(
+        prog="nsl", description="NSL: never-stop-learning grasping on ROS 2"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     from nsl_bringup.graph import GRAPHS
 
-    for name, fn, help_ in (("up", cmd_up, "start a graph's nodes as processes"), ("graph", cmd_graph, "show a resolved graph")):
-        p = sub.add_parser(name, help=help_, description="graphs: " + "; ".join(f"{g.name}: {g.description}" for g in GRAPHS.values()))
+    for name, fn, help_ in (
+        ("up", cmd_up, "start a graph's nodes as processes"),
+        ("graph", cmd_graph, "show a resolved graph"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description="graphs: "
+            + "; ".join(f"{g.name}: {g.description}" for g in GRAPHS.values()),
+        )
         p.add_argument("graph", choices=sorted(GRAPHS))
         p.add_argument("assignments", nargs="*", metavar="name:=value", help="launch arguments")
         p.set_defaults(fn=fn)
         if name == "up":
-            p.add_argument("--isolate", action="store_true", help="own ROS_DOMAIN_ID and localhost-only discovery")
-            p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for an isolated run")
-    p = sub.add_parser("demo", help="the whole loop in simulation: collect, fine-tune, hot-swap, evaluate")
-    p.add_argument("--task", default="checkerboard", help="task to run and fine-tune on (default checkerboard)")
-    p.add_argument("--eval-episodes", type=int, default=50, help="greedy evaluation episodes before and after (default 50)")
-    p.add_argument("--episodes", type=int, default=150, help="exploration grasps collected for fine-tuning (default 150)")
-    p.add_argument("--steps", type=int, default=500, help="fine-tuning gradient steps (default 500)")
-    p.add_argument("--epsilon", type=float, default=0.2, help="exploration while collecting (default 0.2)")
+            p.add_argument(
+                "--isolate",
+                action="store_true",
+                help="own ROS_DOMAIN_ID and localhost-only discovery",
+            )
+            p.add_argument(
+                "--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for an isolated run"
+            )
+    p = sub.add_parser(
+        "demo", help="the whole loop in simulation: collect, fine-tune, hot-swap, evaluate"
+    )
+    p.add_argument(
+        "--task",
+        default="checkerboard",
+        help="task to run and fine-tune on (default checkerboard)",
+    )
+    p.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=50,
+        help="greedy evaluation episodes before and after (default 50)",
+    )
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=150,
+        help="exploration grasps collected for fine-tuning (default 150)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=500, help="fine-tuning gradient steps (default 500)"
+    )
+    p.add_argument(
+        "--epsilon", type=float, default=0.2, help="exploration while collecting (default 0.2)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="", help="run folder (default runs/demo-<time>)")
-    p.add_argument("--checkpoint", default="", help="start checkpoint (default: shipped base, else random init)")
+    p.add_argument(
+        "--checkpoint",
+        default="",
+        help="start checkpoint (default: shipped base, else random init)",
+    )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("checkpoint", help="checkpoint tools")
     csub = p.add_subparsers(dest="checkpoint_command", required=True)

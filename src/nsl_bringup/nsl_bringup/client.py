@@ -3,6 +3,7 @@
 It spins in a background thread; the ``wait_*`` and ``call`` methods block the *calling* thread
 (never an executor callback) on conditions that the subscriptions signal.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,11 @@ from nsl_msgs.msg import CheckpointInfo, EpisodeResult, TrainerStatus
 from nsl_msgs.srv import FineTune, LoadCheckpoint
 
 RECORD_QOS = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED_QOS = QoSProfile(
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 
 class LoopClient(Node):
@@ -36,17 +41,29 @@ class LoopClient(Node):
         self.trainer_status: TrainerStatus | None = None
         self.collector_status: dict = {}
         """The collector's latest counters (its latched ``collector/status`` JSON)."""
-        self.create_subscription(EpisodeResult, graph.EPISODE_RESULTS_TOPIC, self._on_result, RECORD_QOS)
-        self.create_subscription(CheckpointInfo, graph.ACTIVE_CHECKPOINT_TOPIC, self._on_active, LATCHED_QOS)
-        self.create_subscription(TrainerStatus, graph.TRAINER_STATUS_TOPIC, self._on_status, LATCHED_QOS)
-        self.create_subscription(String, graph.COLLECTOR_STATUS_TOPIC, self._on_collector_status, LATCHED_QOS)
+        self.create_subscription(
+            EpisodeResult, graph.EPISODE_RESULTS_TOPIC, self._on_result, RECORD_QOS
+        )
+        self.create_subscription(
+            CheckpointInfo, graph.ACTIVE_CHECKPOINT_TOPIC, self._on_active, LATCHED_QOS
+        )
+        self.create_subscription(
+            TrainerStatus, graph.TRAINER_STATUS_TOPIC, self._on_status, LATCHED_QOS
+        )
+        self.create_subscription(
+            String, graph.COLLECTOR_STATUS_TOPIC, self._on_collector_status, LATCHED_QOS
+        )
         self.fine_tune_client = self.create_client(FineTune, graph.FINE_TUNE_SERVICE)
         self.stop_session_client = self.create_client(Trigger, graph.STOP_SESSION_SERVICE)
-        self.load_checkpoint_client = self.create_client(LoadCheckpoint, graph.LOAD_CHECKPOINT_SERVICE)
+        self.load_checkpoint_client = self.create_client(
+            LoadCheckpoint, graph.LOAD_CHECKPOINT_SERVICE
+        )
         self.set_parameters_client = self.create_client(SetParameters, "policy/set_parameters")
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self)
-        self._spinner = threading.Thread(target=self._executor.spin, daemon=True, name="client-spin")
+        self._spinner = threading.Thread(
+            target=self._executor.spin, daemon=True, name="client-spin"
+        )
         self._spinner.start()
 
     def _update(self, fn: Callable[[], None]) -> None:
@@ -75,25 +92,50 @@ class LoopClient(Node):
             if not self._cond.wait_for(predicate, timeout=timeout):
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
-    def wait_for_recorded(self, count: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
+    def wait_for_recorded(
+        self, count: int, timeout: float, stop: Callable[[], bool] = lambda: False
+    ) -> None:
         """Wait until the collector reports at least ``count`` episodes written to its session
         (latched ``collector/status``), or ``stop()`` is true. The collector gets the results on
         its own subscription, later than this client on a loaded machine: close a session only
-        after this."""
-        self.wait_until(lambda: self.collector_status.get("session_episodes", 0) >= count or stop(), timeout,
-                        f"the collector to write {count} episodes")
+        after this.
+        """
+        self.wait_until(
+            lambda: self.collector_status.get("session_episodes", 0) >= count or stop(),
+            timeout,
+            f"the collector to write {count} episodes",
+        )
 
     def results_with(self, checkpoint_id: str, complete_only: bool = True) -> list[EpisodeResult]:
         with self._cond:
-            return [r for r in self.results if r.checkpoint_id == checkpoint_id and (r.complete or not complete_only)]
+            return [
+                r
+                for r in self.results
+                if r.checkpoint_id == checkpoint_id and (r.complete or not complete_only)
+            ]
 
-    def wait_for_episodes(self, checkpoint_id: str, count: int, timeout: float, progress: Callable[[int], None] | None = None,
-                          epsilon: float | None = None) -> list[EpisodeResult]:
+    def wait_for_episodes(
+        self,
+        checkpoint_id: str,
+        count: int,
+        timeout: float,
+        progress: Callable[[int], None] | None = None,
+        epsilon: float | None = None,
+    ) -> list[EpisodeResult]:
         """The first ``count`` complete episodes run with ``checkpoint_id`` (and exploration
-        ``epsilon``, when given) that arrive from now on or have arrived already."""
+        ``epsilon``, when given) that arrive from now on or have arrived already.
+        """
+
         def matching() -> list[EpisodeResult]:
-            return [r for r in self.results if r.checkpoint_id == checkpoint_id and r.complete
-                    and (epsilon is None or json.loads(r.exploration or "{}").get("epsilon") == epsilon)]
+            return [
+                r
+                for r in self.results
+                if r.checkpoint_id == checkpoint_id
+                and r.complete
+                and (
+                    epsilon is None or json.loads(r.exploration or "{}").get("epsilon") == epsilon
+                )
+            ]
 
         seen = [0]
 
@@ -110,8 +152,13 @@ class LoopClient(Node):
 
     def set_exploration(self, epsilon: float, timeout: float = 30.0) -> None:
         """Set the policy's epsilon (applies from its next episode)."""
-        p = Parameter(name="epsilon", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(epsilon)))
-        result = self.call(self.set_parameters_client, SetParameters.Request(parameters=[p]), timeout).results[0]
+        p = Parameter(
+            name="epsilon",
+            value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(epsilon)),
+        )
+        result = self.call(
+            self.set_parameters_client, SetParameters.Request(parameters=[p]), timeout
+        ).results[0]
         if not result.successful:
             raise ValueError(f"policy refused epsilon={epsilon}: {result.reason}")
 

@@ -7,6 +7,7 @@ starts the same nodes as processes with ``--ros-args``. A test checks they agree
 Names inside a graph are relative, so every topic and service lands under the graph's
 namespace: several robots (or simulated robots) run side by side under different namespaces.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -74,7 +75,9 @@ class Graph:
         known = {a.name: a for a in self.arguments}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"graph '{self.name}' has no argument(s) {unknown}; valid: {sorted(known)}")
+            raise ValueError(
+                f"graph '{self.name}' has no argument(s) {unknown}; valid: {sorted(known)}"
+            )
         merged = {**self.defaults(), **values}
         for name, value in merged.items():
             choices = known[name].choices
@@ -91,28 +94,61 @@ _COMMON_ARGS = (
     LaunchArgument("namespace", "", "namespace of every node, topic and service (one per robot)"),
 )
 _COLLECT_ARGS = (
-    LaunchArgument("sim", "true", "true: the PyBullet sim node plays arm and camera; false: a real arm node and camera driver", ("true", "false")),
-    LaunchArgument("task", "base", "task (world variation) recorded with every episode; the sim also builds it"),
-    LaunchArgument("dataset_root", "datasets", "folder under which the collector writes <task>/<session> bags"),
-    LaunchArgument("checkpoint", "", "Q-function checkpoint the policy starts with (it does not move the arm without one)"),
+    LaunchArgument(
+        "sim",
+        "true",
+        "true: the PyBullet sim node plays arm and camera; false: a real arm node and camera driver",
+        ("true", "false"),
+    ),
+    LaunchArgument(
+        "task",
+        "base",
+        "task (world variation) recorded with every episode; the sim also builds it",
+    ),
+    LaunchArgument(
+        "dataset_root", "datasets", "folder under which the collector writes <task>/<session> bags"
+    ),
+    LaunchArgument(
+        "checkpoint",
+        "",
+        "Q-function checkpoint the policy starts with (it does not move the arm without one)",
+    ),
     LaunchArgument("epsilon", "0.1", "probability of a random exploration action per step"),
     LaunchArgument("seed", "0", "seed of the first episode (episode k uses seed+k)"),
     LaunchArgument("image_size", "64", "camera image size the sim renders"),
-    LaunchArgument("camera_topic", CAMERA_TOPIC, "image topic of the camera driver (robot) or sim"),
+    LaunchArgument(
+        "camera_topic", CAMERA_TOPIC, "image topic of the camera driver (robot) or sim"
+    ),
 )
 _TRAINER_ARGS = (
-    LaunchArgument("checkpoint_dir", "checkpoints", "folder where the trainer writes fine-tuned checkpoints"),
-    LaunchArgument("default_checkpoint", "", "checkpoint fine-tuning starts from when a request names none"),
+    LaunchArgument(
+        "checkpoint_dir", "checkpoints", "folder where the trainer writes fine-tuned checkpoints"
+    ),
+    LaunchArgument(
+        "default_checkpoint", "", "checkpoint fine-tuning starts from when a request names none"
+    ),
 )
 
 GRAPHS: dict[str, Graph] = {
-    "collect": Graph("collect", "run grasp episodes with the policy and record them (sim or robot)", _COMMON_ARGS + _COLLECT_ARGS),
-    "finetune": Graph("finetune", "the trainer node with its fine-tune service", _COMMON_ARGS + _TRAINER_ARGS),
-    "sim_demo": Graph("sim_demo", "the whole loop in simulation: collect, fine-tune, hot-swap", _COMMON_ARGS + _COLLECT_ARGS + _TRAINER_ARGS),
+    "collect": Graph(
+        "collect",
+        "run grasp episodes with the policy and record them (sim or robot)",
+        _COMMON_ARGS + _COLLECT_ARGS,
+    ),
+    "finetune": Graph(
+        "finetune", "the trainer node with its fine-tune service", _COMMON_ARGS + _TRAINER_ARGS
+    ),
+    "sim_demo": Graph(
+        "sim_demo",
+        "the whole loop in simulation: collect, fine-tune, hot-swap",
+        _COMMON_ARGS + _COLLECT_ARGS + _TRAINER_ARGS,
+    ),
 }
 
 
-def resolve(graph_name: str, arguments: dict[str, str] | None = None) -> tuple[str, list[NodeSpec]]:
+def resolve(
+    graph_name: str, arguments: dict[str, str] | None = None
+) -> tuple[str, list[NodeSpec]]:
     """The namespace and the nodes of ``graph_name`` for the given launch argument values."""
     if graph_name not in GRAPHS:
         raise ValueError(f"unknown graph '{graph_name}'; valid: {sorted(GRAPHS)}")
@@ -123,26 +159,64 @@ def resolve(graph_name: str, arguments: dict[str, str] | None = None) -> tuple[s
         if not _bool(args["sim"]):
             nodes.append(NodeSpec("arm", "nsl_kuka", "kuka_arm_node", "kuka_arm.yaml", {}))
         if _bool(args["sim"]):
-            nodes.append(NodeSpec("sim", "nsl_sim", "sim_node", "sim.yaml", {
-                "task": args["task"],
-                "image_size": int(args["image_size"]),
-            }, remappings=(("camera/image_raw", args["camera_topic"]),) if args["camera_topic"] != CAMERA_TOPIC else ()))
-        nodes.append(NodeSpec("policy", "nsl_policy", "policy_node", "policy.yaml", {
-            "checkpoint": args["checkpoint"],
-            "task": args["task"],
-            "epsilon": float(args["epsilon"]),
-            "seed": int(args["seed"]),
-        }, remappings=(("camera/image_raw", args["camera_topic"]),) if args["camera_topic"] != CAMERA_TOPIC else ()))
-        nodes.append(NodeSpec("collector", "nsl_collector", "collector_node", "collector.yaml", {
-            "dataset_root": args["dataset_root"],
-            "task": args["task"],
-            "robot": "sim" if _bool(args["sim"]) else "robot",
-        }))
+            nodes.append(
+                NodeSpec(
+                    "sim",
+                    "nsl_sim",
+                    "sim_node",
+                    "sim.yaml",
+                    {
+                        "task": args["task"],
+                        "image_size": int(args["image_size"]),
+                    },
+                    remappings=(("camera/image_raw", args["camera_topic"]),)
+                    if args["camera_topic"] != CAMERA_TOPIC
+                    else (),
+                )
+            )
+        nodes.append(
+            NodeSpec(
+                "policy",
+                "nsl_policy",
+                "policy_node",
+                "policy.yaml",
+                {
+                    "checkpoint": args["checkpoint"],
+                    "task": args["task"],
+                    "epsilon": float(args["epsilon"]),
+                    "seed": int(args["seed"]),
+                },
+                remappings=(("camera/image_raw", args["camera_topic"]),)
+                if args["camera_topic"] != CAMERA_TOPIC
+                else (),
+            )
+        )
+        nodes.append(
+            NodeSpec(
+                "collector",
+                "nsl_collector",
+                "collector_node",
+                "collector.yaml",
+                {
+                    "dataset_root": args["dataset_root"],
+                    "task": args["task"],
+                    "robot": "sim" if _bool(args["sim"]) else "robot",
+                },
+            )
+        )
     if "checkpoint_dir" in args:
-        nodes.append(NodeSpec("trainer", "nsl_trainer", "trainer_node", "trainer.yaml", {
-            "checkpoint_dir": args["checkpoint_dir"],
-            "default_checkpoint": args["default_checkpoint"],
-        }))
+        nodes.append(
+            NodeSpec(
+                "trainer",
+                "nsl_trainer",
+                "trainer_node",
+                "trainer.yaml",
+                {
+                    "checkpoint_dir": args["checkpoint_dir"],
+                    "default_checkpoint": args["default_checkpoint"],
+                },
+            )
+        )
     return args["namespace"], nodes
 
 

@@ -3,6 +3,7 @@
 The launch files are one line each on top of this, so ``ros2 launch`` and ``nsl up`` start the
 same nodes with the same parameters.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,15 @@ def generate(graph_name: str) -> LaunchDescription:
         values = {a.name: LaunchConfiguration(a.name).perform(context) for a in graph.arguments}
         return launch_nodes(graph_name, values)
 
-    declared = [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description, **({"choices": list(a.choices)} if a.choices else {}))
-                for a in graph.arguments]
+    declared = [
+        DeclareLaunchArgument(
+            a.name,
+            default_value=a.default,
+            description=a.description,
+            **({"choices": list(a.choices)} if a.choices else {}),
+        )
+        for a in graph.arguments
+    ]
     # Large images (e.g. 472x472) need Fast DDS's bigger shared-memory segment; a profile the
     # user set already wins.
     profile = []

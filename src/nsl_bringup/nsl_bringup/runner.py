@@ -5,6 +5,7 @@ every line a node prints with the node's name, forwards Ctrl-C/SIGTERM to all no
 the whole graph when one node dies, saying which one and how. ``isolate=True`` gives the run its
 own ROS_DOMAIN_ID and localhost-only discovery, so parallel runs (tests) do not cross-talk.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,12 @@ def ros_args(spec: NodeSpec, namespace: str, overrides_file: Path) -> list[str]:
     args = ["--ros-args", "-r", f"__node:={spec.name}"]
     if namespace:
         args += ["-r", f"__ns:={'/' + namespace.strip('/')}"]
-    args += ["--params-file", str(config_dir() / spec.params_file), "--params-file", str(overrides_file)]
+    args += [
+        "--params-file",
+        str(config_dir() / spec.params_file),
+        "--params-file",
+        str(overrides_file),
+    ]
     for src, dst in spec.remappings:
         args += ["-r", f"{src}:={dst}"]
     return args
@@ -61,7 +67,8 @@ def isolated_environment(domain_id: int | None = None) -> dict[str, str]:
 
 def fastdds_environment() -> dict[str, str]:
     """FASTDDS_DEFAULT_PROFILES_FILE pointing at config/fastdds_shm.xml (a 16 MiB shared-memory
-    segment: large images such as 472x472 are delivered reliably); empty if the file is missing."""
+    segment: large images such as 472x472 are delivered reliably); empty if the file is missing.
+    """
     profile = config_dir() / "fastdds_shm.xml"
     return {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)} if profile.is_file() else {}
 
@@ -85,11 +92,21 @@ class NodeExit:
 class GraphRunner:
     """Runs the nodes of a resolved graph as child processes."""
 
-    def __init__(self, nodes: list[NodeSpec], namespace: str = "", env: dict[str, str] | None = None,
-                 output=None, cwd: str | Path | None = None):
+    def __init__(
+        self,
+        nodes: list[NodeSpec],
+        namespace: str = "",
+        env: dict[str, str] | None = None,
+        output=None,
+        cwd: str | Path | None = None,
+    ):
         self.nodes = nodes
         self.namespace = namespace
-        self.env = {**fastdds_environment(), **os.environ, **(env or {})}  # a user's own profile wins
+        self.env = {
+            **fastdds_environment(),
+            **os.environ,
+            **(env or {}),
+        }  # a user's own profile wins
         self.cwd = str(cwd) if cwd else None
         self.output = output or sys.stdout
         self._procs: dict[str, subprocess.Popen] = {}
@@ -107,15 +124,29 @@ class GraphRunner:
         for spec in self.nodes:
             overrides = Path(self._tmp.name) / f"{spec.name}.overrides.yaml"
             overrides.write_text(yaml.safe_dump({"/**": {"ros__parameters": spec.parameters}}))
-            cmds[spec.name] = [find_executable(spec.package, spec.executable), *ros_args(spec, self.namespace, overrides)]
+            cmds[spec.name] = [
+                find_executable(spec.package, spec.executable),
+                *ros_args(spec, self.namespace, overrides),
+            ]
         return cmds
 
     def start(self) -> None:
         for name, cmd in self.commands().items():
-            proc = subprocess.Popen(cmd, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
             self._procs[name] = proc
-            pump = threading.Thread(target=self._pump, args=(name, proc), daemon=True, name=f"output-{name}")
+            pump = threading.Thread(
+                target=self._pump, args=(name, proc), daemon=True, name=f"output-{name}"
+            )
             pump.start()
             self._pumps.append(pump)
 
@@ -134,7 +165,9 @@ class GraphRunner:
     def wait(self, timeout: float | None = None) -> NodeExit | None:
         """Block until a node exits (returns it), ``interrupt()`` is called or ``timeout`` passes."""
         with self._exited:
-            self._exited.wait_for(lambda: self._first_exit is not None or self._interrupted, timeout=timeout)
+            self._exited.wait_for(
+                lambda: self._first_exit is not None or self._interrupted, timeout=timeout
+            )
             return self._first_exit
 
     def interrupt(self) -> None:
@@ -165,7 +198,9 @@ class GraphRunner:
                 os.killpg(proc.pid, signal.SIGKILL)
                 codes[name] = proc.wait()
                 with self._print_lock:
-                    self.output.write(f"[runner] node '{name}' did not stop within {grace:.0f} s; killed\n")
+                    self.output.write(
+                        f"[runner] node '{name}' did not stop within {grace:.0f} s; killed\n"
+                    )
         for pump in self._pumps:
             pump.join(timeout=2)
         self._tmp.cleanup()
@@ -181,7 +216,9 @@ class GraphRunner:
 
 def run_until_interrupted(runner: GraphRunner) -> int:
     """Run a graph in the foreground: Ctrl-C/SIGTERM stop it cleanly; a dying node stops the rest."""
-    old = {s: signal.signal(s, lambda *_: runner.interrupt()) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {
+        s: signal.signal(s, lambda *_: runner.interrupt()) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         runner.start()
         died = runner.wait()

@@ -1,4 +1,5 @@
 """The graph description and the runner's command lines (no ROS needed)."""
+
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,9 @@ from nsl_bringup.runner import GraphRunner, isolated_environment
 
 def test_collect_sim_has_sim_policy_collector_and_robot_has_no_sim():
     _, sim_nodes = resolve("collect", {"sim": "true"})
-    _, robot_nodes = resolve("collect", {"sim": "false", "camera_topic": "/camera/color/image_raw"})
+    _, robot_nodes = resolve(
+        "collect", {"sim": "false", "camera_topic": "/camera/color/image_raw"}
+    )
     assert [n.name for n in sim_nodes] == ["sim", "policy", "collector"]
     assert [n.name for n in robot_nodes] == ["arm", "policy", "collector"]
     assert robot_nodes[0].package == "nsl_kuka"
@@ -44,7 +47,9 @@ def test_runner_commands_carry_the_graph_parameters(graph, tmp_path):
         assert yaml.safe_load(open(files[1]))["/**"]["ros__parameters"] == spec.parameters
         # Every parameter a graph sets is declared in the node's params file.
         declared = yaml.safe_load(open(files[0]))["/**"]["ros__parameters"]
-        assert set(spec.parameters) <= set(declared), f"{spec.name}: {set(spec.parameters) - set(declared)}"
+        assert set(spec.parameters) <= set(declared), (
+            f"{spec.name}: {set(spec.parameters) - set(declared)}"
+        )
     runner._tmp.cleanup()
 
 
@@ -68,23 +73,34 @@ def test_runner_prefixes_output_and_reports_a_dying_node(tmp_path, monkeypatch):
     scripts = {
         # crashy dies only once steady handles SIGINT: a SIGINT that came earlier would be lost
         # when the suite runs in a background job (which starts with SIGINT ignored).
-        "steady": fake_node(tmp_path, "steady", f"""
+        "steady": fake_node(
+            tmp_path,
+            "steady",
+            f"""
             import pathlib, signal, sys, time
             signal.signal(signal.SIGINT, lambda *a: sys.exit(0))
             pathlib.Path({str(tmp_path / "steady.ready")!r}).touch()
             print("hello from steady", flush=True)
             signal.pause()
-        """),
-        "crashy": fake_node(tmp_path, "crashy", f"""
+        """,
+        ),
+        "crashy": fake_node(
+            tmp_path,
+            "crashy",
+            f"""
             import pathlib, sys, time
             while not pathlib.Path({str(tmp_path / "steady.ready")!r}).exists():
                 time.sleep(0.01)
             print("about to fail", flush=True)
             sys.exit(3)
-        """),
+        """,
+        ),
     }
     monkeypatch.setattr(runner_module, "find_executable", lambda package, exe: str(scripts[exe]))
-    nodes = [NodeSpec("steady", "pkg", "steady", "sim.yaml"), NodeSpec("crashy", "pkg", "crashy", "sim.yaml")]
+    nodes = [
+        NodeSpec("steady", "pkg", "steady", "sim.yaml"),
+        NodeSpec("crashy", "pkg", "crashy", "sim.yaml"),
+    ]
 
     class Sink:
         def __init__(self):

@@ -3,6 +3,7 @@
 ROS 2 ``launch``/``launch_ros`` are not installable from PyPI; where they are missing these tests
 are reported as skipped with that reason (they run in the Docker image, see docker/).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +13,10 @@ import pytest
 
 LAUNCH_DIR = Path(__file__).resolve().parent.parent / "launch"
 
-launch_ros = pytest.importorskip("launch_ros", reason="ROS 2 launch_ros is not installed here (not on PyPI); runs in the docker/ image")
+launch_ros = pytest.importorskip(
+    "launch_ros",
+    reason="ROS 2 launch_ros is not installed here (not on PyPI); runs in the docker/ image",
+)
 
 
 def load_launch_file(name: str):
@@ -33,8 +37,14 @@ def test_launch_file_declares_the_graph_arguments(graph):
     assert declared == {a.name for a in GRAPHS[graph].arguments}
 
 
-@pytest.mark.parametrize("graph,args", [("collect", {"task": "checkerboard", "namespace": "r2"}), ("sim_demo", {}),
-                                        ("collect", {"sim": "false", "camera_topic": "/cam/image"})])
+@pytest.mark.parametrize(
+    "graph,args",
+    [
+        ("collect", {"task": "checkerboard", "namespace": "r2"}),
+        ("sim_demo", {}),
+        ("collect", {"sim": "false", "camera_topic": "/cam/image"}),
+    ],
+)
 def test_launch_nodes_match_the_runner(graph, args, monkeypatch):
     """The launch file passes each node exactly what the runner passes on its command line."""
     import nsl_bringup.launch_description as ld
@@ -47,7 +57,11 @@ def test_launch_nodes_match_the_runner(graph, args, monkeypatch):
     namespace, specs = resolve(graph, args)
     assert len(captured) == len(specs)
     for kwargs, spec in zip(captured, specs):
-        assert (kwargs["package"], kwargs["executable"], kwargs["name"]) == (spec.package, spec.executable, spec.name)
+        assert (kwargs["package"], kwargs["executable"], kwargs["name"]) == (
+            spec.package,
+            spec.executable,
+            spec.name,
+        )
         assert kwargs["namespace"] == (namespace or None)
         assert kwargs["parameters"] == [str(config_dir() / spec.params_file), spec.parameters]
         assert kwargs["remappings"] == list(spec.remappings)

@@ -4,13 +4,17 @@ arm interface (reset, step, refusal of an unknown task) and publishes camera ima
 Runs where ROS 2 launch_testing is installed (the docker/ image: `launch_test` or pytest with the
 launch_testing plugin); reported as skipped elsewhere.
 """
+
 from __future__ import annotations
 
 import unittest
 
 import pytest
 
-launch_testing = pytest.importorskip("launch_testing", reason="ROS 2 launch_testing is not installed here (not on PyPI); runs in the docker/ image")
+launch_testing = pytest.importorskip(
+    "launch_testing",
+    reason="ROS 2 launch_testing is not installed here (not on PyPI); runs in the docker/ image",
+)
 
 import launch  # noqa: E402
 import launch_testing.actions  # noqa: E402
@@ -24,7 +28,11 @@ NAMESPACE = "launch_test"
 def generate_test_description():
     from nsl_bringup.launch_description import launch_nodes
 
-    sim = [n for n in launch_nodes("collect", {"namespace": NAMESPACE, "task": "base"}) if n.node_executable == "sim_node"]
+    sim = [
+        n
+        for n in launch_nodes("collect", {"namespace": NAMESPACE, "task": "base"})
+        if n.node_executable == "sim_node"
+    ]
     return launch.LaunchDescription([*sim, launch_testing.actions.ReadyToTest()])
 
 
@@ -55,23 +63,37 @@ class TestSimNodeServesTheArmInterface(unittest.TestCase):
 
         images = []
         self.node.create_subscription(Image, "camera/image_raw", images.append, 10)
-        reply = self.call(ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="base", seed=3))
+        reply = self.call(
+            ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="base", seed=3)
+        )
         self.assertTrue(reply.success, reply.message)
-        step = self.call(ExecuteStep, "arm/execute_step", ExecuteStep.Request(action=GraspAction(terminate=True)))
+        step = self.call(
+            ExecuteStep,
+            "arm/execute_step",
+            ExecuteStep.Request(action=GraspAction(terminate=True)),
+        )
         self.assertTrue(step.success and step.done, step.message)
         end = self.node.get_clock().now().nanoseconds + 10 * 10**9
         while not images and self.node.get_clock().now().nanoseconds < end:
             rclpy.spin_once(self.node, timeout_sec=0.5)
         self.assertTrue(images, "no camera image")
-        self.assertEqual((images[-1].width, images[-1].height, images[-1].encoding), (64, 64, "rgb8"))
+        self.assertEqual(
+            (images[-1].width, images[-1].height, images[-1].encoding), (64, 64, "rgb8")
+        )
 
     def test_unknown_task_is_refused_and_the_node_keeps_serving(self):
         from nsl_msgs.srv import ResetEpisode
 
-        reply = self.call(ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="no_such_task", seed=1))
+        reply = self.call(
+            ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="no_such_task", seed=1)
+        )
         self.assertFalse(reply.success)
         self.assertIn("no_such_task", reply.message)
-        self.assertTrue(self.call(ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="base", seed=1)).success)
+        self.assertTrue(
+            self.call(
+                ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="base", seed=1)
+            ).success
+        )
 
 
 @launch_testing.post_shutdown_test()

@@ -14,6 +14,7 @@ dataset; the cache stores the result per bag as plain ``.npy`` arrays that load 
 * Writes are atomic (temporary directory + rename); a stale entry for the same bag is replaced.
   A damaged entry is ignored and rebuilt.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +59,9 @@ def bag_fingerprint(bag: Path, *, full: bool = False) -> list:
     if bag.is_file():
         files = [bag]
     else:
-        files = sorted([p for p in bag.glob("*.mcap")] + [p for p in (bag / "metadata.yaml",) if p.is_file()])
+        files = sorted(
+            [p for p in bag.glob("*.mcap")] + [p for p in (bag / "metadata.yaml",) if p.is_file()]
+        )
     out = []
     for f in files:
         st = f.stat()
@@ -76,8 +79,14 @@ class TransitionCache:
         self.misses = 0
 
     def _entry(self, bag: Path, action_space) -> tuple[Path, str]:
-        ident = json.dumps([str(bag.resolve()), float(action_space.max_translation),
-                            float(action_space.max_rotation), CACHE_VERSION])
+        ident = json.dumps(
+            [
+                str(bag.resolve()),
+                float(action_space.max_translation),
+                float(action_space.max_rotation),
+                CACHE_VERSION,
+            ]
+        )
         return self.root / hashlib.sha256(ident.encode()).hexdigest()[:32], ident
 
     def get(self, bag: Path, action_space) -> tuple[Transitions, dict] | None:
@@ -85,7 +94,9 @@ class TransitionCache:
         meta_file = entry / "meta.json"
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            if meta.get("ident") != ident or meta.get("fingerprint") != bag_fingerprint(bag, full=self.full):
+            if meta.get("ident") != ident or meta.get("fingerprint") != bag_fingerprint(
+                bag, full=self.full
+            ):
                 self.misses += 1
                 return None
             arrays = {k: np.load(entry / f"{k}.npy", allow_pickle=False) for k in _ARRAYS}
@@ -103,8 +114,9 @@ class TransitionCache:
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
             for k in _ARRAYS:
                 np.save(tmp / f"{k}.npy", getattr(tr, k), allow_pickle=False)
-            (tmp / "meta.json").write_text(json.dumps({**meta, "ident": ident, "fingerprint": fingerprint}),
-                                           encoding="utf-8")
+            (tmp / "meta.json").write_text(
+                json.dumps({**meta, "ident": ident, "fingerprint": fingerprint}), encoding="utf-8"
+            )
             if entry.exists():
                 shutil.rmtree(entry, ignore_errors=True)
             os.replace(tmp, entry)

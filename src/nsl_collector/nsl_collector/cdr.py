@@ -9,6 +9,7 @@ in full. ROS-free; checked against rclpy's and rosbags' serializers in the tests
 Supported encapsulations: plain CDR (XCDR1, what rmw_fastrtps/cyclonedds send for these types)
 and plain CDR2, little and big endian.
 """
+
 from __future__ import annotations
 
 import struct
@@ -70,7 +71,7 @@ class _Cursor:
             return ""
         if self.pos + n > self.end:
             raise CdrError(f"string of {n} bytes runs past the end of the message")
-        raw = bytes(self.buf[self.pos:self.pos + n])
+        raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         if raw[-1:] != b"\0":
             raise CdrError("string without its terminating NUL")
@@ -131,4 +132,16 @@ def episode_result(raw: bytes | memoryview) -> ResultInfo:
     checkpoint_id, exploration = c.string(), c.string()
     complete = c.boolean()
     message = c.string()
-    return ResultInfo(stamp, frame, eid, task, seed, success, num_steps, checkpoint_id, exploration, complete, message)
+    return ResultInfo(
+        stamp,
+        frame,
+        eid,
+        task,
+        seed,
+        success,
+        num_steps,
+        checkpoint_id,
+        exploration,
+        complete,
+        message,
+    )

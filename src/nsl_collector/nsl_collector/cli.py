@@ -1,11 +1,12 @@
 """``nsl data``: dataset commands (ROS-free).
 
-  nsl data info PATH...                      episodes, success rate, tasks, checkpoints (--json)
-  nsl data verify PATH...                    check every bag; damaged files named, the rest checked
-  nsl data split PATH... --out DIR           nested size tiers 25..800 (seeded); manifests (--bags: bags)
-  nsl data merge PATH... --out BAG           one bag with every complete episode
-  nsl data cache clear|info                  the loader's transition cache
+nsl data info PATH...                      episodes, success rate, tasks, checkpoints (--json)
+nsl data verify PATH...                    check every bag; damaged files named, the rest checked
+nsl data split PATH... --out DIR           nested size tiers 25..800 (seeded); manifests (--bags: bags)
+nsl data merge PATH... --out BAG           one bag with every complete episode
+nsl data cache clear|info                  the loader's transition cache
 """
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,15 @@ def cmd_info(args) -> int:
             print(json.dumps(info))
             continue
         rate = info["success_rate"]
-        print(f"{path}: {len(info['bags'])} bag(s), {info['complete']} complete episode(s) "
-              f"({info['skipped']} skipped, {info['in_flight']} in flight), {info['steps']} steps")
-        print(f"  success rate: {rate:.3f} ({info['successes']}/{info['complete']})" if info["complete"] else
-              "  success rate: n/a")
+        print(
+            f"{path}: {len(info['bags'])} bag(s), {info['complete']} complete episode(s) "
+            f"({info['skipped']} skipped, {info['in_flight']} in flight), {info['steps']} steps"
+        )
+        print(
+            f"  success rate: {rate:.3f} ({info['successes']}/{info['complete']})"
+            if info["complete"]
+            else "  success rate: n/a"
+        )
         for t, n in info["tasks"].items():
             print(f"  task {t}: {n} episodes, success {info['task_success_rate'][t]:.3f}")
         for c, n in info["checkpoints"].items():
@@ -76,7 +82,9 @@ def cmd_split(args) -> int:
         return _err(exc)
     for t in res["tiers"]:
         where = t.get("bag", t["manifest"])
-        print(f"tier {t['tier']:>4}: {t['episodes']} episodes, {t['successes']} successes -> {where}")
+        print(
+            f"tier {t['tier']:>4}: {t['episodes']} episodes, {t['successes']} successes -> {where}"
+        )
     if res["left_out"]:
         print(f"left out (only {res['available']} complete episodes): {res['left_out']}")
     return 0
@@ -90,8 +98,10 @@ def cmd_merge(args) -> int:
     except DatasetError as exc:
         return _err(exc)
     dup = res["duplicates_skipped"]
-    print(f"wrote {res['bag']}: {res['episodes']} episodes, {res['steps']} steps"
-          + (f", {dup} duplicate(s) skipped" if dup else ""))
+    print(
+        f"wrote {res['bag']}: {res['episodes']} episodes, {res['steps']} steps"
+        + (f", {dup} duplicate(s) skipped" if dup else "")
+    )
     return 0
 
 
@@ -111,8 +121,11 @@ def cmd_cache(args) -> int:
 def add_commands(subparsers) -> None:
     from .tools import PAPER_TIERS
 
-    p = subparsers.add_parser("data", help="dataset tools: info, verify, split, merge",
-                              description="Grasp-episode datasets (rosbag2/MCAP bags, dataset folders, manifests).")
+    p = subparsers.add_parser(
+        "data",
+        help="dataset tools: info, verify, split, merge",
+        description="Grasp-episode datasets (rosbag2/MCAP bags, dataset folders, manifests).",
+    )
     sub = p.add_subparsers(dest="data_command", required=True)
     c = sub.add_parser("info", help="episodes, success rate, tasks, checkpoints")
     c.add_argument("paths", nargs="+", help="bags, dataset folders or tier manifests")
@@ -123,8 +136,12 @@ def add_commands(subparsers) -> None:
     c.set_defaults(fn=cmd_verify)
     c = sub.add_parser("split", help="nested size tiers (seeded), as the paper's 800-grasp sets")
     c.add_argument("paths", nargs="+")
-    c.add_argument("--out", required=True, help="folder for tier_<n>.yaml manifests (and tier_<n>/ bags)")
-    c.add_argument("--tiers", default=",".join(map(str, PAPER_TIERS)), help="comma-separated sizes")
+    c.add_argument(
+        "--out", required=True, help="folder for tier_<n>.yaml manifests (and tier_<n>/ bags)"
+    )
+    c.add_argument(
+        "--tiers", default=",".join(map(str, PAPER_TIERS)), help="comma-separated sizes"
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--bags", action="store_true", help="also write each tier as a standalone bag")
     c.set_defaults(fn=cmd_split)
@@ -134,5 +151,7 @@ def add_commands(subparsers) -> None:
     c.set_defaults(fn=cmd_merge)
     c = sub.add_parser("cache", help="the loader's transition cache")
     c.add_argument("action", choices=("info", "clear"))
-    c.add_argument("--cache-dir", default=None, help="default: $NSL_DATASET_CACHE or ~/.cache/nsl/transitions")
+    c.add_argument(
+        "--cache-dir", default=None, help="default: $NSL_DATASET_CACHE or ~/.cache/nsl/transitions"
+    )
     c.set_defaults(fn=cmd_cache)

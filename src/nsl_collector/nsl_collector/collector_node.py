@@ -9,6 +9,7 @@ Services (std_srvs/Trigger): ``collector/start_session`` (reply: the new bag's p
 ``collector/stop_session`` (reply: the closed bag's path), ``collector/discard_episode``.
 Topic ``collector/status`` (std_msgs/String, JSON, latched): counters after every change.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,12 @@ import json
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
-from rclpy.qos import (QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data)
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -27,55 +33,112 @@ from nsl_collector.session import Collector, CollectorConfig
 from nsl_msgs.msg import EpisodeResult, StepRecord
 
 RECORD_QOS = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-STATUS_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                        durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+STATUS_QOS = QoSProfile(
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 # name: (default, description); types follow the defaults.
 PARAMETERS = {
     "dataset_root": ("datasets", "bags go to <dataset_root>/<task>/session_<UTC time>"),
     "task": ("base", "task folder and session metadata"),
     "robot": ("sim", "robot name, or 'sim' for the simulator; stored in the session metadata"),
-    "checkpoint": ("", "policy checkpoint path for the session metadata (the checkpoint ids come from the episodes)"),
-    "auto_start": (True, "open a session at the first complete episode; false: only collector/start_session opens one"),
-    "record_camera": (False, "also record the raw camera stream (camera/image_raw) into the session bag"),
-    "max_pending_episodes": (8, "episodes buffered awaiting their result; the oldest is dropped beyond this"),
+    "checkpoint": (
+        "",
+        "policy checkpoint path for the session metadata (the checkpoint ids come from the episodes)",
+    ),
+    "auto_start": (
+        True,
+        "open a session at the first complete episode; false: only collector/start_session opens one",
+    ),
+    "record_camera": (
+        False,
+        "also record the raw camera stream (camera/image_raw) into the session bag",
+    ),
+    "max_pending_episodes": (
+        8,
+        "episodes buffered awaiting their result; the oldest is dropped beyond this",
+    ),
     "max_steps_per_episode": (200, "steps buffered per episode; an episode with more is dropped"),
-    "max_pending_megabytes": (512, "bytes buffered over all pending episodes; the oldest are dropped beyond this"),
-    "max_episodes_per_bag": (0, "roll over to a new session bag after this many episodes (0: never)"),
-    "max_bag_megabytes": (4096, "roll over to a new session bag at this MCAP size (0: never); bounds memory"),
-    "fsync": (True, "fsync the bag after every episode (durable against power loss, not only process crashes)"),
+    "max_pending_megabytes": (
+        512,
+        "bytes buffered over all pending episodes; the oldest are dropped beyond this",
+    ),
+    "max_episodes_per_bag": (
+        0,
+        "roll over to a new session bag after this many episodes (0: never)",
+    ),
+    "max_bag_megabytes": (
+        4096,
+        "roll over to a new session bag at this MCAP size (0: never); bounds memory",
+    ),
+    "fsync": (
+        True,
+        "fsync the bag after every episode (durable against power loss, not only process crashes)",
+    ),
 }
-_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER, str: ParameterType.PARAMETER_STRING}
+_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    str: ParameterType.PARAMETER_STRING,
+}
 
 
 class CollectorNode(Node):
     def __init__(self) -> None:
         super().__init__("collector")
         for name, (default, text) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=text, type=_TYPES[type(default)],
-                                                                      read_only=True))
+            self.declare_parameter(
+                name,
+                default,
+                ParameterDescriptor(description=text, type=_TYPES[type(default)], read_only=True),
+            )
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         cfg = CollectorConfig(
-            dataset_root=writable_dir(p("dataset_root"), "dataset_root"), task=p("task"), robot=p("robot"),
-            namespace=self.get_namespace(), max_pending=int(p("max_pending_episodes")),
-            max_steps=int(p("max_steps_per_episode")), max_pending_bytes=int(p("max_pending_megabytes")) << 20,
+            dataset_root=writable_dir(p("dataset_root"), "dataset_root"),
+            task=p("task"),
+            robot=p("robot"),
+            namespace=self.get_namespace(),
+            max_pending=int(p("max_pending_episodes")),
+            max_steps=int(p("max_steps_per_episode")),
+            max_pending_bytes=int(p("max_pending_megabytes")) << 20,
             max_episodes_per_bag=int(p("max_episodes_per_bag")),
-            max_bag_bytes=int(p("max_bag_megabytes")) * 1024 * 1024, auto_start=bool(p("auto_start")),
-            record_camera=bool(p("record_camera")), checkpoint=p("checkpoint"), fsync=bool(p("fsync")))
-        self.collector = Collector(cfg, log=self._log, clock_ns=lambda: self.get_clock().now().nanoseconds)
+            max_bag_bytes=int(p("max_bag_megabytes")) * 1024 * 1024,
+            auto_start=bool(p("auto_start")),
+            record_camera=bool(p("record_camera")),
+            checkpoint=p("checkpoint"),
+            fsync=bool(p("fsync")),
+        )
+        self.collector = Collector(
+            cfg, log=self._log, clock_ns=lambda: self.get_clock().now().nanoseconds
+        )
         self.status_pub = self.create_publisher(String, "collector/status", STATUS_QOS)
         self.create_subscription(StepRecord, "step_records", self.on_step, RECORD_QOS, raw=True)
-        self.create_subscription(EpisodeResult, "episode_results", self.on_result, RECORD_QOS, raw=True)
+        self.create_subscription(
+            EpisodeResult, "episode_results", self.on_result, RECORD_QOS, raw=True
+        )
         if cfg.record_camera:
-            self.create_subscription(Image, "camera/image_raw", self.collector.on_camera, qos_profile_sensor_data, raw=True)
-        for name, fn in (("start_session", self.collector.start_session), ("stop_session", self.collector.stop_session),
-                         ("discard_episode", self.collector.discard_episode)):
+            self.create_subscription(
+                Image,
+                "camera/image_raw",
+                self.collector.on_camera,
+                qos_profile_sensor_data,
+                raw=True,
+            )
+        for name, fn in (
+            ("start_session", self.collector.start_session),
+            ("stop_session", self.collector.stop_session),
+            ("discard_episode", self.collector.discard_episode),
+        ):
             self.create_service(Trigger, f"collector/{name}", self._trigger(fn))
         self._dirty = False
         self.create_timer(0.2, self._status_timer)
         self.publish_status()
-        self.get_logger().info(f"collector ready; sessions go to {cfg.dataset_root / cfg.task}"
-                               f"{' (with the camera stream)' if cfg.record_camera else ''}")
+        self.get_logger().info(
+            f"collector ready; sessions go to {cfg.dataset_root / cfg.task}"
+            f"{' (with the camera stream)' if cfg.record_camera else ''}"
+        )
 
     def _log(self, level: str, text: str) -> None:
         if not rclpy.ok():  # shutting down: the rosout publisher is gone
@@ -116,10 +179,13 @@ class CollectorNode(Node):
             response.success, response.message = fn()
             self.publish_status()
             return response
+
         return handle
 
     def destroy_node(self) -> None:
-        collector = getattr(self, "collector", None)  # absent when __init__ failed (bad parameters)
+        collector = getattr(
+            self, "collector", None
+        )  # absent when __init__ failed (bad parameters)
         if collector is not None:
             collector.close()
         super().destroy_node()

@@ -1,4 +1,5 @@
 """Errors of the dataset library."""
+
 from __future__ import annotations
 
 

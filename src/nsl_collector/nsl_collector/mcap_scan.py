@@ -5,6 +5,7 @@ never writes. This scanner walks the records from the start of the file, decodes
 stops cleanly at the truncation point of an unfinished file. It reads only what the dataset
 library needs: schemas, channels and messages.
 """
+
 from __future__ import annotations
 
 import struct
@@ -15,7 +16,14 @@ from pathlib import Path
 from .errors import DatasetError
 
 MAGIC = b"\x89MCAP0\r\n"
-_OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+_OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = (
+    0x01,
+    0x02,
+    0x03,
+    0x04,
+    0x05,
+    0x06,
+)
 _OP_DATA_END = 0x0F
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -66,7 +74,7 @@ def _string(buf, pos: int) -> tuple[str, int]:
     pos += 4
     if pos + n > len(buf):
         raise _Corrupt("string runs past its record")
-    return bytes(buf[pos:pos + n]).decode("utf-8"), pos + n
+    return bytes(buf[pos : pos + n]).decode("utf-8"), pos + n
 
 
 def _decompress(compression: str, data: memoryview, size: int) -> bytes | memoryview:
@@ -94,7 +102,8 @@ def _decompress(compression: str, data: memoryview, size: int) -> bytes | memory
 
 def _records(scan: McapScan, buf: memoryview, pos: int, end: int, *, top: bool) -> int:
     """Parse records in buf[pos:end]; returns the offset where parsing stopped (a footer's end,
-    or ``end``). Raises _Corrupt for malformed records and _Truncated for an incomplete tail."""
+    or ``end``). Raises _Corrupt for malformed records and _Truncated for an incomplete tail.
+    """
     while pos < end:
         if pos + 9 > end:
             raise _Truncated(pos)
@@ -104,12 +113,14 @@ def _records(scan: McapScan, buf: memoryview, pos: int, end: int, *, top: bool) 
             raise _Truncated(pos)
         rec_end = body + length
         if op == 0x00:
-            raise _Corrupt(f"invalid record opcode 0 at offset {pos}", zero_opcode_at=pos if top else None)
+            raise _Corrupt(
+                f"invalid record opcode 0 at offset {pos}", zero_opcode_at=pos if top else None
+            )
         if op == _OP_MESSAGE:
             if length < 22:
                 raise _Corrupt(f"message record at offset {pos} is too short ({length} bytes)")
             cid, _seq, log_time, _pub = _MSG.unpack_from(buf, body)
-            scan.messages.append((cid, log_time, buf[body + 22:rec_end]))
+            scan.messages.append((cid, log_time, buf[body + 22 : rec_end]))
         elif op == _OP_SCHEMA:
             (sid,) = _U16.unpack_from(buf, body)
             name, p = _string(buf, body + 2)
@@ -118,7 +129,7 @@ def _records(scan: McapScan, buf: memoryview, pos: int, end: int, *, top: bool) 
             if p + 4 + n > rec_end:
                 raise _Corrupt(f"schema record at offset {pos} runs past its end")
             if sid:
-                scan.schemas[sid] = Schema(sid, name, encoding, bytes(buf[p + 4:p + 4 + n]))
+                scan.schemas[sid] = Schema(sid, name, encoding, bytes(buf[p + 4 : p + 4 + n]))
         elif op == _OP_CHANNEL:
             cid, sid = struct.unpack_from("<HH", buf, body)
             topic, p = _string(buf, body + 4)
@@ -133,7 +144,7 @@ def _records(scan: McapScan, buf: memoryview, pos: int, end: int, *, top: bool) 
             p += 8
             if p + csize > rec_end:
                 raise _Corrupt(f"chunk at offset {pos} runs past its record")
-            data = _decompress(compression, buf[p:p + csize], usize)
+            data = _decompress(compression, buf[p : p + csize], usize)
             if len(data) != usize:
                 raise _Corrupt(f"chunk at offset {pos}: {len(data)} bytes, header says {usize}")
             if crc and zlib.crc32(data) != crc:
@@ -142,10 +153,14 @@ def _records(scan: McapScan, buf: memoryview, pos: int, end: int, *, top: bool) 
             try:
                 _records(scan, inner, 0, len(inner), top=False)
             except _Truncated as exc:
-                raise _Corrupt(f"chunk at offset {pos}: inner record at {exc.offset} runs past the chunk") from None
+                raise _Corrupt(
+                    f"chunk at offset {pos}: inner record at {exc.offset} runs past the chunk"
+                ) from None
         elif op == _OP_FOOTER and top:
-            if bytes(buf[rec_end:rec_end + 8]) != MAGIC or rec_end + 8 != len(buf):
-                raise _Corrupt(f"footer at offset {pos} is not followed by the closing magic at the end of the file")
+            if bytes(buf[rec_end : rec_end + 8]) != MAGIC or rec_end + 8 != len(buf):
+                raise _Corrupt(
+                    f"footer at offset {pos} is not followed by the closing magic at the end of the file"
+                )
             scan.complete = True
             return rec_end + 8
         # Header, DataEnd, indexes, statistics, metadata, attachments, unknown: skipped.
@@ -201,6 +216,8 @@ def scan_mcap(path: str | Path, *, require_complete: bool) -> McapScan:
         raise DatasetError(f"{path}: corrupt MCAP file: {exc}") from None
     if not scan.complete:
         if require_complete:
-            raise DatasetError(f"{path}: truncated MCAP file: no footer (the bag's metadata.yaml says it was closed)")
+            raise DatasetError(
+                f"{path}: truncated MCAP file: no footer (the bag's metadata.yaml says it was closed)"
+            )
         scan.truncated_at = end
     return scan

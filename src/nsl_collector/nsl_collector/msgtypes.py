@@ -3,6 +3,7 @@
 Writing registers the ``.msg`` files of nsl_msgs (found by :func:`find_msg_dir`); reading never
 needs them: it builds its types from the message definitions stored in the bag itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,9 @@ def find_msg_dir() -> Path:
     if env:
         d = Path(env).expanduser()
         if not d.is_dir() or not any(d.glob("*.msg")):
-            raise DatasetError(f"NSL_MSGS_DIR={env!r} is not a directory holding nsl_msgs .msg files")
+            raise DatasetError(
+                f"NSL_MSGS_DIR={env!r} is not a directory holding nsl_msgs .msg files"
+            )
         return d
     d = Path(sys.prefix) / "share" / PACKAGE / "msg"
     if any(d.glob("*.msg")):
@@ -76,7 +79,9 @@ def writer_typestore(msg_dir: str | Path | None = None) -> Typestore:
     types = {}
     for f in files:
         try:
-            types.update(get_types_from_msg(f.read_text(encoding="utf-8"), f"{PACKAGE}/msg/{f.stem}"))
+            types.update(
+                get_types_from_msg(f.read_text(encoding="utf-8"), f"{PACKAGE}/msg/{f.stem}")
+            )
         except Exception as exc:
             raise DatasetError(f"{f}: cannot parse message definition: {exc}") from exc
     store = get_typestore(base_store())

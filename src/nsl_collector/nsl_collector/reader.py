@@ -4,6 +4,7 @@ Message definitions come from the bag itself (MCAP schema records), never from .
 old bags stay readable. Bags whose recording was killed (no metadata.yaml, MCAP without footer)
 are recovered up to the last complete record; the episodes that cannot be used are reported.
 """
+
 from __future__ import annotations
 
 import json
@@ -117,7 +118,8 @@ def is_manifest(path: str | Path) -> bool:
 
 def read_manifest(path: str | Path) -> dict[Path, list[str]]:
     """An episode manifest (what ``nsl data split`` writes): {bag: [episode ids]} in bag order.
-    Bag paths in the file are relative to the manifest's folder (or absolute)."""
+    Bag paths in the file are relative to the manifest's folder (or absolute).
+    """
     p = Path(path)
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -129,16 +131,21 @@ def read_manifest(path: str | Path) -> dict[Path, list[str]]:
     try:
         for item in doc["bags"]:
             bag = Path(item["bag"])
-            out.setdefault(bag if bag.is_absolute() else p.parent / bag, []).extend(str(e) for e in item["episodes"])
+            out.setdefault(bag if bag.is_absolute() else p.parent / bag, []).extend(
+                str(e) for e in item["episodes"]
+            )
     except (KeyError, TypeError) as exc:
-        raise DatasetError(f"{p}: malformed manifest (bags: [{{bag, episodes}}] expected): {exc}") from exc
+        raise DatasetError(
+            f"{p}: malformed manifest (bags: [{{bag, episodes}}] expected): {exc}"
+        ) from exc
     return out
 
 
 def find_bags(path: str | Path) -> list[Path]:
     """Bags under ``path``: the bag itself (a bag directory or a single .mcap file), every bag
     directory below a dataset directory (sorted), or the bags an episode manifest names.
-    DatasetError if there is none."""
+    DatasetError if there is none.
+    """
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"{p}: no such file or directory")
@@ -152,9 +159,13 @@ def find_bags(path: str | Path) -> list[Path]:
         return [p]
     if _is_bag_dir(p):
         return [p]
-    bags = sorted({m.parent for m in p.rglob("metadata.yaml")} | {m.parent for m in p.rglob("*.mcap")})
+    bags = sorted(
+        {m.parent for m in p.rglob("metadata.yaml")} | {m.parent for m in p.rglob("*.mcap")}
+    )
     if not bags:
-        raise DatasetError(f"{p}: no rosbag2 bag in this directory (no metadata.yaml or .mcap file)")
+        raise DatasetError(
+            f"{p}: no rosbag2 bag in this directory (no metadata.yaml or .mcap file)"
+        )
     return bags
 
 
@@ -180,7 +191,9 @@ def _bag_files(bag: Path) -> tuple[list[Path], bool, str, dict | None]:
     if storage != "mcap":
         raise DatasetError(f"{bag}: storage {storage!r} is not supported (only MCAP bags)")
     if mode == "file":
-        raise DatasetError(f"{bag}: file-compressed bags are not supported (decompress the .mcap.{fmt} first)")
+        raise DatasetError(
+            f"{bag}: file-compressed bags are not supported (decompress the .mcap.{fmt} first)"
+        )
     if mode == "message" and fmt != "zstd":
         raise DatasetError(f"{bag}: unsupported message compression {fmt!r}")
     files = [bag / r for r in rel]
@@ -211,8 +224,13 @@ def _session(bag: Path, info: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------------------- decoding
-_RGB_CHANNELS = {"rgb8": (3, (0, 1, 2)), "bgr8": (3, (2, 1, 0)), "rgba8": (4, (0, 1, 2)),
-                 "bgra8": (4, (2, 1, 0)), "mono8": (1, (0, 0, 0))}
+_RGB_CHANNELS = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
 
 
 def _image(img: Any) -> np.ndarray:
@@ -236,10 +254,14 @@ def _decode_scan(scan: McapScan, bag: Path, message_compression: str) -> tuple[l
     for ch in scan.channels.values():
         sc = scan.schemas.get(ch.schema_id)
         if sc is None:
-            raise DatasetError(f"{scan.path}: channel {ch.topic!r} refers to missing schema {ch.schema_id}")
+            raise DatasetError(
+                f"{scan.path}: channel {ch.topic!r} refers to missing schema {ch.schema_id}"
+            )
         if sc.name in (STEP_RECORD, EPISODE_RESULT):
             if ch.message_encoding != "cdr":
-                raise DatasetError(f"{scan.path}: channel {ch.topic!r} has encoding {ch.message_encoding!r}, not cdr")
+                raise DatasetError(
+                    f"{scan.path}: channel {ch.topic!r} has encoding {ch.message_encoding!r}, not cdr"
+                )
             if not sc.data:
                 raise DatasetError(f"{scan.path}: schema {sc.name} stores no message definition")
             wanted[ch.id] = sc
@@ -248,7 +270,9 @@ def _decode_scan(scan: McapScan, bag: Path, message_compression: str) -> tuple[l
     try:
         store = reader_typestore(sorted({(s.name, s.encoding, s.data) for s in wanted.values()}))
     except Exception as exc:
-        raise DatasetError(f"{scan.path}: cannot parse the message definitions stored in the bag: {exc}") from exc
+        raise DatasetError(
+            f"{scan.path}: cannot parse the message definitions stored in the bag: {exc}"
+        ) from exc
     decompress = None
     if message_compression == "message":
         from .mcap_scan import _decompress
@@ -265,7 +289,8 @@ def _decode_scan(scan: McapScan, bag: Path, message_compression: str) -> tuple[l
             msg = store.deserialize_cdr(data, sc.name)
         except Exception as exc:
             raise DatasetError(
-                f"{scan.path}: cannot decode a {sc.name} message (log time {log_time}): {exc}") from exc
+                f"{scan.path}: cannot decode a {sc.name} message (log time {log_time}): {exc}"
+            ) from exc
         (steps if sc.name == STEP_RECORD else results).append(msg)
     return steps, results
 
@@ -278,7 +303,9 @@ def _build_episode(eid: str, res: Any, recs: list, bag: Path, action_space) -> E
     recs = sorted(recs, key=lambda r: r.step_index)
     idx = [int(r.step_index) for r in recs]
     if idx != list(range(len(recs))):
-        raise ValueError(f"step indices are not 0..{len(recs) - 1} (duplicates or gaps): {idx[:20]}")
+        raise ValueError(
+            f"step indices are not 0..{len(recs) - 1} (duplicates or gaps): {idx[:20]}"
+        )
     n = len(recs)
     tr = np.array([np.asarray(r.action.translation, dtype=np.float64) for r in recs]).reshape(n, 3)
     rot = np.array([float(r.action.rotation) for r in recs], dtype=np.float64)
@@ -300,20 +327,38 @@ def _build_episode(eid: str, res: Any, recs: list, bag: Path, action_space) -> E
         elif img.shape != shape:
             raise ValueError(f"image shape changes within the episode: {shape} then {img.shape}")
         g = r.gripper_state
-        steps.append(Step(
-            step_index=idx[i], image=img,
-            state=np.array([1.0 if g.closed else 0.0, g.height, g.step_fraction], dtype=np.float32),
-            action=actions[i], q_value=float(r.q_value), exploratory=bool(r.exploratory),
-            stamp_ns=_stamp(r.header), checkpoint_id=r.checkpoint_id))
+        steps.append(
+            Step(
+                step_index=idx[i],
+                image=img,
+                state=np.array(
+                    [1.0 if g.closed else 0.0, g.height, g.step_fraction], dtype=np.float32
+                ),
+                action=actions[i],
+                q_value=float(r.q_value),
+                exploratory=bool(r.exploratory),
+                stamp_ns=_stamp(r.header),
+                checkpoint_id=r.checkpoint_id,
+            )
+        )
     try:
         exploration = json.loads(res.exploration) if res.exploration else {}
         if not isinstance(exploration, dict):
             exploration = {"value": exploration}
     except ValueError:
         exploration = {"raw": res.exploration}
-    return Episode(episode_id=eid, task=res.task, seed=int(res.seed), success=bool(res.success),
-                   checkpoint_id=res.checkpoint_id, exploration=exploration, steps=steps,
-                   robot=res.header.frame_id, end_stamp_ns=_stamp(res.header), bag=bag)
+    return Episode(
+        episode_id=eid,
+        task=res.task,
+        seed=int(res.seed),
+        success=bool(res.success),
+        checkpoint_id=res.checkpoint_id,
+        exploration=exploration,
+        steps=steps,
+        robot=res.header.frame_id,
+        end_stamp_ns=_stamp(res.header),
+        bag=bag,
+    )
 
 
 def _read_bag(bag: Path, action_space, out: EpisodeList) -> None:
@@ -326,10 +371,14 @@ def _read_bag(bag: Path, action_space, out: EpisodeList) -> None:
         if not scan.complete:
             unclosed = True
             if scan.truncated_at is not None and scan.truncated_at < scan.size:
-                out.notes.append(f"{f}: recording was not closed; ignored {scan.size - scan.truncated_at} "
-                                 f"bytes of incomplete data after offset {scan.truncated_at}")
+                out.notes.append(
+                    f"{f}: recording was not closed; ignored {scan.size - scan.truncated_at} "
+                    f"bytes of incomplete data after offset {scan.truncated_at}"
+                )
             else:
-                out.notes.append(f"{f}: recording was not closed (no MCAP footer); all records are complete")
+                out.notes.append(
+                    f"{f}: recording was not closed (no MCAP footer); all records are complete"
+                )
         s, r = _decode_scan(scan, bag, compression)
         steps += s
         results += r
@@ -356,7 +405,9 @@ def _read_bag(bag: Path, action_space, out: EpisodeList) -> None:
             elif not res.complete:
                 skip(f"aborted (result.complete is false): {res.message or 'no reason given'}")
             elif len(recs) != res.num_steps:
-                skip(f"step count mismatch: EpisodeResult says {res.num_steps}, the bag holds {len(recs)} StepRecords")
+                skip(
+                    f"step count mismatch: EpisodeResult says {res.num_steps}, the bag holds {len(recs)} StepRecords"
+                )
             elif not recs:
                 skip("no steps")
             else:
@@ -366,11 +417,16 @@ def _read_bag(bag: Path, action_space, out: EpisodeList) -> None:
                     skip(str(exc))
         for eid, recs in by_ep.items():
             if eid not in res_by_ep:
-                reason = ("no EpisodeResult: in flight when the recording stopped" if unclosed
-                          else "no EpisodeResult")
+                reason = (
+                    "no EpisodeResult: in flight when the recording stopped"
+                    if unclosed
+                    else "no EpisodeResult"
+                )
                 out.skipped.append(SkippedEpisode(bag, eid, reason, len(recs), in_flight=unclosed))
     except AttributeError as exc:
-        raise DatasetError(f"{bag}: the stored message definitions lack a field this reader needs: {exc}") from exc
+        raise DatasetError(
+            f"{bag}: the stored message definitions lack a field this reader needs: {exc}"
+        ) from exc
 
 
 def read_episodes(path: str | Path, *, action_space=None) -> EpisodeList:
@@ -396,8 +452,10 @@ def read_episodes(path: str | Path, *, action_space=None) -> EpisodeList:
             by_id = {e.episode_id: e for e in part}
             missing = [i for i in ids if i not in by_id]
             if missing:
-                raise DatasetError(f"{p}: {len(missing)} episode(s) it names are not complete episodes of {bag} "
-                                   f"(e.g. {missing[0]}): the bag changed since the manifest was written")
+                raise DatasetError(
+                    f"{p}: {len(missing)} episode(s) it names are not complete episodes of {bag} "
+                    f"(e.g. {missing[0]}): the bag changed since the manifest was written"
+                )
             keep = set(ids)
             out += [e for e in part if e.episode_id in keep]
             out.sessions += part.sessions
@@ -415,14 +473,22 @@ def transitions_from_episodes(episodes: list[Episode]) -> Transitions:
     """QT-Opt transitions of ``episodes`` (all with the same image shape)."""
     if not episodes:
         z = np.zeros(0, dtype=np.float32)
-        return Transitions(image=np.zeros((0, 0, 0, 3), np.uint8), state=np.zeros((0, 3), np.float32),
-                           action=np.zeros((0, 6), np.float32), reward=z, done=np.zeros(0, bool),
-                           next_index=np.zeros(0, np.int64), episode=np.zeros(0, np.int64))
+        return Transitions(
+            image=np.zeros((0, 0, 0, 3), np.uint8),
+            state=np.zeros((0, 3), np.float32),
+            action=np.zeros((0, 6), np.float32),
+            reward=z,
+            done=np.zeros(0, bool),
+            next_index=np.zeros(0, np.int64),
+            episode=np.zeros(0, np.int64),
+        )
     shape = episodes[0].steps[0].image.shape
     for e in episodes:
         if e.steps[0].image.shape != shape:
-            raise DatasetError(f"{e.bag}: episode {e.episode_id} has {e.steps[0].image.shape} images, "
-                               f"other episodes {shape}; cannot stack them into one set")
+            raise DatasetError(
+                f"{e.bag}: episode {e.episode_id} has {e.steps[0].image.shape} images, "
+                f"other episodes {shape}; cannot stack them into one set"
+            )
     n = sum(e.num_steps for e in episodes)
     image = np.empty((n, *shape), dtype=np.uint8)
     state = np.empty((n, 3), dtype=np.float32)
@@ -437,14 +503,21 @@ def transitions_from_episodes(episodes: list[Episode]) -> Transitions:
             image[row + j] = s.image
             state[row + j] = s.state
             action[row + j] = s.action
-        episode[row:row + m] = k
+        episode[row : row + m] = k
         done[row + m - 1] = True
         reward[row + m - 1] = 1.0 if e.success else 0.0
         row += m
     next_index = np.arange(1, n + 1, dtype=np.int64)
     next_index[done] = np.flatnonzero(done)
-    return Transitions(image=image, state=state, action=action, reward=reward, done=done,
-                       next_index=next_index, episode=episode)
+    return Transitions(
+        image=image,
+        state=state,
+        action=action,
+        reward=reward,
+        done=done,
+        next_index=next_index,
+        episode=episode,
+    )
 
 
 def _select_episodes(tr: Transitions, keep: np.ndarray) -> Transitions:
@@ -456,9 +529,16 @@ def _select_episodes(tr: Transitions, keep: np.ndarray) -> Transitions:
     new_row = np.full(len(tr), -1, dtype=np.int64)
     new_row[idx] = np.arange(len(idx))
     renum = np.cumsum(keep) - 1
-    return Transitions(image=tr.image[idx], state=tr.state[idx], action=tr.action[idx], reward=tr.reward[idx],
-                       done=tr.done[idx], next_index=new_row[tr.next_index[idx]], episode=renum[tr.episode[idx]],
-                       location=None if tr.location is None else tr.location[idx])
+    return Transitions(
+        image=tr.image[idx],
+        state=tr.state[idx],
+        action=tr.action[idx],
+        reward=tr.reward[idx],
+        done=tr.done[idx],
+        next_index=new_row[tr.next_index[idx]],
+        episode=renum[tr.episode[idx]],
+        location=None if tr.location is None else tr.location[idx],
+    )
 
 
 def _bag_transitions(bag: Path, action_space, cache) -> tuple[Transitions, dict]:
@@ -469,19 +549,29 @@ def _bag_transitions(bag: Path, action_space, cache) -> tuple[Transitions, dict]
             return hit
         from .cache import bag_fingerprint
 
-        fingerprint = bag_fingerprint(bag, full=cache.full)  # before reading: a change meanwhile invalidates
+        fingerprint = bag_fingerprint(
+            bag, full=cache.full
+        )  # before reading: a change meanwhile invalidates
     out = EpisodeList(path=bag)
     _read_bag(bag, action_space, out)
     tr = transitions_from_episodes(list(out))
-    meta = {"bag": str(bag), "episode_ids": [e.episode_id for e in out],
-            "skipped": [[s.episode_id, s.reason] for s in out.skipped]}
+    meta = {
+        "bag": str(bag),
+        "episode_ids": [e.episode_id for e in out],
+        "skipped": [[s.episode_id, s.reason] for s in out.skipped],
+    }
     if cache is not None:
         cache.put(bag, action_space, tr, meta, fingerprint)
     return tr, meta
 
 
-def load_transitions(paths: list[str | Path] | str | Path, action_space=None, *, cache: bool = True,
-                     cache_dir: str | Path | None = None) -> Transitions:
+def load_transitions(
+    paths: list[str | Path] | str | Path,
+    action_space=None,
+    *,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Transitions:
     """QT-Opt transitions of every complete episode in ``paths`` (bags, dataset directories or
     episode manifests): reward 1 on the last step of a successful episode else 0, done on the
     last step, next_index to the next row (itself on the last step). Episodes are numbered in
@@ -520,8 +610,10 @@ def load_transitions(paths: list[str | Path] | str | Path, action_space=None, *,
                 have = {e: k for k, e in enumerate(meta["episode_ids"])}
                 missing = [i for i in ids if i not in have]
                 if missing:
-                    raise DatasetError(f"{p}: {len(missing)} episode(s) it names are not complete episodes of "
-                                       f"{bag} (e.g. {missing[0]}): the bag changed since the manifest was written")
+                    raise DatasetError(
+                        f"{p}: {len(missing)} episode(s) it names are not complete episodes of "
+                        f"{bag} (e.g. {missing[0]}): the bag changed since the manifest was written"
+                    )
                 keep = np.zeros(len(meta["episode_ids"]), dtype=bool)
                 keep[[have[i] for i in ids]] = True
                 tr = _select_episodes(tr, keep)
@@ -533,12 +625,19 @@ def load_transitions(paths: list[str | Path] | str | Path, action_space=None, *,
             why = "; ".join(f"{e}: {r}" for e, r in skipped[:5]) or "no episodes at all"
             raise DatasetError(f"{p}: holds no complete episode ({why})")
         if skipped:
-            log.warning("%s: %d episode(s) skipped: %s", p, len(skipped), "; ".join(f"{e}: {r}" for e, r in skipped[:5]))
+            log.warning(
+                "%s: %d episode(s) skipped: %s",
+                p,
+                len(skipped),
+                "; ".join(f"{e}: {r}" for e, r in skipped[:5]),
+            )
     parts = [t for t in parts if len(t)]
     shapes = {t.image.shape[1:] for t in parts}
     if len(shapes) > 1:
-        raise DatasetError(f"{', '.join(map(str, paths))}: episodes have different image shapes {sorted(shapes)}; "
-                           "cannot stack them into one set")
+        raise DatasetError(
+            f"{', '.join(map(str, paths))}: episodes have different image shapes {sorted(shapes)}; "
+            "cannot stack them into one set"
+        )
     return parts[0] if len(parts) == 1 else Transitions.concatenate(parts)
 
 
@@ -565,8 +664,15 @@ def dataset_info(path: str | Path) -> dict:
         "steps": sum(e.num_steps for e in eps),
         "image_shapes": [list(s) for s in shapes],
         "unclosed_bags": [str(b) for b in eps.unclosed],
-        "skipped_episodes": [{"bag": str(s.bag), "episode_id": s.episode_id, "reason": s.reason,
-                              "steps_found": s.steps_found} for s in eps.skipped],
+        "skipped_episodes": [
+            {
+                "bag": str(s.bag),
+                "episode_id": s.episode_id,
+                "reason": s.reason,
+                "steps_found": s.steps_found,
+            }
+            for s in eps.skipped
+        ],
         "sessions": eps.sessions,
         "notes": list(eps.notes),
     }

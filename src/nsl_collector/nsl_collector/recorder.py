@@ -23,6 +23,7 @@ The reader (:mod:`nsl_collector.reader`) treats a bag without metadata.yaml as a
 recording: it scans the MCAP records up to the truncation point, discarding a partial last
 record, and reports episodes without an EpisodeResult.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,19 +88,34 @@ class StepData:
     """Default: the episode's checkpoint id."""
 
     @classmethod
-    def from_vector(cls, image: np.ndarray, state: Sequence[float], action: Sequence[float],
-                    action_space=None, **kwargs: Any) -> "StepData":
+    def from_vector(
+        cls,
+        image: np.ndarray,
+        state: Sequence[float],
+        action: Sequence[float],
+        action_space=None,
+        **kwargs: Any,
+    ) -> "StepData":
         """A step from the policy's view: state (closed, height, step fraction) and a normalised
-        action vector (converted with ``nsl_policy.action_space.ActionSpace``)."""
+        action vector (converted with ``nsl_policy.action_space.ActionSpace``).
+        """
         from nsl_policy.action_space import ActionSpace
 
         cmd = (action_space or ActionSpace()).to_command(np.asarray(action))
         s = np.asarray(state, dtype=np.float64).reshape(-1)
         if s.shape != (3,):
             raise ValueError(f"state must have 3 components, got shape {s.shape}")
-        return cls(image=image, gripper_closed=bool(s[0] > 0.5), gripper_height=float(s[1]),
-                   step_fraction=float(s[2]), translation=cmd.translation, rotation=cmd.rotation,
-                   close_gripper=cmd.close_gripper, terminate=cmd.terminate, **kwargs)
+        return cls(
+            image=image,
+            gripper_closed=bool(s[0] > 0.5),
+            gripper_height=float(s[1]),
+            step_fraction=float(s[2]),
+            translation=cmd.translation,
+            rotation=cmd.rotation,
+            close_gripper=cmd.close_gripper,
+            terminate=cmd.terminate,
+            **kwargs,
+        )
 
 
 @dataclass
@@ -135,17 +151,30 @@ class BagRecorder:
     Thread-safe.
     """
 
-    def __init__(self, path: str | Path, metadata: dict, msg_dir: str | Path | None = None, *,
-                 flush_steps: bool = True, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        metadata: dict,
+        msg_dir: str | Path | None = None,
+        *,
+        flush_steps: bool = True,
+        fsync: bool = True,
+    ) -> None:
         self.path = Path(path)
         if self.path.exists():
-            raise DatasetError(f"{self.path}: exists already; a bag is never overwritten or appended to")
+            raise DatasetError(
+                f"{self.path}: exists already; a bag is never overwritten or appended to"
+            )
         if not isinstance(metadata, dict):
-            raise DatasetError(f"{self.path}: session metadata must be a dict, got {type(metadata).__name__}")
+            raise DatasetError(
+                f"{self.path}: session metadata must be a dict, got {type(metadata).__name__}"
+            )
         try:
             json.dumps(metadata)
         except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{self.path}: session metadata is not JSON-serialisable: {exc}") from exc
+            raise DatasetError(
+                f"{self.path}: session metadata is not JSON-serialisable: {exc}"
+            ) from exc
         self.metadata = dict(metadata)
         self.flush_steps = flush_steps
         self.fsync = fsync
@@ -159,11 +188,14 @@ class BagRecorder:
         self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
         storage = self._writer.storage
-        if not all(hasattr(storage, a) for a in ("close_chunk", "chunk", "bio")) or not hasattr(storage.chunk, "msgs"):
+        if not all(hasattr(storage, a) for a in ("close_chunk", "chunk", "bio")) or not hasattr(
+            storage.chunk, "msgs"
+        ):
             self._writer.abort()
             raise DatasetError(
                 f"{self.path}: this rosbags version ({_pkg_version('rosbags')}) has an MCAP writer without the "
-                "chunk interface the crash-safe recorder relies on (tested with rosbags 0.11.x)")
+                "chunk interface the crash-safe recorder relies on (tested with rosbags 0.11.x)"
+            )
         self._storage = storage
         storage.bio.flush()  # the MCAP magic + header reach the file at once
         self._write_session("recording")
@@ -184,7 +216,10 @@ class BagRecorder:
             "state": state,
             "created_unix_ns": self._created_ns,
             "storage_file": self.path.name + ".mcap",
-            "writer": {"rosbags": _pkg_version("rosbags"), "nsl_collector": _pkg_version("nsl_collector")},
+            "writer": {
+                "rosbags": _pkg_version("rosbags"),
+                "nsl_collector": _pkg_version("nsl_collector"),
+            },
             "episodes_written": self.episodes_written,
             "steps_written": self.steps_written,
             "session": self.metadata,
@@ -203,7 +238,9 @@ class BagRecorder:
         conn = self._connections.get(key)
         if conn is None:
             if msgtype not in self._typestore.fielddefs:
-                raise DatasetError(f"{self.path}: unknown message type {msgtype!r} (not in the typestore)")
+                raise DatasetError(
+                    f"{self.path}: unknown message type {msgtype!r} (not in the typestore)"
+                )
             conn = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
             self._connections[key] = conn
         return conn
@@ -221,14 +258,22 @@ class BagRecorder:
             raise DatasetError(f"{self.path}: recorder is closed")
 
     # ------------------------------------------------------------------ writing
-    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, cdr_bytes: bytes | memoryview,
-                  *, flush: bool | None = None) -> None:
+    def write_raw(
+        self,
+        topic: str,
+        msgtype: str,
+        timestamp_ns: int,
+        cdr_bytes: bytes | memoryview,
+        *,
+        flush: bool | None = None,
+    ) -> None:
         """Write one serialized (CDR, e.g. from ``rclpy.serialization.serialize_message``)
         message. An EpisodeResult ends an MCAP chunk and is flushed (and fsynced) at once.
 
         ``flush``: end the chunk and flush after this message (default: ``flush_steps`` for
         other types). ``False`` lets messages of a side stream (the raw camera images) collect
-        in the current chunk, which reaches the file at the next flush or at 1 MiB."""
+        in the current chunk, which reaches the file at the next flush or at 1 MiB.
+        """
         msgtype = _normalise_type(msgtype)
         with self._lock:
             self._check_open()
@@ -246,11 +291,14 @@ class BagRecorder:
 
     def update_metadata(self, values: dict) -> None:
         """Merge ``values`` into the session metadata (sidecar rewritten now, metadata.yaml's
-        custom_data at close)."""
+        custom_data at close).
+        """
         try:
             json.dumps(values)
         except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{self.path}: session metadata is not JSON-serialisable: {exc}") from exc
+            raise DatasetError(
+                f"{self.path}: session metadata is not JSON-serialisable: {exc}"
+            ) from exc
         with self._lock:
             self._check_open()
             self.metadata.update(values)
@@ -262,11 +310,18 @@ class BagRecorder:
         """Size of the MCAP file so far (flushed and buffered)."""
         return self._storage.bio.tell()
 
-    def write_episode_raw(self, steps: Sequence[tuple[int, bytes | memoryview]], result: tuple[int, bytes | memoryview],
-                          *, step_topic: str = STEP_TOPIC, result_topic: str = RESULT_TOPIC) -> None:
+    def write_episode_raw(
+        self,
+        steps: Sequence[tuple[int, bytes | memoryview]],
+        result: tuple[int, bytes | memoryview],
+        *,
+        step_topic: str = STEP_TOPIC,
+        result_topic: str = RESULT_TOPIC,
+    ) -> None:
         """Write a whole episode from serialized messages in one go: ``steps`` as (timestamp_ns,
         StepRecord CDR bytes), then ``result`` (timestamp_ns, EpisodeResult CDR bytes); one MCAP
-        chunk, flushed (and fsynced) when it returns. For a node that buffers episodes itself."""
+        chunk, flushed (and fsynced) when it returns. For a node that buffers episodes itself.
+        """
         with self._lock:
             self._check_open()
             sconn = self._connection(step_topic, STEP_RECORD)
@@ -285,14 +340,18 @@ class BagRecorder:
         Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
 
         def header(ns: int) -> Any:
-            return Header(stamp=Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000)),
-                          frame_id=result.frame_id)
+            return Header(
+                stamp=Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000)),
+                frame_id=result.frame_id,
+            )
 
         try:
             serialized, res_bytes, end = self._serialize_episode(steps, result, T, header)
         except TypeError as exc:
-            raise DatasetError(f"{self.path}: cannot build the messages from StepData/EpisodeData with the "
-                               f"message definitions in use (.msg files changed?): {exc}") from exc
+            raise DatasetError(
+                f"{self.path}: cannot build the messages from StepData/EpisodeData with the "
+                f"message definitions in use (.msg files changed?): {exc}"
+            ) from exc
         with self._lock:
             self._check_open()
             sconn = self._connection(STEP_TOPIC, STEP_RECORD)
@@ -308,13 +367,19 @@ class BagRecorder:
     def _serialize_episode(self, steps, result, T, header):
         ts = self._typestore
         Image, Step = T["sensor_msgs/msg/Image"], T[STEP_RECORD]
-        Grip, Act, Res = T["nsl_msgs/msg/GripperState"], T["nsl_msgs/msg/GraspAction"], T[EPISODE_RESULT]
+        Grip, Act, Res = (
+            T["nsl_msgs/msg/GripperState"],
+            T["nsl_msgs/msg/GraspAction"],
+            T[EPISODE_RESULT],
+        )
         now = time.time_ns()
         serialized: list[tuple[int, memoryview]] = []
         for i, s in enumerate(steps):
             img = np.asarray(s.image)
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise ValueError(f"step {i}: image must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+                raise ValueError(
+                    f"step {i}: image must be (H, W, 3) uint8, got {img.shape} {img.dtype}"
+                )
             img = np.ascontiguousarray(img)
             stamp = now if s.stamp_ns is None else int(s.stamp_ns)
             tr = np.asarray(s.translation, dtype=np.float32).reshape(-1)
@@ -324,26 +389,49 @@ class BagRecorder:
                 header=header(stamp),
                 episode_id=result.episode_id,
                 step_index=i,
-                image=Image(header=header(stamp if s.image_stamp_ns is None else int(s.image_stamp_ns)),
-                            height=img.shape[0], width=img.shape[1], encoding="rgb8", is_bigendian=0,
-                            step=img.shape[1] * 3, data=img.reshape(-1)),
-                gripper_state=Grip(closed=bool(s.gripper_closed), height=float(s.gripper_height),
-                                   step_fraction=float(s.step_fraction)),
-                action=Act(translation=tr, rotation=float(s.rotation), close_gripper=bool(s.close_gripper),
-                           terminate=bool(s.terminate)),
+                image=Image(
+                    header=header(stamp if s.image_stamp_ns is None else int(s.image_stamp_ns)),
+                    height=img.shape[0],
+                    width=img.shape[1],
+                    encoding="rgb8",
+                    is_bigendian=0,
+                    step=img.shape[1] * 3,
+                    data=img.reshape(-1),
+                ),
+                gripper_state=Grip(
+                    closed=bool(s.gripper_closed),
+                    height=float(s.gripper_height),
+                    step_fraction=float(s.step_fraction),
+                ),
+                action=Act(
+                    translation=tr,
+                    rotation=float(s.rotation),
+                    close_gripper=bool(s.close_gripper),
+                    terminate=bool(s.terminate),
+                ),
                 q_value=float(s.q_value),
                 exploratory=bool(s.exploratory),
                 checkpoint_id=result.checkpoint_id if s.checkpoint_id is None else s.checkpoint_id,
             )
             serialized.append((stamp, ts.serialize_cdr(msg, STEP_RECORD)))
         end = now if result.stamp_ns is None else int(result.stamp_ns)
-        exploration = result.exploration if isinstance(result.exploration, str) else json.dumps(
-            result.exploration, sort_keys=True)
-        res = Res(header=header(end), episode_id=result.episode_id, task=result.task, seed=int(result.seed),
-                  success=bool(result.success),
-                  num_steps=len(steps) if result.num_steps is None else int(result.num_steps),
-                  checkpoint_id=result.checkpoint_id, exploration=exploration, complete=bool(result.complete),
-                  message=result.message)
+        exploration = (
+            result.exploration
+            if isinstance(result.exploration, str)
+            else json.dumps(result.exploration, sort_keys=True)
+        )
+        res = Res(
+            header=header(end),
+            episode_id=result.episode_id,
+            task=result.task,
+            seed=int(result.seed),
+            success=bool(result.success),
+            num_steps=len(steps) if result.num_steps is None else int(result.num_steps),
+            checkpoint_id=result.checkpoint_id,
+            exploration=exploration,
+            complete=bool(result.complete),
+            message=result.message,
+        )
         return serialized, ts.serialize_cdr(res, EPISODE_RESULT), end
 
     def close(self) -> None:

@@ -4,6 +4,7 @@
 user in the same process), publishes StepRecords/EpisodeResults/camera frames with the
 collector's QoS, follows ``collector/status`` and calls the collector's Trigger services.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,24 @@ class EpisodeFeed:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = Node(name, namespace=namespace, context=self.context)
-        self.StepRecord, self.EpisodeResult, self.Image, self.Trigger = StepRecord, EpisodeResult, Image, Trigger
+        self.StepRecord, self.EpisodeResult, self.Image, self.Trigger = (
+            StepRecord,
+            EpisodeResult,
+            Image,
+            Trigger,
+        )
         self.step_pub = self.node.create_publisher(StepRecord, "step_records", RECORD_QOS)
         self.result_pub = self.node.create_publisher(EpisodeResult, "episode_results", RECORD_QOS)
-        self.camera_pub = self.node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+        self.camera_pub = self.node.create_publisher(
+            Image, "camera/image_raw", qos_profile_sensor_data
+        )
         self.status: dict = {}
         self._cond = threading.Condition()
         self.node.create_subscription(String, "collector/status", self._on_status, STATUS_QOS)
-        self.clients = {n: self.node.create_client(Trigger, f"collector/{n}")
-                        for n in ("start_session", "stop_session", "discard_episode")}
+        self.clients = {
+            n: self.node.create_client(Trigger, f"collector/{n}")
+            for n in ("start_session", "stop_session", "discard_episode")
+        }
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self._spin_loop, daemon=True)
@@ -62,8 +72,12 @@ class EpisodeFeed:
     def wait_for(self, predicate, timeout: float, what: str) -> dict:
         """Wait until predicate(status) holds; returns the status. TimeoutError names ``what``."""
         with self._cond:
-            if not self._cond.wait_for(lambda: bool(self.status) and predicate(self.status), timeout=timeout):
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last status {self.status}")
+            if not self._cond.wait_for(
+                lambda: bool(self.status) and predicate(self.status), timeout=timeout
+            ):
+                raise TimeoutError(
+                    f"timed out after {timeout:.0f} s waiting for {what}; last status {self.status}"
+                )
             return dict(self.status)
 
     def wait_connected(self, timeout: float = 30.0, camera: bool = False) -> None:
@@ -76,7 +90,9 @@ class EpisodeFeed:
         for c in self.clients.values():
             if not c.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
                 raise TimeoutError(f"service {c.srv_name} not available")
-        self.wait_for(lambda s: True, max(1.0, deadline - time.monotonic()), "the collector's status")
+        self.wait_for(
+            lambda s: True, max(1.0, deadline - time.monotonic()), "the collector's status"
+        )
 
     def call(self, service: str, timeout: float = 30.0):
         future = self.clients[service].call_async(self.Trigger.Request())
@@ -90,8 +106,16 @@ class EpisodeFeed:
     def image(self, hw: tuple[int, int], seed: int) -> bytes:
         return np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8).tobytes()
 
-    def step(self, episode_id: str, index: int, image: bytes, hw: tuple[int, int], *, last: bool = False,
-             checkpoint_id: str = "ckpt-feed") -> None:
+    def step(
+        self,
+        episode_id: str,
+        index: int,
+        image: bytes,
+        hw: tuple[int, int],
+        *,
+        last: bool = False,
+        checkpoint_id: str = "ckpt-feed",
+    ) -> None:
         m = self.StepRecord()
         m.header.stamp = self.node.get_clock().now().to_msg()
         m.header.frame_id = self.node.get_namespace()
@@ -112,25 +136,60 @@ class EpisodeFeed:
         self.step_pub.publish(m)
         self.steps_published += 1
 
-    def result(self, episode_id: str, num_steps: int, *, success: bool = True, seed: int = 0, task: str = "base",
-               complete: bool = True, checkpoint_id: str = "ckpt-feed") -> None:
+    def result(
+        self,
+        episode_id: str,
+        num_steps: int,
+        *,
+        success: bool = True,
+        seed: int = 0,
+        task: str = "base",
+        complete: bool = True,
+        checkpoint_id: str = "ckpt-feed",
+    ) -> None:
         r = self.EpisodeResult()
         r.header.stamp = self.node.get_clock().now().to_msg()
         r.header.frame_id = self.node.get_namespace()
-        r.episode_id, r.task, r.seed, r.success, r.num_steps = episode_id, task, seed, success, num_steps
-        r.checkpoint_id, r.exploration, r.complete = checkpoint_id, json.dumps({"epsilon": 0.1}), complete
+        r.episode_id, r.task, r.seed, r.success, r.num_steps = (
+            episode_id,
+            task,
+            seed,
+            success,
+            num_steps,
+        )
+        r.checkpoint_id, r.exploration, r.complete = (
+            checkpoint_id,
+            json.dumps({"epsilon": 0.1}),
+            complete,
+        )
         r.message = "" if complete else "aborted by the feed"
         self.result_pub.publish(r)
         self.episodes_published += 1
 
-    def episode(self, steps: int, hw: tuple[int, int], *, seed: int = 0, images: list[bytes] | None = None,
-                period: float = 0.0, finish: bool = True, **result_kwargs) -> str:
+    def episode(
+        self,
+        steps: int,
+        hw: tuple[int, int],
+        *,
+        seed: int = 0,
+        images: list[bytes] | None = None,
+        period: float = 0.0,
+        finish: bool = True,
+        **result_kwargs,
+    ) -> str:
         """Publish one episode (``period`` seconds between steps); returns its id."""
         eid = str(uuid.uuid4())
         t = time.monotonic()
         for j in range(steps):
             img = images[j % len(images)] if images else self.image(hw, seed * 1000 + j)
-            self.step(eid, j, img, hw, last=j == steps - 1, **{k: v for k, v in result_kwargs.items() if k == "checkpoint_id"})
+            self.step(
+                eid,
+                j,
+                img,
+                hw,
+                last=j == steps - 1,
+                **{k: v for k, v in result_kwargs.items() if k == "checkpoint_id"},
+            )
             if period:
                 t += period
                 time.sleep(max(0.0, t - time.monotonic()))

@@ -13,6 +13,7 @@ Memory is bounded however long it runs:
   session bag after ``max_episodes_per_bag`` episodes or ``max_bag_bytes`` bytes;
 * the sets of discarded/dropped episode ids and of checkpoints seen are capped.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -76,7 +77,9 @@ class CollectorConfig:
         if self.max_steps < 1:
             raise ValueError(f"max_steps_per_episode must be >= 1, got {self.max_steps}")
         if self.max_episodes_per_bag < 0 or self.max_bag_bytes < 0:
-            raise ValueError("max_episodes_per_bag and max_bag_megabytes must be >= 0 (0: no limit)")
+            raise ValueError(
+                "max_episodes_per_bag and max_bag_megabytes must be >= 0 (0: no limit)"
+            )
         if not self.task or "/" in self.task:
             raise ValueError(f"task must be a non-empty name without '/', got '{self.task}'")
 
@@ -93,8 +96,12 @@ class _Pending:
 class Collector:
     """Thread-safe; ``log(level, text)`` receives what the node should log."""
 
-    def __init__(self, config: CollectorConfig, log: Callable[[str, str], None] | None = None,
-                 clock_ns: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        log: Callable[[str, str], None] | None = None,
+        clock_ns: Callable[[], int] | None = None,
+    ) -> None:
         config.check()
         self.cfg = config
         self.log = log or (lambda level, text: None)
@@ -109,19 +116,36 @@ class Collector:
         # episode id -> its buffered steps (and result, when that overtook steps), oldest first.
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self._pending_bytes = 0
-        self.ignored: OrderedDict[str, str] = OrderedDict()  # episode id -> why (discarded / dropped)
+        self.ignored: OrderedDict[str, str] = (
+            OrderedDict()
+        )  # episode id -> why (discarded / dropped)
         self.checkpoints: OrderedDict[str, None] = OrderedDict()
-        self.counts = {"episodes_written": 0, "steps_written": 0, "camera_frames": 0, "sessions": 0,
-                       "discarded_episodes": 0, "dropped_episodes": 0, "dropped_steps": 0, "aborted_episodes": 0,
-                       "bad_messages": 0}
+        self.counts = {
+            "episodes_written": 0,
+            "steps_written": 0,
+            "camera_frames": 0,
+            "sessions": 0,
+            "discarded_episodes": 0,
+            "dropped_episodes": 0,
+            "dropped_steps": 0,
+            "aborted_episodes": 0,
+            "bad_messages": 0,
+        }
 
     # ------------------------------------------------------------------ sessions
     def _metadata(self) -> dict:
         c = self.cfg
-        return {"task": c.task, "robot": c.robot, "sim": c.robot == "sim", "namespace": c.namespace,
-                "policy_checkpoint": c.checkpoint, "record_camera": c.record_camera,
-                "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
-                "host": platform.node(), "software": software_versions()}
+        return {
+            "task": c.task,
+            "robot": c.robot,
+            "sim": c.robot == "sim",
+            "namespace": c.namespace,
+            "policy_checkpoint": c.checkpoint,
+            "record_camera": c.record_camera,
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+            "host": platform.node(),
+            "software": software_versions(),
+        }
 
     def _open(self, extra: dict | None = None) -> Path:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S_%f")
@@ -152,8 +176,12 @@ class Collector:
             return ""
         self.recorder = None
         try:
-            rec.update_metadata({"ended": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
-                                 "checkpoints": list(self.checkpoints)})
+            rec.update_metadata(
+                {
+                    "ended": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+                    "checkpoints": list(self.checkpoints),
+                }
+            )
         finally:
             rec.close()
         self.log("info", f"{note} session {path} with {rec.episodes_written} episodes")
@@ -172,7 +200,8 @@ class Collector:
 
     def discard_episode(self) -> tuple[bool, str]:
         """Drop the episode in flight (the latest one with buffered steps and no result yet):
-        its buffered steps now, and its later steps and result when they arrive."""
+        its buffered steps now, and its later steps and result when they arrive.
+        """
         with self._lock:
             if not self.pending:
                 return False, "no episode in flight (no step buffered since the last result)"
@@ -203,7 +232,8 @@ class Collector:
 
     def on_step(self, raw: bytes | memoryview, stamp_ns: int | None = None) -> str:
         """Buffer a StepRecord; returns what happened: buffered, written (it completed an
-        episode whose result came first), ignored, dropped, bad."""
+        episode whose result came first), ignored, dropped, bad.
+        """
         try:
             key = step_key(raw)
         except CdrError as exc:
@@ -221,7 +251,11 @@ class Collector:
                 ep = self.pending[eid] = _Pending()
             if len(ep.steps) >= self.cfg.max_steps:
                 self._unpend(eid)
-                self._drop(eid, len(ep.steps) + 1, f"more than max_steps_per_episode={self.cfg.max_steps} steps")
+                self._drop(
+                    eid,
+                    len(ep.steps) + 1,
+                    f"more than max_steps_per_episode={self.cfg.max_steps} steps",
+                )
                 return "dropped"
             ep.steps.append((self.clock_ns() if stamp_ns is None else stamp_ns, bytes(raw)))
             ep.nbytes += len(raw)
@@ -240,19 +274,29 @@ class Collector:
     def _bound_pending(self) -> None:
         # Episodes holding steps count against max_pending; results waiting for steps still on
         # their way (a few hundred bytes each) only against a looser cap.
-        while (sum(1 for e in self.pending.values() if e.steps) > self.cfg.max_pending
-               or len(self.pending) > 8 * self.cfg.max_pending
-               or (len(self.pending) > 1 and self._pending_bytes > self.cfg.max_pending_bytes)):
+        while (
+            sum(1 for e in self.pending.values() if e.steps) > self.cfg.max_pending
+            or len(self.pending) > 8 * self.cfg.max_pending
+            or (len(self.pending) > 1 and self._pending_bytes > self.cfg.max_pending_bytes)
+        ):
             old, ep = self.pending.popitem(last=False)
-            why = (f"{len(ep.steps)} of its {ep.result[2].num_steps} steps arrived" if ep.result is not None
-                   else "its result never arrived")
+            why = (
+                f"{len(ep.steps)} of its {ep.result[2].num_steps} steps arrived"
+                if ep.result is not None
+                else "its result never arrived"
+            )
             self._pending_bytes -= ep.nbytes
-            self._drop(old, len(ep.steps), f"{why} (more than max_pending_episodes={self.cfg.max_pending} "
-                                           f"episodes or max_pending_megabytes={self.cfg.max_pending_bytes >> 20} waiting)")
+            self._drop(
+                old,
+                len(ep.steps),
+                f"{why} (more than max_pending_episodes={self.cfg.max_pending} "
+                f"episodes or max_pending_megabytes={self.cfg.max_pending_bytes >> 20} waiting)",
+            )
 
     def on_result(self, raw: bytes | memoryview, stamp_ns: int | None = None) -> str:
         """Handle an EpisodeResult; returns what happened: written, waiting (for steps still
-        on their way), aborted, discarded, dropped, mismatch, error, bad."""
+        on their way), aborted, discarded, dropped, mismatch, error, bad.
+        """
         try:
             res = episode_result(raw)
         except CdrError as exc:
@@ -284,14 +328,18 @@ class Collector:
             return "waiting"
         self._unpend(eid)
         if len(ep.steps) != res.num_steps:
-            self._drop(eid, len(ep.steps), f"{len(ep.steps)} step records for {res.num_steps} steps")
+            self._drop(
+                eid, len(ep.steps), f"{len(ep.steps)} step records for {res.num_steps} steps"
+            )
             return "mismatch"
         steps = ep.steps
         if self.recorder is None and self._next is not None:
             self._reopen()
         if self.recorder is None:
             if not self.cfg.auto_start:
-                self._drop(eid, len(steps), "no session open (auto_start is false; call start_session)")
+                self._drop(
+                    eid, len(steps), "no session open (auto_start is false; call start_session)"
+                )
                 return "dropped"
             self.part = 0
             try:
@@ -306,7 +354,9 @@ class Collector:
                     exploration = json.loads(res.exploration) if res.exploration else {}
                 except ValueError:
                     exploration = {"raw": res.exploration}
-                rec.update_metadata({"checkpoint_id": res.checkpoint_id, "exploration": exploration})
+                rec.update_metadata(
+                    {"checkpoint_id": res.checkpoint_id, "exploration": exploration}
+                )
             self.checkpoints[res.checkpoint_id] = None
             while len(self.checkpoints) > _MAX_CHECKPOINTS:
                 self.checkpoints.popitem(last=False)
@@ -323,8 +373,13 @@ class Collector:
                 self._reopen()
             if self.recorder is None:
                 return False
-            self.recorder.write_raw(CAMERA_TOPIC, IMAGE_TYPE, self.clock_ns() if stamp_ns is None else stamp_ns,
-                                    raw, flush=False)
+            self.recorder.write_raw(
+                CAMERA_TOPIC,
+                IMAGE_TYPE,
+                self.clock_ns() if stamp_ns is None else stamp_ns,
+                raw,
+                flush=False,
+            )
             self.counts["camera_frames"] += 1
             self._maybe_roll_over()
             return True
@@ -338,7 +393,8 @@ class Collector:
         if rec is None:
             return
         full = (c.max_episodes_per_bag and rec.episodes_written >= c.max_episodes_per_bag) or (
-            c.max_bag_bytes and rec.bytes_written >= c.max_bag_bytes)
+            c.max_bag_bytes and rec.bytes_written >= c.max_bag_bytes
+        )
         if full:  # the next bag opens with the next message, so no empty bag is left behind
             previous = self._close("rolled over")
             self.part += 1
@@ -347,13 +403,24 @@ class Collector:
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         with self._lock:
-            return {"session": str(self.session_path) if self.recorder is not None else "",
-                    "session_episodes": self.recorder.episodes_written if self.recorder is not None else 0,
-                    "pending_episodes": len(self.pending),
-                    "pending_steps": sum(len(e.steps) for e in self.pending.values()),
-                    "pending_bytes": self._pending_bytes,
-                    **self.counts}
+            return {
+                "session": str(self.session_path) if self.recorder is not None else "",
+                "session_episodes": self.recorder.episodes_written
+                if self.recorder is not None
+                else 0,
+                "pending_episodes": len(self.pending),
+                "pending_steps": sum(len(e.steps) for e in self.pending.values()),
+                "pending_bytes": self._pending_bytes,
+                **self.counts,
+            }
 
 
-__all__ = ["CAMERA_TOPIC", "Collector", "CollectorConfig", "software_versions", "EPISODE_RESULT",
-           "RESULT_TOPIC", "STEP_TOPIC"]
+__all__ = [
+    "CAMERA_TOPIC",
+    "Collector",
+    "CollectorConfig",
+    "software_versions",
+    "EPISODE_RESULT",
+    "RESULT_TOPIC",
+    "STEP_TOPIC",
+]

@@ -3,6 +3,7 @@
 Split and merge copy episodes as the recorded CDR bytes (no re-encoding), so the new bags hold
 exactly what was recorded, in standard rosbag2/MCAP form.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -35,7 +36,8 @@ class BagCheck:
 
 def verify(paths: list[str | Path]) -> list[BagCheck]:
     """Check every bag under ``paths``; a damaged bag is reported (by file) and the rest still
-    checked. A closed bag must be complete and its metadata.yaml message counts must match."""
+    checked. A closed bag must be complete and its metadata.yaml message counts must match.
+    """
     out: list[BagCheck] = []
     for p in paths:
         try:
@@ -52,11 +54,23 @@ def verify(paths: list[str | Path]) -> list[BagCheck]:
                     want = int((info or {}).get("message_count", -1))
                     have = sum(len(scan_mcap(f, require_complete=True).messages) for f in _files)
                     if want >= 0 and want != have:
-                        raise DatasetError(f"{bag}: metadata.yaml counts {want} messages, the MCAP file holds {have}")
+                        raise DatasetError(
+                            f"{bag}: metadata.yaml counts {want} messages, the MCAP file holds {have}"
+                        )
                 status = "recovered" if eps.unclosed else "ok"
                 if eps.skipped:
-                    detail = "; ".join(filter(None, [detail, f"skipped: " + "; ".join(
-                        f"{s.episode_id}: {s.reason}" for s in eps.skipped[:5])]))
+                    detail = "; ".join(
+                        filter(
+                            None,
+                            [
+                                detail,
+                                "skipped: "
+                                + "; ".join(
+                                    f"{s.episode_id}: {s.reason}" for s in eps.skipped[:5]
+                                ),
+                            ],
+                        )
+                    )
                 out.append(BagCheck(bag, status, len(eps), len(eps.skipped), detail))
             except DatasetError as exc:
                 out.append(BagCheck(bag, "corrupt", detail=str(exc)))
@@ -69,13 +83,16 @@ def _check_definitions(bag: Path, schemas: dict, store) -> None:
         if sc.name in (STEP_RECORD, EPISODE_RESULT):
             mine = store.generate_msgdef(sc.name, ros_version=2)[0]
             if sc.data.decode("utf-8", "replace").strip() != mine.strip():
-                raise DatasetError(f"{bag}: was recorded with a different {sc.name} definition than the installed "
-                                   "nsl_msgs; copying it raw would mislabel it (read it and re-record instead)")
+                raise DatasetError(
+                    f"{bag}: was recorded with a different {sc.name} definition than the installed "
+                    "nsl_msgs; copying it raw would mislabel it (read it and re-record instead)"
+                )
 
 
 def raw_episodes(bag: Path, keep: set[str] | None, store) -> list[tuple[str, list, tuple]]:
     """(episode id, [(log time, StepRecord CDR)], (log time, EpisodeResult CDR)) of the complete
-    episodes of ``bag`` (those read_episodes returns), restricted to ``keep``, in bag order."""
+    episodes of ``bag`` (those read_episodes returns), restricted to ``keep``, in bag order.
+    """
     usable = {e.episode_id for e in read_episodes(bag)}
     if keep is not None:
         usable &= keep
@@ -88,7 +105,11 @@ def raw_episodes(bag: Path, keep: set[str] | None, store) -> list[tuple[str, lis
     for f in files:
         scan = scan_mcap(f, require_complete=False)
         _check_definitions(bag, scan.schemas, store)
-        kinds = {cid: scan.schemas[ch.schema_id].name for cid, ch in scan.channels.items() if ch.schema_id in scan.schemas}
+        kinds = {
+            cid: scan.schemas[ch.schema_id].name
+            for cid, ch in scan.channels.items()
+            if ch.schema_id in scan.schemas
+        }
         for cid, log_time, data in scan.messages:
             kind = kinds.get(cid)
             try:
@@ -109,7 +130,8 @@ def raw_episodes(bag: Path, keep: set[str] | None, store) -> list[tuple[str, lis
 # ---------------------------------------------------------------------------- split
 def tier_order(paths: list[str | Path], seed: int) -> list[tuple[Path, str, bool]]:
     """All complete episodes of ``paths`` as (bag, episode id, success), in a seeded random order
-    that depends only on the set of episode ids and the seed (not on file order)."""
+    that depends only on the set of episode ids and the seed (not on file order).
+    """
     eps = {}
     for p in paths:
         for e in read_episodes(p):
@@ -121,12 +143,19 @@ def tier_order(paths: list[str | Path], seed: int) -> list[tuple[Path, str, bool
     return [eps[ids[i]] for i in perm]
 
 
-def split_tiers(paths: list[str | Path], out_dir: str | Path, tiers=PAPER_TIERS, seed: int = 0,
-                write_bags: bool = False, msg_dir=None) -> dict:
+def split_tiers(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    tiers=PAPER_TIERS,
+    seed: int = 0,
+    write_bags: bool = False,
+    msg_dir=None,
+) -> dict:
     """Nested size tiers: tier n holds the first n episodes of :func:`tier_order`, so every
     tier contains all smaller ones. Writes ``tier_<n>.yaml`` manifests (which every reader and
     loader here accepts) and, with ``write_bags``, a standalone bag ``tier_<n>/`` per tier.
-    Tiers larger than the dataset are left out (and reported)."""
+    Tiers larger than the dataset are left out (and reported).
+    """
     out_dir = Path(out_dir)
     tiers = sorted({int(t) for t in tiers})
     if not tiers or tiers[0] < 1:
@@ -144,23 +173,42 @@ def split_tiers(paths: list[str | Path], out_dir: str | Path, tiers=PAPER_TIERS,
         for bag, eid, _ in chosen:
             by_bag.setdefault(bag, []).append(eid)
         manifest = out_dir / f"tier_{n:04d}.yaml"
-        doc = {"format": MANIFEST_FORMAT, "version": 1, "tier": n, "seed": seed, "sources": sources,
-               "episodes": n, "successes": int(sum(s for _, _, s in chosen)),
-               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "bags": [{"bag": str(b.resolve()), "episodes": ids} for b, ids in by_bag.items()]}
+        doc = {
+            "format": MANIFEST_FORMAT,
+            "version": 1,
+            "tier": n,
+            "seed": seed,
+            "sources": sources,
+            "episodes": n,
+            "successes": int(sum(s for _, _, s in chosen)),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "bags": [{"bag": str(b.resolve()), "episodes": ids} for b, ids in by_bag.items()],
+        }
         manifest.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        entry = {"tier": n, "manifest": str(manifest), "episodes": n, "successes": doc["successes"]}
+        entry = {
+            "tier": n,
+            "manifest": str(manifest),
+            "episodes": n,
+            "successes": doc["successes"],
+        }
         if write_bags:
             bag_out = out_dir / f"tier_{n:04d}"
             entry["bag"] = str(bag_out)
-            _write_copy(bag_out, [(b, set(ids)) for b, ids in by_bag.items()], store, msg_dir,
-                        {"tier": n, "seed": seed, "sources": sources, "derived_from": "nsl data split"})
+            _write_copy(
+                bag_out,
+                [(b, set(ids)) for b, ids in by_bag.items()],
+                store,
+                msg_dir,
+                {"tier": n, "seed": seed, "sources": sources, "derived_from": "nsl data split"},
+            )
         made.append(entry)
     return {"available": len(order), "seed": seed, "tiers": made, "left_out": left_out}
 
 
 # ---------------------------------------------------------------------------- merge
-def _write_copy(out: Path, selection: list[tuple[Path, set[str] | None]], store, msg_dir, metadata: dict) -> dict:
+def _write_copy(
+    out: Path, selection: list[tuple[Path, set[str] | None]], store, msg_dir, metadata: dict
+) -> dict:
     seen: set[str] = set()
     duplicates = 0
     sessions = []
@@ -181,7 +229,8 @@ def _write_copy(out: Path, selection: list[tuple[Path, set[str] | None]], store,
 def merge_bags(paths: list[str | Path], out: str | Path, msg_dir=None) -> dict:
     """One new bag with every complete episode of ``paths`` (bags, dataset folders, manifests),
     in input order; an episode id seen before is skipped. Session metadata: the sources and
-    their session metadata."""
+    their session metadata.
+    """
     store = writer_typestore(msg_dir)
     selection: list[tuple[Path, set[str] | None]] = []
     from .reader import is_manifest, read_manifest
@@ -193,5 +242,13 @@ def merge_bags(paths: list[str | Path], out: str | Path, msg_dir=None) -> dict:
             selection += [(b, None) for b in find_bags(p)]
     sessions = []
     for bag, _ in selection:
-        sessions.append({"bag": str(Path(bag).resolve()), "session": read_episodes(bag).sessions[:1]})
-    return _write_copy(Path(out), selection, store, msg_dir, {"merged_from": sessions, "derived_from": "nsl data merge"})
+        sessions.append(
+            {"bag": str(Path(bag).resolve()), "session": read_episodes(bag).sessions[:1]}
+        )
+    return _write_copy(
+        Path(out),
+        selection,
+        store,
+        msg_dir,
+        {"merged_from": sessions, "derived_from": "nsl data merge"},
+    )

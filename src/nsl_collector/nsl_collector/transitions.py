@@ -1,4 +1,5 @@
 """QT-Opt transitions as flat arrays: what the dataset loader produces and the trainer consumes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,11 +38,15 @@ class Transitions:
         n = len(self.image)
         for name in ("state", "action", "reward", "done", "next_index", "episode"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"Transitions.{name} has {len(getattr(self, name))} rows, image has {n}")
+                raise ValueError(
+                    f"Transitions.{name} has {len(getattr(self, name))} rows, image has {n}"
+                )
         if self.location is not None:
             self.location = np.asarray(self.location, dtype=np.float32)
             if self.location.shape != (n, 2):
-                raise ValueError(f"Transitions.location must be ({n}, 2), got {self.location.shape}")
+                raise ValueError(
+                    f"Transitions.location must be ({n}, 2), got {self.location.shape}"
+                )
             if not np.isfinite(self.location).all():
                 raise ValueError("Transitions.location holds non-finite values")
         if n and (self.next_index.min() < 0 or self.next_index.max() >= n):
@@ -72,13 +77,18 @@ class Transitions:
             raise ValueError(f"rows({stop}) of a set of {len(self)}")
         if stop and int(self.next_index[:stop].max()) >= stop:
             raise ValueError(f"the first {stop} rows cut an episode")
-        return Transitions(**{f.name: None if (v := getattr(self, f.name)) is None else v[:stop]
-                              for f in dataclasses.fields(self)})
+        return Transitions(
+            **{
+                f.name: None if (v := getattr(self, f.name)) is None else v[:stop]
+                for f in dataclasses.fields(self)
+            }
+        )
 
     @staticmethod
     def concatenate(parts: list["Transitions"]) -> "Transitions":
         """One set from several; row and episode numbers are offset so they stay consistent.
-        ``location`` is kept only when every part has it."""
+        ``location`` is kept only when every part has it.
+        """
         parts = [p for p in parts if len(p)]
         if not parts:
             raise ValueError("no transitions to concatenate")
@@ -96,6 +106,9 @@ class Transitions:
             done=np.concatenate([p.done for p in parts]),
             next_index=np.concatenate(next_index),
             episode=np.concatenate(episode),
-            location=(np.concatenate([p.location for p in parts])
-                      if all(p.location is not None for p in parts) else None),
+            location=(
+                np.concatenate([p.location for p in parts])
+                if all(p.location is not None for p in parts)
+                else None
+            ),
         )

@@ -1,12 +1,13 @@
 """The real collector_node as a separate process over ROS 2: services, SIGKILL mid-episode,
-camera recording, 1000 episodes with bounded memory, independent-reader round trip."""
+camera recording, 1000 episodes with bounded memory, independent-reader round trip.
+"""
+
 from __future__ import annotations
 
 import hashlib
 import os
 import signal
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -53,8 +54,18 @@ def start_collector(root: Path, **params):
     from nsl_bringup.runner import GraphRunner
 
     log = Log()
-    runner = GraphRunner([NodeSpec("collector", "nsl_collector", "collector_node", "collector.yaml",
-                                   {"dataset_root": str(root), **params})], output=log)
+    runner = GraphRunner(
+        [
+            NodeSpec(
+                "collector",
+                "nsl_collector",
+                "collector_node",
+                "collector.yaml",
+                {"dataset_root": str(root), **params},
+            )
+        ],
+        output=log,
+    )
     runner.start()
     return runner, log
 
@@ -67,7 +78,11 @@ def rss_kb(pid: int) -> int:
 
 
 def digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_sigkill_mid_episode_over_ros(ros_env, tmp_path):
@@ -102,7 +117,9 @@ def test_sigkill_mid_episode_over_ros(ros_env, tmp_path):
         feed.step(eid, 2, feed.image(hw, 1), hw, last=True)
         feed.result(eid, 3)
         written.append(feed.episode(4, hw, seed=6))
-        feed.wait_for(lambda s: s["episodes_written"] == 6 and s["discarded_episodes"] == 1, 30, "episode 6")
+        feed.wait_for(
+            lambda s: s["episodes_written"] == 6 and s["discarded_episodes"] == 1, 30, "episode 6"
+        )
         # The episode in flight at the kill: 3 of its steps received, no result.
         inflight = feed.episode(3, hw, seed=7, finish=False)
         feed.wait_for(lambda s: s["pending_steps"] == 3, 30, "the in-flight steps")
@@ -115,19 +132,31 @@ def test_sigkill_mid_episode_over_ros(ros_env, tmp_path):
     eps = read_episodes(bag)
     assert [e.episode_id for e in eps] == written and eps.unclosed == [bag]
     assert [e.num_steps for e in eps] == [3] * 5 + [4]
-    assert inflight not in {s.episode_id for s in eps.skipped} | {e.episode_id for e in eps}  # never written
+    assert inflight not in {s.episode_id for s in eps.skipped} | {
+        e.episode_id for e in eps
+    }  # never written
     assert all(e.checkpoint_id == "ckpt-feed" and e.success for e in eps)
     info = dataset_info(root)
     assert info["complete"] == 8 and info["unclosed_bags"] == [str(bag)]
-    (meta,) = [s for s in info["sessions"] if "robot" in s]  # the other bag's metadata is {"task": "base"}
-    assert meta["task"] == "base" and meta["robot"] == "sim" and meta["sim"] is True and meta["namespace"] == "/"
+    (meta,) = [
+        s for s in info["sessions"] if "robot" in s
+    ]  # the other bag's metadata is {"task": "base"}
+    assert (
+        meta["task"] == "base"
+        and meta["robot"] == "sim"
+        and meta["sim"] is True
+        and meta["namespace"] == "/"
+    )
     assert meta["checkpoint_id"] == "ckpt-feed" and meta["exploration"] == {"epsilon": 0.1}
     assert meta["software"]["nsl_collector"] and meta["started"]
     assert digest(earlier) == before  # the other bag is untouched
     assert load_transitions(bag).num_episodes == 6
     from nsl_collector.tools import verify
 
-    assert {c.bag.name: c.status for c in verify([root])} == {"session_earlier": "ok", bag.name: "recovered"}
+    assert {c.bag.name: c.status for c in verify([root])} == {
+        "session_earlier": "ok",
+        bag.name: "recovered",
+    }
 
 
 def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp_path):
@@ -137,7 +166,9 @@ def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp
     from nsl_collector.ros_feed import EpisodeFeed
 
     root = tmp_path / "datasets"
-    runner, log = start_collector(root, record_camera=True, fsync=False, max_episodes_per_bag=400, task="memtest")
+    runner, log = start_collector(
+        root, record_camera=True, fsync=False, max_episodes_per_bag=400, task="memtest"
+    )
     feed = EpisodeFeed(name="memory_feed")
     hw = (16, 16)
     images = [feed.image(hw, i) for i in range(3)]
@@ -149,10 +180,20 @@ def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp
             feed.episode(2, hw, images=images, seed=i)
             if i % 50 == 0:
                 feed.camera(hw, images[0])
-            if i % 4 == 3:  # flow control: a few episodes on the wire (a policy runs one at a time)
-                feed.wait_for(lambda s, n=i: s["episodes_written"] + s["dropped_episodes"] >= n - 4, 60, f"episode {i}")
+            if (
+                i % 4 == 3
+            ):  # flow control: a few episodes on the wire (a policy runs one at a time)
+                feed.wait_for(
+                    lambda s, n=i: s["episodes_written"] + s["dropped_episodes"] >= n - 4,
+                    60,
+                    f"episode {i}",
+                )
             if i + 1 in (200, 1000):
-                st = feed.wait_for(lambda s, n=i + 1: s["episodes_written"] + s["dropped_episodes"] >= n, 60, "all")
+                st = feed.wait_for(
+                    lambda s, n=i + 1: s["episodes_written"] + s["dropped_episodes"] >= n,
+                    60,
+                    "all",
+                )
                 samples[i + 1] = (rss_kb(runner.pid("collector")), st)
         reply = feed.call("stop_session")
         assert reply.success
@@ -161,9 +202,13 @@ def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp
         codes = runner.stop()
     assert codes == {"collector": 0}, log.text()[-2000:]
     st = samples[1000][1]
-    assert st["episodes_written"] == 1000 and st["dropped_steps"] == 0 and st["pending_episodes"] == 0, st
+    assert (
+        st["episodes_written"] == 1000 and st["dropped_steps"] == 0 and st["pending_episodes"] == 0
+    ), st
     growth_kb = samples[1000][0] - samples[200][0]
-    print(f"collector RSS after 200 episodes {samples[200][0]} kB, after 1000 {samples[1000][0]} kB")
+    print(
+        f"collector RSS after 200 episodes {samples[200][0]} kB, after 1000 {samples[1000][0]} kB"
+    )
     assert growth_kb < 8 * 1024, f"RSS grew {growth_kb} kB over 800 episodes"
     bags = sorted((root / "memtest").iterdir())
     assert len(bags) == 3 and reply.message == str(bags[-1])
@@ -172,10 +217,14 @@ def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp
     counts = Counter()
     for b in bags:
         with open(b / f"{b.name}.mcap", "rb") as f:
-            for schema, channel, _, m in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            for schema, channel, _, m in make_reader(
+                f, decoder_factories=[DecoderFactory()]
+            ).iter_decoded_messages():
                 counts[(channel.topic, schema.name)] += 1
                 if schema.name == "sensor_msgs/msg/Image":
-                    assert (m.height, m.width, m.encoding) == (16, 16, "rgb8") and bytes(m.data) == images[0]
+                    assert (m.height, m.width, m.encoding) == (16, 16, "rgb8") and bytes(
+                        m.data
+                    ) == images[0]
                 elif schema.name == "nsl_msgs/msg/StepRecord":
                     assert bytes(m.image.data) in images
     assert counts[("/step_records", "nsl_msgs/msg/StepRecord")] == 2000

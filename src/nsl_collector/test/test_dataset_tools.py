@@ -1,10 +1,10 @@
 """Cache, tiers, merge, verify, CLI, CDR prefix parsing and the ROS-free collector logic."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -14,8 +14,13 @@ from dataset_helpers import MSG_DIR, make_episode, serialize_episode
 from nsl_collector import reader as reader_mod
 from nsl_collector.cache import TransitionCache
 from nsl_collector.cdr import CdrError, episode_result, step_key
-from nsl_collector.dataset import (BagRecorder, DatasetError, load_transitions, read_episodes,
-                                   writer_typestore)
+from nsl_collector.dataset import (
+    BagRecorder,
+    DatasetError,
+    load_transitions,
+    read_episodes,
+    writer_typestore,
+)
 from nsl_collector.session import Collector, CollectorConfig
 from nsl_collector.tools import merge_bags, split_tiers, tier_order, verify
 
@@ -30,7 +35,12 @@ def write_bag(path, episodes, metadata=None):
 def many_episodes(root, n_bags, per_bag, n=2, start=0):
     bags, k = [], start
     for b in range(n_bags):
-        bags.append(write_bag(root / f"session_{b}", [make_episode(k + i, n=n, hw=(8, 8)) for i in range(per_bag)]))
+        bags.append(
+            write_bag(
+                root / f"session_{b}",
+                [make_episode(k + i, n=n, hw=(8, 8)) for i in range(per_bag)],
+            )
+        )
         k += per_bag
     return bags
 
@@ -43,7 +53,9 @@ def test_cache_hit_equal_and_invalidated_on_change(tmp_path, monkeypatch):
     cold = load_transitions([tmp_path / "data"], cache_dir=cache_dir)
     assert len(list(cache_dir.iterdir())) == 2  # one entry per bag
     # Second load: no bag is decoded at all.
-    monkeypatch.setattr(reader_mod, "_read_bag", lambda *a, **k: pytest.fail("decoded a cached bag"))
+    monkeypatch.setattr(
+        reader_mod, "_read_bag", lambda *a, **k: pytest.fail("decoded a cached bag")
+    )
     warm = load_transitions([tmp_path / "data"], cache_dir=cache_dir)
     for field in ("image", "state", "action", "reward", "done", "next_index", "episode"):
         np.testing.assert_array_equal(getattr(warm, field), getattr(cold, field))
@@ -52,7 +64,9 @@ def test_cache_hit_equal_and_invalidated_on_change(tmp_path, monkeypatch):
     # A changed bag (rewritten with other content) is decoded again; the other one is not.
     decoded = []
     real = reader_mod._read_bag
-    monkeypatch.setattr(reader_mod, "_read_bag", lambda bag, *r: (decoded.append(bag.name), real(bag, *r))[1])
+    monkeypatch.setattr(
+        reader_mod, "_read_bag", lambda bag, *r: (decoded.append(bag.name), real(bag, *r))[1]
+    )
     import shutil
 
     shutil.rmtree(b)
@@ -101,13 +115,19 @@ def test_default_cache_location(tmp_path, monkeypatch):
     write_bag(tmp_path / "bag", [make_episode(0)])
     load_transitions(tmp_path / "bag")
     assert len(list((tmp_path / "env").iterdir())) == 1
-    assert sorted(p.name for p in (tmp_path / "bag").iterdir()) == ["bag.mcap", "metadata.yaml", "nsl_session.yaml"]
+    assert sorted(p.name for p in (tmp_path / "bag").iterdir()) == [
+        "bag.mcap",
+        "metadata.yaml",
+        "nsl_session.yaml",
+    ]
 
 
 # ------------------------------------------------------------------------- tiers
 def test_tier_split_nested_and_deterministic(tmp_path):
     bags = many_episodes(tmp_path / "data", 4, 25)  # 100 episodes
-    res = split_tiers([tmp_path / "data"], tmp_path / "tiers", tiers=[10, 25, 50, 100, 200], seed=3)
+    res = split_tiers(
+        [tmp_path / "data"], tmp_path / "tiers", tiers=[10, 25, 50, 100, 200], seed=3
+    )
     assert [t["tier"] for t in res["tiers"]] == [10, 25, 50, 100] and res["left_out"] == [200]
     sets = {}
     for t in res["tiers"]:
@@ -136,22 +156,39 @@ def test_tier_bags_and_merge_are_standard_bags(tmp_path):
     from mcap_ros2.decoder import DecoderFactory
 
     many_episodes(tmp_path / "data", 2, 10, n=3)
-    res = split_tiers([tmp_path / "data"], tmp_path / "tiers", tiers=[5, 10], seed=0, write_bags=True, msg_dir=MSG_DIR)
+    res = split_tiers(
+        [tmp_path / "data"],
+        tmp_path / "tiers",
+        tiers=[5, 10],
+        seed=0,
+        write_bags=True,
+        msg_dir=MSG_DIR,
+    )
     for t in res["tiers"]:
         bag = tmp_path / "tiers" / f"tier_{t['tier']:04d}"
         want = {e.episode_id for e in read_episodes(t["manifest"])}
         got = read_episodes(bag)
         assert {e.episode_id for e in got} == want and got.unclosed == []
         with open(bag / f"{bag.name}.mcap", "rb") as f:  # independent reader
-            seen = {m.episode_id for _, _, _, m in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages()}
+            seen = {
+                m.episode_id
+                for _, _, _, m in make_reader(
+                    f, decoder_factories=[DecoderFactory()]
+                ).iter_decoded_messages()
+            }
         assert seen == want
     # Merge the 10-tier with one source bag: duplicates skipped once; content identical.
-    merged = merge_bags([tmp_path / "tiers" / "tier_0010", tmp_path / "data" / "session_0"], tmp_path / "merged", msg_dir=MSG_DIR)
+    merged = merge_bags(
+        [tmp_path / "tiers" / "tier_0010", tmp_path / "data" / "session_0"],
+        tmp_path / "merged",
+        msg_dir=MSG_DIR,
+    )
     src = {e.episode_id: e for e in read_episodes(tmp_path / "data")}
     got = read_episodes(tmp_path / "merged")
     assert merged["episodes"] == len(got) == len({e.episode_id for e in got})
-    assert {e.episode_id for e in got} == {e.episode_id for e in read_episodes(tmp_path / "tiers" / "tier_0010")} | {
-        e.episode_id for e in read_episodes(tmp_path / "data" / "session_0")}
+    assert {e.episode_id for e in got} == {
+        e.episode_id for e in read_episodes(tmp_path / "tiers" / "tier_0010")
+    } | {e.episode_id for e in read_episodes(tmp_path / "data" / "session_0")}
     for e in got:
         np.testing.assert_array_equal(e.images, src[e.episode_id].images)
         assert e.success == src[e.episode_id].success
@@ -191,7 +228,9 @@ def test_verify_reports_damage_by_name_and_carries_on(tmp_path, capsys):
     (trunc / "truncated.mcap").write_bytes(raw[: len(raw) // 2])
     garbage = data / "garbage"
     garbage.mkdir()
-    (garbage / "garbage.mcap").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    (garbage / "garbage.mcap").write_bytes(
+        np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    )
     badmeta = write_bag(data / "badmeta", [make_episode(0)])
     (badmeta / "metadata.yaml").write_text("{{{ no yaml")
     rec = BagRecorder(data / "crashed", {}, msg_dir=MSG_DIR, fsync=False)  # never closed
@@ -201,18 +240,36 @@ def test_verify_reports_damage_by_name_and_carries_on(tmp_path, capsys):
     later = write_bag(data / "zz_after", [make_episode(7)])
     checks = {c.bag.name: c for c in verify([data])}
     assert {n: c.status for n, c in checks.items()} == {
-        "badmeta": "corrupt", "crashed": "recovered", "garbage": "corrupt", "good": "ok",
-        "truncated": "corrupt", "zz_after": "ok"}
-    assert "truncated.mcap" in checks["truncated"].detail and "truncated" in checks["truncated"].detail
-    assert "garbage.mcap" in checks["garbage"].detail and "metadata.yaml" in checks["badmeta"].detail
-    assert checks["crashed"].episodes == 1 and checks["crashed"].skipped == 1 and "in flight" in checks["crashed"].detail
+        "badmeta": "corrupt",
+        "crashed": "recovered",
+        "garbage": "corrupt",
+        "good": "ok",
+        "truncated": "corrupt",
+        "zz_after": "ok",
+    }
+    assert (
+        "truncated.mcap" in checks["truncated"].detail
+        and "truncated" in checks["truncated"].detail
+    )
+    assert (
+        "garbage.mcap" in checks["garbage"].detail and "metadata.yaml" in checks["badmeta"].detail
+    )
+    assert (
+        checks["crashed"].episodes == 1
+        and checks["crashed"].skipped == 1
+        and "in flight" in checks["crashed"].detail
+    )
     assert checks["good"].episodes == 3 and checks["zz_after"].episodes == 1
     capsys.readouterr()
     assert run_cli(["data", "verify", str(data)]) == 1
     out = capsys.readouterr().out
     for name in ("truncated.mcap", "garbage.mcap", "badmeta"):
         assert name in out
-    assert f"OK         {good}" in out and f"OK         {later}" in out and "6 bag(s) checked, 3 damaged" in out
+    assert (
+        f"OK         {good}" in out
+        and f"OK         {later}" in out
+        and "6 bag(s) checked, 3 damaged" in out
+    )
     assert run_cli(["data", "verify", str(good), str(later)]) == 0
 
 
@@ -223,9 +280,17 @@ def test_cli_info_split_merge(tmp_path, capsys, monkeypatch):
     assert info["complete"] == 30 and info["tasks"] == {"base": 30} and info["success_rate"] == 0.5
     assert run_cli(["data", "info", str(tmp_path / "data")]) == 0
     assert "30 complete episode(s)" in capsys.readouterr().out
-    assert run_cli(["data", "split", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--seed", "1"]) == 0
+    assert (
+        run_cli(
+            ["data", "split", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--seed", "1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "tier   25: 25 episodes" in out and "left out (only 30 complete episodes): [50, 100, 200, 400, 800]" in out
+    assert (
+        "tier   25: 25 episodes" in out
+        and "left out (only 30 complete episodes): [50, 100, 200, 400, 800]" in out
+    )
     assert yaml.safe_load((tmp_path / "t" / "tier_0025.yaml").read_text())["seed"] == 1
     assert run_cli(["data", "info", str(tmp_path / "t" / "tier_0025.yaml"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["complete"] == 25
@@ -247,14 +312,36 @@ def test_cdr_parsing_matches_rclpy_and_rosbags():
     m.episode_id, m.step_index = "e-\u00e9-42", 9
     m.image.data = bytes(range(7))
     k = step_key(serialize_message(m))
-    assert (k.stamp_ns, k.frame_id, k.episode_id, k.step_index) == (12_000_000_345, "robot_7", "e-\u00e9-42", 9)
+    assert (k.stamp_ns, k.frame_id, k.episode_id, k.step_index) == (
+        12_000_000_345,
+        "robot_7",
+        "e-\u00e9-42",
+        9,
+    )
     for frame in ("", "a", "ab", "abc", "abcd"):  # every alignment of the following int64
-        r = EpisodeResult(episode_id="x" * len(frame), task=frame, seed=-2**40, success=True, num_steps=17,
-                          checkpoint_id="c", exploration='{"epsilon": 0.2}', complete=False, message="why")
+        r = EpisodeResult(
+            episode_id="x" * len(frame),
+            task=frame,
+            seed=-(2**40),
+            success=True,
+            num_steps=17,
+            checkpoint_id="c",
+            exploration='{"epsilon": 0.2}',
+            complete=False,
+            message="why",
+        )
         r.header.frame_id = frame
         info = episode_result(serialize_message(r))
-        assert (info.task, info.seed, info.success, info.num_steps, info.checkpoint_id, info.exploration,
-                info.complete, info.message) == (frame, -2**40, True, 17, "c", '{"epsilon": 0.2}', False, "why")
+        assert (
+            info.task,
+            info.seed,
+            info.success,
+            info.num_steps,
+            info.checkpoint_id,
+            info.exploration,
+            info.complete,
+            info.message,
+        ) == (frame, -(2**40), True, 17, "c", '{"epsilon": 0.2}', False, "why")
     ts = writer_typestore(MSG_DIR)  # the rosbags serializer agrees
     (_, _, _, raw), *_ = serialize_episode(ts, *make_episode(3, n=1))
     assert step_key(raw).episode_id == "ep-0003"
@@ -270,8 +357,13 @@ def raw_msgs(i, n, hw=(8, 8), **kw):
 
 
 def test_collector_discard_order_and_bounds(tmp_path):
-    col = Collector(CollectorConfig(tmp_path, "base", max_pending=2, max_steps=4, fsync=False, msg_dir=MSG_DIR))
-    assert col.stop_session() == (False, "no session open (no complete episode recorded since the last stop)")
+    col = Collector(
+        CollectorConfig(tmp_path, "base", max_pending=2, max_steps=4, fsync=False, msg_dir=MSG_DIR)
+    )
+    assert col.stop_session() == (
+        False,
+        "no session open (no complete episode recorded since the last stop)",
+    )
     ok, path = col.start_session()
     assert ok and path.startswith(str(tmp_path / "base" / "session_"))
     assert col.start_session()[0] is False
@@ -305,27 +397,54 @@ def test_collector_discard_order_and_bounds(tmp_path):
     assert closed == path
     eps = read_episodes(path)
     assert [e.episode_id for e in eps] == ["ep-0000", "ep-0001"] and eps.skipped == []
-    side = yaml.safe_load((tmp_path / "base" / path.rsplit("/", 1)[1] / "nsl_session.yaml").read_text())
+    side = yaml.safe_load(
+        (tmp_path / "base" / path.rsplit("/", 1)[1] / "nsl_session.yaml").read_text()
+    )
     s = side["session"]
     assert s["task"] == "base" and s["robot"] == "sim" and s["checkpoint_id"] == "ckpt-0"
     assert s["exploration"] == {"epsilon": 0.2, "i": 0} and s["checkpoints"] == ["ckpt-0"]
     assert "rosbags" in s["software"] and "nsl_collector" in s["software"] and s["ended"]
     st = col.status()
     assert (st["discarded_episodes"], st["aborted_episodes"], st["episodes_written"]) == (1, 1, 2)
-    assert st["dropped_episodes"] == 3 and st["pending_bytes"] == len(raw_msgs(6, 2)[0][0])  # ep 5 pushed out by 7
+    assert st["dropped_episodes"] == 3 and st["pending_bytes"] == len(
+        raw_msgs(6, 2)[0][0]
+    )  # ep 5 pushed out by 7
 
 
 def test_collector_memory_bounded_over_1000_episodes(tmp_path):
     """1000 episodes (with abandoned ones mixed in): the buffers stay bounded and the bag rolls
-    over, so the per-chunk index kept in memory is bounded too."""
-    col = Collector(CollectorConfig(tmp_path, "base", max_pending=4, max_episodes_per_bag=300, fsync=False,
-                                    msg_dir=MSG_DIR, record_camera=True))
+    over, so the per-chunk index kept in memory is bounded too.
+    """
+    col = Collector(
+        CollectorConfig(
+            tmp_path,
+            "base",
+            max_pending=4,
+            max_episodes_per_bag=300,
+            fsync=False,
+            msg_dir=MSG_DIR,
+            record_camera=True,
+        )
+    )
     steps, res = raw_msgs(0, 3)
     ts = writer_typestore(MSG_DIR)
     T = ts.types
-    frame = bytes(ts.serialize_cdr(T["sensor_msgs/msg/Image"](
-        header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id=""),
-        height=8, width=8, encoding="rgb8", is_bigendian=0, step=24, data=np.zeros(192, np.uint8)), "sensor_msgs/msg/Image"))
+    frame = bytes(
+        ts.serialize_cdr(
+            T["sensor_msgs/msg/Image"](
+                header=T["std_msgs/msg/Header"](
+                    stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id=""
+                ),
+                height=8,
+                width=8,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=24,
+                data=np.zeros(192, np.uint8),
+            ),
+            "sensor_msgs/msg/Image",
+        )
+    )
     peak_pending = 0
     import re
 
@@ -344,7 +463,9 @@ def test_collector_memory_bounded_over_1000_episodes(tmp_path):
     col.close()
     st = col.status()
     assert st["episodes_written"] == 900 and peak_pending <= 4 and st["pending_episodes"] <= 4
-    assert st["sessions"] == 3 and st["camera_frames"] == 999  # the first frame came before the session opened
+    assert (
+        st["sessions"] == 3 and st["camera_frames"] == 999
+    )  # the first frame came before the session opened
     bags = sorted((tmp_path / "base").iterdir())
     assert [len(read_episodes(b)) for b in bags] == [300, 300, 300]
     assert read_episodes(bags[1]).sessions[0]["continues"] == str(bags[0])

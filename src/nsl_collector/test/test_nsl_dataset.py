@@ -1,4 +1,5 @@
 """Tests of the ROS-free dataset library (nsl_collector.dataset): no ROS needed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,14 +19,26 @@ import yaml
 
 from dataset_helpers import MSG_DIR, make_episode, serialize_episode
 from nsl_collector.dataset import (
-    EPISODE_RESULT, RESULT_TOPIC, STEP_RECORD, STEP_TOPIC, BagRecorder, DatasetError, StepData,
-    dataset_info, find_msg_dir, load_transitions, read_episodes, writer_typestore,
+    EPISODE_RESULT,
+    RESULT_TOPIC,
+    STEP_RECORD,
+    STEP_TOPIC,
+    BagRecorder,
+    DatasetError,
+    StepData,
+    dataset_info,
+    find_msg_dir,
+    load_transitions,
+    read_episodes,
+    writer_typestore,
 )
 from nsl_policy.action_space import ActionSpace, GraspCommand
 
 
 def write_bag(path, episodes, metadata=None, **kw):
-    with BagRecorder(path, metadata or {"task": "base", "robot": "sim"}, msg_dir=MSG_DIR, **kw) as rec:
+    with BagRecorder(
+        path, metadata or {"task": "base", "robot": "sim"}, msg_dir=MSG_DIR, **kw
+    ) as rec:
         for steps, result in episodes:
             rec.write_episode(steps, result)
     return path
@@ -34,7 +47,9 @@ def write_bag(path, episodes, metadata=None, **kw):
 def expected_action(s: StepData) -> np.ndarray:
     """ActionSpace.to_vector of the command as stored (float32 fields)."""
     tr = tuple(float(x) for x in np.asarray(s.translation, np.float32))
-    return ActionSpace().to_vector(GraspCommand(tr, float(np.float32(s.rotation)), s.close_gripper, s.terminate))
+    return ActionSpace().to_vector(
+        GraspCommand(tr, float(np.float32(s.rotation)), s.close_gripper, s.terminate)
+    )
 
 
 def assert_episode_equal(ep, steps, result):
@@ -49,7 +64,9 @@ def assert_episode_equal(ep, steps, result):
         assert got.image.dtype == np.uint8 and got.image.shape == s.image.shape
         np.testing.assert_array_equal(got.image, s.image)
         assert got.state.shape == (3,) and got.state.dtype == np.float32
-        np.testing.assert_allclose(got.state, [float(s.gripper_closed), s.gripper_height, s.step_fraction], rtol=1e-6)
+        np.testing.assert_allclose(
+            got.state, [float(s.gripper_closed), s.gripper_height, s.step_fraction], rtol=1e-6
+        )
         assert got.action.shape == (6,) and got.action.dtype == np.float32
         np.testing.assert_allclose(got.action, expected_action(s), atol=1e-6)
         if math.isnan(s.q_value):
@@ -64,8 +81,17 @@ def assert_episode_equal(ep, steps, result):
 # ------------------------------------------------------------------------- round trips
 def test_write_episode_round_trip(tmp_path):
     eps = [make_episode(i, n=3 + i) for i in range(4)]
-    bag = write_bag(tmp_path / "bag", eps, {"task": "base", "robot": "sim", "checkpoint": "ckpt-0",
-                                             "exploration": {"epsilon": 0.2}, "software": {"nsl": "0.1.0"}})
+    bag = write_bag(
+        tmp_path / "bag",
+        eps,
+        {
+            "task": "base",
+            "robot": "sim",
+            "checkpoint": "ckpt-0",
+            "exploration": {"epsilon": 0.2},
+            "software": {"nsl": "0.1.0"},
+        },
+    )
     assert (bag / "metadata.yaml").is_file() and (bag / "bag.mcap").is_file()
     got = read_episodes(bag)
     assert len(got) == 4 and got.skipped == [] and got.unclosed == []
@@ -73,14 +99,27 @@ def test_write_episode_round_trip(tmp_path):
         assert_episode_equal(ep, steps, result)
     assert got[0].images.shape == (3, 16, 20, 3) and got[0].actions.shape == (3, 6)
     # Session metadata: sidecar and rosbag2 custom_data.
-    assert got.sessions == [{"task": "base", "robot": "sim", "checkpoint": "ckpt-0",
-                             "exploration": {"epsilon": 0.2}, "software": {"nsl": "0.1.0"}}]
+    assert got.sessions == [
+        {
+            "task": "base",
+            "robot": "sim",
+            "checkpoint": "ckpt-0",
+            "exploration": {"epsilon": 0.2},
+            "software": {"nsl": "0.1.0"},
+        }
+    ]
     side = yaml.safe_load((bag / "nsl_session.yaml").read_text())
-    assert side["state"] == "closed" and side["episodes_written"] == 4 and side["steps_written"] == 3 + 4 + 5 + 6
+    assert (
+        side["state"] == "closed"
+        and side["episodes_written"] == 4
+        and side["steps_written"] == 3 + 4 + 5 + 6
+    )
     meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert json.loads(meta["custom_data"]["nsl_session"])["checkpoint"] == "ckpt-0"
     assert meta["storage_identifier"] == "mcap" and meta["version"] == 9
-    counts = {t["topic_metadata"]["name"]: t["message_count"] for t in meta["topics_with_message_count"]}
+    counts = {
+        t["topic_metadata"]["name"]: t["message_count"] for t in meta["topics_with_message_count"]
+    }
     assert counts == {STEP_TOPIC: 18, RESULT_TOPIC: 4}
 
 
@@ -94,18 +133,55 @@ def test_raw_cdr_path(tmp_path):
         for j in range(2):
             h = Header(stamp=Time(sec=5, nanosec=j), frame_id="r")
             msg = T[STEP_RECORD](
-                header=h, episode_id="e1", step_index=j,
-                image=T["sensor_msgs/msg/Image"](header=h, height=8, width=6, encoding="rgb8", is_bigendian=0,
-                                                 step=18, data=img.reshape(-1)),
-                gripper_state=T["nsl_msgs/msg/GripperState"](closed=bool(j), height=0.2, step_fraction=j / 2),
-                action=T["nsl_msgs/msg/GraspAction"](translation=np.array([0.03, -0.015, 0.0], np.float32),
-                                                     rotation=-0.125, close_gripper=bool(j), terminate=bool(j)),
-                q_value=0.5, exploratory=False, checkpoint_id="c")
-            rec.write_raw(STEP_TOPIC, "nsl_msgs/msg/StepRecord", 5_000_000_000 + j, bytes(ts.serialize_cdr(msg, STEP_RECORD)))
-        res = T[EPISODE_RESULT](header=Header(stamp=Time(sec=6, nanosec=0), frame_id="r"), episode_id="e1", task="t",
-                                seed=7, success=True, num_steps=2, checkpoint_id="c", exploration="{}", complete=True,
-                                message="")
-        rec.write_raw(RESULT_TOPIC, "nsl_msgs/EpisodeResult", 6_000_000_000, bytes(ts.serialize_cdr(res, EPISODE_RESULT)))
+                header=h,
+                episode_id="e1",
+                step_index=j,
+                image=T["sensor_msgs/msg/Image"](
+                    header=h,
+                    height=8,
+                    width=6,
+                    encoding="rgb8",
+                    is_bigendian=0,
+                    step=18,
+                    data=img.reshape(-1),
+                ),
+                gripper_state=T["nsl_msgs/msg/GripperState"](
+                    closed=bool(j), height=0.2, step_fraction=j / 2
+                ),
+                action=T["nsl_msgs/msg/GraspAction"](
+                    translation=np.array([0.03, -0.015, 0.0], np.float32),
+                    rotation=-0.125,
+                    close_gripper=bool(j),
+                    terminate=bool(j),
+                ),
+                q_value=0.5,
+                exploratory=False,
+                checkpoint_id="c",
+            )
+            rec.write_raw(
+                STEP_TOPIC,
+                "nsl_msgs/msg/StepRecord",
+                5_000_000_000 + j,
+                bytes(ts.serialize_cdr(msg, STEP_RECORD)),
+            )
+        res = T[EPISODE_RESULT](
+            header=Header(stamp=Time(sec=6, nanosec=0), frame_id="r"),
+            episode_id="e1",
+            task="t",
+            seed=7,
+            success=True,
+            num_steps=2,
+            checkpoint_id="c",
+            exploration="{}",
+            complete=True,
+            message="",
+        )
+        rec.write_raw(
+            RESULT_TOPIC,
+            "nsl_msgs/EpisodeResult",
+            6_000_000_000,
+            bytes(ts.serialize_cdr(res, EPISODE_RESULT)),
+        )
     (ep,) = read_episodes(tmp_path / "raw")
     assert ep.episode_id == "e1" and ep.success and ep.seed == 7 and ep.num_steps == 2
     np.testing.assert_array_equal(ep.steps[1].image, img)
@@ -140,8 +216,15 @@ def test_independent_mcap_reader(tmp_path):
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
         summary = reader.get_summary()
         schemas = {s.name: s for s in summary.schemas.values()}
-        assert schemas[STEP_RECORD].encoding == "ros2msg" and schemas[EPISODE_RESULT].encoding == "ros2msg"
-        assert schemas[STEP_RECORD].data.decode().startswith("std_msgs/Header header\nstring episode_id")
+        assert (
+            schemas[STEP_RECORD].encoding == "ros2msg"
+            and schemas[EPISODE_RESULT].encoding == "ros2msg"
+        )
+        assert (
+            schemas[STEP_RECORD]
+            .data.decode()
+            .startswith("std_msgs/Header header\nstring episode_id")
+        )
         assert b"MSG: sensor_msgs/Image" in schemas[STEP_RECORD].data
         for schema, channel, message, decoded in reader.iter_decoded_messages():
             counts[channel.topic] = counts.get(channel.topic, 0) + 1
@@ -151,12 +234,23 @@ def test_independent_mcap_reader(tmp_path):
     for k, (steps, result) in enumerate(eps):
         r = results[k]
         assert (r.episode_id, r.task, r.seed, r.success, r.num_steps, r.complete) == (
-            result.episode_id, result.task, result.seed, result.success, 4, True)
+            result.episode_id,
+            result.task,
+            result.seed,
+            result.success,
+            4,
+            True,
+        )
         assert json.loads(r.exploration) == result.exploration and r.header.frame_id == "robot1"
         for j, s in enumerate(steps):
             m = steps_seen[4 * k + j]
             assert m.episode_id == result.episode_id and m.step_index == j
-            assert (m.image.height, m.image.width, m.image.encoding, m.image.step) == (16, 20, "rgb8", 60)
+            assert (m.image.height, m.image.width, m.image.encoding, m.image.step) == (
+                16,
+                20,
+                "rgb8",
+                60,
+            )
             assert bytes(m.image.data) == s.image.tobytes()
             np.testing.assert_allclose(m.action.translation, s.translation, rtol=1e-6)
             assert m.action.terminate == s.terminate and m.gripper_state.closed == s.gripper_closed
@@ -182,15 +276,21 @@ def test_reading_needs_no_msg_files_and_uses_stored_definitions(tmp_path, monkey
         (old / f.name).write_text(text)
     steps, result = make_episode(0, n=3)
     with BagRecorder(tmp_path / "bag", {}, msg_dir=old) as rec:
-        for msg in serialize_episode(writer_typestore(old), steps, result, extra_step_fields={"legacy_field": 1.5}):
+        for msg in serialize_episode(
+            writer_typestore(old), steps, result, extra_step_fields={"legacy_field": 1.5}
+        ):
             rec.write_raw(*msg)
     with pytest.raises(DatasetError, match=r"legacy_field|StepRecord"):
         with BagRecorder(tmp_path / "bag2", {}, msg_dir=old) as rec:
             rec.write_episode(steps, result)  # write_episode fills only the current fields
     monkeypatch.delenv("NSL_MSGS_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "ament_index_python", None)
-    monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # also when rclpy imported it
-    monkeypatch.setattr(sys, "prefix", str(tmp_path / "no_prefix"))  # nor in the interpreter's prefix
+    monkeypatch.setitem(
+        sys.modules, "ament_index_python.packages", None
+    )  # also when rclpy imported it
+    monkeypatch.setattr(
+        sys, "prefix", str(tmp_path / "no_prefix")
+    )  # nor in the interpreter's prefix
     with pytest.raises(DatasetError, match="NSL_MSGS_DIR"):
         find_msg_dir()
     (ep,) = read_episodes(tmp_path / "bag")
@@ -199,7 +299,9 @@ def test_reading_needs_no_msg_files_and_uses_stored_definitions(tmp_path, monkey
 
 def test_find_msg_dir_env(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ament_index_python", None)
-    monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)  # also when rclpy imported it
+    monkeypatch.setitem(
+        sys.modules, "ament_index_python.packages", None
+    )  # also when rclpy imported it
     monkeypatch.setenv("NSL_MSGS_DIR", str(MSG_DIR))
     assert find_msg_dir() == MSG_DIR
     monkeypatch.setenv("NSL_MSGS_DIR", str(tmp_path))
@@ -218,9 +320,13 @@ def test_action_vectors_match_action_space(tmp_path):
             clipped += int(np.any(np.abs(g.action[:3]) == 1.0))
     assert clipped > 0  # the helper draws displacements beyond max_translation
     # A custom scaling is honoured.
-    wide = read_episodes(tmp_path / "bag", action_space=ActionSpace(max_translation=0.1, max_rotation=1.0))
+    wide = read_episodes(
+        tmp_path / "bag", action_space=ActionSpace(max_translation=0.1, max_rotation=1.0)
+    )
     s = eps[0][0][0]
-    np.testing.assert_allclose(wide[0].steps[0].action[:4], [*(np.array(s.translation) / 0.1), s.rotation], atol=1e-6)
+    np.testing.assert_allclose(
+        wide[0].steps[0].action[:4], [*(np.array(s.translation) / 0.1), s.rotation], atol=1e-6
+    )
 
 
 def test_step_data_from_vector(tmp_path):
@@ -243,7 +349,9 @@ def test_incomplete_episodes_are_reported(tmp_path):
         for steps, result in (good, aborted, mismatch):
             rec.write_episode(steps, result)
         # Steps of an episode whose result never came (closed bag: not "in flight").
-        for msg in serialize_episode(writer_typestore(MSG_DIR), *make_episode(3, n=2), finish=False):
+        for msg in serialize_episode(
+            writer_typestore(MSG_DIR), *make_episode(3, n=2), finish=False
+        ):
             rec.write_raw(*msg)
     got = read_episodes(bag)
     assert [e.episode_id for e in got] == ["ep-0000"]
@@ -258,7 +366,9 @@ def test_incomplete_episodes_are_reported(tmp_path):
 
 
 def test_load_transitions(tmp_path):
-    a = write_bag(tmp_path / "a", [make_episode(0, n=3, success=True), make_episode(1, n=2, success=False)])
+    a = write_bag(
+        tmp_path / "a", [make_episode(0, n=3, success=True), make_episode(1, n=2, success=False)]
+    )
     b = write_bag(tmp_path / "b", [make_episode(2, n=4, success=True)])
     tr = load_transitions([a, str(b)])
     assert len(tr) == 9 and tr.num_episodes == 3
@@ -280,7 +390,8 @@ def test_load_transitions(tmp_path):
 
 def test_transitions_carry_optional_location_labels(tmp_path):
     """Location labels (simulator-only) travel with their rows through concatenation, prefixes
-    and manifests' episode selections; wrong shapes and NaNs are refused."""
+    and manifests' episode selections; wrong shapes and NaNs are refused.
+    """
     from nsl_collector.reader import _select_episodes
     from nsl_collector.transitions import Transitions
 
@@ -288,7 +399,10 @@ def test_transitions_carry_optional_location_labels(tmp_path):
     b = write_bag(tmp_path / "b", [make_episode(2, n=4)])
     ta, tb = load_transitions([a]), load_transitions([b])
     assert ta.location is None
-    la, lb = np.arange(10, dtype=np.float32).reshape(5, 2), -np.arange(8, dtype=np.float32).reshape(4, 2)
+    la, lb = (
+        np.arange(10, dtype=np.float32).reshape(5, 2),
+        -np.arange(8, dtype=np.float32).reshape(4, 2),
+    )
     both = Transitions.concatenate([ta.with_location(la), tb.with_location(lb)])
     np.testing.assert_array_equal(both.location, np.concatenate([la, lb]))
     assert Transitions.concatenate([ta.with_location(la), tb]).location is None  # all or none
@@ -319,7 +433,10 @@ def test_load_transitions_errors(tmp_path):
 
 def test_dataset_info(tmp_path):
     write_bag(tmp_path / "s1", [make_episode(i, n=2, task="base") for i in range(4)])
-    write_bag(tmp_path / "s2", [make_episode(i, n=3, task="checkerboard", success=True) for i in range(4, 6)])
+    write_bag(
+        tmp_path / "s2",
+        [make_episode(i, n=3, task="checkerboard", success=True) for i in range(4, 6)],
+    )
     info = dataset_info(tmp_path)
     assert info["episodes"] == 6 and info["complete"] == 6 and info["steps"] == 14
     assert info["successes"] == 4 and info["success_rate"] == pytest.approx(4 / 6)
@@ -361,7 +478,7 @@ def test_garbage_files_raise(tmp_path):
     bag3 = write_bag(tmp_path / "bag3", [make_episode(0)])
     raw = bytearray((bag3 / "bag3.mcap").read_bytes())
     i = raw.index(b"\x06", 8 + 9 + 10)  # first chunk opcode after the header record
-    raw[i + 9 + 16:i + 9 + 24] = (10**9).to_bytes(8, "little")  # absurd uncompressed size
+    raw[i + 9 + 16 : i + 9 + 24] = (10**9).to_bytes(8, "little")  # absurd uncompressed size
     (bag3 / "bag3.mcap").write_bytes(bytes(raw))
     with pytest.raises(DatasetError, match="bag3.mcap.*corrupt"):
         read_episodes(bag3)
@@ -391,13 +508,28 @@ def test_unclosed_bag_truncated_anywhere_is_recovered(tmp_path):
     data = rec.mcap_path.read_bytes()  # never closed: no summary/footer, no metadata.yaml
     ends, pos = [], 8  # where each chunk record (one per episode) ends
     while pos < len(data):
-        op, length = data[pos], int.from_bytes(data[pos + 1:pos + 9], "little")
+        op, length = data[pos], int.from_bytes(data[pos + 1 : pos + 9], "little")
         pos += 9 + length
         if op == 0x06:
             ends.append(pos)
     assert len(ends) == 4 and all(e <= sz for e, sz in zip(ends, sizes))
     assert not (src / "metadata.yaml").exists()
-    for cut in sorted({0, 3, 8, 20, ends[0] - 1, ends[0], ends[0] + 1, sizes[0], ends[1] + 50, ends[2] - 9, ends[3], len(data)}):
+    for cut in sorted(
+        {
+            0,
+            3,
+            8,
+            20,
+            ends[0] - 1,
+            ends[0],
+            ends[0] + 1,
+            sizes[0],
+            ends[1] + 50,
+            ends[2] - 9,
+            ends[3],
+            len(data),
+        }
+    ):
         bag = tmp_path / f"cut{cut}"
         bag.mkdir()
         (bag / "x.mcap").write_bytes(data[:cut])
@@ -464,8 +596,12 @@ def run_child(tmp_path, bag, mode, kill_after_lines, extra_delay=0.0):
     script = tmp_path / "child.py"
     here = str(Path(__file__).resolve().parent)
     script.write_text(CHILD.format(paths=[here] + [p for p in sys.path if p]))
-    proc = subprocess.Popen([sys.executable, str(script), str(bag), mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(bag), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     try:
         deadline = time.monotonic() + 30
@@ -488,7 +624,11 @@ def run_child(tmp_path, bag, mode, kill_after_lines, extra_delay=0.0):
 
 
 def tree_digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_sigkill_mid_episode(tmp_path):
@@ -521,7 +661,8 @@ def test_sigkill_mid_episode(tmp_path):
 @pytest.mark.parametrize("delay", [0.0, 0.013, 0.05])
 def test_sigkill_while_streaming(tmp_path, delay):
     """Kill at an arbitrary moment of fast continuous writing: every episode reported written
-    is readable and intact; nothing else is returned; the partial tail is ignored."""
+    is readable and intact; nothing else is returned; the partial tail is ignored.
+    """
     bag = tmp_path / "bag"
     done = run_child(tmp_path, bag, "stream", kill_after_lines=6, extra_delay=delay)
     got = read_episodes(bag)

@@ -4,6 +4,7 @@ A node's constructor raises on an invalid configuration (bad parameter value, mi
 dependency); ``run_node`` prints that message and exits with code 2, so the runner and
 ``ros2 launch`` show the reason instead of a traceback.
 """
+
 from __future__ import annotations
 
 import sys
@@ -11,18 +12,29 @@ from collections.abc import Callable
 
 import rclpy
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.node import Node
 
 CONFIG_ERRORS: tuple[type[BaseException], ...] = (ValueError, ParameterException)
 
 
-def run_node(make_node: Callable[[], Node], program: str, args=None, threads: int = 1,
-             config_errors: tuple[type[BaseException], ...] = ()) -> None:
+def run_node(
+    make_node: Callable[[], Node],
+    program: str,
+    args=None,
+    threads: int = 1,
+    config_errors: tuple[type[BaseException], ...] = (),
+) -> None:
     """Spin the node ``make_node()`` builds; ``threads`` > 1 uses a MultiThreadedExecutor."""
     rclpy.init(args=args)
     node = None
-    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    executor = (
+        MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    )
     try:
         node = make_node()
         executor.add_node(node)

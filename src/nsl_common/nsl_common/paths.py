@@ -1,4 +1,5 @@
 """Start-up checks of the folders a node writes into."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,8 @@ from pathlib import Path
 
 def writable_dir(path: str | os.PathLike, parameter: str) -> Path:
     """``path`` resolved, created if missing and checked writable; ValueError naming ``parameter``
-    and the path otherwise (so the node refuses to start instead of failing on first write)."""
+    and the path otherwise (so the node refuses to start instead of failing on first write).
+    """
     resolved = Path(path).expanduser().resolve()
     try:
         resolved.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Call a ROS service from a plain thread (never from an executor callback) and wait for the reply."""
+
 from __future__ import annotations
 
 import threading
@@ -9,8 +10,13 @@ class ServiceCallError(RuntimeError):
     pass
 
 
-def call_service(client, request, timeout: float, wake: threading.Event | None = None,
-                 interrupted: Callable[[], bool] = lambda: False):
+def call_service(
+    client,
+    request,
+    timeout: float,
+    wake: threading.Event | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
+):
     """The reply of ``client`` to ``request``; raises ServiceCallError when the service is missing,
     does not answer within ``timeout`` seconds, or is interrupted.
 

@@ -1,4 +1,5 @@
 """call_service against a real service in this process."""
+
 from __future__ import annotations
 
 import os
@@ -54,7 +55,9 @@ def test_reply_timeout_and_interrupt(spun_node):
     release.set()
     # A reply never sets the caller's stop condition.
     quiet = threading.Event()
-    assert call_service(client, Trigger.Request(), timeout=10, wake=threading.Event(), interrupted=quiet.is_set).success
+    assert call_service(
+        client, Trigger.Request(), timeout=10, wake=threading.Event(), interrupted=quiet.is_set
+    ).success
     assert not quiet.is_set()
     missing = spun_node.create_client(Trigger, "nobody_serves_this")
     with pytest.raises(ServiceCallError, match="not available"):

@@ -6,6 +6,7 @@ ends the episode like the simulator does: on terminate or at the step limit the 
 the arm lifts, and the grasp counts as a success when the fingers stay apart by more than
 ``min_object_gap`` after lifting (something is between them).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,9 @@ class ArmConfig:
     def __post_init__(self) -> None:
         low, high = np.asarray(self.workspace_low), np.asarray(self.workspace_high)
         if low.shape != (3,) or high.shape != (3,) or not np.all(low < high):
-            raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high} on every axis")
+            raise ValueError(
+                f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high} on every axis"
+            )
         if not np.all((low <= self.start_position) & (np.asarray(self.start_position) <= high)):
             raise ValueError(f"start_position {self.start_position} is outside the workspace")
         for name in ("max_translation", "max_rotation", "lift_height"):
@@ -61,16 +64,28 @@ class ToolPose:
     yaw: float
 
 
-def plan_step(config: ArmConfig, current: ToolPose, translation, rotation: float) -> tuple[ToolPose, bool]:
+def plan_step(
+    config: ArmConfig, current: ToolPose, translation, rotation: float
+) -> tuple[ToolPose, bool]:
     """Target pose of one step and whether anything was clipped. Non-finite input is refused."""
     t = np.asarray(translation, dtype=np.float64).reshape(-1)
     if t.shape != (3,) or not np.all(np.isfinite(t)) or not math.isfinite(rotation):
-        raise ValueError(f"non-finite or malformed step: translation={list(t)} rotation={rotation}")
+        raise ValueError(
+            f"non-finite or malformed step: translation={list(t)} rotation={rotation}"
+        )
     clipped_t = np.clip(t, -config.max_translation, config.max_translation)
-    target = np.clip(np.asarray(current.position) + clipped_t, config.workspace_low, config.workspace_high)
+    target = np.clip(
+        np.asarray(current.position) + clipped_t, config.workspace_low, config.workspace_high
+    )
     clipped_r = float(np.clip(rotation, -config.max_rotation, config.max_rotation))
-    yaw = (current.yaw + clipped_r + math.pi / 2) % math.pi - math.pi / 2  # the gripper is symmetric
-    was_clipped = bool(np.any(clipped_t != t) or clipped_r != rotation or np.any(target != np.asarray(current.position) + clipped_t))
+    yaw = (
+        current.yaw + clipped_r + math.pi / 2
+    ) % math.pi - math.pi / 2  # the gripper is symmetric
+    was_clipped = bool(
+        np.any(clipped_t != t)
+        or clipped_r != rotation
+        or np.any(target != np.asarray(current.position) + clipped_t)
+    )
     return ToolPose(tuple(float(v) for v in target), yaw), was_clipped
 
 
@@ -110,7 +125,9 @@ class GraspEpisode:
         self.steps, self.gripper_closed, self.done = 0, False, False
         return self._outcome(False, False)
 
-    def step(self, translation, rotation: float, close_gripper: bool, terminate: bool) -> StepOutcome:
+    def step(
+        self, translation, rotation: float, close_gripper: bool, terminate: bool
+    ) -> StepOutcome:
         if self.done:
             raise RuntimeError("the episode is over: reset first")
         target, clipped = plan_step(self.config, self.backend.tool_pose(), translation, rotation)
@@ -127,14 +144,32 @@ class GraspEpisode:
         self.backend.set_gripper(True)
         self.gripper_closed = True
         pose = self.backend.tool_pose()
-        lifted = (pose.position[0], pose.position[1], min(pose.position[2] + self.config.lift_height, self.config.workspace_high[2]))
+        lifted = (
+            pose.position[0],
+            pose.position[1],
+            min(pose.position[2] + self.config.lift_height, self.config.workspace_high[2]),
+        )
         self.backend.move_to(ToolPose(lifted, pose.yaw))
         success = self.backend.finger_gap() > self.config.min_object_gap
         self.done = True
-        return StepOutcome(True, success, clipped, True, self._height(), min(1.0, self.steps / self.config.max_steps))
+        return StepOutcome(
+            True,
+            success,
+            clipped,
+            True,
+            self._height(),
+            min(1.0, self.steps / self.config.max_steps),
+        )
 
     def _height(self) -> float:
         return float(self.backend.tool_pose().position[2] - self.config.tray_height)
 
     def _outcome(self, done: bool, clipped: bool) -> StepOutcome:
-        return StepOutcome(done, False, clipped, self.gripper_closed, self._height(), self.steps / self.config.max_steps)
+        return StepOutcome(
+            done,
+            False,
+            clipped,
+            self.gripper_closed,
+            self._height(),
+            self.steps / self.config.max_steps,
+        )

@@ -5,6 +5,7 @@ raises ``BackendUnavailable`` with what to install. Cartesian steps are planned 
 ``tool_link`` and executed; the gripper is driven through a control_msgs/GripperCommand action and
 its finger gap read from joint states.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,17 @@ def _require(module: str, what: str):
 
 
 class MoveItBackend:
-    def __init__(self, node, planning_group: str, tool_link: str, planning_frame: str,
-                 gripper_action: str, finger_joints: tuple[str, ...], finger_gap_scale: float, timeout: float):
+    def __init__(
+        self,
+        node,
+        planning_group: str,
+        tool_link: str,
+        planning_frame: str,
+        gripper_action: str,
+        finger_joints: tuple[str, ...],
+        finger_gap_scale: float,
+        timeout: float,
+    ):
         planning = _require("moveit.planning", "moveit_py (MoveIt 2 Python API)")
         control_msgs = _require("control_msgs.action", "control_msgs")
         from geometry_msgs.msg import PoseStamped

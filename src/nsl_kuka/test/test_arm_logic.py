@@ -1,4 +1,5 @@
 """Episode logic of the real arm against a fake backend (no ROS, no MoveIt)."""
+
 from __future__ import annotations
 
 import math
@@ -37,14 +38,18 @@ CONFIG = ArmConfig()
 def test_steps_are_clipped_to_step_and_workspace_limits():
     target, clipped = plan_step(CONFIG, ToolPose((0.74, 0.0, 0.03), 0.0), (0.5, 0.0, -0.5), 2.0)
     assert clipped
-    assert target.position[0] == pytest.approx(0.75)  # workspace x limit (0.74 + 0.03 clipped to 0.75)
+    assert target.position[0] == pytest.approx(
+        0.75
+    )  # workspace x limit (0.74 + 0.03 clipped to 0.75)
     assert target.position[2] == pytest.approx(0.02)  # z limit
-    assert target.yaw == pytest.approx(0.25)          # rotation limit
+    assert target.yaw == pytest.approx(0.25)  # rotation limit
     target, clipped = plan_step(CONFIG, ToolPose((0.5, 0.0, 0.3), 0.0), (0.01, -0.01, 0.0), 0.1)
     assert not clipped and target.position == pytest.approx((0.51, -0.01, 0.3))
 
 
-@pytest.mark.parametrize("translation,rotation", [((math.nan, 0, 0), 0.0), ((0, 0, 0), math.inf), ((0, 0), 0.0)])
+@pytest.mark.parametrize(
+    "translation,rotation", [((math.nan, 0, 0), 0.0), ((0, 0, 0), math.inf), ((0, 0), 0.0)]
+)
 def test_malformed_steps_are_refused_without_motion(translation, rotation):
     arm = FakeArm()
     episode = GraspEpisode(CONFIG, arm)
@@ -62,7 +67,12 @@ def test_every_commanded_pose_stays_in_the_workspace():
     for _ in range(20):
         episode.reset()
         while not episode.done:
-            episode.step(rng.uniform(-1, 1, 3), float(rng.uniform(-3, 3)), bool(rng.random() < 0.1), bool(rng.random() < 0.1))
+            episode.step(
+                rng.uniform(-1, 1, 3),
+                float(rng.uniform(-3, 3)),
+                bool(rng.random() < 0.1),
+                bool(rng.random() < 0.1),
+            )
     for pose in arm.moves:
         assert np.all(np.asarray(pose.position) >= np.asarray(CONFIG.workspace_low) - 1e-12)
         assert np.all(np.asarray(pose.position) <= np.asarray(CONFIG.workspace_high) + 1e-12)
@@ -78,7 +88,9 @@ def test_terminate_closes_lifts_and_reads_the_outcome_from_the_finger_gap(gap, s
     outcome = episode.step((0, 0, -0.03), 0.0, False, True)
     assert outcome.done and outcome.gripper_closed and arm.closed
     assert outcome.grasp_success is success
-    assert arm.pose.position[2] == pytest.approx(min(z_before - 0.03 + CONFIG.lift_height, CONFIG.workspace_high[2]))
+    assert arm.pose.position[2] == pytest.approx(
+        min(z_before - 0.03 + CONFIG.lift_height, CONFIG.workspace_high[2])
+    )
     with pytest.raises(RuntimeError, match="reset first"):
         episode.step((0, 0, 0), 0.0, False, False)
 
@@ -102,12 +114,18 @@ def test_node_without_moveit_exits_with_what_to_install(tmp_path):
     pytest.importorskip("rclpy")
     try:
         import moveit  # noqa: F401
+
         pytest.skip("MoveIt 2 is installed here: the node would try to reach a robot")
     except ImportError:
         pass
     from nsl_bringup.runner import find_executable
 
-    out = subprocess.run([find_executable("nsl_kuka", "kuka_arm_node"), "--ros-args", "-r", "__ns:=/nomoveit"], capture_output=True, text=True, timeout=60,
-                         env={**__import__("os").environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"})
+    out = subprocess.run(
+        [find_executable("nsl_kuka", "kuka_arm_node"), "--ros-args", "-r", "__ns:=/nomoveit"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
+    )
     assert out.returncode == 2
     assert "moveit_py" in out.stdout and "sim:=true" in out.stdout

@@ -7,6 +7,7 @@ Vector layout (every component in [-1, 1]):
     5     terminate the episode when > 0
 CEM searches this box; the arm receives the physical command.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ store them as booleans (+-1)."""
 def canonical_actions(actions):
     """Recorded actions (torch tensor ``(..., 6)``) in the form the Q-function is trained on, a
     new tensor: close/terminate snapped to +-1 (bags store booleans), and close = +1 wherever
-    terminate = +1 (terminating closes the gripper anyway, so both spellings are one action)."""
+    terminate = +1 (terminating closes the gripper anyway, so both spellings are one action).
+    """
     out = actions.clone()
     on = out[..., list(BINARY_DIMS)] > 0
     on[..., 0] |= on[..., 1]
@@ -39,7 +41,8 @@ def policy_actions(actions):
     as in the scripted data (QT-Opt treats these commands as discrete too). Measured without
     these restrictions, offline QT-Opt's argmax found actions the data hardly contains and that
     its Q-function overrated at 0.9-0.99: interior switch values, "close and terminate" in
-    mid-air, and "close, then keep moving" at the first step."""
+    mid-air, and "close, then keep moving" at the first step.
+    """
     out = actions.clone()
     grasp = (out[..., TERMINATE_INDEX] > 0).to(out.dtype) * 2 - 1
     out[..., CLOSE_INDEX] = grasp
@@ -72,7 +75,9 @@ class ActionSpace:
 
     def __post_init__(self) -> None:
         if not (self.max_translation > 0 and np.isfinite(self.max_translation)):
-            raise ValueError(f"max_translation must be a positive number, got {self.max_translation}")
+            raise ValueError(
+                f"max_translation must be a positive number, got {self.max_translation}"
+            )
         if not (self.max_rotation > 0 and np.isfinite(self.max_rotation)):
             raise ValueError(f"max_rotation must be a positive number, got {self.max_rotation}")
 
@@ -80,7 +85,9 @@ class ActionSpace:
         """Physical command for a normalised vector (clipped to [-1, 1]; NaN is refused)."""
         v = np.asarray(vector, dtype=np.float64).reshape(-1)
         if v.shape != (ACTION_DIM,):
-            raise ValueError(f"action vector must have {ACTION_DIM} components, got shape {v.shape}")
+            raise ValueError(
+                f"action vector must have {ACTION_DIM} components, got shape {v.shape}"
+            )
         if not np.all(np.isfinite(v)):
             raise ValueError(f"action vector has non-finite components: {v.tolist()}")
         v = np.clip(v, -1.0, 1.0)
@@ -93,12 +100,19 @@ class ActionSpace:
 
     def to_vector(self, command: GraspCommand) -> np.ndarray:
         """Normalised vector of a physical command (the inverse of ``to_command`` up to the
-        gripper/terminate thresholds, which map to +1 / -1)."""
+        gripper/terminate thresholds, which map to +1 / -1).
+        """
         t = np.asarray(command.translation, dtype=np.float64) / self.max_translation
         return np.clip(
             np.array(
-                [t[0], t[1], t[2], command.rotation / self.max_rotation,
-                 1.0 if command.close_gripper else -1.0, 1.0 if command.terminate else -1.0],
+                [
+                    t[0],
+                    t[1],
+                    t[2],
+                    command.rotation / self.max_rotation,
+                    1.0 if command.close_gripper else -1.0,
+                    1.0 if command.terminate else -1.0,
+                ],
                 dtype=np.float32,
             ),
             -1.0,

@@ -1,5 +1,7 @@
 """Batched cross-entropy method (CEM) over the action box [-1, 1]^A, as QT-Opt uses it to pick
-argmax_a Q(s, a): sample a Gaussian population, keep the elites, refit, repeat."""
+argmax_a Q(s, a): sample a Gaussian population, keep the elites, refit, repeat.
+"""
+
 from __future__ import annotations
 
 import math
@@ -12,7 +14,8 @@ import torch
 @dataclass(frozen=True)
 class CEMConfig:
     """CEM hyper-parameters. Defaults are QT-Opt's (Kalashnikov et al. 2018): 64 samples,
-    6 elites, 2 iterations."""
+    6 elites, 2 iterations.
+    """
 
     population: int = 64
     """Actions sampled per observation and iteration."""
@@ -32,7 +35,9 @@ class CEMConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"CEMConfig.{name} must be a positive integer, got {v!r}")
         if self.elites > self.population:
-            raise ValueError(f"CEMConfig.elites ({self.elites}) must not exceed population ({self.population})")
+            raise ValueError(
+                f"CEMConfig.elites ({self.elites}) must not exceed population ({self.population})"
+            )
         for name in ("initial_std", "min_std"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -80,13 +85,20 @@ def cem_maximize(
         scores = score_fn(samples)
         if scores.shape != (b, n):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(b, n)}")
-        scores = torch.where(torch.isfinite(scores), scores.float(), torch.full_like(scores, -math.inf, dtype=torch.float32))
+        scores = torch.where(
+            torch.isfinite(scores),
+            scores.float(),
+            torch.full_like(scores, -math.inf, dtype=torch.float32),
+        )
         top_values, top_idx = scores.topk(config.elites, dim=1)  # (B, E), sorted
         elites = samples[rows[:, None], top_idx]  # (B, E, A)
         better = top_values[:, 0] > best_value
         best_value = torch.where(better, top_values[:, 0], best_value)
         best_action = torch.where(better[:, None], elites[:, 0], best_action)
         mean = elites.mean(dim=1, keepdim=True)
-        std = elites.std(dim=1, unbiased=False, keepdim=True).clamp_(min=config.min_std) if config.elites > 1 \
+        std = (
+            elites.std(dim=1, unbiased=False, keepdim=True).clamp_(min=config.min_std)
+            if config.elites > 1
             else torch.full_like(std, config.min_std)
+        )
     return best_action, best_value

@@ -12,6 +12,7 @@ Header metadata (all strings, as safetensors requires):
 Writes are atomic: a temporary file in the destination folder, fsync, os.replace, fsync of the
 folder. A reader sees the old file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -69,14 +70,19 @@ def _cpu_state_dict(model: QNetwork) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(path: str | os.PathLike, model: QNetwork, metadata: dict[str, Any] | None = None) -> str:
+def save_checkpoint(
+    path: str | os.PathLike, model: QNetwork, metadata: dict[str, Any] | None = None
+) -> str:
     """Write ``model`` and ``metadata`` (JSON-serialisable) to ``path`` atomically; returns the
-    checkpoint id."""
+    checkpoint id.
+    """
     path = os.fspath(path)
     tensors = _cpu_state_dict(model)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"refusing to save {path}: tensor {name!r} has non-finite values")
+            raise CheckpointError(
+                f"refusing to save {path}: tensor {name!r} has non-finite values"
+            )
     ckpt_id = weights_id(tensors)
     meta = dict(metadata or {})
     meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -100,11 +106,14 @@ def save_checkpoint(path: str | os.PathLike, model: QNetwork, metadata: dict[str
 
 def atomic_write(path: str | os.PathLike, blob: bytes) -> None:
     """Write ``blob`` to ``path`` so readers see the old file or the new one, never a part:
-    a temporary file in the same folder, fsync, os.replace, then fsync of the folder."""
+    a temporary file in the same folder, fsync, os.replace, then fsync of the folder.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
@@ -129,16 +138,21 @@ def atomic_write(path: str | os.PathLike, blob: bytes) -> None:
 
 def _read_header(path: str, blob: bytes) -> dict[str, str]:
     if len(blob) < 8:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({len(blob)} bytes)")
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a safetensors file ({len(blob)} bytes)"
+        )
     n = int.from_bytes(blob[:8], "little")
     if n <= 0 or n > _MAX_HEADER or 8 + n > len(blob):
         raise CheckpointError(
             f"checkpoint {path} is not a valid safetensors file (header length {n}, file size {len(blob)}): "
-            "truncated, garbage, or another format (e.g. a pickle)")
+            "truncated, garbage, or another format (e.g. a pickle)"
+        )
     try:
-        header = json.loads(blob[8:8 + n].decode("utf-8"))
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path} has an unreadable safetensors header: {e}") from e
+        raise CheckpointError(
+            f"checkpoint {path} has an unreadable safetensors header: {e}"
+        ) from e
     if not isinstance(header, dict):
         raise CheckpointError(f"checkpoint {path} has a malformed safetensors header")
     meta = header.get("__metadata__") or {}
@@ -147,8 +161,11 @@ def _read_header(path: str, blob: bytes) -> dict[str, str]:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, expected_config: QNetworkConfig | None = None,
-                    device: torch.device | str = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | os.PathLike,
+    expected_config: QNetworkConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedCheckpoint:
     """Load and check a checkpoint. Raises CheckpointError naming the file and the problem."""
     path = os.fspath(path)
     try:
@@ -167,13 +184,17 @@ def load_checkpoint(path: str | os.PathLike, expected_config: QNetworkConfig | N
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from e
 
     if header.get("nsl_format") != FORMAT_NAME:
-        raise CheckpointError(f"checkpoint {path} is not an NSL Q-network checkpoint (no nsl_format={FORMAT_NAME!r} in its header)")
+        raise CheckpointError(
+            f"checkpoint {path} is not an NSL Q-network checkpoint (no nsl_format={FORMAT_NAME!r} in its header)"
+        )
     try:
         version = int(header.get("format_version", "-1"))
     except ValueError:
         version = -1
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {header.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format version {header.get('format_version')!r}; this code reads {FORMAT_VERSION}"
+        )
     if "model_config" not in header:
         raise CheckpointError(f"checkpoint {path} has no model_config in its header")
     try:
@@ -181,7 +202,10 @@ def load_checkpoint(path: str | os.PathLike, expected_config: QNetworkConfig | N
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} has an invalid model_config: {e}") from e
     if expected_config is not None and config != expected_config:
-        diffs = ", ".join(f"{k}: checkpoint {a!r} vs expected {b!r}" for k, (a, b) in config.differences(expected_config).items())
+        diffs = ", ".join(
+            f"{k}: checkpoint {a!r} vs expected {b!r}"
+            for k, (a, b) in config.differences(expected_config).items()
+        )
         raise CheckpointError(f"checkpoint {path} has an incompatible model config ({diffs})")
     try:
         metadata = json.loads(header.get("metadata", "{}"))
@@ -195,33 +219,59 @@ def load_checkpoint(path: str | os.PathLike, expected_config: QNetworkConfig | N
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise CheckpointError(f"checkpoint {path} does not match the architecture: missing tensors {missing}, unexpected tensors {extra}")
-    shaped = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if tensors[k].shape != v.shape]
+        raise CheckpointError(
+            f"checkpoint {path} does not match the architecture: missing tensors {missing}, unexpected tensors {extra}"
+        )
+    shaped = [
+        f"{k}: {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tensors[k].shape != v.shape
+    ]
     if shaped:
         raise CheckpointError(f"checkpoint {path} has mis-shaped tensors ({'; '.join(shaped)})")
-    bad_dtype = [f"{k}: {tensors[k].dtype}" for k, v in expected.items() if tensors[k].dtype != v.dtype]
+    bad_dtype = [
+        f"{k}: {tensors[k].dtype}" for k, v in expected.items() if tensors[k].dtype != v.dtype
+    ]
     if bad_dtype:
-        raise CheckpointError(f"checkpoint {path} has tensors of the wrong dtype ({'; '.join(bad_dtype)})")
-    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        raise CheckpointError(
+            f"checkpoint {path} has tensors of the wrong dtype ({'; '.join(bad_dtype)})"
+        )
+    nonfinite = [
+        k
+        for k, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
     if nonfinite:
         raise CheckpointError(f"checkpoint {path} has non-finite weights in {nonfinite}")
     ckpt_id = weights_id(tensors)
     stated = header.get("checkpoint_id")
     if stated is not None and stated != ckpt_id:
-        raise CheckpointError(f"checkpoint {path} says its id is {stated} but its weights hash to {ckpt_id} (modified or corrupt)")
+        raise CheckpointError(
+            f"checkpoint {path} says its id is {stated} but its weights hash to {ckpt_id} (modified or corrupt)"
+        )
     model.load_state_dict(tensors)
     model.to(device=torch.device(device), memory_format=torch.channels_last)
     model.eval()
-    return LoadedCheckpoint(model=model, config=config, metadata=metadata, checkpoint_id=ckpt_id, path=path)
+    return LoadedCheckpoint(
+        model=model, config=config, metadata=metadata, checkpoint_id=ckpt_id, path=path
+    )
 
 
 @torch.no_grad()
-def validate_for_swap(loaded: LoadedCheckpoint, expected_config: QNetworkConfig | None = None, seed: int = 0) -> None:
+def validate_for_swap(
+    loaded: LoadedCheckpoint, expected_config: QNetworkConfig | None = None, seed: int = 0
+) -> None:
     """Raise CheckpointError unless ``loaded`` fits ``expected_config`` and gives finite output on a
-    smoke inference (a fixed pseudo-random image, state and a few actions)."""
+    smoke inference (a fixed pseudo-random image, state and a few actions).
+    """
     if expected_config is not None and loaded.config != expected_config:
-        diffs = ", ".join(f"{k}: checkpoint {a!r} vs running {b!r}" for k, (a, b) in loaded.config.differences(expected_config).items())
-        raise CheckpointError(f"checkpoint {loaded.path} does not fit the running policy ({diffs})")
+        diffs = ", ".join(
+            f"{k}: checkpoint {a!r} vs running {b!r}"
+            for k, (a, b) in loaded.config.differences(expected_config).items()
+        )
+        raise CheckpointError(
+            f"checkpoint {loaded.path} does not fit the running policy ({diffs})"
+        )
     model = loaded.model
     device = model.device
     g = torch.Generator().manual_seed(seed)
@@ -234,19 +284,32 @@ def validate_for_swap(loaded: LoadedCheckpoint, expected_config: QNetworkConfig 
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {loaded.path} failed the smoke inference: {e}") from e
     if logits.shape != (2, 8) or not bool(torch.isfinite(logits).all()):
-        raise CheckpointError(f"checkpoint {loaded.path} gives non-finite or mis-shaped output in the smoke inference")
+        raise CheckpointError(
+            f"checkpoint {loaded.path} gives non-finite or mis-shaped output in the smoke inference"
+        )
     if not all(math.isfinite(float(x)) for x in torch.sigmoid(logits).flatten()):
         raise CheckpointError(f"checkpoint {loaded.path} gives non-finite probabilities")
 
 
-def init_checkpoint(path: str | os.PathLike, config: QNetworkConfig | None = None, seed: int = 0,
-                    metadata: dict[str, Any] | None = None) -> str:
+def init_checkpoint(
+    path: str | os.PathLike,
+    config: QNetworkConfig | None = None,
+    seed: int = 0,
+    metadata: dict[str, Any] | None = None,
+) -> str:
     """Write a randomly initialised ("scratch") checkpoint; returns its id."""
     config = config or QNetworkConfig()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = QNetwork(config)
-    meta = {"parent": None, "datasets": {}, "steps": 0, "learning_rate": None, "metrics": {},
-            "kind": "scratch", "seed": seed}
+    meta = {
+        "parent": None,
+        "datasets": {},
+        "steps": 0,
+        "learning_rate": None,
+        "metrics": {},
+        "kind": "scratch",
+        "seed": seed,
+    }
     meta.update(metadata or {})
     return save_checkpoint(path, model, meta)

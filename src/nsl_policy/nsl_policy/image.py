@@ -3,6 +3,7 @@
 ROS-free: takes the raw ``data`` bytes, ``width``, ``height`` and ``encoding`` of a
 sensor_msgs/Image (or an ndarray) so it needs neither cv_bridge nor rclpy.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -20,8 +21,13 @@ _ENCODINGS: dict[str, tuple[int, int | None]] = {
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
 
 
-def to_rgb(data: bytes | bytearray | memoryview | np.ndarray, width: int, height: int, encoding: str,
-           step: int | None = None) -> np.ndarray:
+def to_rgb(
+    data: bytes | bytearray | memoryview | np.ndarray,
+    width: int,
+    height: int,
+    encoding: str,
+    step: int | None = None,
+) -> np.ndarray:
     """(height, width, 3) uint8 RGB image from raw image data in ``encoding``.
 
     ``step`` is the row length in bytes (sensor_msgs/Image.step); rows may be padded. Raises
@@ -29,14 +35,23 @@ def to_rgb(data: bytes | bytearray | memoryview | np.ndarray, width: int, height
     """
     enc = encoding.lower() if isinstance(encoding, str) else encoding
     if enc not in _ENCODINGS:
-        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
-    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0 and height > 0):
+        raise ValueError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+        )
+    if not (
+        isinstance(width, (int, np.integer))
+        and isinstance(height, (int, np.integer))
+        and width > 0
+        and height > 0
+    ):
         raise ValueError(f"image size must be positive integers, got {width}x{height}")
     channels, conversion = _ENCODINGS[enc]
     row = width * channels
     step = row if step in (None, 0) else int(step)
     if step < row:
-        raise ValueError(f"image step {step} is shorter than a {encoding} row of {width} pixels ({row} bytes)")
+        raise ValueError(
+            f"image step {step} is shorter than a {encoding} row of {width} pixels ({row} bytes)"
+        )
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
             raise ValueError(f"image array must be uint8, got {data.dtype}")
@@ -46,7 +61,8 @@ def to_rgb(data: bytes | bytearray | memoryview | np.ndarray, width: int, height
     expected = step * height
     if buf.size != expected:
         raise ValueError(
-            f"image data has {buf.size} bytes, expected {expected} for {width}x{height} {encoding} (step {step})")
+            f"image data has {buf.size} bytes, expected {expected} for {width}x{height} {encoding} (step {step})"
+        )
     img = buf.reshape(height, step)[:, :row].reshape(height, width, channels)
     if conversion is None:
         return np.ascontiguousarray(img)
@@ -57,12 +73,15 @@ def to_rgb(data: bytes | bytearray | memoryview | np.ndarray, width: int, height
 
 def resize_for_network(img: np.ndarray, size: int) -> np.ndarray:
     """Square ``size`` x ``size`` copy of an (H, W, 3) uint8 image (cv2.INTER_AREA; no crop, so
-    non-square images are stretched). Returns the input unchanged when it already fits."""
+    non-square images are stretched). Returns the input unchanged when it already fits.
+    """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {img.shape}")
     if img.shape[0] == size and img.shape[1] == size:
         return img
-    interpolation = cv2.INTER_AREA if img.shape[0] >= size and img.shape[1] >= size else cv2.INTER_LINEAR
+    interpolation = (
+        cv2.INTER_AREA if img.shape[0] >= size and img.shape[1] >= size else cv2.INTER_LINEAR
+    )
     return cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interpolation)
 
 
@@ -78,9 +97,12 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def to_tensor(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+def to_tensor(
+    batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Float (N, 3, H, W) tensor in [0, 1], channels_last memory, from a uint8 (N, H, W, 3)
-    batch (a single (H, W, 3) image becomes N = 1)."""
+    batch (a single (H, W, 3) image becomes N = 1).
+    """
     t = torch.as_tensor(batch)
     if t.dim() == 3:
         t = t.unsqueeze(0)
@@ -89,4 +111,10 @@ def to_tensor(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cp
     if t.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images, got {t.dtype}")
     # NHWC memory permuted to NCHW is exactly the channels_last layout: no copy of the pixels.
-    return t.to(device).permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    return (
+        t.to(device)
+        .permute(0, 3, 1, 2)
+        .float()
+        .div_(255.0)
+        .contiguous(memory_format=torch.channels_last)
+    )

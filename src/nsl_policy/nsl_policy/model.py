@@ -25,6 +25,7 @@ re-uses its output for all N action samples of CEM (the features are broadcast, 
 recomputed). Convolutions run in ``torch.channels_last`` memory format: on CPUs this is several
 times faster than NCHW for this network.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,8 @@ KEYPOINTS_RECIPE = {"feature_size": 16, "fc_width": 256}
 @dataclass(frozen=True)
 class QNetworkConfig:
     """Architecture of a ``QNetwork``. Checkpoints store it; a checkpoint only loads into a
-    network with the same config."""
+    network with the same config.
+    """
 
     image_size: int = 64
     """Side of the square RGB input image, pixels (32..472)."""
@@ -103,18 +105,27 @@ class QNetworkConfig:
         check_int("feature_size", 2, 64)
         check_int("embed_width", 4, 1024)
         check_int("fc_width", 4, 1024)
-        if isinstance(self.height_scale, bool) or not isinstance(self.height_scale, (int, float)) \
-                or not (math.isfinite(self.height_scale) and 0 < self.height_scale <= 1000):
-            raise ValueError(f"QNetworkConfig.height_scale must be a number in (0, 1000], got {self.height_scale!r}")
+        if (
+            isinstance(self.height_scale, bool)
+            or not isinstance(self.height_scale, (int, float))
+            or not (math.isfinite(self.height_scale) and 0 < self.height_scale <= 1000)
+        ):
+            raise ValueError(
+                f"QNetworkConfig.height_scale must be a number in (0, 1000], got {self.height_scale!r}"
+            )
         object.__setattr__(self, "height_scale", float(self.height_scale))
         if self.norm not in NORMS:
             raise ValueError(f"QNetworkConfig.norm must be one of {NORMS}, got {self.norm!r}")
         if self.norm == "group" and self.width % 8:
-            raise ValueError(f"QNetworkConfig.norm 'group' needs a width divisible by 8, got {self.width}")
+            raise ValueError(
+                f"QNetworkConfig.norm 'group' needs a width divisible by 8, got {self.width}"
+            )
         if self.head not in HEADS:
             raise ValueError(f"QNetworkConfig.head must be one of {HEADS}, got {self.head!r}")
         if not isinstance(self.coord_channels, bool):
-            raise ValueError(f"QNetworkConfig.coord_channels must be true or false, got {self.coord_channels!r}")
+            raise ValueError(
+                f"QNetworkConfig.coord_channels must be true or false, got {self.coord_channels!r}"
+            )
 
     @property
     def trunk_stages(self) -> int:
@@ -154,7 +165,7 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
 
 
 def _conv_relu(cin: int, cout: int, k: int, norm: str, stride: int = 1) -> list[nn.Module]:
-    """conv [-> GroupNorm] -> ReLU."""
+    """Conv [-> GroupNorm] -> ReLU."""
     layers: list[nn.Module] = [_conv(cin, cout, k, stride)]
     if norm == "group":
         layers.append(nn.GroupNorm(8, cout))
@@ -168,13 +179,17 @@ class QNetwork(nn.Module):
         super().__init__()
         self.config = config or QNetworkConfig()
         c = self.config
-        trunk: list[nn.Module] = _conv_relu(5 if c.coord_channels else 3, c.width, 5, c.norm, stride=2)
+        trunk: list[nn.Module] = _conv_relu(
+            5 if c.coord_channels else 3, c.width, 5, c.norm, stride=2
+        )
         for _ in range(c.trunk_stages):
             trunk += [nn.MaxPool2d(2, ceil_mode=True), *_conv_relu(c.width, c.width, 3, c.norm)]
         for _ in range(c.trunk_depth):
             trunk += _conv_relu(c.width, c.width, 3, c.norm)
         if c.head == "keypoints":
-            trunk.append(nn.Conv2d(c.width, c.width, 1))  # keypoint logits: no ReLU before the softmax
+            trunk.append(
+                nn.Conv2d(c.width, c.width, 1)
+            )  # keypoint logits: no ReLU before the softmax
         self.trunk = nn.Sequential(*trunk)
         if c.head == "keypoints":
             self.keypoints = SpatialSoftmax(c.feature_map_size)
@@ -205,7 +220,8 @@ class QNetwork(nn.Module):
         """Kaiming-normal weights (ReLU gain) and zero biases. With PyTorch's default init the
         image signal fades through the unnormalised conv stack (feature spread across images
         ~1e-4 at 64x64), so the Q-function learned to ignore the image; see
-        docs/results/base_policy.md. The output layer keeps a small init (Q starts near 0.5)."""
+        docs/results/base_policy.md. The output layer keeps a small init (Q starts near 0.5).
+        """
         layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         for m in layers[:-1]:
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -219,28 +235,37 @@ class QNetwork(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Image features of float images (B, 3, S, S) in [0, 1]: the trunk's map (B, C, h, w),
-        channels_last, for the "conv" head; keypoints (B, 2C) for the "keypoints" head."""
+        channels_last, for the "conv" head; keypoints (B, 2C) for the "keypoints" head.
+        """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         s = self.config.image_size
         if images.shape[2] != s or images.shape[3] != s:
-            raise ValueError(f"images must be {s}x{s} (the network's image_size), got {images.shape[2]}x{images.shape[3]}")
+            raise ValueError(
+                f"images must be {s}x{s} (the network's image_size), got {images.shape[2]}x{images.shape[3]}"
+            )
         if self.config.coord_channels:
             ramp = torch.linspace(-1.0, 1.0, s, dtype=images.dtype, device=images.device)
-            coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="xy")).expand(images.shape[0], 2, s, s)
+            coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="xy")).expand(
+                images.shape[0], 2, s, s
+            )
             images = torch.cat([images, coords], dim=1)
         features = self.trunk(images.contiguous(memory_format=torch.channels_last))
         return self.keypoints(features) if self.config.head == "keypoints" else features
 
-    def score(self, features: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def score(
+        self, features: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
+    ) -> torch.Tensor:
         """Logits (B, N) of N actions (B, N, 6) per observation, from ``encode``'s features and
-        the gripper state (B, 3). The features are broadcast over N."""
+        the gripper state (B, 3). The features are broadcast over N.
+        """
         if actions.dim() != 3 or actions.shape[2] != ACTION_DIM:
             raise ValueError(f"actions must be (B, N, {ACTION_DIM}), got {tuple(actions.shape)}")
         b, n, _ = actions.shape
         if features.shape[0] != b or state.shape != (b, STATE_DIM):
             raise ValueError(
-                f"batch mismatch: features {tuple(features.shape)}, state {tuple(state.shape)}, actions {tuple(actions.shape)}")
+                f"batch mismatch: features {tuple(features.shape)}, state {tuple(state.shape)}, actions {tuple(actions.shape)}"
+            )
         state = state.to(actions.dtype)
         if self.config.height_scale != 1.0:  # the default skips this on CEM's hot path
             state = state.clone()
@@ -254,11 +279,15 @@ class QNetwork(nn.Module):
         f = features.permute(0, 2, 3, 1)  # (B, h, w, C)
         merged = f.unsqueeze(1) + emb[:, :, None, None, :]  # (B, N, h, w, C), one allocation
         h, w, c = f.shape[1:]
-        merged = merged.reshape(b * n, h, w, c).permute(0, 3, 1, 2)  # NCHW view, channels_last memory
+        merged = merged.reshape(b * n, h, w, c).permute(
+            0, 3, 1, 2
+        )  # NCHW view, channels_last memory
         out = self.fc(self.head(merged))
         return out.reshape(b, n)
 
-    def forward(self, images: torch.Tensor, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
+    ) -> torch.Tensor:
         """Logits (B,) of one action (B, 6) per image (B, 3, S, S) and gripper state (B, 3)."""
         if actions.dim() != 2:
             raise ValueError(f"actions must be (B, {ACTION_DIM}), got {tuple(actions.shape)}")
@@ -268,19 +297,24 @@ class QNetwork(nn.Module):
 class SpatialSoftmax(nn.Module):
     """(B, C, h, w) maps -> (B, 2C) expected (x, y) in [-1, 1] of each channel's softmax over
     its h x w cells, with one learned temperature (Levine et al. 2016, "End-to-end training of
-    deep visuomotor policies")."""
+    deep visuomotor policies").
+    """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         ramp = torch.linspace(-1.0, 1.0, size)
         ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
-        self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1), persistent=False)
+        self.register_buffer(
+            "grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1), persistent=False
+        )
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, c, h, w = features.shape
         if h * w != self.grid.shape[0]:
-            raise ValueError(f"feature map {h}x{w} does not match the keypoint grid ({self.grid.shape[0]} cells)")
+            raise ValueError(
+                f"feature map {h}x{w} does not match the keypoint grid ({self.grid.shape[0]} cells)"
+            )
         logits = features.reshape(b, c, h * w) / self.log_temperature.exp()
         points = torch.softmax(logits, dim=2) @ self.grid.to(features.dtype)  # (B, C, 2)
         return points.reshape(b, 2 * c)

@@ -1,4 +1,5 @@
 """Action selection for the grasping policy: CEM over the Q-network, optional exploration."""
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,20 @@ class ExplorationConfig:
     """Std of Gaussian noise added to the CEM action before clipping to [-1, 1] (>= 0)."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and 0.0 <= self.epsilon <= 1.0):
+        if not (
+            isinstance(self.epsilon, (int, float))
+            and math.isfinite(self.epsilon)
+            and 0.0 <= self.epsilon <= 1.0
+        ):
             raise ValueError(f"ExplorationConfig.epsilon must be in [0, 1], got {self.epsilon!r}")
-        if not (isinstance(self.noise_std, (int, float)) and math.isfinite(self.noise_std) and self.noise_std >= 0.0):
-            raise ValueError(f"ExplorationConfig.noise_std must be a finite number >= 0, got {self.noise_std!r}")
+        if not (
+            isinstance(self.noise_std, (int, float))
+            and math.isfinite(self.noise_std)
+            and self.noise_std >= 0.0
+        ):
+            raise ValueError(
+                f"ExplorationConfig.noise_std must be a finite number >= 0, got {self.noise_std!r}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -55,9 +66,14 @@ class GraspPolicy:
     from start to end.
     """
 
-    def __init__(self, model: QNetwork, cem_config: CEMConfig | None = None,
-                 exploration: ExplorationConfig | None = None, seed: int = 0,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model: QNetwork,
+        cem_config: CEMConfig | None = None,
+        exploration: ExplorationConfig | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
         self.cem_config = cem_config or CEMConfig()
         self.exploration = exploration or ExplorationConfig()
         self.device = torch.device(device) if device is not None else model.device
@@ -78,7 +94,9 @@ class GraspPolicy:
     def swap_model(self, model: QNetwork) -> None:
         """Use ``model`` from the next ``select_action`` on. Its config must match the current one."""
         if model.config != self._model.config:
-            raise ValueError(f"model config differs from the running one: {model.config.differences(self._model.config)}")
+            raise ValueError(
+                f"model config differs from the running one: {model.config.differences(self._model.config)}"
+            )
         model = self._prepare(model)
         with self._lock:
             self._model = model
@@ -88,18 +106,26 @@ class GraspPolicy:
         """Success probabilities (N,) of N actions (N, 6) at one observation."""
         model = self._model
         img, st = self._inputs(model, image, state)
-        a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device).reshape(1, -1, ACTION_DIM)
+        a = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device).reshape(
+            1, -1, ACTION_DIM
+        )
         return torch.sigmoid(model.score(model.encode(img), st, a))[0].cpu().numpy()
 
-    def _inputs(self, model: QNetwork, image: np.ndarray, state: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(
+        self, model: QNetwork, image: np.ndarray, state: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s = model.config.image_size
         image = np.asarray(image)
         if image.shape != (s, s, 3) or image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 ({s}, {s}, 3) (network size), got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"image must be uint8 ({s}, {s}, 3) (network size), got {image.dtype} {image.shape}"
+            )
         st = np.asarray(state, dtype=np.float32).reshape(-1)
         if st.shape != (STATE_DIM,) or not np.all(np.isfinite(st)):
             raise ValueError(f"state must be {STATE_DIM} finite numbers, got {st.tolist()}")
-        return to_tensor(image, self.device), torch.as_tensor(st, device=self.device).reshape(1, STATE_DIM)
+        return to_tensor(image, self.device), torch.as_tensor(st, device=self.device).reshape(
+            1, STATE_DIM
+        )
 
     @torch.no_grad()
     def select_action(self, image: np.ndarray, state: np.ndarray) -> ActionChoice:
@@ -108,13 +134,22 @@ class GraspPolicy:
             model = self._model
         img, st = self._inputs(model, image, state)
         features = model.encode(img)
-        action, value = cem_maximize(lambda a: model.score(features, st, a), 1, ACTION_DIM, self.cem_config,
-                                     generator=self._generator, device=self.device, project=policy_actions)
+        action, value = cem_maximize(
+            lambda a: model.score(features, st, a),
+            1,
+            ACTION_DIM,
+            self.cem_config,
+            generator=self._generator,
+            device=self.device,
+            project=policy_actions,
+        )
         vec = action[0].cpu().numpy().astype(np.float32)
         raw = float(value[0])
         q = float(torch.sigmoid(value[0]))
         if not (np.all(np.isfinite(vec)) and math.isfinite(raw) and math.isfinite(q)):
-            raise RuntimeError("Q-network produced no finite value for this observation (non-finite weights or input?)")
+            raise RuntimeError(
+                "Q-network produced no finite value for this observation (non-finite weights or input?)"
+            )
         if self.exploration.epsilon > 0 and self._rng.random() < self.exploration.epsilon:
             # Random motion; close/terminate stay the policy's choice. A uniform draw there would
             # end half of all random steps' episodes early (and close the gripper on nothing).
@@ -122,6 +157,8 @@ class GraspPolicy:
             return ActionChoice(vector=vec, q_value=float("nan"), exploratory=True)
         exploratory = False
         if self.exploration.noise_std > 0:
-            vec = np.clip(vec + self._rng.normal(0.0, self.exploration.noise_std, ACTION_DIM), -1.0, 1.0).astype(np.float32)
+            vec = np.clip(
+                vec + self._rng.normal(0.0, self.exploration.noise_std, ACTION_DIM), -1.0, 1.0
+            ).astype(np.float32)
             exploratory = True
         return ActionChoice(vector=vec, q_value=q, exploratory=exploratory)

@@ -7,8 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nsl_policy.checkpoint import (CheckpointError, LoadedCheckpoint, init_checkpoint, load_checkpoint,
-                                   save_checkpoint, validate_for_swap)
+from nsl_policy.checkpoint import (
+    CheckpointError,
+    LoadedCheckpoint,
+    init_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    validate_for_swap,
+)
 from nsl_policy.model import QNetwork, QNetworkConfig
 
 CFG = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16)
@@ -16,7 +22,11 @@ CFG = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16)
 
 def _outputs(model):
     g = torch.Generator().manual_seed(0)
-    img, st, a = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, generator=g), torch.rand(2, 6, generator=g)
+    img, st, a = (
+        torch.rand(2, 3, 32, 32, generator=g),
+        torch.rand(2, 3, generator=g),
+        torch.rand(2, 6, generator=g),
+    )
     with torch.no_grad():
         return model.eval()(img, st, a)
 
@@ -48,7 +58,11 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.safetensors"]
     assert path.read_bytes() != first
     with pytest.raises(CheckpointError):  # unserialisable metadata: nothing written, nothing left
-        save_checkpoint(tmp_path / "bad.safetensors", model, {"x": object.__new__(type("T", (), {"__str__": None}))})
+        save_checkpoint(
+            tmp_path / "bad.safetensors",
+            model,
+            {"x": object.__new__(type("T", (), {"__str__": None}))},
+        )
     assert os.listdir(tmp_path) == ["ckpt.safetensors"]
 
 
@@ -58,8 +72,13 @@ def test_missing_truncated_garbage(tmp_path):
     path = tmp_path / "ok.safetensors"
     save_checkpoint(path, QNetwork(CFG), {})
     blob = path.read_bytes()
-    for name, data in {"trunc": blob[: len(blob) // 2], "tiny": blob[:5], "empty": b"",
-                       "garbage": os.urandom(4096), "text": b"hello world, not a checkpoint" * 10}.items():
+    for name, data in {
+        "trunc": blob[: len(blob) // 2],
+        "tiny": blob[:5],
+        "empty": b"",
+        "garbage": os.urandom(4096),
+        "text": b"hello world, not a checkpoint" * 10,
+    }.items():
         p = tmp_path / f"{name}.safetensors"
         p.write_bytes(data)
         with pytest.raises(CheckpointError) as e:
@@ -75,8 +94,10 @@ class _Evil:
 def test_pickle_is_rejected_and_not_executed(tmp_path):
     marker = tmp_path / "pwned"
     _Evil.marker = str(marker)
-    for name, writer in {"raw.safetensors": lambda p: p.write_bytes(pickle.dumps({"w": _Evil()})),
-                         "torch.pt": lambda p: torch.save({"w": _Evil()}, p)}.items():
+    for name, writer in {
+        "raw.safetensors": lambda p: p.write_bytes(pickle.dumps({"w": _Evil()})),
+        "torch.pt": lambda p: torch.save({"w": _Evil()}, p),
+    }.items():
         p = tmp_path / name
         writer(p)
         with pytest.raises(CheckpointError):
@@ -90,15 +111,21 @@ def test_wrong_config_is_named(tmp_path):
     other = QNetworkConfig(image_size=64, width=8, embed_width=16, fc_width=16)
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(path, expected_config=other)
-    assert "image_size" in str(e.value) and "width" not in str(e.value).replace("embed_width", "").replace("fc_width", "")
+    assert "image_size" in str(e.value) and "width" not in str(e.value).replace(
+        "embed_width", ""
+    ).replace("fc_width", "")
     loaded = load_checkpoint(path)
     with pytest.raises(CheckpointError, match="image_size"):
         validate_for_swap(loaded, other)
 
 
 def _write_raw(path, tensors, config=CFG, **header):
-    meta = {"nsl_format": "nsl-qnet", "format_version": "1", "model_config": json.dumps(config.to_dict()),
-            "metadata": "{}"}
+    meta = {
+        "nsl_format": "nsl-qnet",
+        "format_version": "1",
+        "model_config": json.dumps(config.to_dict()),
+        "metadata": "{}",
+    }
     meta.update(header)
     save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if v is not None})
 
@@ -108,7 +135,11 @@ def test_bad_tensors_and_headers(tmp_path):
     name = "fc.4.bias"
     cases = {
         "nan": ({**good, name: torch.full_like(good[name], math.nan)}, {}, "non-finite"),
-        "inf": ({**good, "trunk.0.weight": good["trunk.0.weight"].clone().fill_(math.inf)}, {}, "non-finite"),
+        "inf": (
+            {**good, "trunk.0.weight": good["trunk.0.weight"].clone().fill_(math.inf)},
+            {},
+            "non-finite",
+        ),
         "missing": ({k: v for k, v in good.items() if k != name}, {}, "missing"),
         "extra": ({**good, "bonus": torch.zeros(3)}, {}, "unexpected"),
         "shape": ({**good, name: torch.zeros(2)}, {}, "mis-shaped"),
@@ -134,8 +165,13 @@ def test_validate_for_swap_rejects_infinite_output(tmp_path):
     with pytest.raises(CheckpointError, match="smoke"):
         validate_for_swap(loaded, CFG)
     with pytest.raises(CheckpointError, match="non-finite"):
-        save_checkpoint(tmp_path / "d.safetensors", QNetwork(CFG).requires_grad_(False).apply(
-            lambda m: m.weight.fill_(math.nan) if isinstance(m, torch.nn.Linear) else None), {})
+        save_checkpoint(
+            tmp_path / "d.safetensors",
+            QNetwork(CFG)
+            .requires_grad_(False)
+            .apply(lambda m: m.weight.fill_(math.nan) if isinstance(m, torch.nn.Linear) else None),
+            {},
+        )
 
 
 def test_init_checkpoint_is_seeded(tmp_path):

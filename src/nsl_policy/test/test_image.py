@@ -4,8 +4,9 @@ import torch
 
 from nsl_policy.image import SUPPORTED_ENCODINGS, resize_for_network, to_rgb, to_tensor
 
-RGB = np.array([[[10, 20, 30], [40, 50, 60], [70, 80, 90]],
-                [[1, 2, 3], [4, 5, 6], [7, 8, 9]]], dtype=np.uint8)  # (2, 3, 3)
+RGB = np.array(
+    [[[10, 20, 30], [40, 50, 60], [70, 80, 90]], [[1, 2, 3], [4, 5, 6], [7, 8, 9]]], dtype=np.uint8
+)  # (2, 3, 3)
 
 
 def test_rgb_and_bgr():
@@ -16,8 +17,12 @@ def test_rgb_and_bgr():
 
 def test_alpha_and_mono():
     alpha = np.full((2, 3, 1), 255, np.uint8)
-    np.testing.assert_array_equal(to_rgb(np.concatenate([RGB, alpha], 2).tobytes(), 3, 2, "rgba8"), RGB)
-    np.testing.assert_array_equal(to_rgb(np.concatenate([RGB[:, :, ::-1], alpha], 2).tobytes(), 3, 2, "bgra8"), RGB)
+    np.testing.assert_array_equal(
+        to_rgb(np.concatenate([RGB, alpha], 2).tobytes(), 3, 2, "rgba8"), RGB
+    )
+    np.testing.assert_array_equal(
+        to_rgb(np.concatenate([RGB[:, :, ::-1], alpha], 2).tobytes(), 3, 2, "bgra8"), RGB
+    )
     mono = RGB[:, :, 0]
     out = to_rgb(mono.tobytes(), 3, 2, "mono8")
     assert out.shape == (2, 3, 3) and out.dtype == np.uint8

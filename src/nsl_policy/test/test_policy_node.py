@@ -6,6 +6,7 @@ after each reset and step (in a chosen encoding and size, or not at all when "st
 records every command it gets. The test also listens to step records, episode results and the
 active checkpoint, and talks to ``policy/load_checkpoint`` and ``trainer/checkpoints``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytestmark = pytest.mark.system
 
@@ -42,7 +42,8 @@ ENCODED = {
 @pytest.fixture(scope="module")
 def ros():
     """Own DDS domain (localhost only) and an own rclpy context, so other test modules' contexts
-    are untouched."""
+    are untouched.
+    """
     from nsl_bringup.runner import isolated_environment
 
     env = isolated_environment()
@@ -89,7 +90,9 @@ def checkpoints(tmp_path_factory) -> Checkpoints:
     a, b = d / "a.safetensors", d / "b.safetensors"
     id_a, id_b = init_checkpoint(a, cfg, seed=0), init_checkpoint(b, cfg, seed=1)
     bad = {}
-    init_checkpoint(d / "size96.safetensors", QNetworkConfig(**{**SMALL, "image_size": 96}), seed=2)
+    init_checkpoint(
+        d / "size96.safetensors", QNetworkConfig(**{**SMALL, "image_size": 96}), seed=2
+    )
     bad["other image_size"] = (d / "size96.safetensors", "image_size")
     init_checkpoint(d / "width16.safetensors", QNetworkConfig(**{**SMALL, "width": 16}), seed=3)
     bad["other width"] = (d / "width16.safetensors", "width")
@@ -128,7 +131,9 @@ class Log:
         """Block until ``predicate(text so far)`` holds."""
         with self._lock:
             if not self._lock.wait_for(lambda: predicate("".join(self.lines)), timeout=timeout):
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} in the policy's output")
+                raise AssertionError(
+                    f"timed out after {timeout:.0f} s waiting for {what} in the policy's output"
+                )
 
     def flush(self) -> None:
         pass
@@ -140,10 +145,20 @@ class Log:
 
 class FakeRobot:
     """Fake arm + camera and an observer of everything the policy publishes, in one rclpy node
-    spinning in a background thread. Its waits block the test thread on a condition."""
+    spinning in a background thread. Its waits block the test thread on a condition.
+    """
 
-    def __init__(self, context, namespace: str, width: int = 64, height: int = 64, encoding: str = "rgb8",
-                 start_heights=(0.25,), step_delay: float = 0.0, min_steps: int = 0):
+    def __init__(
+        self,
+        context,
+        namespace: str,
+        width: int = 64,
+        height: int = 64,
+        encoding: str = "rgb8",
+        start_heights=(0.25,),
+        step_delay: float = 0.0,
+        min_steps: int = 0,
+    ):
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
@@ -156,7 +171,11 @@ class FakeRobot:
         self.CheckpointInfo = CheckpointInfo
         self.LoadCheckpoint = LoadCheckpoint
         reliable = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            depth=10,
+            reliability=QoSReliabilityPolicy.RELIABLE,
+            durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+        )
         self.node = Node("fake_robot", namespace=namespace, context=context)
         self.cond = threading.Condition()
         self.width, self.height, self.encoding = width, height, encoding
@@ -167,7 +186,9 @@ class FakeRobot:
         self.min_steps = min_steps
         self.camera_on = True
         self.commands_at_first_refused = None
-        self.commands: list[tuple] = []  # ("reset", seed) | ("step", height_before, translation, rotation, close, terminate)
+        self.commands: list[
+            tuple
+        ] = []  # ("reset", seed) | ("step", height_before, translation, rotation, close, terminate)
         self.results: list = []
         self.steps: list = []
         self.active: list = []
@@ -175,11 +196,26 @@ class FakeRobot:
         self.episode_steps = 0
         self.node.create_service(ResetEpisode, "arm/reset_episode", self._on_reset)
         self.node.create_service(ExecuteStep, "arm/execute_step", self._on_step)
-        self.image_pub = self.node.create_publisher(Image, "camera/image_raw", QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE))
-        self.announce_pub = self.node.create_publisher(CheckpointInfo, "trainer/checkpoints", latched)
-        self.node.create_subscription(StepRecord, "step_records", lambda m: self._add(self.steps, m), reliable)
-        self.node.create_subscription(EpisodeResult, "episode_results", lambda m: self._add(self.results, m), reliable)
-        self.node.create_subscription(CheckpointInfo, "policy/active_checkpoint", lambda m: self._add(self.active, m), latched)
+        self.image_pub = self.node.create_publisher(
+            Image,
+            "camera/image_raw",
+            QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE),
+        )
+        self.announce_pub = self.node.create_publisher(
+            CheckpointInfo, "trainer/checkpoints", latched
+        )
+        self.node.create_subscription(
+            StepRecord, "step_records", lambda m: self._add(self.steps, m), reliable
+        )
+        self.node.create_subscription(
+            EpisodeResult, "episode_results", lambda m: self._add(self.results, m), reliable
+        )
+        self.node.create_subscription(
+            CheckpointInfo,
+            "policy/active_checkpoint",
+            lambda m: self._add(self.active, m),
+            latched,
+        )
         self.load_client = self.node.create_client(LoadCheckpoint, "policy/load_checkpoint")
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
@@ -202,7 +238,12 @@ class FakeRobot:
             if rgb is None and self.commands_at_first_refused is None:
                 self.commands_at_first_refused = len(self.commands)
         data = np.tile(np.array(pixel, dtype=np.uint8), self.width * self.height)
-        msg = self.Image(width=self.width, height=self.height, encoding=self.encoding, step=self.width * len(pixel))
+        msg = self.Image(
+            width=self.width,
+            height=self.height,
+            encoding=self.encoding,
+            step=self.width * len(pixel),
+        )
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.header.frame_id = "fake_camera"
         msg.data = data.tobytes()
@@ -210,7 +251,9 @@ class FakeRobot:
 
     def _on_reset(self, request, response):
         with self.cond:
-            self.gripper_height = self.start_heights[sum(1 for c in self.commands if c[0] == "reset") % len(self.start_heights)]
+            self.gripper_height = self.start_heights[
+                sum(1 for c in self.commands if c[0] == "reset") % len(self.start_heights)
+            ]
             self.episode_steps = 0
             self.commands.append(("reset", request.seed))
             self.cond.notify_all()
@@ -224,8 +267,16 @@ class FakeRobot:
     def _on_step(self, request, response):
         a = request.action
         with self.cond:
-            self.commands.append(("step", self.gripper_height, tuple(float(x) for x in a.translation), float(a.rotation),
-                                  a.close_gripper, a.terminate))
+            self.commands.append(
+                (
+                    "step",
+                    self.gripper_height,
+                    tuple(float(x) for x in a.translation),
+                    float(a.rotation),
+                    a.close_gripper,
+                    a.terminate,
+                )
+            )
             self.episode_steps += 1
             if math.isfinite(a.translation[2]):
                 self.gripper_height += float(a.translation[2])
@@ -236,7 +287,9 @@ class FakeRobot:
         response.success = True
         response.gripper_state.height = self.gripper_height
         response.gripper_state.closed = bool(a.close_gripper)
-        response.done = (bool(a.terminate) and self.episode_steps >= self.min_steps) or self.episode_steps >= MAX_STEPS
+        response.done = (
+            bool(a.terminate) and self.episode_steps >= self.min_steps
+        ) or self.episode_steps >= MAX_STEPS
         response.grasp_success = response.done and self.episode_steps % 2 == 0
         if camera_on:
             self.publish_image()
@@ -249,14 +302,20 @@ class FakeRobot:
                 raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def complete(self, checkpoint_id: str | None = None) -> list:
-        return [r for r in self.results if r.complete and (checkpoint_id is None or r.checkpoint_id == checkpoint_id)]
+        return [
+            r
+            for r in self.results
+            if r.complete and (checkpoint_id is None or r.checkpoint_id == checkpoint_id)
+        ]
 
     def count(self, kind: str) -> int:
         with self.cond:
             return sum(1 for c in self.commands if c[0] == kind)
 
     def load(self, path, timeout: float = 30.0):
-        assert self.load_client.wait_for_service(timeout_sec=timeout), "policy/load_checkpoint not available"
+        assert self.load_client.wait_for_service(timeout_sec=timeout), (
+            "policy/load_checkpoint not available"
+        )
         done = threading.Event()
         future = self.load_client.call_async(self.LoadCheckpoint.Request(path=str(path)))
         future.add_done_callback(lambda _f: done.set())
@@ -280,15 +339,26 @@ class PolicyProcess:
         from nsl_bringup.runner import GraphRunner
 
         self.log = Log()
-        base = {"max_steps": MAX_STEPS, "observation_timeout": 1.0, "arm_timeout": 10.0, "epsilon": 0.3}
+        base = {
+            "max_steps": MAX_STEPS,
+            "observation_timeout": 1.0,
+            "arm_timeout": 10.0,
+            "epsilon": 0.3,
+        }
         spec = NodeSpec("policy", "nsl_policy", "policy_node", "policy.yaml", {**base, **params})
-        self.runner = GraphRunner([spec], namespace=namespace, env={**env, "OMP_NUM_THREADS": "1"}, output=self.log)
+        self.runner = GraphRunner(
+            [spec], namespace=namespace, env={**env, "OMP_NUM_THREADS": "1"}, output=self.log
+        )
         self.runner.start()
 
     def stop(self) -> None:
         codes = self.runner.stop()
-        assert self.runner.first_exit is None, f"{self.runner.first_exit.describe()}\n{self.log.text()[-3000:]}"
-        assert all(code in (0, -2) for code in codes.values()), f"policy did not stop cleanly: {codes}"
+        assert self.runner.first_exit is None, (
+            f"{self.runner.first_exit.describe()}\n{self.log.text()[-3000:]}"
+        )
+        assert all(code in (0, -2) for code in codes.values()), (
+            f"policy did not stop cleanly: {codes}"
+        )
 
 
 _counter = [0]
@@ -318,7 +388,8 @@ def graph(ros, request):
 
 def check_episodes_consistent(robot: FakeRobot) -> dict:
     """Every result's step records: contiguous indices, same checkpoint as the result, and as many
-    as the arm executed in that episode. Returns {episode_id: records}."""
+    as the arm executed in that episode. Returns {episode_id: records}.
+    """
     with robot.cond:
         results, steps, commands = list(robot.results), list(robot.steps), list(robot.commands)
     by_episode = defaultdict(list)
@@ -333,12 +404,19 @@ def check_episodes_consistent(robot: FakeRobot) -> dict:
             arm_counts[-1] += 1
     for k, r in enumerate(results):
         records = by_episode[r.episode_id]
-        assert [s.step_index for s in records] == list(range(r.num_steps)), f"episode {k}: step indices"
-        assert {s.checkpoint_id for s in records} <= {r.checkpoint_id}, f"episode {k} mixes checkpoints"
-        assert arm_counts[k] == r.num_steps, f"episode {k}: the arm executed {arm_counts[k]} steps, {r.num_steps} recorded"
+        assert [s.step_index for s in records] == list(range(r.num_steps)), (
+            f"episode {k}: step indices"
+        )
+        assert {s.checkpoint_id for s in records} <= {r.checkpoint_id}, (
+            f"episode {k} mixes checkpoints"
+        )
+        assert arm_counts[k] == r.num_steps, (
+            f"episode {k}: the arm executed {arm_counts[k]} steps, {r.num_steps} recorded"
+        )
         json.loads(r.exploration)
-    assert set(by_episode) <= {r.episode_id for r in results} | {steps[-1].episode_id if steps else ""}, \
-        "step records of an episode without a result (other than the one in flight)"
+    assert set(by_episode) <= {r.episode_id for r in results} | {
+        steps[-1].episode_id if steps else ""
+    }, "step records of an episode without a result (other than the one in flight)"
     return by_episode
 
 
@@ -349,11 +427,16 @@ def stamp(msg) -> int:
 # ---- (a) hot-swap ---------------------------------------------------------------------------
 def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints):
     ck = checkpoints
-    robot, policy = graph({"checkpoint": str(ck.a), "epsilon": 0.2, "noise_std": 0.1}, step_delay=0.03, min_steps=3)
+    robot, policy = graph(
+        {"checkpoint": str(ck.a), "epsilon": 0.2, "noise_std": 0.1}, step_delay=0.03, min_steps=3
+    )
     robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 2, 90, "two episodes on checkpoint A")
     requests = []  # (episode in flight at the request, id requested)
-    for path, new_id, old_id, via in ((ck.b, ck.id_b, ck.id_a, "service"), (ck.a, ck.id_a, ck.id_b, "topic"),
-                                      (ck.b, ck.id_b, ck.id_a, "service")):
+    for path, new_id, old_id, via in (
+        (ck.b, ck.id_b, ck.id_a, "service"),
+        (ck.a, ck.id_a, ck.id_b, "topic"),
+        (ck.b, ck.id_b, ck.id_a, "service"),
+    ):
         # Ask for the swap while an episode on the old checkpoint is in flight (its step 1 seen, no
         # result yet). Searched over all steps, not just the newest: a loaded machine may wake
         # this thread only after a later step has arrived.
@@ -361,8 +444,11 @@ def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints)
 
         def episode_in_flight(old_id=old_id) -> bool:
             finished = {r.episode_id for r in robot.results}
-            found[:] = [s.episode_id for s in robot.steps
-                        if s.step_index == 1 and s.checkpoint_id == old_id and s.episode_id not in finished][-1:]
+            found[:] = [
+                s.episode_id
+                for s in robot.steps
+                if s.step_index == 1 and s.checkpoint_id == old_id and s.episode_id not in finished
+            ][-1:]
             return bool(found)
 
         robot.wait_until(episode_in_flight, 30, "an episode in flight")
@@ -374,8 +460,14 @@ def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints)
         else:
             robot.announce(path, new_id)
         requests.append((in_flight, new_id, old_id))
-        robot.wait_until(lambda: robot.active and robot.active[-1].checkpoint_id == new_id, 30, f"the swap to {new_id}")
-        robot.wait_until(lambda: len(robot.complete(new_id)) > done_before, 60, f"an episode on {new_id}")
+        robot.wait_until(
+            lambda: robot.active and robot.active[-1].checkpoint_id == new_id,
+            30,
+            f"the swap to {new_id}",
+        )
+        robot.wait_until(
+            lambda: len(robot.complete(new_id)) > done_before, 60, f"an episode on {new_id}"
+        )
         assert robot.active[-1].path == str(path)
 
     by_episode = check_episodes_consistent(robot)
@@ -391,9 +483,17 @@ def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints)
     # the last episode on the old one, before the first step of the first on the new one.
     for prev, nxt in zip(results, results[1:]):
         if prev.checkpoint_id != nxt.checkpoint_id:
-            switch = [m for m in active if m.checkpoint_id == nxt.checkpoint_id and stamp(prev) <= stamp(m)]
-            assert switch, f"no active_checkpoint message for {nxt.checkpoint_id} after episode {prev.episode_id}"
-            assert stamp(switch[0]) <= stamp(by_episode[nxt.episode_id][0]), "swapped after the new episode's first step"
+            switch = [
+                m
+                for m in active
+                if m.checkpoint_id == nxt.checkpoint_id and stamp(prev) <= stamp(m)
+            ]
+            assert switch, (
+                f"no active_checkpoint message for {nxt.checkpoint_id} after episode {prev.episode_id}"
+            )
+            assert stamp(switch[0]) <= stamp(by_episode[nxt.episode_id][0]), (
+                "swapped after the new episode's first step"
+            )
     assert {r.checkpoint_id for r in results} == {ck.id_a, ck.id_b}
     assert "Traceback" not in policy.log.text()
 
@@ -403,8 +503,10 @@ def test_rejected_checkpoints_keep_the_old_weights_and_commands_stay_in_limits(g
     ck = checkpoints
     limits = {"max_translation": 0.02, "max_rotation": 0.2, "min_height": 0.05, "max_height": 0.3}
     # Large exploration noise pushes actions to the box's faces; start heights near, and one above, the limits.
-    robot, policy = graph({"checkpoint": str(ck.a), "epsilon": 0.5, "noise_std": 1.0, **limits},
-                          start_heights=(0.06, 0.29, 0.33))
+    robot, policy = graph(
+        {"checkpoint": str(ck.a), "epsilon": 0.5, "noise_std": 1.0, **limits},
+        start_heights=(0.06, 0.29, 0.33),
+    )
     robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 1, 90, "an episode on checkpoint A")
     for name, (path, fragment) in ck.bad.items():
         reply = robot.load(path)
@@ -413,12 +515,24 @@ def test_rejected_checkpoints_keep_the_old_weights_and_commands_stay_in_limits(g
         assert reply.checkpoint_id == ck.id_a
     for k, (name, (path, fragment)) in enumerate(ck.bad.items()):
         robot.announce(path, f"bad{k:09d}")
-    policy.log.wait_for(lambda text: text.count("checkpoint rejected") >= 2 * len(ck.bad), 60, "the announced checkpoints' rejection")
-    rejections = [line for line in policy.log.text().splitlines() if "checkpoint rejected" in line][len(ck.bad):]
+    policy.log.wait_for(
+        lambda text: text.count("checkpoint rejected") >= 2 * len(ck.bad),
+        60,
+        "the announced checkpoints' rejection",
+    )
+    rejections = [
+        line for line in policy.log.text().splitlines() if "checkpoint rejected" in line
+    ][len(ck.bad) :]
     for path, fragment in ck.bad.values():
-        assert any(str(path) in line and fragment in line for line in rejections), (path, fragment, rejections)
+        assert any(str(path) in line and fragment in line for line in rejections), (
+            path,
+            fragment,
+            rejections,
+        )
     done = len(robot.complete())
-    robot.wait_until(lambda: len(robot.complete()) >= done + 3, 60, "episodes after the rejections")
+    robot.wait_until(
+        lambda: len(robot.complete()) >= done + 3, 60, "episodes after the rejections"
+    )
     assert not ck.marker.exists(), "the pickle ran"
     with robot.cond:
         assert [m.checkpoint_id for m in robot.active] == [ck.id_a]
@@ -440,7 +554,10 @@ def test_rejected_checkpoints_keep_the_old_weights_and_commands_stay_in_limits(g
         assert abs(rotation) <= limits["max_rotation"] + eps
         hit_limit += any(abs(abs(x) - limits["max_translation"]) < eps for x in t)
         if limits["min_height"] <= height <= limits["max_height"]:
-            assert limits["min_height"] - eps <= height + t[2] <= limits["max_height"] + eps, (height, t)
+            assert limits["min_height"] - eps <= height + t[2] <= limits["max_height"] + eps, (
+                height,
+                t,
+            )
         else:  # started outside the workspace: moved back towards it
             assert t[2] < 0 if height > limits["max_height"] else t[2] > 0
     assert hit_limit > 0, "no action reached the clip limit: the test did not exercise clipping"
@@ -450,14 +567,20 @@ def test_rejected_checkpoints_keep_the_old_weights_and_commands_stay_in_limits(g
 def test_stalled_camera_aborts_the_episode_and_stops_all_commands(graph, checkpoints):
     robot, policy = graph({"checkpoint": str(checkpoints.a), "observation_timeout": 0.8})
     robot.wait_until(lambda: len(robot.complete()) >= 1, 90, "an episode")
-    robot.wait_until(lambda: robot.steps and robot.steps[-1].step_index == 1, 30, "an episode in flight")
+    robot.wait_until(
+        lambda: robot.steps and robot.steps[-1].step_index == 1, 30, "an episode in flight"
+    )
     with robot.cond:
         robot.camera_on = False  # the camera topic stalls from now on
     robot.wait_until(lambda: any(not r.complete for r in robot.results), 30, "the aborted episode")
     with robot.cond:
         aborted = [r for r in robot.results if not r.complete]
         commands_at_abort = len(robot.commands)
-    assert len(aborted) == 1 and "camera stalled" in aborted[0].message and "observation_timeout" in aborted[0].message
+    assert (
+        len(aborted) == 1
+        and "camera stalled" in aborted[0].message
+        and "observation_timeout" in aborted[0].message
+    )
     time.sleep(3 * 0.8 + 1.0)  # several observation timeouts: nothing may happen
     with robot.cond:
         assert len(robot.commands) == commands_at_abort, robot.commands[commands_at_abort:]
@@ -468,7 +591,9 @@ def test_stalled_camera_aborts_the_episode_and_stops_all_commands(graph, checkpo
         robot.camera_on = True
     robot.publish_image()
     n = len(robot.complete())
-    robot.wait_until(lambda: len(robot.complete()) > n, 60, "an episode after the camera recovered")
+    robot.wait_until(
+        lambda: len(robot.complete()) > n, 60, "an episode after the camera recovered"
+    )
 
 
 # ---- (d) no valid checkpoint ----------------------------------------------------------------
@@ -481,24 +606,39 @@ def test_no_valid_checkpoint_no_command(graph, checkpoints):
     robot.publish_image()  # the camera works; still no checkpoint
     time.sleep(2.0)
     with robot.cond:
-        assert robot.commands == [] and robot.results == [] and robot.steps == [] and robot.active == []
+        assert (
+            robot.commands == []
+            and robot.results == []
+            and robot.steps == []
+            and robot.active == []
+        )
     # A valid checkpoint loaded through the service: episodes start.
     reply = robot.load(checkpoints.a)
     assert reply.success and reply.checkpoint_id == checkpoints.id_a, reply
-    robot.wait_until(lambda: len(robot.complete(checkpoints.id_a)) >= 1, 60, "an episode once a checkpoint is loaded")
+    robot.wait_until(
+        lambda: len(robot.complete(checkpoints.id_a)) >= 1,
+        60,
+        "an episode once a checkpoint is loaded",
+    )
 
 
 # ---- (e) camera encodings and sizes --------------------------------------------------------
 def test_camera_encodings_are_converted_and_unsupported_ones_refused(graph, checkpoints):
     # control_rate: steps at most every 20 ms (a timed wait; no figure is asserted).
-    robot, policy = graph({"checkpoint": str(checkpoints.a), "epsilon": 0.0, "control_rate": 50.0},
-                          width=100, height=80, encoding="bgr8")
+    robot, policy = graph(
+        {"checkpoint": str(checkpoints.a), "epsilon": 0.0, "control_rate": 50.0},
+        width=100,
+        height=80,
+        encoding="bgr8",
+    )
     for encoding in ("bgr8", "rgba8", "mono8"):
         with robot.cond:
             robot.encoding = encoding
             first = len(robot.results)
         # The episode after the switch ran entirely on images in the new encoding.
-        robot.wait_until(lambda: len(robot.complete()) >= first + 2, 60, f"episodes with {encoding} images")
+        robot.wait_until(
+            lambda: len(robot.complete()) >= first + 2, 60, f"episodes with {encoding} images"
+        )
         episode = robot.results[first + 1].episode_id
         records = [s for s in robot.steps if s.episode_id == episode]
         assert records
@@ -509,15 +649,23 @@ def test_camera_encodings_are_converted_and_unsupported_ones_refused(graph, chec
     with robot.cond:
         robot.encoding = "16UC1"
         first_result = len(robot.results)
-    robot.wait_until(lambda: any(not r.complete for r in robot.results[first_result:]), 60, "the 16UC1 episode's abort")
+    robot.wait_until(
+        lambda: any(not r.complete for r in robot.results[first_result:]),
+        60,
+        "the 16UC1 episode's abort",
+    )
     with robot.cond:
         aborted = [r for r in robot.results[first_result:] if not r.complete]
     assert len(aborted) == 1
-    assert "16UC1" in aborted[0].message and "unsupported image encoding" in aborted[0].message, aborted[0].message
+    assert "16UC1" in aborted[0].message and "unsupported image encoding" in aborted[0].message, (
+        aborted[0].message
+    )
     time.sleep(2.5)
     with robot.cond:
         # No command was sent after the first 16UC1 image was published.
-        assert len(robot.commands) == robot.commands_at_first_refused, robot.commands[robot.commands_at_first_refused:]
+        assert len(robot.commands) == robot.commands_at_first_refused, robot.commands[
+            robot.commands_at_first_refused :
+        ]
         assert len(robot.results) == first_result + 1
     check_episodes_consistent(robot)
     assert "no arm command until a usable image arrives" in policy.log.text()
@@ -529,10 +677,19 @@ def test_invalid_parameters_stop_the_node_with_a_message(ros, checkpoints):
     from nsl_bringup.runner import GraphRunner
 
     env, _ = ros
-    for params, fragment in (({"epsilon": 1.5}, "epsilon"), ({"cem_elites": 65}, "cem_elites"),
-                             ({"min_height": 0.4, "max_height": 0.3}, "min_height")):
+    for params, fragment in (
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"cem_elites": 65}, "cem_elites"),
+        ({"min_height": 0.4, "max_height": 0.3}, "min_height"),
+    ):
         log = Log()
-        spec = NodeSpec("policy", "nsl_policy", "policy_node", "policy.yaml", {"checkpoint": str(checkpoints.a), **params})
+        spec = NodeSpec(
+            "policy",
+            "nsl_policy",
+            "policy_node",
+            "policy.yaml",
+            {"checkpoint": str(checkpoints.a), **params},
+        )
         runner = GraphRunner([spec], namespace=f"pt{os.getpid()}_bad", env=env, output=log)
         runner.start()
         try:
@@ -556,7 +713,10 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
     client = robot.node.create_client(SetParameters, "policy/set_parameters")
 
     def set_epsilon(value: float):
-        p = Parameter(name="epsilon", value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))
+        p = Parameter(
+            name="epsilon",
+            value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value),
+        )
         return call_service(client, SetParameters.Request(parameters=[p]), timeout=30).results[0]
 
     refused = set_epsilon(1.5)
@@ -564,13 +724,16 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
     assert set_epsilon(0.0).successful
     with robot.cond:
         before = len(robot.results)
-    robot.wait_until(lambda: sum(json.loads(r.exploration)["epsilon"] == 0.0 for r in robot.complete()) >= 3, 90,
-                     "greedy episodes")
+    robot.wait_until(
+        lambda: sum(json.loads(r.exploration)["epsilon"] == 0.0 for r in robot.complete()) >= 3,
+        90,
+        "greedy episodes",
+    )
     with robot.cond:
         results, steps = list(robot.results), list(robot.steps)
     epsilons = [json.loads(r.exploration)["epsilon"] for r in results]
     # One switch, at an episode boundary: 0.5 ... 0.5, then 0.0 ... 0.0 (at most the episode in flight stays 0.5).
-    assert epsilons[:before - 1] == [0.5] * (before - 1)
+    assert epsilons[: before - 1] == [0.5] * (before - 1)
     switch = epsilons.index(0.0)
     assert all(e == 0.0 for e in epsilons[switch:]) and switch <= before + 1
     greedy_ids = {r.episode_id for r in results[switch:]}

@@ -22,8 +22,13 @@ __all__ = ["cache_dir", "checkerboard_texture", "gripper_sdf"]
 
 _KUKA_DIR = os.path.join(pybullet_data.getDataPath(), "kuka_iiwa")
 _GRIPPER_LINKS = (
-    "base_link", "left_finger", "left_finger_base", "left_finger_tip",
-    "right_finger", "right_finger_base", "right_finger_tip",
+    "base_link",
+    "left_finger",
+    "left_finger_base",
+    "left_finger_tip",
+    "right_finger",
+    "right_finger_base",
+    "right_finger_tip",
 )
 _TIP_LINKS = ("left_finger_tip", "right_finger_tip")
 
@@ -31,7 +36,8 @@ _TIP_LINKS = ("left_finger_tip", "right_finger_tip")
 def cache_dir() -> str:
     """Folder for generated assets (created on demand)."""
     path = os.environ.get("NSL_SIM_CACHE") or os.path.join(
-        tempfile.gettempdir(), f"nsl_sim_assets_{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+        tempfile.gettempdir(), f"nsl_sim_assets_{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    )
     os.makedirs(path, exist_ok=True)
     return path
 
@@ -52,7 +58,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 def checkerboard_image(squares: int, colors, size: int = 256) -> np.ndarray:
     """(size, size, 3) uint8 checkerboard with ``squares`` squares per side."""
-    idx = (np.arange(size) * squares // size)
+    idx = np.arange(size) * squares // size
     board = (idx[:, None] + idx[None, :]) % 2
     c = np.rint(np.asarray(colors, dtype=np.float64) * 255).astype(np.uint8)
     return c[board]
@@ -65,10 +71,19 @@ def encode_png(img: np.ndarray) -> bytes:
     raw = b"".join(b"\x00" + img[y].tobytes() for y in range(h))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def checkerboard_texture(squares: int, colors) -> str:
@@ -91,8 +106,12 @@ def _shift_pose(link: ET.Element, dx: float, dy: float, dz: float) -> None:
     pose.text = " ".join(f"{x:.6g}" for x in v)
 
 
-def gripper_sdf(finger_extension: float = 0.0, offset=(0.0, 0.0, 0.0), tip_width_scale: float = 1.0,
-                tip_friction: float | None = None) -> str:
+def gripper_sdf(
+    finger_extension: float = 0.0,
+    offset=(0.0, 0.0, 0.0),
+    tip_width_scale: float = 1.0,
+    tip_friction: float | None = None,
+) -> str:
     """Path of a cached copy of ``kuka_with_gripper2.sdf`` with a modified gripper.
 
     ``finger_extension`` moves both finger tips further out along the gripper axis (longer

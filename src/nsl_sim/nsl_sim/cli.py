@@ -1,10 +1,11 @@
 """``nsl sim ...``: simulator commands (plugged into the nsl CLI by nsl_bringup.cli).
 
-  nsl sim gallery [--output docs/gallery.png] [--size 128] [--seed 0]
-      render the camera view of every named task (at reset and at the oracle's grasp pose)
-  nsl sim eval-oracle --task T --episodes N [--seed 0] [--size 64] [--reference-physics] [--json]
-      scripted oracle success on a task (name or YAML file) with a 95% Wilson interval
+nsl sim gallery [--output docs/gallery.png] [--size 128] [--seed 0]
+    render the camera view of every named task (at reset and at the oracle's grasp pose)
+nsl sim eval-oracle --task T --episodes N [--seed 0] [--size 64] [--reference-physics] [--json]
+    scripted oracle success on a task (name or YAML file) with a 95% Wilson interval
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,10 @@ def cmd_gallery(args) -> int:
         print(f"nsl sim gallery: {exc}", file=sys.stderr)
         return 2
     n = write_png(args.output, img)
-    print(f"wrote {args.output} ({img.shape[1]}x{img.shape[0]} px, {n / 1024:.0f} KiB): "
-          f"columns {', '.join(tasks)}; top row at reset (seed {args.seed}), bottom row at the oracle's grasp pose")
+    print(
+        f"wrote {args.output} ({img.shape[1]}x{img.shape[0]} px, {n / 1024:.0f} KiB): "
+        f"columns {', '.join(tasks)}; top row at reset (seed {args.seed}), bottom row at the oracle's grasp pose"
+    )
     return 0
 
 
@@ -38,15 +41,29 @@ def cmd_eval_oracle(args) -> int:
 
         def progress(done: int, ok: int) -> None:
             if not args.json and (done % 20 == 0 or done == args.episodes):
-                print(f"  {done}/{args.episodes} episodes, {ok} successes", file=sys.stderr, flush=True)
+                print(
+                    f"  {done}/{args.episodes} episodes, {ok} successes",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-        result = evaluate_oracle(args.task, args.episodes, seed=args.seed, config=config, progress=progress)
+        result = evaluate_oracle(
+            args.task, args.episodes, seed=args.seed, config=config, progress=progress
+        )
     except ValueError as exc:
         print(f"nsl sim eval-oracle: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({**result.as_dict(), "seed": args.seed, "image_size": args.size,
-                          "physics": "reference" if args.reference_physics else "default"}))
+        print(
+            json.dumps(
+                {
+                    **result.as_dict(),
+                    "seed": args.seed,
+                    "image_size": args.size,
+                    "physics": "reference" if args.reference_physics else "default",
+                }
+            )
+        )
     else:
         print(result.line() + (" (reference physics)" if args.reference_physics else ""))
     return 0
@@ -64,20 +81,39 @@ def add_commands(subparsers) -> None:
     sub = p.add_subparsers(dest="sim_command", required=True)
 
     g = sub.add_parser("gallery", help="render the camera view of every task into a PNG")
-    g.add_argument("--output", default="docs/gallery.png", help="PNG to write (default docs/gallery.png)")
-    g.add_argument("--size", type=int, default=128, help="camera image size in pixels (default 128)")
+    g.add_argument(
+        "--output", default="docs/gallery.png", help="PNG to write (default docs/gallery.png)"
+    )
+    g.add_argument(
+        "--size", type=int, default=128, help="camera image size in pixels (default 128)"
+    )
     g.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
-    g.add_argument("--tasks", nargs="*", default=None, metavar="TASK",
-                   help="tasks or YAML task files to show (default: every named task)")
+    g.add_argument(
+        "--tasks",
+        nargs="*",
+        default=None,
+        metavar="TASK",
+        help="tasks or YAML task files to show (default: every named task)",
+    )
     g.set_defaults(fn=cmd_gallery)
 
-    e = sub.add_parser("eval-oracle", help="scripted oracle success rate on a task, with a 95%% Wilson interval")
+    e = sub.add_parser(
+        "eval-oracle", help="scripted oracle success rate on a task, with a 95%% Wilson interval"
+    )
     e.add_argument("--task", default="base", help="task name or YAML task file (default base)")
-    e.add_argument("--episodes", type=_positive, default=100, help="episodes, on seeds seed..seed+N-1 (default 100)")
+    e.add_argument(
+        "--episodes",
+        type=_positive,
+        default=100,
+        help="episodes, on seeds seed..seed+N-1 (default 100)",
+    )
     e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     e.add_argument("--size", type=int, default=64, help="camera image size (default 64)")
     e.add_argument("--num-objects", type=int, default=3, help="objects per episode (default 3)")
-    e.add_argument("--reference-physics", action="store_true",
-                   help="use pybullet_envs' physics settings (SimConfig.reference_physics) instead of the defaults")
+    e.add_argument(
+        "--reference-physics",
+        action="store_true",
+        help="use pybullet_envs' physics settings (SimConfig.reference_physics) instead of the defaults",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(fn=cmd_eval_oracle)

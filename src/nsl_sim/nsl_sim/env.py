@@ -90,7 +90,14 @@ import pybullet_data
 from pybullet_utils import bullet_client
 
 from . import assets
-from .tasks import FINGER_FRICTION, NOMINAL_GRIPPER_KEY, EffectiveTask, TaskConfig, get_task, image_format
+from .tasks import (
+    FINGER_FRICTION,
+    NOMINAL_GRIPPER_KEY,
+    EffectiveTask,
+    TaskConfig,
+    get_task,
+    image_format,
+)
 
 __all__ = ["SimConfig", "Observation", "StepResult", "GraspEnv", "object_files"]
 
@@ -232,8 +239,16 @@ class SimConfig:
         the default. ``changes`` override fields (e.g. image_size).
         """
         num_objects = int(changes.get("num_objects", cls.num_objects))
-        ref = dict(solver_iterations=150, gravity=-10.0, arm_max_velocity=0.35, max_substeps=80,
-                   settle_steps=min(5000, 500 * num_objects), close_steps=500, lift_steps=500, early_exit=False)
+        ref = dict(
+            solver_iterations=150,
+            gravity=-10.0,
+            arm_max_velocity=0.35,
+            max_substeps=80,
+            settle_steps=min(5000, 500 * num_objects),
+            close_steps=500,
+            lift_steps=500,
+            early_exit=False,
+        )
         ref.update(changes)
         return cls(**ref)
 
@@ -249,8 +264,12 @@ class SimConfig:
 
         def check_float(name: str, lo: float, hi: float) -> None:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
-                    or not math.isfinite(v) or not lo <= v <= hi:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float, np.floating, np.integer))
+                or not math.isfinite(v)
+                or not lo <= v <= hi
+            ):
                 raise bad(name, f"must be a finite number in {lo}..{hi}")
             setattr(self, name, float(v))
 
@@ -265,13 +284,24 @@ class SimConfig:
         self.workspace_high = _vec(self.workspace_high, 3, "workspace_high")  # type: ignore[assignment]
         if not all(lo < hi for lo, hi in zip(self.workspace_low, self.workspace_high)):
             raise bad("workspace_high", "must be > workspace_low on every axis")
-        if not (-0.2 <= self.workspace_low[0] and self.workspace_high[0] <= 0.15
-                and -0.22 <= self.workspace_low[1] and self.workspace_high[1] <= 0.22
-                and -0.02 <= self.workspace_low[2] and self.workspace_high[2] <= 0.5):
-            raise bad("workspace_low", "workspace must lie within x -0.2..0.15, y -0.22..0.22, z -0.02..0.5")
+        if not (
+            -0.2 <= self.workspace_low[0]
+            and self.workspace_high[0] <= 0.15
+            and -0.22 <= self.workspace_low[1]
+            and self.workspace_high[1] <= 0.22
+            and -0.02 <= self.workspace_low[2]
+            and self.workspace_high[2] <= 0.5
+        ):
+            raise bad(
+                "workspace_low",
+                "workspace must lie within x -0.2..0.15, y -0.22..0.22, z -0.02..0.5",
+            )
         check_float("lift_success_height", 0.01, 0.5)
         self.start_position = _vec(self.start_position, 3, "start_position")  # type: ignore[assignment]
-        if not all(lo <= v <= hi for v, lo, hi in zip(self.start_position, self.workspace_low, self.workspace_high)):
+        if not all(
+            lo <= v <= hi
+            for v, lo, hi in zip(self.start_position, self.workspace_low, self.workspace_high)
+        ):
             raise bad("start_position", "must lie inside the workspace")
         check_float("start_yaw", -math.pi / 2, math.pi / 2)
         self.object_region_low = _vec(self.object_region_low, 2, "object_region_low")  # type: ignore[assignment]
@@ -279,7 +309,9 @@ class SimConfig:
         if not all(lo <= hi for lo, hi in zip(self.object_region_low, self.object_region_high)):
             raise bad("object_region_high", "must be >= object_region_low")
         if not all(-0.2 <= v <= 0.2 for v in self.object_region_low + self.object_region_high):
-            raise bad("object_region_low", "object region must lie within +-0.2 m of the tray centre")
+            raise bad(
+                "object_region_low", "object region must lie within +-0.2 m of the tray centre"
+            )
         check_float("lift_height", 0.05, 0.5)
         if self.lift_height <= self.lift_success_height:
             raise bad("lift_height", "must be above lift_success_height")
@@ -299,9 +331,12 @@ class SimConfig:
         """Copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
-    def commanded_move(self, position: np.ndarray, translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def commanded_move(
+        self, position: np.ndarray, translation: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(the translation clipped per axis to +-max_translation, the new commanded position
-        clipped to the workspace box): what :meth:`GraspEnv.step` commands from ``position``."""
+        clipped to the workspace box): what :meth:`GraspEnv.step` commands from ``position``.
+        """
         t_clip = np.clip(translation, -self.max_translation, self.max_translation)
         return t_clip, np.clip(position + t_clip, self.workspace_low, self.workspace_high)
 
@@ -341,7 +376,9 @@ class GraspEnv:
             raise TypeError(f"config must be a SimConfig, got {type(self._config).__name__}")
         self._task = get_task(task)
         self._objects_all = object_files(self._config.object_split)
-        self._p: bullet_client.BulletClient | None = bullet_client.BulletClient(connection_mode=p.DIRECT)
+        self._p: bullet_client.BulletClient | None = bullet_client.BulletClient(
+            connection_mode=p.DIRECT
+        )
         self._world_key: tuple | None = None
         self._robot = -1
         self._object_ids: list[int] = []
@@ -409,26 +446,44 @@ class GraspEnv:
         c = self._client()
         cfg = self._config
         c.resetSimulation()
-        c.setPhysicsEngineParameter(numSolverIterations=cfg.solver_iterations, deterministicOverlappingPairs=1)
+        c.setPhysicsEngineParameter(
+            numSolverIterations=cfg.solver_iterations, deterministicOverlappingPairs=1
+        )
         c.setTimeStep(cfg.time_step)
         c.setGravity(0, 0, cfg.gravity)
         plane = c.loadURDF(os.path.join(DATA_PATH, "plane.urdf"), [0, 0, -1])
-        table = c.loadURDF(os.path.join(DATA_PATH, "table", "table.urdf"), [0.5, 0.0, -0.82], [0, 0, 0, 1])
+        table = c.loadURDF(
+            os.path.join(DATA_PATH, "table", "table.urdf"), [0.5, 0.0, -0.82], [0, 0, 0, 1]
+        )
         tray = c.loadURDF(os.path.join(DATA_PATH, "tray", "tray.urdf"), TRAY_POS, TRAY_ORN)
-        sdf = (KUKA_SDF if eff.gripper_key == NOMINAL_GRIPPER_KEY else assets.gripper_sdf(
-            eff.finger_extension, eff.gripper_offset, eff.finger_width_scale,
-            None if eff.finger_friction == FINGER_FRICTION else eff.finger_friction))
+        sdf = (
+            KUKA_SDF
+            if eff.gripper_key == NOMINAL_GRIPPER_KEY
+            else assets.gripper_sdf(
+                eff.finger_extension,
+                eff.gripper_offset,
+                eff.finger_width_scale,
+                None if eff.finger_friction == FINGER_FRICTION else eff.finger_friction,
+            )
+        )
         self._robot = c.loadSDF(sdf)[0]
         c.resetBasePositionAndOrientation(self._robot, KUKA_BASE_POS, [0, 0, 0, 1])
         if eff.texture != "none":
-            tex_path = (assets.checkerboard_texture(eff.checker_squares, eff.checker_colors)
-                        if eff.texture == "checkerboard" else eff.texture)
+            tex_path = (
+                assets.checkerboard_texture(eff.checker_squares, eff.checker_colors)
+                if eff.texture == "checkerboard"
+                else eff.texture
+            )
             if image_format(tex_path) is None:  # PyBullet would warn and return a valid-looking id
-                raise ValueError(f"task {self._task.name!r}: texture {tex_path!r} is missing or not an image file")
+                raise ValueError(
+                    f"task {self._task.name!r}: texture {tex_path!r} is missing or not an image file"
+                )
             try:
                 tex = c.loadTexture(tex_path)
             except p.error as exc:
-                raise ValueError(f"task {self._task.name!r}: cannot load texture {tex_path!r}: {exc}") from None
+                raise ValueError(
+                    f"task {self._task.name!r}: cannot load texture {tex_path!r}: {exc}"
+                ) from None
             if tex < 0:
                 raise ValueError(f"task {self._task.name!r}: cannot load texture {tex_path!r}")
             for body in (tray, table, plane):
@@ -453,8 +508,18 @@ class GraspEnv:
             c.resetJointState(self._robot, j, rest[j])
         wrist = self._wrist_target(np.array(cfg.start_position), cfg.start_yaw)
         for _ in range(30):
-            q = c.calculateInverseKinematics(self._robot, EE_LINK, wrist, DOWN_ORN, IK_LL, IK_UL, IK_JR, IK_RP,
-                                             maxNumIterations=50, residualThreshold=1e-6)
+            q = c.calculateInverseKinematics(
+                self._robot,
+                EE_LINK,
+                wrist,
+                DOWN_ORN,
+                IK_LL,
+                IK_UL,
+                IK_JR,
+                IK_RP,
+                maxNumIterations=50,
+                residualThreshold=1e-6,
+            )
             for j in range(NUM_ARM_JOINTS):
                 c.resetJointState(self._robot, j, q[j])
         self._start_joints = [float(v) for v in q[:NUM_ARM_JOINTS]]
@@ -475,7 +540,9 @@ class GraspEnv:
     # -------------------------------------------------------------- kinematics helpers
     @staticmethod
     def _gripper_orn(yaw: float) -> Sequence[float]:
-        _, q = p.multiplyTransforms([0, 0, 0], DOWN_ORN, [0, 0, 0], p.getQuaternionFromEuler([0, 0, -yaw]))
+        _, q = p.multiplyTransforms(
+            [0, 0, 0], DOWN_ORN, [0, 0, 0], p.getQuaternionFromEuler([0, 0, -yaw])
+        )
         return q
 
     def _wrist_target(self, tool_tray: np.ndarray, yaw: float) -> list[float]:
@@ -483,7 +550,11 @@ class GraspEnv:
         tool_world = TRAY_ORIGIN + tool_tray
         rot_flange = np.array(p.getMatrixFromQuaternion(DOWN_ORN)).reshape(3, 3)
         rot_grip = np.array(p.getMatrixFromQuaternion(self._gripper_orn(yaw))).reshape(3, 3)
-        wrist = tool_world - rot_flange @ np.array([0, 0, WRIST_TO_GRIPPER]) - rot_grip @ TOOL_IN_GRIPPER
+        wrist = (
+            tool_world
+            - rot_flange @ np.array([0, 0, WRIST_TO_GRIPPER])
+            - rot_grip @ TOOL_IN_GRIPPER
+        )
         return wrist.tolist()
 
     def _believed_tool(self) -> np.ndarray:
@@ -493,7 +564,9 @@ class GraspEnv:
         pos, orn = np.array(st[4]), st[5]
         a = c.getJointState(self._robot, YAW_JOINT)[0]
         rot_flange = np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
-        rot_grip = rot_flange @ np.array(p.getMatrixFromQuaternion(p.getQuaternionFromEuler([0, 0, a]))).reshape(3, 3)
+        rot_grip = rot_flange @ np.array(
+            p.getMatrixFromQuaternion(p.getQuaternionFromEuler([0, 0, a]))
+        ).reshape(3, 3)
         tool = pos + rot_flange @ np.array([0, 0, WRIST_TO_GRIPPER]) + rot_grip @ TOOL_IN_GRIPPER
         return tool - TRAY_ORIGIN
 
@@ -522,23 +595,56 @@ class GraspEnv:
         c = self._client()
         vmax = self._config.arm_max_velocity
         for j in range(NUM_ARM_JOINTS):
-            c.setJointMotorControl2(self._robot, j, p.POSITION_CONTROL, targetPosition=joints[j], targetVelocity=0,
-                                    force=ARM_FORCE, maxVelocity=vmax, positionGain=0.3, velocityGain=1)
-        c.setJointMotorControl2(self._robot, YAW_JOINT, p.POSITION_CONTROL, targetPosition=-yaw, force=ARM_FORCE,
-                                maxVelocity=vmax * 2)
+            c.setJointMotorControl2(
+                self._robot,
+                j,
+                p.POSITION_CONTROL,
+                targetPosition=joints[j],
+                targetVelocity=0,
+                force=ARM_FORCE,
+                maxVelocity=vmax,
+                positionGain=0.3,
+                velocityGain=1,
+            )
+        c.setJointMotorControl2(
+            self._robot,
+            YAW_JOINT,
+            p.POSITION_CONTROL,
+            targetPosition=-yaw,
+            force=ARM_FORCE,
+            maxVelocity=vmax * 2,
+        )
 
     def _apply_fingers(self, angle: float) -> None:
         c = self._client()
         self._finger_angle = angle
-        c.setJointMotorControl2(self._robot, FINGER_A, p.POSITION_CONTROL, targetPosition=-angle, force=FINGER_A_FORCE)
-        c.setJointMotorControl2(self._robot, FINGER_B, p.POSITION_CONTROL, targetPosition=angle, force=FINGER_B_FORCE)
-        c.setJointMotorControl2(self._robot, TIP_A, p.POSITION_CONTROL, targetPosition=0, force=FINGER_TIP_FORCE)
-        c.setJointMotorControl2(self._robot, TIP_B, p.POSITION_CONTROL, targetPosition=0, force=FINGER_TIP_FORCE)
+        c.setJointMotorControl2(
+            self._robot, FINGER_A, p.POSITION_CONTROL, targetPosition=-angle, force=FINGER_A_FORCE
+        )
+        c.setJointMotorControl2(
+            self._robot, FINGER_B, p.POSITION_CONTROL, targetPosition=angle, force=FINGER_B_FORCE
+        )
+        c.setJointMotorControl2(
+            self._robot, TIP_A, p.POSITION_CONTROL, targetPosition=0, force=FINGER_TIP_FORCE
+        )
+        c.setJointMotorControl2(
+            self._robot, TIP_B, p.POSITION_CONTROL, targetPosition=0, force=FINGER_TIP_FORCE
+        )
 
     def _solve_ik(self, pos: np.ndarray, yaw: float) -> list[float]:
         c = self._client()
-        q = c.calculateInverseKinematics(self._robot, EE_LINK, self._wrist_target(pos, yaw), DOWN_ORN,
-                                         IK_LL, IK_UL, IK_JR, IK_RP, maxNumIterations=40, residualThreshold=1e-5)
+        q = c.calculateInverseKinematics(
+            self._robot,
+            EE_LINK,
+            self._wrist_target(pos, yaw),
+            DOWN_ORN,
+            IK_LL,
+            IK_UL,
+            IK_JR,
+            IK_RP,
+            maxNumIterations=40,
+            residualThreshold=1e-5,
+        )
         return list(q[:NUM_ARM_JOINTS])
 
     def _move_to(self, pos: np.ndarray, yaw: float, max_substeps: int, tol: float = 0.002) -> int:
@@ -591,7 +697,11 @@ class GraspEnv:
         cam_noise = rng.normal(0.0, 1.0, 3)
 
         eye = np.array(CAMERA_EYE) + np.array(eff.camera_offset) + eff.camera_noise * cam_noise
-        self._view = c.computeViewMatrix((TRAY_ORIGIN + eye).tolist(), (TRAY_ORIGIN + np.array(CAMERA_TARGET)).tolist(), [0, 0, 1])
+        self._view = c.computeViewMatrix(
+            (TRAY_ORIGIN + eye).tolist(),
+            (TRAY_ORIGIN + np.array(CAMERA_TARGET)).tolist(),
+            [0, 0, 1],
+        )
         self._proj = c.computeProjectionMatrixFOV(CAMERA_FOV, 1.0, 0.05, 5.0)
 
         self._background = None
@@ -634,7 +744,9 @@ class GraspEnv:
                 if still:
                     break
 
-    def step(self, translation: Sequence[float], rotation: float, close_gripper: bool, terminate: bool) -> StepResult:
+    def step(
+        self, translation: Sequence[float], rotation: float, close_gripper: bool, terminate: bool
+    ) -> StepResult:
         """One control step (see the module docstring for the semantics)."""
         if not self._started:
             raise RuntimeError("call reset(seed) before step()")
@@ -658,8 +770,12 @@ class GraspEnv:
         t_clip, new_pos = cfg.commanded_move(self._target_pos, t)
         r_clip = float(np.clip(r, -cfg.max_rotation, cfg.max_rotation))
         new_yaw = float(np.clip(self._target_yaw + r_clip, -math.pi / 2, math.pi / 2))
-        clipped = bool(np.any(t_clip != t) or r_clip != r or np.any(new_pos != self._target_pos + t_clip)
-                       or new_yaw != self._target_yaw + r_clip)
+        clipped = bool(
+            np.any(t_clip != t)
+            or r_clip != r
+            or np.any(new_pos != self._target_pos + t_clip)
+            or new_yaw != self._target_yaw + r_clip
+        )
         self._target_pos, self._target_yaw = new_pos, new_yaw
 
         substeps = self._move_to(new_pos, new_yaw, cfg.max_substeps)
@@ -720,12 +836,20 @@ class GraspEnv:
         eff = self._eff
         n = self._config.image_size
         w, h, rgba, _depth, seg = c.getCameraImage(
-            n, n, viewMatrix=self._view, projectionMatrix=self._proj,
-            lightDirection=list(eff.light_direction), lightColor=list(eff.light_color),
-            lightDistance=2.0, shadow=1 if eff.shadows else 0,
-            lightAmbientCoeff=eff.light_ambient, lightDiffuseCoeff=eff.light_diffuse,
-            lightSpecularCoeff=eff.light_specular, renderer=p.ER_TINY_RENDERER,
-            flags=p.ER_NO_SEGMENTATION_MASK if self._background is None else 0)
+            n,
+            n,
+            viewMatrix=self._view,
+            projectionMatrix=self._proj,
+            lightDirection=list(eff.light_direction),
+            lightColor=list(eff.light_color),
+            lightDistance=2.0,
+            shadow=1 if eff.shadows else 0,
+            lightAmbientCoeff=eff.light_ambient,
+            lightDiffuseCoeff=eff.light_diffuse,
+            lightSpecularCoeff=eff.light_specular,
+            renderer=p.ER_TINY_RENDERER,
+            flags=p.ER_NO_SEGMENTATION_MASK if self._background is None else 0,
+        )
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(h, w, 4)[:, :, :3]
         seg_arr = np.asarray(seg).reshape(h, w) if self._background is not None else np.empty(0)
         return np.ascontiguousarray(rgb), seg_arr
@@ -744,24 +868,32 @@ class GraspEnv:
         n = self._config.image_size
         img = self.render() if render else np.zeros((n, n, 3), dtype=np.uint8)
         height = float(self._believed_tool()[2])
-        return Observation(image=img, gripper_closed=self._closed, height=height,
-                           step_fraction=self._steps / self._config.max_steps)
+        return Observation(
+            image=img,
+            gripper_closed=self._closed,
+            height=height,
+            step_fraction=self._steps / self._config.max_steps,
+        )
 
     # -------------------------------------------------------------- scripted policies
     def object_positions(self) -> list[np.ndarray]:
         """Object origins in the tray frame (simulator state; for tests and scripted policies)."""
         c = self._client()
-        return [np.array(c.getBasePositionAndOrientation(u)[0]) - TRAY_ORIGIN for u in self._object_ids]
+        return [
+            np.array(c.getBasePositionAndOrientation(u)[0]) - TRAY_ORIGIN for u in self._object_ids
+        ]
 
     def object_centres(self) -> list[np.ndarray]:
         """Each object's mesh-bounding-box centre (xy, tray frame): the point the oracle aims at
-        (simulator state; for scripted policies and diagnostics)."""
+        (simulator state; for scripted policies and diagnostics).
+        """
         return [self._object_footprint(u)[0] for u in self._object_ids]
 
     def nearest_object_offset(self, xy: Sequence[float]) -> np.ndarray | None:
         """Horizontal offset (m, tray frame) from ``xy`` to the nearest object's centre (the
         mesh centre the oracle aims at); None when the tray holds no object. Simulator state:
-        the label of the auxiliary location loss (nsl_bringup.experiment.episodes.location_job)."""
+        the label of the auxiliary location loss (nsl_bringup.experiment.episodes.location_job).
+        """
         offsets = [c - np.asarray(xy, dtype=np.float64)[:2] for c in self.object_centres()]
         return min(offsets, key=lambda d: float(np.linalg.norm(d))) if offsets else None
 

@@ -4,6 +4,7 @@ ROS-free. :func:`evaluate_oracle` runs scripted oracle grasps on consecutive see
 success rate with a 95% Wilson interval; :func:`render_gallery` tiles the camera view of every
 task into one image.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,15 @@ import numpy as np
 from .env import GraspEnv, SimConfig
 from .tasks import TASKS, TaskConfig, get_task
 
-__all__ = ["wilson_interval", "OracleResult", "run_oracle_episode", "evaluate_oracle", "gallery_views",
-           "render_gallery", "write_png"]
+__all__ = [
+    "wilson_interval",
+    "OracleResult",
+    "run_oracle_episode",
+    "evaluate_oracle",
+    "gallery_views",
+    "render_gallery",
+    "write_png",
+]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -58,18 +66,29 @@ class OracleResult:
 
     def line(self) -> str:
         lo, hi = self.ci
-        return (f"oracle on {self.task}: success {self.rate:.3f} ({self.successes}/{self.episodes}), "
-                f"95% CI [{lo:.3f}, {hi:.3f}]; {self.steps / max(1, self.episodes):.1f} steps/episode, "
-                f"{self.episodes_per_s:.2f} episodes/s")
+        return (
+            f"oracle on {self.task}: success {self.rate:.3f} ({self.successes}/{self.episodes}), "
+            f"95% CI [{lo:.3f}, {hi:.3f}]; {self.steps / max(1, self.episodes):.1f} steps/episode, "
+            f"{self.episodes_per_s:.2f} episodes/s"
+        )
 
     def as_dict(self) -> dict:
         lo, hi = self.ci
-        return {"task": self.task, "episodes": self.episodes, "successes": self.successes, "success": self.rate,
-                "ci95": [lo, hi], "seconds": self.seconds, "episodes_per_s": self.episodes_per_s,
-                "steps_per_episode": self.steps / max(1, self.episodes)}
+        return {
+            "task": self.task,
+            "episodes": self.episodes,
+            "successes": self.successes,
+            "success": self.rate,
+            "ci95": [lo, hi],
+            "seconds": self.seconds,
+            "episodes_per_s": self.episodes_per_s,
+            "steps_per_episode": self.steps / max(1, self.episodes),
+        }
 
 
-def run_oracle_episode(env: GraspEnv, seed: int, task: str | TaskConfig | None = None) -> tuple[bool, int]:
+def run_oracle_episode(
+    env: GraspEnv, seed: int, task: str | TaskConfig | None = None
+) -> tuple[bool, int]:
     """One scripted oracle episode; (grasp success, control steps)."""
     env.reset(seed, task)
     while True:
@@ -78,9 +97,13 @@ def run_oracle_episode(env: GraspEnv, seed: int, task: str | TaskConfig | None =
             return bool(res.grasp_success), int(res.info["steps"])
 
 
-def evaluate_oracle(task: str | TaskConfig = "base", episodes: int = 100, seed: int = 0,
-                    config: SimConfig | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> OracleResult:
+def evaluate_oracle(
+    task: str | TaskConfig = "base",
+    episodes: int = 100,
+    seed: int = 0,
+    config: SimConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> OracleResult:
     """Oracle success on ``episodes`` consecutive seeds starting at ``seed``."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -99,13 +122,22 @@ def evaluate_oracle(task: str | TaskConfig = "base", episodes: int = 100, seed: 
         seconds = time.perf_counter() - t0
     finally:
         env.close()
-    return OracleResult(task=task_cfg.name, episodes=episodes, successes=sum(outcomes), seconds=seconds,
-                        steps=steps, outcomes=outcomes)
+    return OracleResult(
+        task=task_cfg.name,
+        episodes=episodes,
+        successes=sum(outcomes),
+        seconds=seconds,
+        steps=steps,
+        outcomes=outcomes,
+    )
 
 
-def gallery_views(task: str | TaskConfig, seed: int = 0, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def gallery_views(
+    task: str | TaskConfig, seed: int = 0, size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """Camera images of one task: at reset, and with the gripper at the oracle's grasp pose
-    (just before it closes), where gripper geometry changes show."""
+    (just before it closes), where gripper geometry changes show.
+    """
     env = GraspEnv(SimConfig(image_size=size), task=task)
     try:
         start = env.reset(seed).image
@@ -128,11 +160,15 @@ def _label(width: int, height: int, text: str) -> np.ndarray:
     except ImportError:  # labels are a nicety; the order is documented
         return strip
     scale = 0.4 if width >= 100 else 0.3
-    cv2.putText(strip, text, (3, height - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        strip, text, (3, height - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA
+    )
     return strip
 
 
-def render_gallery(tasks: Sequence[str | TaskConfig] | None = None, seed: int = 0, size: int = 128) -> np.ndarray:
+def render_gallery(
+    tasks: Sequence[str | TaskConfig] | None = None, seed: int = 0, size: int = 128
+) -> np.ndarray:
     """One image: a column per task (label, view at reset, view at the grasp pose)."""
     names = list(tasks) if tasks is not None else list(TASKS)
     cols = []
@@ -152,7 +188,9 @@ def write_png(path: str, img: np.ndarray) -> int:
     try:
         import cv2
 
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        ok, buf = cv2.imencode(
+            ".png", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9]
+        )
         if not ok:
             raise RuntimeError("cv2.imencode failed")
         data = buf.tobytes()

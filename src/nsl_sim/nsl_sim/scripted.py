@@ -39,7 +39,9 @@ def oracle_action(env: "GraspEnv") -> tuple[np.ndarray, float, bool, bool]:
     best = None
     for uid in env._object_ids:
         centre, narrow_yaw, top, bottom = env._object_footprint(uid)
-        if not (lo[0] - 0.02 <= centre[0] <= hi[0] + 0.02 and lo[1] - 0.02 <= centre[1] <= hi[1] + 0.02):
+        if not (
+            lo[0] - 0.02 <= centre[0] <= hi[0] + 0.02 and lo[1] - 0.02 <= centre[1] <= hi[1] + 0.02
+        ):
             continue
         if top < 0.0 or bottom > 0.15:  # fell out of the tray / resting on something odd
             continue
@@ -49,13 +51,18 @@ def oracle_action(env: "GraspEnv") -> tuple[np.ndarray, float, bool, bool]:
     if best is None:
         return zero, 0.0, False, True
     _, centre, target_yaw, top = best
-    return grasp_at(env, np.array([centre[0], centre[1], max(GRASP_MIN_HEIGHT, top - GRASP_DEPTH)]), target_yaw)
+    return grasp_at(
+        env, np.array([centre[0], centre[1], max(GRASP_MIN_HEIGHT, top - GRASP_DEPTH)]), target_yaw
+    )
 
 
-def grasp_at(env: "GraspEnv", goal: np.ndarray, target_yaw: float) -> tuple[np.ndarray, float, bool, bool]:
+def grasp_at(
+    env: "GraspEnv", goal: np.ndarray, target_yaw: float
+) -> tuple[np.ndarray, float, bool, bool]:
     """The oracle's motion towards any grasp pose: move above ``goal`` (tray frame xyz, clipped
     to the workspace) while descending so that height, position and yaw arrive together, and
-    terminate (close + lift) on the step that reaches it."""
+    terminate (close + lift) on the step that reaches it.
+    """
     cfg = env.config
     pos, yaw = env.commanded_pose()
     if env.done:
@@ -75,13 +82,19 @@ def grasp_at(env: "GraspEnv", goal: np.ndarray, target_yaw: float) -> tuple[np.n
     move_xy = np.clip(dxy, -mt, mt)
     # steps still needed after this one for xy and yaw
     left_xy = max(0.0, float(np.max(np.abs(dxy - move_xy))))
-    steps_after = max(math.ceil(left_xy / mt - 1e-9), math.ceil(max(0.0, abs(dyaw) - abs(rot)) / mr - 1e-9) if mr > 0 else 0)
+    steps_after = max(
+        math.ceil(left_xy / mt - 1e-9),
+        math.ceil(max(0.0, abs(dyaw) - abs(rot)) / mr - 1e-9) if mr > 0 else 0,
+    )
     z_allowed = goal[2] + steps_after * mt
     dz = float(np.clip(max(z_allowed, goal[2]) - pos[2], -mt, mt))
     move = np.array([move_xy[0], move_xy[1], dz])
     new = pos + move
-    reached = (np.max(np.abs(new[:2] - goal[:2])) < 0.004 and abs(new[2] - goal[2]) < 0.004
-               and abs(dyaw - rot) < 0.03)
+    reached = (
+        np.max(np.abs(new[:2] - goal[:2])) < 0.004
+        and abs(new[2] - goal[2]) < 0.004
+        and abs(dyaw - rot) < 0.03
+    )
     return move, rot, False, bool(reached)
 
 
@@ -89,14 +102,21 @@ def random_grasp_goal(rng: np.random.Generator, config: "SimConfig") -> tuple[np
     """A grasp pose drawn without looking: xy uniform over the object drop region, the oracle's
     lowest grasp height, yaw uniform. :func:`grasp_at` towards it is QT-Opt's scripted
     exploration ("lower the gripper to a random position and close"): it moves like the oracle,
-    so its outcome depends on where the objects are, which only the image shows."""
+    so its outcome depends on where the objects are, which only the image shows.
+    """
     lo, hi = np.array(config.object_region_low), np.array(config.object_region_high)
     xy = rng.uniform(lo, hi)
-    return np.array([xy[0], xy[1], GRASP_MIN_HEIGHT]), float(rng.uniform(-math.pi / 2, math.pi / 2))
+    return np.array([xy[0], xy[1], GRASP_MIN_HEIGHT]), float(
+        rng.uniform(-math.pi / 2, math.pi / 2)
+    )
 
 
-def random_action(rng: np.random.Generator, config: "SimConfig | None" = None,
-                  p_close: float = 0.0, p_terminate: float = 0.1) -> tuple[np.ndarray, float, bool, bool]:
+def random_action(
+    rng: np.random.Generator,
+    config: "SimConfig | None" = None,
+    p_close: float = 0.0,
+    p_terminate: float = 0.1,
+) -> tuple[np.ndarray, float, bool, bool]:
     """Random exploration action (QT-Opt style data collection).
 
     Translation is uniform per axis in +-max_translation for x/y and biased downwards for z

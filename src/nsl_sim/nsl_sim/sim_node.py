@@ -13,6 +13,7 @@ why; translations and rotations beyond the limits are clipped (the reply's messa
 A bad ``task`` *parameter* at start-up is a configuration error: the node exits with code 2
 and the reason.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,22 +32,60 @@ from nsl_sim.env import GraspEnv, Observation, SimConfig
 # The camera publishes reliably with a short queue: one frame per step is what the policy needs,
 # and a late frame is useless. Best-effort subscribers (any camera client) are compatible.
 CAMERA_QOS = QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE)
-STATE_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+STATE_QOS = QoSProfile(
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 
 class SimNode(Node):
     def __init__(self) -> None:
         super().__init__("sim")
-        self.declare_parameter("task", "base", ParameterDescriptor(description="world variation the sim builds until a reset names another"))
-        self.declare_parameter("image_size", 64, ParameterDescriptor(description="camera image width = height, pixels (32..472)"))
-        self.declare_parameter("num_objects", 3, ParameterDescriptor(description="objects dropped in the tray per episode"))
-        self.declare_parameter("max_steps", 10, ParameterDescriptor(description="control steps before the forced close-and-lift"))
-        self.declare_parameter("camera_rate", 0.0, ParameterDescriptor(description="Hz of extra camera frames between steps; 0: a frame after each reset and step only"))
-        self.declare_parameter("object_split", "train", ParameterDescriptor(description="object set: train or test (held-out objects)"))
+        self.declare_parameter(
+            "task",
+            "base",
+            ParameterDescriptor(
+                description="world variation the sim builds until a reset names another"
+            ),
+        )
+        self.declare_parameter(
+            "image_size",
+            64,
+            ParameterDescriptor(description="camera image width = height, pixels (32..472)"),
+        )
+        self.declare_parameter(
+            "num_objects",
+            3,
+            ParameterDescriptor(description="objects dropped in the tray per episode"),
+        )
+        self.declare_parameter(
+            "max_steps",
+            10,
+            ParameterDescriptor(description="control steps before the forced close-and-lift"),
+        )
+        self.declare_parameter(
+            "camera_rate",
+            0.0,
+            ParameterDescriptor(
+                description="Hz of extra camera frames between steps; 0: a frame after each reset and step only"
+            ),
+        )
+        self.declare_parameter(
+            "object_split",
+            "train",
+            ParameterDescriptor(description="object set: train or test (held-out objects)"),
+        )
         p = self.get_parameter
-        config = SimConfig(image_size=p("image_size").value, num_objects=p("num_objects").value,
-                           max_steps=p("max_steps").value, object_split=p("object_split").value)
-        self.env = GraspEnv(config, task=p("task").value)  # raises a clear error on a bad task/config
+        config = SimConfig(
+            image_size=p("image_size").value,
+            num_objects=p("num_objects").value,
+            max_steps=p("max_steps").value,
+            object_split=p("object_split").value,
+        )
+        self.env = GraspEnv(
+            config, task=p("task").value
+        )  # raises a clear error on a bad task/config
         self.frame_id = self.get_namespace().strip("/") or "sim"
         self.observation: Observation | None = None
 
@@ -59,26 +98,40 @@ class SimNode(Node):
             raise ValueError(f"camera_rate must be >= 0 Hz, got {rate}")
         if rate > 0:
             self.create_timer(1.0 / rate, self.publish_observation)
-        self.get_logger().info(f"sim ready: task={self.env.task.name} image={config.image_size}px objects={config.num_objects}")
+        self.get_logger().info(
+            f"sim ready: task={self.env.task.name} image={config.image_size}px objects={config.num_objects}"
+        )
 
     def gripper_state(self) -> GripperState:
         obs = self.observation
         if obs is None:
             return GripperState()
-        return GripperState(closed=bool(obs.gripper_closed), height=float(obs.height), step_fraction=float(obs.step_fraction))
+        return GripperState(
+            closed=bool(obs.gripper_closed),
+            height=float(obs.height),
+            step_fraction=float(obs.step_fraction),
+        )
 
     def publish_observation(self) -> None:
         if self.observation is None:
             return
         img = np.ascontiguousarray(self.observation.image, dtype=np.uint8)
-        msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", is_bigendian=0, step=img.shape[1] * 3)
+        msg = Image(
+            height=img.shape[0],
+            width=img.shape[1],
+            encoding="rgb8",
+            is_bigendian=0,
+            step=img.shape[1] * 3,
+        )
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = self.frame_id
         msg.data = img.tobytes()  # bytes, not an ndarray: 60x faster (docs/platform.md)
         self.image_pub.publish(msg)
         self.state_pub.publish(self.gripper_state())
 
-    def on_reset(self, request: ResetEpisode.Request, response: ResetEpisode.Response) -> ResetEpisode.Response:
+    def on_reset(
+        self, request: ResetEpisode.Request, response: ResetEpisode.Response
+    ) -> ResetEpisode.Response:
         try:
             self.observation = None
             if request.seed < 0:
@@ -92,7 +145,9 @@ class SimNode(Node):
         response.success, response.gripper_state = True, self.gripper_state()
         return response
 
-    def on_step(self, request: ExecuteStep.Request, response: ExecuteStep.Response) -> ExecuteStep.Response:
+    def on_step(
+        self, request: ExecuteStep.Request, response: ExecuteStep.Response
+    ) -> ExecuteStep.Response:
         action = request.action
         values = [*action.translation, action.rotation]
         if self.observation is None:
@@ -103,8 +158,12 @@ class SimNode(Node):
             self.get_logger().error(response.message)
             return response
         try:
-            result = self.env.step(tuple(float(v) for v in action.translation), float(action.rotation),
-                                   bool(action.close_gripper), bool(action.terminate))
+            result = self.env.step(
+                tuple(float(v) for v in action.translation),
+                float(action.rotation),
+                bool(action.close_gripper),
+                bool(action.terminate),
+            )
         except Exception as exc:  # e.g. a step after the episode ended; never kill the node
             response.success, response.message = False, f"step refused: {exc}"
             self.get_logger().error(response.message)
@@ -114,8 +173,10 @@ class SimNode(Node):
         response.success, response.gripper_state = True, self.gripper_state()
         if result.info.get("clipped"):
             cfg = self.env.config
-            response.message = (f"action clipped to the limits (translation +-{cfg.max_translation} m per axis, "
-                                f"rotation +-{cfg.max_rotation} rad, workspace {list(cfg.workspace_low)}..{list(cfg.workspace_high)})")
+            response.message = (
+                f"action clipped to the limits (translation +-{cfg.max_translation} m per axis, "
+                f"rotation +-{cfg.max_rotation} rad, workspace {list(cfg.workspace_low)}..{list(cfg.workspace_high)})"
+            )
         response.done, response.grasp_success = bool(result.done), bool(result.grasp_success)
         return response
 

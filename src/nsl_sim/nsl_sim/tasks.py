@@ -84,10 +84,12 @@ def _lists(v: Any) -> Any:
         return [_lists(x) for x in v]
     return v
 
+
 def image_format(path: str) -> str | None:
     """Image format of a file from its first bytes ("png", "jpeg", "bmp", "gif"; "tga" by
     extension, TGA has no signature), None when it is none of these or cannot be read.
-    PyBullet's texture loader accepts these formats and silently ignores anything else."""
+    PyBullet's texture loader accepts these formats and silently ignores anything else.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -190,11 +192,17 @@ class TaskConfig:
         if not _finite(self.severity) or self.severity < 0:
             raise bad("severity", f"must be a finite number >= 0, got {self.severity!r}")
         if not isinstance(self.texture, str) or not self.texture:
-            raise bad("texture", f"must be 'none', 'checkerboard' or an image file path, got {self.texture!r}")
+            raise bad(
+                "texture",
+                f"must be 'none', 'checkerboard' or an image file path, got {self.texture!r}",
+            )
         if self.texture not in ("none", "checkerboard"):
             if not os.path.isfile(self.texture):
-                raise bad("texture", f"texture file not found: {self.texture!r} "
-                                     "(texture must be 'none', 'checkerboard' or the path of an image file)")
+                raise bad(
+                    "texture",
+                    f"texture file not found: {self.texture!r} "
+                    "(texture must be 'none', 'checkerboard' or the path of an image file)",
+                )
             if image_format(self.texture) is None:
                 raise bad("texture", f"{self.texture!r} is not a PNG, JPEG, BMP, GIF or TGA image")
         if not isinstance(self.checker_squares, int) or not 1 <= self.checker_squares <= 256:
@@ -216,8 +224,12 @@ class TaskConfig:
         if not isinstance(self.shadows, bool):
             raise bad("shadows", f"must be a bool, got {self.shadows!r}")
         if not _finite(self.finger_extension) or not -0.02 <= self.finger_extension <= 0.05:
-            raise bad("finger_extension", f"must be in -0.02..0.05 m, got {self.finger_extension!r}")
-        object.__setattr__(self, "gripper_offset", _vec3(self.gripper_offset, "gripper_offset", -0.2, 0.2))
+            raise bad(
+                "finger_extension", f"must be in -0.02..0.05 m, got {self.finger_extension!r}"
+            )
+        object.__setattr__(
+            self, "gripper_offset", _vec3(self.gripper_offset, "gripper_offset", -0.2, 0.2)
+        )
         if not _finite(self.finger_width_scale) or not 0.2 <= self.finger_width_scale <= 1.0:
             raise bad("finger_width_scale", f"must be in 0.2..1, got {self.finger_width_scale!r}")
         if not _finite(self.finger_friction) or not 0.05 <= self.finger_friction <= 2.0:
@@ -226,7 +238,9 @@ class TaskConfig:
             raise bad("object_alpha", f"must be in 0..1, got {self.object_alpha!r}")
         if not _finite(self.object_scale) or not 0.3 <= self.object_scale <= 2.0:
             raise bad("object_scale", f"must be in 0.3..2.0, got {self.object_scale!r}")
-        object.__setattr__(self, "camera_offset", _vec3(self.camera_offset, "camera_offset", -0.5, 0.5))
+        object.__setattr__(
+            self, "camera_offset", _vec3(self.camera_offset, "camera_offset", -0.5, 0.5)
+        )
         if not _finite(self.camera_noise) or not 0.0 <= self.camera_noise <= 0.2:
             raise bad("camera_noise", f"must be in 0..0.2 m, got {self.camera_noise!r}")
 
@@ -268,9 +282,13 @@ class TaskConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists instead of tuples), suitable for YAML/JSON. Fields of
-        :data:`KEYED_WHEN_SET` are left out while they hold their nominal value."""
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]}
+        :data:`KEYED_WHEN_SET` are left out while they hold their nominal value.
+        """
+        d = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]
+        }
         return _lists(d)
 
 
@@ -299,9 +317,13 @@ class EffectiveTask:
     @property
     def gripper_key(self) -> tuple[float, ...]:
         """Identifies the gripper (geometry and tip friction; the robot is reloaded when it
-        changes). :data:`NOMINAL_GRIPPER_KEY` is the stock gripper."""
-        return ((round(self.finger_extension, 6),) + tuple(round(v, 6) for v in self.gripper_offset)
-                + (round(self.finger_width_scale, 6), round(self.finger_friction, 6)))
+        changes). :data:`NOMINAL_GRIPPER_KEY` is the stock gripper.
+        """
+        return (
+            (round(self.finger_extension, 6),)
+            + tuple(round(v, 6) for v in self.gripper_offset)
+            + (round(self.finger_width_scale, 6), round(self.finger_friction, 6))
+        )
 
 
 #: :attr:`EffectiveTask.gripper_key` of the stock gripper.
@@ -319,8 +341,12 @@ TASKS: dict[str, TaskConfig] = {
         light_specular=0.8,
         shadows=True,
     ),
-    "extend_gripper_1cm": TaskConfig(name="extend_gripper_1cm", finger_extension=0.01,
-                                     finger_width_scale=0.5, finger_friction=0.5),
+    "extend_gripper_1cm": TaskConfig(
+        name="extend_gripper_1cm",
+        finger_extension=0.01,
+        finger_width_scale=0.5,
+        finger_friction=0.5,
+    ),
     "offset_gripper_10cm": TaskConfig(name="offset_gripper_10cm", gripper_offset=(0.1, 0.0, 0.0)),
     "transparent_objects": TaskConfig(name="transparent_objects", object_alpha=0.25),
 }
@@ -350,14 +376,18 @@ def get_task(name: str | TaskConfig) -> TaskConfig:
         ) from None
 
 
-def task_from_dict(data: Mapping[str, Any], source: str = "task", base_dir: str | None = None) -> TaskConfig:
+def task_from_dict(
+    data: Mapping[str, Any], source: str = "task", base_dir: str | None = None
+) -> TaskConfig:
     """Build a TaskConfig from a mapping. Unknown keys raise ValueError naming them.
 
     A key ``base`` names a task in ``TASKS`` whose values are the starting point. A relative
     ``texture`` file path is taken relative to ``base_dir`` (when given).
     """
     if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: expected a mapping of TaskConfig fields, got {type(data).__name__}")
+        raise ValueError(
+            f"{source}: expected a mapping of TaskConfig fields, got {type(data).__name__}"
+        )
     data = dict(data)
     start = get_task(data.pop("base", "base"))
     valid = {f.name for f in dataclasses.fields(TaskConfig)}
@@ -369,8 +399,12 @@ def task_from_dict(data: Mapping[str, Any], source: str = "task", base_dir: str 
     kwargs = dataclasses.asdict(start)
     kwargs.update(data)
     tex = kwargs.get("texture")
-    if (base_dir and isinstance(tex, str) and tex not in ("none", "checkerboard")
-            and not os.path.isabs(os.path.expanduser(tex))):
+    if (
+        base_dir
+        and isinstance(tex, str)
+        and tex not in ("none", "checkerboard")
+        and not os.path.isabs(os.path.expanduser(tex))
+    ):
         kwargs["texture"] = os.path.normpath(os.path.join(base_dir, tex))
     elif isinstance(tex, str) and tex.startswith("~"):
         kwargs["texture"] = os.path.expanduser(tex)

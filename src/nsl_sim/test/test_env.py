@@ -193,7 +193,8 @@ def test_oracle_success_rate_on_base(env):
 def test_grasp_at_a_random_goal_moves_like_the_oracle_but_grasps_blind(env):
     """QT-Opt's scripted exploration: the oracle's motion to a grasp pose drawn without looking.
     It must reach its goal and close there, and succeed less often than the oracle on the same
-    scenes, since where it closes ignores the objects."""
+    scenes, since where it closes ignores the objects.
+    """
     rng = np.random.default_rng(3)
     seeds = range(2000, 2012)
     blind = 0
@@ -201,18 +202,26 @@ def test_grasp_at_a_random_goal_moves_like_the_oracle_but_grasps_blind(env):
         env.reset(seed)
         goal, yaw = random_grasp_goal(rng, env.config)
         lo, hi = env.config.object_region_low, env.config.object_region_high
-        assert lo[0] <= goal[0] <= hi[0] and lo[1] <= goal[1] <= hi[1] and -math.pi / 2 <= yaw <= math.pi / 2
+        assert (
+            lo[0] <= goal[0] <= hi[0]
+            and lo[1] <= goal[1] <= hi[1]
+            and -math.pi / 2 <= yaw <= math.pi / 2
+        )
         for step in range(env.config.max_steps):
             move, rot, close, terminate = grasp_at(env, goal, yaw)
             assert np.all(np.abs(move) <= env.config.max_translation + 1e-9) and not close
             res = env.step(move, rot, close, terminate)
             if res.done:
                 break
-        assert terminate and step < env.config.max_steps - 1, "the scripted grasp must decide to close by itself"
+        assert terminate and step < env.config.max_steps - 1, (
+            "the scripted grasp must decide to close by itself"
+        )
         assert np.abs(np.asarray(env.commanded_pose()[0][:2]) - goal[:2]).max() < 0.005
         blind += res.grasp_success
     oracle = sum(run_oracle(env, seed)[1] for seed in seeds)
-    print(f"random-goal grasps: {blind}/{len(seeds)}, oracle on the same scenes: {oracle}/{len(seeds)}")
+    print(
+        f"random-goal grasps: {blind}/{len(seeds)}, oracle on the same scenes: {oracle}/{len(seeds)}"
+    )
     assert blind < oracle - 3
 
 

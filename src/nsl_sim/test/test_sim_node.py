@@ -5,6 +5,7 @@ client in this process calls their arm services and listens to their cameras. Ba
 (unknown task, NaN action, bad texture file, step without an episode) must get a clear refusal
 and leave the node serving; out-of-range actions are clipped.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,12 +50,15 @@ class SimClient:
         self.step_client = node.create_client(ExecuteStep, f"/{namespace}/arm/execute_step")
         self.images: list = []
         self.cond = threading.Condition()
-        self.image_sub = node.create_subscription(Image, f"/{namespace}/camera/image_raw", self._on_image, 10)
+        self.image_sub = node.create_subscription(
+            Image, f"/{namespace}/camera/image_raw", self._on_image, 10
+        )
 
     def wait_for_camera(self, timeout: float = 30.0) -> None:
         """Until the camera subscription is matched: a frame published before that is lost
         (volatile QoS), e.g. right after a cold start on a loaded machine. rclpy has no event
-        for a match, hence the poll."""
+        for a match, hence the poll.
+        """
         deadline = time.monotonic() + timeout
         while self.image_sub.get_publisher_count() == 0:
             assert time.monotonic() < deadline, f"camera topic not matched within {timeout} s"
@@ -67,7 +71,9 @@ class SimClient:
 
     @staticmethod
     def _call(client, request, timeout=60.0):
-        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
+        assert client.wait_for_service(timeout_sec=timeout), (
+            f"service {client.srv_name} not available"
+        )
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
@@ -97,7 +103,9 @@ class SimClient:
         if not reply.success:
             return reply, None
         with self.cond:
-            assert self.cond.wait_for(lambda: len(self.images) > start, 30), "no camera frame after reset"
+            assert self.cond.wait_for(lambda: len(self.images) > start, 30), (
+                "no camera frame after reset"
+            )
             msg = self.images[-1]
         assert (msg.width, msg.height, msg.encoding) == (64, 64, "rgb8")
         return reply, np.frombuffer(bytes(msg.data), np.uint8).reshape(64, 64, 3)
@@ -120,7 +128,9 @@ def sims(tmp_path_factory):
     work = tmp_path_factory.mktemp("sim_node")
     write_png(work / "blue.png", (40, 60, 220))
     (work / "blue_tray.yaml").write_text("name: blue_tray\ntexture: blue.png\n")
-    (work / "bad_texture.yaml").write_text("name: bad_texture\ntexture: /no/such/folder/wood.png\n")
+    (work / "bad_texture.yaml").write_text(
+        "name: bad_texture\ntexture: /no/such/folder/wood.png\n"
+    )
 
     iso = isolated_environment()
     old = {k: os.environ.get(k) for k in iso}
@@ -131,8 +141,16 @@ def sims(tmp_path_factory):
     try:
         for ns, task in ((NS_A, "base"), (NS_B, str(work / "blue_tray.yaml"))):
             logs[ns] = Log()
-            runners[ns] = GraphRunner([NodeSpec("sim", "nsl_sim", "sim_node", "sim.yaml", {"task": task, "image_size": 64})],
-                                      namespace=ns, env=iso, output=logs[ns])
+            runners[ns] = GraphRunner(
+                [
+                    NodeSpec(
+                        "sim", "nsl_sim", "sim_node", "sim.yaml", {"task": task, "image_size": 64}
+                    )
+                ],
+                namespace=ns,
+                env=iso,
+                output=logs[ns],
+            )
             runners[ns].start()
         from rclpy.executors import SingleThreadedExecutor
 
@@ -154,13 +172,19 @@ def sims(tmp_path_factory):
             else:
                 os.environ[k] = v
     for ns, r in runners.items():
-        assert r.first_exit is None, f"sim node in {ns} died: {r.first_exit.describe()}\n{logs[ns].text()[-2000:]}"
-        assert all(c in (0, -2) for c in codes[ns].values()), f"{ns}: {codes[ns]}\n{logs[ns].text()[-2000:]}"
+        assert r.first_exit is None, (
+            f"sim node in {ns} died: {r.first_exit.describe()}\n{logs[ns].text()[-2000:]}"
+        )
+        assert all(c in (0, -2) for c in codes[ns].values()), (
+            f"{ns}: {codes[ns]}\n{logs[ns].text()[-2000:]}"
+        )
 
 
 def alive(runners, logs):
     for ns, r in runners.items():
-        assert r.first_exit is None, f"sim node in {ns} died: {r.first_exit.describe()}\n{logs[ns].text()[-2000:]}"
+        assert r.first_exit is None, (
+            f"sim node in {ns} died: {r.first_exit.describe()}\n{logs[ns].text()[-2000:]}"
+        )
 
 
 def test_reset_step_and_camera(sims):
@@ -186,7 +210,11 @@ def test_invalid_task_name_is_refused_and_node_keeps_serving(sims):
     a = clients[NS_A]
     reply = a.reset(task="purple_unicorn", seed=1)
     assert not reply.success
-    assert "purple_unicorn" in reply.message and "valid tasks" in reply.message and "checkerboard" in reply.message
+    assert (
+        "purple_unicorn" in reply.message
+        and "valid tasks" in reply.message
+        and "checkerboard" in reply.message
+    )
     r = a.step()
     assert not r.success and "reset" in r.message  # no episode after a refused reset
     reply = a.reset(task="base", seed=1)
@@ -199,7 +227,11 @@ def test_non_finite_action_is_refused(sims):
     clients, runners, logs, _ = sims
     a = clients[NS_A]
     assert a.reset(seed=2).success
-    for translation, rotation in (((math.nan, 0.0, 0.0), 0.0), ((0.0, math.inf, 0.0), 0.0), ((0.0, 0.0, 0.0), -math.inf)):
+    for translation, rotation in (
+        ((math.nan, 0.0, 0.0), 0.0),
+        ((0.0, math.inf, 0.0), 0.0),
+        ((0.0, 0.0, 0.0), -math.inf),
+    ):
         r = a.step(translation, rotation)
         assert not r.success and "non-finite" in r.message, r.message
     r = a.step((0.0, 0.0, -0.01))  # the refused steps did not count or move the arm
@@ -230,7 +262,9 @@ def test_yaml_task_with_bad_texture_gives_clear_error(sims):
     bad = work / "bad_texture.yaml"
     reply = a.reset(task=str(bad), seed=1)
     assert not reply.success
-    assert "texture file not found" in reply.message and "/no/such/folder/wood.png" in reply.message
+    assert (
+        "texture file not found" in reply.message and "/no/such/folder/wood.png" in reply.message
+    )
     assert str(bad) in reply.message
     reply = a.reset(task=str(work / "missing.yaml"), seed=1)
     assert not reply.success and "missing.yaml" in reply.message
@@ -240,7 +274,8 @@ def test_yaml_task_with_bad_texture_gives_clear_error(sims):
 
 def test_two_namespaced_sims_at_once(sims):
     """B was started with task:=<yaml file> (a blue tray); both serve at the same time; with the
-    same seed and task the two processes produce bit-identical images."""
+    same seed and task the two processes produce bit-identical images.
+    """
     clients, runners, logs, work = sims
     a, b = clients[NS_A], clients[NS_B]
     results = {}
@@ -248,7 +283,10 @@ def test_two_namespaced_sims_at_once(sims):
     def reset(name, client, task):
         results[name] = client.reset_and_image(task=task, seed=7)
 
-    threads = [threading.Thread(target=reset, args=("a", a, "base")), threading.Thread(target=reset, args=("b", b, ""))]
+    threads = [
+        threading.Thread(target=reset, args=("a", a, "base")),
+        threading.Thread(target=reset, args=("b", b, "")),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -276,8 +314,12 @@ def test_bad_task_parameter_exits_with_clear_error():
     from nsl_bringup.runner import GraphRunner, isolated_environment
 
     log = Log()
-    runner = GraphRunner([NodeSpec("sim", "nsl_sim", "sim_node", "sim.yaml", {"task": "no_such_world"})],
-                         namespace=f"simtest_c_{os.getpid()}", env=isolated_environment(), output=log)
+    runner = GraphRunner(
+        [NodeSpec("sim", "nsl_sim", "sim_node", "sim.yaml", {"task": "no_such_world"})],
+        namespace=f"simtest_c_{os.getpid()}",
+        env=isolated_environment(),
+        output=log,
+    )
     runner.start()
     try:
         died = runner.wait(timeout=60)

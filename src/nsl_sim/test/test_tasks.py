@@ -30,8 +30,14 @@ def image_diff(a, b):
 
 
 def test_named_tasks_exist():
-    assert set(TASKS) >= {"base", "checkerboard", "harsh_light", "extend_gripper_1cm",
-                          "offset_gripper_10cm", "transparent_objects"}
+    assert set(TASKS) >= {
+        "base",
+        "checkerboard",
+        "harsh_light",
+        "extend_gripper_1cm",
+        "offset_gripper_10cm",
+        "transparent_objects",
+    }
     for name, cfg in TASKS.items():
         assert cfg.name == name
         assert get_task(name) is cfg
@@ -44,8 +50,9 @@ def test_unknown_task_lists_valid_names():
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("name,min_diff", [("checkerboard", 20.0), ("harsh_light", 15.0),
-                                           ("transparent_objects", 0.3)])
+@pytest.mark.parametrize(
+    "name,min_diff", [("checkerboard", 20.0), ("harsh_light", 15.0), ("transparent_objects", 0.3)]
+)
 def test_visual_tasks_change_the_image(env, base, name, min_diff):
     img = env.reset(SEED, name).image
     d = image_diff(img, base[0])
@@ -86,12 +93,18 @@ def test_extended_fingers_reach_lower(env, base):
 
 def _tip_links(env):
     c, robot = env._client(), env._robot
-    return [(c, robot, j) for j in range(c.getNumJoints(robot)) if b"tip" in c.getJointInfo(robot, j)[12]]
+    return [
+        (c, robot, j)
+        for j in range(c.getNumJoints(robot))
+        if b"tip" in c.getJointInfo(robot, j)[12]
+    ]
 
 
 def test_extended_fingers_are_narrower_and_slipperier(env, base):
     """The paper's extension also narrowed the fingers and their compliance: tips half as wide
-    (across the closing direction) with friction 0.5 instead of the stock pads' 0.8."""
+    (across the closing direction) with friction 0.5 instead of the stock pads' 0.8.
+    """
+
     def tips(task):
         env.reset(SEED, task)
         out = []
@@ -106,7 +119,9 @@ def test_extended_fingers_are_narrower_and_slipperier(env, base):
         assert f0 == pytest.approx(0.8) and f1 == pytest.approx(0.5)
         assert w1 < 0.75 * w0  # AABB margins keep the ratio above the mesh's 0.5
     eff = dataclasses.replace(TASKS["extend_gripper_1cm"], severity=2.0).effective()
-    assert (eff.finger_extension, eff.finger_width_scale, eff.finger_friction) == pytest.approx((0.02, 0.2, 0.2))
+    assert (eff.finger_extension, eff.finger_width_scale, eff.finger_friction) == pytest.approx(
+        (0.02, 0.2, 0.2)
+    )
 
 
 def test_to_dict_leaves_out_nominal_newer_fields():
@@ -126,7 +141,9 @@ def test_severity_zero_is_base(env, base):
         assert image_diff(img, base[0]) == 0.0, name
     half = dataclasses.replace(TASKS["offset_gripper_10cm"], severity=0.5)
     env.reset(SEED, half)
-    assert np.linalg.norm(env.gripper_pose()[0][:2] - base[1][:2]) == pytest.approx(0.05, abs=0.004)
+    assert np.linalg.norm(env.gripper_pose()[0][:2] - base[1][:2]) == pytest.approx(
+        0.05, abs=0.004
+    )
 
 
 def test_checkerboard_severity_above_one_refines_the_squares(env):

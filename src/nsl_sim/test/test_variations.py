@@ -1,7 +1,6 @@
 """YAML task files, texture files, reference physics, oracle evaluation and the ``nsl sim`` commands."""
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,9 @@ def stripes_png(path: Path) -> Path:
 def test_example_yaml_loads_and_changes_the_world(env, base_image):
     task = get_task(str(EXAMPLE))  # a path ending in .yaml is accepted wherever a task name is
     assert task.name == "dusk_checker" and task.severity == 0.8 and task.checker_squares == 12
-    assert task.shadows and task.texture == "checkerboard"  # from "base: checkerboard" + own values
+    assert (
+        task.shadows and task.texture == "checkerboard"
+    )  # from "base: checkerboard" + own values
     eff = task.effective()
     assert eff.camera_offset == pytest.approx((0.0, 0.024, -0.016))
     img = env.reset(SEED, str(EXAMPLE)).image
@@ -72,7 +73,9 @@ def test_yaml_name_defaults_to_file_stem_and_relative_texture(tmp_path, env, bas
 def test_bad_texture_paths_give_clear_errors(tmp_path, env):
     missing = tmp_path / "bad_tex.yaml"
     missing.write_text("name: bad_tex\ntexture: /no/such/dir/wood.png\n")
-    with pytest.raises(ValueError, match=r"texture file not found: '/no/such/dir/wood.png'") as err:
+    with pytest.raises(
+        ValueError, match=r"texture file not found: '/no/such/dir/wood.png'"
+    ) as err:
         get_task(str(missing))
     assert str(missing) in str(err.value)
     not_image = tmp_path / "notes.png"
@@ -115,6 +118,7 @@ def test_every_named_task_differs_from_base_by_a_measured_amount(env, base_image
 
 def test_determinism_images_and_outcome_fresh_envs():
     """Same seed and task in two separate envs: bit-identical images, poses and outcome."""
+
     def episode(task):
         e = GraspEnv(SimConfig(image_size=48))
         try:
@@ -135,7 +139,12 @@ def test_determinism_images_and_outcome_fresh_envs():
 
 def test_reference_physics_settings():
     ref = SimConfig.reference_physics(image_size=32)
-    assert (ref.solver_iterations, ref.gravity, ref.arm_max_velocity, ref.early_exit) == (150, -10.0, 0.35, False)
+    assert (ref.solver_iterations, ref.gravity, ref.arm_max_velocity, ref.early_exit) == (
+        150,
+        -10.0,
+        0.35,
+        False,
+    )
     assert ref.settle_steps == 1500 and ref.close_steps == 500 and ref.lift_steps == 500
     assert SimConfig.reference_physics(num_objects=5).settle_steps == 2500
     with pytest.raises(ValueError, match="gravity"):
@@ -189,7 +198,9 @@ def test_nsl_sim_cli(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "g.png"
-    args = parser.parse_args(["sim", "gallery", "--output", str(out), "--size", "32", "--tasks", "base", "checkerboard"])
+    args = parser.parse_args(
+        ["sim", "gallery", "--output", str(out), "--size", "32", "--tasks", "base", "checkerboard"]
+    )
     assert args.fn(args) == 0
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG")
@@ -200,7 +211,9 @@ def test_nsl_sim_cli(tmp_path, capsys):
     left, right = img[16:, :32].astype(int), img[16:, 34:].astype(int)
     assert np.abs(left - right).mean() > 15  # base vs checkerboard columns
 
-    args = parser.parse_args(["sim", "eval-oracle", "--task", "base", "--episodes", "2", "--size", "32", "--seed", "40"])
+    args = parser.parse_args(
+        ["sim", "eval-oracle", "--task", "base", "--episodes", "2", "--size", "32", "--seed", "40"]
+    )
     assert args.fn(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("oracle on base: success") and "95% CI" in line and "(" in line

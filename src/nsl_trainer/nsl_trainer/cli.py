@@ -11,6 +11,7 @@ rank 0 writes the files:
 
   torchrun --standalone --nproc-per-node 2 -m nsl_trainer.cli finetune --init ... --output ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,95 +23,218 @@ from typing import Any
 
 def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, required=True, help="gradient steps (per task for continual)")
+    g.add_argument(
+        "--steps", type=int, required=True, help="gradient steps (per task for continual)"
+    )
     if output:
-        g.add_argument("--output", required=True, help="result checkpoint (.safetensors), written atomically")
-        g.add_argument("--run-dir", default=None,
-                       help="state, periodic checkpoints and TensorBoard logs (default: <output>.run next to the output)")
-    g.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: --base-lr for pretrain, 25%% of it otherwise)")
-    g.add_argument("--base-lr", type=float, default=1e-3, help="pre-training learning rate (default 1e-3)")
-    g.add_argument("--batch-size", type=int, default=64, help="transitions per step and process (default 64)")
+        g.add_argument(
+            "--output", required=True, help="result checkpoint (.safetensors), written atomically"
+        )
+        g.add_argument(
+            "--run-dir",
+            default=None,
+            help="state, periodic checkpoints and TensorBoard logs (default: <output>.run next to the output)",
+        )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: --base-lr for pretrain, 25%% of it otherwise)",
+    )
+    g.add_argument(
+        "--base-lr", type=float, default=1e-3, help="pre-training learning rate (default 1e-3)"
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=64, help="transitions per step and process (default 64)"
+    )
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--target-action", choices=("cem", "random"), default="cem",
-                   help="max over next actions in the Bellman target: CEM (default) or best of N random")
-    g.add_argument("--no-augment", action="store_true", help="no random-shift/photometric augmentation")
-    g.add_argument("--policy-weights", choices=("online", "polyak"), default="online",
-                   help="write the online network (default) or its Polyak average (target network 1) as the "
-                        "checkpoint; see QTOptConfig.policy_weights")
-    g.add_argument("--conservative-weight", type=float, default=0.0, metavar="W",
-                   help="weight of the conservative (CQL) term that lowers actions the data never tried "
-                        "(default 0: plain QT-Opt; see QTOptConfig.conservative_weight)")
-    g.add_argument("--mc-mix", type=float, default=0.0, metavar="M",
-                   help="weight of the recorded episode's discounted return in the target, mixed with the "
-                        "Bellman target (default 0: plain QT-Opt; see QTOptConfig.mc_mix)")
-    g.add_argument("--grasp-fraction", type=float, default=0.0, metavar="F",
-                   help="extra share of each batch drawn from grasp attempts (episode-final steps) "
-                        "(default 0: uniform rows, as QT-Opt; see QTOptConfig.grasp_fraction)")
-    g.add_argument("--checkpoint-every", type=int, default=1000, metavar="K",
-                   help="save training state + a policy checkpoint every K steps (0: only at the end; default 1000)")
-    g.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)")
-    g.add_argument("--no-resume", action="store_true", help="start over even if the run directory holds a state")
+    g.add_argument(
+        "--target-action",
+        choices=("cem", "random"),
+        default="cem",
+        help="max over next actions in the Bellman target: CEM (default) or best of N random",
+    )
+    g.add_argument(
+        "--no-augment", action="store_true", help="no random-shift/photometric augmentation"
+    )
+    g.add_argument(
+        "--policy-weights",
+        choices=("online", "polyak"),
+        default="online",
+        help="write the online network (default) or its Polyak average (target network 1) as the "
+        "checkpoint; see QTOptConfig.policy_weights",
+    )
+    g.add_argument(
+        "--conservative-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight of the conservative (CQL) term that lowers actions the data never tried "
+        "(default 0: plain QT-Opt; see QTOptConfig.conservative_weight)",
+    )
+    g.add_argument(
+        "--mc-mix",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="weight of the recorded episode's discounted return in the target, mixed with the "
+        "Bellman target (default 0: plain QT-Opt; see QTOptConfig.mc_mix)",
+    )
+    g.add_argument(
+        "--grasp-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="extra share of each batch drawn from grasp attempts (episode-final steps) "
+        "(default 0: uniform rows, as QT-Opt; see QTOptConfig.grasp_fraction)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        metavar="K",
+        help="save training state + a policy checkpoint every K steps (0: only at the end; default 1000)",
+    )
+    g.add_argument(
+        "--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)"
+    )
+    g.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if the run directory holds a state",
+    )
     g.add_argument("--no-tensorboard", action="store_true")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--image-size", type=int, default=64, help="network input size for a random init (default 64)")
-    g.add_argument("--width", type=int, default=32, help="network width for a random init (default 32)")
-    g.add_argument("--head", choices=("conv", "keypoints"), default="conv",
-                   help="how a random init's network scores the action against the image (nsl_policy.model."
-                        "QNetworkConfig.head; default conv). keypoints: a spatial softmax over a 16x16 map and "
-                        "an MLP of 256 units, the recipe measured in docs/results/base_policy.md")
+    g.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="network input size for a random init (default 64)",
+    )
+    g.add_argument(
+        "--width", type=int, default=32, help="network width for a random init (default 32)"
+    )
+    g.add_argument(
+        "--head",
+        choices=("conv", "keypoints"),
+        default="conv",
+        help="how a random init's network scores the action against the image (nsl_policy.model."
+        "QNetworkConfig.head; default conv). keypoints: a spatial softmax over a 16x16 map and "
+        "an MLP of 256 units, the recipe measured in docs/results/base_policy.md",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _mixing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", nargs="*", default=[], metavar="BAG", help="base-task bags or dataset folders")
-    p.add_argument("--target-fraction", type=float, default=0.5,
-                   help="probability that a sample comes from target data (default 0.5, the paper's 50/50)")
+    p.add_argument(
+        "--base", nargs="*", default=[], metavar="BAG", help="base-task bags or dataset folders"
+    )
+    p.add_argument(
+        "--target-fraction",
+        type=float,
+        default=0.5,
+        help="probability that a sample comes from target data (default 0.5, the paper's 50/50)",
+    )
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("train", help="offline QT-Opt: pretrain, finetune, scratch, continual",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "train",
+        help="offline QT-Opt: pretrain, finetune, scratch, continual",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="train_command", required=True)
-    c = sub.add_parser("pretrain", help="train from a random init at the pre-training learning rate")
-    c.add_argument("--data", nargs="+", required=True, metavar="BAG", help="bags or dataset folders")
+    c = sub.add_parser(
+        "pretrain", help="train from a random init at the pre-training learning rate"
+    )
+    c.add_argument(
+        "--data", nargs="+", required=True, metavar="BAG", help="bags or dataset folders"
+    )
     _common(c)
     c.set_defaults(fn=cmd_train, mode="pretrain")
-    c = sub.add_parser("finetune", help="fine-tune a checkpoint on base + target data (50/50, 25%% lr)")
+    c = sub.add_parser(
+        "finetune", help="fine-tune a checkpoint on base + target data (50/50, 25%% lr)"
+    )
     c.add_argument("--init", required=True, help="checkpoint to start from")
-    c.add_argument("--target", nargs="+", required=True, metavar="BAG", help="target-task bags or dataset folders")
+    c.add_argument(
+        "--target",
+        nargs="+",
+        required=True,
+        metavar="BAG",
+        help="target-task bags or dataset folders",
+    )
     _mixing(c)
     _common(c)
     c.set_defaults(fn=cmd_train, mode="finetune")
-    c = sub.add_parser("scratch", help="the fine-tune recipe from a random init (the paper's comparison)")
+    c = sub.add_parser(
+        "scratch", help="the fine-tune recipe from a random init (the paper's comparison)"
+    )
     c.add_argument("--target", nargs="+", required=True, metavar="BAG")
     _mixing(c)
     _common(c)
     c.set_defaults(fn=cmd_train, mode="scratch")
-    c = sub.add_parser("continual", help="fine-tune a chain of tasks, each from the previous result")
-    c.add_argument("--init", default=None, help="checkpoint the chain starts from (default: random init)")
-    c.add_argument("--task", action="append", required=True, metavar="NAME=BAG[,BAG...]",
-                   help="a task and its data, in order (repeat)")
-    c.add_argument("--output-dir", required=True, help="NN-<task>.safetensors and their run directories go here")
-    c.add_argument("--accumulate", action="store_true", help="earlier tasks' data joins the base data")
+    c = sub.add_parser(
+        "continual", help="fine-tune a chain of tasks, each from the previous result"
+    )
+    c.add_argument(
+        "--init", default=None, help="checkpoint the chain starts from (default: random init)"
+    )
+    c.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        metavar="NAME=BAG[,BAG...]",
+        help="a task and its data, in order (repeat)",
+    )
+    c.add_argument(
+        "--output-dir",
+        required=True,
+        help="NN-<task>.safetensors and their run directories go here",
+    )
+    c.add_argument(
+        "--accumulate", action="store_true", help="earlier tasks' data joins the base data"
+    )
     _mixing(c)
     _common(c, output=False)
     c.set_defaults(fn=cmd_train, mode="continual")
-    c = sub.add_parser("grasp-values", help="supervised grasp-outcome classifier, a start for QT-Opt "
-                                            "(nsl_trainer.grasp_values)")
-    c.add_argument("--data", nargs="+", required=True, metavar="BAG",
-                   help="bags or dataset folders; every episode's final step is a grasp, labelled by its reward")
-    c.add_argument("--output", required=True, help="result checkpoint (.safetensors), written atomically")
-    c.add_argument("--init", default=None, help="checkpoint to start from (default: a fresh network)")
+    c = sub.add_parser(
+        "grasp-values",
+        help="supervised grasp-outcome classifier, a start for QT-Opt (nsl_trainer.grasp_values)",
+    )
+    c.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="BAG",
+        help="bags or dataset folders; every episode's final step is a grasp, labelled by its reward",
+    )
+    c.add_argument(
+        "--output", required=True, help="result checkpoint (.safetensors), written atomically"
+    )
+    c.add_argument(
+        "--init", default=None, help="checkpoint to start from (default: a fresh network)"
+    )
     c.add_argument("--steps", type=int, default=3000, help="Adam steps (default 3000)")
     c.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     c.add_argument("--batch-size", type=int, default=64, help="grasps per step (default 64)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    c.add_argument("--image-size", type=int, default=64, help="network input size of a fresh network (default 64)")
-    c.add_argument("--width", type=int, default=32, help="network width of a fresh network (default 32)")
+    c.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    c.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="network input size of a fresh network (default 64)",
+    )
+    c.add_argument(
+        "--width", type=int, default=32, help="network width of a fresh network (default 32)"
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_grasp_values, mode="grasp-values")
 
@@ -148,7 +272,9 @@ class _Bar:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr
+            )
 
     def __call__(self, step: int, m: dict) -> None:
         if self.bar is None:
@@ -157,8 +283,13 @@ class _Bar:
             self.bar.update(step - 1)  # resumed
         self.bar.update(step - self.bar.n)
         if step % 10 == 0 or step == self.bar.total:
-            self.bar.set_postfix(loss=f"{m['loss']:.4f}", q=f"{m['mean_q']:.3f}", td=f"{m['td_error']:.3f}",
-                                 target=f"{m['target_fraction']:.2f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{m['loss']:.4f}",
+                q=f"{m['mean_q']:.3f}",
+                td=f"{m['td_error']:.3f}",
+                target=f"{m['target_fraction']:.2f}",
+                refresh=False,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -182,25 +313,43 @@ def cmd_grasp_values(args) -> int:
     from nsl_collector.errors import DatasetError
     from nsl_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from nsl_policy.model import QNetworkConfig
-    from nsl_trainer.grasp_values import GraspValueConfig, fit_grasp_values, grasp_rows, new_network
+    from nsl_trainer.grasp_values import (
+        GraspValueConfig,
+        fit_grasp_values,
+        grasp_rows,
+        new_network,
+    )
     from nsl_trainer.qtopt import load_datasets
 
     try:
-        config = GraspValueConfig(steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed)
+        config = GraspValueConfig(
+            steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed
+        )
         if args.threads is not None:
             torch.set_num_threads(max(1, args.threads))
         if args.init:
             net = load_checkpoint(args.init, device="cpu").model
         else:
-            net = new_network(QNetworkConfig(image_size=args.image_size, width=args.width), args.seed)
+            net = new_network(
+                QNetworkConfig(image_size=args.image_size, width=args.width), args.seed
+            )
         data = load_datasets(args.data)
         rows = grasp_rows(data)
-        print(f"{len(rows)} grasps, success {float((data.reward[rows] > 0).mean()):.3f}", file=sys.stderr)
+        print(
+            f"{len(rows)} grasps, success {float((data.reward[rows] > 0).mean()):.3f}",
+            file=sys.stderr,
+        )
         bar = None
         if not args.quiet:
             from tqdm import tqdm
 
-            bar = tqdm(total=args.steps, desc="grasp values", unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(
+                total=args.steps,
+                desc="grasp values",
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
 
         def progress(step: int, m: dict) -> None:
             if bar is not None:
@@ -209,16 +358,34 @@ def cmd_grasp_values(args) -> int:
                     bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
 
         try:
-            fit_grasp_values(net, data, config, progress, device=None if args.device == "auto" else args.device)
+            fit_grasp_values(
+                net, data, config, progress, device=None if args.device == "auto" else args.device
+            )
         finally:
             if bar is not None:
                 bar.close()
-        checkpoint_id = save_checkpoint(args.output, net.cpu(), {
-            "kind": "grasp_values", "init": args.init, "datasets": list(args.data), **config.to_dict()})
-    except (DatasetError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+        checkpoint_id = save_checkpoint(
+            args.output,
+            net.cpu(),
+            {
+                "kind": "grasp_values",
+                "init": args.init,
+                "datasets": list(args.data),
+                **config.to_dict(),
+            },
+        )
+    except (
+        DatasetError,
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as exc:
         print(f"nsl train grasp-values: error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output} (checkpoint {checkpoint_id}, {args.steps} steps on {len(rows)} grasps)")
+    print(
+        f"wrote {args.output} (checkpoint {checkpoint_id}, {args.steps} steps on {len(rows)} grasps)"
+    )
     return 0
 
 
@@ -228,11 +395,20 @@ def cmd_train(args) -> int:
 
     try:
         return _run(args)
-    except (DatasetError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (
+        DatasetError,
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as exc:
         print(f"nsl train {args.mode}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"nsl train {args.mode}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(
+            f"nsl train {args.mode}: interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -248,20 +424,38 @@ def _run(args) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    config = QTOptConfig(batch_size=args.batch_size, learning_rate=args.base_lr, target_action=args.target_action,
-                         augment=not args.no_augment, seed=args.seed, policy_weights=args.policy_weights,
-                         conservative_weight=args.conservative_weight,
-                         grasp_fraction=args.grasp_fraction, mc_mix=args.mc_mix)
-    model_config = QNetworkConfig(image_size=args.image_size, width=args.width, head=args.head,
-                                  **(KEYPOINTS_RECIPE if args.head == "keypoints" else {}))
+    config = QTOptConfig(
+        batch_size=args.batch_size,
+        learning_rate=args.base_lr,
+        target_action=args.target_action,
+        augment=not args.no_augment,
+        seed=args.seed,
+        policy_weights=args.policy_weights,
+        conservative_weight=args.conservative_weight,
+        grasp_fraction=args.grasp_fraction,
+        mc_mix=args.mc_mix,
+    )
+    model_config = QNetworkConfig(
+        image_size=args.image_size,
+        width=args.width,
+        head=args.head,
+        **(KEYPOINTS_RECIPE if args.head == "keypoints" else {}),
+    )
     with distributed(args.device) as device:
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_initialized() else 0
         show = rank == 0 and not args.quiet
-        opts: dict[str, Any] = dict(learning_rate=args.lr, seed=args.seed, config=config, device=device,
-                                    checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                                    resume=not args.no_resume, tensorboard=not args.no_tensorboard)
+        opts: dict[str, Any] = dict(
+            learning_rate=args.lr,
+            seed=args.seed,
+            config=config,
+            device=device,
+            checkpoint_every=args.checkpoint_every,
+            log_every=args.log_every,
+            resume=not args.no_resume,
+            tensorboard=not args.no_tensorboard,
+        )
         if args.mode != "finetune":
             opts["model_config"] = model_config
         if args.mode == "continual":
@@ -273,10 +467,18 @@ def _run(args) -> int:
                 return bars[-1]
 
             opts.pop("model_config") if args.init else None
-            results = continual(args.init, args.base, tasks, args.steps, output_dir=args.output_dir,
-                                accumulate=args.accumulate, progress_factory=factory,
-                                target_fraction=args.target_fraction, **{k: v for k, v in opts.items() if k != "resume"},
-                                resume=not args.no_resume)
+            results = continual(
+                args.init,
+                args.base,
+                tasks,
+                args.steps,
+                output_dir=args.output_dir,
+                accumulate=args.accumulate,
+                progress_factory=factory,
+                target_fraction=args.target_fraction,
+                **{k: v for k, v in opts.items() if k != "resume"},
+                resume=not args.no_resume,
+            )
             for b in bars:
                 b.close()
         else:
@@ -290,8 +492,18 @@ def _run(args) -> int:
             if args.mode == "finetune":
                 opts["target_fraction"] = args.target_fraction
             try:
-                results = [train(args.mode, base, target, args.steps, output_path=args.output, run_dir=args.run_dir,
-                                 progress=bar, **opts)]
+                results = [
+                    train(
+                        args.mode,
+                        base,
+                        target,
+                        args.steps,
+                        output_path=args.output,
+                        run_dir=args.run_dir,
+                        progress=bar,
+                        **opts,
+                    )
+                ]
             finally:
                 bar.close()
         world = dist.get_world_size() if dist.is_initialized() else 1
@@ -301,9 +513,12 @@ def _run(args) -> int:
             if rank == 0:
                 m = r.metrics
                 resumed = f", resumed from step {r.resumed_from}" if r.resumed_from else ""
-                print(f"wrote {r.checkpoint_path} (checkpoint {r.checkpoint_id}, {r.mode}, {r.steps} steps{resumed}; "
-                      f"loss {m.get('loss', float('nan')):.4f}, target fraction {m.get('target_fraction', 0):.2f}; "
-                      f"run dir {r.run_dir})", flush=True)
+                print(
+                    f"wrote {r.checkpoint_path} (checkpoint {r.checkpoint_id}, {r.mode}, {r.steps} steps{resumed}; "
+                    f"loss {m.get('loss', float('nan')):.4f}, target fraction {m.get('target_fraction', 0):.2f}; "
+                    f"run dir {r.run_dir})",
+                    flush=True,
+                )
     return 0
 
 

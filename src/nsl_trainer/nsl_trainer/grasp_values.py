@@ -17,6 +17,7 @@ The experiment pipeline runs it as an opt-in phase (``ExperimentConfig.grasp_val
 No augmentation: the classifier must first learn to see the object under the gripper, and
 random shifts of a 64-pixel image move it by several centimetres.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,11 +54,20 @@ class GraspValueConfig:
         for name in ("steps", "batch_size", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
-                raise ValueError(f"GraspValueConfig.{name}: must be an integer >= {0 if name == 'seed' else 1}, "
-                                 f"got {v!r}")
+                raise ValueError(
+                    f"GraspValueConfig.{name}: must be an integer >= {0 if name == 'seed' else 1}, "
+                    f"got {v!r}"
+                )
         lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= 1:
-            raise ValueError(f"GraspValueConfig.learning_rate: must be a number in (0, 1], got {lr!r}")
+        if (
+            isinstance(lr, bool)
+            or not isinstance(lr, (int, float))
+            or not math.isfinite(lr)
+            or not 0 < lr <= 1
+        ):
+            raise ValueError(
+                f"GraspValueConfig.learning_rate: must be a number in (0, 1], got {lr!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,16 +85,24 @@ def grasp_rows(transitions: Transitions) -> np.ndarray:
     return np.flatnonzero(np.asarray(transitions.done, dtype=bool))
 
 
-def train_classifier(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], steps: int,
-                     learning_rate: float = 1e-3, progress: ProgressFn | None = None) -> torch.nn.Module:
+def train_classifier(
+    net: torch.nn.Module,
+    batch_loss: Callable[[], torch.Tensor],
+    steps: int,
+    learning_rate: float = 1e-3,
+    progress: ProgressFn | None = None,
+) -> torch.nn.Module:
     """``steps`` Adam steps on ``batch_loss()`` (the loss of a fresh batch). ``progress(step,
-    {"loss": ...})`` is called after every step. Returns ``net`` in eval mode."""
+    {"loss": ...})`` is called after every step. Returns ``net`` in eval mode.
+    """
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
     for step in range(1, steps + 1):
         loss = batch_loss()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"grasp-value loss is {loss.item()} at step {step} (NaN/inf in the data?)")
+            raise FloatingPointError(
+                f"grasp-value loss is {loss.item()} at step {step} (NaN/inf in the data?)"
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -93,14 +111,20 @@ def train_classifier(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor
     return net.eval()
 
 
-def fit_grasp_values(model: QNetwork, transitions: Transitions, config: GraspValueConfig | None = None,
-                     progress: ProgressFn | None = None, device: torch.device | str | None = None) -> QNetwork:
+def fit_grasp_values(
+    model: QNetwork,
+    transitions: Transitions,
+    config: GraspValueConfig | None = None,
+    progress: ProgressFn | None = None,
+    device: torch.device | str | None = None,
+) -> QNetwork:
     """Train ``model`` (in place, and returned) as a classifier of the grasps' outcomes in
     ``transitions``: binary cross-entropy of Q(image, state, recorded action) against
     ``reward > 0`` on every episode's final row. Actions are put in the canonical form QT-Opt
     scores (nsl_policy.action_space.canonical_actions). Raises ValueError when the data holds no
     grasps, or only successes or only failures (nothing to tell apart). ``device``: CUDA when
-    present unless given."""
+    present unless given.
+    """
     from nsl_policy.action_space import canonical_actions
     from nsl_policy.image import resize_batch, to_tensor
     from nsl_policy.model import default_device
@@ -112,19 +136,25 @@ def fit_grasp_values(model: QNetwork, transitions: Transitions, config: GraspVal
     label = torch.as_tensor(np.asarray(transitions.reward, dtype=np.float32)[final] > 0).float()
     successes = int(label.sum())
     if successes in (0, len(final)):
-        raise ValueError(f"the {len(final)} grasps are all {'successes' if successes else 'failures'}: "
-                         "the grasp values need both outcomes")
+        raise ValueError(
+            f"the {len(final)} grasps are all {'successes' if successes else 'failures'}: "
+            "the grasp values need both outcomes"
+        )
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     images = resize_batch(np.asarray(transitions.image)[final], model.config.image_size)
     state = torch.as_tensor(np.asarray(transitions.state, dtype=np.float32)[final])
-    action = canonical_actions(torch.as_tensor(np.asarray(transitions.action, dtype=np.float32)[final]))
+    action = canonical_actions(
+        torch.as_tensor(np.asarray(transitions.action, dtype=np.float32)[final])
+    )
     rng = np.random.default_rng(config.seed)
 
     def batch_loss() -> torch.Tensor:
         b = rng.integers(0, len(final), config.batch_size)
         return torch.nn.functional.binary_cross_entropy_with_logits(
-            model(to_tensor(images[b]).to(device), state[b].to(device), action[b].to(device)), label[b].to(device))
+            model(to_tensor(images[b]).to(device), state[b].to(device), action[b].to(device)),
+            label[b].to(device),
+        )
 
     return train_classifier(model, batch_loss, config.steps, config.learning_rate, progress)
 
@@ -144,6 +174,8 @@ def log_every(steps: int, log: Callable[[str], None], label: str = "grasp values
 
     def progress(step: int, m: dict) -> None:
         if step % every == 0 or step == steps:
-            log(f"{label}: step {step}/{steps}, loss {m['loss']:.3f} ({time.monotonic() - t0:.0f} s)")
+            log(
+                f"{label}: step {step}/{steps}, loss {m['loss']:.3f} ({time.monotonic() - t0:.0f} s)"
+            )
 
     return progress

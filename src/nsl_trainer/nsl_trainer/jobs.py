@@ -6,6 +6,7 @@ Messages sent on the connection (dicts): {"event": "progress", "step", "total_st
 {"event": "failed", "message"}. Setting the job's cancel event makes the worker save its state
 and stop before the next gradient step (the node terminates it if it does not stop in time).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,25 +53,55 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
 
     def progress(step: int, metrics: dict) -> None:
         if step % every == 0 or step == job.steps:
-            conn.send({"event": "progress", "step": int(step), "total_steps": job.steps,
-                       "loss": float(metrics.get("loss", math.nan)), "metrics": dict(metrics)})
+            conn.send(
+                {
+                    "event": "progress",
+                    "step": int(step),
+                    "total_steps": job.steps,
+                    "loss": float(metrics.get("loss", math.nan)),
+                    "metrics": dict(metrics),
+                }
+            )
 
     try:
         result = train(
             "finetune" if job.init_checkpoint else "scratch",
-            job.base_datasets, job.target_datasets, job.steps,
-            output_path=job.output_path, init_checkpoint=job.init_checkpoint or None,
-            learning_rate=job.learning_rate, target_fraction=job.target_fraction, progress=progress,
-            seed=job.seed, config=QTOptConfig(batch_size=job.batch_size, seed=job.seed, policy_weights=job.policy_weights),
-            device=None if job.device == "auto" else job.device, run_dir=job.run_dir or None,
-            checkpoint_every=job.checkpoint_every, num_threads=job.num_threads or None,
-            should_stop=(cancel.is_set if cancel is not None else None))
-        conn.send({"event": "succeeded", "checkpoint_path": str(Path(result.checkpoint_path).resolve()),
-                   "checkpoint_id": result.checkpoint_id, "parent_id": result.parent or ""})
+            job.base_datasets,
+            job.target_datasets,
+            job.steps,
+            output_path=job.output_path,
+            init_checkpoint=job.init_checkpoint or None,
+            learning_rate=job.learning_rate,
+            target_fraction=job.target_fraction,
+            progress=progress,
+            seed=job.seed,
+            config=QTOptConfig(
+                batch_size=job.batch_size, seed=job.seed, policy_weights=job.policy_weights
+            ),
+            device=None if job.device == "auto" else job.device,
+            run_dir=job.run_dir or None,
+            checkpoint_every=job.checkpoint_every,
+            num_threads=job.num_threads or None,
+            should_stop=(cancel.is_set if cancel is not None else None),
+        )
+        conn.send(
+            {
+                "event": "succeeded",
+                "checkpoint_path": str(Path(result.checkpoint_path).resolve()),
+                "checkpoint_id": result.checkpoint_id,
+                "parent_id": result.parent or "",
+            }
+        )
     except Cancelled as exc:
         conn.send({"event": "cancelled", "step": exc.step, "message": str(exc)})
     except BaseException as exc:  # report every failure to the node, then exit non-zero
-        conn.send({"event": "failed", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        conn.send(
+            {
+                "event": "failed",
+                "message": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        )
         raise SystemExit(1)
     finally:
         conn.close()
@@ -78,11 +109,14 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
 
 def start_job(job: FineTuneJob):
     """Start ``job`` in a fresh (spawned) worker process; returns (process, receiving end, cancel
-    event)."""
+    event).
+    """
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     cancel = ctx.Event()
-    proc = ctx.Process(target=run_job, args=(job, child_conn, cancel), name=f"finetune-{job.job_id}", daemon=True)
+    proc = ctx.Process(
+        target=run_job, args=(job, child_conn, cancel), name=f"finetune-{job.job_id}", daemon=True
+    )
     proc.start()
     child_conn.close()
     return proc, parent_conn, cancel

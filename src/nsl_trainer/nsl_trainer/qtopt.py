@@ -35,6 +35,7 @@ Training state (``save_state``/``load_state``): online network, both target netw
 moments and step counts, the step counter and sample counts, in one safetensors file whose
 header holds the JSON metadata. Loading never unpickles anything.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,18 @@ LOCATION_HIDDEN = 64
 
 STATE_FORMAT = "nsl-qtopt-state"
 STATE_VERSION = 1
-METRIC_KEYS = ("loss", "mean_q", "q_std", "q_min", "q_max", "mean_target", "td_error", "td_error_max",
-               "grad_norm", "batch_target_fraction")
+METRIC_KEYS = (
+    "loss",
+    "mean_q",
+    "q_std",
+    "q_min",
+    "q_max",
+    "mean_target",
+    "td_error",
+    "td_error_max",
+    "grad_norm",
+    "batch_target_fraction",
+)
 """Per-step metrics returned by ``QTOptTrainer.train_step`` (floats)."""
 
 
@@ -107,7 +118,9 @@ class QTOptConfig:
     target_samples uniform actions)."""
     target_samples: int = 64
     """Uniform samples per next state when target_action == "random"."""
-    target_cem: CEMConfig = field(default_factory=lambda: CEMConfig(population=16, elites=4, iterations=2))
+    target_cem: CEMConfig = field(
+        default_factory=lambda: CEMConfig(population=16, elites=4, iterations=2)
+    )
     """CEM for the Bellman target. QT-Opt uses 64 x 2 on dedicated Bellman-updater machines; the
     default here is 16 x 2 so a CPU step stays fast. Set CEMConfig() for the paper's values."""
     augment: bool = True
@@ -182,28 +195,60 @@ class QTOptConfig:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         check("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "a positive integer")
-        check("learning_rate", is_num(self.learning_rate) and self.learning_rate > 0, "a positive number")
-        check("finetune_lr_scale", is_num(self.finetune_lr_scale) and self.finetune_lr_scale > 0, "a positive number")
+        check(
+            "learning_rate",
+            is_num(self.learning_rate) and self.learning_rate > 0,
+            "a positive number",
+        )
+        check(
+            "finetune_lr_scale",
+            is_num(self.finetune_lr_scale) and self.finetune_lr_scale > 0,
+            "a positive number",
+        )
         check("discount", is_num(self.discount) and 0 <= self.discount < 1, "in [0, 1)")
         check("polyak", is_num(self.polyak) and 0 <= self.polyak < 1, "in [0, 1)")
-        check("target2_lag", is_int(self.target2_lag) and self.target2_lag >= 1, "a positive integer")
+        check(
+            "target2_lag", is_int(self.target2_lag) and self.target2_lag >= 1, "a positive integer"
+        )
         check("target_action", self.target_action in ("cem", "random"), '"cem" or "random"')
-        check("target_samples", is_int(self.target_samples) and self.target_samples >= 1, "a positive integer")
+        check(
+            "target_samples",
+            is_int(self.target_samples) and self.target_samples >= 1,
+            "a positive integer",
+        )
         check("target_cem", isinstance(self.target_cem, CEMConfig), "a CEMConfig")
         check("augment", isinstance(self.augment, bool), "a bool")
-        check("crop_pad", is_int(self.crop_pad) and 0 <= self.crop_pad <= 64, "an integer in [0, 64]")
+        check(
+            "crop_pad", is_int(self.crop_pad) and 0 <= self.crop_pad <= 64, "an integer in [0, 64]"
+        )
         check("brightness", is_num(self.brightness) and 0 <= self.brightness <= 1, "in [0, 1]")
         check("contrast", is_num(self.contrast) and 0 <= self.contrast < 1, "in [0, 1)")
         check("mc_lower_bound", isinstance(self.mc_lower_bound, bool), "a bool")
         check("mc_mix", is_num(self.mc_mix) and 0 <= self.mc_mix <= 1, "in [0, 1]")
-        check("conservative_weight", is_num(self.conservative_weight) and self.conservative_weight >= 0,
-              "a number >= 0")
-        check("conservative_samples", is_int(self.conservative_samples) and self.conservative_samples >= 1,
-              "a positive integer")
-        check("grasp_fraction", is_num(self.grasp_fraction) and 0 <= self.grasp_fraction <= 1, "in [0, 1]")
+        check(
+            "conservative_weight",
+            is_num(self.conservative_weight) and self.conservative_weight >= 0,
+            "a number >= 0",
+        )
+        check(
+            "conservative_samples",
+            is_int(self.conservative_samples) and self.conservative_samples >= 1,
+            "a positive integer",
+        )
+        check(
+            "grasp_fraction",
+            is_num(self.grasp_fraction) and 0 <= self.grasp_fraction <= 1,
+            "in [0, 1]",
+        )
         check("grad_clip", is_num(self.grad_clip) and self.grad_clip >= 0, "a number >= 0")
-        check("policy_weights", self.policy_weights in ("online", "polyak"), '"online" or "polyak"')
-        check("location_weight", is_num(self.location_weight) and self.location_weight >= 0, "a number >= 0")
+        check(
+            "policy_weights", self.policy_weights in ("online", "polyak"), '"online" or "polyak"'
+        )
+        check(
+            "location_weight",
+            is_num(self.location_weight) and self.location_weight >= 0,
+            "a number >= 0",
+        )
         check("seed", is_int(self.seed), "an integer")
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,11 +266,17 @@ class QTOptConfig:
         return cls(**data)
 
 
-def td_target(reward: torch.Tensor, done: torch.Tensor, next_logit1: torch.Tensor, next_logit2: torch.Tensor,
-              discount: float) -> torch.Tensor:
+def td_target(
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    next_logit1: torch.Tensor,
+    next_logit2: torch.Tensor,
+    discount: float,
+) -> torch.Tensor:
     """Clipped double-Q Bellman target in probability space:
     y = r + discount * (1 - done) * min(sigmoid(l1), sigmoid(l2)), clamped to [0, 1] (the
-    cross-entropy needs a probability; with QT-Opt's 0/1 terminal reward it already is one)."""
+    cross-entropy needs a probability; with QT-Opt's 0/1 terminal reward it already is one).
+    """
     not_done = 1.0 - done.to(reward.dtype)
     next_q = torch.minimum(torch.sigmoid(next_logit1), torch.sigmoid(next_logit2))
     return (reward + discount * not_done * next_q).clamp(0.0, 1.0)
@@ -233,7 +284,8 @@ def td_target(reward: torch.Tensor, done: torch.Tensor, next_logit1: torch.Tenso
 
 class LocationHead(torch.nn.Module):
     """The auxiliary location head: trunk features (flattened) ++ gripper state -> MLP -> the
-    (2,) offset to the nearest object in units of LOCATION_SCALE."""
+    (2,) offset to the nearest object in units of LOCATION_SCALE.
+    """
 
     def __init__(self, model: QNetwork) -> None:
         super().__init__()
@@ -241,10 +293,17 @@ class LocationHead(torch.nn.Module):
         was_training = model.training
         with torch.no_grad():  # the feature size of this architecture
             model.eval()
-            n = model.encode(torch.zeros(1, 3, s, s, device=next(model.parameters()).device)).flatten(1).shape[1]
+            n = (
+                model.encode(torch.zeros(1, 3, s, s, device=next(model.parameters()).device))
+                .flatten(1)
+                .shape[1]
+            )
             model.train(was_training)
-        self.net = torch.nn.Sequential(torch.nn.Linear(n + STATE_DIM, LOCATION_HIDDEN), torch.nn.ReLU(),
-                                       torch.nn.Linear(LOCATION_HIDDEN, 2))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(n + STATE_DIM, LOCATION_HIDDEN),
+            torch.nn.ReLU(),
+            torch.nn.Linear(LOCATION_HIDDEN, 2),
+        )
 
     def forward(self, features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([features.flatten(1), state.to(features.dtype)], dim=1))
@@ -252,10 +311,18 @@ class LocationHead(torch.nn.Module):
 
 class _Data:
     """Base and target transitions on the training device, images at network size (uint8 NHWC).
-    Rows [0, n_base) are base data, [n_base, n_base + n_target) target data."""
+    Rows [0, n_base) are base data, [n_base, n_base + n_target) target data.
+    """
 
-    def __init__(self, base: Transitions | None, target: Transitions | None, image_size: int, device: torch.device,
-                 crop_pad: int = 0, location: bool = False):
+    def __init__(
+        self,
+        base: Transitions | None,
+        target: Transitions | None,
+        image_size: int,
+        device: torch.device,
+        crop_pad: int = 0,
+        location: bool = False,
+    ):
         parts = [p for p in (base, target) if p is not None and len(p)]
         if not parts:
             raise ValueError("no transitions to train on")
@@ -266,17 +333,36 @@ class _Data:
             next_index.append(np.asarray(p.next_index, dtype=np.int64) + offset)
             offset += len(p)
         dev = device
-        images = torch.as_tensor(np.concatenate([resize_batch(np.asarray(p.image, dtype=np.uint8), image_size) for p in parts])).to(dev)
+        images = torch.as_tensor(
+            np.concatenate(
+                [resize_batch(np.asarray(p.image, dtype=np.uint8), image_size) for p in parts]
+            )
+        ).to(dev)
         # Random-shift augmentation crops from images edge-padded once here, not every batch.
         self.crop_pad = crop_pad
         self.padded = edge_pad(images, crop_pad) if crop_pad > 0 else images
-        self.image = self.padded[:, crop_pad:crop_pad + image_size, crop_pad:crop_pad + image_size]
-        self.state = torch.as_tensor(np.concatenate([np.asarray(p.state, dtype=np.float32).reshape(-1, STATE_DIM) for p in parts])).to(dev)
+        self.image = self.padded[
+            :, crop_pad : crop_pad + image_size, crop_pad : crop_pad + image_size
+        ]
+        self.state = torch.as_tensor(
+            np.concatenate(
+                [np.asarray(p.state, dtype=np.float32).reshape(-1, STATE_DIM) for p in parts]
+            )
+        ).to(dev)
         # Canonical form (close = +1 when terminating), as CEM scores them.
-        self.action = canonical_actions(torch.as_tensor(np.concatenate(
-            [np.asarray(p.action, dtype=np.float32).reshape(-1, ACTION_DIM) for p in parts]))).to(dev)
-        self.reward = torch.as_tensor(np.concatenate([np.asarray(p.reward, dtype=np.float32).reshape(-1) for p in parts])).to(dev)
-        self.done = torch.as_tensor(np.concatenate([np.asarray(p.done, dtype=bool).reshape(-1) for p in parts])).to(dev)
+        self.action = canonical_actions(
+            torch.as_tensor(
+                np.concatenate(
+                    [np.asarray(p.action, dtype=np.float32).reshape(-1, ACTION_DIM) for p in parts]
+                )
+            )
+        ).to(dev)
+        self.reward = torch.as_tensor(
+            np.concatenate([np.asarray(p.reward, dtype=np.float32).reshape(-1) for p in parts])
+        ).to(dev)
+        self.done = torch.as_tensor(
+            np.concatenate([np.asarray(p.done, dtype=bool).reshape(-1) for p in parts])
+        ).to(dev)
         self.next_index = torch.as_tensor(np.concatenate(next_index)).to(dev)
         for name in ("state", "action", "reward"):
             if not bool(torch.isfinite(getattr(self, name)).all()):
@@ -284,14 +370,21 @@ class _Data:
         self.location: torch.Tensor | None = None
         """(N, 2) location labels in units of LOCATION_SCALE (only when asked for)."""
         if location:
-            unlabelled = [name for name, p in (("base", base), ("target", target))
-                          if p is not None and len(p) and p.location is None]
+            unlabelled = [
+                name
+                for name, p in (("base", base), ("target", target))
+                if p is not None and len(p) and p.location is None
+            ]
             if unlabelled:
-                raise ValueError(f"QTOptConfig.location_weight > 0 needs location labels (Transitions.location) for "
-                                 f"every transition; the {' and '.join(unlabelled)} data have none. Labels come "
-                                 "from the simulator (nsl_bringup.experiment.stages.location_labels); for robot "
-                                 "data set location_weight to 0")
-            self.location = torch.as_tensor(np.concatenate([p.location for p in parts]) / LOCATION_SCALE).to(dev)
+                raise ValueError(
+                    f"QTOptConfig.location_weight > 0 needs location labels (Transitions.location) for "
+                    f"every transition; the {' and '.join(unlabelled)} data have none. Labels come "
+                    "from the simulator (nsl_bringup.experiment.stages.location_labels); for robot "
+                    "data set location_weight to 0"
+                )
+            self.location = torch.as_tensor(
+                np.concatenate([p.location for p in parts]) / LOCATION_SCALE
+            ).to(dev)
         self._mc_return: torch.Tensor | None = None
         final = self.done.nonzero(as_tuple=True)[0].cpu()
         self.final_rows = (final[final < self.n_base], final[final >= self.n_base])
@@ -311,12 +404,18 @@ class _Data:
             self._mc_return = g.clamp_(0.0, 1.0)
         return self._mc_return
 
-    def augmented(self, rows: torch.Tensor, config: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
+    def augmented(
+        self, rows: torch.Tensor, config: QTOptConfig, generator: torch.Generator
+    ) -> torch.Tensor:
         """``augment_images(self.image[rows], config, generator)``, cropping from the stored padding."""
         if not (config.augment and config.crop_pad > 0 and config.crop_pad == self.crop_pad):
             return augment_images(self.image[rows], config, generator)
         h, w = self.image.shape[1:3]
-        return photometric(random_crops(self.padded, rows.tolist(), h, w, self.crop_pad, generator), config, generator)
+        return photometric(
+            random_crops(self.padded, rows.tolist(), h, w, self.crop_pad, generator),
+            config,
+            generator,
+        )
 
 
 def edge_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
@@ -327,16 +426,21 @@ def edge_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
     return images.index_select(1, rows).index_select(2, cols)
 
 
-def random_crops(padded: torch.Tensor, rows: list[int], h: int, w: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+def random_crops(
+    padded: torch.Tensor, rows: list[int], h: int, w: int, pad: int, generator: torch.Generator
+) -> torch.Tensor:
     """One random (h, w) window per listed row of ``padded``: a shift of up to ``pad`` pixels."""
     dy = torch.randint(0, 2 * pad + 1, (len(rows),), generator=generator).tolist()
     dx = torch.randint(0, 2 * pad + 1, (len(rows),), generator=generator).tolist()
-    return torch.stack([padded[r, y:y + h, x:x + w] for r, y, x in zip(rows, dy, dx)])
+    return torch.stack([padded[r, y : y + h, x : x + w] for r, y, x in zip(rows, dy, dx)])
 
 
-def photometric(images: torch.Tensor, config: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
+def photometric(
+    images: torch.Tensor, config: QTOptConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Float channels_last images in [0, 1] from uint8 (B, H, W, 3), with the brightness and
-    contrast jitter of ``config``."""
+    contrast jitter of ``config``.
+    """
     b = images.shape[0]
     dev = images.device
     x = images.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0)  # channels_last memory
@@ -348,21 +452,31 @@ def photometric(images: torch.Tensor, config: QTOptConfig, generator: torch.Gene
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def augment_images(images: torch.Tensor, config: QTOptConfig, generator: torch.Generator) -> torch.Tensor:
+def augment_images(
+    images: torch.Tensor, config: QTOptConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Float (B, 3, H, W) channels_last images in [0, 1] from uint8 (B, H, W, 3), with the random
     shift (a crop of the edge-replicated, ``crop_pad``-padded image) and brightness/contrast jitter
     of ``config`` (none when ``config.augment`` is False). Random numbers come from ``generator``
-    (CPU)."""
+    (CPU).
+    """
     if config.augment and config.crop_pad > 0:
         b, h, w, _ = images.shape
-        images = random_crops(edge_pad(images, config.crop_pad), list(range(b)), h, w, config.crop_pad, generator)
+        images = random_crops(
+            edge_pad(images, config.crop_pad), list(range(b)), h, w, config.crop_pad, generator
+        )
     return photometric(images, config, generator)
 
 
 class QTOptTrainer:
     """Offline QT-Opt on fixed data sets. ``model`` is trained in place."""
 
-    def __init__(self, model: QNetwork, config: QTOptConfig | None = None, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model: QNetwork,
+        config: QTOptConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         self.config = config or QTOptConfig()
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(device=self.device, memory_format=torch.channels_last).train()
@@ -370,14 +484,23 @@ class QTOptTrainer:
         self.ddp: torch.nn.Module | None = None
         if self.world_size > 1:
             if self.config.conservative_weight > 0:  # its trunk pass bypasses DDP's gradient hooks
-                raise ValueError("QTOptConfig.conservative_weight > 0 is not supported with several processes "
-                                 "(DistributedDataParallel); train in one process or set it to 0")
+                raise ValueError(
+                    "QTOptConfig.conservative_weight > 0 is not supported with several processes "
+                    "(DistributedDataParallel); train in one process or set it to 0"
+                )
             # DDP broadcasts rank 0's weights here and averages gradients in backward(); the
             # target networks are copied afterwards, so every rank starts from the same ones.
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
-                if self.device.type == "cuda" else None
+            ids = (
+                [
+                    self.device.index
+                    if self.device.index is not None
+                    else torch.cuda.current_device()
+                ]
+                if self.device.type == "cuda"
+                else None
+            )
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         self.target1 = self._frozen_copy(self.model)
         self.target2 = self._frozen_copy(self.model)
@@ -386,17 +509,25 @@ class QTOptTrainer:
         """The auxiliary location head (``location_weight`` > 0), trained by the same optimiser."""
         if self.config.location_weight > 0:
             if self.world_size > 1:  # the head's trunk pass would bypass DDP's gradient averaging
-                raise ValueError("QTOptConfig.location_weight > 0 is not supported with several processes "
-                                 "(DistributedDataParallel); train in one process or set it to 0")
+                raise ValueError(
+                    "QTOptConfig.location_weight > 0 is not supported with several processes "
+                    "(DistributedDataParallel); train in one process or set it to 0"
+                )
             if self.config.conservative_weight > 0:
-                raise ValueError("QTOptConfig.location_weight and conservative_weight cannot both be > 0 (not "
-                                 "implemented together)")
-            with torch.random.fork_rng(devices=[]):  # the network's own init stays as without the head
+                raise ValueError(
+                    "QTOptConfig.location_weight and conservative_weight cannot both be > 0 (not "
+                    "implemented together)"
+                )
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # the network's own init stays as without the head
                 torch.manual_seed(stream_seed(self.config.seed, self.rank, 0, 2))
                 self.location_head = LocationHead(self.model).to(self.device)
             self.optimizer.add_param_group({"params": list(self.location_head.parameters())})
         self._gen = torch.Generator().manual_seed(self.config.seed)  # CPU: batches, augmentation
-        self._dev_gen = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)  # target search
+        self._dev_gen = torch.Generator(device=self.device).manual_seed(
+            self.config.seed + 1
+        )  # target search
         self.step_count = 0
         self.samples_base = 0
         self.samples_target = 0
@@ -427,9 +558,12 @@ class QTOptTrainer:
             g["lr"] = float(lr)
 
     # --- pieces of one step (public so tests can check them one by one) -------------------
-    def sample_indices(self, n_base: int, n_target: int, target_fraction: float, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_indices(
+        self, n_base: int, n_target: int, target_fraction: float, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of the combined set (base rows first): each element is a target row with
-        probability ``target_fraction``. Returns (indices (B,) int64, from_target (B,) bool)."""
+        probability ``target_fraction``. Returns (indices (B,) int64, from_target (B,) bool).
+        """
         if n_target == 0:
             from_target = torch.zeros(batch_size, dtype=torch.bool)
         elif n_base == 0:
@@ -437,12 +571,17 @@ class QTOptTrainer:
         else:
             from_target = torch.rand(batch_size, generator=self._gen) < target_fraction
         base_idx = torch.randint(0, max(n_base, 1), (batch_size,), generator=self._gen)
-        target_idx = n_base + torch.randint(0, max(n_target, 1), (batch_size,), generator=self._gen)
+        target_idx = n_base + torch.randint(
+            0, max(n_target, 1), (batch_size,), generator=self._gen
+        )
         return torch.where(from_target, target_idx, base_idx), from_target
 
-    def with_grasps(self, idx: torch.Tensor, from_target: torch.Tensor, data: "_Data") -> torch.Tensor:
+    def with_grasps(
+        self, idx: torch.Tensor, from_target: torch.Tensor, data: "_Data"
+    ) -> torch.Tensor:
         """``idx`` with each row, with probability ``grasp_fraction``, replaced by a random
-        episode-final row of the same part (base or target)."""
+        episode-final row of the same part (base or target).
+        """
         frac = self.config.grasp_fraction
         if frac <= 0:
             return idx
@@ -451,44 +590,88 @@ class QTOptTrainer:
         for part, rows in ((~from_target, data.final_rows[0]), (from_target, data.final_rows[1])):
             pick = swap & part
             if len(rows) and bool(pick.any()):
-                out[pick] = rows[torch.randint(0, len(rows), (int(pick.sum()),), generator=self._gen)]
+                out[pick] = rows[
+                    torch.randint(0, len(rows), (int(pick.sum()),), generator=self._gen)
+                ]
         return out
 
     @torch.no_grad()
-    def target_action(self, next_images: torch.Tensor, next_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_action(
+        self, next_images: torch.Tensor, next_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """a* = argmax_a Q_targ1(s', a) and its target-1 logit, ((B, 6), (B,))."""
         net = self.target1
         feats = net.encode(next_images)
         b = next_images.shape[0]
         if self.config.target_action == "cem":
-            return cem_maximize(lambda a: net.score(feats, next_state, a), b, ACTION_DIM, self.config.target_cem,
-                                generator=self._dev_gen, device=self.device, project=policy_actions)
-        actions = torch.rand(b, self.config.target_samples, ACTION_DIM, generator=self._dev_gen, device=self.device) * 2 - 1
+            return cem_maximize(
+                lambda a: net.score(feats, next_state, a),
+                b,
+                ACTION_DIM,
+                self.config.target_cem,
+                generator=self._dev_gen,
+                device=self.device,
+                project=policy_actions,
+            )
+        actions = (
+            torch.rand(
+                b,
+                self.config.target_samples,
+                ACTION_DIM,
+                generator=self._dev_gen,
+                device=self.device,
+            )
+            * 2
+            - 1
+        )
         actions = policy_actions(actions)
         logits = net.score(feats, next_state, actions)
         best, idx = logits.max(dim=1)
         return actions[torch.arange(b, device=self.device), idx], best
 
-    def conservative_logits(self, images: torch.Tensor, state: torch.Tensor,
-                            action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def conservative_logits(
+        self, images: torch.Tensor, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of the data actions (B,), the CQL(H) term): one trunk pass scores the data
-        action, ``conservative_samples`` uniform actions and the online CEM argmax per state."""
+        action, ``conservative_samples`` uniform actions and the online CEM argmax per state.
+        """
         cfg, b = self.config, images.shape[0]
         feats = self.model.encode(images)
         with torch.no_grad():  # the sampled actions are constants of the loss
-            greedy, _ = cem_maximize(lambda a: self.model.score(feats, state, a), b, ACTION_DIM, cfg.target_cem,
-                                     generator=self._dev_gen, device=self.device, project=policy_actions)
-            uniform = policy_actions(torch.rand(b, cfg.conservative_samples, ACTION_DIM, generator=self._dev_gen,
-                                                device=self.device) * 2 - 1)
+            greedy, _ = cem_maximize(
+                lambda a: self.model.score(feats, state, a),
+                b,
+                ACTION_DIM,
+                cfg.target_cem,
+                generator=self._dev_gen,
+                device=self.device,
+                project=policy_actions,
+            )
+            uniform = policy_actions(
+                torch.rand(
+                    b,
+                    cfg.conservative_samples,
+                    ACTION_DIM,
+                    generator=self._dev_gen,
+                    device=self.device,
+                )
+                * 2
+                - 1
+            )
         actions = torch.cat([action.unsqueeze(1), greedy.unsqueeze(1), uniform], dim=1)
         all_logits = self.model.score(feats, state, actions)
         logits = all_logits[:, 0]
         return logits, (torch.logsumexp(all_logits, dim=1) - logits).mean()
 
     @torch.no_grad()
-    def bellman_target(self, reward: torch.Tensor, done: torch.Tensor, next_images: torch.Tensor,
-                       next_state: torch.Tensor) -> torch.Tensor:
-        """y for a batch; next states are only evaluated where the episode goes on."""
+    def bellman_target(
+        self,
+        reward: torch.Tensor,
+        done: torch.Tensor,
+        next_images: torch.Tensor,
+        next_state: torch.Tensor,
+    ) -> torch.Tensor:
+        """Y for a batch; next states are only evaluated where the episode goes on."""
         y = reward.clone().clamp_(0.0, 1.0)
         live = (~done).nonzero(as_tuple=True)[0]
         if live.numel() == 0:
@@ -517,7 +700,9 @@ class QTOptTrainer:
         """One QT-Opt update (see the module doc); returns the METRIC_KEYS of this batch."""
         cfg = self.config
         self.seed_step()
-        idx, from_target = self.sample_indices(data.n_base, data.n_target, target_fraction, cfg.batch_size)
+        idx, from_target = self.sample_indices(
+            data.n_base, data.n_target, target_fraction, cfg.batch_size
+        )
         idx = self.with_grasps(idx, from_target, data)
         self.last_batch = (idx, from_target)
         idx = idx.to(self.device)
@@ -527,7 +712,7 @@ class QTOptTrainer:
             images = next_images = data.augmented(idx, cfg, self._gen)
         else:  # s and s' in one batch: half the per-call cost
             both = data.augmented(torch.cat([idx, nidx]), cfg, self._gen)
-            images, next_images = both[:len(idx)], both[len(idx):]
+            images, next_images = both[: len(idx)], both[len(idx) :]
         y = self.bellman_target(reward, done, next_images, data.state[nidx])
         if cfg.mc_lower_bound or cfg.mc_mix > 0:
             episode_return = data.mc_return(cfg.discount)[idx]
@@ -537,29 +722,43 @@ class QTOptTrainer:
                 y = torch.lerp(y, episode_return, cfg.mc_mix)
         location_loss = None
         if cfg.conservative_weight > 0:
-            logits, conservative = self.conservative_logits(images, data.state[idx], data.action[idx])
-            loss = F.binary_cross_entropy_with_logits(logits, y) + cfg.conservative_weight * conservative
+            logits, conservative = self.conservative_logits(
+                images, data.state[idx], data.action[idx]
+            )
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, y)
+                + cfg.conservative_weight * conservative
+            )
         elif self.location_head is not None:
             if data.location is None:
                 raise ValueError("location_weight > 0: train on data built with location labels")
             feats = self.model.encode(images)  # one trunk pass for both losses
-            logits = self.model.score(feats, data.state[idx], data.action[idx].unsqueeze(1)).squeeze(1)
-            location_loss = F.smooth_l1_loss(self.location_head(feats, data.state[idx]), data.location[idx])
-            loss = F.binary_cross_entropy_with_logits(logits, y) + cfg.location_weight * location_loss
+            logits = self.model.score(
+                feats, data.state[idx], data.action[idx].unsqueeze(1)
+            ).squeeze(1)
+            location_loss = F.smooth_l1_loss(
+                self.location_head(feats, data.state[idx]), data.location[idx]
+            )
+            loss = (
+                F.binary_cross_entropy_with_logits(logits, y) + cfg.location_weight * location_loss
+            )
         else:
             logits = (self.ddp or self.model)(images, data.state[idx], data.action[idx])
             loss = F.binary_cross_entropy_with_logits(logits, y)
         if self.aux_loss is not None:
             loss = loss + self.aux_loss(images, idx)
         if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"QT-Opt loss became non-finite at step {self.step_count + 1}")
+            raise FloatingPointError(
+                f"QT-Opt loss became non-finite at step {self.step_count + 1}"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters()
-                                                              if p.grad is not None]))
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in self.model.parameters() if p.grad is not None])
+            )
         self.optimizer.step()
         self.step_count += 1
         self.update_targets()
@@ -570,8 +769,20 @@ class QTOptTrainer:
             q = torch.sigmoid(logits)
             td = (q - y).abs()
             extra = [location_loss.detach()] if location_loss is not None else []
-            stats = torch.stack([loss.detach(), q.mean(), q.std(unbiased=False), q.min(), q.max(), y.mean(),
-                                 td.mean(), td.max(), grad_norm.detach().float(), *extra]).tolist()  # one device sync
+            stats = torch.stack(
+                [
+                    loss.detach(),
+                    q.mean(),
+                    q.std(unbiased=False),
+                    q.min(),
+                    q.max(),
+                    y.mean(),
+                    td.mean(),
+                    td.max(),
+                    grad_norm.detach().float(),
+                    *extra,
+                ]
+            ).tolist()  # one device sync
         out = dict(zip(METRIC_KEYS, stats))
         out["batch_target_fraction"] = n_t / cfg.batch_size
         if location_loss is not None:
@@ -581,7 +792,9 @@ class QTOptTrainer:
     # --- training state ---------------------------------------------------------------------
     def _state_modules(self) -> list[tuple[str, torch.nn.Module]]:
         mods = [("model.", self.model), ("target1.", self.target1), ("target2.", self.target2)]
-        return mods + ([("location_head.", self.location_head)] if self.location_head is not None else [])
+        return mods + (
+            [("location_head.", self.location_head)] if self.location_head is not None else []
+        )
 
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything a resumed run needs: (tensors for safetensors, JSON-able metadata)."""
@@ -595,28 +808,40 @@ class QTOptTrainer:
                 if not torch.is_tensor(v):
                     v = torch.tensor(v)
                 tensors[f"optim.{pid}.{k}"] = v.detach().to("cpu").contiguous()
-        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
+        groups = [
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+            for g in opt["param_groups"]
+        ]
         meta = {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "step": self.step_count,
-            "samples_base": self.samples_base, "samples_target": self.samples_target,
-            "qtopt_config": self.config.to_dict(), "model_config": self.model.config.to_dict(),
-            "optimizer_param_groups": groups, "rng": "counter-based: stream_seed(seed, rank, step)",
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": self.step_count,
+            "samples_base": self.samples_base,
+            "samples_target": self.samples_target,
+            "qtopt_config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "optimizer_param_groups": groups,
+            "rng": "counter-based: stream_seed(seed, rank, step)",
         }
         return tensors, meta
 
     def save_state(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
         """Write the training state to ``path`` atomically (safetensors; ``extra`` goes into the
-        JSON metadata under "extra")."""
+        JSON metadata under "extra").
+        """
         from safetensors.torch import save as st_save
 
         tensors, meta = self.state_tensors()
         meta["extra"] = extra or {}
-        blob = st_save(tensors, metadata={"nsl_format": STATE_FORMAT, "state": json.dumps(meta, default=str)})
+        blob = st_save(
+            tensors, metadata={"nsl_format": STATE_FORMAT, "state": json.dumps(meta, default=str)}
+        )
         atomic_write(path, blob)
 
     def load_state(self, path: str | os.PathLike) -> dict[str, Any]:
         """Restore a state written by ``save_state`` into this trainer (same network and QT-Opt
-        config required); returns the "extra" metadata. Raises ValueError naming the problem."""
+        config required); returns the "extra" metadata. Raises ValueError naming the problem.
+        """
         from safetensors import safe_open
 
         path = os.fspath(path)
@@ -627,19 +852,31 @@ class QTOptTrainer:
         except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
             raise ValueError(f"training state {path} is unreadable: {exc}") from exc
         if header.get("nsl_format") != STATE_FORMAT:
-            raise ValueError(f"{path} is not an NSL training state (no nsl_format={STATE_FORMAT!r})")
+            raise ValueError(
+                f"{path} is not an NSL training state (no nsl_format={STATE_FORMAT!r})"
+            )
         meta = json.loads(header["state"])
         if meta.get("version") != STATE_VERSION:
-            raise ValueError(f"training state {path} has version {meta.get('version')!r}; this code reads {STATE_VERSION}")
+            raise ValueError(
+                f"training state {path} has version {meta.get('version')!r}; this code reads {STATE_VERSION}"
+            )
         if meta["model_config"] != self.model.config.to_dict():
-            raise ValueError(f"training state {path} is for another network: {meta['model_config']} "
-                             f"vs {self.model.config.to_dict()}")
+            raise ValueError(
+                f"training state {path} is for another network: {meta['model_config']} "
+                f"vs {self.model.config.to_dict()}"
+            )
         mine = self.config.to_dict()
-        diffs = {k: (meta["qtopt_config"].get(k), v) for k, v in mine.items() if meta["qtopt_config"].get(k) != v}
+        diffs = {
+            k: (meta["qtopt_config"].get(k), v)
+            for k, v in mine.items()
+            if meta["qtopt_config"].get(k) != v
+        }
         if diffs:
-            raise ValueError(f"training state {path} was written with other QT-Opt settings (state vs now): {diffs}")
+            raise ValueError(
+                f"training state {path} was written with other QT-Opt settings (state vs now): {diffs}"
+            )
         for prefix, net in self._state_modules():
-            sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             net.load_state_dict(sd)  # copies into the existing (channels_last) parameters
         state: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():
@@ -653,22 +890,37 @@ class QTOptTrainer:
                 if torch.is_tensor(v) and v.shape == pid.shape and v.dim() == 4:
                     st[name] = torch.empty_like(pid).copy_(v)
         self.step_count = int(meta["step"])
-        self.samples_base, self.samples_target = int(meta["samples_base"]), int(meta["samples_target"])
+        self.samples_base, self.samples_target = (
+            int(meta["samples_base"]),
+            int(meta["samples_target"]),
+        )
         return meta.get("extra", {})
 
-    def train(self, base: Transitions | None, target: Transitions | None = None, steps: int = 1000,
-              target_fraction: float = 0.5, progress: ProgressFn | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        base: Transitions | None,
+        target: Transitions | None = None,
+        steps: int = 1000,
+        target_fraction: float = 0.5,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
         """Run ``steps`` QT-Opt updates on base (+ target) data. ``progress(step, metrics)`` is
         called after every step (1-based). Returns summary metrics: loss / mean_q / td_error /
         mean_target averaged over the last 10% of steps (and ``initial_loss`` over the first
-        10%), the sampled base/target fractions over all steps, and timing."""
+        10%), the sampled base/target fractions over all steps, and timing.
+        """
         if not (isinstance(steps, int) and steps >= 0):
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if not (math.isfinite(target_fraction) and 0.0 <= target_fraction <= 1.0):
             raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction!r}")
-        data = _Data(base, target, self.model.config.image_size, self.device,
-                     crop_pad=self.config.crop_pad if self.config.augment else 0,
-                     location=self.location_head is not None)
+        data = _Data(
+            base,
+            target,
+            self.model.config.image_size,
+            self.device,
+            crop_pad=self.config.crop_pad if self.config.augment else 0,
+            location=self.location_head is not None,
+        )
         if data.n_target == 0 and target is not None and target_fraction > 0:
             raise ValueError("target data is empty but target_fraction > 0")
         if data.n_base == 0 and target_fraction < 1.0 and base is not None:
@@ -687,11 +939,17 @@ class QTOptTrainer:
         n_target = self.samples_target - start_target
         total = max(1, n_base + n_target)
         window = max(1, steps // 10)
-        summary: dict[str, Any] = {"steps": steps, "total_steps": self.step_count,
-                                   "base_samples": n_base, "target_samples": n_target,
-                                   "base_fraction": n_base / total, "target_fraction": n_target / total,
-                                   "learning_rate": self.learning_rate,
-                                   "seconds": elapsed, "ms_per_step": 1000.0 * elapsed / max(1, steps)}
+        summary: dict[str, Any] = {
+            "steps": steps,
+            "total_steps": self.step_count,
+            "base_samples": n_base,
+            "target_samples": n_target,
+            "base_fraction": n_base / total,
+            "target_fraction": n_target / total,
+            "learning_rate": self.learning_rate,
+            "seconds": elapsed,
+            "ms_per_step": 1000.0 * elapsed / max(1, steps),
+        }
         if history:
             for key in ("loss", "mean_q", "td_error", "mean_target"):
                 summary[key] = float(np.mean([h[key] for h in history[-window:]]))
@@ -701,6 +959,7 @@ class QTOptTrainer:
 
 
 # --- top level: checkpoints in, checkpoint out ------------------------------------------------
+
 
 def load_datasets(paths: Sequence[str]) -> Transitions | None:
     """Transitions of the bags at ``paths`` (None when there are none)."""
@@ -712,28 +971,66 @@ def load_datasets(paths: Sequence[str]) -> Transitions | None:
     return load_transitions(paths)
 
 
-def finetune_transitions(init_checkpoint: str | None, base: Transitions | None, target: Transitions | None,
-                         steps: int, *, output_path: str, learning_rate: float | None = None,
-                         target_fraction: float = 0.5, progress: ProgressFn | None = None, seed: int = 0,
-                         config: QTOptConfig | None = None, model_config: QNetworkConfig | None = None,
-                         device: torch.device | str | None = None, datasets: dict | None = None,
-                         num_threads: int | None = None, **run_options: Any) -> str:
+def finetune_transitions(
+    init_checkpoint: str | None,
+    base: Transitions | None,
+    target: Transitions | None,
+    steps: int,
+    *,
+    output_path: str,
+    learning_rate: float | None = None,
+    target_fraction: float = 0.5,
+    progress: ProgressFn | None = None,
+    seed: int = 0,
+    config: QTOptConfig | None = None,
+    model_config: QNetworkConfig | None = None,
+    device: torch.device | str | None = None,
+    datasets: dict | None = None,
+    num_threads: int | None = None,
+    **run_options: Any,
+) -> str:
     """``finetune`` on already loaded transitions; returns the new checkpoint id. ``run_options``
-    go to :func:`nsl_trainer.runs.train_transitions` (run_dir, checkpoint_every, resume, ...)."""
+    go to :func:`nsl_trainer.runs.train_transitions` (run_dir, checkpoint_every, resume, ...).
+    """
     from .runs import train_transitions
 
-    return train_transitions("finetune" if init_checkpoint else "scratch", base, target, steps,
-                             output_path=output_path, init_checkpoint=init_checkpoint or None,
-                             learning_rate=learning_rate, target_fraction=target_fraction, progress=progress,
-                             seed=seed, config=config, model_config=model_config, device=device,
-                             datasets=datasets, num_threads=num_threads, **run_options).checkpoint_id
+    return train_transitions(
+        "finetune" if init_checkpoint else "scratch",
+        base,
+        target,
+        steps,
+        output_path=output_path,
+        init_checkpoint=init_checkpoint or None,
+        learning_rate=learning_rate,
+        target_fraction=target_fraction,
+        progress=progress,
+        seed=seed,
+        config=config,
+        model_config=model_config,
+        device=device,
+        datasets=datasets,
+        num_threads=num_threads,
+        **run_options,
+    ).checkpoint_id
 
 
-def finetune(init_checkpoint: str | None, base_paths: Sequence[str], target_paths: Sequence[str], steps: int, *,
-             output_path: str, learning_rate: float | None = None, target_fraction: float = 0.5,
-             progress: ProgressFn | None = None, seed: int = 0, config: QTOptConfig | None = None,
-             model_config: QNetworkConfig | None = None, device: torch.device | str | None = None,
-             num_threads: int | None = None, **run_options: Any) -> str:
+def finetune(
+    init_checkpoint: str | None,
+    base_paths: Sequence[str],
+    target_paths: Sequence[str],
+    steps: int,
+    *,
+    output_path: str,
+    learning_rate: float | None = None,
+    target_fraction: float = 0.5,
+    progress: ProgressFn | None = None,
+    seed: int = 0,
+    config: QTOptConfig | None = None,
+    model_config: QNetworkConfig | None = None,
+    device: torch.device | str | None = None,
+    num_threads: int | None = None,
+    **run_options: Any,
+) -> str:
     """Fine-tune ``init_checkpoint`` (None: random init, the "scratch" comparison: the same recipe)
     with QT-Opt on the bags at ``base_paths`` + ``target_paths`` (sampled ``target_fraction``
     from target), write the result to ``output_path`` atomically and return its checkpoint id.
@@ -743,13 +1040,26 @@ def finetune(init_checkpoint: str | None, base_paths: Sequence[str], target_path
     architecture from scratch and is checked against the checkpoint otherwise. ``num_threads``
     sets torch's CPU threads for this process. ``run_options``: see
     :func:`nsl_trainer.runs.train_transitions` (run_dir, checkpoint_every, log_every, resume,
-    tensorboard, should_stop)."""
+    tensorboard, should_stop).
+    """
     base_paths = [os.fspath(p) for p in base_paths or []]
     target_paths = [os.fspath(p) for p in target_paths or []]
     base = load_datasets(base_paths)
     target = load_datasets(target_paths)
-    return finetune_transitions(init_checkpoint, base, target, steps, output_path=output_path,
-                                learning_rate=learning_rate, target_fraction=target_fraction, progress=progress,
-                                seed=seed, config=config, model_config=model_config, device=device,
-                                datasets={"base": base_paths, "target": target_paths}, num_threads=num_threads,
-                                **run_options)
+    return finetune_transitions(
+        init_checkpoint,
+        base,
+        target,
+        steps,
+        output_path=output_path,
+        learning_rate=learning_rate,
+        target_fraction=target_fraction,
+        progress=progress,
+        seed=seed,
+        config=config,
+        model_config=model_config,
+        device=device,
+        datasets={"base": base_paths, "target": target_paths},
+        num_threads=num_threads,
+        **run_options,
+    )

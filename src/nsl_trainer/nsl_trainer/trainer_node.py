@@ -8,6 +8,7 @@ metrics to ``trainer/status`` and, when the job succeeds, announces the checkpoi
 (std_srvs/Trigger) stops the running job: the worker saves its state and exits (or is
 terminated after ``cancel_timeout``) and the status says STATE_CANCELLED.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,16 @@ from nsl_trainer.jobs import FineTuneJob, start_job
 from nsl_trainer.validation import check_dataset
 from std_srvs.srv import Trigger
 
-LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-ANNOUNCE_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED_QOS = QoSProfile(
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
+ANNOUNCE_QOS = QoSProfile(
+    depth=10,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
 FINETUNE_LR_SCALE = 0.25  # the paper fine-tunes at 25% of the pre-training learning rate
 
 
@@ -37,20 +46,85 @@ class TrainerNode(Node):
         super().__init__("trainer")
         d = ParameterDescriptor
         ints = lambda lo, hi: [IntegerRange(from_value=lo, to_value=hi, step=1)]  # noqa: E731
-        self.declare_parameter("checkpoint_dir", "checkpoints", d(description="folder where fine-tuned checkpoints (and job run folders under runs/) are written", read_only=True))
-        self.declare_parameter("default_checkpoint", "", d(description="start checkpoint when a request names none; empty: random init (scratch)"))
-        self.declare_parameter("default_steps", 200, d(description="gradient steps when a request says 0", integer_range=ints(1, 100_000_000)))
-        self.declare_parameter("learning_rate", 1e-4, d(description="pre-training learning rate; fine-tuning defaults to 25% of it",
-                                                         floating_point_range=[FloatingPointRange(from_value=1e-9, to_value=1.0)]))
-        self.declare_parameter("batch_size", 64, d(description="transitions per gradient step", integer_range=ints(1, 65536)))
-        self.declare_parameter("device", "auto", d(description="auto (CUDA when present), cpu or cuda"))
-        self.declare_parameter("checkpoint_every", 1000, d(description="save training state + a checkpoint in the job's run folder every K steps (0: only at the end)", integer_range=ints(0, 100_000_000)))
-        self.declare_parameter("num_threads", 0, d(description="torch CPU threads of the worker (0: torch's default); leave a core for the sim/policy", integer_range=ints(0, 1024)))
-        self.declare_parameter("policy_weights", "online", d(description="network a job writes as its checkpoint: online, or polyak (the "
-                                                               "Polyak-averaged target network; better for 500-step fine-tunes in simulation, docs/trainer.md)"))
-        self.declare_parameter("max_steps", 10_000_000, d(description="requests asking for more gradient steps are refused", integer_range=ints(1, 1_000_000_000)))
-        self.declare_parameter("cancel_timeout", 10.0, d(description="seconds a cancelled worker gets to save its state and exit before it is terminated",
-                                                           floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)]))
+        self.declare_parameter(
+            "checkpoint_dir",
+            "checkpoints",
+            d(
+                description="folder where fine-tuned checkpoints (and job run folders under runs/) are written",
+                read_only=True,
+            ),
+        )
+        self.declare_parameter(
+            "default_checkpoint",
+            "",
+            d(
+                description="start checkpoint when a request names none; empty: random init (scratch)"
+            ),
+        )
+        self.declare_parameter(
+            "default_steps",
+            200,
+            d(
+                description="gradient steps when a request says 0",
+                integer_range=ints(1, 100_000_000),
+            ),
+        )
+        self.declare_parameter(
+            "learning_rate",
+            1e-4,
+            d(
+                description="pre-training learning rate; fine-tuning defaults to 25% of it",
+                floating_point_range=[FloatingPointRange(from_value=1e-9, to_value=1.0)],
+            ),
+        )
+        self.declare_parameter(
+            "batch_size",
+            64,
+            d(description="transitions per gradient step", integer_range=ints(1, 65536)),
+        )
+        self.declare_parameter(
+            "device", "auto", d(description="auto (CUDA when present), cpu or cuda")
+        )
+        self.declare_parameter(
+            "checkpoint_every",
+            1000,
+            d(
+                description="save training state + a checkpoint in the job's run folder every K steps (0: only at the end)",
+                integer_range=ints(0, 100_000_000),
+            ),
+        )
+        self.declare_parameter(
+            "num_threads",
+            0,
+            d(
+                description="torch CPU threads of the worker (0: torch's default); leave a core for the sim/policy",
+                integer_range=ints(0, 1024),
+            ),
+        )
+        self.declare_parameter(
+            "policy_weights",
+            "online",
+            d(
+                description="network a job writes as its checkpoint: online, or polyak (the "
+                "Polyak-averaged target network; better for 500-step fine-tunes in simulation, docs/trainer.md)"
+            ),
+        )
+        self.declare_parameter(
+            "max_steps",
+            10_000_000,
+            d(
+                description="requests asking for more gradient steps are refused",
+                integer_range=ints(1, 1_000_000_000),
+            ),
+        )
+        self.declare_parameter(
+            "cancel_timeout",
+            10.0,
+            d(
+                description="seconds a cancelled worker gets to save its state and exit before it is terminated",
+                floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)],
+            ),
+        )
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         self.checkpoint_dir = writable_dir(p("checkpoint_dir"), "checkpoint_dir")
         self.default_checkpoint = p("default_checkpoint")
@@ -64,7 +138,9 @@ class TrainerNode(Node):
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got '{self.device}'")
         if self.policy_weights not in ("online", "polyak"):
-            raise ValueError(f"policy_weights must be online or polyak, got '{self.policy_weights}'")
+            raise ValueError(
+                f"policy_weights must be online or polyak, got '{self.policy_weights}'"
+            )
 
         self._lock = threading.Lock()
         self._job: FineTuneJob | None = None
@@ -72,10 +148,20 @@ class TrainerNode(Node):
         self._cancel = None
         self._cancelling = False
         nan = math.nan
-        self._status = TrainerStatus(state=TrainerStatus.STATE_IDLE, loss=nan, mean_q=nan, td_error=nan,
-                                     target_fraction=nan, learning_rate=nan, steps_per_second=nan, message="idle")
+        self._status = TrainerStatus(
+            state=TrainerStatus.STATE_IDLE,
+            loss=nan,
+            mean_q=nan,
+            td_error=nan,
+            target_fraction=nan,
+            learning_rate=nan,
+            steps_per_second=nan,
+            message="idle",
+        )
         self.status_pub = self.create_publisher(TrainerStatus, "trainer/status", LATCHED_QOS)
-        self.announce_pub = self.create_publisher(CheckpointInfo, "trainer/checkpoints", ANNOUNCE_QOS)
+        self.announce_pub = self.create_publisher(
+            CheckpointInfo, "trainer/checkpoints", ANNOUNCE_QOS
+        )
         self.create_service(FineTune, "trainer/fine_tune", self.on_fine_tune)
         self.create_service(Trigger, "trainer/cancel", self.on_cancel)
         self.publish_status()
@@ -111,11 +197,16 @@ class TrainerNode(Node):
             return f"learning_rate must be >= 0 (0: default), got {request.learning_rate}"
         return None
 
-    def on_fine_tune(self, request: FineTune.Request, response: FineTune.Response) -> FineTune.Response:
+    def on_fine_tune(
+        self, request: FineTune.Request, response: FineTune.Response
+    ) -> FineTune.Response:
         with self._lock:
             busy = self._job
         if busy is not None:
-            response.accepted, response.message = False, f"busy: job {busy.job_id} is running; try again when it ends"
+            response.accepted, response.message = (
+                False,
+                f"busy: job {busy.job_id} is running; try again when it ends",
+            )
             return response
         problem = self.validate(request)
         if problem:
@@ -130,7 +221,9 @@ class TrainerNode(Node):
             init_checkpoint=request.init_checkpoint or self.default_checkpoint,
             steps=int(request.steps) or self.default_steps,
             learning_rate=float(request.learning_rate) or self.learning_rate * FINETUNE_LR_SCALE,
-            target_fraction=float(request.target_fraction) if 0 < request.target_fraction <= 1 else 0.5,
+            target_fraction=float(request.target_fraction)
+            if 0 < request.target_fraction <= 1
+            else 0.5,
             output_path=str(self.checkpoint_dir / f"finetune-{job_id}.safetensors"),
             batch_size=self.batch_size,
             device=self.device,
@@ -141,19 +234,42 @@ class TrainerNode(Node):
         )
         with self._lock:
             if self._job is not None:  # a concurrent request won the race
-                response.accepted, response.message = False, f"busy: job {self._job.job_id} is running"
+                response.accepted, response.message = (
+                    False,
+                    f"busy: job {self._job.job_id} is running",
+                )
                 return response
             self._job = job
             self._cancelling = False
             self._proc, conn, self._cancel = start_job(job)
             proc = self._proc
-        threading.Thread(target=self.follow_job, args=(job, proc, conn), daemon=True, name=f"job-{job_id}").start()
+        threading.Thread(
+            target=self.follow_job, args=(job, proc, conn), daemon=True, name=f"job-{job_id}"
+        ).start()
         nan = math.nan
-        self.publish_status(job_id=job_id, state=TrainerStatus.STATE_RUNNING, step=0, total_steps=job.steps,
-                            loss=nan, mean_q=nan, td_error=nan, target_fraction=nan, steps_per_second=nan,
-                            learning_rate=job.learning_rate, run_dir=job.run_dir, checkpoint_path="", message="starting")
-        self.get_logger().info(f"job {job_id}: {job.steps} steps, lr={job.learning_rate:g}, target fraction={job.target_fraction}")
-        response.accepted, response.message, response.job_id = True, f"job {job_id} started", job_id
+        self.publish_status(
+            job_id=job_id,
+            state=TrainerStatus.STATE_RUNNING,
+            step=0,
+            total_steps=job.steps,
+            loss=nan,
+            mean_q=nan,
+            td_error=nan,
+            target_fraction=nan,
+            steps_per_second=nan,
+            learning_rate=job.learning_rate,
+            run_dir=job.run_dir,
+            checkpoint_path="",
+            message="starting",
+        )
+        self.get_logger().info(
+            f"job {job_id}: {job.steps} steps, lr={job.learning_rate:g}, target fraction={job.target_fraction}"
+        )
+        response.accepted, response.message, response.job_id = (
+            True,
+            f"job {job_id} started",
+            job_id,
+        )
         return response
 
     def on_cancel(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -169,7 +285,9 @@ class TrainerNode(Node):
         def enforce() -> None:
             proc.join(self.cancel_timeout)
             if proc.is_alive():
-                self.get_logger().warn(f"job {job.job_id}: worker did not stop within {self.cancel_timeout} s; terminating it")
+                self.get_logger().warn(
+                    f"job {job.job_id}: worker did not stop within {self.cancel_timeout} s; terminating it"
+                )
                 proc.terminate()
 
         threading.Thread(target=enforce, daemon=True, name=f"cancel-{job.job_id}").start()
@@ -187,34 +305,66 @@ class TrainerNode(Node):
                 break
             if event["event"] == "progress":
                 m = event.get("metrics", {})
-                self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_RUNNING, step=event["step"], loss=event["loss"], mean_q=m.get("mean_q", math.nan),
-                                    td_error=m.get("td_error", math.nan), target_fraction=m.get("target_fraction", math.nan),
-                                    steps_per_second=m.get("steps_per_s", math.nan),
-                                    message=f"step {event['step']}/{event['total_steps']}")
+                self.publish_status(
+                    job_id=job.job_id,
+                    state=TrainerStatus.STATE_RUNNING,
+                    step=event["step"],
+                    loss=event["loss"],
+                    mean_q=m.get("mean_q", math.nan),
+                    td_error=m.get("td_error", math.nan),
+                    target_fraction=m.get("target_fraction", math.nan),
+                    steps_per_second=m.get("steps_per_s", math.nan),
+                    message=f"step {event['step']}/{event['total_steps']}",
+                )
             else:
                 final = event
         proc.join()
         with self._lock:
             cancelling = self._cancelling
         if final is None and cancelling:
-            final = {"event": "cancelled", "message": f"worker terminated (exit code {proc.exitcode})"}
+            final = {
+                "event": "cancelled",
+                "message": f"worker terminated (exit code {proc.exitcode})",
+            }
         if final is None:
-            final = {"event": "failed", "message": f"worker process exited with code {proc.exitcode} without a result"}
-        with self._lock:  # free before the final status, so a client seeing it can start the next job
+            final = {
+                "event": "failed",
+                "message": f"worker process exited with code {proc.exitcode} without a result",
+            }
+        with (
+            self._lock
+        ):  # free before the final status, so a client seeing it can start the next job
             self._job, self._proc, self._cancel, self._cancelling = None, None, None, False
         if final["event"] == "cancelled":
-            self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_CANCELLED, message=f"cancelled: {final['message']}")
+            self.publish_status(
+                job_id=job.job_id,
+                state=TrainerStatus.STATE_CANCELLED,
+                message=f"cancelled: {final['message']}",
+            )
             self.get_logger().info(f"job {job.job_id} cancelled: {final['message']}")
         elif final["event"] == "succeeded":
-            info = CheckpointInfo(checkpoint_id=final["checkpoint_id"], path=final["checkpoint_path"],
-                                  parent_id=final.get("parent_id", ""), job_id=job.job_id)
+            info = CheckpointInfo(
+                checkpoint_id=final["checkpoint_id"],
+                path=final["checkpoint_path"],
+                parent_id=final.get("parent_id", ""),
+                job_id=job.job_id,
+            )
             info.header.stamp = self.get_clock().now().to_msg()
-            self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_SUCCEEDED, step=job.steps, checkpoint_path=final["checkpoint_path"],
-                                message=f"wrote {final['checkpoint_path']}")
+            self.publish_status(
+                job_id=job.job_id,
+                state=TrainerStatus.STATE_SUCCEEDED,
+                step=job.steps,
+                checkpoint_path=final["checkpoint_path"],
+                message=f"wrote {final['checkpoint_path']}",
+            )
             self.announce_pub.publish(info)
-            self.get_logger().info(f"job {job.job_id} succeeded: checkpoint {final['checkpoint_id']} announced")
+            self.get_logger().info(
+                f"job {job.job_id} succeeded: checkpoint {final['checkpoint_id']} announced"
+            )
         else:
-            self.publish_status(job_id=job.job_id, state=TrainerStatus.STATE_FAILED, message=final["message"])
+            self.publish_status(
+                job_id=job.job_id, state=TrainerStatus.STATE_FAILED, message=final["message"]
+            )
             self.get_logger().error(f"job {job.job_id} failed: {final['message']}")
 
 

@@ -6,6 +6,7 @@ recording that was killed) the MCAP records are scanned for a message on an Epis
 channel. The worker's full read reports anything the quick check cannot see (e.g. all episodes
 aborted) as a failed job.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,11 @@ def _count_in_metadata(bag: Path) -> int | None:
     try:
         info = yaml.safe_load(meta.read_text(encoding="utf-8"))["rosbag2_bagfile_information"]
         topics = info.get("topics_with_message_count") or []
-        counts = [int(t.get("message_count", 0)) for t in topics
-                  if t.get("topic_metadata", {}).get("type") == EPISODE_RESULT]
+        counts = [
+            int(t.get("message_count", 0))
+            for t in topics
+            if t.get("topic_metadata", {}).get("type") == EPISODE_RESULT
+        ]
         files = info.get("relative_file_paths") or []
     except Exception as exc:  # noqa: BLE001
         raise DatasetError(f"{meta}: not a valid rosbag2 metadata.yaml: {exc}") from exc
@@ -41,8 +45,11 @@ def _count_by_scan(bag: Path) -> int:
     n = 0
     for f in files:
         scan = scan_mcap(f, require_complete=False)
-        wanted = {cid for cid, ch in scan.channels.items()
-                  if getattr(scan.schemas.get(ch.schema_id), "name", "") == EPISODE_RESULT}
+        wanted = {
+            cid
+            for cid, ch in scan.channels.items()
+            if getattr(scan.schemas.get(ch.schema_id), "name", "") == EPISODE_RESULT
+        }
         n += sum(1 for cid, _, _ in scan.messages if cid in wanted)
     return n
 
@@ -50,7 +57,8 @@ def _count_by_scan(bag: Path) -> int:
 def episode_results(path: str | Path) -> int:
     """Number of EpisodeResult messages in the bag(s) at ``path`` (a bag, an .mcap file or a
     dataset folder), without decoding any message. Raises DatasetError for a missing path or a
-    folder that holds no bag."""
+    folder that holds no bag.
+    """
     total = 0
     for bag in find_bags(path):
         n = _count_in_metadata(bag) if bag.is_dir() else None

@@ -1,6 +1,8 @@
 """Make the ROS-free libraries importable without installing them, and run torch on one thread:
 the test models are tiny, and on a 2-core machine shared with other jobs (simulator processes,
-parallel test runs) multi-threaded kernels slow down many-fold from contention."""
+parallel test runs) multi-threaded kernels slow down many-fold from contention.
+"""
+
 import os
 import sys
 

@@ -10,11 +10,21 @@ from nsl_collector.transitions import Transitions
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
 from nsl_policy.cem import CEMConfig
 from nsl_policy.model import QNetwork, QNetworkConfig
-from nsl_trainer.qtopt import (QTOptConfig, QTOptTrainer, augment_images, finetune, finetune_transitions,
-                               td_target)
+from nsl_trainer.qtopt import (
+    QTOptConfig,
+    QTOptTrainer,
+    augment_images,
+    finetune,
+    finetune_transitions,
+    td_target,
+)
 
-CFG = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1)
-FAST = QTOptConfig(batch_size=32, target_cem=CEMConfig(population=8, elites=2, iterations=1), seed=0)
+CFG = QNetworkConfig(
+    image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1
+)
+FAST = QTOptConfig(
+    batch_size=32, target_cem=CEMConfig(population=8, elites=2, iterations=1), seed=0
+)
 
 
 def one_step_task(n, size=32, seed=0, shade=None):
@@ -24,9 +34,15 @@ def one_step_task(n, size=32, seed=0, shade=None):
     if shade is not None:
         image[:] = shade
     action = rng.uniform(-1, 1, (n, 6)).astype(np.float32)
-    return Transitions(image=image, state=rng.random((n, 3)).astype(np.float32), action=action,
-                       reward=(action[:, 0] > 0).astype(np.float32), done=np.ones(n, bool),
-                       next_index=np.arange(n), episode=np.arange(n))
+    return Transitions(
+        image=image,
+        state=rng.random((n, 3)).astype(np.float32),
+        action=action,
+        reward=(action[:, 0] > 0).astype(np.float32),
+        done=np.ones(n, bool),
+        next_index=np.arange(n),
+        episode=np.arange(n),
+    )
 
 
 def multi_step(n_episodes, steps=4, size=32, seed=0):
@@ -34,19 +50,37 @@ def multi_step(n_episodes, steps=4, size=32, seed=0):
     n = n_episodes * steps
     done = (np.arange(n) % steps) == steps - 1
     next_index = np.where(done, np.arange(n), np.arange(n) + 1)
-    return Transitions(image=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
-                       state=rng.random((n, 3)).astype(np.float32),
-                       action=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
-                       reward=(done & (rng.random(n) < 0.5)).astype(np.float32), done=done,
-                       next_index=next_index, episode=np.arange(n) // steps)
+    return Transitions(
+        image=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+        state=rng.random((n, 3)).astype(np.float32),
+        action=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
+        reward=(done & (rng.random(n) < 0.5)).astype(np.float32),
+        done=done,
+        next_index=next_index,
+        episode=np.arange(n) // steps,
+    )
 
 
 def test_config_validation():
-    for bad in ({"batch_size": 0}, {"learning_rate": 0}, {"discount": 1.0}, {"polyak": 1.0},
-                {"target_action": "argmax"}, {"target2_lag": 0}, {"grad_clip": -1}, {"augment": 1},
-                {"learning_rate": math.nan}, {"conservative_weight": -0.1}, {"conservative_weight": math.inf},
-                {"conservative_samples": 0}, {"grasp_fraction": -0.1}, {"grasp_fraction": 1.5},
-                {"grasp_fraction": math.nan}, {"location_weight": -1.0}, {"location_weight": math.nan}):
+    for bad in (
+        {"batch_size": 0},
+        {"learning_rate": 0},
+        {"discount": 1.0},
+        {"polyak": 1.0},
+        {"target_action": "argmax"},
+        {"target2_lag": 0},
+        {"grad_clip": -1},
+        {"augment": 1},
+        {"learning_rate": math.nan},
+        {"conservative_weight": -0.1},
+        {"conservative_weight": math.inf},
+        {"conservative_samples": 0},
+        {"grasp_fraction": -0.1},
+        {"grasp_fraction": 1.5},
+        {"grasp_fraction": math.nan},
+        {"location_weight": -1.0},
+        {"location_weight": math.nan},
+    ):
         with pytest.raises(ValueError):
             QTOptConfig(**bad)
     c = QTOptConfig(target_action="random", target_cem=CEMConfig(population=10, elites=3))
@@ -59,8 +93,14 @@ def test_td_target_uses_min_of_target_nets():
     l1 = torch.tensor([2.0, -1.0, 5.0, 0.0])
     l2 = torch.tensor([-1.0, 3.0, 5.0, 0.0])
     y = td_target(reward, done, l1, l2, discount=0.9)
-    expected = torch.tensor([0.9 * torch.sigmoid(torch.tensor(-1.0)), 0.9 * torch.sigmoid(torch.tensor(-1.0)),
-                             1.0, 0.9 * 0.5])
+    expected = torch.tensor(
+        [
+            0.9 * torch.sigmoid(torch.tensor(-1.0)),
+            0.9 * torch.sigmoid(torch.tensor(-1.0)),
+            1.0,
+            0.9 * 0.5,
+        ]
+    )
     torch.testing.assert_close(y, expected)
 
 
@@ -93,12 +133,16 @@ def test_bellman_target_takes_min_over_both_networks():
 
 
 def test_target_action_is_argmax_of_target1():
-    trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig(target_action="random", target_samples=32), "cpu")
+    trainer = QTOptTrainer(
+        QNetwork(CFG), QTOptConfig(target_action="random", target_samples=32), "cpu"
+    )
     imgs, st = torch.rand(4, 3, 32, 32), torch.rand(4, 3)
     a, logit = trainer.target_action(imgs, st)
     with torch.no_grad():
         torch.testing.assert_close(trainer.target1(imgs, st, a), logit)
-        others = trainer.target1.score(trainer.target1.encode(imgs), st, torch.rand(4, 32, 6) * 2 - 1)
+        others = trainer.target1.score(
+            trainer.target1.encode(imgs), st, torch.rand(4, 32, 6) * 2 - 1
+        )
     assert (others.max(dim=1).values <= logit + 0.5).all()  # loose: the best of 32 is near the top
 
 
@@ -137,19 +181,33 @@ def test_grasp_fraction_draws_grasps_from_the_same_part():
     assert all(i in final for i in idx.tolist()) and bool(((idx >= n_base) == from_t).all())
     idx, from_t = batch(0.5)  # half replaced: 0.5 + 0.5 x the natural share
     assert abs(np.mean([i in final for i in idx.tolist()]) - (0.5 + 0.5 * 0.225)) < 0.02
-    assert abs(float(from_t.float().mean()) - 0.5) < 0.02 and bool(((idx >= n_base) == from_t).all())
+    assert abs(float(from_t.float().mean()) - 0.5) < 0.02 and bool(
+        ((idx >= n_base) == from_t).all()
+    )
 
 
 def test_train_reports_fractions_and_decreases_loss():
     torch.manual_seed(0)
     base, target = multi_step(16, seed=1), one_step_task(24, seed=2)
-    trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig(batch_size=32, learning_rate=3e-3, augment=False,
-                                                      target_cem=CEMConfig(population=8, elites=2, iterations=1)), "cpu")
+    trainer = QTOptTrainer(
+        QNetwork(CFG),
+        QTOptConfig(
+            batch_size=32,
+            learning_rate=3e-3,
+            augment=False,
+            target_cem=CEMConfig(population=8, elites=2, iterations=1),
+        ),
+        "cpu",
+    )
     seen = []
-    metrics = trainer.train(base, target, steps=60, target_fraction=0.5, progress=lambda s, m: seen.append((s, m)))
+    metrics = trainer.train(
+        base, target, steps=60, target_fraction=0.5, progress=lambda s, m: seen.append((s, m))
+    )
     assert [s for s, _ in seen] == list(range(1, 61))
     assert metrics["base_samples"] + metrics["target_samples"] == 60 * 32
-    assert abs(metrics["target_fraction"] - 0.5) < 0.06 and abs(metrics["base_fraction"] - 0.5) < 0.06
+    assert (
+        abs(metrics["target_fraction"] - 0.5) < 0.06 and abs(metrics["base_fraction"] - 0.5) < 0.06
+    )
     for key in ("loss", "mean_q", "td_error", "initial_loss"):
         assert math.isfinite(metrics[key])
     assert metrics["loss"] < metrics["initial_loss"] - 0.05
@@ -157,7 +215,8 @@ def test_train_reports_fractions_and_decreases_loss():
 
 def test_conservative_term_lowers_actions_the_data_never_tried():
     """Half the recorded grasps succeed, whatever the action, and all move in -x. Plain QT-Opt
-    extrapolates that success rate to +x moves it never saw; the conservative term lowers them."""
+    extrapolates that success rate to +x moves it never saw; the conservative term lowers them.
+    """
     data = one_step_task(256, seed=5)
     data.action[:, 0] = -np.abs(data.action[:, 0])
     data.reward[:] = np.random.default_rng(7).random(256) < 0.5
@@ -169,22 +228,38 @@ def test_conservative_term_lowers_actions_the_data_never_tried():
     gaps = {}
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
-        cfg = QTOptConfig(batch_size=32, learning_rate=3e-3, augment=False, conservative_weight=weight,
-                          conservative_samples=8, target_cem=CEMConfig(population=8, elites=2, iterations=1), seed=1)
+        cfg = QTOptConfig(
+            batch_size=32,
+            learning_rate=3e-3,
+            augment=False,
+            conservative_weight=weight,
+            conservative_samples=8,
+            target_cem=CEMConfig(population=8, elites=2, iterations=1),
+            seed=1,
+        )
         trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
         metrics = trainer.train(data, None, steps=60)
         assert math.isfinite(metrics["loss"])
         with torch.no_grad():
-            gaps[weight] = float((torch.sigmoid(trainer.model(imgs, st, tried))
-                                  - torch.sigmoid(trainer.model(imgs, st, untried))).mean())
+            gaps[weight] = float(
+                (
+                    torch.sigmoid(trainer.model(imgs, st, tried))
+                    - torch.sigmoid(trainer.model(imgs, st, untried))
+                ).mean()
+            )
     assert gaps[0.0] < 0.15, gaps  # plain QT-Opt rates the untried moves about as high
     assert gaps[1.0] > gaps[0.0] + 0.2, gaps
 
 
 def test_polyak_and_lagged_target():
     torch.manual_seed(0)
-    cfg = QTOptConfig(batch_size=8, polyak=0.9, target2_lag=3, augment=False,
-                      target_cem=CEMConfig(population=4, elites=2, iterations=1))
+    cfg = QTOptConfig(
+        batch_size=8,
+        polyak=0.9,
+        target2_lag=3,
+        augment=False,
+        target_cem=CEMConfig(population=4, elites=2, iterations=1),
+    )
     trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
     data = one_step_task(16)
     before = [p.clone() for p in trainer.target1.parameters()]
@@ -194,7 +269,10 @@ def test_polyak_and_lagged_target():
         torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
     assert all(torch.equal(a, b) for a, b in zip(t2_before, trainer.target2.parameters()))
     trainer.train(data, None, steps=2)  # step 3: target 2 <- target 1
-    assert all(torch.equal(a, b) for a, b in zip(trainer.target1.parameters(), trainer.target2.parameters()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(trainer.target1.parameters(), trainer.target2.parameters())
+    )
     assert not all(torch.equal(a, b) for a, b in zip(t2_before, trainer.target2.parameters()))
 
 
@@ -207,7 +285,9 @@ def test_augmentation():
     aug = augment_images(imgs, QTOptConfig(), g)
     assert aug.shape == plain.shape and aug.is_contiguous(memory_format=torch.channels_last)
     assert 0 <= float(aug.min()) and float(aug.max()) <= 1 and not torch.allclose(aug, plain)
-    shift_only = augment_images(imgs, QTOptConfig(brightness=0, contrast=0, crop_pad=2), torch.Generator().manual_seed(1))
+    shift_only = augment_images(
+        imgs, QTOptConfig(brightness=0, contrast=0, crop_pad=2), torch.Generator().manual_seed(1)
+    )
     # A pure shift keeps pixel values: each output pixel exists in the source image.
     src = set(map(tuple, imgs[0].reshape(-1, 3).tolist()))
     out = (shift_only[0].permute(1, 2, 0) * 255).round().to(torch.uint8).reshape(-1, 3).tolist()
@@ -217,7 +297,9 @@ def test_augmentation():
 def test_learns_one_step_task():
     torch.manual_seed(0)
     data = one_step_task(256, seed=3)
-    trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig(batch_size=64, learning_rate=3e-3, seed=1), "cpu")
+    trainer = QTOptTrainer(
+        QNetwork(CFG), QTOptConfig(batch_size=64, learning_rate=3e-3, seed=1), "cpu"
+    )
     metrics = trainer.train(data, None, steps=80)
     assert metrics["loss"] < metrics["initial_loss"]
     test = one_step_task(64, seed=4)
@@ -233,18 +315,34 @@ def test_learns_one_step_task():
 
 
 def test_finetune_transitions_scratch_then_finetune(tmp_path):
-    base, target = one_step_task(64, size=48, seed=5), one_step_task(32, size=48, seed=6)  # resized to 32
+    base, target = (
+        one_step_task(64, size=48, seed=5),
+        one_step_task(32, size=48, seed=6),
+    )  # resized to 32
     out1 = tmp_path / "scratch.safetensors"
-    id1 = finetune_transitions(None, base, None, 5, output_path=str(out1), config=FAST, model_config=CFG,
-                               device="cpu", datasets={"base": ["b"]})
+    id1 = finetune_transitions(
+        None,
+        base,
+        None,
+        5,
+        output_path=str(out1),
+        config=FAST,
+        model_config=CFG,
+        device="cpu",
+        datasets={"base": ["b"]},
+    )
     c1 = load_checkpoint(out1, CFG)
     assert c1.checkpoint_id == id1
     m = c1.metadata
     assert m["parent"] is None and m["kind"] == "scratch" and m["steps"] == 5
-    assert m["learning_rate"] == pytest.approx(FAST.learning_rate * 0.25)  # scratch = the fine-tune recipe
+    assert m["learning_rate"] == pytest.approx(
+        FAST.learning_rate * 0.25
+    )  # scratch = the fine-tune recipe
     assert m["metrics"]["target_fraction"] == 0.0
     out2 = tmp_path / "ft.safetensors"
-    id2 = finetune_transitions(str(out1), base, target, 5, output_path=str(out2), config=FAST, device="cpu")
+    id2 = finetune_transitions(
+        str(out1), base, target, 5, output_path=str(out2), config=FAST, device="cpu"
+    )
     c2 = load_checkpoint(out2, CFG)
     assert id2 != id1 and c2.metadata["parent"] == id1 and c2.metadata["kind"] == "finetune"
     assert c2.metadata["learning_rate"] == pytest.approx(FAST.learning_rate * 0.25)
@@ -265,8 +363,17 @@ def test_finetune_loads_bags_through_collector(tmp_path, monkeypatch):
     init = tmp_path / "init.safetensors"
     parent = init_checkpoint(init, CFG, seed=0)
     out = tmp_path / "out.safetensors"
-    ckpt_id = finetune(str(init), ["base.mcap"], ["target.mcap"], 4, output_path=str(out), learning_rate=1e-4,
-                       config=FAST, device="cpu", seed=3)
+    ckpt_id = finetune(
+        str(init),
+        ["base.mcap"],
+        ["target.mcap"],
+        4,
+        output_path=str(out),
+        learning_rate=1e-4,
+        config=FAST,
+        device="cpu",
+        seed=3,
+    )
     assert calls == [["base.mcap"], ["target.mcap"]]
     meta = load_checkpoint(out, CFG).metadata
     assert meta["checkpoint_id"] == ckpt_id and meta["parent"] == parent
@@ -279,7 +386,8 @@ def test_finetune_loads_bags_through_collector(tmp_path, monkeypatch):
 def two_step_task(n_episodes, seed=0, success_possible=True):
     """Step 0 (dark image): any action, reward 0, episode goes on. Step 1 (bright image): reward
     1 iff action[0] > 0 (never when success is impossible), then done. Q(s0, .) must learn
-    discount x max_a Q(s1, a) through the Bellman target."""
+    discount x max_a Q(s1, a) through the Bellman target.
+    """
     rng = np.random.default_rng(seed)
     n = 2 * n_episodes
     image = np.empty((n, 32, 32, 3), np.uint8)
@@ -290,16 +398,30 @@ def two_step_task(n_episodes, seed=0, success_possible=True):
     reward = np.where(done & (action[:, 0] > 0) & success_possible, 1.0, 0.0).astype(np.float32)
     state = np.zeros((n, 3), np.float32)
     state[1::2, 2] = 0.5
-    return Transitions(image=image, state=state, action=action, reward=reward, done=done,
-                       next_index=np.where(done, np.arange(n), np.arange(n) + 1), episode=np.arange(n) // 2)
+    return Transitions(
+        image=image,
+        state=state,
+        action=action,
+        reward=reward,
+        done=done,
+        next_index=np.where(done, np.arange(n), np.arange(n) + 1),
+        episode=np.arange(n) // 2,
+    )
 
 
 @pytest.mark.parametrize("possible", [True, False])
 def test_bellman_backup_propagates_value(possible):
     torch.manual_seed(0)
     data = two_step_task(96, seed=9, success_possible=possible)
-    cfg = QTOptConfig(batch_size=64, learning_rate=3e-3, polyak=0.9, target2_lag=10, augment=False,
-                      target_cem=CEMConfig(population=16, elites=4, iterations=2), seed=2)
+    cfg = QTOptConfig(
+        batch_size=64,
+        learning_rate=3e-3,
+        polyak=0.9,
+        target2_lag=10,
+        augment=False,
+        target_cem=CEMConfig(population=16, elites=4, iterations=2),
+        seed=2,
+    )
     trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
     trainer.train(data, None, steps=150)
     first = np.arange(0, len(data), 2)[:32]
@@ -326,11 +448,17 @@ def test_mc_lower_bound_raises_targets_to_the_recorded_return(monkeypatch):
 
     captured = []
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
-                        lambda logits, y: captured.append(y.clone()) or bce(logits, y))
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "binary_cross_entropy_with_logits",
+        lambda logits, y: captured.append(y.clone()) or bce(logits, y),
+    )
     for bound in (False, True):
-        trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig.from_dict({**FAST.to_dict(), "mc_lower_bound": bound,
-                                                                   "batch_size": 24}), "cpu")
+        trainer = QTOptTrainer(
+            QNetwork(CFG),
+            QTOptConfig.from_dict({**FAST.to_dict(), "mc_lower_bound": bound, "batch_size": 24}),
+            "cpu",
+        )
         trainer.train_step(d, 0.0)
         ret = torch.as_tensor(g)[trainer.last_batch[0]]
         below = bool((captured[-1] < ret - 1e-6).any())
@@ -348,13 +476,19 @@ def test_mc_mix_blends_the_target_with_the_recorded_return(monkeypatch):
     d = _Data(data, None, 32, torch.device("cpu"))
     captured = []
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
-                        lambda logits, y: captured.append(y.clone()) or bce(logits, y))
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "binary_cross_entropy_with_logits",
+        lambda logits, y: captured.append(y.clone()) or bce(logits, y),
+    )
     targets = {}
     for mix in (0.0, 0.25, 1.0):
         torch.manual_seed(0)
-        trainer = QTOptTrainer(QNetwork(CFG), QTOptConfig.from_dict({**FAST.to_dict(), "mc_mix": mix,
-                                                                   "batch_size": 24}), "cpu")
+        trainer = QTOptTrainer(
+            QNetwork(CFG),
+            QTOptConfig.from_dict({**FAST.to_dict(), "mc_mix": mix, "batch_size": 24}),
+            "cpu",
+        )
         trainer.train_step(d, 0.0)
         targets[mix] = (captured[-1], d.mc_return(0.9)[trainer.last_batch[0]])
     bellman, ret = targets[0.0]
@@ -367,7 +501,8 @@ def test_mc_mix_blends_the_target_with_the_recorded_return(monkeypatch):
 
 def test_aux_loss_sees_the_batch_and_trains_the_trunk():
     """``aux_loss`` gets each batch's images and rows; a term that only the trunk can lower
-    changes the trunk's training, and with no term training is what it was."""
+    changes the trunk's training, and with no term training is what it was.
+    """
     data = one_step_task(64, seed=3)
     labels = torch.as_tensor(data.image.reshape(64, -1).mean(1) / 255.0, dtype=torch.float32)
 
@@ -384,6 +519,7 @@ def test_aux_loss_sees_the_batch_and_trains_the_trunk():
                 seen.append((images.shape, rows.clone()))
                 pred = probe(model.encode(images).mean(dim=(2, 3))).squeeze(1)
                 return torch.nn.functional.mse_loss(pred, labels[rows])
+
             trainer.aux_loss = brightness
         trainer.train(data, None, steps=5, target_fraction=0.0)
         return model, trainer, seen
@@ -407,25 +543,36 @@ def _location_task(n, seed=0):
     rng = np.random.default_rng(seed)
     xy = rng.integers(0, 24, (n, 2))
     for k, (x, y) in enumerate(xy):
-        data.image[k, y:y + 8, x:x + 8] = 255
+        data.image[k, y : y + 8, x : x + 8] = 255
     return data.with_location(((xy - 12) / 12 * 0.1).astype(np.float32))
 
 
 def test_location_loss_needs_labels_and_learns_them():
     """``location_weight`` > 0: data without labels is refused with the reason; with labels the
     head learns them through the trunk (the loss falls well below predicting their mean), and
-    weight 0 leaves QT-Opt exactly as it was."""
+    weight 0 leaves QT-Opt exactly as it was.
+    """
     config = QTOptConfig.from_dict({**FAST.to_dict(), "location_weight": 1.0, "augment": False})
     data = _location_task(256)
     unlabelled = data.with_location(None)
     with pytest.raises(ValueError, match="location labels"):
-        QTOptTrainer(QNetwork(CFG), config, "cpu").train(unlabelled, None, steps=1, target_fraction=0.0)
+        QTOptTrainer(QNetwork(CFG), config, "cpu").train(
+            unlabelled, None, steps=1, target_fraction=0.0
+        )
     with pytest.raises(ValueError, match="target data have none"):
-        QTOptTrainer(QNetwork(CFG), config, "cpu").train(data, unlabelled, steps=1, target_fraction=0.5)
+        QTOptTrainer(QNetwork(CFG), config, "cpu").train(
+            data, unlabelled, steps=1, target_fraction=0.5
+        )
     torch.manual_seed(0)
     trainer = QTOptTrainer(QNetwork(CFG), config, "cpu")
     losses = []
-    trainer.train(data, None, steps=300, target_fraction=0.0, progress=lambda i, m: losses.append(m["location_loss"]))
+    trainer.train(
+        data,
+        None,
+        steps=300,
+        target_fraction=0.0,
+        progress=lambda i, m: losses.append(m["location_loss"]),
+    )
     scaled = torch.as_tensor(data.location / 0.05)
     blind = float(torch.nn.functional.smooth_l1_loss(scaled.mean(0).expand_as(scaled), scaled))
     assert np.mean(losses[-30:]) < 0.5 * blind, (np.mean(losses[-30:]), blind)
@@ -446,4 +593,6 @@ def test_location_loss_needs_labels_and_learns_them():
 
 def test_location_loss_refuses_combinations_it_does_not_support():
     with pytest.raises(ValueError, match="conservative_weight"):
-        QTOptTrainer(QNetwork(CFG), QTOptConfig(location_weight=1.0, conservative_weight=1.0), "cpu")
+        QTOptTrainer(
+            QNetwork(CFG), QTOptConfig(location_weight=1.0, conservative_weight=1.0), "cpu"
+        )

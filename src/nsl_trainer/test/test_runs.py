@@ -1,4 +1,5 @@
 """Training runs: learning on a visual task, 50/50 mixing, resume, modes, CLI, DDP under torchrun."""
+
 from __future__ import annotations
 
 import os
@@ -19,35 +20,51 @@ from nsl_trainer.runs import Cancelled, continual, default_run_dir, train_transi
 
 from trainer_helpers import episodes_task, marker_images, marker_success, marker_task, write_bag
 
-TINY = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1)
-FAST = QTOptConfig(batch_size=16, target_cem=CEMConfig(population=8, elites=2, iterations=2), seed=0)
+TINY = QNetworkConfig(
+    image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1
+)
+FAST = QTOptConfig(
+    batch_size=16, target_cem=CEMConfig(population=8, elites=2, iterations=2), seed=0
+)
 SRC = Path(__file__).resolve().parents[2]
 
 
 def test_default_run_dir_keeps_dots_in_the_name(tmp_path):
     # Two runs whose names differ after a dot must not share (and resume from) one run directory.
-    a, b = default_run_dir(tmp_path / "gf0.3.safetensors"), default_run_dir(tmp_path / "gf0.safetensors")
+    a, b = (
+        default_run_dir(tmp_path / "gf0.3.safetensors"),
+        default_run_dir(tmp_path / "gf0.safetensors"),
+    )
     assert a == str(tmp_path / "gf0.3.run") and b == str(tmp_path / "gf0.run")
     assert default_run_dir(tmp_path / "base") == str(tmp_path / "base.run")
 
 
-TINY_KEYPOINTS = QNetworkConfig(image_size=32, width=8, fc_width=16, trunk_depth=0, feature_size=8, head="keypoints")
+TINY_KEYPOINTS = QNetworkConfig(
+    image_size=32, width=8, fc_width=16, trunk_depth=0, feature_size=8, head="keypoints"
+)
 
 
 @pytest.mark.parametrize("head", ["conv", "keypoints"])
 def test_offline_qtopt_learns_marker_task_from_random_data(head):
     """Random-policy data succeeds ~18% of the time; the greedy (CEM) policy of the learned Q
-    must point at the marker far more often on unseen images, with either head."""
+    must point at the marker far more often on unseen images, with either head.
+    """
     radius = 0.5
     data, _ = marker_task(2048, radius=radius, seed=0)
     data_rate = float(data.reward.mean())
-    config = QNetworkConfig(image_size=32, width=32, embed_width=32, fc_width=32, trunk_depth=1, head_depth=1)
+    config = QNetworkConfig(
+        image_size=32, width=32, embed_width=32, fc_width=32, trunk_depth=1, head_depth=1
+    )
     if head == "keypoints":
-        config = QNetworkConfig(image_size=32, width=32, fc_width=64, trunk_depth=1, feature_size=16, head=head)
+        config = QNetworkConfig(
+            image_size=32, width=32, fc_width=64, trunk_depth=1, feature_size=16, head=head
+        )
     torch.manual_seed(0)
     model = QNetwork(config)
     # No random shift: it would move the marker relative to the recorded action.
-    trainer = QTOptTrainer(model, QTOptConfig(batch_size=64, learning_rate=3e-3, augment=False, seed=0), "cpu")
+    trainer = QTOptTrainer(
+        model, QTOptConfig(batch_size=64, learning_rate=3e-3, augment=False, seed=0), "cpu"
+    )
     images, centre = marker_images(256, seed=99)
     x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
     state = torch.zeros(256, 3)
@@ -55,8 +72,13 @@ def test_offline_qtopt_learns_marker_task_from_random_data(head):
     def greedy_success() -> float:
         with torch.no_grad():
             feats = model.encode(x)
-            actions, _ = cem_maximize(lambda a: model.score(feats, state, a), 256, 6, CEMConfig(),
-                                      generator=torch.Generator().manual_seed(0))
+            actions, _ = cem_maximize(
+                lambda a: model.score(feats, state, a),
+                256,
+                6,
+                CEMConfig(),
+                generator=torch.Generator().manual_seed(0),
+            )
         return float(marker_success(actions.numpy(), centre, radius).mean())
 
     # Budget: at most 1200 steps (~30 s on one core); the Q-function typically finds the
@@ -76,10 +98,14 @@ def test_offline_qtopt_learns_marker_task_from_random_data(head):
 @pytest.mark.parametrize("fraction", [0.5, 0.25])
 def test_mixing_by_counting_sampled_episodes(fraction):
     """Base has 10x the episodes of target; batches still draw target with the set probability,
-    and every episode of each set gets sampled."""
+    and every episode of each set gets sampled.
+    """
     base, target = episodes_task(200, steps=3, seed=1), episodes_task(20, steps=3, seed=2)
-    trainer = QTOptTrainer(QNetwork(TINY), QTOptConfig(batch_size=64, augment=False, target_action="random",
-                                                       target_samples=4), "cpu")
+    trainer = QTOptTrainer(
+        QNetwork(TINY),
+        QTOptConfig(batch_size=64, augment=False, target_action="random", target_samples=4),
+        "cpu",
+    )
     n_base = len(base)
     counts = {"base": [], "target": []}
 
@@ -109,8 +135,11 @@ def _labelled(t, seed):
     return t.with_location(np.random.default_rng(seed).uniform(-0.1, 0.1, (len(t), 2)))
 
 
-@pytest.mark.parametrize("net,location", [(TINY, 0.0), (TINY_KEYPOINTS, 0.0), (TINY, 1.0)],
-                         ids=["conv", "keypoints", "conv-location-loss"])
+@pytest.mark.parametrize(
+    "net,location",
+    [(TINY, 0.0), (TINY_KEYPOINTS, 0.0), (TINY, 1.0)],
+    ids=["conv", "keypoints", "conv-location-loss"],
+)
 def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
     config = QTOptConfig.from_dict({**FAST.to_dict(), "location_weight": location})
     base, target = episodes_task(30, seed=3), episodes_task(10, seed=4)
@@ -118,8 +147,16 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
         base, target = _labelled(base, 5), _labelled(target, 6)
     init = tmp_path / "init.safetensors"
     init_checkpoint(init, net, seed=1)
-    kw = dict(init_checkpoint=str(init), config=config, device="cpu", checkpoint_every=4, tensorboard=True)
-    full = train_transitions("finetune", base, target, 12, output_path=str(tmp_path / "full.safetensors"), **kw)
+    kw = dict(
+        init_checkpoint=str(init),
+        config=config,
+        device="cpu",
+        checkpoint_every=4,
+        tensorboard=True,
+    )
+    full = train_transitions(
+        "finetune", base, target, 12, output_path=str(tmp_path / "full.safetensors"), **kw
+    )
 
     stop_at = {"n": 0}
 
@@ -129,17 +166,24 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
 
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(Cancelled) as info:
-        train_transitions("finetune", base, target, 12, output_path=str(out), should_stop=stop, **kw)
+        train_transitions(
+            "finetune", base, target, 12, output_path=str(out), should_stop=stop, **kw
+        )
     assert info.value.step == 6 and not out.exists()
     run_dir = Path(info.value.state_path).parent
     assert (run_dir / "checkpoints" / "step_0000004.safetensors").is_file()
-    assert load_checkpoint(run_dir / "checkpoints" / "step_0000004.safetensors").metadata["steps"] == 4
+    assert (
+        load_checkpoint(run_dir / "checkpoints" / "step_0000004.safetensors").metadata["steps"]
+        == 4
+    )
     resumed = train_transitions("finetune", base, target, 12, output_path=str(out), **kw)
     assert resumed.resumed_from == 6 and full.resumed_from == 0
     a, b = _weights(tmp_path / "full.safetensors"), _weights(out)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert resumed.metrics["target_samples"] == full.metrics["target_samples"]  # same batches drawn
+    assert (
+        resumed.metrics["target_samples"] == full.metrics["target_samples"]
+    )  # same batches drawn
     # Targets and optimizer state resumed too: both runs' final states agree.
     ta = QTOptTrainer(QNetwork(net), config, "cpu")
     tb = QTOptTrainer(QNetwork(net), config, "cpu")
@@ -148,9 +192,12 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
     assert (ta.location_head is not None) == bool(location)
     if location:
         assert "location_loss" in full.metrics and "location_loss" in resumed.metrics
-        assert set(load_checkpoint(out).model.state_dict()) == set(QNetwork(net).state_dict())  # no head in it
+        assert set(load_checkpoint(out).model.state_dict()) == set(
+            QNetwork(net).state_dict()
+        )  # no head in it
     for na, nb in ((ta.target1, tb.target1), (ta.target2, tb.target2)) + (
-            ((ta.location_head, tb.location_head),) if location else ()):
+        ((ta.location_head, tb.location_head),) if location else ()
+    ):
         for pa, pb in zip(na.parameters(), nb.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     sa, sb = ta.optimizer.state_dict()["state"], tb.optimizer.state_dict()["state"]
@@ -160,7 +207,9 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
     assert any((run_dir / "tensorboard").iterdir())
     # The same run directory refuses a different run.
     with pytest.raises(ValueError, match="different run"):
-        train_transitions("finetune", base, target, 12, output_path=str(out), **{**kw, "learning_rate": 1e-2})
+        train_transitions(
+            "finetune", base, target, 12, output_path=str(out), **{**kw, "learning_rate": 1e-2}
+        )
 
 
 def test_state_file_is_not_pickle(tmp_path):
@@ -169,7 +218,9 @@ def test_state_file_is_not_pickle(tmp_path):
     path = tmp_path / "s.safetensors"
     trainer.save_state(path, {"note": 1})
     blob = path.read_bytes()
-    assert b"\x80\x04" not in blob[:16] and blob[8:9] == b"{"  # safetensors: u64 length + JSON header
+    assert (
+        b"\x80\x04" not in blob[:16] and blob[8:9] == b"{"
+    )  # safetensors: u64 length + JSON header
     other = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
     assert other.load_state(path) == {"note": 1} and other.step_count == 2
     with pytest.raises(ValueError, match="other QT-Opt settings"):
@@ -179,26 +230,57 @@ def test_state_file_is_not_pickle(tmp_path):
 def test_modes_pretrain_scratch_continual(tmp_path):
     base, t1, t2 = episodes_task(12, seed=5), episodes_task(6, seed=6), episodes_task(6, seed=7)
     kw = dict(config=FAST, device="cpu", tensorboard=False, model_config=TINY)
-    pre = train_transitions("pretrain", base, None, 3, output_path=str(tmp_path / "pre.safetensors"), **kw)
+    pre = train_transitions(
+        "pretrain", base, None, 3, output_path=str(tmp_path / "pre.safetensors"), **kw
+    )
     meta = load_checkpoint(pre.checkpoint_path).metadata
-    assert meta["kind"] == "pretrain" and meta["parent"] is None and meta["learning_rate"] == FAST.learning_rate
-    sc = train_transitions("scratch", base, t1, 3, output_path=str(tmp_path / "sc.safetensors"), **kw)
+    assert (
+        meta["kind"] == "pretrain"
+        and meta["parent"] is None
+        and meta["learning_rate"] == FAST.learning_rate
+    )
+    sc = train_transitions(
+        "scratch", base, t1, 3, output_path=str(tmp_path / "sc.safetensors"), **kw
+    )
     meta = load_checkpoint(sc.checkpoint_path).metadata
-    assert meta["kind"] == "scratch" and meta["learning_rate"] == pytest.approx(0.25 * FAST.learning_rate)
+    assert meta["kind"] == "scratch" and meta["learning_rate"] == pytest.approx(
+        0.25 * FAST.learning_rate
+    )
     with pytest.raises(ValueError, match="init checkpoint"):
-        train_transitions("finetune", base, t1, 3, output_path=str(tmp_path / "x.safetensors"), **kw)
+        train_transitions(
+            "finetune", base, t1, 3, output_path=str(tmp_path / "x.safetensors"), **kw
+        )
     sets = {"b": base, "t1": t1, "t2": t2}
     load = lambda paths: None if not paths else sets[paths[0]]  # noqa: E731
     kw.pop("model_config")
-    chain = continual(pre.checkpoint_path, ["b"], [("one", ["t1"]), ("two", ["t2"])], 3,
-                      output_dir=str(tmp_path / "cl"), load=load, **kw)
+    chain = continual(
+        pre.checkpoint_path,
+        ["b"],
+        [("one", ["t1"]), ("two", ["t2"])],
+        3,
+        output_dir=str(tmp_path / "cl"),
+        load=load,
+        **kw,
+    )
     m1, m2 = (load_checkpoint(r.checkpoint_path).metadata for r in chain)
     assert m1["parent"] == pre.checkpoint_id and m2["parent"] == chain[0].checkpoint_id
-    assert m1["kind"] == m2["kind"] == "finetune" and m2["continual"]["chain"] == [pre.checkpoint_id, chain[0].checkpoint_id]
+    assert m1["kind"] == m2["kind"] == "finetune" and m2["continual"]["chain"] == [
+        pre.checkpoint_id,
+        chain[0].checkpoint_id,
+    ]
     assert Path(chain[1].checkpoint_path).name == "02-two.safetensors"
-    again = continual(pre.checkpoint_path, ["b"], [("one", ["t1"]), ("two", ["t2"])], 3,
-                      output_dir=str(tmp_path / "cl"), load=load, **kw)
-    assert [r.checkpoint_id for r in again] == [r.checkpoint_id for r in chain]  # already done: not retrained
+    again = continual(
+        pre.checkpoint_path,
+        ["b"],
+        [("one", ["t1"]), ("two", ["t2"])],
+        3,
+        output_dir=str(tmp_path / "cl"),
+        load=load,
+        **kw,
+    )
+    assert [r.checkpoint_id for r in again] == [
+        r.checkpoint_id for r in chain
+    ]  # already done: not retrained
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +291,9 @@ def bags(tmp_path_factory):
 
 def _cli(*args, env=None, module=("-m", "nsl_trainer.cli")):
     e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=240, env=e)
+    return subprocess.run(
+        [sys.executable, *module, *args], capture_output=True, text=True, timeout=240, env=e
+    )
 
 
 def test_cli_finetune_and_clear_errors(tmp_path, bags):
@@ -217,22 +301,84 @@ def test_cli_finetune_and_clear_errors(tmp_path, bags):
     init = tmp_path / "init.safetensors"
     init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
     out = tmp_path / "ft.safetensors"
-    r = _cli("finetune", "--init", str(init), "--base", str(base), "--target", str(target), "--steps", "4",
-             "--batch-size", "8", "--output", str(out), "--threads", "1", "--checkpoint-every", "2")
+    r = _cli(
+        "finetune",
+        "--init",
+        str(init),
+        "--base",
+        str(base),
+        "--target",
+        str(target),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert f"wrote {out}" in r.stdout and "4/4" in r.stderr  # tqdm progress on the console
     meta = load_checkpoint(out).metadata
-    assert meta["kind"] == "finetune" and meta["datasets"] == {"base": [str(base)], "target": [str(target)]}
-    r = _cli("finetune", "--init", str(tmp_path / "missing.safetensors"), "--target", str(target), "--steps", "2",
-             "--output", str(tmp_path / "y.safetensors"))
-    assert r.returncode == 1 and "missing.safetensors does not exist" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("scratch", "--target", str(tmp_path / "nope"), "--steps", "2", "--output", str(tmp_path / "z.safetensors"))
+    assert meta["kind"] == "finetune" and meta["datasets"] == {
+        "base": [str(base)],
+        "target": [str(target)],
+    }
+    r = _cli(
+        "finetune",
+        "--init",
+        str(tmp_path / "missing.safetensors"),
+        "--target",
+        str(target),
+        "--steps",
+        "2",
+        "--output",
+        str(tmp_path / "y.safetensors"),
+    )
+    assert (
+        r.returncode == 1
+        and "missing.safetensors does not exist" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+    r = _cli(
+        "scratch",
+        "--target",
+        str(tmp_path / "nope"),
+        "--steps",
+        "2",
+        "--output",
+        str(tmp_path / "z.safetensors"),
+    )
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
     kp = tmp_path / "kp.safetensors"
-    r = _cli("scratch", "--target", str(target), "--steps", "2", "--batch-size", "8", "--image-size", "32",
-             "--head", "keypoints", "--policy-weights", "polyak", "--output", str(kp), "--threads", "1", "--quiet")
+    r = _cli(
+        "scratch",
+        "--target",
+        str(target),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--head",
+        "keypoints",
+        "--policy-weights",
+        "polyak",
+        "--output",
+        str(kp),
+        "--threads",
+        "1",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
-    assert load_checkpoint(kp).config.head == "keypoints" and load_checkpoint(kp).config.feature_size == 16
+    assert (
+        load_checkpoint(kp).config.head == "keypoints"
+        and load_checkpoint(kp).config.feature_size == 16
+    )
     assert load_checkpoint(kp).metadata["qtopt_config"]["policy_weights"] == "polyak"
 
 
@@ -241,20 +387,46 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path, bags):
     init = tmp_path / "init.safetensors"
     init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
     out = tmp_path / "ddp.safetensors"
-    r = _cli("--standalone", "--nproc-per-node", "2", "-m", "nsl_trainer.cli", "finetune", "--init", str(init),
-             "--base", str(base), "--target", str(target), "--steps", "6", "--batch-size", "8", "--output", str(out),
-             "--threads", "1", "--quiet", "--device", "cpu", module=("-m", "torch.distributed.run"))
+    r = _cli(
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "nsl_trainer.cli",
+        "finetune",
+        "--init",
+        str(init),
+        "--base",
+        str(base),
+        "--target",
+        str(target),
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--threads",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        module=("-m", "torch.distributed.run"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     ids = dict(re.findall(r"rank (\d)/2: checkpoint ([0-9a-f]{12})", r.stdout))
     assert set(ids) == {"0", "1"}, r.stdout
-    assert ids["0"] == ids["1"] == load_checkpoint(out).checkpoint_id  # bitwise-identical weights on both ranks
+    assert (
+        ids["0"] == ids["1"] == load_checkpoint(out).checkpoint_id
+    )  # bitwise-identical weights on both ranks
     assert load_checkpoint(out).metadata["world_size"] == 2
     assert load_checkpoint(out).checkpoint_id != load_checkpoint(init).checkpoint_id
 
 
 def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
     """``policy_weights="polyak"`` writes target network 1 (the Polyak average), the default the
-    online network; both runs train identically, only the exported weights differ."""
+    online network; both runs train identically, only the exported weights differ.
+    """
     import dataclasses
 
     from nsl_policy.checkpoint import weights_id
@@ -265,15 +437,28 @@ def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
     runs = {}
     for weights in ("online", "polyak"):
         cfg = dataclasses.replace(FAST, policy_weights=weights)
-        runs[weights] = train_transitions("finetune", base, None, 6, output_path=str(tmp_path / f"{weights}.safetensors"),
-                                          init_checkpoint=str(init), config=cfg, device="cpu", tensorboard=False,
-                                          run_dir=str(tmp_path / f"run_{weights}"))
+        runs[weights] = train_transitions(
+            "finetune",
+            base,
+            None,
+            6,
+            output_path=str(tmp_path / f"{weights}.safetensors"),
+            init_checkpoint=str(init),
+            config=cfg,
+            device="cpu",
+            tensorboard=False,
+            run_dir=str(tmp_path / f"run_{weights}"),
+        )
     states = {}
     for weights, res in runs.items():
-        trainer = QTOptTrainer(QNetwork(TINY), dataclasses.replace(FAST, policy_weights=weights), "cpu")
+        trainer = QTOptTrainer(
+            QNetwork(TINY), dataclasses.replace(FAST, policy_weights=weights), "cpu"
+        )
         trainer.load_state(Path(res.run_dir) / "state.safetensors")
         states[weights] = trainer
-    assert weights_id(states["online"].model.state_dict()) == weights_id(states["polyak"].model.state_dict())
+    assert weights_id(states["online"].model.state_dict()) == weights_id(
+        states["polyak"].model.state_dict()
+    )
     assert runs["online"].checkpoint_id == weights_id(states["online"].model.state_dict())
     assert runs["polyak"].checkpoint_id == weights_id(states["polyak"].target1.state_dict())
     assert runs["polyak"].checkpoint_id != runs["online"].checkpoint_id
@@ -302,31 +487,92 @@ def test_a_worker_job_writes_the_network_it_is_asked_for(tmp_path, bags):
     for weights in ("online", "polyak"):
         pipe = Pipe()
         out = tmp_path / f"{weights}.safetensors"
-        run_job(FineTuneJob(job_id=weights, base_datasets=[str(base)], target_datasets=[str(target)],
-                            init_checkpoint=str(init), steps=2, learning_rate=1e-4, target_fraction=0.5,
-                            output_path=str(out), batch_size=8, device="cpu", run_dir=str(tmp_path / weights),
-                            num_threads=1, policy_weights=weights), pipe)
+        run_job(
+            FineTuneJob(
+                job_id=weights,
+                base_datasets=[str(base)],
+                target_datasets=[str(target)],
+                init_checkpoint=str(init),
+                steps=2,
+                learning_rate=1e-4,
+                target_fraction=0.5,
+                output_path=str(out),
+                batch_size=8,
+                device="cpu",
+                run_dir=str(tmp_path / weights),
+                num_threads=1,
+                policy_weights=weights,
+            ),
+            pipe,
+        )
         assert pipe.messages[-1]["event"] == "succeeded", pipe.messages[-1]
         assert load_checkpoint(out).metadata["qtopt_config"]["policy_weights"] == weights
-
 
 
 def test_cli_grasp_values_then_finetune_from_them(tmp_path, bags):
     base, target = bags
     gv = tmp_path / "gv.safetensors"
-    r = _cli("grasp-values", "--data", str(base), "--steps", "3", "--batch-size", "4", "--image-size", "32",
-             "--width", "8", "--output", str(gv), "--threads", "1")
+    r = _cli(
+        "grasp-values",
+        "--data",
+        str(base),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--width",
+        "8",
+        "--output",
+        str(gv),
+        "--threads",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     assert "6 grasps" in r.stderr and "3/3" in r.stderr and f"wrote {gv}" in r.stdout
     meta = load_checkpoint(gv).metadata
-    assert meta["kind"] == "grasp_values" and meta["steps"] == 3 and meta["datasets"] == [str(base)]
+    assert (
+        meta["kind"] == "grasp_values" and meta["steps"] == 3 and meta["datasets"] == [str(base)]
+    )
     out = tmp_path / "ft.safetensors"
-    r = _cli("finetune", "--init", str(gv), "--base", str(base), "--target", str(target), "--steps", "2",
-             "--batch-size", "8", "--output", str(out), "--threads", "1", "--quiet")
+    r = _cli(
+        "finetune",
+        "--init",
+        str(gv),
+        "--base",
+        str(base),
+        "--target",
+        str(target),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--threads",
+        "1",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(out).metadata["parent"] == load_checkpoint(gv).checkpoint_id
-    r = _cli("grasp-values", "--data", str(tmp_path / "nope"), "--steps", "2",
-             "--output", str(tmp_path / "x.safetensors"))
+    r = _cli(
+        "grasp-values",
+        "--data",
+        str(tmp_path / "nope"),
+        "--steps",
+        "2",
+        "--output",
+        str(tmp_path / "x.safetensors"),
+    )
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("grasp-values", "--data", str(base), "--steps", "0", "--output", str(tmp_path / "x.safetensors"))
+    r = _cli(
+        "grasp-values",
+        "--data",
+        str(base),
+        "--steps",
+        "0",
+        "--output",
+        str(tmp_path / "x.safetensors"),
+    )
     assert r.returncode == 1 and "steps" in r.stderr and "Traceback" not in r.stderr

@@ -1,5 +1,7 @@
 """The trainer node as a separate process: quick validation, refusals while serving, progress and
-metrics on the status topic, cancel, announcement of the result."""
+metrics on the status topic, cancel, announcement of the result.
+"""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +32,9 @@ def trainer(tmp_path_factory):
     init = work / "init.safetensors"
     init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
     namespace = "trainertest"
-    _, nodes = resolve("finetune", {"namespace": namespace, "checkpoint_dir": str(work / "checkpoints")})
+    _, nodes = resolve(
+        "finetune", {"namespace": namespace, "checkpoint_dir": str(work / "checkpoints")}
+    )
     runner = GraphRunner(nodes, namespace=namespace, env=env)
     runner.start()
     rclpy.init()
@@ -57,7 +61,9 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
 
     runner, client, work, bag, init = trainer
     announced = []
-    client.create_subscription(CheckpointInfo, "trainer/checkpoints", announced.append, LATCHED_QOS)
+    client.create_subscription(
+        CheckpointInfo, "trainer/checkpoints", announced.append, LATCHED_QOS
+    )
     cancel = client.create_client(Trigger, "trainer/cancel")
     fine_tune = client.fine_tune_client
     empty_dir = tmp_path / "empty"
@@ -67,9 +73,17 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
     cases = [
         (FineTune.Request(target_datasets=["/nonexistent/bag_42"]), "/nonexistent/bag_42"),
         (FineTune.Request(target_datasets=[str(empty_dir)]), str(empty_dir)),
-        (FineTune.Request(target_datasets=[str(bag)], base_datasets=["/nonexistent/b"]), "/nonexistent/b"),
+        (
+            FineTune.Request(target_datasets=[str(bag)], base_datasets=["/nonexistent/b"]),
+            "/nonexistent/b",
+        ),
         (FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(garbage)), str(garbage)),
-        (FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), learning_rate=-1.0), "learning_rate"),
+        (
+            FineTune.Request(
+                target_datasets=[str(bag)], init_checkpoint=str(init), learning_rate=-1.0
+            ),
+            "learning_rate",
+        ),
         (FineTune.Request(), "no target_datasets"),
     ]
     for request, expected in cases:
@@ -79,30 +93,59 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
     assert not reply.success and "no job" in reply.message
 
     # A long job: refused concurrent request, progress with metrics, then cancel.
-    long = client.call(fine_tune, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=1_000_000))
+    long = client.call(
+        fine_tune,
+        FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=1_000_000),
+    )
     assert long.accepted, long.message
-    busy = client.call(fine_tune, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=2))
+    busy = client.call(
+        fine_tune, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=2)
+    )
     assert not busy.accepted and "busy" in busy.message and long.job_id in busy.message
-    client.wait_until(lambda: client.trainer_status.job_id == long.job_id and client.trainer_status.step > 0, 120,
-                      "progress of the long job")
+    client.wait_until(
+        lambda: client.trainer_status.job_id == long.job_id and client.trainer_status.step > 0,
+        120,
+        "progress of the long job",
+    )
     s = client.trainer_status
     assert s.state == TrainerStatus.STATE_RUNNING and s.total_steps == 1_000_000
-    assert 0 <= s.mean_q <= 1 and s.td_error >= 0 and 0 <= s.target_fraction <= 1 and s.learning_rate > 0
+    assert (
+        0 <= s.mean_q <= 1
+        and s.td_error >= 0
+        and 0 <= s.target_fraction <= 1
+        and s.learning_rate > 0
+    )
     assert s.run_dir.endswith(long.job_id)
     reply = client.call(cancel, Trigger.Request())
     assert reply.success and long.job_id in reply.message
-    client.wait_until(lambda: client.trainer_status.state == TrainerStatus.STATE_CANCELLED, 60, "the cancellation")
+    client.wait_until(
+        lambda: client.trainer_status.state == TrainerStatus.STATE_CANCELLED,
+        60,
+        "the cancellation",
+    )
     assert client.trainer_status.job_id == long.job_id
     assert (Path(s.run_dir) / "state.safetensors").is_file()  # resumable state saved on cancel
 
     # Still serving: a short job runs to completion and is announced.
-    short = client.call(fine_tune, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=3))
+    short = client.call(
+        fine_tune, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=3)
+    )
     assert short.accepted, short.message
-    client.wait_until(lambda: client.trainer_status.job_id == short.job_id
-                      and client.trainer_status.state in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED),
-                      120, "the short job")
-    assert client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED, client.trainer_status.message
-    client.wait_until(lambda: any(a.job_id == short.job_id for a in announced), 30, "the announcement")
+    client.wait_until(
+        lambda: (
+            client.trainer_status.job_id == short.job_id
+            and client.trainer_status.state
+            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
+        ),
+        120,
+        "the short job",
+    )
+    assert client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED, (
+        client.trainer_status.message
+    )
+    client.wait_until(
+        lambda: any(a.job_id == short.job_id for a in announced), 30, "the announcement"
+    )
     info = next(a for a in announced if a.job_id == short.job_id)
     assert Path(info.path).is_file() and info.path == client.trainer_status.checkpoint_path
     from nsl_policy.checkpoint import load_checkpoint

@@ -1,4 +1,5 @@
 """Synthetic data for the trainer tests: transitions in memory and small rosbag2 bags."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,13 +13,14 @@ MSG_DIR = Path(__file__).resolve().parents[2] / "nsl_msgs" / "msg"
 
 def marker_images(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Dark noisy images with one bright 4x4 marker at a random place; returns (images (n, S, S, 3)
-    uint8, marker centres (n, 2) in the action's normalised [-1, 1] x/y coordinates)."""
+    uint8, marker centres (n, 2) in the action's normalised [-1, 1] x/y coordinates).
+    """
     rng = np.random.default_rng(seed)
     images = (40 + rng.integers(0, 20, (n, size, size, 3))).astype(np.uint8)
     centre = rng.uniform(-0.75, 0.75, (n, 2)).astype(np.float32)
     px = np.rint((centre + 1) / 2 * (size - 1)).astype(int)
     for i, (x, y) in enumerate(px):
-        images[i, max(0, y - 2):y + 2, max(0, x - 2):x + 2] = 250
+        images[i, max(0, y - 2) : y + 2, max(0, x - 2) : x + 2] = 250
     return images, centre
 
 
@@ -27,13 +29,22 @@ def marker_success(action: np.ndarray, centre: np.ndarray, radius: float) -> np.
     return np.linalg.norm(np.asarray(action)[:, :2] - centre, axis=1) < radius
 
 
-def marker_task(n: int, radius: float = 0.5, size: int = 32, seed: int = 0) -> tuple[Transitions, np.ndarray]:
+def marker_task(
+    n: int, radius: float = 0.5, size: int = 32, seed: int = 0
+) -> tuple[Transitions, np.ndarray]:
     """One-step episodes of a uniformly random policy on the marker task; (transitions, centres)."""
     images, centre = marker_images(n, size, seed)
     action = np.random.default_rng(seed + 1).uniform(-1, 1, (n, 6)).astype(np.float32)
     reward = marker_success(action, centre, radius).astype(np.float32)
-    t = Transitions(image=images, state=np.zeros((n, 3), np.float32), action=action, reward=reward,
-                    done=np.ones(n, bool), next_index=np.arange(n), episode=np.arange(n))
+    t = Transitions(
+        image=images,
+        state=np.zeros((n, 3), np.float32),
+        action=action,
+        reward=reward,
+        done=np.ones(n, bool),
+        next_index=np.arange(n),
+        episode=np.arange(n),
+    )
     return t, centre
 
 
@@ -42,24 +53,43 @@ def episodes_task(n_episodes: int, steps: int = 3, size: int = 32, seed: int = 0
     rng = np.random.default_rng(seed)
     n = n_episodes * steps
     done = (np.arange(n) % steps) == steps - 1
-    return Transitions(image=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
-                       state=rng.random((n, 3)).astype(np.float32),
-                       action=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
-                       reward=(done & (rng.random(n) < 0.5)).astype(np.float32), done=done,
-                       next_index=np.where(done, np.arange(n), np.arange(n) + 1), episode=np.arange(n) // steps)
+    return Transitions(
+        image=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+        state=rng.random((n, 3)).astype(np.float32),
+        action=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
+        reward=(done & (rng.random(n) < 0.5)).astype(np.float32),
+        done=done,
+        next_index=np.where(done, np.arange(n), np.arange(n) + 1),
+        episode=np.arange(n) // steps,
+    )
 
 
-def write_bag(path: Path, n_episodes: int, steps: int = 3, size: int = 32, seed: int = 0, task: str = "base") -> Path:
+def write_bag(
+    path: Path, n_episodes: int, steps: int = 3, size: int = 32, seed: int = 0, task: str = "base"
+) -> Path:
     """A closed rosbag2 bag of ``n_episodes`` complete random episodes (BagRecorder)."""
     from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
 
     rng = np.random.default_rng(seed)
     with BagRecorder(path, {"task": task}, MSG_DIR, flush_steps=False, fsync=False) as rec:
         for e in range(n_episodes):
-            recs = [StepData.from_vector(rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
-                                         [float(j == steps - 1), 0.3 - 0.05 * j, j / steps],
-                                         rng.uniform(-1, 1, 6), stamp_ns=10**18 + (e * 10 + j) * 10**6)
-                    for j in range(steps)]
-            rec.write_episode(recs, EpisodeData(episode_id=f"{task}-{e}", task=task, seed=e,
-                                                success=bool(rng.random() < 0.5), stamp_ns=10**18 + (e * 10 + 9) * 10**6))
+            recs = [
+                StepData.from_vector(
+                    rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+                    [float(j == steps - 1), 0.3 - 0.05 * j, j / steps],
+                    rng.uniform(-1, 1, 6),
+                    stamp_ns=10**18 + (e * 10 + j) * 10**6,
+                )
+                for j in range(steps)
+            ]
+            rec.write_episode(
+                recs,
+                EpisodeData(
+                    episode_id=f"{task}-{e}",
+                    task=task,
+                    seed=e,
+                    success=bool(rng.random() < 0.5),
+                    stamp_ns=10**18 + (e * 10 + 9) * 10**6,
+                ),
+            )
     return path

@@ -8,6 +8,7 @@ evaluates any checkpoint. It uses
 the libraries behind the nodes (nsl_sim, nsl_policy, nsl_collector, nsl_trainer) and writes the
 robot's bag format.
 """
+
 from .config import ExperimentConfig
 from .episodes import wilson_interval
 from .stages import STAGES, evaluate_checkpoint, run

@@ -4,6 +4,7 @@ One typed dataclass, :class:`ExperimentConfig`, holds every knob of every stage.
 hashes only the fields it reads (see :data:`STAGE_FIELDS`), so changing, say, the evaluation
 episode count does not invalidate the pre-trained checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,25 +28,36 @@ ROUND_SEEDS = 1_000_000  # + round * 100_000 (rounds 1-9; see round_seed_offset)
 FIRST_LATE_ROUND = 10
 LATE_ROUND_SEEDS = 4_000_000  # + (round - FIRST_LATE_ROUND) * 100_000 (rounds 10-19)
 MAX_ROUNDS = 19
-TARGET_SEEDS = 2_000_000  # + task index in STUDY_TASKS * 100_000 (the fine-tuning study's exploration grasps)
-CONTINUAL_SEEDS = 3_000_000  # + step * 100_000 (continual_recollect: grasps with the previous step's policy)
+TARGET_SEEDS = (
+    2_000_000  # + task index in STUDY_TASKS * 100_000 (the fine-tuning study's exploration grasps)
+)
+CONTINUAL_SEEDS = (
+    3_000_000  # + step * 100_000 (continual_recollect: grasps with the previous step's policy)
+)
 VALIDATION_SEEDS = 5_000_000
 ONLINE_SEEDS = 7_000_000  # + task index in STUDY_TASKS * 100_000 + (round - 1) * 10_000 (online_finetune, rounds 2..)
 MAX_ONLINE_ROUNDS = 10
 MAX_ONLINE_ROUND_EPISODES = 10_000
-CALIBRATION_SEEDS = 6_000_000  # severity calibration: validation-like, but never used to choose the base
+CALIBRATION_SEEDS = (
+    6_000_000  # severity calibration: validation-like, but never used to choose the base
+)
 EVALUATION_SEEDS = 8_000_000
 GATE_SEEDS = 9_000_000  # gate decisions with gate_episodes > 0: seeds nothing else was chosen or reported on
 #: The held-out episode seed sets (test objects) by name.
-SEED_SETS = {"evaluation": EVALUATION_SEEDS, "validation": VALIDATION_SEEDS, "calibration": CALIBRATION_SEEDS,
-             "gate": GATE_SEEDS}
+SEED_SETS = {
+    "evaluation": EVALUATION_SEEDS,
+    "validation": VALIDATION_SEEDS,
+    "calibration": CALIBRATION_SEEDS,
+    "gate": GATE_SEEDS,
+}
 #: Most episodes one use may draw from its seed range (the ranges above are 100_000 apart).
 MAX_EPISODES_PER_RANGE = 100_000
 
 
 def round_seed_offset(round_index: int) -> int:
     """Start of on-policy round ``round_index``'s seed range (1..MAX_ROUNDS). Rounds 10-19 got a
-    range of their own later, so the seeds of rounds 1-9 (and their cached bags) never changed."""
+    range of their own later, so the seeds of rounds 1-9 (and their cached bags) never changed.
+    """
     if not 1 <= round_index <= MAX_ROUNDS:
         raise ValueError(f"round must be in 1..{MAX_ROUNDS}, got {round_index}")
     if round_index < FIRST_LATE_ROUND:
@@ -55,18 +67,35 @@ def round_seed_offset(round_index: int) -> int:
 
 def online_seed_offset(task: str, round_index: int) -> int:
     """Start of the seed range of ``task``'s online round ``round_index`` (2..MAX_ONLINE_ROUNDS;
-    round 1 uses the base policy's exploration grasps, TARGET_SEEDS)."""
+    round 1 uses the base policy's exploration grasps, TARGET_SEEDS).
+    """
     if not 2 <= round_index <= MAX_ONLINE_ROUNDS:
         raise ValueError(f"online round must be in 2..{MAX_ONLINE_ROUNDS}, got {round_index}")
-    return ONLINE_SEEDS + 100_000 * STUDY_TASKS.index(task) + MAX_ONLINE_ROUND_EPISODES * (round_index - 1)
+    return (
+        ONLINE_SEEDS
+        + 100_000 * STUDY_TASKS.index(task)
+        + MAX_ONLINE_ROUND_EPISODES * (round_index - 1)
+    )
 
 
-CHALLENGES = ("harsh_light", "transparent_objects", "checkerboard", "extend_gripper_1cm", "offset_gripper_10cm")
+CHALLENGES = (
+    "harsh_light",
+    "transparent_objects",
+    "checkerboard",
+    "extend_gripper_1cm",
+    "offset_gripper_10cm",
+)
 #: Every task of the fine-tuning study; the position fixes a task's target seed range, so the
 #: seeds of a task do not depend on which tasks a run studies.
 STUDY_TASKS = ("base",) + CHALLENGES
 #: The paper's continual-learning chain (Table III, Fig. 4).
-CONTINUAL_ORDER = ("harsh_light", "transparent_objects", "checkerboard", "extend_gripper_1cm", "offset_gripper_10cm")
+CONTINUAL_ORDER = (
+    "harsh_light",
+    "transparent_objects",
+    "checkerboard",
+    "extend_gripper_1cm",
+    "offset_gripper_10cm",
+)
 #: Modules of nsl_policy.model.QNetwork that the head re-initialisation ablation may reset.
 REINIT_MODULES = ("embed", "head", "fc")
 
@@ -304,8 +333,13 @@ class ExperimentConfig:
 
         def check_float(name: str, lo: float, hi: float, lo_open: bool = False) -> None:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or not (lo < v if lo_open else lo <= v) or not v <= hi:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or not (lo < v if lo_open else lo <= v)
+                or not v <= hi
+            ):
                 raise bad(name, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}]")
             setattr(self, name, float(v))
 
@@ -348,8 +382,11 @@ class ExperimentConfig:
         if self.init_scheme not in ("default", "kaiming"):
             raise bad("init_scheme", 'must be "default" or "kaiming"')
         if self.binary_action_jitter is not False:
-            raise bad("binary_action_jitter", "is retired: CEM and the trainer now use canonical close/terminate "
-                      "values (nsl_policy.action_space.canonical_actions); leave it out")
+            raise bad(
+                "binary_action_jitter",
+                "is retired: CEM and the trainer now use canonical close/terminate "
+                "values (nsl_policy.action_space.canonical_actions); leave it out",
+            )
         check_float("learning_rate", 0.0, 1.0, lo_open=True)
         check_float("round_learning_rate", 0.0, 1.0, lo_open=True)
         check_float("pretrain_location_weight", 0.0, 1e3)
@@ -365,47 +402,76 @@ class ExperimentConfig:
         if not isinstance(self.base_checkpoint, str):
             raise bad("base_checkpoint", 'must be a path, "shipped" or ""')
         if self.base_checkpoint and not self.base_control:
-            raise bad("base_checkpoint", "needs base_control=true: the base control's exploration grasps are the "
-                      "fine-tunes' base data when the checkpoint's pre-training data is not at hand")
+            raise bad(
+                "base_checkpoint",
+                "needs base_control=true: the base control's exploration grasps are the "
+                "fine-tunes' base data when the checkpoint's pre-training data is not at hand",
+            )
         for name in ("base_control", "continual_recollect", "continual_guard"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         check_int("calibration_episodes", 1)
         sev = as_tuple("calibration_severities")
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
-                          for v in sev) or any(a >= b for a, b in zip(sev, sev[1:])):
+        if any(
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or v <= 0
+            for v in sev
+        ) or any(a >= b for a, b in zip(sev, sev[1:])):
             raise bad("calibration_severities", "must be increasing positive numbers")
         self.calibration_severities = tuple(float(v) for v in sev)
         check_float("calibration_drop", 0.0, 1.0, lo_open=True)
         if self.calibration_seed_set not in ("calibration", "validation"):
-            raise bad("calibration_seed_set",
-                      f"must be 'calibration' or 'validation', got {self.calibration_seed_set!r}")
+            raise bad(
+                "calibration_seed_set",
+                f"must be 'calibration' or 'validation', got {self.calibration_seed_set!r}",
+            )
         check_int("target_episodes", 1, MAX_EPISODES_PER_RANGE)
         check_float("target_epsilon", 0.0, 1.0)
         check_float("target_noise_std", 0.0, 2.0)
         tiers = as_tuple("tiers")
-        if any(isinstance(t, bool) or not isinstance(t, int) for t in tiers) \
-                or any(a >= b for a, b in zip(tiers, tiers[1:])) or tiers[0] < 1 or tiers[-1] > self.target_episodes:
-            raise bad("tiers", f"must be increasing integers in 1..target_episodes ({self.target_episodes})")
+        if (
+            any(isinstance(t, bool) or not isinstance(t, int) for t in tiers)
+            or any(a >= b for a, b in zip(tiers, tiers[1:]))
+            or tiers[0] < 1
+            or tiers[-1] > self.target_episodes
+        ):
+            raise bad(
+                "tiers",
+                f"must be increasing integers in 1..target_episodes ({self.target_episodes})",
+            )
         check_int("finetune_steps", 1)
         check_float("target_fraction", 0.0, 1.0, lo_open=True)
         check_int("online_rounds", 0, MAX_ONLINE_ROUNDS)
         if self.online_rounds:
             per_round, rest = divmod(self.tiers[-1], self.online_rounds)
             if rest or per_round % self.chunk_episodes:
-                raise bad("online_rounds", f"must split the largest tier ({self.tiers[-1]} grasps) into equal rounds of "
-                          f"whole bags (chunk_episodes {self.chunk_episodes})")
+                raise bad(
+                    "online_rounds",
+                    f"must split the largest tier ({self.tiers[-1]} grasps) into equal rounds of "
+                    f"whole bags (chunk_episodes {self.chunk_episodes})",
+                )
             if per_round > MAX_ONLINE_ROUND_EPISODES:
-                raise bad("online_rounds", f"gives rounds of {per_round} grasps, more than the "
-                          f"{MAX_ONLINE_ROUND_EPISODES} of a round's seed range")
+                raise bad(
+                    "online_rounds",
+                    f"gives rounds of {per_round} grasps, more than the "
+                    f"{MAX_ONLINE_ROUND_EPISODES} of a round's seed range",
+                )
             if self.validation_episodes == 0 and self.gate_episodes == 0:
-                raise bad("online_rounds", "needs validation_episodes or gate_episodes > 0 (the online evaluation "
-                          "of every round)")
+                raise bad(
+                    "online_rounds",
+                    "needs validation_episodes or gate_episodes > 0 (the online evaluation "
+                    "of every round)",
+                )
         check_int("scratch_steps", 1)
         check_int("gate_episodes", 0, MAX_EPISODES_PER_RANGE)
         if self.continual_guard and self.validation_episodes == 0 and self.gate_episodes == 0:
-            raise bad("continual_guard", "needs validation_episodes > 0 (the gate compares validation "
-                      "success); set continual_guard=false for the plain chain")
+            raise bad(
+                "continual_guard",
+                "needs validation_episodes > 0 (the gate compares validation "
+                "success); set continual_guard=false for the plain chain",
+            )
         if not isinstance(self.report_dir, str) or not self.report_dir:
             raise bad("report_dir", "must be a folder path")
         for name in ("model", "qtopt", "finetune_qtopt", "policy_cem"):
@@ -422,7 +488,8 @@ class ExperimentConfig:
     # --- the study --------------------------------------------------------------------
     def study_tasks(self) -> tuple[str, ...]:
         """Tasks explored and fine-tuned on (Table II rows): ``base`` (when ``base_control``)
-        then the challenges, in STUDY_TASKS order."""
+        then the challenges, in STUDY_TASKS order.
+        """
         chosen = set(self.challenges) | ({"base"} if self.base_control else set())
         return tuple(t for t in STUDY_TASKS if t in chosen)
 
@@ -445,14 +512,20 @@ class ExperimentConfig:
         overrides = {**self.qtopt, **(self.finetune_qtopt if finetune else {})}
         if not finetune and self.pretrain_location_weight > 0:
             overrides["location_weight"] = self.pretrain_location_weight
-        return QTOptConfig.from_dict({**overrides, "seed": self.seed, "learning_rate": self.learning_rate})
+        return QTOptConfig.from_dict(
+            {**overrides, "seed": self.seed, "learning_rate": self.learning_rate}
+        )
 
     def cem_config(self) -> CEMConfig:
         return CEMConfig(**self.policy_cem)
 
     def sim_kwargs(self) -> dict[str, Any]:
         """SimConfig fields shared by every stage (the object split is set per use)."""
-        return {"image_size": self.image_size, "max_steps": self.max_steps, "num_objects": self.num_objects}
+        return {
+            "image_size": self.image_size,
+            "max_steps": self.max_steps,
+            "num_objects": self.num_objects,
+        }
 
     def seed_base(self, offset: int) -> int:
         return self.seed * SEED_STRIDE + offset
@@ -482,7 +555,8 @@ class ExperimentConfig:
     def from_run(cls, output: str | Path, **overrides: Any) -> "ExperimentConfig":
         """The config a run folder was made with (its config.json), plus ``overrides``. A field
         newer than the file takes its :data:`KEYED_WHEN_SET` value, the one every older run had,
-        not today's default."""
+        not today's default.
+        """
         with open(Path(output) / "config.json", encoding="utf-8") as f:
             saved = json.load(f)
         return cls.from_dict({**KEYED_WHEN_SET, **saved, **overrides})
@@ -521,29 +595,83 @@ def stable_hash(obj: Any) -> str:
 #: Fields each stage depends on (its cache key is a hash of these plus its inputs' keys).
 COMMON_FIELDS = ("seed", "image_size", "max_steps", "num_objects")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    "bootstrap": COMMON_FIELDS + ("bootstrap_random_fraction", "bootstrap_noise_max",
-                                  "bootstrap_epsilon_max", "bootstrap_p_close", "bootstrap_decoy_fraction",
-                                  "chunk_episodes"),
+    "bootstrap": COMMON_FIELDS
+    + (
+        "bootstrap_random_fraction",
+        "bootstrap_noise_max",
+        "bootstrap_epsilon_max",
+        "bootstrap_p_close",
+        "bootstrap_decoy_fraction",
+        "chunk_episodes",
+    ),
     "grasp_values": COMMON_FIELDS + ("grasp_value_steps", "model", "init_scheme"),
-    "grasp_value_qtopt": COMMON_FIELDS + ("grasp_value_qtopt_steps", "grasp_value_checks", "learning_rate", "model",
-                                          "qtopt", "binary_action_jitter", "pretrain_location_weight"),
-    "pretrain_train": COMMON_FIELDS + ("pretrain_steps", "learning_rate", "model", "qtopt", "binary_action_jitter",
-                                       "init_scheme", "pretrain_location_weight"),
-    "round": COMMON_FIELDS + ("binary_action_jitter", "round_episodes", "round_steps", "round_epsilon", "round_noise_std",
-                              "round_learning_rate", "policy_cem", "chunk_episodes", "model", "qtopt",
-                              "pretrain_location_weight"),
+    "grasp_value_qtopt": COMMON_FIELDS
+    + (
+        "grasp_value_qtopt_steps",
+        "grasp_value_checks",
+        "learning_rate",
+        "model",
+        "qtopt",
+        "binary_action_jitter",
+        "pretrain_location_weight",
+    ),
+    "pretrain_train": COMMON_FIELDS
+    + (
+        "pretrain_steps",
+        "learning_rate",
+        "model",
+        "qtopt",
+        "binary_action_jitter",
+        "init_scheme",
+        "pretrain_location_weight",
+    ),
+    "round": COMMON_FIELDS
+    + (
+        "binary_action_jitter",
+        "round_episodes",
+        "round_steps",
+        "round_epsilon",
+        "round_noise_std",
+        "round_learning_rate",
+        "policy_cem",
+        "chunk_episodes",
+        "model",
+        "qtopt",
+        "pretrain_location_weight",
+    ),
     "evaluate": COMMON_FIELDS + ("eval_episodes", "policy_cem"),
     "validate": COMMON_FIELDS + ("validation_episodes", "policy_cem"),
     "gate": COMMON_FIELDS + ("gate_episodes", "policy_cem"),
     "calibrate": COMMON_FIELDS + ("calibration_episodes", "calibration_seed_set", "policy_cem"),
-    "targets": COMMON_FIELDS + ("target_epsilon", "target_noise_std", "policy_cem", "chunk_episodes"),
-    "finetune": COMMON_FIELDS + ("finetune_steps", "learning_rate", "target_fraction", "model", "qtopt",
-                                 "finetune_qtopt", "binary_action_jitter"),
-    "scratch": COMMON_FIELDS + ("scratch_steps", "learning_rate", "model", "qtopt", "finetune_qtopt",
-                                "binary_action_jitter", "init_scheme"),
+    "targets": COMMON_FIELDS
+    + ("target_epsilon", "target_noise_std", "policy_cem", "chunk_episodes"),
+    "finetune": COMMON_FIELDS
+    + (
+        "finetune_steps",
+        "learning_rate",
+        "target_fraction",
+        "model",
+        "qtopt",
+        "finetune_qtopt",
+        "binary_action_jitter",
+    ),
+    "scratch": COMMON_FIELDS
+    + (
+        "scratch_steps",
+        "learning_rate",
+        "model",
+        "qtopt",
+        "finetune_qtopt",
+        "binary_action_jitter",
+        "init_scheme",
+    ),
 }
 #: Fields added after run folders existed, with the value every older run had: a stage key
 #: includes one only when it differs from that value, so the caches made before the field
 #: existed stay valid (and their report commands say the old value).
-KEYED_WHEN_SET: dict[str, Any] = {"finetune_qtopt": {}, "bootstrap_decoy_fraction": 0.0,
-                                  "calibration_seed_set": "validation", "pretrain_location_weight": 0.0}
+KEYED_WHEN_SET: dict[str, Any] = {
+    "finetune_qtopt": {},
+    "bootstrap_decoy_fraction": 0.0,
+    "calibration_seed_set": "validation",
+    "pretrain_location_weight": 0.0,
+}

@@ -5,6 +5,7 @@ the robot's collector node writes, so every trainer reads sim and robot data the
 Work is split into *jobs* (a chunk of episodes with fixed seeds, one bag per collection job) that
 run in worker processes; a job's result depends only on its spec, never on the worker count.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,8 @@ TaskSpec = str | dict
 
 def task_spec(name: str, severity: float | None = None) -> TaskSpec:
     """The spec of task ``name`` at ``severity`` (None: the task's own). The registered task
-    stays its name, so its cache keys match those of plain-name evaluations (evaluate_base)."""
+    stays its name, so its cache keys match those of plain-name evaluations (evaluate_base).
+    """
     task = get_task(name)
     if severity is None or float(severity) == task.severity:
         return name
@@ -56,13 +58,19 @@ def success_summary(outcomes: list[EpisodeOutcome]) -> dict[str, Any]:
     n = len(outcomes)
     k = sum(1 for o in outcomes if o.success)
     lo, hi = wilson_interval(k, n)
-    return {"episodes": n, "successes": k, "success_rate": k / n if n else float("nan"),
-            "ci95": [lo, hi], "mean_steps": float(np.mean([o.steps for o in outcomes])) if n else float("nan")}
+    return {
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n if n else float("nan"),
+        "ci95": [lo, hi],
+        "mean_steps": float(np.mean([o.steps for o in outcomes])) if n else float("nan"),
+    }
 
 
 def msg_dir() -> Path | None:
     """nsl_msgs' .msg folder: the ament index / NSL_MSGS_DIR (nsl_collector's lookup), else the
-    venv prefix or this source tree (``python -m``/``.venv/bin/nsl`` without a sourced workspace)."""
+    venv prefix or this source tree (``python -m``/``.venv/bin/nsl`` without a sourced workspace).
+    """
     import sys
 
     from nsl_collector.dataset import DatasetError, find_msg_dir
@@ -70,19 +78,25 @@ def msg_dir() -> Path | None:
     try:
         return find_msg_dir()
     except DatasetError:
-        for d in (Path(sys.prefix) / "share" / "nsl_msgs" / "msg", Path(__file__).resolve().parents[3] / "nsl_msgs" / "msg"):
+        for d in (
+            Path(sys.prefix) / "share" / "nsl_msgs" / "msg",
+            Path(__file__).resolve().parents[3] / "nsl_msgs" / "msg",
+        ):
             if d.is_dir() and any(d.glob("*.msg")):
                 return d
         raise
 
 
 def _state(obs) -> np.ndarray:
-    return np.array([1.0 if obs.gripper_closed else 0.0, obs.height, obs.step_fraction], dtype=np.float32)
+    return np.array(
+        [1.0 if obs.gripper_closed else 0.0, obs.height, obs.step_fraction], dtype=np.float32
+    )
 
 
 def _scripted_actor(spec: dict, env, seed: int) -> Callable:
     """Oracle with per-episode noise/epsilon, or a purely random episode, or (``decoy_fraction``)
-    the oracle's motion towards a random grasp pose: decided per episode from the seed."""
+    the oracle's motion towards a random grasp pose: decided per episode from the seed.
+    """
     from nsl_policy.action_space import ActionSpace, GraspCommand
     from nsl_sim.scripted import grasp_at, random_action, random_grasp_goal
 
@@ -92,8 +106,11 @@ def _scripted_actor(spec: dict, env, seed: int) -> Callable:
     noise = rng.uniform(0.0, spec["noise_max"])
     eps = rng.uniform(0.0, spec["epsilon_max"])
     # Drawn only when asked, so that the episodes of older configs stay bit-identical.
-    decoy = (not random_episode and spec.get("decoy_fraction", 0.0) > 0
-             and rng.random() < spec["decoy_fraction"])
+    decoy = (
+        not random_episode
+        and spec.get("decoy_fraction", 0.0) > 0
+        and rng.random() < spec["decoy_fraction"]
+    )
     goal = random_grasp_goal(rng, env.config) if decoy else None
 
     def act(obs) -> tuple[np.ndarray, float, bool]:
@@ -106,7 +123,9 @@ def _scripted_actor(spec: dict, env, seed: int) -> Callable:
         else:
             t, r, c, term = env.oracle_action()
             explore = noise > 0
-        vec = space.to_vector(GraspCommand(tuple(float(x) for x in t), float(r), bool(c), bool(term)))
+        vec = space.to_vector(
+            GraspCommand(tuple(float(x) for x in t), float(r), bool(c), bool(term))
+        )
         if not random_episode and noise > 0:
             vec[:4] = np.clip(vec[:4] + rng.normal(0.0, noise, 4), -1.0, 1.0)
         return vec.astype(np.float32), math.nan, explore
@@ -151,9 +170,13 @@ def run_job(spec: dict) -> list[dict]:
 
         loaded = load_checkpoint(spec["checkpoint"], device="cpu")
         checkpoint_id = loaded.checkpoint_id
-        policy = GraspPolicy(loaded.model, CEMConfig(**spec.get("cem", {})),
-                             ExplorationConfig(spec.get("epsilon", 0.0), spec.get("noise_std", 0.0)),
-                             seed=int(spec["policy_seed"]), device="cpu")
+        policy = GraspPolicy(
+            loaded.model,
+            CEMConfig(**spec.get("cem", {})),
+            ExplorationConfig(spec.get("epsilon", 0.0), spec.get("noise_std", 0.0)),
+            seed=int(spec["policy_seed"]),
+            device="cpu",
+        )
     bag_path = Path(spec["bag"]) if spec.get("bag") else None
     recorder = None
     if bag_path is not None:
@@ -161,35 +184,69 @@ def run_job(spec: dict) -> list[dict]:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        recorder = BagRecorder(tmp, dict(spec.get("metadata", {})), msg_dir(), fsync=False, flush_steps=False)
-    exploration = {} if policy is None else {"epsilon": spec.get("epsilon", 0.0), "noise_std": spec.get("noise_std", 0.0)}
+        recorder = BagRecorder(
+            tmp, dict(spec.get("metadata", {})), msg_dir(), fsync=False, flush_steps=False
+        )
+    exploration = (
+        {}
+        if policy is None
+        else {"epsilon": spec.get("epsilon", 0.0), "noise_std": spec.get("noise_std", 0.0)}
+    )
     if spec["kind"] == SCRIPTED:
-        exploration = {"scripted": True, "random_fraction": spec["random_fraction"], "noise_max": spec["noise_max"],
-                       "epsilon_max": spec["epsilon_max"]}
+        exploration = {
+            "scripted": True,
+            "random_fraction": spec["random_fraction"],
+            "noise_max": spec["noise_max"],
+            "epsilon_max": spec["epsilon_max"],
+        }
         if spec.get("decoy_fraction", 0.0) > 0:
             exploration["decoy_fraction"] = spec["decoy_fraction"]
     results = []
     try:
         for seed in spec["seeds"]:
             obs = env.reset(seed=int(seed), task=task)
-            act = _scripted_actor(spec, env, int(seed)) if policy is None else _policy_actor(policy)
+            act = (
+                _scripted_actor(spec, env, int(seed)) if policy is None else _policy_actor(policy)
+            )
             steps: list[StepData] = []
             done, success = False, False
             while not done:
                 vec, q, explore = act(obs)
                 cmd = space.to_command(vec)
                 if recorder is not None:
-                    steps.append(StepData.from_vector(obs.image, _state(obs), vec, action_space=space,
-                                                      q_value=float(q), exploratory=bool(explore),
-                                                      checkpoint_id=checkpoint_id or None))
+                    steps.append(
+                        StepData.from_vector(
+                            obs.image,
+                            _state(obs),
+                            vec,
+                            action_space=space,
+                            q_value=float(q),
+                            exploratory=bool(explore),
+                            checkpoint_id=checkpoint_id or None,
+                        )
+                    )
                 res = env.step(cmd.translation, cmd.rotation, cmd.close_gripper, cmd.terminate)
                 done, success, obs = res.done, bool(res.grasp_success), res.observation
             if recorder is not None:
-                recorder.write_episode(steps, EpisodeData(episode_id=f"{spec['kind']}-{seed}", task=task.name,
-                                                          seed=int(seed), success=success,
-                                                          checkpoint_id=checkpoint_id, exploration=exploration))
-            results.append({"seed": int(seed), "success": success, "steps": int(res.info["steps"]),
-                            "kind": spec["kind"]})
+                recorder.write_episode(
+                    steps,
+                    EpisodeData(
+                        episode_id=f"{spec['kind']}-{seed}",
+                        task=task.name,
+                        seed=int(seed),
+                        success=success,
+                        checkpoint_id=checkpoint_id,
+                        exploration=exploration,
+                    ),
+                )
+            results.append(
+                {
+                    "seed": int(seed),
+                    "success": success,
+                    "steps": int(res.info["steps"]),
+                    "kind": spec["kind"],
+                }
+            )
     finally:
         env.close()
         if recorder is not None:
@@ -209,7 +266,8 @@ def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> 
     but not stepped: the commanded position is integrated from the recorded actions and
     clipped as ``GraspEnv.step`` clips it (SimConfig.commanded_move), which is fast. Objects
     the gripper pushed later in the episode keep their settled position, so late labels are
-    approximate."""
+    approximate.
+    """
     from nsl_policy.action_space import ActionSpace
 
     env.reset(seed=int(seed), task=task)
@@ -220,7 +278,9 @@ def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> 
     for t, a in enumerate(actions):
         offset = env.nearest_object_offset(pos[:2])
         if offset is None:
-            raise ValueError(f"episode seed {seed}: the tray holds no object, so it has no location label")
+            raise ValueError(
+                f"episode seed {seed}: the tray holds no object, so it has no location label"
+            )
         out[t] = offset
         pos = cfg.commanded_move(pos, np.asarray(space.to_command(a).translation))[1]
     return out
@@ -231,7 +291,8 @@ def location_job(spec: dict) -> dict:
     output (.npz path), key (stored with them)), row for row with ``load_transitions(bag)``:
     episodes in reading order. The task and object split come from the bag's session metadata
     (what ``run_job`` records). Writes ``offsets`` (rows, 2) float32, ``steps`` (steps per
-    episode) and ``key`` atomically; returns {"episodes", "rows", "seconds"}."""
+    episode) and ``key`` atomically; returns {"episodes", "rows", "seconds"}.
+    """
     from nsl_collector.reader import read_episodes
     from nsl_sim.env import GraspEnv, SimConfig
 
@@ -240,8 +301,10 @@ def location_job(spec: dict) -> dict:
     episodes = read_episodes(bag)
     session = episodes.sessions[0] if episodes.sessions else {}
     if "task_config" not in session or "split" not in session:
-        raise ValueError(f"{bag}: its session metadata does not name the task and object split (task_config, "
-                         "split): location labels need a bag this pipeline collected in the sim")
+        raise ValueError(
+            f"{bag}: its session metadata does not name the task and object split (task_config, "
+            "split): location labels need a bag this pipeline collected in the sim"
+        )
     task = task_from_dict(session["task_config"], source=f"{bag} session")
     env = GraspEnv(SimConfig(**spec["sim"], object_split=session["split"]))
     try:
@@ -251,17 +314,27 @@ def location_job(spec: dict) -> dict:
     offsets = np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)
     out = Path(spec["output"])
     tmp = out.with_name(out.name + ".partial.npz")
-    np.savez_compressed(tmp, offsets=offsets, steps=np.array([len(p) for p in parts], dtype=np.int64),
-                        key=np.array(str(spec.get("key", ""))))
+    np.savez_compressed(
+        tmp,
+        offsets=offsets,
+        steps=np.array([len(p) for p in parts], dtype=np.int64),
+        key=np.array(str(spec.get("key", ""))),
+    )
     os.replace(tmp, out)
     return {"episodes": len(parts), "rows": len(offsets), "seconds": time.monotonic() - t0}
 
 
-def run_jobs(specs: list[dict], workers: int, log: Callable[[str], None] | None = None,
-             on_done: Callable[[int, Any], None] | None = None, job: Callable[[dict], Any] = run_job) -> list:
+def run_jobs(
+    specs: list[dict],
+    workers: int,
+    log: Callable[[str], None] | None = None,
+    on_done: Callable[[int, Any], None] | None = None,
+    job: Callable[[dict], Any] = run_job,
+) -> list:
     """Run ``job`` (default :func:`run_job`) on each spec, in ``workers`` spawned processes when
     > 1; results in spec order. ``on_done(i, result)`` is called as each job finishes (in
-    order), e.g. to stamp its bag as complete."""
+    order), e.g. to stamp its bag as complete.
+    """
     t0 = time.monotonic()
     out: list[list[dict] | None] = [None] * len(specs)
     if workers <= 1 or len(specs) <= 1:
