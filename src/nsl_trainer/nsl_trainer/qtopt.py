@@ -251,6 +251,14 @@ class QTOptConfig:
         )
         check("seed", is_int(self.seed), "an integer")
 
+    def finetune_learning_rate(self) -> float:
+        """Return the fine-tuning learning rate: ``learning_rate`` x ``finetune_lr_scale``.
+
+        The one definition of the recipe's rate that the trainer node, the CLI, the experiment
+        and the demo all use.
+        """
+        return self.learning_rate * self.finetune_lr_scale
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

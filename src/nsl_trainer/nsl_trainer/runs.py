@@ -166,7 +166,7 @@ def train_transitions(
     default_lr = (
         config.learning_rate
         if mode == "pretrain"
-        else config.learning_rate * config.finetune_lr_scale
+        else config.finetune_learning_rate()
     )
     lr = float(learning_rate) if learning_rate is not None else default_lr
 

@@ -25,6 +25,7 @@ from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
 from nsl_policy.checkpoint import CheckpointError, load_checkpoint
 from nsl_trainer.jobs import FineTuneJob, start_job
+from nsl_trainer.qtopt import QTOptConfig
 from nsl_trainer.validation import check_dataset
 from std_srvs.srv import Trigger
 
@@ -38,7 +39,6 @@ ANNOUNCE_QOS = QoSProfile(
     reliability=QoSReliabilityPolicy.RELIABLE,
     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
 )
-FINETUNE_LR_SCALE = 0.25  # the paper fine-tunes at 25% of the pre-training learning rate
 
 
 class TrainerNode(Node):
@@ -71,9 +71,10 @@ class TrainerNode(Node):
         )
         self.declare_parameter(
             "learning_rate",
-            1e-4,
+            QTOptConfig().learning_rate,
             d(
-                description="pre-training learning rate; fine-tuning defaults to 25% of it",
+                description="pre-training learning rate; a fine-tune without its own rate runs at "
+                "QTOptConfig.finetune_learning_rate() of it (the paper's 25%)",
                 floating_point_range=[FloatingPointRange(from_value=1e-9, to_value=1.0)],
             ),
         )
@@ -220,7 +221,8 @@ class TrainerNode(Node):
             target_datasets=list(request.target_datasets),
             init_checkpoint=request.init_checkpoint or self.default_checkpoint,
             steps=int(request.steps) or self.default_steps,
-            learning_rate=float(request.learning_rate) or self.learning_rate * FINETUNE_LR_SCALE,
+            learning_rate=float(request.learning_rate)
+            or QTOptConfig(learning_rate=self.learning_rate).finetune_learning_rate(),
             target_fraction=float(request.target_fraction)
             if 0 < request.target_fraction <= 1
             else 0.5,

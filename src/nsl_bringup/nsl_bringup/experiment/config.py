@@ -499,7 +499,7 @@ class ExperimentConfig:
 
     def finetune_learning_rate(self) -> float:
         """Fine-tuning learning rate: ``learning_rate`` x QTOptConfig.finetune_lr_scale (the paper's 25%)."""
-        return self.learning_rate * self.qtopt_config(finetune=True).finetune_lr_scale
+        return self.qtopt_config(finetune=True).finetune_learning_rate()
 
     # --- library configs ----------------------------------------------------------------
     def model_config(self) -> QNetworkConfig:
