@@ -14,6 +14,6 @@ setup(
     zip_safe=False,
     maintainer="NSL developers",
     maintainer_email="nsl@example.com",
-    description="Pieces shared by the NSL nodes: the standard node main() and service calls from a thread.",
+    description="Pieces shared by the NSL nodes: graph names, QoS, node main(), service calls.",
     license="Apache-2.0",
 )

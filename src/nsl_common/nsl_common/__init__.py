@@ -1,1 +1,1 @@
-"""Small pieces every NSL node shares: the standard main() of a node and service calls from a thread."""
+"""Small pieces every NSL node shares: names, QoS, the standard main() and service calls."""

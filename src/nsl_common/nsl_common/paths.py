@@ -7,8 +7,10 @@ from pathlib import Path
 
 
 def writable_dir(path: str | os.PathLike, parameter: str) -> Path:
-    """``path`` resolved, created if missing and checked writable; ValueError naming ``parameter``
-    and the path otherwise (so the node refuses to start instead of failing on first write).
+    """Resolve ``path``, create it if missing and check that it is writable.
+
+    Raises ValueError naming ``parameter`` and the path otherwise, so the node refuses to start
+    instead of failing on its first write.
     """
     resolved = Path(path).expanduser().resolve()
     try:

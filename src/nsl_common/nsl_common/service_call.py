@@ -1,4 +1,4 @@
-"""Call a ROS service from a plain thread (never from an executor callback) and wait for the reply."""
+"""Call a ROS service from a plain thread (never an executor callback) and wait for the reply."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 class ServiceCallError(RuntimeError):
-    pass
+    """The service is missing, did not answer in time, or the call was interrupted."""
 
 
 def call_service(
@@ -17,8 +17,10 @@ def call_service(
     wake: threading.Event | None = None,
     interrupted: Callable[[], bool] = lambda: False,
 ):
-    """The reply of ``client`` to ``request``; raises ServiceCallError when the service is missing,
-    does not answer within ``timeout`` seconds, or is interrupted.
+    """Return the reply of ``client`` to ``request``.
+
+    Raises ServiceCallError when the service is missing, does not answer within ``timeout``
+    seconds, or is interrupted.
 
     To interrupt a call from another thread, pass a fresh ``wake`` event and an ``interrupted``
     predicate: set the predicate's condition, then ``wake``. The node of ``client`` must be spun by
