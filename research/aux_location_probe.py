@@ -1,6 +1,6 @@
-"""Does an auxiliary object-location loss make QT-Opt's first moves aim? An offline A/B probe.
+r"""Ask whether an auxiliary object-location loss makes QT-Opt's first moves aim (offline A/B).
 
-Probes 10-12 (docs/results/base_policy.md) found that QT-Opt's Q-function does not steer towards
+Probes 10-12 (docs/results/decisions.md) found that QT-Opt's Q-function does not steer towards
 the objects it sees, while the same trunk, trained supervised, locates them. This probe adds a
 second, supervised task to QT-Opt: from the trunk's feature map and the gripper state, a small
 head regresses the horizontal offset from the commanded gripper position to the nearest object's
@@ -17,7 +17,7 @@ It trains the same offline QT-Opt twice on the same bags, seed and steps: with `
 0 (plain QT-Opt) and with the given weight, and writes both checkpoints; the command prints
 both ``nsl experiment evaluate`` lines to run next (validation seeds, never evaluation ones).
 
-    .venv/bin/python tools/aux_location_probe.py --data runs/pk/datasets/base/bootstrap \\
+    .venv/bin/python research/aux_location_probe.py --data runs/pk/datasets/base/bootstrap \
         --steps 4000 --aux-weight 1.0 --output runs/aux
 
 The last line printed is one JSON object with the figures.
@@ -44,8 +44,10 @@ def _init_worker(sim_kwargs: dict, split: str) -> None:
 
 
 def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
-    """(steps, 2) offsets (m) from the commanded gripper position before each recorded step to
-    the nearest settled object centre (the pipeline's labels: episodes.episode_locations).
+    """Return one episode's (steps, 2) offsets (m) to the nearest settled object centre.
+
+    Each offset is from the commanded gripper position before a recorded step (the pipeline's
+    labels: episodes.episode_locations).
     """
     from nsl_bringup.experiment.episodes import episode_locations
     from nsl_sim.tasks import get_task
@@ -55,8 +57,10 @@ def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
 
 
 def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache: Path | None):
-    """(episodes of the dataset folder ``data``, (rows, 2) float32 offsets in metres, row for row
-    with ``transitions_from_episodes(episodes)``), cached in ``cache``.
+    """Return the episodes of the dataset folder ``data`` and their location labels.
+
+    The labels are (rows, 2) float32 offsets in metres, row for row with
+    ``transitions_from_episodes(episodes)``, cached in ``cache``.
     """
     from multiprocessing import get_context
 
@@ -79,8 +83,9 @@ def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache
         for k, part in enumerate(pool.imap(_episode_offsets, jobs, chunksize=16)):
             parts.append(part)
             if (k + 1) % 500 == 0:
+                elapsed = time.perf_counter() - t0
                 print(
-                    f"labels: {data}: {k + 1}/{len(jobs)} episodes ({time.perf_counter() - t0:.0f} s)",
+                    f"labels: {data}: {k + 1}/{len(jobs)} episodes ({elapsed:.0f} s)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -94,7 +99,7 @@ def dataset_offsets(data: str, split: str, sim_kwargs: dict, workers: int, cache
 def labelled_transitions(
     data: list[str], split: str, sim_kwargs: dict, workers: int, cache_dir: Path
 ):
-    """(Transitions of the dataset folders, (N, 2) float32 offsets in metres, aligned row for row)."""
+    """Return the folders' Transitions and their (N, 2) float32 offsets (m), row for row."""
     from nsl_collector.reader import transitions_from_episodes
 
     episodes, offsets = [], []
@@ -160,7 +165,8 @@ def train(
         if step % log_every == 0 or step == steps:
             window = aux_losses[-log_every:]
             print(
-                f"[aux {aux_weight:g}] step {step}/{steps} total loss {m['loss']:.4f} mean_q {m['mean_q']:.3f} "
+                f"[aux {aux_weight:g}] step {step}/{steps} total loss {m['loss']:.4f} "
+                f"mean_q {m['mean_q']:.3f} "
                 f"location {np.mean(window):.4f} ({time.perf_counter() - t0:.0f} s)",
                 file=sys.stderr,
                 flush=True,
@@ -243,8 +249,8 @@ def main() -> int:
             )
         )
         print(
-            f"next: ./nsl experiment evaluate --checkpoint {results[-1]['checkpoint']} --task base "
-            f"--episodes 100 --seeds validation",
+            f"next: ./nsl experiment evaluate --checkpoint {results[-1]['checkpoint']} "
+            f"--task base --episodes 100 --seeds validation",
             file=sys.stderr,
             flush=True,
         )

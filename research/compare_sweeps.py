@@ -1,16 +1,18 @@
-"""Compare the fine-tuning sweeps of two experiment runs on validation episodes (never the
-evaluation seeds), unit by unit: every tier, scratch and the re-initialised head of every study
-task. Use it to choose between two settings of the fine-tuning runs (for example
-``finetune_qtopt={"policy_weights": "polyak"}`` against the default) without looking at the
-evaluation numbers the report shows.
+r"""Compare the fine-tuning sweeps of two experiment runs on validation episodes, unit by unit.
 
-    .venv/bin/python tools/compare_sweeps.py runs/experiment_kp runs/experiment_kp_polyak --workers 2
+Validation episodes are never the evaluation seeds. Units are every tier, scratch and the
+re-initialised head of every study task. Use it to choose between two settings of the
+fine-tuning runs (for example ``finetune_qtopt={"policy_weights": "polyak"}`` against the
+default) without looking at the evaluation numbers the report shows.
+
+    .venv/bin/python research/compare_sweeps.py runs/experiment_kp runs/experiment_kp_polyak \
+        --workers 2
 
 Both runs need a finished finetune_sweep stage on the same calibration. Results are cached per
 checkpoint id in <run>/probes/sweep_validation.json, so a second call only prints. Prints one
 line per unit and, last, one JSON object: per run the mean validation success over the tiers
 and the units where the two differ by more than the 95% interval of a difference at this n.
-Results: docs/results/keypoints/README.md.
+Results: docs/results/decisions.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
-"""Where does a policy grasp, and why does it fail? Runs a checkpoint greedily on validation
+r"""Measure where a policy grasps and why it fails, on validation episodes.
+
+Runs a checkpoint greedily on validation
 episodes (never the evaluation seeds) and, at each episode's grasp, measures the gripper's
 horizontal distance to the nearest object, reading object poses from the simulator (which the
 policy never sees) and taking the mesh centre the scripted oracle aims at.
 
-    .venv/bin/python tools/grasp_anatomy.py --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors
+    .venv/bin/python research/grasp_anatomy.py \
+        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors
 
 Prints one JSON line per episode, then a summary: success, how many episodes the agent ended
 itself, failures that closed more than --miss cm away from every object ("missed": the policy
 went to an empty spot) against failures next to one ("fumbled"), and how far the nearest object
 was from the start position in successful against failed episodes (a policy that does not look
 succeeds mostly when an object happens to lie under its fixed approach). The last line is one
-JSON object with the figures. Results: docs/results/base_policy.md.
+JSON object with the figures. Results: docs/results/decisions.md.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def main() -> int:
         "--cem",
         default="{}",
         metavar="YAML",
-        help="overrides of the acting CEMConfig, e.g. '{population: 256, iterations: 3}' (default: none)",
+        help="overrides of the acting CEMConfig, e.g. '{population: 256, iterations: 3}' "
+        "(default: none)",
     )
     args = ap.parse_args()
     if args.episodes < 1:
@@ -139,11 +143,12 @@ def main() -> int:
         },
         "median_steps": float(np.median([r["steps"] for r in rows])),
     }
+    start_cm = summary["median_start_to_object_cm"]
     print(
-        f"{len(rows)} validation episodes on {task.name}: success {summary['success']:.3f}; failures that "
-        f"missed every object by > {args.miss:g} cm {summary['missed']:.3f}, that closed next to one "
-        f"{summary['fumbled']:.3f}; nearest object from the start (median): {summary['median_start_to_object_cm']['success']} cm "
-        f"in successes, {summary['median_start_to_object_cm']['failure']} cm in failures"
+        f"{len(rows)} validation episodes on {task.name}: success {summary['success']:.3f}; "
+        f"failures that missed every object by > {args.miss:g} cm {summary['missed']:.3f}, "
+        f"that closed next to one {summary['fumbled']:.3f}; nearest object from the start "
+        f"(median): {start_cm['success']} cm in successes, {start_cm['failure']} cm in failures"
     )
     print(json.dumps(summary))
     return 0

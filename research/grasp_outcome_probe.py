@@ -1,6 +1,7 @@
-"""Can the Q-function tell a grasp that will succeed from one that will fail? On recorded
-episodes it did not train on, it scores each step's recorded action and reports, by steps
-left to the end of the episode (0 = the grasp itself):
+r"""Ask whether the Q-function tells a grasp that will succeed from one that will fail.
+
+On recorded episodes it did not train on, it scores each step's recorded action and reports,
+by steps left to the end of the episode (0 = the grasp itself):
 
 - AUC: how well Q ranks the steps of successful episodes above those of failed ones
   (0.5 = chance, 1.0 = perfect);
@@ -12,16 +13,16 @@ Q-function's foundation: a Q that cannot rank grasps gives every state about the
 and then no move is better than another.
 
 ``--fit-steps N --train BAGS`` also trains a fresh network of the checkpoint's architecture as
-a plain supervised classifier of the grasp outcome (nsl_trainer.grasp_values), on the grasps of BAGS only, and reports
-its AUC on the same held-out grasps: what the network can see at the grasp moment when
-nothing but that is asked of it. ``--save-classifier PATH`` writes that network as a policy
-checkpoint: QT-Opt started from it learned to steer (probe 14).
+a plain supervised classifier of the grasp outcome (nsl_trainer.grasp_values), on the grasps
+of BAGS only, and reports its AUC on the same held-out grasps: what the network can see at the
+grasp moment when nothing but that is asked of it. ``--save-classifier PATH`` writes that
+network as a policy checkpoint: QT-Opt started from it learned to steer (probe 14).
 
-    .venv/bin/python tools/grasp_outcome_probe.py \\
-        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \\
+    .venv/bin/python research/grasp_outcome_probe.py \
+        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \
         --data runs/experiment/datasets/base/round_9
 
-The last line is one JSON object with the figures. Results: docs/results/base_policy.md.
+The last line is one JSON object with the figures. Results: docs/results/decisions.md.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import sys
 
 
 def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count one half);
-    NaN when only one class is present.
+    """Return the area under the ROC curve of ``scores`` for binary ``labels``.
+
+    Ties count one half; NaN when only one class is present.
     """
     import numpy as np
 
@@ -54,8 +56,9 @@ def roc_auc(scores, labels) -> float:
 
 
 def episode_labels(reward, done):
-    """(steps left to the episode's end, the episode's success) for every row of transitions
-    stored episode by episode (``done`` marks each episode's last row).
+    """Return (steps left to the episode's end, the episode's success) for every row.
+
+    The transitions are stored episode by episode (``done`` marks each episode's last row).
     """
     import numpy as np
 
@@ -136,7 +139,7 @@ def main() -> int:
         default=None,
         metavar="PATH",
         help="write the classifier as a policy checkpoint, e.g. to start QT-Opt from it "
-        "(nsl train finetune --init PATH; docs/results/base_policy.md, probe 14)",
+        "(nsl train finetune --init PATH; docs/results/decisions.md, probe 14)",
     )
     args = ap.parse_args()
     if args.fit_steps < 0:
@@ -192,8 +195,8 @@ def main() -> int:
             "grasp_auc": round(roc_auc(q_values(net, held_out)[grasp], success[grasp]), 3),
         }
         print(
-            f"supervised grasp classifier ({args.fit_steps} steps): AUC {result['classifier']['grasp_auc']:.3f} "
-            f"at the grasp"
+            f"supervised grasp classifier ({args.fit_steps} steps): "
+            f"AUC {result['classifier']['grasp_auc']:.3f} at the grasp"
         )
         if args.save_classifier:
             from nsl_policy.checkpoint import save_checkpoint
@@ -202,7 +205,7 @@ def main() -> int:
                 args.save_classifier,
                 net,
                 {
-                    "note": "supervised grasp-outcome classifier (tools/grasp_outcome_probe.py)",
+                    "note": "supervised grasp-outcome classifier (grasp_outcome_probe.py)",
                     "datasets": list(args.train),
                     "steps": args.fit_steps,
                     "seed": args.seed,

@@ -1,4 +1,4 @@
-"""Can the Q-network's image trunk see where the objects are? A supervised check, outside QT-Opt.
+r"""Check, supervised and outside QT-Opt, whether the Q-network's trunk sees where objects are.
 
 Runs the scripted oracle with per-episode Gaussian motion noise, as in the bootstrap mix (but
 without its random steps), on train objects, and at
@@ -8,10 +8,11 @@ object's centre: the thing a grasping policy must find. Then it trains the QNetw
 chosen head and image size, plus a small MLP, to regress that offset from the image and state,
 and reports the error on frames of held-out test objects (validation seeds, never evaluation).
 
-    .venv/bin/python tools/perception_probe.py --image-size 64 --head conv --cache runs/perception
+    .venv/bin/python research/perception_probe.py --image-size 64 --head conv \
+        --cache runs/perception
 
 If the trunk can localise the nearest object to well under the 3 cm that separates a grasp
-from a miss (docs/results/base_policy.md), the base policy's misses are a learning problem of
+from a miss (docs/results/decisions.md), the base policy's misses are a learning problem of
 QT-Opt, not a limit of what the network can see at that resolution. The "blind" line is the
 error of predicting the training mean: what a network that ignores the image gets. The "start"
 figures are each episode's first frame, where the policy chooses which way to go.
@@ -72,8 +73,9 @@ def collect(
 
 
 def cached_frames(image_size: int, split: str, seeds: range, noise_max: float, cache: str | None):
-    """``collect``'s frames, kept in and reused from ``cache`` (one .npz per size, split, seeds
-    and noise) when a folder is given.
+    """Return ``collect``'s frames, kept in and reused from ``cache`` when a folder is given.
+
+    The cache holds one .npz per size, split, seeds and noise.
     """
     import numpy as np
 
@@ -126,7 +128,8 @@ def main() -> int:
         "--noise-max",
         type=float,
         default=0.5,
-        help="per-episode motion noise std, drawn from U(0, this), in units of the step clip (default 0.5)",
+        help="per-episode motion noise std, drawn from U(0, this), in units of the step clip "
+        "(default 0.5)",
     )
     ap.add_argument("--steps", type=int, default=4000, help="gradient steps (default 4000)")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -136,7 +139,8 @@ def main() -> int:
     ap.add_argument(
         "--cache",
         default=None,
-        help="folder to keep the collected frames in (.npz per size, split and count) and reuse them from",
+        help="folder to keep the collected frames in (.npz per size, split and count) and reuse "
+        "them from",
     )
     args = ap.parse_args()
     if min(args.train_episodes, args.test_episodes, args.steps, args.batch_size) < 1:
@@ -239,11 +243,14 @@ def main() -> int:
         "collect_s": round(collect_s),
         "train_s": round(train_s),
     }
+    within_45deg_far = 100 * (result["direction_within_45deg_far"] or 0)
     print(
-        f"{args.head} trunk at {args.image_size}px: nearest-object offset error median {result['median_error_cm']} cm "
-        f"(blind {result['blind_median_error_cm']} cm); at the start pose {result['start_median_error_cm']} cm "
-        f"(blind {result['start_blind_median_error_cm']} cm); {100 * result['within_3cm']:.0f}% of test frames within 3 cm, "
-        f"direction within 45 deg on {100 * (result['direction_within_45deg_far'] or 0):.0f}% of frames with the object > 3 cm away"
+        f"{args.head} trunk at {args.image_size}px: nearest-object offset error median "
+        f"{result['median_error_cm']} cm (blind {result['blind_median_error_cm']} cm); at the "
+        f"start pose {result['start_median_error_cm']} cm "
+        f"(blind {result['start_blind_median_error_cm']} cm); "
+        f"{100 * result['within_3cm']:.0f}% of test frames within 3 cm, direction within 45 deg "
+        f"on {within_45deg_far:.0f}% of frames with the object > 3 cm away"
     )
     print(json.dumps(result))
     return 0

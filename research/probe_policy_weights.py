@@ -1,13 +1,16 @@
-"""Which weights of a fine-tuning run make the better policy: the online network or its Polyak
-average (target network 1)? Re-trains one unit of an experiment run's fine-tuning sweep (same
-config, same seeds, so the online weights come out identical to the sweep's), writes both
-networks and runs each on validation episodes of the unit's task (never the evaluation seeds).
+r"""Ask which weights of a fine-tuning run make the better policy: online or Polyak-averaged.
 
-    .venv/bin/python tools/probe_policy_weights.py --run runs/experiment_kp --task checkerboard --grasps 200
+The Polyak average is target network 1. Re-trains one unit of an experiment run's fine-tuning
+sweep (same config, same seeds, so the online weights come out identical to the sweep's),
+writes both networks and runs each on validation episodes of the unit's task (never the
+evaluation seeds).
+
+    .venv/bin/python research/probe_policy_weights.py --run runs/experiment_kp \
+        --task checkerboard --grasps 200
 
 Writes <run>/probes/policy_weights_<task>_<grasps>/{online,polyak}.safetensors and prints one
 VALIDATION line per network. Needs the run's pretrain, calibrate and collect_targets stages.
-Results: docs/results/keypoints/README.md.
+Results: docs/results/decisions.md.
 """
 
 from __future__ import annotations
@@ -98,8 +101,8 @@ def main() -> int:
         )
         lo, hi = res["ci95"]
         print(
-            f"{args.task} {args.grasps} {name} VALIDATION {res['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] "
-            f"(n={res['episodes']})",
+            f"{args.task} {args.grasps} {name} VALIDATION {res['success_rate']:.3f} "
+            f"[{lo:.3f}, {hi:.3f}] (n={res['episodes']})",
             flush=True,
         )
     return 0

@@ -1,6 +1,7 @@
-"""Does the Q-function look at the scene before its first move? At the start pose of N
-validation scenes (test objects, never the evaluation seeds) it scores the same random
-actions in every scene and reports:
+r"""Ask whether the Q-function looks at the scene before its first move.
+
+At the start pose of N validation scenes (test objects, never the evaluation seeds) it scores
+the same random actions in every scene and reports:
 
 - how alike the scenes' Q-values are (mean pairwise Pearson correlation over the actions:
   1.0 means the image does not change which action is best);
@@ -8,9 +9,10 @@ actions in every scene and reports:
 - how often the policy's first move (greedy CEM) points within 45 degrees of the nearest
   object, against the rate of one fixed move (the mean first move) in the same scenes.
 
-    .venv/bin/python tools/start_pose_probe.py --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors
+    .venv/bin/python research/start_pose_probe.py \
+        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors
 
-The last line is one JSON object with the figures. Results: docs/results/base_policy.md.
+The last line is one JSON object with the figures. Results: docs/results/decisions.md.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def towards(move, offset) -> bool:
 
 
 def start_pose_figures(q, moves, offsets) -> dict:
-    """The probe's figures from Q-values (scenes, actions), first moves (scenes, 2) and offsets
-    to the nearest object (scenes, 2).
+    """Return the probe's figures.
+
+    From Q-values (scenes, actions), first moves (scenes, 2) and offsets to the nearest object
+    (scenes, 2).
     """
     import numpy as np
 
@@ -113,11 +117,14 @@ def main() -> int:
         "actions": args.actions,
         **start_pose_figures(np.stack(q_rows), np.stack(first_moves), np.stack(offsets)),
     }
+    towards = 100 * result["first_move_towards_nearest"]
+    fixed_towards = 100 * result["fixed_move_towards_nearest"]
     print(
-        f"{args.scenes} start poses: Q correlation between scenes {result['q_correlation_mean']} (min "
-        f"{result['q_correlation_min']}); best of {args.actions} actions differs from the common one in "
-        f"{result['scenes_best_action_differs']} scenes; first move within 45 deg of the nearest object in "
-        f"{100 * result['first_move_towards_nearest']:.0f}% (a fixed move: {100 * result['fixed_move_towards_nearest']:.0f}%)"
+        f"{args.scenes} start poses: Q correlation between scenes "
+        f"{result['q_correlation_mean']} (min {result['q_correlation_min']}); best of "
+        f"{args.actions} actions differs from the common one in "
+        f"{result['scenes_best_action_differs']} scenes; first move within 45 deg of the "
+        f"nearest object in {towards:.0f}% (a fixed move: {fixed_towards:.0f}%)"
     )
     print(json.dumps(result))
     return 0

@@ -1,9 +1,10 @@
-"""Does a Q-function know which moves bring the gripper closer to an object? On frames of the
-noisy scripted oracle (held-out test objects, validation seeds), with the nearest object more
-than 2 cm away, it scores random horizontal moves that all descend one full step without
-rotating (close and terminate off). It reports, averaged over frames, the AUC of its ranking
-of the frame's moves that end closer to the nearest object against those that do not
-(0.5 = chance). The labels come from the simulator state, which the policy never sees.
+r"""Ask whether a Q-function knows which moves bring the gripper closer to an object.
+
+On frames of the noisy scripted oracle (held-out test objects, validation seeds), with the
+nearest object more than 2 cm away, it scores random horizontal moves that all descend one full
+step without rotating (close and terminate off). It reports, averaged over frames, the AUC of
+its ranking of the frame's moves that end closer to the nearest object against those that do
+not (0.5 = chance). The labels come from the simulator state, which the policy never sees.
 
 - ``--checkpoint CK``: a trained Q-function (e.g. a base policy), as it is.
 - ``--fit-steps N``: a fresh network of the same architecture, trained for N steps as a plain
@@ -11,11 +12,12 @@ of the frame's moves that end closer to the nearest object against those that do
   when the label is given on every move. ``--blind`` trains it on black images (the control:
   what the gripper state and the move alone predict).
 
-    .venv/bin/python tools/steering_probe.py --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \\
+    .venv/bin/python research/steering_probe.py \
+        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \
         --fit-steps 3000 --cache runs/perception
 
-The frames and their cache are tools/perception_probe.py's. The last line printed is one JSON
-object with the figures. Results: docs/results/base_policy.md.
+The frames and their cache are research/perception_probe.py's. The last line printed is one
+JSON object with the figures. Results: docs/results/decisions.md.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import argparse
 import json
 import sys
 
-from grasp_outcome_probe import roc_auc  # tools/ is on sys.path when run as a script
+from grasp_outcome_probe import roc_auc  # research/ is on sys.path when run as a script
 from perception_probe import cached_frames
 
 
 def move_labels(offsets, moves):
-    """1 where a horizontal move (..., K, 2) (m) ends closer to the object at ``offsets`` (..., 2)
-    than the gripper is now, else 0.
+    """Label 1 each horizontal move (..., K, 2) (m) that ends closer to the object, else 0.
+
+    The object is at ``offsets`` (..., 2) from the gripper; closer means than the gripper is now.
     """
     import numpy as np
 
@@ -39,9 +42,10 @@ def move_labels(offsets, moves):
 
 
 def random_moves(n: int, k: int, max_translation: float, rng, horizontal_only: bool = False):
-    """(normalised actions (n, k, 6) with close and terminate off, their horizontal moves (n, k, 2)
-    in m). ``horizontal_only``: every move descends a full step without rotating, so that moves of
-    one frame differ only in x and y.
+    """Draw normalised actions (n, k, 6), close and terminate off, and their moves (n, k, 2) in m.
+
+    ``horizontal_only``: every move descends a full step without rotating, so that moves of one
+    frame differ only in x and y.
     """
     import numpy as np
 
@@ -53,8 +57,10 @@ def random_moves(n: int, k: int, max_translation: float, rng, horizontal_only: b
 
 
 def within_frame_auc(q, labels) -> float:
-    """Mean over frames (rows) of the AUC of that frame's moves, over frames with both labels:
-    whether the Q-function prefers the closer moves *in the same scene*, not which scenes it likes.
+    """Return the mean over frames (rows, with both labels) of the AUC of that frame's moves.
+
+    It measures whether the Q-function prefers the closer moves *in the same scene*, not which
+    scenes it likes.
     """
     import numpy as np
 
@@ -103,7 +109,8 @@ def main() -> int:
         or (args.fit_steps and args.train_episodes < 1)
     ):
         ap.error(
-            "--test-episodes, --moves (and --train-episodes with --fit-steps) must be >= 1, --fit-steps >= 0"
+            "--test-episodes, --moves (and --train-episodes with --fit-steps) must be >= 1, "
+            "--fit-steps >= 0"
         )
 
     import numpy as np
@@ -169,8 +176,8 @@ def main() -> int:
         "auc": auc_of(loaded.model.eval()),
     }
     print(
-        f"{loaded.checkpoint_id}: ranks moves that bring the gripper closer with AUC {result['auc']} "
-        f"({len(test[0])} test frames x {args.moves} moves)"
+        f"{loaded.checkpoint_id}: ranks moves that bring the gripper closer with AUC "
+        f"{result['auc']} ({len(test[0])} test frames x {args.moves} moves)"
     )
     if args.fit_steps:
         train = far(cached_frames(size, "train", range(args.train_episodes), 0.5, args.cache))
@@ -201,8 +208,8 @@ def main() -> int:
             "auc": auc_of(net, args.blind),
         }
         print(
-            f"supervised classifier of the same architecture ({args.fit_steps} steps{', blind' if args.blind else ''}): "
-            f"AUC {result['classifier']['auc']}"
+            f"supervised classifier of the same architecture ({args.fit_steps} steps"
+            f"{', blind' if args.blind else ''}): AUC {result['classifier']['auc']}"
         )
     print(json.dumps(result))
     return 0

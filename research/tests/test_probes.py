@@ -1,4 +1,4 @@
-"""The diagnostic scripts in tools/ (ROS-free): they run on a real checkpoint and add up."""
+"""The research probes in research/ (ROS-free): they run on a real checkpoint and add up."""
 
 from __future__ import annotations
 
@@ -12,21 +12,22 @@ import pytest
 pytest.importorskip("pybullet")
 pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[1]
+RESEARCH = Path(__file__).resolve().parents[1]
+ROOT = RESEARCH.parent
 BASE = ROOT / "src" / "nsl_bringup" / "nsl_bringup" / "checkpoints" / "base.safetensors"
 
 
 def _import_tool(name: str):
-    sys.path.insert(0, str(ROOT / "tools"))
+    sys.path.insert(0, str(RESEARCH))
     try:
         return __import__(name)
     finally:
-        sys.path.remove(str(ROOT / "tools"))
+        sys.path.remove(str(RESEARCH))
 
 
 def _tool(name: str, *args: str) -> list[str]:
-    """The command line that runs tools/<name>.py with ``args``."""
-    return [sys.executable, str(ROOT / "tools" / f"{name}.py"), *args]
+    """Return the command line that runs research/<name>.py with ``args``."""
+    return [sys.executable, str(RESEARCH / f"{name}.py"), *args]
 
 
 def test_grasp_anatomy_measures_each_episode_and_adds_up():
