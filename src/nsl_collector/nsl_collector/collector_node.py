@@ -17,27 +17,16 @@ import json
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
-from rclpy.qos import (
-    QoSDurabilityPolicy,
-    QoSProfile,
-    QoSReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from nsl_common import names
 from nsl_common.node_main import run_node
 from nsl_common.paths import writable_dir
+from nsl_common.qos import LATCHED_QOS, RECORD_QOS, SENSOR_QOS
 from nsl_collector.session import Collector, CollectorConfig
 from nsl_msgs.msg import EpisodeResult, StepRecord
-
-RECORD_QOS = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-STATUS_QOS = QoSProfile(
-    depth=1,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
 
 # name: (default, description); types follow the defaults.
 PARAMETERS = {
@@ -46,11 +35,13 @@ PARAMETERS = {
     "robot": ("sim", "robot name, or 'sim' for the simulator; stored in the session metadata"),
     "checkpoint": (
         "",
-        "policy checkpoint path for the session metadata (the checkpoint ids come from the episodes)",
+        "policy checkpoint path for the session metadata "
+        "(the checkpoint ids come from the episodes)",
     ),
     "auto_start": (
         True,
-        "open a session at the first complete episode; false: only collector/start_session opens one",
+        "open a session at the first complete episode; "
+        "false: only collector/start_session opens one",
     ),
     "record_camera": (
         False,
@@ -87,7 +78,7 @@ _TYPES = {
 
 class CollectorNode(Node):
     def __init__(self) -> None:
-        super().__init__("collector")
+        super().__init__(names.COLLECTOR_NODE)
         for name, (default, text) in PARAMETERS.items():
             self.declare_parameter(
                 name,
@@ -113,25 +104,27 @@ class CollectorNode(Node):
         self.collector = Collector(
             cfg, log=self._log, clock_ns=lambda: self.get_clock().now().nanoseconds
         )
-        self.status_pub = self.create_publisher(String, "collector/status", STATUS_QOS)
-        self.create_subscription(StepRecord, "step_records", self.on_step, RECORD_QOS, raw=True)
+        self.status_pub = self.create_publisher(String, names.COLLECTOR_STATUS_TOPIC, LATCHED_QOS)
         self.create_subscription(
-            EpisodeResult, "episode_results", self.on_result, RECORD_QOS, raw=True
+            StepRecord, names.STEP_RECORDS_TOPIC, self.on_step, RECORD_QOS, raw=True
+        )
+        self.create_subscription(
+            EpisodeResult, names.EPISODE_RESULTS_TOPIC, self.on_result, RECORD_QOS, raw=True
         )
         if cfg.record_camera:
             self.create_subscription(
                 Image,
-                "camera/image_raw",
+                names.CAMERA_TOPIC,
                 self.collector.on_camera,
-                qos_profile_sensor_data,
+                SENSOR_QOS,
                 raw=True,
             )
-        for name, fn in (
-            ("start_session", self.collector.start_session),
-            ("stop_session", self.collector.stop_session),
-            ("discard_episode", self.collector.discard_episode),
+        for service, fn in (
+            (names.START_SESSION_SERVICE, self.collector.start_session),
+            (names.STOP_SESSION_SERVICE, self.collector.stop_session),
+            (names.DISCARD_EPISODE_SERVICE, self.collector.discard_episode),
         ):
-            self.create_service(Trigger, f"collector/{name}", self._trigger(fn))
+            self.create_service(Trigger, service, self._trigger(fn))
         self._dirty = False
         self.create_timer(0.2, self._status_timer)
         self.publish_status()

@@ -13,21 +13,27 @@ import time
 import uuid
 
 import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from nsl_common import names
+from nsl_common.qos import LATCHED_QOS, RECORD_QOS, SENSOR_QOS
+from nsl_msgs.msg import EpisodeResult, StepRecord
+
+SERVICES = {
+    "start_session": names.START_SESSION_SERVICE,
+    "stop_session": names.STOP_SESSION_SERVICE,
+    "discard_episode": names.DISCARD_EPISODE_SERVICE,
+}
+"""The collector's Trigger services by the short name :meth:`EpisodeFeed.call` takes."""
 
 
 class EpisodeFeed:
     def __init__(self, namespace: str = "", name: str = "episode_feed") -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import Image
-        from std_msgs.msg import String
-        from std_srvs.srv import Trigger
-
-        from nsl_collector.collector_node import RECORD_QOS, STATUS_QOS
-        from nsl_msgs.msg import EpisodeResult, StepRecord
-
         self._rclpy = rclpy
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -38,17 +44,20 @@ class EpisodeFeed:
             Image,
             Trigger,
         )
-        self.step_pub = self.node.create_publisher(StepRecord, "step_records", RECORD_QOS)
-        self.result_pub = self.node.create_publisher(EpisodeResult, "episode_results", RECORD_QOS)
-        self.camera_pub = self.node.create_publisher(
-            Image, "camera/image_raw", qos_profile_sensor_data
+        self.step_pub = self.node.create_publisher(
+            StepRecord, names.STEP_RECORDS_TOPIC, RECORD_QOS
         )
+        self.result_pub = self.node.create_publisher(
+            EpisodeResult, names.EPISODE_RESULTS_TOPIC, RECORD_QOS
+        )
+        self.camera_pub = self.node.create_publisher(Image, names.CAMERA_TOPIC, SENSOR_QOS)
         self.status: dict = {}
         self._cond = threading.Condition()
-        self.node.create_subscription(String, "collector/status", self._on_status, STATUS_QOS)
+        self.node.create_subscription(
+            String, names.COLLECTOR_STATUS_TOPIC, self._on_status, LATCHED_QOS
+        )
         self.clients = {
-            n: self.node.create_client(Trigger, f"collector/{n}")
-            for n in ("start_session", "stop_session", "discard_episode")
+            short: self.node.create_client(Trigger, service) for short, service in SERVICES.items()
         }
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -76,7 +85,8 @@ class EpisodeFeed:
                 lambda: bool(self.status) and predicate(self.status), timeout=timeout
             ):
                 raise TimeoutError(
-                    f"timed out after {timeout:.0f} s waiting for {what}; last status {self.status}"
+                    f"timed out after {timeout:.0f} s waiting for {what}; "
+                    f"last status {self.status}"
                 )
             return dict(self.status)
 

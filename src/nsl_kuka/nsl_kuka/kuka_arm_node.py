@@ -12,6 +12,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
+from nsl_common import names
 from nsl_common.node_main import run_node
 from nsl_kuka.arm_logic import ArmConfig, GraspEpisode, StepOutcome
 from nsl_kuka.moveit_backend import BackendUnavailable, MoveItBackend
@@ -90,7 +91,7 @@ def declare_arm_parameters(node: Node) -> None:
 
 class KukaArmNode(Node):
     def __init__(self) -> None:
-        super().__init__("arm")
+        super().__init__(names.ARM_NODE)
         declare_arm_parameters(self)
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         self.config = ArmConfig(
@@ -117,8 +118,12 @@ class KukaArmNode(Node):
         )
         self.episode = GraspEpisode(self.config, backend)
         group = MutuallyExclusiveCallbackGroup()  # one motion at a time
-        self.create_service(ResetEpisode, "arm/reset_episode", self.on_reset, callback_group=group)
-        self.create_service(ExecuteStep, "arm/execute_step", self.on_step, callback_group=group)
+        self.create_service(
+            ResetEpisode, names.ARM_RESET_SERVICE, self.on_reset, callback_group=group
+        )
+        self.create_service(
+            ExecuteStep, names.ARM_STEP_SERVICE, self.on_step, callback_group=group
+        )
         self.get_logger().info("Kuka arm ready")
 
     @staticmethod

@@ -21,27 +21,19 @@ import math
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from nsl_common import names
 from nsl_common.node_main import run_node
+from nsl_common.qos import CAMERA_QOS, LATCHED_QOS
 from nsl_msgs.msg import GripperState
 from nsl_msgs.srv import ExecuteStep, ResetEpisode
 from nsl_sim.env import GraspEnv, Observation, SimConfig
 
-# The camera publishes reliably with a short queue: one frame per step is what the policy needs,
-# and a late frame is useless. Best-effort subscribers (any camera client) are compatible.
-CAMERA_QOS = QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE)
-STATE_QOS = QoSProfile(
-    depth=1,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
-
 
 class SimNode(Node):
     def __init__(self) -> None:
-        super().__init__("sim")
+        super().__init__(names.SIM_NODE)
         self.declare_parameter(
             "task",
             "base",
@@ -68,7 +60,8 @@ class SimNode(Node):
             "camera_rate",
             0.0,
             ParameterDescriptor(
-                description="Hz of extra camera frames between steps; 0: a frame after each reset and step only"
+                description="Hz of extra camera frames between steps; "
+                "0: a frame after each reset and step only"
             ),
         )
         self.declare_parameter(
@@ -89,17 +82,20 @@ class SimNode(Node):
         self.frame_id = self.get_namespace().strip("/") or "sim"
         self.observation: Observation | None = None
 
-        self.image_pub = self.create_publisher(Image, "camera/image_raw", CAMERA_QOS)
-        self.state_pub = self.create_publisher(GripperState, "arm/gripper_state", STATE_QOS)
-        self.create_service(ResetEpisode, "arm/reset_episode", self.on_reset)
-        self.create_service(ExecuteStep, "arm/execute_step", self.on_step)
+        self.image_pub = self.create_publisher(Image, names.CAMERA_TOPIC, CAMERA_QOS)
+        self.state_pub = self.create_publisher(
+            GripperState, names.GRIPPER_STATE_TOPIC, LATCHED_QOS
+        )
+        self.create_service(ResetEpisode, names.ARM_RESET_SERVICE, self.on_reset)
+        self.create_service(ExecuteStep, names.ARM_STEP_SERVICE, self.on_step)
         rate = p("camera_rate").value
         if rate < 0:
             raise ValueError(f"camera_rate must be >= 0 Hz, got {rate}")
         if rate > 0:
             self.create_timer(1.0 / rate, self.publish_observation)
         self.get_logger().info(
-            f"sim ready: task={self.env.task.name} image={config.image_size}px objects={config.num_objects}"
+            f"sim ready: task={self.env.task.name} image={config.image_size}px "
+            f"objects={config.num_objects}"
         )
 
     def gripper_state(self) -> GripperState:
@@ -175,7 +171,8 @@ class SimNode(Node):
             cfg = self.env.config
             response.message = (
                 f"action clipped to the limits (translation +-{cfg.max_translation} m per axis, "
-                f"rotation +-{cfg.max_rotation} rad, workspace {list(cfg.workspace_low)}..{list(cfg.workspace_high)})"
+                f"rotation +-{cfg.max_rotation} rad, "
+                f"workspace {list(cfg.workspace_low)}..{list(cfg.workspace_high)})"
             )
         response.done, response.grasp_success = bool(result.done), bool(result.grasp_success)
         return response

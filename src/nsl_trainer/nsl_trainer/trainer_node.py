@@ -17,10 +17,11 @@ import uuid
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
+from nsl_common import names
 from nsl_common.node_main import run_node
 from nsl_common.paths import writable_dir
+from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS
 from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
 from nsl_policy.checkpoint import CheckpointError, load_checkpoint
@@ -29,21 +30,10 @@ from nsl_trainer.qtopt import QTOptConfig
 from nsl_trainer.validation import check_dataset
 from std_srvs.srv import Trigger
 
-LATCHED_QOS = QoSProfile(
-    depth=1,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
-ANNOUNCE_QOS = QoSProfile(
-    depth=10,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
-
 
 class TrainerNode(Node):
     def __init__(self) -> None:
-        super().__init__("trainer")
+        super().__init__(names.TRAINER_NODE)
         d = ParameterDescriptor
         ints = lambda lo, hi: [IntegerRange(from_value=lo, to_value=hi, step=1)]  # noqa: E731
         self.declare_parameter(
@@ -159,12 +149,14 @@ class TrainerNode(Node):
             steps_per_second=nan,
             message="idle",
         )
-        self.status_pub = self.create_publisher(TrainerStatus, "trainer/status", LATCHED_QOS)
-        self.announce_pub = self.create_publisher(
-            CheckpointInfo, "trainer/checkpoints", ANNOUNCE_QOS
+        self.status_pub = self.create_publisher(
+            TrainerStatus, names.TRAINER_STATUS_TOPIC, LATCHED_QOS
         )
-        self.create_service(FineTune, "trainer/fine_tune", self.on_fine_tune)
-        self.create_service(Trigger, "trainer/cancel", self.on_cancel)
+        self.announce_pub = self.create_publisher(
+            CheckpointInfo, names.CHECKPOINT_ANNOUNCE_TOPIC, ANNOUNCE_QOS
+        )
+        self.create_service(FineTune, names.FINE_TUNE_SERVICE, self.on_fine_tune)
+        self.create_service(Trigger, names.CANCEL_JOB_SERVICE, self.on_cancel)
         self.publish_status()
         self.get_logger().info(f"trainer ready; checkpoints go to {self.checkpoint_dir}")
 
