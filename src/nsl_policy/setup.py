@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "nsl_policy"
@@ -6,9 +8,11 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test"]),
+    package_data={PACKAGE: ["checkpoints/*.safetensors"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/checkpoints", glob(PACKAGE + "/checkpoints/*.safetensors")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from nsl_bringup.graph import resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment
+from nsl_policy.shipped import base_checkpoint
 
-SHIPPED_BASE_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "base.safetensors"
+SHIPPED_BASE_CHECKPOINT = base_checkpoint()
 
 
 @dataclass
