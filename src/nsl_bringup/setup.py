@@ -22,7 +22,10 @@ setup(
     zip_safe=False,
     maintainer="NSL developers",
     maintainer_email="nsl@example.com",
-    description="NSL node graphs (one description for launch files and the process runner), launch files, parameter files and the nsl command-line tool.",
+    description=(
+        "NSL node graphs (one description for launch files and the process runner), "
+        "launch files, parameter files and the nsl command-line tool."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -18,7 +18,10 @@ setup(
     zip_safe=False,
     maintainer="NSL developers",
     maintainer_email="nsl@example.com",
-    description="QT-Opt Q-network, CEM action selection and checkpoint format (ROS-free) and the policy node that runs grasp episodes and hot-swaps checkpoints.",
+    description=(
+        "QT-Opt Q-network, CEM action selection and checkpoint format (ROS-free) and the "
+        "policy node that runs grasp episodes and hot-swaps checkpoints."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -126,7 +126,8 @@ def run_demo(config: DemoConfig) -> dict:
         guard("starting")
         before_id = client.active_checkpoint.checkpoint_id
         say(
-            f"policy runs checkpoint {before_id} on '{config.task}'; greedy evaluation, {config.eval_episodes} episodes"
+            f"policy runs checkpoint {before_id} on '{config.task}'; "
+            f"greedy evaluation, {config.eval_episodes} episodes"
         )
         before = client.wait_for_episodes(
             before_id,
@@ -139,7 +140,8 @@ def run_demo(config: DemoConfig) -> dict:
         if config.collect_episodes:
             client.set_exploration(config.epsilon)
             say(
-                f"collecting {config.collect_episodes} exploration grasps (epsilon {config.epsilon})"
+                f"collecting {config.collect_episodes} exploration grasps "
+                f"(epsilon {config.epsilon})"
             )
             client.wait_for_episodes(
                 before_id,
@@ -170,7 +172,8 @@ def run_demo(config: DemoConfig) -> dict:
             raise RuntimeError(f"trainer refused the fine-tune request: {reply.message}")
         job = reply.job_id
         say(
-            f"fine-tuning job {job}: {config.finetune_steps} steps (the robot keeps running meanwhile)"
+            f"fine-tuning job {job}: {config.finetune_steps} steps "
+            "(the robot keeps running meanwhile)"
         )
         last = [-1]
 
@@ -240,11 +243,13 @@ def run_demo(config: DemoConfig) -> dict:
     print("|--------|--------------|----------|---------|---------------|")
     for r in rows:
         print(
-            f"| {r['phase']:<6} | {r['checkpoint']:<12} | {r['episodes']:>8} | {r['success_rate']:>7.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] |"
+            f"| {r['phase']:<6} | {r['checkpoint']:<12} | {r['episodes']:>8} "
+            f"| {r['success_rate']:>7.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] |"
         )
     print()
     say(
-        f"done in {summary['wall_clock_s']:.0f} s; summary in {run_dir / 'summary.json'}, plot in {plot_path}"
+        f"done in {summary['wall_clock_s']:.0f} s; summary in {run_dir / 'summary.json'}, "
+        f"plot in {plot_path}"
     )
     return summary
 

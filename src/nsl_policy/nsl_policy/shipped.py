@@ -1,4 +1,4 @@
-"""The base checkpoint shipped with nsl_policy (what ``nsl demo`` and the experiment start from)."""
+"""The base checkpoint shipped with nsl_policy: what ``nsl demo`` and the experiment start from."""
 
 from __future__ import annotations
 
