@@ -13,23 +13,16 @@ from collections.abc import Callable
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from nsl_bringup import graph
+from nsl_common import names
+from nsl_common.qos import LATCHED_QOS, RECORD_QOS
 from nsl_common.service_call import ServiceCallError, call_service
 from nsl_msgs.msg import CheckpointInfo, EpisodeResult, TrainerStatus
 from nsl_msgs.srv import FineTune, LoadCheckpoint
-
-RECORD_QOS = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(
-    depth=1,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
 
 
 class LoopClient(Node):
@@ -42,23 +35,25 @@ class LoopClient(Node):
         self.collector_status: dict = {}
         """The collector's latest counters (its latched ``collector/status`` JSON)."""
         self.create_subscription(
-            EpisodeResult, graph.EPISODE_RESULTS_TOPIC, self._on_result, RECORD_QOS
+            EpisodeResult, names.EPISODE_RESULTS_TOPIC, self._on_result, RECORD_QOS
         )
         self.create_subscription(
-            CheckpointInfo, graph.ACTIVE_CHECKPOINT_TOPIC, self._on_active, LATCHED_QOS
+            CheckpointInfo, names.ACTIVE_CHECKPOINT_TOPIC, self._on_active, LATCHED_QOS
         )
         self.create_subscription(
-            TrainerStatus, graph.TRAINER_STATUS_TOPIC, self._on_status, LATCHED_QOS
+            TrainerStatus, names.TRAINER_STATUS_TOPIC, self._on_status, LATCHED_QOS
         )
         self.create_subscription(
-            String, graph.COLLECTOR_STATUS_TOPIC, self._on_collector_status, LATCHED_QOS
+            String, names.COLLECTOR_STATUS_TOPIC, self._on_collector_status, LATCHED_QOS
         )
-        self.fine_tune_client = self.create_client(FineTune, graph.FINE_TUNE_SERVICE)
-        self.stop_session_client = self.create_client(Trigger, graph.STOP_SESSION_SERVICE)
+        self.fine_tune_client = self.create_client(FineTune, names.FINE_TUNE_SERVICE)
+        self.stop_session_client = self.create_client(Trigger, names.STOP_SESSION_SERVICE)
         self.load_checkpoint_client = self.create_client(
-            LoadCheckpoint, graph.LOAD_CHECKPOINT_SERVICE
+            LoadCheckpoint, names.LOAD_CHECKPOINT_SERVICE
         )
-        self.set_parameters_client = self.create_client(SetParameters, "policy/set_parameters")
+        self.set_parameters_client = self.create_client(
+            SetParameters, names.POLICY_SET_PARAMETERS_SERVICE
+        )
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self)
         self._spinner = threading.Thread(
@@ -95,8 +90,9 @@ class LoopClient(Node):
     def wait_for_recorded(
         self, count: int, timeout: float, stop: Callable[[], bool] = lambda: False
     ) -> None:
-        """Wait until the collector reports at least ``count`` episodes written to its session
-        (latched ``collector/status``), or ``stop()`` is true. The collector gets the results on
+        """Wait until the collector reports ``count`` episodes written, or ``stop()`` is true.
+
+        The count comes from the latched collector status. The collector gets the results on
         its own subscription, later than this client on a loaded machine: close a session only
         after this.
         """
@@ -122,8 +118,10 @@ class LoopClient(Node):
         progress: Callable[[int], None] | None = None,
         epsilon: float | None = None,
     ) -> list[EpisodeResult]:
-        """The first ``count`` complete episodes run with ``checkpoint_id`` (and exploration
-        ``epsilon``, when given) that arrive from now on or have arrived already.
+        """Return the first ``count`` complete episodes run with ``checkpoint_id``.
+
+        With ``epsilon``, only episodes with that exploration count; episodes that arrived
+        already count too.
         """
 
         def matching() -> list[EpisodeResult]:

@@ -4,8 +4,9 @@ Both starters read this module: the launch files (``ros2 launch nsl_bringup coll
 turn a resolved graph into launch_ros ``Node`` actions, and the process runner (``nsl up``)
 starts the same nodes as processes with ``--ros-args``. A test checks they agree.
 
-Names inside a graph are relative, so every topic and service lands under the graph's
-namespace: several robots (or simulated robots) run side by side under different namespaces.
+Names inside a graph are relative (``nsl_common.names``), so every topic and service lands
+under the graph's namespace: several robots (or simulated robots) run side by side under
+different namespaces.
 """
 
 from __future__ import annotations
@@ -14,23 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-# Topic and service names, relative to the graph's namespace.
-CAMERA_TOPIC = "camera/image_raw"
-ARM_RESET_SERVICE = "arm/reset_episode"
-ARM_STEP_SERVICE = "arm/execute_step"
-GRIPPER_STATE_TOPIC = "arm/gripper_state"
-STEP_RECORDS_TOPIC = "step_records"
-EPISODE_RESULTS_TOPIC = "episode_results"
-LOAD_CHECKPOINT_SERVICE = "policy/load_checkpoint"
-ACTIVE_CHECKPOINT_TOPIC = "policy/active_checkpoint"
-FINE_TUNE_SERVICE = "trainer/fine_tune"
-TRAINER_STATUS_TOPIC = "trainer/status"
-CHECKPOINT_ANNOUNCE_TOPIC = "trainer/checkpoints"
-START_SESSION_SERVICE = "collector/start_session"
-STOP_SESSION_SERVICE = "collector/stop_session"
-DISCARD_EPISODE_SERVICE = "collector/discard_episode"
-COLLECTOR_STATUS_TOPIC = "collector/status"
-CANCEL_JOB_SERVICE = "trainer/cancel"
+from nsl_common import names
 
 
 @dataclass(frozen=True)
@@ -71,7 +56,7 @@ class Graph:
         return {a.name: a.default for a in self.arguments}
 
     def check_arguments(self, values: dict[str, str]) -> dict[str, str]:
-        """Defaults merged with ``values``; unknown names and values outside ``choices`` are refused."""
+        """Merge ``values`` over the defaults; refuse unknown names and values outside choices."""
         known = {a.name: a for a in self.arguments}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -97,7 +82,8 @@ _COLLECT_ARGS = (
     LaunchArgument(
         "sim",
         "true",
-        "true: the PyBullet sim node plays arm and camera; false: a real arm node and camera driver",
+        "true: the PyBullet sim node plays arm and camera; "
+        "false: a real arm node and camera driver",
         ("true", "false"),
     ),
     LaunchArgument(
@@ -117,7 +103,7 @@ _COLLECT_ARGS = (
     LaunchArgument("seed", "0", "seed of the first episode (episode k uses seed+k)"),
     LaunchArgument("image_size", "64", "camera image size the sim renders"),
     LaunchArgument(
-        "camera_topic", CAMERA_TOPIC, "image topic of the camera driver (robot) or sim"
+        "camera_topic", names.CAMERA_TOPIC, "image topic of the camera driver (robot) or sim"
     ),
 )
 _TRAINER_ARGS = (
@@ -149,19 +135,26 @@ GRAPHS: dict[str, Graph] = {
 def resolve(
     graph_name: str, arguments: dict[str, str] | None = None
 ) -> tuple[str, list[NodeSpec]]:
-    """The namespace and the nodes of ``graph_name`` for the given launch argument values."""
+    """Return the namespace and the nodes of ``graph_name`` for the launch argument values."""
     if graph_name not in GRAPHS:
         raise ValueError(f"unknown graph '{graph_name}'; valid: {sorted(GRAPHS)}")
     graph = GRAPHS[graph_name]
     args = graph.check_arguments(arguments or {})
     nodes: list[NodeSpec] = []
     if "sim" in args:
+        camera_remapping = (
+            ((names.CAMERA_TOPIC, args["camera_topic"]),)
+            if args["camera_topic"] != names.CAMERA_TOPIC
+            else ()
+        )
         if not _bool(args["sim"]):
-            nodes.append(NodeSpec("arm", "nsl_kuka", "kuka_arm_node", "kuka_arm.yaml", {}))
+            nodes.append(
+                NodeSpec(names.ARM_NODE, "nsl_kuka", "kuka_arm_node", "kuka_arm.yaml", {})
+            )
         if _bool(args["sim"]):
             nodes.append(
                 NodeSpec(
-                    "sim",
+                    names.SIM_NODE,
                     "nsl_sim",
                     "sim_node",
                     "sim.yaml",
@@ -169,14 +162,12 @@ def resolve(
                         "task": args["task"],
                         "image_size": int(args["image_size"]),
                     },
-                    remappings=(("camera/image_raw", args["camera_topic"]),)
-                    if args["camera_topic"] != CAMERA_TOPIC
-                    else (),
+                    remappings=camera_remapping,
                 )
             )
         nodes.append(
             NodeSpec(
-                "policy",
+                names.POLICY_NODE,
                 "nsl_policy",
                 "policy_node",
                 "policy.yaml",
@@ -186,14 +177,12 @@ def resolve(
                     "epsilon": float(args["epsilon"]),
                     "seed": int(args["seed"]),
                 },
-                remappings=(("camera/image_raw", args["camera_topic"]),)
-                if args["camera_topic"] != CAMERA_TOPIC
-                else (),
+                remappings=camera_remapping,
             )
         )
         nodes.append(
             NodeSpec(
-                "collector",
+                names.COLLECTOR_NODE,
                 "nsl_collector",
                 "collector_node",
                 "collector.yaml",
@@ -207,7 +196,7 @@ def resolve(
     if "checkpoint_dir" in args:
         nodes.append(
             NodeSpec(
-                "trainer",
+                names.TRAINER_NODE,
                 "nsl_trainer",
                 "trainer_node",
                 "trainer.yaml",
@@ -221,5 +210,5 @@ def resolve(
 
 
 def config_dir() -> Path:
-    """Folder of the params YAML files (package data; also installed to share/nsl_bringup/config)."""
+    """Return the folder of the params YAML files (installed to share/nsl_bringup/config)."""
     return Path(str(resources.files("nsl_bringup") / "config"))
