@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from node_output import GraphLog
 
 
 @pytest.fixture(scope="session")
 def ros_isolation():
-    """Own DDS domain and localhost-only discovery for this test run, also for in-process clients."""
+    """Own DDS domain and localhost-only discovery for this run, also for in-process clients."""
     from nsl_bringup.runner import isolated_environment
 
     env = isolated_environment()
@@ -34,25 +34,9 @@ def rclpy_context(ros_isolation):
     rclpy.try_shutdown()
 
 
-class GraphLog:
-    """Collects node output (prefixed by the runner) and echoes it into pytest's capture."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def write(self, text: str) -> None:
-        self.lines.append(text)
-        sys.stdout.write(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-
 @pytest.fixture
 def graph_log() -> GraphLog:
+    """Node output of one test, shown with its report when it fails."""
     return GraphLog()
 
 

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from node_output import GraphLog
 
 pytestmark = pytest.mark.system
 
@@ -21,8 +22,6 @@ def loop(rclpy_context, random_checkpoint, tmp_path_factory):
     from nsl_bringup.client import LoopClient
     from nsl_bringup.graph import resolve
     from nsl_bringup.runner import GraphRunner
-
-    from conftest import GraphLog
 
     work = tmp_path_factory.mktemp("loop")
     namespace = "systest"
@@ -138,7 +137,7 @@ def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
 
 
 def recorded_bag(client) -> str:
-    """Close the collector's current session (after at least one more episode) and return its bag."""
+    """Close the collector's current session (after one more episode) and return its bag."""
     from std_srvs.srv import Trigger
 
     start = len(client.results)

@@ -1,10 +1,13 @@
-"""A wrong parameter value is refused at start-up: the node exits with code 2 and a message naming
-the parameter and the value, before it touches the arm or any data.
+"""A wrong parameter value is refused at start-up.
+
+The node exits with code 2 and a message naming the parameter and the value, before it touches
+the arm or any data.
 """
 
 from __future__ import annotations
 
 import pytest
+from node_output import GraphLog
 
 pytestmark = pytest.mark.system
 
@@ -55,8 +58,6 @@ CASES = [
 def test_bad_parameter_is_refused_at_start(
     ros_isolation, tmp_path, name, package, executable, params_file, params, expected
 ):
-    from conftest import GraphLog
-
     from nsl_bringup.graph import NodeSpec
     from nsl_bringup.runner import GraphRunner
 

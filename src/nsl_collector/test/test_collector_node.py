@@ -1,5 +1,7 @@
-"""The real collector_node as a separate process over ROS 2: services, SIGKILL mid-episode,
-camera recording, 1000 episodes with bounded memory, independent-reader round trip.
+"""The real collector_node as a separate process over ROS 2.
+
+Services, SIGKILL mid-episode, camera recording, 1000 episodes with bounded memory,
+independent-reader round trip.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ def ros_env():
 class Log:
     def __init__(self):
         self.lines = []
+        self._echo = sys.stdout  # pytest's capture; later lookups may be the terminal
 
     def write(self, text):
         self.lines.append(text)
-        sys.stdout.write(text)
+        self._echo.write(text)
 
     def flush(self):
         pass

@@ -1,5 +1,6 @@
-"""System tests of the real policy_node, started as a separate process by the runner, against a
-fake arm + camera node in the test process.
+"""System tests of the real policy_node against a fake arm + camera node in the test process.
+
+The policy_node is started as a separate process by the runner.
 
 The fake serves ``arm/reset_episode`` and ``arm/execute_step``, publishes ``camera/image_raw``
 after each reset and step (in a chosen encoding and size, or not at all when "stalled"), and
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -41,8 +43,9 @@ ENCODED = {
 # ---- fixtures -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ros():
-    """Own DDS domain (localhost only) and an own rclpy context, so other test modules' contexts
-    are untouched.
+    """Give this module its own DDS domain (localhost only) and rclpy context.
+
+    Other test modules' contexts are untouched.
     """
     from nsl_bringup.runner import isolated_environment
 
@@ -120,12 +123,13 @@ class Log:
     def __init__(self):
         self.lines: list[str] = []
         self._lock = threading.Condition()
+        self._echo = sys.stdout  # pytest's capture; later lookups may be the terminal
 
     def write(self, text: str) -> None:
         with self._lock:
             self.lines.append(text)
             self._lock.notify_all()
-        print(text, end="")
+        self._echo.write(text)
 
     def wait_for(self, predicate, timeout: float, what: str) -> None:
         """Block until ``predicate(text so far)`` holds."""
@@ -144,8 +148,10 @@ class Log:
 
 
 class FakeRobot:
-    """Fake arm + camera and an observer of everything the policy publishes, in one rclpy node
-    spinning in a background thread. Its waits block the test thread on a condition.
+    """Fake arm + camera and an observer of everything the policy publishes.
+
+    One rclpy node spinning in a background thread; its waits block the test thread on a
+    condition.
     """
 
     def __init__(
@@ -186,9 +192,8 @@ class FakeRobot:
         self.min_steps = min_steps
         self.camera_on = True
         self.commands_at_first_refused = None
-        self.commands: list[
-            tuple
-        ] = []  # ("reset", seed) | ("step", height_before, translation, rotation, close, terminate)
+        # ("reset", seed) | ("step", height_before, translation, rotation, close, terminate)
+        self.commands: list[tuple] = []
         self.results: list = []
         self.steps: list = []
         self.active: list = []
@@ -366,7 +371,7 @@ _counter = [0]
 
 @pytest.fixture
 def graph(ros, request):
-    """Factory: start a fake robot and the policy process in a fresh namespace; stops both."""
+    """Start a fake robot and the policy process in a fresh namespace (a factory); stop both."""
     env, context = ros
     started = []
 
@@ -387,8 +392,10 @@ def graph(ros, request):
 
 
 def check_episodes_consistent(robot: FakeRobot) -> dict:
-    """Every result's step records: contiguous indices, same checkpoint as the result, and as many
-    as the arm executed in that episode. Returns {episode_id: records}.
+    """Return every result's step records as {episode_id: records}, checked for consistency.
+
+    Contiguous indices, same checkpoint as the result, and as many as the arm executed in that
+    episode.
     """
     with robot.cond:
         results, steps, commands = list(robot.results), list(robot.steps), list(robot.commands)
@@ -489,7 +496,8 @@ def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints)
                 if m.checkpoint_id == nxt.checkpoint_id and stamp(prev) <= stamp(m)
             ]
             assert switch, (
-                f"no active_checkpoint message for {nxt.checkpoint_id} after episode {prev.episode_id}"
+                f"no active_checkpoint message for {nxt.checkpoint_id}"
+                f" after episode {prev.episode_id}"
             )
             assert stamp(switch[0]) <= stamp(by_episode[nxt.episode_id][0]), (
                 "swapped after the new episode's first step"
@@ -502,7 +510,8 @@ def test_hot_swap_while_episodes_run_loses_and_mixes_no_step(graph, checkpoints)
 def test_rejected_checkpoints_keep_the_old_weights_and_commands_stay_in_limits(graph, checkpoints):
     ck = checkpoints
     limits = {"max_translation": 0.02, "max_rotation": 0.2, "min_height": 0.05, "max_height": 0.3}
-    # Large exploration noise pushes actions to the box's faces; start heights near, and one above, the limits.
+    # Large exploration noise pushes actions to the box's faces; start heights near, and one
+    # above, the limits.
     robot, policy = graph(
         {"checkpoint": str(ck.a), "epsilon": 0.5, "noise_std": 1.0, **limits},
         start_heights=(0.06, 0.29, 0.33),
@@ -732,7 +741,8 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
     with robot.cond:
         results, steps = list(robot.results), list(robot.steps)
     epsilons = [json.loads(r.exploration)["epsilon"] for r in results]
-    # One switch, at an episode boundary: 0.5 ... 0.5, then 0.0 ... 0.0 (at most the episode in flight stays 0.5).
+    # One switch, at an episode boundary: 0.5 ... 0.5, then 0.0 ... 0.0 (at most the episode
+    # in flight stays 0.5).
     assert epsilons[: before - 1] == [0.5] * (before - 1)
     switch = epsilons.index(0.0)
     assert all(e == 0.0 for e in epsilons[switch:]) and switch <= before + 1
