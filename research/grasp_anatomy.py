@@ -6,7 +6,7 @@ horizontal distance to the nearest object, reading object poses from the simulat
 policy never sees) and taking the mesh centre the scripted oracle aims at.
 
     .venv/bin/python research/grasp_anatomy.py \
-        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors
+        --checkpoint src/nsl_policy/nsl_policy/checkpoints/base.safetensors
 
 Prints one JSON line per episode, then a summary: success, how many episodes the agent ended
 itself, failures that closed more than --miss cm away from every object ("missed": the policy

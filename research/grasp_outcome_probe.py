@@ -19,7 +19,7 @@ grasp moment when nothing but that is asked of it. ``--save-classifier PATH`` wr
 network as a policy checkpoint: QT-Opt started from it learned to steer (probe 14).
 
     .venv/bin/python research/grasp_outcome_probe.py \
-        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \
+        --checkpoint src/nsl_policy/nsl_policy/checkpoints/base.safetensors \
         --data runs/experiment/datasets/base/round_9
 
 The last line is one JSON object with the figures. Results: docs/results/decisions.md.

@@ -10,7 +10,7 @@ the same random actions in every scene and reports:
   object, against the rate of one fixed move (the mean first move) in the same scenes.
 
     .venv/bin/python research/start_pose_probe.py \
-        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors
+        --checkpoint src/nsl_policy/nsl_policy/checkpoints/base.safetensors
 
 The last line is one JSON object with the figures. Results: docs/results/decisions.md.
 """

@@ -13,7 +13,7 @@ not (0.5 = chance). The labels come from the simulator state, which the policy n
   what the gripper state and the move alone predict).
 
     .venv/bin/python research/steering_probe.py \
-        --checkpoint src/nsl_bringup/nsl_bringup/checkpoints/base.safetensors \
+        --checkpoint src/nsl_policy/nsl_policy/checkpoints/base.safetensors \
         --fit-steps 3000 --cache runs/perception
 
 The frames and their cache are research/perception_probe.py's. The last line printed is one

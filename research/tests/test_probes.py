@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from nsl_policy.shipped import base_checkpoint
 
 pytest.importorskip("pybullet")
 pytest.importorskip("torch")
 
+from trainer_helpers import write_bag  # noqa: E402  (pytest.ini's pythonpath; needs torch)
+
 RESEARCH = Path(__file__).resolve().parents[1]
-ROOT = RESEARCH.parent
-BASE = ROOT / "src" / "nsl_bringup" / "nsl_bringup" / "checkpoints" / "base.safetensors"
+BASE = base_checkpoint()
 
 
 def _import_tool(name: str):
@@ -217,11 +219,6 @@ def test_episode_labels_count_steps_to_the_grasp():
 
 
 def test_grasp_outcome_probe_scores_recorded_episodes(tmp_path):
-    sys.path.insert(0, str(ROOT / "src" / "nsl_trainer" / "test"))
-    try:
-        from trainer_helpers import write_bag
-    finally:
-        sys.path.pop(0)
     held_out, train = (
         write_bag(tmp_path / "held_out", 24, steps=2, seed=1),
         write_bag(tmp_path / "train", 12, steps=2, seed=2),
@@ -360,11 +357,6 @@ def test_steering_probe_runs_on_the_shipped_base():
 
 
 def test_aux_location_probe_trains_both_runs_and_caches_its_labels(tmp_path):
-    sys.path.insert(0, str(ROOT / "src" / "nsl_trainer" / "test"))
-    try:
-        from trainer_helpers import write_bag
-    finally:
-        sys.path.pop(0)
     data = write_bag(tmp_path / "data" / "bootstrap", 4, steps=2, size=64, seed=3)
     cmd = _tool(
         "aux_location_probe",
