@@ -28,7 +28,9 @@ import numpy as np
 
 from .transitions import Transitions
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: entries hold the damage report, and bags are read with the value checks (version 1
+entries may hold clipped non-finite actions)."""
 _ARRAYS = ("image", "state", "action", "reward", "done", "next_index", "episode")
 _EDGE = 1 << 18
 

@@ -2,7 +2,7 @@
 
 nsl data info PATH...                      episodes, success rate, tasks, checkpoints (--json)
 nsl data verify PATH...                    check every bag; damaged files named, the rest checked
-nsl data split PATH... --out DIR           nested size tiers 25..800 (seeded); manifests (--bags: bags)
+nsl data split PATH... --out DIR           nested size tiers 25..800 (seeded); --bags: as bags
 nsl data merge PATH... --out BAG           one bag with every complete episode
 nsl data cache clear|info                  the loader's transition cache
 """
@@ -26,7 +26,7 @@ def cmd_info(args) -> int:
     status = 0
     for path in args.paths:
         try:
-            info = dataset_info(path)
+            info = dataset_info(path, strict=args.strict)
         except DatasetError as exc:
             status = _err(exc)
             continue
@@ -52,24 +52,37 @@ def cmd_info(args) -> int:
             print(f"  unclosed (recovered): {b}")
         for s in info["skipped_episodes"][:20]:
             print(f"  skipped {s['episode_id']} in {s['bag']}: {s['reason']}")
+        for d in info["damage"][:20]:
+            print(f"  DAMAGED (skipped): {d}")
+        for d in info["damaged_bags"]:
+            print(f"  DAMAGED bag (skipped): {d['reason']}")
+        for n in info["notes"]:
+            if "layout" in n or "not listed" in n or "inside the bag" in n:
+                print(f"  note: {n}")
     return status
 
 
 def cmd_verify(args) -> int:
-    from .tools import verify
+    from .tools import verify  # the commands import their tools only when run
 
     checks = verify(args.paths)
-    bad = 0
+    failing = {"corrupt", "damaged", "missing"} | ({"recovered"} if args.strict else set())
+    bad = missing = 0
     for c in checks:
-        if c.status == "corrupt":
-            bad += 1
-            print(f"CORRUPT    {c.bag}: {c.detail}")
+        if c.status == "layout":
+            print(f"{'NOTE':<10} {c.detail}")
+            continue
+        if c.status in ("corrupt", "missing"):
+            print(f"{c.status.upper():<10} {c.bag}: {c.detail}")
         else:
-            label = "OK" if c.status == "ok" else "RECOVERED"
             extra = f" ({c.detail})" if c.detail else ""
+            label = {"ok": "OK"}.get(c.status, c.status.upper())
             print(f"{label:<10} {c.bag}: {c.episodes} episode(s), {c.skipped} skipped{extra}")
-    print(f"{len(checks)} bag(s) checked, {bad} damaged")
-    return 1 if bad else 0
+        bad += c.status in failing and c.status != "missing"
+        missing += c.status == "missing"
+    n = sum(c.status not in ("layout", "missing") for c in checks)
+    print(f"{n} bag(s) checked, {bad} damaged" + (f", {missing} missing" if missing else ""))
+    return 1 if bad or missing else 0
 
 
 def cmd_split(args) -> int:
@@ -130,9 +143,19 @@ def add_commands(subparsers) -> None:
     c = sub.add_parser("info", help="episodes, success rate, tasks, checkpoints")
     c.add_argument("paths", nargs="+", help="bags, dataset folders or tier manifests")
     c.add_argument("--json", action="store_true", help="one JSON object per path")
+    c.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a path with any damaged bag or episode (default: skip them with a warning)",
+    )
     c.set_defaults(fn=cmd_info)
     c = sub.add_parser("verify", help="check bags; report damaged files by name and carry on")
     c.add_argument("paths", nargs="+")
+    c.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail on unclosed (crash-recovered) bags",
+    )
     c.set_defaults(fn=cmd_verify)
     c = sub.add_parser("split", help="nested size tiers (seeded), as the paper's 800-grasp sets")
     c.add_argument("paths", nargs="+")

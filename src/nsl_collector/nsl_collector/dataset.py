@@ -16,15 +16,16 @@ from .msgtypes import (
     find_msg_dir,
     writer_typestore,
 )
+from .loading import load_transitions
 from .reader import (
     Episode,
     EpisodeList,
     SkippedEpisode,
     Step,
     dataset_info,
+    discover,
     find_bags,
     is_manifest,
-    load_transitions,
     read_episodes,
     read_manifest,
     transitions_from_episodes,
@@ -46,6 +47,7 @@ __all__ = [
     "Step",
     "StepData",
     "dataset_info",
+    "discover",
     "find_bags",
     "find_msg_dir",
     "is_manifest",

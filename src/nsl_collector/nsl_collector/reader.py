@@ -16,13 +16,37 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import yaml
 
 from .errors import DatasetError
-from .mcap_scan import McapScan, scan_mcap
+from .layout import (
+    MANIFEST_FORMAT,
+    bag_files,
+    discover,
+    find_bags,
+    is_manifest,
+    read_manifest,
+    session_metadata,
+)
+from .mcap_scan import McapScan, decompress_message, scan_mcap
 from .msgtypes import EPISODE_RESULT, STEP_RECORD, reader_typestore
-from .recorder import SESSION_FILE
-from .transitions import Transitions
+from .transitions import transitions_from_episodes
+from .values import check_step_values, decode_image
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "Episode",
+    "EpisodeList",
+    "SkippedEpisode",
+    "Step",
+    "bag_files",
+    "dataset_info",
+    "discover",
+    "find_bags",
+    "is_manifest",
+    "read_episodes",
+    "read_manifest",
+    "transitions_from_episodes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +107,9 @@ class SkippedEpisode:
     in_flight: bool = False
     """True when the bag was not closed and the episode has no result: it was being recorded
     when the recording stopped."""
+    damaged: bool = True
+    """False for what a recording normally leaves out (an aborted episode, the episode in
+    flight at a crash); True for damage (bad values, lost steps or results)."""
 
 
 class EpisodeList(list):
@@ -95,172 +122,46 @@ class EpisodeList(list):
         self.sessions: list[dict] = []
         """Session metadata of each bag read."""
         self.unclosed: list[Path] = []
-        """Bags whose recording did not close them (crash): recovered up to the truncation point."""
+        """Bags whose recording did not close them (crash): recovered up to the truncation."""
         self.notes: list[str] = []
+        self.damage: list[str] = []
+        """Damage found and skipped (each names the file, and the chunk or episode)."""
+        self.damaged_bags: list[tuple[Path, str]] = []
+        """Bags that could not be read at all, with the reason; the other bags were read."""
 
     @property
     def in_flight(self) -> list[SkippedEpisode]:
         return [s for s in self.skipped if s.in_flight]
 
-
-# ---------------------------------------------------------------------------- locating bags
-def _is_bag_dir(d: Path) -> bool:
-    return (d / "metadata.yaml").is_file() or any(d.glob("*.mcap"))
-
-
-MANIFEST_FORMAT = "nsl-episode-manifest"
-
-
-def is_manifest(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_file() and p.suffix in (".yaml", ".yml") and p.name != "metadata.yaml"
-
-
-def read_manifest(path: str | Path) -> dict[Path, list[str]]:
-    """An episode manifest (what ``nsl data split`` writes): {bag: [episode ids]} in bag order.
-    Bag paths in the file are relative to the manifest's folder (or absolute).
-    """
-    p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DatasetError(f"{p}: cannot read the manifest: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise DatasetError(f"{p}: not an episode manifest (format: {MANIFEST_FORMAT} expected)")
-    out: dict[Path, list[str]] = {}
-    try:
-        for item in doc["bags"]:
-            bag = Path(item["bag"])
-            out.setdefault(bag if bag.is_absolute() else p.parent / bag, []).extend(
-                str(e) for e in item["episodes"]
-            )
-    except (KeyError, TypeError) as exc:
-        raise DatasetError(
-            f"{p}: malformed manifest (bags: [{{bag, episodes}}] expected): {exc}"
-        ) from exc
-    return out
-
-
-def find_bags(path: str | Path) -> list[Path]:
-    """Bags under ``path``: the bag itself (a bag directory or a single .mcap file), every bag
-    directory below a dataset directory (sorted), or the bags an episode manifest names.
-    DatasetError if there is none.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DatasetError(f"{p}: no such file or directory")
-    if p.is_file():
-        if is_manifest(p):
-            return list(read_manifest(p))
-        if p.suffix != ".mcap":
-            if p.name == "metadata.yaml":
-                return [p.parent]
-            raise DatasetError(f"{p}: not a bag (expected a rosbag2 directory or an .mcap file)")
-        return [p]
-    if _is_bag_dir(p):
-        return [p]
-    bags = sorted(
-        {m.parent for m in p.rglob("metadata.yaml")} | {m.parent for m in p.rglob("*.mcap")}
-    )
-    if not bags:
-        raise DatasetError(
-            f"{p}: no rosbag2 bag in this directory (no metadata.yaml or .mcap file)"
-        )
-    return bags
-
-
-def _bag_files(bag: Path) -> tuple[list[Path], bool, str, dict | None]:
-    """(MCAP files, closed?, message compression, metadata.yaml info)."""
-    if bag.is_file():
-        return [bag], False, "", None  # closed-ness decided by the footer
-    meta = bag / "metadata.yaml"
-    if not meta.is_file():
-        files = sorted(bag.glob("*.mcap"))
-        if not files:
-            raise DatasetError(f"{bag}: no metadata.yaml and no .mcap file: not a rosbag2 bag")
-        return files, False, "", None
-    try:
-        doc = yaml.safe_load(meta.read_text(encoding="utf-8"))
-        info = doc["rosbag2_bagfile_information"]
-        storage = info.get("storage_identifier", "")
-        rel = info.get("relative_file_paths") or []
-        mode = info.get("compression_mode", "") or ""
-        fmt = info.get("compression_format", "") or ""
-    except Exception as exc:
-        raise DatasetError(f"{meta}: not a valid rosbag2 metadata.yaml: {exc}") from exc
-    if storage != "mcap":
-        raise DatasetError(f"{bag}: storage {storage!r} is not supported (only MCAP bags)")
-    if mode == "file":
-        raise DatasetError(
-            f"{bag}: file-compressed bags are not supported (decompress the .mcap.{fmt} first)"
-        )
-    if mode == "message" and fmt != "zstd":
-        raise DatasetError(f"{bag}: unsupported message compression {fmt!r}")
-    files = [bag / r for r in rel]
-    for f in files:
-        if not f.is_file():
-            raise DatasetError(f"{f}: listed in {meta} but missing")
-    if not files:
-        raise DatasetError(f"{meta}: lists no storage file")
-    return files, True, mode, info
-
-
-def _session(bag: Path, info: dict | None) -> dict:
-    side = (bag if bag.is_dir() else bag.parent) / SESSION_FILE
-    if side.is_file():
-        try:
-            doc = yaml.safe_load(side.read_text(encoding="utf-8"))
-            if isinstance(doc, dict) and isinstance(doc.get("session"), dict):
-                return doc["session"]
-        except yaml.YAMLError:
-            pass
-    custom = (info or {}).get("custom_data") or {}
-    if "nsl_session" in custom:
-        try:
-            return json.loads(custom["nsl_session"])
-        except ValueError:
-            pass
-    return {}
+    def extend_report(self, other: "EpisodeList") -> None:
+        """Add ``other``'s report (not its episodes) to this one."""
+        self.skipped += other.skipped
+        self.sessions += other.sessions
+        self.unclosed += other.unclosed
+        self.notes += other.notes
+        self.damage += other.damage
+        self.damaged_bags += other.damaged_bags
 
 
 # ---------------------------------------------------------------------------- decoding
-_RGB_CHANNELS = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
-}
+def _decode_scan(scan: McapScan, message_compression: str, out: EpisodeList) -> tuple[list, list]:
+    """Decode StepRecords and EpisodeResults (found by type, on any topic) of one MCAP file.
 
-
-def _image(img: Any) -> np.ndarray:
-    enc = img.encoding.lower()
-    if enc not in _RGB_CHANNELS:
-        raise ValueError(f"unsupported image encoding {img.encoding!r}")
-    c, order = _RGB_CHANNELS[enc]
-    h, w, step = int(img.height), int(img.width), int(img.step)
-    data = np.asarray(img.data, dtype=np.uint8)
-    if h <= 0 or w <= 0 or step < w * c or data.size < step * h:
-        raise ValueError(f"image {h}x{w} {enc}, step {step}: holds {data.size} bytes")
-    rows = data[: step * h].reshape(h, step)[:, : w * c].reshape(h, w, c)
-    if enc == "rgb8":
-        return rows.copy()
-    return np.ascontiguousarray(rows[:, :, list(order)])
-
-
-def _decode_scan(scan: McapScan, bag: Path, message_compression: str) -> tuple[list, list]:
-    """Decode StepRecords and EpisodeResults (found by type, on any topic) of one MCAP file."""
+    A message that does not decode is left out and noted in ``out.damage``.
+    """
     wanted = {}
     for ch in scan.channels.values():
         sc = scan.schemas.get(ch.schema_id)
         if sc is None:
-            raise DatasetError(
+            out.damage.append(
                 f"{scan.path}: channel {ch.topic!r} refers to missing schema {ch.schema_id}"
             )
+            continue
         if sc.name in (STEP_RECORD, EPISODE_RESULT):
             if ch.message_encoding != "cdr":
                 raise DatasetError(
-                    f"{scan.path}: channel {ch.topic!r} has encoding {ch.message_encoding!r}, not cdr"
+                    f"{scan.path}: channel {ch.topic!r} has encoding {ch.message_encoding!r}, "
+                    "not cdr"
                 )
             if not sc.data:
                 raise DatasetError(f"{scan.path}: schema {sc.name} stores no message definition")
@@ -269,29 +170,29 @@ def _decode_scan(scan: McapScan, bag: Path, message_compression: str) -> tuple[l
         return [], []
     try:
         store = reader_typestore(sorted({(s.name, s.encoding, s.data) for s in wanted.values()}))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any parse failure of stored text is a bad bag
         raise DatasetError(
             f"{scan.path}: cannot parse the message definitions stored in the bag: {exc}"
         ) from exc
-    decompress = None
-    if message_compression == "message":
-        from .mcap_scan import _decompress
-
-        decompress = lambda d: _decompress("zstd", d, 0)  # noqa: E731
     steps, results = [], []
+    undecodable = []
     for cid, log_time, data in scan.messages:
         sc = wanted.get(cid)
         if sc is None:
             continue
         try:
-            if decompress is not None:
-                data = decompress(data)
+            if message_compression == "message":
+                data = decompress_message(data)
             msg = store.deserialize_cdr(data, sc.name)
-        except Exception as exc:
-            raise DatasetError(
-                f"{scan.path}: cannot decode a {sc.name} message (log time {log_time}): {exc}"
-            ) from exc
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is a damaged message
+            undecodable.append(f"{sc.name} at log time {log_time}: {exc}")
+            continue
         (steps if sc.name == STEP_RECORD else results).append(msg)
+    if undecodable:
+        out.damage.append(
+            f"{scan.path}: {len(undecodable)} message(s) do not decode and were left out "
+            f"(first: {undecodable[0]})"
+        )
     return steps, results
 
 
@@ -307,11 +208,15 @@ def _build_episode(eid: str, res: Any, recs: list, bag: Path, action_space) -> E
             f"step indices are not 0..{len(recs) - 1} (duplicates or gaps): {idx[:20]}"
         )
     n = len(recs)
-    tr = np.array([np.asarray(r.action.translation, dtype=np.float64) for r in recs]).reshape(n, 3)
+    tr = np.array([np.asarray(r.action.translation, dtype=np.float64) for r in recs])
+    if tr.shape != (n, 3):
+        raise ValueError(f"action.translation has shape {tr.shape[1:]}, not (3,)")
     rot = np.array([float(r.action.rotation) for r in recs], dtype=np.float64)
+    check_step_values(tr, rot, recs)
     close = np.array([bool(r.action.close_gripper) for r in recs])
     term = np.array([bool(r.action.terminate) for r in recs])
-    # Same arithmetic as ActionSpace.to_vector, vectorised.
+    # Same arithmetic as ActionSpace.to_vector, vectorised: finite commands beyond the action
+    # space's reach are clipped to it, as the arm would have executed them.
     actions = np.empty((n, 6), dtype=np.float32)
     actions[:, :3] = tr / action_space.max_translation
     actions[:, 3] = rot / action_space.max_rotation
@@ -321,7 +226,7 @@ def _build_episode(eid: str, res: Any, recs: list, bag: Path, action_space) -> E
     steps = []
     shape = None
     for i, r in enumerate(recs):
-        img = _image(r.image)
+        img = decode_image(r.image)
         if shape is None:
             shape = img.shape
         elif img.shape != shape:
@@ -345,7 +250,7 @@ def _build_episode(eid: str, res: Any, recs: list, bag: Path, action_space) -> E
         exploration = json.loads(res.exploration) if res.exploration else {}
         if not isinstance(exploration, dict):
             exploration = {"value": exploration}
-    except ValueError:
+    except (ValueError, RecursionError):
         exploration = {"raw": res.exploration}
     return Episode(
         episode_id=eid,
@@ -361,13 +266,22 @@ def _build_episode(eid: str, res: Any, recs: list, bag: Path, action_space) -> E
     )
 
 
-def _read_bag(bag: Path, action_space, out: EpisodeList) -> None:
-    files, closed, compression, info = _bag_files(bag)
-    out.sessions.append(_session(bag, info))
+def _scan_files(bag: Path, out: EpisodeList, strict: bool) -> tuple[list, list, bool]:
+    """(StepRecords, EpisodeResults, unclosed?) of every MCAP file of ``bag``."""
+    try:
+        files, closed, compression, info = bag_files(bag, out.notes)
+    except DatasetError as exc:
+        if strict or not (bag / "metadata.yaml").is_file() or not any(bag.glob("*.mcap")):
+            raise
+        # A damaged metadata.yaml: the .mcap files are read as an unclosed recording.
+        out.damage.append(f"{exc}; the .mcap file(s) read as an unclosed recording")
+        files, closed, compression, info = sorted(bag.glob("*.mcap")), False, "", {}
+    out.sessions.append(session_metadata(bag, info))
     steps, results = [], []
     unclosed = False
     for f in files:
-        scan = scan_mcap(f, require_complete=closed)
+        scan = scan_mcap(f, require_complete=closed, strict=strict)
+        out.damage += scan.damage
         if not scan.complete:
             unclosed = True
             if scan.truncated_at is not None and scan.truncated_at < scan.size:
@@ -379,66 +293,103 @@ def _read_bag(bag: Path, action_space, out: EpisodeList) -> None:
                 out.notes.append(
                     f"{f}: recording was not closed (no MCAP footer); all records are complete"
                 )
-        s, r = _decode_scan(scan, bag, compression)
+        s, r = _decode_scan(scan, compression, out)
         steps += s
         results += r
-    if unclosed:
-        out.unclosed.append(bag)
+    return steps, results, unclosed
 
+
+def _read_bag(bag: Path, action_space, out: EpisodeList, strict: bool = False) -> None:
+    """Add ``bag``'s usable episodes and its report to ``out`` (see :func:`read_episodes`)."""
+    part = EpisodeList(path=bag)
+    try:
+        steps, results, unclosed = _scan_files(bag, part, strict)
+    except DatasetError as exc:
+        if strict:
+            raise
+        out.damaged_bags.append((bag, str(exc)))
+        log.warning("skipped the damaged bag %s: %s", bag, exc)
+        return
+    if unclosed:
+        part.unclosed.append(bag)
+    damage_hint = f" (the bag is damaged: {part.damage[0]})" if part.damage else ""
     by_ep: dict[str, list] = {}
     for rec in steps:
         by_ep.setdefault(rec.episode_id, []).append(rec)
     res_by_ep: dict[str, list] = {}
     for res in results:
         res_by_ep.setdefault(res.episode_id, []).append(res)
-
     try:
         for eid, rs in res_by_ep.items():
             recs = by_ep.get(eid, [])
             res = rs[0]
 
-            def skip(reason: str) -> None:
-                out.skipped.append(SkippedEpisode(bag, eid, reason, len(recs)))
+            def skip(reason: str, damaged: bool = True) -> None:
+                part.skipped.append(SkippedEpisode(bag, eid, reason, len(recs), damaged=damaged))
 
             if len(rs) > 1:
                 skip(f"{len(rs)} EpisodeResults for the same episode id")
             elif not res.complete:
-                skip(f"aborted (result.complete is false): {res.message or 'no reason given'}")
+                skip(
+                    f"aborted (result.complete is false): {res.message or 'no reason given'}",
+                    damaged=False,
+                )
             elif len(recs) != res.num_steps:
                 skip(
-                    f"step count mismatch: EpisodeResult says {res.num_steps}, the bag holds {len(recs)} StepRecords"
+                    f"step count mismatch: EpisodeResult says {res.num_steps}, the bag holds "
+                    f"{len(recs)} StepRecords{damage_hint}"
                 )
             elif not recs:
                 skip("no steps")
             else:
                 try:
-                    out.append(_build_episode(eid, res, recs, bag, action_space))
-                except ValueError as exc:
+                    part.append(_build_episode(eid, res, recs, bag, action_space))
+                except (ValueError, TypeError, OverflowError) as exc:
                     skip(str(exc))
         for eid, recs in by_ep.items():
             if eid not in res_by_ep:
+                lost = bool(part.damage) or not unclosed
                 reason = (
-                    "no EpisodeResult: in flight when the recording stopped"
-                    if unclosed
-                    else "no EpisodeResult"
+                    f"no EpisodeResult{damage_hint}"
+                    if lost
+                    else "no EpisodeResult: in flight when the recording stopped"
                 )
-                out.skipped.append(SkippedEpisode(bag, eid, reason, len(recs), in_flight=unclosed))
+                part.skipped.append(
+                    SkippedEpisode(
+                        bag, eid, reason, len(recs), in_flight=not lost, damaged=bool(part.damage)
+                    )
+                )
     except AttributeError as exc:
         raise DatasetError(
             f"{bag}: the stored message definitions lack a field this reader needs: {exc}"
         ) from exc
+    bad = [s for s in part.skipped if s.damaged]
+    if strict and part.damage:
+        raise DatasetError(part.damage[0])
+    if strict and bad:
+        raise DatasetError(f"{bag}: damaged episode {bad[0].episode_id}: {bad[0].reason}")
+    for d in part.damage:
+        log.warning("%s", d)
+    for s in bad:
+        log.warning("%s: skipped the damaged episode %s: %s", s.bag, s.episode_id, s.reason)
+    out += part
+    out.extend_report(part)
 
 
-def read_episodes(path: str | Path, *, action_space=None) -> EpisodeList:
-    """Complete, usable episodes of a bag (or of every bag under a dataset directory), in bag
-    order, as an :class:`EpisodeList` whose ``skipped`` lists the episodes left out and why
-    (no EpisodeResult / in flight, aborted, step count mismatch, ...).
+def read_episodes(path: str | Path, *, action_space=None, strict: bool = False) -> EpisodeList:
+    """Read the complete, usable episodes of a bag, a dataset directory or a manifest.
 
-    Raises DatasetError (naming the file) for a missing path or a corrupt, truncated (closed
-    bag) or garbage file.
+    Returns them in bag order, as an :class:`EpisodeList` whose report says what was left out
+    and why.
+
+    Damage policy: a damaged episode (values out of range, steps lost) or a damaged part of a
+    bag (a chunk whose CRC fails, a truncated file) is skipped with a warning naming the file
+    and episode or chunk, and the rest is used; a bag that cannot be read at all is listed in
+    ``damaged_bags``. ``strict``: raise DatasetError at the first damage instead. Raises
+    DatasetError for a missing path, or when no bag under ``path`` could be read.
     """
     if action_space is None:
-        from nsl_policy.action_space import ActionSpace
+        from nsl_policy.action_space import ActionSpace  # the default scaling of actions
 
         action_space = ActionSpace()
     p = Path(path)
@@ -448,7 +399,7 @@ def read_episodes(path: str | Path, *, action_space=None) -> EpisodeList:
             part = EpisodeList(path=bag)
             if not bag.exists():
                 raise DatasetError(f"{p}: names {bag}, which does not exist")
-            _read_bag(bag, action_space, part)
+            _read_bag(bag, action_space, part, strict)
             by_id = {e.episode_id: e for e in part}
             missing = [i for i in ids if i not in by_id]
             if missing:
@@ -458,192 +409,29 @@ def read_episodes(path: str | Path, *, action_space=None) -> EpisodeList:
                 )
             keep = set(ids)
             out += [e for e in part if e.episode_id in keep]
-            out.sessions += part.sessions
-            out.unclosed += part.unclosed
-            out.notes += part.notes
+            out.extend_report(part)
         return out
-    for bag in find_bags(p):
-        _read_bag(bag, action_space, out)
+    bags, notes = discover(p)
+    out.notes += notes
+    for note in notes:
+        log.warning("%s", note)
+    for bag in bags:
+        _read_bag(bag, action_space, out, strict)
+    if len(out.damaged_bags) == len(bags):
+        raise DatasetError("; ".join(reason for _bag, reason in out.damaged_bags))
     for s in out.skipped:
-        log.info("%s: skipped episode %s: %s", s.bag, s.episode_id, s.reason)
+        if not s.damaged:
+            log.info("%s: skipped episode %s: %s", s.bag, s.episode_id, s.reason)
     return out
 
 
-def transitions_from_episodes(episodes: list[Episode]) -> Transitions:
-    """QT-Opt transitions of ``episodes`` (all with the same image shape)."""
-    if not episodes:
-        z = np.zeros(0, dtype=np.float32)
-        return Transitions(
-            image=np.zeros((0, 0, 0, 3), np.uint8),
-            state=np.zeros((0, 3), np.float32),
-            action=np.zeros((0, 6), np.float32),
-            reward=z,
-            done=np.zeros(0, bool),
-            next_index=np.zeros(0, np.int64),
-            episode=np.zeros(0, np.int64),
-        )
-    shape = episodes[0].steps[0].image.shape
-    for e in episodes:
-        if e.steps[0].image.shape != shape:
-            raise DatasetError(
-                f"{e.bag}: episode {e.episode_id} has {e.steps[0].image.shape} images, "
-                f"other episodes {shape}; cannot stack them into one set"
-            )
-    n = sum(e.num_steps for e in episodes)
-    image = np.empty((n, *shape), dtype=np.uint8)
-    state = np.empty((n, 3), dtype=np.float32)
-    action = np.empty((n, 6), dtype=np.float32)
-    reward = np.zeros(n, dtype=np.float32)
-    done = np.zeros(n, dtype=bool)
-    episode = np.empty(n, dtype=np.int64)
-    row = 0
-    for k, e in enumerate(episodes):
-        m = e.num_steps
-        for j, s in enumerate(e.steps):
-            image[row + j] = s.image
-            state[row + j] = s.state
-            action[row + j] = s.action
-        episode[row : row + m] = k
-        done[row + m - 1] = True
-        reward[row + m - 1] = 1.0 if e.success else 0.0
-        row += m
-    next_index = np.arange(1, n + 1, dtype=np.int64)
-    next_index[done] = np.flatnonzero(done)
-    return Transitions(
-        image=image,
-        state=state,
-        action=action,
-        reward=reward,
-        done=done,
-        next_index=next_index,
-        episode=episode,
-    )
+def dataset_info(path: str | Path, *, strict: bool = False) -> dict:
+    """Summarise a bag or dataset directory (plain types, YAML/JSON-ready).
 
-
-def _select_episodes(tr: Transitions, keep: np.ndarray) -> Transitions:
-    """The rows of the episodes flagged in ``keep`` (indexed by episode number), renumbered."""
-    rows = keep[tr.episode]
-    if rows.all():
-        return tr
-    idx = np.flatnonzero(rows)
-    new_row = np.full(len(tr), -1, dtype=np.int64)
-    new_row[idx] = np.arange(len(idx))
-    renum = np.cumsum(keep) - 1
-    return Transitions(
-        image=tr.image[idx],
-        state=tr.state[idx],
-        action=tr.action[idx],
-        reward=tr.reward[idx],
-        done=tr.done[idx],
-        next_index=new_row[tr.next_index[idx]],
-        episode=renum[tr.episode[idx]],
-        location=None if tr.location is None else tr.location[idx],
-    )
-
-
-def _bag_transitions(bag: Path, action_space, cache) -> tuple[Transitions, dict]:
-    """One bag's transitions and meta (episode ids, skipped), through the cache if given."""
-    if cache is not None:
-        hit = cache.get(bag, action_space)
-        if hit is not None:
-            return hit
-        from .cache import bag_fingerprint
-
-        fingerprint = bag_fingerprint(
-            bag, full=cache.full
-        )  # before reading: a change meanwhile invalidates
-    out = EpisodeList(path=bag)
-    _read_bag(bag, action_space, out)
-    tr = transitions_from_episodes(list(out))
-    meta = {
-        "bag": str(bag),
-        "episode_ids": [e.episode_id for e in out],
-        "skipped": [[s.episode_id, s.reason] for s in out.skipped],
-    }
-    if cache is not None:
-        cache.put(bag, action_space, tr, meta, fingerprint)
-    return tr, meta
-
-
-def load_transitions(
-    paths: list[str | Path] | str | Path,
-    action_space=None,
-    *,
-    cache: bool = True,
-    cache_dir: str | Path | None = None,
-) -> Transitions:
-    """QT-Opt transitions of every complete episode in ``paths`` (bags, dataset directories or
-    episode manifests): reward 1 on the last step of a successful episode else 0, done on the
-    last step, next_index to the next row (itself on the last step). Episodes are numbered in
-    reading order.
-
-    ``cache``: decoded bags are kept in an on-disk cache (:mod:`nsl_collector.cache`; location
-    ``cache_dir``, ``$NSL_DATASET_CACHE`` or ``~/.cache/nsl/transitions``) and reused while the
-    bag is unchanged.
+    Damage is handled as in :func:`read_episodes` and listed under ``damage`` and
+    ``damaged_bags``.
     """
-    if action_space is None:
-        from nsl_policy.action_space import ActionSpace
-
-        action_space = ActionSpace()
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise DatasetError("load_transitions: no paths given")
-    for p in paths:
-        if not p.exists():
-            raise DatasetError(f"{p}: no such file or directory")
-    store = None
-    if cache:
-        from .cache import TransitionCache
-
-        store = TransitionCache(cache_dir)
-    parts: list[Transitions] = []
-    for p in paths:
-        selection = read_manifest(p) if is_manifest(p) else {b: None for b in find_bags(p)}
-        found, skipped = 0, []
-        for bag, ids in selection.items():
-            if not bag.exists():
-                raise DatasetError(f"{p}: names {bag}, which does not exist")
-            tr, meta = _bag_transitions(bag, action_space, store)
-            if ids is not None:
-                have = {e: k for k, e in enumerate(meta["episode_ids"])}
-                missing = [i for i in ids if i not in have]
-                if missing:
-                    raise DatasetError(
-                        f"{p}: {len(missing)} episode(s) it names are not complete episodes of "
-                        f"{bag} (e.g. {missing[0]}): the bag changed since the manifest was written"
-                    )
-                keep = np.zeros(len(meta["episode_ids"]), dtype=bool)
-                keep[[have[i] for i in ids]] = True
-                tr = _select_episodes(tr, keep)
-            else:
-                skipped += meta["skipped"]
-            found += tr.num_episodes
-            parts.append(tr)
-        if not found:
-            why = "; ".join(f"{e}: {r}" for e, r in skipped[:5]) or "no episodes at all"
-            raise DatasetError(f"{p}: holds no complete episode ({why})")
-        if skipped:
-            log.warning(
-                "%s: %d episode(s) skipped: %s",
-                p,
-                len(skipped),
-                "; ".join(f"{e}: {r}" for e, r in skipped[:5]),
-            )
-    parts = [t for t in parts if len(t)]
-    shapes = {t.image.shape[1:] for t in parts}
-    if len(shapes) > 1:
-        raise DatasetError(
-            f"{', '.join(map(str, paths))}: episodes have different image shapes {sorted(shapes)}; "
-            "cannot stack them into one set"
-        )
-    return parts[0] if len(parts) == 1 else Transitions.concatenate(parts)
-
-
-def dataset_info(path: str | Path) -> dict:
-    """Summary of a bag or dataset directory (plain types, YAML/JSON-ready)."""
-    eps = read_episodes(path)
+    eps = read_episodes(path, strict=strict)
     n = len(eps)
     succ = sum(e.success for e in eps)
     tasks: Counter = Counter(e.task for e in eps)
@@ -651,7 +439,7 @@ def dataset_info(path: str | Path) -> dict:
     shapes = sorted({tuple(e.steps[0].image.shape) for e in eps})
     return {
         "path": str(path),
-        "bags": [str(b) for b in find_bags(path)],
+        "bags": [str(b) for b in discover(path)[0]],
         "episodes": n + len({(s.bag, s.episode_id) for s in eps.skipped}),
         "complete": n,
         "skipped": len(eps.skipped),
@@ -670,9 +458,12 @@ def dataset_info(path: str | Path) -> dict:
                 "episode_id": s.episode_id,
                 "reason": s.reason,
                 "steps_found": s.steps_found,
+                "damaged": s.damaged,
             }
             for s in eps.skipped
         ],
+        "damage": list(eps.damage),
+        "damaged_bags": [{"bag": str(b), "reason": r} for b, r in eps.damaged_bags],
         "sessions": eps.sessions,
         "notes": list(eps.notes),
     }

@@ -15,7 +15,10 @@ last 1 MiB boundary and leave a file that rosbags cannot open. The recorder adds
   steps of the episode in flight reach the file too and a reader can *report* that episode as
   incomplete instead of never seeing it;
 * the session metadata in a sidecar ``nsl_session.yaml`` written (atomically) when the bag is
-  opened, and again with the final counts when it is closed;
+  opened, after every episode (so its ``episodes_written`` and ``steps_written`` count what
+  a crash leaves readable, the episode in flight aside), and with the final counts at close;
+* CRCs on every chunk, the data section and the summary (:mod:`nsl_collector.mcap_write`), so
+  bytes changed after writing are found by the reader and ``nsl data verify``;
 * writes only append; no file is ever rewritten in place except metadata.yaml/nsl_session.yaml,
   which are replaced atomically (write temp file, rename).
 
@@ -41,6 +44,7 @@ import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from .errors import DatasetError
+from .mcap_write import use_crc_writer
 from .msgtypes import EPISODE_RESULT, RESULT_TOPIC, STEP_RECORD, STEP_TOPIC, writer_typestore
 
 SESSION_FILE = "nsl_session.yaml"
@@ -96,8 +100,10 @@ class StepData:
         action_space=None,
         **kwargs: Any,
     ) -> "StepData":
-        """A step from the policy's view: state (closed, height, step fraction) and a normalised
-        action vector (converted with ``nsl_policy.action_space.ActionSpace``).
+        """Build a step from the policy's view.
+
+        ``state``: (closed, height, step fraction); ``action``: a normalised action vector
+        (converted with ``nsl_policy.action_space.ActionSpace``).
         """
         from nsl_policy.action_space import ActionSpace
 
@@ -186,6 +192,7 @@ class BagRecorder:
         self.messages_written = 0
         self._created_ns = time.time_ns()
         self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        use_crc_writer(self._writer)
         self._writer.open()
         storage = self._writer.storage
         if not all(hasattr(storage, a) for a in ("close_chunk", "chunk", "bio")) or not hasattr(
@@ -193,8 +200,9 @@ class BagRecorder:
         ):
             self._writer.abort()
             raise DatasetError(
-                f"{self.path}: this rosbags version ({_pkg_version('rosbags')}) has an MCAP writer without the "
-                "chunk interface the crash-safe recorder relies on (tested with rosbags 0.11.x)"
+                f"{self.path}: this rosbags version ({_pkg_version('rosbags')}) has an MCAP "
+                "writer without the chunk interface the crash-safe recorder relies on (tested "
+                "with rosbags 0.11.x)"
             )
         self._storage = storage
         storage.bio.flush()  # the MCAP magic + header reach the file at once
@@ -203,6 +211,10 @@ class BagRecorder:
         self._closed = False
         for topic, msgtype in ((STEP_TOPIC, STEP_RECORD), (RESULT_TOPIC, EPISODE_RESULT)):
             self._connection(topic, msgtype)
+        # The definitions get a chunk of their own, so damage to one episode's chunk cannot
+        # take the message definitions (and with them every episode) of an unclosed bag along.
+        storage.close_chunk()
+        storage.bio.flush()
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -267,8 +279,9 @@ class BagRecorder:
         *,
         flush: bool | None = None,
     ) -> None:
-        """Write one serialized (CDR, e.g. from ``rclpy.serialization.serialize_message``)
-        message. An EpisodeResult ends an MCAP chunk and is flushed (and fsynced) at once.
+        """Write one serialized message (CDR, e.g. from ``rclpy.serialize_message``).
+
+        An EpisodeResult ends an MCAP chunk and is flushed (and fsynced) at once.
 
         ``flush``: end the chunk and flush after this message (default: ``flush_steps`` for
         other types). ``False`` lets messages of a side stream (the raw camera images) collect
@@ -283,6 +296,7 @@ class BagRecorder:
             if msgtype == EPISODE_RESULT:
                 self.episodes_written += 1
                 self._end_chunk(self.fsync)
+                self._write_session("recording")
             else:
                 if msgtype == STEP_RECORD:
                     self.steps_written += 1
@@ -290,8 +304,9 @@ class BagRecorder:
                     self._end_chunk(False)
 
     def update_metadata(self, values: dict) -> None:
-        """Merge ``values`` into the session metadata (sidecar rewritten now, metadata.yaml's
-        custom_data at close).
+        """Merge ``values`` into the session metadata.
+
+        The sidecar is rewritten now, metadata.yaml's custom_data at close.
         """
         try:
             json.dumps(values)
@@ -318,9 +333,11 @@ class BagRecorder:
         step_topic: str = STEP_TOPIC,
         result_topic: str = RESULT_TOPIC,
     ) -> None:
-        """Write a whole episode from serialized messages in one go: ``steps`` as (timestamp_ns,
-        StepRecord CDR bytes), then ``result`` (timestamp_ns, EpisodeResult CDR bytes); one MCAP
-        chunk, flushed (and fsynced) when it returns. For a node that buffers episodes itself.
+        """Write a whole episode from serialized messages in one go.
+
+        ``steps`` as (timestamp_ns, StepRecord CDR bytes), then ``result`` (timestamp_ns,
+        EpisodeResult CDR bytes); one MCAP chunk, flushed (and fsynced) when it returns. For a node
+        that buffers episodes itself.
         """
         with self._lock:
             self._check_open()
@@ -333,6 +350,7 @@ class BagRecorder:
             self.steps_written += len(steps)
             self.episodes_written += 1
             self._end_chunk(self.fsync)
+            self._write_session("recording")
 
     def write_episode(self, steps: Sequence[StepData], result: EpisodeData) -> None:
         """Write an episode's StepRecords then its EpisodeResult, as one MCAP chunk (flushed)."""
@@ -363,6 +381,7 @@ class BagRecorder:
             self.steps_written += len(serialized)
             self.episodes_written += 1
             self._end_chunk(self.fsync)
+            self._write_session("recording")
 
     def _serialize_episode(self, steps, result, T, header):
         ts = self._typestore

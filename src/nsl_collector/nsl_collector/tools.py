@@ -17,7 +17,8 @@ from .cdr import CdrError, episode_result, step_key
 from .errors import DatasetError
 from .mcap_scan import scan_mcap
 from .msgtypes import EPISODE_RESULT, STEP_RECORD, writer_typestore
-from .reader import MANIFEST_FORMAT, _bag_files, find_bags, read_episodes
+from .layout import MANIFEST_FORMAT, bag_files, discover, find_bags, is_manifest, read_manifest
+from .reader import read_episodes
 from .recorder import BagRecorder
 
 PAPER_TIERS = (25, 50, 100, 200, 400, 800)
@@ -26,52 +27,66 @@ PAPER_TIERS = (25, 50, 100, 200, 400, 800)
 # ---------------------------------------------------------------------------- verify
 @dataclass
 class BagCheck:
+    """What :func:`verify` found for one bag (or for a path that holds none)."""
+
     bag: Path
     status: str
-    """ok | recovered (unclosed recording, readable up to the crash) | corrupt"""
+    """ok | recovered (unclosed recording, readable up to the crash) | damaged (readable, with
+    damaged parts skipped: ``detail`` names them) | corrupt (unreadable) | missing (no such
+    path)."""
     episodes: int = 0
     skipped: int = 0
     detail: str = ""
 
 
+def _message_count_check(bag: Path) -> str:
+    """'' or why metadata.yaml's message count disagrees with the MCAP file(s)."""
+    files, _closed, _comp, info = bag_files(bag)
+    want = int((info or {}).get("message_count", -1))
+    have = sum(len(scan_mcap(f, require_complete=True).messages) for f in files)
+    if want >= 0 and want != have:
+        return f"{bag}: metadata.yaml counts {want} messages, the MCAP file holds {have}"
+    return ""
+
+
+def _check_bag(bag: Path) -> BagCheck:
+    eps = read_episodes(bag)
+    if eps.damaged_bags:
+        return BagCheck(bag, "corrupt", detail=eps.damaged_bags[0][1])
+    damage = list(eps.damage)
+    if not eps.unclosed and not damage and bag.is_dir():
+        damage += list(filter(None, [_message_count_check(bag)]))
+    bad = [s for s in eps.skipped if s.damaged]
+    parts = list(damage) + [n for n in eps.notes if n not in damage]
+    if eps.skipped:
+        parts.append(
+            "skipped: " + "; ".join(f"{s.episode_id}: {s.reason}" for s in eps.skipped[:5])
+        )
+    status = "damaged" if damage or bad else "recovered" if eps.unclosed else "ok"
+    return BagCheck(bag, status, len(eps), len(eps.skipped), "; ".join(parts))
+
+
 def verify(paths: list[str | Path]) -> list[BagCheck]:
-    """Check every bag under ``paths``; a damaged bag is reported (by file) and the rest still
-    checked. A closed bag must be complete and its metadata.yaml message counts must match.
+    """Check every bag under ``paths``, every CRC included.
+
+    A damaged bag is reported (by file, chunk and episode) and the rest still checked. A closed bag
+    must be complete and its metadata.yaml message count must match.
     """
     out: list[BagCheck] = []
     for p in paths:
+        if not Path(p).exists():
+            out.append(BagCheck(Path(p), "missing", detail=f"{p}: no such file or directory"))
+            continue
         try:
-            bags = find_bags(p)
+            bags, notes = discover(p)
         except DatasetError as exc:
             out.append(BagCheck(Path(p), "corrupt", detail=str(exc)))
             continue
+        for note in notes:
+            out.append(BagCheck(Path(p), "layout", detail=note))
         for bag in bags:
             try:
-                eps = read_episodes(bag)
-                detail = "; ".join(eps.notes)
-                if not eps.unclosed and bag.is_dir():
-                    _files, _closed, _comp, info = _bag_files(bag)
-                    want = int((info or {}).get("message_count", -1))
-                    have = sum(len(scan_mcap(f, require_complete=True).messages) for f in _files)
-                    if want >= 0 and want != have:
-                        raise DatasetError(
-                            f"{bag}: metadata.yaml counts {want} messages, the MCAP file holds {have}"
-                        )
-                status = "recovered" if eps.unclosed else "ok"
-                if eps.skipped:
-                    detail = "; ".join(
-                        filter(
-                            None,
-                            [
-                                detail,
-                                "skipped: "
-                                + "; ".join(
-                                    f"{s.episode_id}: {s.reason}" for s in eps.skipped[:5]
-                                ),
-                            ],
-                        )
-                    )
-                out.append(BagCheck(bag, status, len(eps), len(eps.skipped), detail))
+                out.append(_check_bag(bag))
             except DatasetError as exc:
                 out.append(BagCheck(bag, "corrupt", detail=str(exc)))
     return out
@@ -84,19 +99,22 @@ def _check_definitions(bag: Path, schemas: dict, store) -> None:
             mine = store.generate_msgdef(sc.name, ros_version=2)[0]
             if sc.data.decode("utf-8", "replace").strip() != mine.strip():
                 raise DatasetError(
-                    f"{bag}: was recorded with a different {sc.name} definition than the installed "
-                    "nsl_msgs; copying it raw would mislabel it (read it and re-record instead)"
+                    f"{bag}: was recorded with a different {sc.name} definition than the "
+                    "installed nsl_msgs; copying it raw would mislabel it (read it and re-record "
+                    "instead)"
                 )
 
 
 def raw_episodes(bag: Path, keep: set[str] | None, store) -> list[tuple[str, list, tuple]]:
-    """(episode id, [(log time, StepRecord CDR)], (log time, EpisodeResult CDR)) of the complete
-    episodes of ``bag`` (those read_episodes returns), restricted to ``keep``, in bag order.
+    """Return the raw messages of the complete episodes of ``bag``.
+
+    As (episode id, [(log time, StepRecord CDR)], (log time, EpisodeResult CDR)): the episodes
+    of ``bag`` (those read_episodes returns), restricted to ``keep``, in bag order.
     """
     usable = {e.episode_id for e in read_episodes(bag)}
     if keep is not None:
         usable &= keep
-    files, _closed, compression, _info = _bag_files(bag)
+    files, _closed, compression, _info = bag_files(bag)
     if compression:
         raise DatasetError(f"{bag}: message-compressed bags cannot be copied raw")
     steps: dict[str, list] = {}
@@ -129,8 +147,9 @@ def raw_episodes(bag: Path, keep: set[str] | None, store) -> list[tuple[str, lis
 
 # ---------------------------------------------------------------------------- split
 def tier_order(paths: list[str | Path], seed: int) -> list[tuple[Path, str, bool]]:
-    """All complete episodes of ``paths`` as (bag, episode id, success), in a seeded random order
-    that depends only on the set of episode ids and the seed (not on file order).
+    """Order all complete episodes of ``paths`` as (bag, episode id, success), seeded.
+
+    The order depends only on the set of episode ids and the seed (not on file order).
     """
     eps = {}
     for p in paths:
@@ -151,7 +170,9 @@ def split_tiers(
     write_bags: bool = False,
     msg_dir=None,
 ) -> dict:
-    """Nested size tiers: tier n holds the first n episodes of :func:`tier_order`, so every
+    """Write nested size tiers.
+
+    Tier n holds the first n episodes of :func:`tier_order`, so every
     tier contains all smaller ones. Writes ``tier_<n>.yaml`` manifests (which every reader and
     loader here accepts) and, with ``write_bags``, a standalone bag ``tier_<n>/`` per tier.
     Tiers larger than the dataset are left out (and reported).
@@ -227,14 +248,13 @@ def _write_copy(
 
 
 def merge_bags(paths: list[str | Path], out: str | Path, msg_dir=None) -> dict:
-    """One new bag with every complete episode of ``paths`` (bags, dataset folders, manifests),
-    in input order; an episode id seen before is skipped. Session metadata: the sources and
-    their session metadata.
+    """Write one new bag with every complete episode of ``paths``.
+
+    ``paths``: bags, dataset folders, manifests, read in input order; an episode id seen before is
+    skipped. Session metadata: the sources and their session metadata.
     """
     store = writer_typestore(msg_dir)
     selection: list[tuple[Path, set[str] | None]] = []
-    from .reader import is_manifest, read_manifest
-
     for p in paths:
         if is_manifest(p):
             selection += [(b, set(ids)) for b, ids in read_manifest(p).items()]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import DatasetError
+
 
 @dataclass
 class Transitions:
@@ -68,11 +70,11 @@ class Transitions:
         return self.image[self.next_index]
 
     def with_location(self, location: np.ndarray | None) -> "Transitions":
-        """This set with ``location`` labels (None: without)."""
+        """Return this set with ``location`` labels (None: without)."""
         return dataclasses.replace(self, location=location)
 
     def rows(self, stop: int) -> "Transitions":
-        """The first ``stop`` rows; every ``next_index`` must stay inside them (whole episodes)."""
+        """Return the first ``stop`` rows; every ``next_index`` must stay inside them."""
         if not 0 <= stop <= len(self):
             raise ValueError(f"rows({stop}) of a set of {len(self)}")
         if stop and int(self.next_index[:stop].max()) >= stop:
@@ -86,7 +88,8 @@ class Transitions:
 
     @staticmethod
     def concatenate(parts: list["Transitions"]) -> "Transitions":
-        """One set from several; row and episode numbers are offset so they stay consistent.
+        """Join several sets; row and episode numbers are offset so they stay consistent.
+
         ``location`` is kept only when every part has it.
         """
         parts = [p for p in parts if len(p)]
@@ -112,3 +115,54 @@ class Transitions:
                 else None
             ),
         )
+
+
+def transitions_from_episodes(episodes: list) -> Transitions:
+    """QT-Opt transitions of ``episodes`` (reader Episodes, all with one image shape)."""
+    if not episodes:
+        z = np.zeros(0, dtype=np.float32)
+        return Transitions(
+            image=np.zeros((0, 0, 0, 3), np.uint8),
+            state=np.zeros((0, 3), np.float32),
+            action=np.zeros((0, 6), np.float32),
+            reward=z,
+            done=np.zeros(0, bool),
+            next_index=np.zeros(0, np.int64),
+            episode=np.zeros(0, np.int64),
+        )
+    shape = episodes[0].steps[0].image.shape
+    for e in episodes:
+        if e.steps[0].image.shape != shape:
+            raise DatasetError(
+                f"{e.bag}: episode {e.episode_id} has {e.steps[0].image.shape} images, "
+                f"other episodes {shape}; cannot stack them into one set"
+            )
+    n = sum(e.num_steps for e in episodes)
+    image = np.empty((n, *shape), dtype=np.uint8)
+    state = np.empty((n, 3), dtype=np.float32)
+    action = np.empty((n, 6), dtype=np.float32)
+    reward = np.zeros(n, dtype=np.float32)
+    done = np.zeros(n, dtype=bool)
+    episode = np.empty(n, dtype=np.int64)
+    row = 0
+    for k, e in enumerate(episodes):
+        m = e.num_steps
+        for j, s in enumerate(e.steps):
+            image[row + j] = s.image
+            state[row + j] = s.state
+            action[row + j] = s.action
+        episode[row : row + m] = k
+        done[row + m - 1] = True
+        reward[row + m - 1] = 1.0 if e.success else 0.0
+        row += m
+    next_index = np.arange(1, n + 1, dtype=np.int64)
+    next_index[done] = np.flatnonzero(done)
+    return Transitions(
+        image=image,
+        state=state,
+        action=action,
+        reward=reward,
+        done=done,
+        next_index=next_index,
+        episode=episode,
+    )

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dataset_helpers import MSG_DIR, make_episode, serialize_episode
-from nsl_collector import reader as reader_mod
+from nsl_collector import loading as loading_mod
 from nsl_collector.cache import TransitionCache
 from nsl_collector.cdr import CdrError, episode_result, step_key
 from nsl_collector.dataset import (
@@ -54,7 +54,7 @@ def test_cache_hit_equal_and_invalidated_on_change(tmp_path, monkeypatch):
     assert len(list(cache_dir.iterdir())) == 2  # one entry per bag
     # Second load: no bag is decoded at all.
     monkeypatch.setattr(
-        reader_mod, "_read_bag", lambda *a, **k: pytest.fail("decoded a cached bag")
+        loading_mod, "_read_bag", lambda *a, **k: pytest.fail("decoded a cached bag")
     )
     warm = load_transitions([tmp_path / "data"], cache_dir=cache_dir)
     for field in ("image", "state", "action", "reward", "done", "next_index", "episode"):
@@ -63,9 +63,9 @@ def test_cache_hit_equal_and_invalidated_on_change(tmp_path, monkeypatch):
     monkeypatch.setenv("NSL_DATASET_CACHE", str(tmp_path / "unused"))
     # A changed bag (rewritten with other content) is decoded again; the other one is not.
     decoded = []
-    real = reader_mod._read_bag
+    real = loading_mod._read_bag
     monkeypatch.setattr(
-        reader_mod, "_read_bag", lambda bag, *r: (decoded.append(bag.name), real(bag, *r))[1]
+        loading_mod, "_read_bag", lambda bag, *r: (decoded.append(bag.name), real(bag, *r))[1]
     )
     import shutil
 
@@ -88,7 +88,9 @@ def test_cache_hit_equal_and_invalidated_on_change(tmp_path, monkeypatch):
     decoded.clear()
     edited = load_transitions([a], cache_dir=cache_dir)
     assert decoded == ["a"]
-    np.testing.assert_array_equal(edited.image[0], 255 - img)
+    # The chunk CRC finds the edit: the edited episode is left out, never trained on.
+    assert edited.num_episodes == 2 and len(edited) == 6
+    assert not any((edited.image == 255 - img).all(axis=(1, 2, 3)))
     assert not list(tmp_path.joinpath("unused").glob("*"))  # cache_dir argument wins over the env
 
 
@@ -240,13 +242,14 @@ def test_verify_reports_damage_by_name_and_carries_on(tmp_path, capsys):
     later = write_bag(data / "zz_after", [make_episode(7)])
     checks = {c.bag.name: c for c in verify([data])}
     assert {n: c.status for n, c in checks.items()} == {
-        "badmeta": "corrupt",
+        "badmeta": "damaged",  # its .mcap read as an unclosed recording
         "crashed": "recovered",
         "garbage": "corrupt",
         "good": "ok",
-        "truncated": "corrupt",
+        "truncated": "damaged",  # recovered up to the cut, with the damage named
         "zz_after": "ok",
     }
+    assert checks["truncated"].episodes == 1 and checks["badmeta"].episodes == 1
     assert (
         "truncated.mcap" in checks["truncated"].detail
         and "truncated" in checks["truncated"].detail
@@ -412,8 +415,9 @@ def test_collector_discard_order_and_bounds(tmp_path):
 
 
 def test_collector_memory_bounded_over_1000_episodes(tmp_path):
-    """1000 episodes (with abandoned ones mixed in): the buffers stay bounded and the bag rolls
-    over, so the per-chunk index kept in memory is bounded too.
+    """Record 1000 episodes (with abandoned ones mixed in): the buffers stay bounded.
+
+    The bag rolls over, so the per-chunk index kept in memory is bounded too.
     """
     col = Collector(
         CollectorConfig(

@@ -205,7 +205,7 @@ def test_write_episode_raw(tmp_path):
 
 
 def test_independent_mcap_reader(tmp_path):
-    """Read the bag with mcap + mcap_ros2 (neither rosbags nor our code) and with rosbags' Reader."""
+    """Read the bag with mcap + mcap_ros2 (not rosbags nor our code) and rosbags' Reader."""
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
@@ -266,7 +266,7 @@ def test_independent_mcap_reader(tmp_path):
 
 
 def test_reading_needs_no_msg_files_and_uses_stored_definitions(tmp_path, monkeypatch):
-    """An 'old' bag written with a different StepRecord definition stays readable from its msgdef."""
+    """An 'old' bag with a different StepRecord definition stays readable from its msgdef."""
     old = tmp_path / "old_msgs"
     old.mkdir()
     for f in MSG_DIR.glob("*.msg"):
@@ -389,10 +389,12 @@ def test_load_transitions(tmp_path):
 
 
 def test_transitions_carry_optional_location_labels(tmp_path):
-    """Location labels (simulator-only) travel with their rows through concatenation, prefixes
-    and manifests' episode selections; wrong shapes and NaNs are refused.
+    """Location labels (simulator-only) travel with their rows.
+
+    Through concatenation, prefixes and manifests' episode selections; wrong shapes and NaNs are
+    refused.
     """
-    from nsl_collector.reader import _select_episodes
+    from nsl_collector.loading import _select_episodes
     from nsl_collector.transitions import Transitions
 
     a = write_bag(tmp_path / "a", [make_episode(0, n=3), make_episode(1, n=2)])
@@ -448,15 +450,22 @@ def test_dataset_info(tmp_path):
 
 
 # ------------------------------------------------------------------------- damage
-def test_truncated_closed_bag_raises(tmp_path):
+def test_truncated_closed_bag_is_recovered_with_a_warning(tmp_path, caplog):
     bag = write_bag(tmp_path / "bag", [make_episode(i) for i in range(3)])
     mcap = bag / "bag.mcap"
     data = mcap.read_bytes()
     mcap.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING"):
+        got = read_episodes(bag)
+    assert [e.episode_id for e in got] == ["ep-0000"]  # the episode cut in two is left out
+    assert_episode_equal(got[0], *make_episode(0))
+    assert got.damage and f"{mcap}: truncated" in got.damage[0] and "closed" in got.damage[0]
+    assert f"{mcap}: truncated" in caplog.text
+    assert load_transitions([bag]).num_episodes == 1
     with pytest.raises(DatasetError, match=f"{mcap}.*truncated"):
-        read_episodes(bag)
+        read_episodes(bag, strict=True)
     with pytest.raises(DatasetError, match=str(mcap)):
-        load_transitions([bag])
+        load_transitions([bag], strict=True)
 
 
 def test_garbage_files_raise(tmp_path):
@@ -469,19 +478,24 @@ def test_garbage_files_raise(tmp_path):
     (bag / "metadata.yaml").unlink()
     with pytest.raises(DatasetError, match="not an MCAP"):
         read_episodes(bag)
-    # Garbage metadata.yaml.
+    # Garbage metadata.yaml: refused in strict mode, else the .mcap is read as unclosed.
     bag2 = write_bag(tmp_path / "bag2", [make_episode(0)])
     (bag2 / "metadata.yaml").write_text("{{{ not yaml")
     with pytest.raises(DatasetError, match="metadata.yaml"):
-        read_episodes(bag2)
-    # Valid MCAP framing, corrupt record inside a chunk.
+        read_episodes(bag2, strict=True)
+    got = read_episodes(bag2)
+    assert len(got) == 1 and "metadata.yaml" in got.damage[0]
+    # Valid MCAP framing, corrupt record inside a chunk (the definitions' chunk, the first).
     bag3 = write_bag(tmp_path / "bag3", [make_episode(0)])
     raw = bytearray((bag3 / "bag3.mcap").read_bytes())
     i = raw.index(b"\x06", 8 + 9 + 10)  # first chunk opcode after the header record
     raw[i + 9 + 16 : i + 9 + 24] = (10**9).to_bytes(8, "little")  # absurd uncompressed size
     (bag3 / "bag3.mcap").write_bytes(bytes(raw))
-    with pytest.raises(DatasetError, match="bag3.mcap.*corrupt"):
-        read_episodes(bag3)
+    with pytest.raises(DatasetError, match="bag3.mcap.*chunk 1"):
+        read_episodes(bag3, strict=True)
+    # The closed bag's summary repeats the definitions: the episode is still read.
+    got = read_episodes(bag3)
+    assert [e.episode_id for e in got] == ["ep-0000"] and "chunk 1" in got.damage[0]
     # A non-bag directory and a non-bag file.
     (tmp_path / "plain").mkdir()
     with pytest.raises(DatasetError, match="no rosbag2 bag"):
@@ -506,12 +520,13 @@ def test_unclosed_bag_truncated_anywhere_is_recovered(tmp_path):
         rec.write_episode(*make_episode(i, n=3))
         sizes.append(rec.mcap_path.stat().st_size)
     data = rec.mcap_path.read_bytes()  # never closed: no summary/footer, no metadata.yaml
-    ends, pos = [], 8  # where each chunk record (one per episode) ends
+    ends, pos = [], 8  # where each chunk record (the definitions, then one per episode) ends
     while pos < len(data):
         op, length = data[pos], int.from_bytes(data[pos + 1 : pos + 9], "little")
         pos += 9 + length
         if op == 0x06:
             ends.append(pos)
+    definitions_end, ends = ends[0], ends[1:]
     assert len(ends) == 4 and all(e <= sz for e, sz in zip(ends, sizes))
     assert not (src / "metadata.yaml").exists()
     for cut in sorted(
@@ -520,6 +535,7 @@ def test_unclosed_bag_truncated_anywhere_is_recovered(tmp_path):
             3,
             8,
             20,
+            definitions_end,
             ends[0] - 1,
             ends[0],
             ends[0] + 1,
@@ -543,11 +559,13 @@ def test_unclosed_bag_truncated_anywhere_is_recovered(tmp_path):
     (bag / "x.mcap").write_bytes(data + bytes(4096))
     assert len(read_episodes(bag)) == 4
     rec.close()
-    # ...but not in a closed bag, and a closed bag must be complete.
+    # ...but not in a closed bag, where it is damage: named, and refused in strict mode.
     closed = rec.mcap_path.read_bytes()
     rec.mcap_path.write_bytes(closed + bytes(100))
     with pytest.raises(DatasetError, match="src.mcap"):
-        read_episodes(src)
+        read_episodes(src, strict=True)
+    got = read_episodes(src)
+    assert len(got) == 4 and "src.mcap" in got.damage[0]
     rec.mcap_path.write_bytes(closed)
     assert len(read_episodes(src)) == 4 and read_episodes(src).unclosed == []
     with pytest.raises(DatasetError, match="closed"):
@@ -559,7 +577,8 @@ CHILD = textwrap.dedent("""
     import sys, time
     sys.path[:0] = {paths!r}
     from dataset_helpers import MSG_DIR, make_episode, serialize_episode
-    from nsl_collector.dataset import BagRecorder, STEP_TOPIC, RESULT_TOPIC, STEP_RECORD, EPISODE_RESULT
+    from nsl_collector.dataset import BagRecorder, STEP_TOPIC, RESULT_TOPIC
+    from nsl_collector.dataset import STEP_RECORD, EPISODE_RESULT
     from nsl_collector.msgtypes import writer_typestore
     mode = sys.argv[2]
     rec = BagRecorder(sys.argv[1], {{"task": "base", "mode": mode}}, msg_dir=MSG_DIR)
@@ -660,8 +679,10 @@ def test_sigkill_mid_episode(tmp_path):
 
 @pytest.mark.parametrize("delay", [0.0, 0.013, 0.05])
 def test_sigkill_while_streaming(tmp_path, delay):
-    """Kill at an arbitrary moment of fast continuous writing: every episode reported written
-    is readable and intact; nothing else is returned; the partial tail is ignored.
+    """Kill at an arbitrary moment of fast continuous writing.
+
+    Every episode reported written is readable and intact; nothing else is returned; the partial
+    tail is ignored.
     """
     bag = tmp_path / "bag"
     done = run_child(tmp_path, bag, "stream", kill_after_lines=6, extra_delay=delay)
