@@ -55,3 +55,15 @@ def test_publisher_and_subscriber_profiles_are_compatible():
     durable = rclpy_qos.QoSDurabilityPolicy.TRANSIENT_LOCAL
     assert qos.LATCHED_QOS.durability == durable and qos.ANNOUNCE_QOS.durability == durable
     assert qos.ANNOUNCE_QOS.depth > qos.LATCHED_QOS.depth
+
+
+def test_descriptor_carries_ranges_and_read_only():
+    pytest.importorskip("rcl_interfaces")
+    from nsl_common.parameters import descriptor
+
+    d = descriptor("steps", int_range=(1, 10))
+    assert d.read_only and d.description == "steps"
+    assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == (1, 10)
+    assert not d.floating_point_range
+    d = descriptor("epsilon", float_range=(0, 1), read_only=False)
+    assert not d.read_only and d.floating_point_range[0].to_value == 1.0

@@ -9,13 +9,15 @@ executor), so no callback ever blocks.
 Safety: no command without a valid checkpoint, a matched camera and a fresh, decodable
 observation. After an episode aborted for a camera problem (stalled topic, refused encoding)
 the arm gets no further command, not even a reset, until a usable image arrives. Commands are
-clipped to the per-step and workspace limits; non-finite commands are never sent.
+clipped to the per-step and workspace limits and non-finite ones are never sent
+(``nsl_policy.safety``).
 
-Hot-swap: a checkpoint announced by the trainer (``trainer/checkpoints``) or sent to
-``policy/load_checkpoint`` is loaded and validated (safe load, architecture, finite weights,
-smoke inference) at once; it goes into use at the next episode boundary (at once when no
-episode runs), so every episode and every step record is chosen by exactly one checkpoint. A
-rejected checkpoint leaves the old one in use; the reply (or the log, for announcements) says why.
+Hot-swap (``nsl_policy.checkpoint_slot``): a checkpoint announced by the trainer
+(``trainer/checkpoints``) or sent to ``policy/load_checkpoint`` is loaded and validated (safe
+load, architecture, finite weights, smoke inference) at once; it goes into use at the next
+episode boundary (at once when no episode runs), so every episode and every step record is
+chosen by exactly one checkpoint. A rejected checkpoint leaves the old one in use; the reply
+(or the log, for announcements) says why.
 """
 
 from __future__ import annotations
@@ -27,49 +29,31 @@ import uuid
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    SetParametersResult,
-)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import (
-    QoSDurabilityPolicy,
-    QoSProfile,
-    QoSReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 
+from nsl_common import names
 from nsl_common.node_main import run_node
+from nsl_common.parameters import descriptor
+from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS, RECORD_QOS, SENSOR_QOS
 from nsl_common.service_call import ServiceCallError, call_service
 from nsl_msgs.msg import CheckpointInfo, EpisodeResult, GraspAction, GripperState, StepRecord
 from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode
-from nsl_policy.action_space import ActionSpace
 from nsl_policy.cem import CEMConfig
-from nsl_policy.checkpoint import (
-    CheckpointError,
-    LoadedCheckpoint,
-    load_checkpoint,
-    validate_for_swap,
-)
+from nsl_policy.checkpoint import LoadedCheckpoint
+from nsl_policy.checkpoint_slot import CheckpointSlot, StageOutcome
 from nsl_policy.image import SUPPORTED_ENCODINGS, resize_for_network, to_rgb
 from nsl_policy.policy import ExplorationConfig, GraspPolicy
+from nsl_policy.policy_settings import SETTINGS, check_settings
+from nsl_policy.safety import UnsafeCommand, safe_command
 
-RECORD_QOS = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(
-    depth=1,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
-ANNOUNCE_QOS = QoSProfile(
-    depth=10,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # rclpy before Iron: no matched events, the camera is not gated on matching
+    SubscriptionEventCallbacks = None
 
 
 class EpisodeAborted(RuntimeError):
@@ -80,121 +64,28 @@ class CameraProblem(EpisodeAborted):
     """No fresh or no usable camera image: the arm gets no command until a usable image arrives."""
 
 
-def _param(
-    description: str,
-    *,
-    int_range: tuple[int, int] | None = None,
-    float_range: tuple[float, float] | None = None,
-    read_only: bool = True,
-) -> ParameterDescriptor:
-    """Descriptor; read-only unless the node applies changes at run time (exploration)."""
-    d = ParameterDescriptor(description=description, read_only=read_only)
-    if int_range is not None:
-        d.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    if float_range is not None:
-        d.floating_point_range = [
-            FloatingPointRange(
-                from_value=float(float_range[0]), to_value=float(float_range[1]), step=0.0
-            )
-        ]
-    return d
-
-
-# name -> (default, descriptor). policy.yaml lists the same parameters with a comment each.
-PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
-    "checkpoint": (
-        "",
-        _param("Q-function checkpoint (safetensors); the arm does not move without a valid one"),
-    ),
-    "task": ("base", _param("task sent to the arm on reset and recorded with every episode")),
-    "autostart": (
-        True,
-        _param(
-            "run episodes as soon as arm, camera and checkpoint are ready (false: only serve checkpoints)"
-        ),
-    ),
-    "max_episodes": (
-        0,
-        _param("stop after this many episodes (0: until shut down)", int_range=(0, 2**31 - 1)),
-    ),
-    "max_steps": (
-        10,
-        _param("control steps per episode; the last one terminates", int_range=(1, 10000)),
-    ),
-    "seed": (0, _param("seed of the first episode; episode k resets with seed + k")),
-    "epsilon": (
-        0.1,
-        _param(
-            "exploration: probability of a uniformly random action per step; settable at run time, "
-            "applies from the next episode",
-            float_range=(0.0, 1.0),
-            read_only=False,
-        ),
-    ),
-    "noise_std": (
-        0.0,
-        _param(
-            "exploration: std of Gaussian noise added to CEM actions (normalised units); settable at "
-            "run time, applies from the next episode",
-            float_range=(0.0, 10.0),
-            read_only=False,
-        ),
-    ),
-    "cem_population": (64, _param("CEM samples per iteration (paper: 64)", int_range=(1, 100000))),
-    "cem_elites": (6, _param("CEM elite samples (paper: 6)", int_range=(1, 100000))),
-    "cem_iterations": (2, _param("CEM iterations (paper: 2)", int_range=(1, 1000))),
-    "control_rate": (
-        0.0,
-        _param(
-            "largest rate of arm steps, Hz (0: as fast as arm, camera and CEM allow)",
-            float_range=(0.0, 1000.0),
-        ),
-    ),
-    "max_translation": (0.03, _param("safety: largest Cartesian step per axis, metres")),
-    "max_rotation": (0.25, _param("safety: largest rotation per step, radians")),
-    "min_height": (
-        0.0,
-        _param("safety: lowest gripper height above the tray, metres (workspace)"),
-    ),
-    "max_height": (
-        0.5,
-        _param("safety: highest gripper height above the tray, metres (workspace)"),
-    ),
-    "observation_timeout": (
-        2.0,
-        _param("seconds to wait for a fresh camera image before aborting the episode"),
-    ),
-    "settle_time": (
-        0.0,
-        _param(
-            "a fresh image must be this much newer than the arm's reply (0: newer than the request)"
-        ),
-    ),
-    "arm_timeout": (30.0, _param("seconds to wait for the arm to reset or execute a step")),
-}
-
-
 class PolicyNode(Node):
     def __init__(self) -> None:
-        super().__init__("policy")
+        super().__init__(names.POLICY_NODE)
         # Shutdown state first: destroy_node() runs even when the constructor fails below.
         self._stop = threading.Event()
         self._call_wake: threading.Event | None = None  # wakes the arm call in flight on shutdown
         self._loop: threading.Thread | None = None
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-        self.config = self._read_config()
+        for name, s in SETTINGS.items():
+            # Exploration may change at run time (applied from the next episode); nothing else.
+            d = descriptor(
+                s.description,
+                int_range=s.int_range,
+                float_range=s.float_range,
+                read_only=not s.runtime,
+            )
+            self.declare_parameter(name, s.default, d)
+        self.config = {name: self.get_parameter(name).value for name in SETTINGS}
+        self.limits = check_settings(self.config)  # ValueError: the node exits with the reason
 
-        self.action_space = ActionSpace(
-            self.config["max_translation"], self.config["max_rotation"]
-        )
         self.exploration = ExplorationConfig(
             epsilon=self.config["epsilon"], noise_std=self.config["noise_std"]
         )
-        self._next_exploration: ExplorationConfig | None = (
-            None  # set at run time, used from the next episode
-        )
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.cem = CEMConfig(
             population=self.config["cem_population"],
             elites=self.config["cem_elites"],
@@ -203,111 +94,85 @@ class PolicyNode(Node):
         self.frame_id = self.get_namespace().strip("/") or "robot"
 
         # One condition for everything the episode loop waits on: images, camera matching,
-        # checkpoints becoming active, shutdown. Notified by the callbacks; nothing polls.
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        # checkpoints coming into force, shutdown. Notified by the callbacks; nothing polls.
+        self._cond = threading.Condition()
         self._latest_image: Image | None = None
         self._latest_stamp_ns = -1
-        self._image_seq = 0
-        self._camera_publishers: int | None = (
-            None  # None: matched events unsupported by the middleware
-        )
+        self._camera_publishers: int | None = None  # None: the rmw has no matched events
         self._camera_blocked = False  # set by a camera abort, cleared by the next usable image
         self._refused_encoding = ""
-        # Swaps happen under _swap_lock, never while _in_episode.
-        self._swap_lock = threading.Lock()
-        self._in_episode = False
-        self._active: LoadedCheckpoint | None = None
-        self._pending: LoadedCheckpoint | None = None
+        self._next_exploration: ExplorationConfig | None = None  # applies from the next episode
+        # The slot swaps checkpoints only between episodes; _on_swap builds the policy for it.
         self.policy: GraspPolicy | None = None
+        self.slot = CheckpointSlot(on_swap=self._on_swap)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         io_group = ReentrantCallbackGroup()
         swap_group = MutuallyExclusiveCallbackGroup()
-        try:
-            from rclpy.event_handler import SubscriptionEventCallbacks
-
-            events = SubscriptionEventCallbacks(matched=self.on_camera_matched)
-            self.create_subscription(
-                Image,
-                "camera/image_raw",
-                self.on_image,
-                qos_profile_sensor_data,
-                callback_group=io_group,
-                event_callbacks=events,
-            )
-            self._camera_publishers = 0
-        except Exception:  # noqa: BLE001 - an rmw without matched events: do not gate on matching
-            self.create_subscription(
-                Image,
-                "camera/image_raw",
-                self.on_image,
-                qos_profile_sensor_data,
-                callback_group=io_group,
-            )
+        self._subscribe_camera(io_group)
         self.reset_client = self.create_client(
-            ResetEpisode, "arm/reset_episode", callback_group=io_group
+            ResetEpisode, names.ARM_RESET_SERVICE, callback_group=io_group
         )
         self.step_client = self.create_client(
-            ExecuteStep, "arm/execute_step", callback_group=io_group
+            ExecuteStep, names.ARM_STEP_SERVICE, callback_group=io_group
         )
-        self.step_pub = self.create_publisher(StepRecord, "step_records", RECORD_QOS)
-        self.result_pub = self.create_publisher(EpisodeResult, "episode_results", RECORD_QOS)
+        self.step_pub = self.create_publisher(StepRecord, names.STEP_RECORDS_TOPIC, RECORD_QOS)
+        self.result_pub = self.create_publisher(
+            EpisodeResult, names.EPISODE_RESULTS_TOPIC, RECORD_QOS
+        )
         self.active_pub = self.create_publisher(
-            CheckpointInfo, "policy/active_checkpoint", LATCHED_QOS
+            CheckpointInfo, names.ACTIVE_CHECKPOINT_TOPIC, LATCHED_QOS
         )
         self.create_service(
             LoadCheckpoint,
-            "policy/load_checkpoint",
+            names.LOAD_CHECKPOINT_SERVICE,
             self.on_load_checkpoint,
             callback_group=swap_group,
         )
         self.create_subscription(
             CheckpointInfo,
-            "trainer/checkpoints",
+            names.CHECKPOINT_ANNOUNCE_TOPIC,
             self.on_announcement,
             ANNOUNCE_QOS,
             callback_group=swap_group,
         )
 
         if self.config["checkpoint"]:
-            ok, message, _ = self.stage_checkpoint(self.config["checkpoint"])
-            if not ok:
+            outcome = self.stage_checkpoint(self.config["checkpoint"])
+            if not outcome.accepted:
                 self.get_logger().error(
-                    f"{message}; the arm will not move until a valid checkpoint is loaded"
+                    f"{outcome.message}; the arm will not move until a valid checkpoint is loaded"
                 )
         else:
             self.get_logger().warn(
-                "no checkpoint parameter: the arm will not move until one is loaded (policy/load_checkpoint)"
+                "no checkpoint parameter: the arm will not move until one is loaded "
+                f"({names.LOAD_CHECKPOINT_SERVICE})"
             )
         self._loop = threading.Thread(target=self.run_episodes, name="episode-loop", daemon=True)
         if self.config["autostart"]:
             self._loop.start()
 
-    def _read_config(self) -> dict:
-        cfg = {name: self.get_parameter(name).value for name in PARAMETERS}
-        problems = []
-        if cfg["cem_elites"] > cfg["cem_population"]:
-            problems.append(
-                f"cem_elites ({cfg['cem_elites']}) must not exceed cem_population ({cfg['cem_population']})"
-            )
-        for name in ("max_translation", "max_rotation", "observation_timeout", "arm_timeout"):
-            if not (math.isfinite(cfg[name]) and cfg[name] > 0):
-                problems.append(f"{name} must be > 0 (got {cfg[name]})")
-        if not (math.isfinite(cfg["settle_time"]) and cfg["settle_time"] >= 0):
-            problems.append(f"settle_time must be >= 0 (got {cfg['settle_time']})")
-        if not (
-            math.isfinite(cfg["min_height"])
-            and math.isfinite(cfg["max_height"])
-            and cfg["min_height"] < cfg["max_height"]
-        ):
-            problems.append(
-                f"min_height ({cfg['min_height']}) must be below max_height ({cfg['max_height']})"
-            )
-        if problems:
-            raise ValueError("invalid policy parameters: " + "; ".join(problems))
-        return cfg
-
     # ---- observations ---------------------------------------------------------------------
+    def _subscribe_camera(self, group) -> None:
+        """Subscribe to the camera, gated on a matched publisher where the rmw reports one."""
+        try:
+            if SubscriptionEventCallbacks is None:
+                raise NotImplementedError("no subscription event callbacks in this rclpy")
+            events = SubscriptionEventCallbacks(matched=self.on_camera_matched)
+            self.create_subscription(
+                Image,
+                names.CAMERA_TOPIC,
+                self.on_image,
+                SENSOR_QOS,
+                callback_group=group,
+                event_callbacks=events,
+            )
+            self._camera_publishers = 0
+        except Exception:  # noqa: BLE001 - an rmw without matched events: do not gate on matching
+            self.create_subscription(
+                Image, names.CAMERA_TOPIC, self.on_image, SENSOR_QOS, callback_group=group
+            )
+
     def on_camera_matched(self, info) -> None:
         with self._cond:
             self._camera_publishers = info.current_count
@@ -318,7 +183,6 @@ class PolicyNode(Node):
         usable = msg.encoding.lower() in SUPPORTED_ENCODINGS
         with self._cond:
             self._latest_image, self._latest_stamp_ns = msg, stamp
-            self._image_seq += 1
             if usable:
                 self._camera_blocked = False
             else:
@@ -336,14 +200,14 @@ class PolicyNode(Node):
                 raise EpisodeAborted("node is shutting down")
             if not fresh:
                 raise CameraProblem(
-                    f"camera stalled: no image on {self._camera_topic} newer than the last arm command "
-                    f"within observation_timeout {timeout:.1f} s"
+                    f"camera stalled: no image on {self._camera_topic} newer than the last arm "
+                    f"command within observation_timeout {timeout:.1f} s"
                 )
             return self._latest_image
 
     @property
     def _camera_topic(self) -> str:
-        return self.resolve_topic_name("camera/image_raw")
+        return self.resolve_topic_name(names.CAMERA_TOPIC)
 
     def observation_array(self, msg: Image, size: int) -> np.ndarray:
         try:
@@ -353,54 +217,25 @@ class PolicyNode(Node):
         return resize_for_network(rgb, size)
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def stage_checkpoint(self, path: str) -> tuple[bool, str, str]:
-        """Load and validate ``path``; on success it goes into use at the next episode boundary
-        (at once when no episode runs). Returns (accepted, message, id of the accepted checkpoint
-        or, when rejected, of the one still in use); the message names the problem.
-        """
-        expected = self._active.config if self._active is not None else None
-        try:
-            loaded = load_checkpoint(path, expected_config=expected)
-            validate_for_swap(loaded, expected)
-        except CheckpointError as exc:
-            message = str(exc)
-        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the old weights stay
-            message = f"checkpoint {path} could not be loaded: {exc!r}"
-        else:
-            message = ""
-        if message:
+    def stage_checkpoint(self, path: str) -> StageOutcome:
+        """Stage ``path`` in the slot and log the outcome (refusals name the problem)."""
+        outcome = self.slot.stage(path)
+        if not outcome.accepted:
             self.get_logger().error(
-                f"checkpoint rejected, keeping {self.active_id or 'none'}: {message}"
+                f"checkpoint rejected, keeping {self.slot.active_id or 'none'}: {outcome.message}"
             )
-            return False, message, self.active_id
-        with self._cond:
-            self._pending = loaded
-        with self._swap_lock:
-            if not self._in_episode:
-                self._swap_locked()
-                return True, f"checkpoint {loaded.checkpoint_id} in use", loaded.checkpoint_id
-        self.get_logger().info(
-            f"checkpoint {loaded.checkpoint_id} validated; in use from the next episode"
-        )
-        return (
-            True,
-            f"checkpoint {loaded.checkpoint_id} validated; in use from the next episode",
-            loaded.checkpoint_id,
-        )
+        elif not outcome.in_force:
+            self.get_logger().info(outcome.message)
+        return outcome
 
-    def _swap_locked(self) -> None:
-        """Put the validated pending checkpoint into use. Caller holds _swap_lock, no episode runs."""
-        with self._cond:
-            loaded, self._pending = self._pending, None
-        if loaded is None:
-            return
+    def _on_swap(self, loaded: LoadedCheckpoint, previous: LoadedCheckpoint | None) -> None:
+        """Build the policy for the checkpoint now in force and announce it (no episode runs)."""
         if self.policy is None or self.policy.model.config != loaded.config:
             self.policy = GraspPolicy(
                 loaded.model, self.cem, self.exploration, seed=self.config["seed"]
             )
         else:
             self.policy.swap_model(loaded.model)
-        previous, self._active = self._active, loaded
         info = CheckpointInfo(
             checkpoint_id=loaded.checkpoint_id,
             path=str(loaded.path),
@@ -417,26 +252,22 @@ class PolicyNode(Node):
         with self._cond:
             self._cond.notify_all()
 
-    @property
-    def active_id(self) -> str:
-        return self._active.checkpoint_id if self._active is not None else ""
-
     def on_load_checkpoint(
         self, request: LoadCheckpoint.Request, response: LoadCheckpoint.Response
     ) -> LoadCheckpoint.Response:
-        """Reply: success, message (why rejected; empty on success), checkpoint_id (the accepted
-        checkpoint, in use from the next episode boundary; the one still in use when rejected).
+        """Reply with success, message and checkpoint_id.
+
+        The message says why a checkpoint was rejected (empty on success); checkpoint_id is the
+        accepted checkpoint (in use from the next episode boundary) or, when rejected, the one
+        still in use.
         """
-        response.success, message, response.checkpoint_id = self.stage_checkpoint(request.path)
-        response.message = "" if response.success else message
+        outcome = self.stage_checkpoint(request.path)
+        response.success, response.checkpoint_id = outcome.accepted, outcome.checkpoint_id
+        response.message = "" if outcome.accepted else outcome.message
         return response
 
     def on_announcement(self, msg: CheckpointInfo) -> None:
-        pending = self._pending
-        if msg.checkpoint_id and (
-            msg.checkpoint_id == self.active_id
-            or (pending is not None and msg.checkpoint_id == pending.checkpoint_id)
-        ):
+        if msg.checkpoint_id and self.slot.knows(msg.checkpoint_id):
             return
         self.get_logger().info(f"trainer announced checkpoint {msg.checkpoint_id} ({msg.path})")
         self.stage_checkpoint(msg.path)
@@ -463,48 +294,41 @@ class PolicyNode(Node):
             ) from exc
 
     def safe_action(self, vector: np.ndarray, state: GripperState) -> GraspAction:
-        """Physical command within the per-step and workspace limits; never NaN."""
+        """Return the arm command for ``vector``, inside the safety limits and never NaN."""
         try:
-            command = self.action_space.to_command(vector)  # raises on non-finite components
-        except ValueError as exc:
-            raise EpisodeAborted(f"refusing to send a command: {exc}") from exc
-        max_t = self.config["max_translation"]
-        t = np.clip(np.asarray(command.translation, dtype=np.float64), -max_t, max_t)
-        # Keep the gripper between the height limits without exceeding the per-step limit; a
-        # gripper outside them is moved back towards them by at most one step.
-        lo = max(-max_t, self.config["min_height"] - state.height)
-        hi = min(max_t, self.config["max_height"] - state.height)
-        t[2] = (
-            min(max(t[2], lo), hi)
-            if lo <= hi
-            else (max_t if state.height < self.config["min_height"] else -max_t)
-        )
-        rotation = float(
-            np.clip(command.rotation, -self.config["max_rotation"], self.config["max_rotation"])
-        )
-        if not (np.all(np.isfinite(t)) and math.isfinite(rotation)):
-            raise EpisodeAborted(f"refusing to send a non-finite command {t.tolist()} {rotation}")
+            command = safe_command(vector, state.height, self.limits)
+        except UnsafeCommand as exc:
+            raise EpisodeAborted(str(exc)) from exc
         return GraspAction(
-            translation=t.astype(np.float32),
-            rotation=rotation,
+            translation=np.asarray(command.translation, dtype=np.float32),
+            rotation=command.rotation,
             close_gripper=command.close_gripper,
             terminate=command.terminate,
         )
 
     # ---- episodes -------------------------------------------------------------------------
     def _not_ready(self) -> str | None:
-        """Why no episode may start now (caller holds _cond); None when ready."""
-        if self._active is None:
-            return "no valid checkpoint: the arm will not move until one is loaded (policy/load_checkpoint)"
+        """Say why no episode may start now (caller holds _cond); None when ready."""
+        if self.slot.active is None:
+            return (
+                "no valid checkpoint: the arm will not move until one is loaded "
+                f"({names.LOAD_CHECKPOINT_SERVICE})"
+            )
         if self._camera_publishers == 0:
-            return f"no camera publisher on {self._camera_topic}: waiting for one before moving the arm"
+            return (
+                f"no camera publisher on {self._camera_topic}: "
+                "waiting for one before moving the arm"
+            )
         if self._camera_blocked:
             what = (
                 f"images in unsupported encoding {self._refused_encoding!r}"
                 if self._refused_encoding
                 else "no image"
             )
-            return f"camera problem ({what} since the last abort): no arm command until a usable image arrives"
+            return (
+                f"camera problem ({what} since the last abort): "
+                "no arm command until a usable image arrives"
+            )
         return None
 
     def wait_until_ready(self) -> bool:
@@ -543,13 +367,10 @@ class PolicyNode(Node):
         self.get_logger().info(f"episode loop finished after {episode} episodes")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Exploration may change at run time (e.g. greedy evaluation between collection runs)."""
-        values = {"epsilon": self.exploration.epsilon, "noise_std": self.exploration.noise_std}
-        if self._next_exploration is not None:
-            values = {
-                "epsilon": self._next_exploration.epsilon,
-                "noise_std": self._next_exploration.noise_std,
-            }
+        """Accept exploration changes at run time (e.g. greedy evaluation between collections)."""
+        with self._cond:
+            current = self._next_exploration or self.exploration
+        values = {"epsilon": current.epsilon, "noise_std": current.noise_std}
         for p in params:
             if p.name in values:
                 values[p.name] = float(p.value)
@@ -557,25 +378,25 @@ class PolicyNode(Node):
             exploration = ExplorationConfig(**values)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        with self._swap_lock:
+        with self._cond:
             self._next_exploration = exploration
         return SetParametersResult(successful=True)
 
     def run_episode(self, seed: int) -> None:
-        with self._swap_lock:  # the episode boundary: swap, then no swap until it ends
-            if self._next_exploration is not None:
-                self.exploration, self._next_exploration = self._next_exploration, None
-                if self.policy is not None:
-                    self.policy.exploration = self.exploration
-            self._swap_locked()
-            self._in_episode = True
-            checkpoint_id, policy = self.active_id, self.policy
+        """Run one episode at the episode boundary: swap in an approved checkpoint first."""
+        checkpoint = self.slot.begin_episode()
+        if checkpoint is None:
+            return  # no checkpoint in force (wait_until_ready saw one; cannot happen today)
         try:
-            self._run_episode(seed, checkpoint_id, policy)
+            # The slot is held: the policy and the exploration stay fixed for the episode.
+            with self._cond:
+                if self._next_exploration is not None:
+                    self.exploration, self._next_exploration = self._next_exploration, None
+            policy = self.policy
+            policy.exploration = self.exploration
+            self._run_episode(seed, checkpoint.checkpoint_id, policy)
         finally:
-            with self._swap_lock:
-                self._in_episode = False
-                self._swap_locked()
+            self.slot.end_episode()
 
     def _run_episode(self, seed: int, checkpoint_id: str, policy: GraspPolicy) -> None:
         episode_id = str(uuid.uuid4())
@@ -605,13 +426,12 @@ class PolicyNode(Node):
             for step_index in range(max_steps):
                 if period and last_step_at is not None:
                     delay = last_step_at + period - time.monotonic()
-                    if delay > 0 and self._stop.wait(
-                        delay
-                    ):  # control_rate: a timed wait, woken on shutdown
+                    # control_rate: a timed wait, woken on shutdown
+                    if delay > 0 and self._stop.wait(delay):
                         raise EpisodeAborted("node is shutting down")
                 image_msg = self.wait_for_image(fresh_after)
                 image = self.observation_array(image_msg, size)
-                if not (math.isfinite(state.height)):
+                if not math.isfinite(state.height):
                     raise EpisodeAborted(
                         f"arm reported a non-finite gripper height {state.height}"
                     )

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nsl_common import names
+
 pytestmark = pytest.mark.system
 
 rclpy = pytest.importorskip("rclpy")
@@ -167,21 +169,15 @@ class FakeRobot:
     ):
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
-        from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
         from sensor_msgs.msg import Image
 
+        from nsl_common.qos import ANNOUNCE_QOS, CAMERA_QOS, RECORD_QOS
         from nsl_msgs.msg import CheckpointInfo, EpisodeResult, StepRecord
         from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode
 
         self.Image = Image
         self.CheckpointInfo = CheckpointInfo
         self.LoadCheckpoint = LoadCheckpoint
-        reliable = QoSProfile(depth=200, reliability=QoSReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(
-            depth=10,
-            reliability=QoSReliabilityPolicy.RELIABLE,
-            durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-        )
         self.node = Node("fake_robot", namespace=namespace, context=context)
         self.cond = threading.Condition()
         self.width, self.height, self.encoding = width, height, encoding
@@ -199,29 +195,29 @@ class FakeRobot:
         self.active: list = []
         self.gripper_height = 0.25
         self.episode_steps = 0
-        self.node.create_service(ResetEpisode, "arm/reset_episode", self._on_reset)
-        self.node.create_service(ExecuteStep, "arm/execute_step", self._on_step)
-        self.image_pub = self.node.create_publisher(
-            Image,
-            "camera/image_raw",
-            QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE),
-        )
+        self.node.create_service(ResetEpisode, names.ARM_RESET_SERVICE, self._on_reset)
+        self.node.create_service(ExecuteStep, names.ARM_STEP_SERVICE, self._on_step)
+        self.image_pub = self.node.create_publisher(Image, names.CAMERA_TOPIC, CAMERA_QOS)
         self.announce_pub = self.node.create_publisher(
-            CheckpointInfo, "trainer/checkpoints", latched
+            CheckpointInfo, names.CHECKPOINT_ANNOUNCE_TOPIC, ANNOUNCE_QOS
         )
         self.node.create_subscription(
-            StepRecord, "step_records", lambda m: self._add(self.steps, m), reliable
+            StepRecord, names.STEP_RECORDS_TOPIC, lambda m: self._add(self.steps, m), RECORD_QOS
         )
         self.node.create_subscription(
-            EpisodeResult, "episode_results", lambda m: self._add(self.results, m), reliable
+            EpisodeResult,
+            names.EPISODE_RESULTS_TOPIC,
+            lambda m: self._add(self.results, m),
+            RECORD_QOS,
         )
+        # Depth 10 (not the publisher's 1): every swap is kept, not only the latest.
         self.node.create_subscription(
             CheckpointInfo,
-            "policy/active_checkpoint",
+            names.ACTIVE_CHECKPOINT_TOPIC,
             lambda m: self._add(self.active, m),
-            latched,
+            ANNOUNCE_QOS,
         )
-        self.load_client = self.node.create_client(LoadCheckpoint, "policy/load_checkpoint")
+        self.load_client = self.node.create_client(LoadCheckpoint, names.LOAD_CHECKPOINT_SERVICE)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True, name="fake-robot")
@@ -719,7 +715,7 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
     ck = checkpoints
     robot, policy = graph({"checkpoint": str(ck.a), "epsilon": 0.5})
     robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 2, 90, "exploratory episodes")
-    client = robot.node.create_client(SetParameters, "policy/set_parameters")
+    client = robot.node.create_client(SetParameters, names.POLICY_SET_PARAMETERS_SERVICE)
 
     def set_epsilon(value: float):
         p = Parameter(

@@ -1,0 +1,116 @@
+"""The policy node's settings: each one's default, meaning and range, and their checks.
+
+ROS-free: the node declares one ROS parameter per entry of :data:`SETTINGS` (policy.yaml lists
+the same names with a comment each) and refuses to start when :func:`check_settings` finds a
+problem. The safety limits' defaults come from :class:`nsl_policy.safety.CommandLimits`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .safety import CommandLimits
+
+LIMITS = CommandLimits()
+LIMIT_SETTINGS = ("max_translation", "max_rotation", "min_height", "max_height")
+"""The settings that make up the :class:`CommandLimits` (same names as its fields)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its default (which also fixes its type), what it means, its range."""
+
+    default: Any
+    description: str
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    runtime: bool = False
+    """True: it may change while the node runs (it applies from the next episode)."""
+
+
+SETTINGS: dict[str, Setting] = {
+    "checkpoint": Setting(
+        "", "Q-function checkpoint (safetensors); the arm does not move without a valid one"
+    ),
+    "task": Setting("base", "task sent to the arm on reset and recorded with every episode"),
+    "autostart": Setting(
+        True,
+        "run episodes as soon as arm, camera and checkpoint are ready "
+        "(false: only serve checkpoints)",
+    ),
+    "max_episodes": Setting(
+        0, "stop after this many episodes (0: until shut down)", int_range=(0, 2**31 - 1)
+    ),
+    "max_steps": Setting(
+        10, "control steps per episode; the last one terminates", int_range=(1, 10000)
+    ),
+    "seed": Setting(0, "seed of the first episode; episode k resets with seed + k"),
+    "epsilon": Setting(
+        0.1,
+        "exploration: probability of a uniformly random action per step; settable at run time, "
+        "applies from the next episode",
+        float_range=(0.0, 1.0),
+        runtime=True,
+    ),
+    "noise_std": Setting(
+        0.0,
+        "exploration: std of Gaussian noise added to CEM actions (normalised units); "
+        "settable at run time, applies from the next episode",
+        float_range=(0.0, 10.0),
+        runtime=True,
+    ),
+    "cem_population": Setting(64, "CEM samples per iteration (paper: 64)", int_range=(1, 100000)),
+    "cem_elites": Setting(6, "CEM elite samples (paper: 6)", int_range=(1, 100000)),
+    "cem_iterations": Setting(2, "CEM iterations (paper: 2)", int_range=(1, 1000)),
+    "control_rate": Setting(
+        0.0,
+        "largest rate of arm steps, Hz (0: as fast as arm, camera and CEM allow)",
+        float_range=(0.0, 1000.0),
+    ),
+    "max_translation": Setting(
+        LIMITS.max_translation, "safety: largest Cartesian step per axis, metres"
+    ),
+    "max_rotation": Setting(LIMITS.max_rotation, "safety: largest rotation per step, radians"),
+    "min_height": Setting(
+        LIMITS.min_height, "safety: lowest gripper height above the tray, metres (workspace)"
+    ),
+    "max_height": Setting(
+        LIMITS.max_height, "safety: highest gripper height above the tray, metres (workspace)"
+    ),
+    "observation_timeout": Setting(
+        2.0, "seconds to wait for a fresh camera image before aborting the episode"
+    ),
+    "settle_time": Setting(
+        0.0,
+        "a fresh image must be this much newer than the arm's reply (0: newer than the request)",
+    ),
+    "arm_timeout": Setting(30.0, "seconds to wait for the arm to reset or execute a step"),
+}
+
+
+def check_settings(values: dict[str, Any]) -> CommandLimits:
+    """Check the settings together and return the safety limits they give.
+
+    Raises ValueError naming every problem (ranges of single settings are ROS's to check).
+    """
+    problems = []
+    if values["cem_elites"] > values["cem_population"]:
+        problems.append(
+            f"cem_elites ({values['cem_elites']}) must not exceed "
+            f"cem_population ({values['cem_population']})"
+        )
+    for name in ("observation_timeout", "arm_timeout"):
+        if not (math.isfinite(values[name]) and values[name] > 0):
+            problems.append(f"{name} must be > 0 (got {values[name]})")
+    if not (math.isfinite(values["settle_time"]) and values["settle_time"] >= 0):
+        problems.append(f"settle_time must be >= 0 (got {values['settle_time']})")
+    limits = None
+    try:
+        limits = CommandLimits(**{name: values[name] for name in LIMIT_SETTINGS})
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ValueError("invalid policy parameters: " + "; ".join(problems))
+    return limits

@@ -1,0 +1,46 @@
+"""The policy node's settings (ROS-free): defaults are valid, bad combinations are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from nsl_policy.policy_settings import LIMIT_SETTINGS, SETTINGS, check_settings
+from nsl_policy.safety import CommandLimits
+
+DEFAULTS = {name: s.default for name, s in SETTINGS.items()}
+
+
+def test_the_defaults_pass_and_give_the_default_limits():
+    assert check_settings(DEFAULTS) == CommandLimits()
+    assert {name: DEFAULTS[name] for name in LIMIT_SETTINGS} == vars(CommandLimits())
+
+
+def test_only_exploration_changes_at_run_time():
+    assert {name for name, s in SETTINGS.items() if s.runtime} == {"epsilon", "noise_std"}
+
+
+def test_every_problem_is_named_at_once():
+    values = {
+        **DEFAULTS,
+        "cem_elites": 65,
+        "min_height": 0.4,
+        "max_height": 0.3,
+        "arm_timeout": 0.0,
+        "settle_time": -1.0,
+    }
+    with pytest.raises(ValueError) as info:
+        check_settings(values)
+    message = str(info.value)
+    assert message.startswith("invalid policy parameters: ")
+    for fragment in (
+        "cem_elites (65) must not exceed cem_population (64)",
+        "min_height (0.4) must be below max_height (0.3)",
+        "arm_timeout must be > 0",
+        "settle_time must be >= 0",
+    ):
+        assert fragment in message, message
+
+
+def test_limits_come_from_the_settings():
+    limits = check_settings({**DEFAULTS, "max_translation": 0.01, "max_height": 0.2})
+    assert (limits.max_translation, limits.max_height) == (0.01, 0.2)
