@@ -1,6 +1,7 @@
 """Gradient steps/s of offline QT-Opt at batch 64 on 64x64 images, on this machine.
 
   full     the trainer as users run it: nsl_trainer.runs.train("finetune", ...) on rosbag2 bags
+           (the package's one training loop, nsl_trainer.loop.run_steps)
            written here (bag reading, 50/50 sampling, augmentation, CEM Bellman targets with the
            two target nets, Adam update, TensorBoard logging), timed end to end;
   ideal    the same model, target computation (CEM on target 1, min with target 2) and update on
@@ -24,18 +25,23 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for pkg in ("nsl_policy", "nsl_trainer", "nsl_collector"):
-    sys.path.insert(0, str(ROOT / "src" / pkg))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from nsl_collector.dataset import BagRecorder, EpisodeData, StepData, load_transitions
+from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
+from nsl_policy.model import QNetwork, QNetworkConfig
+from nsl_trainer.augment import augment_images
+from nsl_trainer.config import QTOptConfig
+from nsl_trainer.data import TrainingData
+from nsl_trainer.runs import train
+from nsl_trainer.trainer import QTOptTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_bags(folder: Path, episodes: int, steps: int, size: int) -> tuple[Path, Path]:
-    from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
-
     rng = np.random.default_rng(0)
     out = []
     for name in ("base", "target"):
@@ -100,8 +106,7 @@ def ideal_loop(trainer, batch, steps: int, nchw: bool = False) -> float:
 
 
 def nchw_network(config):
-    """The same Q-network computing in NCHW: no channels_last conversion of inputs or features."""
-    from nsl_policy.model import QNetwork
+    """Return the same Q-network computing in NCHW (no channels_last inputs or features)."""
 
     class NCHW(QNetwork):
         def encode(self, images):
@@ -145,15 +150,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
-    from nsl_policy.model import QNetworkConfig
-    from nsl_trainer.qtopt import QTOptConfig, QTOptTrainer, _Data, augment_images
-    from nsl_trainer.runs import train
-
     config = QTOptConfig(batch_size=64)
     net_config = QNetworkConfig(image_size=64)
     print(
-        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+        f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; load {open('/proc/loadavg').read().split()[:3]}"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,10 +175,8 @@ def main() -> int:
             tensorboard=True,
         )
 
-        from nsl_collector.dataset import load_transitions
-
         trainer = QTOptTrainer(load_checkpoint(init).model, config, "cpu")
-        data = _Data(
+        data = TrainingData(
             load_transitions([base]),
             load_transitions([target]),
             64,
@@ -214,13 +213,16 @@ def main() -> int:
             fulls.append(time.perf_counter() - t)
             ideals.append(ideal_loop(trainer, batch, args.steps))
             print(
-                f"round {r + 1}: full trainer {args.steps / fulls[-1]:.2f} steps/s (incl. loading {2 * args.episodes * 5} "
-                f"transitions, target fraction {result.metrics['target_fraction']:.2f}); ideal loop {1 / ideals[-1]:.2f} steps/s"
+                f"round {r + 1}: full trainer {args.steps / fulls[-1]:.2f} steps/s (incl. loading "
+                f"{2 * args.episodes * 5} transitions, target fraction "
+                f"{result.metrics['target_fraction']:.2f}); "
+                f"ideal loop {1 / ideals[-1]:.2f} steps/s"
             )
         ratios = sorted((args.steps / f) * i for f, i in zip(fulls, ideals))
         full_s, ideal = float(np.median(fulls)), float(np.median(ideals))
         print(
-            f"median: full {args.steps / full_s:.2f} steps/s, ideal {1 / ideal:.2f} steps/s; ratio per round {[round(x, 3) for x in ratios]}"
+            f"median: full {args.steps / full_s:.2f} steps/s, ideal {1 / ideal:.2f} steps/s; "
+            f"ratio per round {[round(x, 3) for x in ratios]}"
         )
         nchw_trainer = QTOptTrainer(nchw_network(net_config), config, "cpu")
         nchw_trainer.model.to(memory_format=torch.contiguous_format)
@@ -228,7 +230,8 @@ def main() -> int:
             tnet.to(memory_format=torch.contiguous_format)
         nchw = ideal_loop(nchw_trainer, batch, args.nchw_steps, nchw=True)
         print(
-            f"ideal loop in NCHW: {1 / nchw:.2f} steps/s; channels_last speed-up x{nchw / ideal:.2f}"
+            f"ideal loop in NCHW: {1 / nchw:.2f} steps/s; "
+            f"channels_last speed-up x{nchw / ideal:.2f}"
         )
     out = {
         "steps_per_s": round(args.steps / full_s, 3),

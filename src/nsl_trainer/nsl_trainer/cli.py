@@ -1,10 +1,16 @@
 """``nsl train ...``: offline QT-Opt from the command line, one command per mode.
 
   nsl train pretrain  --data BAG... --steps N --output base.safetensors
-  nsl train finetune  --init base.safetensors --base BAG... --target BAG... --steps N --output ft.safetensors
+  nsl train finetune  --init base.safetensors --base BAG... --target BAG... --steps N \
+                      --output ft.safetensors
   nsl train scratch   --base BAG... --target BAG... --steps N --output scratch.safetensors
-  nsl train continual --init base.safetensors --base BAG... --task NAME=BAG[,BAG...] ... --steps N --output-dir DIR
-  nsl train grasp-values --data BAG... --steps 3000 --output gv.safetensors   # then: finetune --init gv.safetensors
+  nsl train continual --init base.safetensors --base BAG... --task NAME=BAG[,BAG...] ... \
+                      --steps N --output-dir DIR
+  nsl train grasp-values --data BAG... --steps 3000 --output gv.safetensors
+                      (then: finetune --init gv.safetensors)
+
+The library (torch) is imported only when a command runs, so that ``nsl --help`` and the
+other ``nsl`` commands start fast.
 
 Under torchrun every process trains (DistributedDataParallel; gloo on CPU, nccl on CUDA) and
 rank 0 writes the files:
@@ -33,7 +39,8 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         g.add_argument(
             "--run-dir",
             default=None,
-            help="state, periodic checkpoints and TensorBoard logs (default: <output>.run next to the output)",
+            help="state, periodic checkpoints and TensorBoard logs "
+            "(default: <output>.run next to the output)",
         )
     g.add_argument(
         "--lr",
@@ -42,7 +49,10 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         help="learning rate (default: --base-lr for pretrain, 25%% of it otherwise)",
     )
     g.add_argument(
-        "--base-lr", type=float, default=1e-3, help="pre-training learning rate (default 1e-3)"
+        "--base-lr",
+        type=float,
+        default=None,
+        help="pre-training learning rate (default: QTOptConfig.learning_rate)",
     )
     g.add_argument(
         "--batch-size", type=int, default=64, help="transitions per step and process (default 64)"
@@ -93,7 +103,8 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         type=int,
         default=1000,
         metavar="K",
-        help="save training state + a policy checkpoint every K steps (0: only at the end; default 1000)",
+        help="save training state + a policy checkpoint every K steps "
+        "(0: only at the end; default 1000)",
     )
     g.add_argument(
         "--log-every", type=int, default=10, help="TensorBoard scalars every N steps (default 10)"
@@ -210,7 +221,8 @@ def add_commands(subparsers) -> None:
         nargs="+",
         required=True,
         metavar="BAG",
-        help="bags or dataset folders; every episode's final step is a grasp, labelled by its reward",
+        help="bags or dataset folders; every episode's final step is a grasp, "
+        "labelled by its reward",
     )
     c.add_argument(
         "--output", required=True, help="result checkpoint (.safetensors), written atomically"
@@ -241,8 +253,8 @@ def add_commands(subparsers) -> None:
 
 @contextlib.contextmanager
 def distributed(device_arg: str):
-    """Initialise torch.distributed when started by torchrun (WORLD_SIZE > 1); yields the device."""
-    import torch
+    """Initialise torch.distributed when started by torchrun (WORLD_SIZE > 1); yield the device."""
+    import torch  # heavy: imported when a command runs (module doc)
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -270,7 +282,7 @@ class _Bar:
     def __init__(self, total: int, desc: str, enabled: bool) -> None:
         self.bar = None
         if enabled:
-            from tqdm import tqdm
+            from tqdm import tqdm  # heavy: imported when a command runs (module doc)
 
             self.bar = tqdm(
                 total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr
@@ -307,8 +319,8 @@ def _parse_tasks(items: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def cmd_grasp_values(args) -> int:
-    """``nsl train grasp-values``: fit_grasp_values on the bags, written as a policy checkpoint."""
-    import torch
+    """Run ``nsl train grasp-values``: fit_grasp_values on the bags, saved as a checkpoint."""
+    import torch  # heavy: imported when a command runs (module doc), as below
 
     from nsl_collector.errors import DatasetError
     from nsl_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -319,7 +331,7 @@ def cmd_grasp_values(args) -> int:
         grasp_rows,
         new_network,
     )
-    from nsl_trainer.qtopt import load_datasets
+    from nsl_trainer.data import load_datasets
 
     try:
         config = GraspValueConfig(
@@ -341,7 +353,7 @@ def cmd_grasp_values(args) -> int:
         )
         bar = None
         if not args.quiet:
-            from tqdm import tqdm
+            from tqdm import tqdm  # heavy: imported when a command runs (module doc)
 
             bar = tqdm(
                 total=args.steps,
@@ -384,13 +396,15 @@ def cmd_grasp_values(args) -> int:
         print(f"nsl train grasp-values: error: {exc}", file=sys.stderr)
         return 1
     print(
-        f"wrote {args.output} (checkpoint {checkpoint_id}, {args.steps} steps on {len(rows)} grasps)"
+        f"wrote {args.output} (checkpoint {checkpoint_id}, {args.steps} steps on "
+        f"{len(rows)} grasps)"
     )
     return 0
 
 
-def cmd_train(args) -> int:
-    from nsl_collector.errors import DatasetError
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run ``nsl train pretrain|finetune|scratch|continual``; return the exit code."""
+    from nsl_collector.errors import DatasetError  # heavy: imported when a command runs, as below
     from nsl_policy.checkpoint import CheckpointError
 
     try:
@@ -413,11 +427,11 @@ def cmd_train(args) -> int:
 
 
 def _run(args) -> int:
-    import torch
+    import torch  # heavy: imported when a command runs (module doc), as below
+    import torch.distributed as dist
 
-    from nsl_policy.cem import CEMConfig  # noqa: F401 - QTOptConfig default
     from nsl_policy.model import KEYPOINTS_RECIPE, QNetworkConfig
-    from nsl_trainer.qtopt import QTOptConfig
+    from nsl_trainer.config import QTOptConfig
     from nsl_trainer.runs import continual, train
 
     if args.steps < 1:
@@ -426,7 +440,7 @@ def _run(args) -> int:
         torch.set_num_threads(max(1, args.threads))
     config = QTOptConfig(
         batch_size=args.batch_size,
-        learning_rate=args.base_lr,
+        **({} if args.base_lr is None else {"learning_rate": args.base_lr}),
         target_action=args.target_action,
         augment=not args.no_augment,
         seed=args.seed,
@@ -442,8 +456,6 @@ def _run(args) -> int:
         **(KEYPOINTS_RECIPE if args.head == "keypoints" else {}),
     )
     with distributed(args.device) as device:
-        import torch.distributed as dist
-
         rank = dist.get_rank() if dist.is_initialized() else 0
         show = rank == 0 and not args.quiet
         opts: dict[str, Any] = dict(
@@ -513,9 +525,10 @@ def _run(args) -> int:
             if rank == 0:
                 m = r.metrics
                 resumed = f", resumed from step {r.resumed_from}" if r.resumed_from else ""
+                loss, fraction = m.get("loss", float("nan")), m.get("target_fraction", 0)
                 print(
-                    f"wrote {r.checkpoint_path} (checkpoint {r.checkpoint_id}, {r.mode}, {r.steps} steps{resumed}; "
-                    f"loss {m.get('loss', float('nan')):.4f}, target fraction {m.get('target_fraction', 0):.2f}; "
+                    f"wrote {r.checkpoint_path} (checkpoint {r.checkpoint_id}, {r.mode}, "
+                    f"{r.steps} steps{resumed}; loss {loss:.4f}, target fraction {fraction:.2f}; "
                     f"run dir {r.run_dir})",
                     flush=True,
                 )

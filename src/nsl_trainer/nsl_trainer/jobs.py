@@ -12,8 +12,12 @@ from __future__ import annotations
 import math
 import multiprocessing
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .config import QTOptConfig
+from .loop import Cancelled
+from .runs import train
 
 
 @dataclass
@@ -45,10 +49,7 @@ class FineTuneJob:
 
 
 def run_job(job: FineTuneJob, conn, cancel=None) -> None:
-    """Worker process entry point."""
-    from nsl_trainer.qtopt import QTOptConfig
-    from nsl_trainer.runs import Cancelled, train
-
+    """Run ``job`` in this (worker) process, reporting on ``conn``; ``cancel`` stops it."""
     every = job.progress_every or max(1, min(job.steps // 50, 10))
 
     def progress(step: int, metrics: dict) -> None:
@@ -108,8 +109,9 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
 
 
 def start_job(job: FineTuneJob):
-    """Start ``job`` in a fresh (spawned) worker process; returns (process, receiving end, cancel
-    event).
+    """Start ``job`` in a fresh (spawned) worker process.
+
+    Returns (process, receiving end of its pipe, cancel event).
     """
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
@@ -120,7 +122,3 @@ def start_job(job: FineTuneJob):
     proc.start()
     child_conn.close()
     return proc, parent_conn, cancel
-
-
-def job_summary(job: FineTuneJob) -> dict:
-    return asdict(job)

@@ -1,53 +1,53 @@
-"""Training runs: the four modes (pretrain, finetune, scratch, continual) as library calls, with
-periodic checkpoints, resume, TensorBoard logs, progress callbacks and cancellation.
+"""Training runs: pretrain, finetune, scratch and continual chains as library calls.
 
-A run writes into its run directory (default: ``<output without suffix>.run/``):
+Runs have periodic checkpoints, resume, TensorBoard logs, progress and cancellation. A run
+writes into its run directory (default: ``<output without suffix>.run/``):
 
-    state.safetensors                 training state every ``checkpoint_every`` steps and at the end
-                                      (QTOptTrainer.save_state: networks, targets, Adam, step, ...)
-    checkpoints/step_0000500.safetensors  policy checkpoints (nsl-qnet format) at the same steps
-    tensorboard/                      scalars every ``log_every`` steps (torch.utils.tensorboard)
+    state.safetensors      training state every ``checkpoint_every`` steps and at the end
+                           (:mod:`.state`: networks, targets, Adam, step, ...)
+    checkpoints/step_0000500.safetensors   policy checkpoints (nsl-qnet format), same steps
+    tensorboard/           scalars every ``log_every`` steps (torch.utils.tensorboard)
 
 and finally the policy checkpoint at ``output_path``. Started again with the same arguments, a
 run resumes from ``state.safetensors`` at the step it reached (``resume=False`` starts over).
-Under torchrun/DDP only rank 0 writes files; every rank trains.
+Under torchrun/DDP only rank 0 writes files; every rank trains. The steps themselves are
+:func:`.loop.run_steps`.
 """
 
 from __future__ import annotations
 
-import collections
-import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from nsl_collector.transitions import Transitions
+from nsl_policy.checkpoint import (
+    CheckpointError,
+    _cpu_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+    weights_id,
+)
 from nsl_policy.model import QNetwork, QNetworkConfig, default_device
 
-from .qtopt import METRIC_KEYS, QTOptConfig, QTOptTrainer, _Data, load_datasets
+from .config import QTOptConfig
+from .data import load_datasets
+from .loop import ProgressFn, run_steps, sampled_fraction, training_data
+from .state import load_state, save_state
+from .trainer import QTOptTrainer
 
-MODES = ("pretrain", "finetune", "scratch", "continual")
+MODES = ("pretrain", "finetune", "scratch")
+"""Modes of one run; a continual chain is :func:`continual`."""
 STATE_FILE = "state.safetensors"
-ProgressFn = Callable[[int, dict], Any]
-
-
-class Cancelled(Exception):
-    """A run stopped on request; its state was saved at ``step`` (resumable)."""
-
-    def __init__(self, step: int, state_path: str | None) -> None:
-        super().__init__(
-            f"cancelled at step {step}" + (f"; state saved to {state_path}" if state_path else "")
-        )
-        self.step, self.state_path = step, state_path
 
 
 @dataclass
 class RunResult:
+    """What a run produced."""
+
     checkpoint_id: str
     checkpoint_path: str
     run_dir: str
@@ -60,22 +60,49 @@ class RunResult:
 
 
 def default_run_dir(output_path: str | os.PathLike) -> str:
-    """``<output without its extension>.run`` beside the output. Only the last suffix goes:
-    ``lr2.5e-4.safetensors`` -> ``lr2.5e-4.run`` (not ``lr2.run``, which ``lr2.7e-4`` would share).
+    """Return ``<output without its extension>.run`` beside the output.
+
+    Only the last suffix goes: ``lr2.5e-4.safetensors`` -> ``lr2.5e-4.run`` (not ``lr2.run``,
+    which ``lr2.7e-4`` would share).
     """
     p = Path(output_path)
     return str(p.with_name((p.name[: -len(p.suffix)] if p.suffix else p.name) + ".run"))
 
 
-def _writer(run_dir: str, purge_step: int | None):
-    from torch.utils.tensorboard import SummaryWriter
+def _writer(run_dir: str, purge_step: int | None) -> Any:
+    from torch.utils.tensorboard import SummaryWriter  # optional: only runs that log need it
 
     return SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"), purge_step=purge_step)
 
 
-def exported_network(trainer: Any) -> Any:
-    """The network a run writes as its checkpoint (``QTOptConfig.policy_weights``)."""
+def exported_network(trainer: QTOptTrainer) -> QNetwork:
+    """Return the network a run writes as its checkpoint (``QTOptConfig.policy_weights``)."""
     return trainer.target1 if trainer.config.policy_weights == "polyak" else trainer.model
+
+
+def _check_arguments(
+    mode: str, steps: int, checkpoint_every: int, init_checkpoint: str | None
+) -> None:
+    if mode not in MODES:
+        raise ValueError(
+            "mode must be pretrain, finetune or scratch (continual: use continual()), "
+            f"got {mode!r}"
+        )
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 0):
+        raise ValueError(
+            "checkpoint_every must be an integer >= 0 (0: only at the end), "
+            f"got {checkpoint_every!r}"
+        )
+    if mode == "finetune" and not init_checkpoint:
+        raise ValueError(
+            "finetune needs an init checkpoint (scratch: the same recipe from a random init)"
+        )
+    if mode != "finetune" and init_checkpoint:
+        raise ValueError(
+            f"{mode} starts from a random init; it takes no init checkpoint (use finetune)"
+        )
 
 
 def train_transitions(
@@ -103,58 +130,26 @@ def train_transitions(
     num_threads: int | None = None,
     extra_metadata: dict | None = None,
 ) -> RunResult:
-    """One training run on loaded transitions. ``mode``:
+    """Run one training run on loaded transitions; return the result checkpoint.
 
-    - "pretrain": random init (``seed``), learning rate ``config.learning_rate``;
-    - "finetune": init from ``init_checkpoint``, learning rate x ``config.finetune_lr_scale`` (0.25);
-    - "scratch": the fine-tune recipe (lr, mixing, steps) from a random init (the paper's baseline).
-
+    ``mode``: "pretrain" (random init from ``seed``, ``config.learning_rate``), "finetune"
+    (from ``init_checkpoint``, ``config.finetune_learning_rate()``) or "scratch" (the fine-tune
+    recipe from a random init, the paper's baseline). ``learning_rate`` overrides the mode's.
     Batches draw from target with probability ``target_fraction`` (0.5: the paper's equal
-    sampling) when both sets are given, else from the one given. ``learning_rate`` overrides the
-    mode's default. ``progress(step, metrics)`` runs after every step; ``should_stop()`` before
-    every step: when true the state is saved and :class:`Cancelled` raised. Returns the result
-    checkpoint (written atomically to ``output_path``).
+    sampling) when both sets are given, else from the one given. ``model_config`` sets the
+    architecture of a random init and is checked against the init checkpoint otherwise.
+    ``progress(step, metrics)`` runs after every step; ``should_stop()`` before every step:
+    when true the state is saved and :class:`.loop.Cancelled` raised. ``num_threads`` sets
+    torch's CPU threads of this process. The checkpoint is written atomically to
+    ``output_path``.
     """
-    from nsl_policy.checkpoint import _cpu_state_dict, load_checkpoint, save_checkpoint, weights_id
-
-    if mode not in ("pretrain", "finetune", "scratch"):
-        raise ValueError(
-            f"mode must be pretrain, finetune or scratch (continual: use continual()), got {mode!r}"
-        )
-    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 0):
-        raise ValueError(
-            f"checkpoint_every must be an integer >= 0 (0: only at the end), got {checkpoint_every!r}"
-        )
-    if not (isinstance(log_every, int) and log_every >= 1):
-        raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
-    if not (
-        isinstance(target_fraction, (int, float))
-        and math.isfinite(target_fraction)
-        and 0 <= target_fraction <= 1
-    ):
-        raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction!r}")
-    if mode == "finetune" and not init_checkpoint:
-        raise ValueError(
-            "finetune needs an init checkpoint (scratch: the same recipe from a random init)"
-        )
-    if mode != "finetune" and init_checkpoint:
-        raise ValueError(
-            f"{mode} starts from a random init; it takes no init checkpoint (use finetune)"
-        )
+    _check_arguments(mode, steps, checkpoint_every, init_checkpoint)
     if num_threads is not None:
         torch.set_num_threads(max(1, int(num_threads)))
     config = config or QTOptConfig()
     if config.seed != seed:
         config = QTOptConfig.from_dict({**config.to_dict(), "seed": seed})
-    has_base = base is not None and len(base) > 0
-    has_target = target is not None and len(target) > 0
-    if not has_base and not has_target:
-        raise ValueError("no training data: both base and target data sets are empty")
-    frac = float(target_fraction) if (has_base and has_target) else (1.0 if has_target else 0.0)
     dev = torch.device(device) if device is not None else default_device()
-
     if init_checkpoint:
         loaded = load_checkpoint(init_checkpoint, expected_config=model_config, device=dev)
         model, parent = loaded.model, loaded.checkpoint_id
@@ -163,15 +158,11 @@ def train_transitions(
             torch.manual_seed(seed)
             model = QNetwork(model_config or QNetworkConfig())
         parent = None
-    default_lr = (
-        config.learning_rate
-        if mode == "pretrain"
-        else config.finetune_learning_rate()
-    )
+    default_lr = config.learning_rate if mode == "pretrain" else config.finetune_learning_rate()
     lr = float(learning_rate) if learning_rate is not None else default_lr
-
-    trainer = QTOptTrainer(model, config, dev)
-    trainer.set_learning_rate(lr)
+    trainer = QTOptTrainer(model, config, dev, learning_rate=lr)
+    data = training_data(trainer, base, target)
+    frac = sampled_fraction(data, target_fraction)
     rank0 = trainer.rank == 0
     run_dir = os.fspath(run_dir) if run_dir else default_run_dir(output_path)
     state_path = os.path.join(run_dir, STATE_FILE)
@@ -183,36 +174,24 @@ def train_transitions(
         "seed": seed,
         "datasets": datasets or {},
         "world_size": trainer.world_size,
-        "num_transitions": {
-            "base": len(base) if has_base else 0,
-            "target": len(target) if has_target else 0,
-        },
+        "num_transitions": {"base": data.n_base, "target": data.n_target},
     }
     start = 0
     if resume and os.path.isfile(state_path):
-        extra = trainer.load_state(state_path)
-        saved = extra.get("run", {})
+        saved = load_state(trainer, state_path).get("run", {})
         diffs = {k: (saved.get(k), v) for k, v in signature.items() if saved.get(k) != v}
         if diffs:
             raise ValueError(
-                f"run directory {run_dir} holds the state of a different run (saved vs now: {diffs}); "
-                "use another run directory or resume=False (--no-resume) to start over"
+                f"run directory {run_dir} holds the state of a different run (saved vs now: "
+                f"{diffs}); use another run directory or resume=False (--no-resume) to start over"
             )
         if trainer.step_count > steps:
             raise ValueError(
-                f"run directory {run_dir} is at step {trainer.step_count}, beyond the requested {steps} steps"
+                f"run directory {run_dir} is at step {trainer.step_count}, beyond the requested "
+                f"{steps} steps"
             )
         start = trainer.step_count
-    data = _Data(
-        base if has_base else None,
-        target if has_target else None,
-        model.config.image_size,
-        trainer.device,
-        crop_pad=config.crop_pad if config.augment else 0,
-        location=trainer.location_head is not None,
-    )
-    writer = _writer(run_dir, start) if (tensorboard and rank0) else None
-    base_metadata = {
+    metadata = {
         "parent": parent,
         "kind": mode,
         "datasets": datasets or {},
@@ -226,99 +205,56 @@ def train_transitions(
         **(extra_metadata or {}),
     }
 
-    def save_state() -> None:
+    def write_state(step: int = 0) -> str | None:
         if rank0:
-            trainer.save_state(state_path, {"run": signature})
+            save_state(trainer, state_path, {"run": signature})
+        return state_path if rank0 else None
 
-    window: list[dict[str, float]] = []
-    tail: collections.deque = collections.deque(maxlen=max(1, steps // 10))
-    head: list[float] = []
-    t_log = time.perf_counter()
-    t0 = t_log
-    steps_per_s = math.nan
-    trainer.model.train()
-    try:
-        while trainer.step_count < steps:
-            if should_stop is not None and should_stop():
-                save_state()
-                raise Cancelled(trainer.step_count, state_path if rank0 else None)
-            m = trainer.train_step(data, frac)
-            step = trainer.step_count
-            window.append(m)
-            tail.append(m)
-            if step <= max(1, steps // 10):
-                head.append(m["loss"])
-            total = max(1, trainer.samples_base + trainer.samples_target)
-            m = dict(
-                m,
-                base_fraction=trainer.samples_base / total,
-                target_fraction=trainer.samples_target / total,
-                learning_rate=lr,
-                steps_per_s=steps_per_s,
+    def write_checkpoint(step: int) -> None:
+        write_state()
+        if rank0:
+            save_checkpoint(
+                os.path.join(run_dir, "checkpoints", f"step_{step:07d}.safetensors"),
+                exported_network(trainer),
+                {**metadata, "steps": step, "final": False},
             )
-            if step % log_every == 0 or step == steps:
-                now = time.perf_counter()
-                steps_per_s = len(window) / max(now - t_log, 1e-9)
-                t_log = now
-                m["steps_per_s"] = steps_per_s
-                if writer is not None:
-                    for k in METRIC_KEYS + (("location_loss",) if "location_loss" in m else ()):
-                        writer.add_scalar(
-                            f"train/{k}", float(np.mean([w[k] for w in window])), step
-                        )
-                    writer.add_scalar("sampling/target_fraction", m["target_fraction"], step)
-                    writer.add_scalar("sampling/base_fraction", m["base_fraction"], step)
-                    writer.add_scalar("train/learning_rate", lr, step)
-                    writer.add_scalar("perf/steps_per_s", steps_per_s, step)
-                window = []
-            if progress is not None:
-                progress(step, m)
-            if checkpoint_every and step % checkpoint_every == 0 and step < steps:
-                save_state()
-                if rank0:
-                    save_checkpoint(
-                        os.path.join(run_dir, "checkpoints", f"step_{step:07d}.safetensors"),
-                        exported_network(trainer),
-                        {**base_metadata, "steps": step, "final": False},
-                    )
+
+    writer = _writer(run_dir, start) if (tensorboard and rank0) else None
+
+    def log(step: int, means: dict[str, float], m: dict[str, float]) -> None:
+        for k, v in means.items():
+            writer.add_scalar(f"train/{k}", v, step)
+        writer.add_scalar("sampling/target_fraction", m["target_fraction"], step)
+        writer.add_scalar("sampling/base_fraction", m["base_fraction"], step)
+        writer.add_scalar("train/learning_rate", lr, step)
+        writer.add_scalar("perf/steps_per_s", m["steps_per_s"], step)
+
+    try:
+        summary = run_steps(
+            trainer,
+            data,
+            steps,
+            frac,
+            progress=progress,
+            should_stop=should_stop,
+            on_cancel=write_state,
+            log_every=log_every,
+            on_log=log if writer is not None else None,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=write_checkpoint,
+        )
     finally:
         if writer is not None:
             writer.close()
-    trainer.model.eval()
     exported = exported_network(trainer)
-    elapsed = time.perf_counter() - t0
-    total = max(1, trainer.samples_base + trainer.samples_target)
-    summary: dict[str, Any] = {
-        "steps": steps,
-        "steps_this_session": steps - start,
-        "base_samples": trainer.samples_base,
-        "target_samples": trainer.samples_target,
-        "base_fraction": trainer.samples_base / total,
-        "target_fraction": trainer.samples_target / total,
-        "learning_rate": lr,
-        "seconds": elapsed,
-        "ms_per_step": 1000.0 * elapsed / max(1, steps - start),
-    }
-    if tail:
-        for k in ("loss", "mean_q", "td_error", "mean_target", "location_loss"):
-            if k in tail[-1]:
-                summary[k] = float(np.mean([t[k] for t in tail]))
-    if head:
-        summary["initial_loss"] = float(np.mean(head))
-    metadata = {
-        **base_metadata,
-        "steps": steps,
-        "final": True,
-        "resumed_from": start,
-        "metrics": summary,
-    }
-    save_state()
+    write_state()
+    final = {**metadata, "steps": steps, "final": True, "resumed_from": start, "metrics": summary}
     if rank0:
-        ckpt_id = save_checkpoint(output_path, exported, metadata)
+        checkpoint_id = save_checkpoint(output_path, exported, final)
     else:
-        ckpt_id = weights_id(_cpu_state_dict(exported))
+        checkpoint_id = weights_id(_cpu_state_dict(exported))
     return RunResult(
-        checkpoint_id=ckpt_id,
+        checkpoint_id=checkpoint_id,
         checkpoint_path=os.path.abspath(output_path),
         run_dir=run_dir,
         mode=mode,
@@ -338,7 +274,7 @@ def train(
     output_path: str,
     **kwargs: Any,
 ) -> RunResult:
-    """``train_transitions`` on the bags (or dataset folders) at the given paths."""
+    """Run ``train_transitions`` on the bags (or dataset folders) at the given paths."""
     base_paths = [os.fspath(p) for p in base_paths or []]
     target_paths = [os.fspath(p) for p in target_paths or []]
     base, target = load_datasets(base_paths), load_datasets(target_paths)
@@ -346,44 +282,24 @@ def train(
     return train_transitions(mode, base, target, steps, output_path=output_path, **kwargs)
 
 
-def pretrain(
-    data_paths: Sequence[str], steps: int, *, output_path: str, **kwargs: Any
-) -> RunResult:
-    """Pre-train from a random init on ``data_paths`` at the pre-training learning rate."""
-    return train("pretrain", data_paths, [], steps, output_path=output_path, **kwargs)
-
-
-def finetune_run(
-    init_checkpoint: str,
-    base_paths: Sequence[str],
-    target_paths: Sequence[str],
-    steps: int,
-    *,
-    output_path: str,
-    **kwargs: Any,
-) -> RunResult:
-    """Fine-tune ``init_checkpoint`` on base + target (50/50 by default) at 25% of the learning rate."""
-    return train(
-        "finetune",
-        base_paths,
-        target_paths,
-        steps,
-        output_path=output_path,
-        init_checkpoint=init_checkpoint,
-        **kwargs,
+def _finished_task(out: str, prev_id: str | None, name: str) -> RunResult | None:
+    """Return the result already at ``out`` when it is task ``name`` descending from prev_id."""
+    try:
+        c = load_checkpoint(out)
+    except CheckpointError:
+        return None
+    if c.metadata.get("parent") != prev_id or c.metadata.get("continual", {}).get("task") != name:
+        return None
+    return RunResult(
+        checkpoint_id=c.checkpoint_id,
+        checkpoint_path=os.path.abspath(out),
+        run_dir=c.metadata.get("run_dir", ""),
+        mode=c.metadata.get("kind", ""),
+        steps=int(c.metadata.get("steps", 0)),
+        resumed_from=int(c.metadata.get("steps", 0)),
+        metrics=c.metadata.get("metrics", {}),
+        parent=prev_id,
     )
-
-
-def scratch(
-    base_paths: Sequence[str],
-    target_paths: Sequence[str],
-    steps: int,
-    *,
-    output_path: str,
-    **kwargs: Any,
-) -> RunResult:
-    """The fine-tune recipe from a random init (the paper's "Scratch" comparison)."""
-    return train("scratch", base_paths, target_paths, steps, output_path=output_path, **kwargs)
 
 
 def continual(
@@ -399,15 +315,14 @@ def continual(
     load: Callable[[Sequence[str]], Transitions | None] = load_datasets,
     **kwargs: Any,
 ) -> list[RunResult]:
-    """Fine-tune a chain of tasks ``[(name, target paths), ...]``: task i starts from task i-1's
-    result (task 0 from ``init_checkpoint``; None: from scratch). Base data: ``base_paths``
+    """Fine-tune a chain of tasks ``[(name, target paths), ...]``, each from the previous result.
+
+    Task 0 starts from ``init_checkpoint`` (None: from scratch). Base data: ``base_paths``
     (plus every earlier task's data when ``accumulate``). Results go to
     ``output_dir/NN-<name>.safetensors`` with run directories next to them; with ``resume`` a
     task whose result exists (and descends from the previous one) is not trained again and an
     interrupted task resumes.
     """
-    from nsl_policy.checkpoint import CheckpointError, load_checkpoint
-
     if not tasks:
         raise ValueError("continual needs at least one task")
     names = [n for n, _ in tasks]
@@ -430,30 +345,10 @@ def continual(
         if not paths:
             raise ValueError(f"task {name!r} has no data paths")
         bases = base_paths + (earlier if accumulate else [])
-        done = None
-        if resume and os.path.isfile(out):
-            try:
-                c = load_checkpoint(out)
-                if (
-                    c.metadata.get("parent") == prev_id
-                    and c.metadata.get("continual", {}).get("task") == name
-                ):
-                    done = RunResult(
-                        checkpoint_id=c.checkpoint_id,
-                        checkpoint_path=os.path.abspath(out),
-                        run_dir=c.metadata.get("run_dir", ""),
-                        mode=c.metadata.get("kind", ""),
-                        steps=int(c.metadata.get("steps", 0)),
-                        resumed_from=int(c.metadata.get("steps", 0)),
-                        metrics=c.metadata.get("metrics", {}),
-                        parent=prev_id,
-                    )
-            except CheckpointError:
-                done = None
+        done = _finished_task(out, prev_id, name) if resume and os.path.isfile(out) else None
         if done is None:
-            mode = "finetune" if prev_path else "scratch"
             done = train_transitions(
-                mode,
+                "finetune" if prev_path else "scratch",
                 load(bases),
                 load(paths),
                 steps,

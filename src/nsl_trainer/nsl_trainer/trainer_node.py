@@ -26,7 +26,7 @@ from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
 from nsl_policy.checkpoint import CheckpointError, load_checkpoint
 from nsl_trainer.jobs import FineTuneJob, start_job
-from nsl_trainer.qtopt import QTOptConfig
+from nsl_trainer.config import QTOptConfig
 from nsl_trainer.validation import check_dataset
 from std_srvs.srv import Trigger
 

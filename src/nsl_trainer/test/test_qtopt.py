@@ -10,14 +10,14 @@ from nsl_collector.transitions import Transitions
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
 from nsl_policy.cem import CEMConfig
 from nsl_policy.model import QNetwork, QNetworkConfig
-from nsl_trainer.qtopt import (
-    QTOptConfig,
-    QTOptTrainer,
-    augment_images,
-    finetune,
-    finetune_transitions,
-    td_target,
-)
+from nsl_trainer.augment import augment_images
+from nsl_trainer.config import QTOptConfig
+from nsl_trainer.data import TrainingData
+from nsl_trainer.losses import AuxLoss
+from nsl_trainer.runs import train, train_transitions
+from nsl_trainer.trainer import QTOptTrainer, td_target
+
+from trainer_helpers import fit
 
 CFG = QNetworkConfig(
     image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1
@@ -161,10 +161,8 @@ def test_mixing_counts():
 
 
 def test_grasp_fraction_draws_grasps_from_the_same_part():
-    from nsl_trainer.qtopt import _Data
-
     base, target = multi_step(30, steps=4, seed=1), multi_step(10, steps=5, seed=2)
-    data = _Data(base, target, 32, torch.device("cpu"))
+    data = TrainingData(base, target, 32, torch.device("cpu"))
     n_base = len(base.reward)
     assert data.final_rows[0].tolist() == list(range(3, n_base, 4))
     assert data.final_rows[1].tolist() == list(range(n_base + 4, n_base + 50, 5))
@@ -200,8 +198,13 @@ def test_train_reports_fractions_and_decreases_loss():
         "cpu",
     )
     seen = []
-    metrics = trainer.train(
-        base, target, steps=60, target_fraction=0.5, progress=lambda s, m: seen.append((s, m))
+    metrics = fit(
+        trainer,
+        base,
+        target,
+        steps=60,
+        target_fraction=0.5,
+        progress=lambda s, m: seen.append((s, m)),
     )
     assert [s for s, _ in seen] == list(range(1, 61))
     assert metrics["base_samples"] + metrics["target_samples"] == 60 * 32
@@ -214,8 +217,10 @@ def test_train_reports_fractions_and_decreases_loss():
 
 
 def test_conservative_term_lowers_actions_the_data_never_tried():
-    """Half the recorded grasps succeed, whatever the action, and all move in -x. Plain QT-Opt
-    extrapolates that success rate to +x moves it never saw; the conservative term lowers them.
+    """Half the recorded grasps succeed, whatever the action, and all move in -x.
+
+    Plain QT-Opt extrapolates that success rate to +x moves it never saw; the conservative term
+    lowers them.
     """
     data = one_step_task(256, seed=5)
     data.action[:, 0] = -np.abs(data.action[:, 0])
@@ -238,7 +243,7 @@ def test_conservative_term_lowers_actions_the_data_never_tried():
             seed=1,
         )
         trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
-        metrics = trainer.train(data, None, steps=60)
+        metrics = fit(trainer, data, None, steps=60)
         assert math.isfinite(metrics["loss"])
         with torch.no_grad():
             gaps[weight] = float(
@@ -264,11 +269,11 @@ def test_polyak_and_lagged_target():
     data = one_step_task(16)
     before = [p.clone() for p in trainer.target1.parameters()]
     t2_before = [p.clone() for p in trainer.target2.parameters()]
-    trainer.train(data, None, steps=1)
+    fit(trainer, data, None, steps=1)
     for old, new, online in zip(before, trainer.target1.parameters(), trainer.model.parameters()):
         torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
     assert all(torch.equal(a, b) for a, b in zip(t2_before, trainer.target2.parameters()))
-    trainer.train(data, None, steps=2)  # step 3: target 2 <- target 1
+    fit(trainer, data, None, steps=2)  # step 3: target 2 <- target 1
     assert all(
         torch.equal(a, b)
         for a, b in zip(trainer.target1.parameters(), trainer.target2.parameters())
@@ -300,7 +305,7 @@ def test_learns_one_step_task():
     trainer = QTOptTrainer(
         QNetwork(CFG), QTOptConfig(batch_size=64, learning_rate=3e-3, seed=1), "cpu"
     )
-    metrics = trainer.train(data, None, steps=80)
+    metrics = fit(trainer, data, None, steps=80)
     assert metrics["loss"] < metrics["initial_loss"]
     test = one_step_task(64, seed=4)
     imgs = torch.as_tensor(test.image).permute(0, 3, 1, 2).float() / 255
@@ -314,14 +319,14 @@ def test_learns_one_step_task():
     assert float((q_pos > q_neg).float().mean()) > 0.95
 
 
-def test_finetune_transitions_scratch_then_finetune(tmp_path):
+def test_train_transitions_scratch_then_finetune(tmp_path):
     base, target = (
         one_step_task(64, size=48, seed=5),
         one_step_task(32, size=48, seed=6),
     )  # resized to 32
     out1 = tmp_path / "scratch.safetensors"
-    id1 = finetune_transitions(
-        None,
+    id1 = train_transitions(
+        "scratch",
         base,
         None,
         5,
@@ -330,7 +335,7 @@ def test_finetune_transitions_scratch_then_finetune(tmp_path):
         model_config=CFG,
         device="cpu",
         datasets={"base": ["b"]},
-    )
+    ).checkpoint_id
     c1 = load_checkpoint(out1, CFG)
     assert c1.checkpoint_id == id1
     m = c1.metadata
@@ -340,16 +345,23 @@ def test_finetune_transitions_scratch_then_finetune(tmp_path):
     )  # scratch = the fine-tune recipe
     assert m["metrics"]["target_fraction"] == 0.0
     out2 = tmp_path / "ft.safetensors"
-    id2 = finetune_transitions(
-        str(out1), base, target, 5, output_path=str(out2), config=FAST, device="cpu"
-    )
+    id2 = train_transitions(
+        "finetune",
+        base,
+        target,
+        5,
+        output_path=str(out2),
+        init_checkpoint=str(out1),
+        config=FAST,
+        device="cpu",
+    ).checkpoint_id
     c2 = load_checkpoint(out2, CFG)
     assert id2 != id1 and c2.metadata["parent"] == id1 and c2.metadata["kind"] == "finetune"
     assert c2.metadata["learning_rate"] == pytest.approx(FAST.learning_rate * 0.25)
     assert 0.2 < c2.metadata["metrics"]["target_fraction"] < 0.8
 
 
-def test_finetune_loads_bags_through_collector(tmp_path, monkeypatch):
+def test_train_loads_bags_through_collector(tmp_path, monkeypatch):
     calls = []
     sets = {"base.mcap": one_step_task(40, seed=7), "target.mcap": one_step_task(20, seed=8)}
 
@@ -363,28 +375,31 @@ def test_finetune_loads_bags_through_collector(tmp_path, monkeypatch):
     init = tmp_path / "init.safetensors"
     parent = init_checkpoint(init, CFG, seed=0)
     out = tmp_path / "out.safetensors"
-    ckpt_id = finetune(
-        str(init),
+    ckpt_id = train(
+        "finetune",
         ["base.mcap"],
         ["target.mcap"],
         4,
         output_path=str(out),
+        init_checkpoint=str(init),
         learning_rate=1e-4,
         config=FAST,
         device="cpu",
         seed=3,
-    )
+    ).checkpoint_id
     assert calls == [["base.mcap"], ["target.mcap"]]
     meta = load_checkpoint(out, CFG).metadata
     assert meta["checkpoint_id"] == ckpt_id and meta["parent"] == parent
     assert meta["datasets"] == {"base": ["base.mcap"], "target": ["target.mcap"]}
     assert meta["learning_rate"] == 1e-4 and meta["seed"] == 3 and meta["steps"] == 4
     with pytest.raises(ValueError):
-        finetune(None, [], [], 1, output_path=str(tmp_path / "x.safetensors"), device="cpu")
+        train("scratch", [], [], 1, output_path=str(tmp_path / "x.safetensors"), device="cpu")
 
 
 def two_step_task(n_episodes, seed=0, success_possible=True):
-    """Step 0 (dark image): any action, reward 0, episode goes on. Step 1 (bright image): reward
+    """Two-step episodes whose first step's value comes only through the Bellman target.
+
+    Step 0 (dark image): any action, reward 0, episode goes on. Step 1 (bright image): reward
     1 iff action[0] > 0 (never when success is impossible), then done. Q(s0, .) must learn
     discount x max_a Q(s1, a) through the Bellman target.
     """
@@ -423,7 +438,7 @@ def test_bellman_backup_propagates_value(possible):
         seed=2,
     )
     trainer = QTOptTrainer(QNetwork(CFG), cfg, "cpu")
-    trainer.train(data, None, steps=150)
+    fit(trainer, data, None, steps=150)
     first = np.arange(0, len(data), 2)[:32]
     imgs = torch.as_tensor(data.image[first]).permute(0, 3, 1, 2).float() / 255
     st = torch.as_tensor(data.state[first])
@@ -436,10 +451,8 @@ def test_bellman_backup_propagates_value(possible):
 
 
 def test_mc_lower_bound_raises_targets_to_the_recorded_return(monkeypatch):
-    from nsl_trainer.qtopt import _Data
-
     data = multi_step(6, steps=4, seed=3)
-    d = _Data(data, None, 32, torch.device("cpu"))
+    d = TrainingData(data, None, 32, torch.device("cpu"))
     g = d.mc_return(0.9).numpy()
     assert data.reward.sum() > 0
     for e in range(6):
@@ -470,10 +483,8 @@ def test_mc_lower_bound_raises_targets_to_the_recorded_return(monkeypatch):
 
 
 def test_mc_mix_blends_the_target_with_the_recorded_return(monkeypatch):
-    from nsl_trainer.qtopt import _Data
-
     data = multi_step(6, steps=4, seed=3)
-    d = _Data(data, None, 32, torch.device("cpu"))
+    d = TrainingData(data, None, 32, torch.device("cpu"))
     captured = []
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     monkeypatch.setattr(
@@ -500,8 +511,10 @@ def test_mc_mix_blends_the_target_with_the_recorded_return(monkeypatch):
 
 
 def test_aux_loss_sees_the_batch_and_trains_the_trunk():
-    """``aux_loss`` gets each batch's images and rows; a term that only the trunk can lower
-    changes the trunk's training, and with no term training is what it was.
+    """A registered aux loss gets each batch's images, rows and trunk features.
+
+    A term that only the trunk can lower changes the trunk's training, and with no term training is
+    what it was.
     """
     data = one_step_task(64, seed=3)
     labels = torch.as_tensor(data.image.reshape(64, -1).mean(1) / 255.0, dtype=torch.float32)
@@ -509,19 +522,21 @@ def test_aux_loss_sees_the_batch_and_trains_the_trunk():
     def run(with_aux):
         torch.manual_seed(0)
         model = QNetwork(CFG)
-        trainer = QTOptTrainer(model, FAST, "cpu")
         seen = []
-        if with_aux:
-            probe = torch.nn.Linear(CFG.width, 1)
-            trainer.optimizer.add_param_group({"params": list(probe.parameters())})
 
-            def brightness(images, rows):
-                seen.append((images.shape, rows.clone()))
-                pred = probe(model.encode(images).mean(dim=(2, 3))).squeeze(1)
-                return torch.nn.functional.mse_loss(pred, labels[rows])
+        class Brightness(AuxLoss):
+            name = "brightness"
 
-            trainer.aux_loss = brightness
-        trainer.train(data, None, steps=5, target_fraction=0.0)
+            def __init__(self):
+                self.module = torch.nn.Linear(CFG.width, 1)  # trained with the network
+
+            def __call__(self, inputs):
+                seen.append((inputs.images.shape, inputs.rows.clone()))
+                pred = self.module(inputs.features.mean(dim=(2, 3))).squeeze(1)
+                return torch.nn.functional.mse_loss(pred, labels[inputs.rows])
+
+        trainer = QTOptTrainer(model, FAST, "cpu", aux_losses=[Brightness()] if with_aux else [])
+        fit(trainer, data, None, steps=5, target_fraction=0.0)
         return model, trainer, seen
 
     plain_a, _, _ = run(False)
@@ -548,25 +563,36 @@ def _location_task(n, seed=0):
 
 
 def test_location_loss_needs_labels_and_learns_them():
-    """``location_weight`` > 0: data without labels is refused with the reason; with labels the
-    head learns them through the trunk (the loss falls well below predicting their mean), and
-    weight 0 leaves QT-Opt exactly as it was.
+    """``location_weight`` > 0 needs labels and learns them; weight 0 changes nothing.
+
+    Data without labels is refused with the reason; with labels the head learns them through the
+    trunk (the loss falls well below predicting their mean), and weight 0 leaves QT-Opt exactly as
+    it was.
     """
     config = QTOptConfig.from_dict({**FAST.to_dict(), "location_weight": 1.0, "augment": False})
     data = _location_task(256)
     unlabelled = data.with_location(None)
     with pytest.raises(ValueError, match="location labels"):
-        QTOptTrainer(QNetwork(CFG), config, "cpu").train(
-            unlabelled, None, steps=1, target_fraction=0.0
+        fit(
+            QTOptTrainer(QNetwork(CFG), config, "cpu"),
+            unlabelled,
+            None,
+            steps=1,
+            target_fraction=0.0,
         )
     with pytest.raises(ValueError, match="target data have none"):
-        QTOptTrainer(QNetwork(CFG), config, "cpu").train(
-            data, unlabelled, steps=1, target_fraction=0.5
+        fit(
+            QTOptTrainer(QNetwork(CFG), config, "cpu"),
+            data,
+            unlabelled,
+            steps=1,
+            target_fraction=0.5,
         )
     torch.manual_seed(0)
     trainer = QTOptTrainer(QNetwork(CFG), config, "cpu")
     losses = []
-    trainer.train(
+    fit(
+        trainer,
         data,
         None,
         steps=300,
@@ -583,8 +609,8 @@ def test_location_loss_needs_labels_and_learns_them():
         torch.manual_seed(0)
         t = QTOptTrainer(QNetwork(CFG), plain, "cpu")
         keys = set()
-        t.train(d, None, steps=3, target_fraction=0.0, progress=lambda i, m: keys.update(m))
-        assert t.location_head is None and "location_loss" not in keys and "loss" in keys
+        fit(t, d, None, steps=3, target_fraction=0.0, progress=lambda i, m: keys.update(m))
+        assert "location" not in t.aux_losses and "location_loss" not in keys and "loss" in keys
         return t.model.state_dict()
 
     a, b = weights(data), weights(unlabelled)

@@ -1,4 +1,4 @@
-"""Training runs: learning on a visual task, 50/50 mixing, resume, modes, CLI, DDP under torchrun."""
+"""Training runs: learning on a visual task, 50/50 mixing, resume, modes, CLI, DDP (torchrun)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,20 @@ import torch
 from nsl_policy.cem import CEMConfig, cem_maximize
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
 from nsl_policy.model import QNetwork, QNetworkConfig
-from nsl_trainer.qtopt import QTOptConfig, QTOptTrainer
-from nsl_trainer.runs import Cancelled, continual, default_run_dir, train_transitions
+from nsl_trainer.config import QTOptConfig
+from nsl_trainer.loop import Cancelled
+from nsl_trainer.runs import continual, default_run_dir, train_transitions
+from nsl_trainer.state import load_state, save_state
+from nsl_trainer.trainer import QTOptTrainer
 
-from trainer_helpers import episodes_task, marker_images, marker_success, marker_task, write_bag
+from trainer_helpers import (
+    episodes_task,
+    fit,
+    marker_images,
+    marker_success,
+    marker_task,
+    write_bag,
+)
 
 TINY = QNetworkConfig(
     image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1
@@ -46,8 +56,10 @@ TINY_KEYPOINTS = QNetworkConfig(
 
 @pytest.mark.parametrize("head", ["conv", "keypoints"])
 def test_offline_qtopt_learns_marker_task_from_random_data(head):
-    """Random-policy data succeeds ~18% of the time; the greedy (CEM) policy of the learned Q
-    must point at the marker far more often on unseen images, with either head.
+    """Offline QT-Opt's greedy policy finds the marker from random-policy data.
+
+    Random-policy data succeeds ~18% of the time; the greedy (CEM) policy of the learned Q must
+    point at the marker far more often on unseen images, with either head.
     """
     radius = 0.5
     data, _ = marker_task(2048, radius=radius, seed=0)
@@ -85,7 +97,7 @@ def test_offline_qtopt_learns_marker_task_from_random_data(head):
     # marker/action correspondence after 300-900 steps, then greedy success jumps to ~1.
     history = []
     for _ in range(12):
-        trainer.train(data, None, steps=100)
+        fit(trainer, data, None, steps=100)
         history.append(greedy_success())
         if history[-1] > 0.8:
             break
@@ -97,8 +109,10 @@ def test_offline_qtopt_learns_marker_task_from_random_data(head):
 
 @pytest.mark.parametrize("fraction", [0.5, 0.25])
 def test_mixing_by_counting_sampled_episodes(fraction):
-    """Base has 10x the episodes of target; batches still draw target with the set probability,
-    and every episode of each set gets sampled.
+    """Batches draw target rows with the set probability, whatever the sets' sizes.
+
+    Base has 10x the episodes of target; batches still draw target with the set probability, and
+    every episode of each set gets sampled.
     """
     base, target = episodes_task(200, steps=3, seed=1), episodes_task(20, steps=3, seed=2)
     trainer = QTOptTrainer(
@@ -115,7 +129,7 @@ def test_mixing_by_counting_sampled_episodes(fraction):
         counts["base"] += base.episode[idx[~from_target].numpy()].tolist()
         counts["target"] += target.episode[(idx[from_target] - n_base).numpy()].tolist()
 
-    summary = trainer.train(base, target, steps=40, target_fraction=fraction, progress=record)
+    summary = fit(trainer, base, target, steps=40, target_fraction=fraction, progress=record)
     nb, nt = len(counts["base"]), len(counts["target"])
     assert nb + nt == 40 * 64
     assert abs(nt / (nb + nt) - fraction) < 0.04  # binomial sd ~0.01
@@ -187,16 +201,16 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
     # Targets and optimizer state resumed too: both runs' final states agree.
     ta = QTOptTrainer(QNetwork(net), config, "cpu")
     tb = QTOptTrainer(QNetwork(net), config, "cpu")
-    ta.load_state(Path(full.run_dir) / "state.safetensors")
-    tb.load_state(run_dir / "state.safetensors")
-    assert (ta.location_head is not None) == bool(location)
+    load_state(ta, Path(full.run_dir) / "state.safetensors")
+    load_state(tb, run_dir / "state.safetensors")
+    assert ("location" in ta.aux_losses) == bool(location)
     if location:
         assert "location_loss" in full.metrics and "location_loss" in resumed.metrics
         assert set(load_checkpoint(out).model.state_dict()) == set(
             QNetwork(net).state_dict()
         )  # no head in it
     for na, nb in ((ta.target1, tb.target1), (ta.target2, tb.target2)) + (
-        ((ta.location_head, tb.location_head),) if location else ()
+        ((ta.aux_losses["location"].module, tb.aux_losses["location"].module),) if location else ()
     ):
         for pa, pb in zip(na.parameters(), nb.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
@@ -214,17 +228,17 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
 
 def test_state_file_is_not_pickle(tmp_path):
     trainer = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
-    trainer.train(episodes_task(4), None, steps=2)
+    fit(trainer, episodes_task(4), None, steps=2)
     path = tmp_path / "s.safetensors"
-    trainer.save_state(path, {"note": 1})
+    save_state(trainer, path, {"note": 1})
     blob = path.read_bytes()
     assert (
         b"\x80\x04" not in blob[:16] and blob[8:9] == b"{"
     )  # safetensors: u64 length + JSON header
     other = QTOptTrainer(QNetwork(TINY), FAST, "cpu")
-    assert other.load_state(path) == {"note": 1} and other.step_count == 2
+    assert load_state(other, path) == {"note": 1} and other.step_count == 2
     with pytest.raises(ValueError, match="other QT-Opt settings"):
-        QTOptTrainer(QNetwork(TINY), QTOptConfig(batch_size=8), "cpu").load_state(path)
+        load_state(QTOptTrainer(QNetwork(TINY), QTOptConfig(batch_size=8), "cpu"), path)
 
 
 def test_modes_pretrain_scratch_continual(tmp_path):
@@ -424,8 +438,10 @@ def test_ddp_two_processes_gloo_identical_weights(tmp_path, bags):
 
 
 def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
-    """``policy_weights="polyak"`` writes target network 1 (the Polyak average), the default the
-    online network; both runs train identically, only the exported weights differ.
+    """``policy_weights="polyak"`` writes target network 1 (the Polyak average).
+
+    The default writes the online network; both runs train identically, only the exported weights
+    differ.
     """
     import dataclasses
 
@@ -454,7 +470,7 @@ def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
         trainer = QTOptTrainer(
             QNetwork(TINY), dataclasses.replace(FAST, policy_weights=weights), "cpu"
         )
-        trainer.load_state(Path(res.run_dir) / "state.safetensors")
+        load_state(trainer, Path(res.run_dir) / "state.safetensors")
         states[weights] = trainer
     assert weights_id(states["online"].model.state_dict()) == weights_id(
         states["polyak"].model.state_dict()

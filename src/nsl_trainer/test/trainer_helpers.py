@@ -7,13 +7,31 @@ from pathlib import Path
 import numpy as np
 
 from nsl_collector.transitions import Transitions
+from nsl_trainer.loop import ProgressFn, run_steps, training_data
+from nsl_trainer.trainer import QTOptTrainer
 
 MSG_DIR = Path(__file__).resolve().parents[2] / "nsl_msgs" / "msg"
 
 
+def fit(
+    trainer: QTOptTrainer,
+    base: Transitions | None,
+    target: Transitions | None = None,
+    steps: int = 1000,
+    target_fraction: float = 0.5,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Run ``steps`` more steps of the training loop on ``trainer``; return its summary."""
+    data = training_data(trainer, base, target)
+    total = trainer.step_count + steps
+    return run_steps(trainer, data, total, target_fraction, progress=progress)
+
+
 def marker_images(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Dark noisy images with one bright 4x4 marker at a random place; returns (images (n, S, S, 3)
-    uint8, marker centres (n, 2) in the action's normalised [-1, 1] x/y coordinates).
+    """Return dark noisy images with one bright 4x4 marker each, and the markers' places.
+
+    Returns (images (n, S, S, 3) uint8, marker centres (n, 2) in the action's normalised [-1, 1]
+    x/y coordinates).
     """
     rng = np.random.default_rng(seed)
     images = (40 + rng.integers(0, 20, (n, size, size, 3))).astype(np.uint8)
@@ -25,14 +43,14 @@ def marker_images(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def marker_success(action: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
-    """A grasp succeeds iff the action's x/y lands within ``radius`` of the marker."""
+    """Return whether each grasp succeeds: its action's x/y within ``radius`` of the marker."""
     return np.linalg.norm(np.asarray(action)[:, :2] - centre, axis=1) < radius
 
 
 def marker_task(
     n: int, radius: float = 0.5, size: int = 32, seed: int = 0
 ) -> tuple[Transitions, np.ndarray]:
-    """One-step episodes of a uniformly random policy on the marker task; (transitions, centres)."""
+    """Return one-step episodes of a random policy on the marker task and the marker centres."""
     images, centre = marker_images(n, size, seed)
     action = np.random.default_rng(seed + 1).uniform(-1, 1, (n, 6)).astype(np.float32)
     reward = marker_success(action, centre, radius).astype(np.float32)
@@ -67,7 +85,7 @@ def episodes_task(n_episodes: int, steps: int = 3, size: int = 32, seed: int = 0
 def write_bag(
     path: Path, n_episodes: int, steps: int = 3, size: int = 32, seed: int = 0, task: str = "base"
 ) -> Path:
-    """A closed rosbag2 bag of ``n_episodes`` complete random episodes (BagRecorder)."""
+    """Write a closed rosbag2 bag of ``n_episodes`` complete random episodes (BagRecorder)."""
     from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
 
     rng = np.random.default_rng(seed)

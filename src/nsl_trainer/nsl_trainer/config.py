@@ -1,0 +1,175 @@
+"""QTOptConfig: the hyper-parameters of offline QT-Opt, apart from the code that uses them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from nsl_policy.cem import CEMConfig
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class QTOptConfig:
+    """Hyper-parameters of offline QT-Opt (Kalashnikov et al. 2018)."""
+
+    batch_size: int = 64
+    """Transitions per gradient step."""
+    learning_rate: float = 1e-3
+    """Adam learning rate of pre-training and training from scratch."""
+    finetune_lr_scale: float = 0.25
+    """Fine-tuning runs at learning_rate x this (the paper fine-tunes at 25% of pre-training)."""
+    discount: float = 0.9
+    """Discount gamma of the Bellman target (QT-Opt's value)."""
+    polyak: float = 0.995
+    """Target network 1 <- polyak * target 1 + (1 - polyak) * online network, every step."""
+    target2_lag: int = 100
+    """Target network 2 is a copy of target network 1 refreshed every this many steps."""
+    target_action: str = "cem"
+    """How a* = argmax_a' Q_targ1(s', a') is found: "cem" (target_cem) or "random" (best of
+    target_samples uniform actions)."""
+    target_samples: int = 64
+    """Uniform samples per next state when target_action == "random"."""
+    target_cem: CEMConfig = field(
+        default_factory=lambda: CEMConfig(population=16, elites=4, iterations=2)
+    )
+    """CEM of the Bellman target; 16 x 2 (QT-Opt: 64 x 2) keeps a CPU step fast."""
+    augment: bool = True
+    """Random-shift and photometric augmentation of s and s' (independently)."""
+    crop_pad: int = 4
+    """Random shift: pad by this many pixels (edge replicate) and crop back (0 = off)."""
+    brightness: float = 0.1
+    """Photometric: add U(-b, b) to all pixels (images in [0, 1])."""
+    contrast: float = 0.1
+    """Photometric: scale deviations from the image mean by U(1 - c, 1 + c)."""
+    mc_lower_bound: bool = False
+    """Lower-bound the Bellman target by the recorded episode's discounted return (not in
+    QT-Opt); off, as in QT-Opt."""
+    mc_mix: float = 0.0
+    """Weight m of the recorded episode's discounted return in the target, y = (1 - m) x
+    Bellman target + m x return (mixed Monte-Carlo, Ostrovski et al. 2017); 0 = plain QT-Opt."""
+    conservative_weight: float = 0.0
+    """Weight of the conservative CQL(H) term (Kumar et al. 2020) that lowers actions the data
+    never tried; 0 = plain QT-Opt."""
+    conservative_samples: int = 16
+    """Uniform random actions per state in the conservative term (plus the data action and
+    the online network's CEM argmax, found with ``target_cem``)."""
+    grasp_fraction: float = 0.0
+    """Share of each batch redrawn from episode-final transitions (the grasp attempts) of the
+    same part (base or target), on top of their natural share; 0 = uniform rows, as QT-Opt."""
+    grad_clip: float = 10.0
+    """Clip the gradient's global norm to this (0 = off)."""
+    policy_weights: str = "online"
+    """Network a run writes as its checkpoint: "online" (the one the gradient steps update) or
+    "polyak" (target network 1); online, as QT-Opt."""
+    location_weight: float = 0.0
+    """Weight of the auxiliary object-location loss (not in QT-Opt; ``losses.LocationLoss``),
+    which needs simulator labels (``Transitions.location``); 0 = none."""
+    seed: int = 0
+    """Seeds batch sampling, augmentation and the target-action search."""
+
+    def __post_init__(self) -> None:
+        """Check every field; raise ValueError naming the first bad one."""
+        rules: list[tuple[str, bool, str]] = [
+            (
+                "batch_size",
+                _is_int(self.batch_size) and self.batch_size >= 1,
+                "a positive integer",
+            ),
+            (
+                "learning_rate",
+                _is_num(self.learning_rate) and self.learning_rate > 0,
+                "a positive number",
+            ),
+            (
+                "finetune_lr_scale",
+                _is_num(self.finetune_lr_scale) and self.finetune_lr_scale > 0,
+                "a positive number",
+            ),
+            ("discount", _is_num(self.discount) and 0 <= self.discount < 1, "in [0, 1)"),
+            ("polyak", _is_num(self.polyak) and 0 <= self.polyak < 1, "in [0, 1)"),
+            (
+                "target2_lag",
+                _is_int(self.target2_lag) and self.target2_lag >= 1,
+                "a positive integer",
+            ),
+            ("target_action", self.target_action in ("cem", "random"), '"cem" or "random"'),
+            (
+                "target_samples",
+                _is_int(self.target_samples) and self.target_samples >= 1,
+                "a positive integer",
+            ),
+            ("target_cem", isinstance(self.target_cem, CEMConfig), "a CEMConfig"),
+            ("augment", isinstance(self.augment, bool), "a bool"),
+            (
+                "crop_pad",
+                _is_int(self.crop_pad) and 0 <= self.crop_pad <= 64,
+                "an integer in [0, 64]",
+            ),
+            ("brightness", _is_num(self.brightness) and 0 <= self.brightness <= 1, "in [0, 1]"),
+            ("contrast", _is_num(self.contrast) and 0 <= self.contrast < 1, "in [0, 1)"),
+            ("mc_lower_bound", isinstance(self.mc_lower_bound, bool), "a bool"),
+            ("mc_mix", _is_num(self.mc_mix) and 0 <= self.mc_mix <= 1, "in [0, 1]"),
+            (
+                "conservative_weight",
+                _is_num(self.conservative_weight) and self.conservative_weight >= 0,
+                "a number >= 0",
+            ),
+            (
+                "conservative_samples",
+                _is_int(self.conservative_samples) and self.conservative_samples >= 1,
+                "a positive integer",
+            ),
+            (
+                "grasp_fraction",
+                _is_num(self.grasp_fraction) and 0 <= self.grasp_fraction <= 1,
+                "in [0, 1]",
+            ),
+            ("grad_clip", _is_num(self.grad_clip) and self.grad_clip >= 0, "a number >= 0"),
+            (
+                "policy_weights",
+                self.policy_weights in ("online", "polyak"),
+                '"online" or "polyak"',
+            ),
+            (
+                "location_weight",
+                _is_num(self.location_weight) and self.location_weight >= 0,
+                "a number >= 0",
+            ),
+            ("seed", _is_int(self.seed), "an integer"),
+        ]
+        for name, ok, what in rules:
+            if not ok:
+                raise ValueError(f"QTOptConfig.{name} must be {what}, got {getattr(self, name)!r}")
+
+    def finetune_learning_rate(self) -> float:
+        """Return the fine-tuning learning rate: ``learning_rate`` x ``finetune_lr_scale``.
+
+        The one definition of the recipe's rate that the trainer node, the CLI, the experiment
+        and the demo all use.
+        """
+        return self.learning_rate * self.finetune_lr_scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-able dict (``target_cem`` as a nested dict)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QTOptConfig:
+        """Return the config of ``to_dict``'s output; unknown fields raise ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QTOptConfig fields: {unknown}")
+        data = dict(data)
+        if isinstance(data.get("target_cem"), dict):
+            data["target_cem"] = CEMConfig(**data["target_cem"])
+        return cls(**data)
