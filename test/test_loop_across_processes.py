@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from node_output import GraphLog
 
+from nsl_common import names
+
 pytestmark = pytest.mark.system
 
 EPISODES = 5
@@ -83,9 +85,9 @@ def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
 
     # Independent reader: message counts and fields.
     messages = read_bag_independently(bag)
-    results = [m for schema, m in messages["episode_results"]]
-    steps = [m for schema, m in messages["step_records"]]
-    assert {s for s, _ in messages["step_records"]} == {"nsl_msgs/msg/StepRecord"}
+    results = [m for schema, m in messages[names.EPISODE_RESULTS_TOPIC]]
+    steps = [m for schema, m in messages[names.STEP_RECORDS_TOPIC]]
+    assert {s for s, _ in messages[names.STEP_RECORDS_TOPIC]} == {"nsl_msgs/msg/StepRecord"}
     assert len(results) >= EPISODES
     by_episode = defaultdict(list)
     for s in steps:

@@ -10,6 +10,7 @@ import yaml
 
 from nsl_bringup.graph import GRAPHS, NodeSpec, config_dir, resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment
+from nsl_common import names
 
 
 def test_collect_sim_has_sim_policy_collector_and_robot_has_no_sim():
@@ -20,7 +21,7 @@ def test_collect_sim_has_sim_policy_collector_and_robot_has_no_sim():
     assert [n.name for n in sim_nodes] == ["sim", "policy", "collector"]
     assert [n.name for n in robot_nodes] == ["arm", "policy", "collector"]
     assert robot_nodes[0].package == "nsl_kuka"
-    assert robot_nodes[1].remappings == (("camera/image_raw", "/camera/color/image_raw"),)
+    assert robot_nodes[1].remappings == ((names.CAMERA_TOPIC, "/camera/color/image_raw"),)
     assert robot_nodes[2].parameters["robot"] == "robot"
 
 

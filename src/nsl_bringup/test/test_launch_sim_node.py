@@ -1,5 +1,7 @@
-"""launch_testing: the sim node started from the collect graph's launch description serves the
-arm interface (reset, step, refusal of an unknown task) and publishes camera images.
+"""launch_testing: the sim node from the collect graph's launch description.
+
+It serves the arm interface (reset, step, refusal of an unknown task) and publishes camera
+images.
 
 Runs where ROS 2 launch_testing is installed (the docker/ image: `launch_test` or pytest with the
 launch_testing plugin); reported as skipped elsewhere.
@@ -11,7 +13,9 @@ import unittest
 
 import pytest
 
-launch_testing = pytest.importorskip(
+from nsl_common import names
+
+pytest.importorskip(
     "launch_testing",
     reason="ROS 2 launch_testing is not installed here (not on PyPI); runs in the docker/ image",
 )
@@ -62,14 +66,14 @@ class TestSimNodeServesTheArmInterface(unittest.TestCase):
         from nsl_msgs.srv import ExecuteStep, ResetEpisode
 
         images = []
-        self.node.create_subscription(Image, "camera/image_raw", images.append, 10)
+        self.node.create_subscription(Image, names.CAMERA_TOPIC, images.append, 10)
         reply = self.call(
-            ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="base", seed=3)
+            ResetEpisode, names.ARM_RESET_SERVICE, ResetEpisode.Request(task="base", seed=3)
         )
         self.assertTrue(reply.success, reply.message)
         step = self.call(
             ExecuteStep,
-            "arm/execute_step",
+            names.ARM_STEP_SERVICE,
             ExecuteStep.Request(action=GraspAction(terminate=True)),
         )
         self.assertTrue(step.success and step.done, step.message)
@@ -85,13 +89,15 @@ class TestSimNodeServesTheArmInterface(unittest.TestCase):
         from nsl_msgs.srv import ResetEpisode
 
         reply = self.call(
-            ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="no_such_task", seed=1)
+            ResetEpisode,
+            names.ARM_RESET_SERVICE,
+            ResetEpisode.Request(task="no_such_task", seed=1),
         )
         self.assertFalse(reply.success)
         self.assertIn("no_such_task", reply.message)
         self.assertTrue(
             self.call(
-                ResetEpisode, "arm/reset_episode", ResetEpisode.Request(task="base", seed=1)
+                ResetEpisode, names.ARM_RESET_SERVICE, ResetEpisode.Request(task="base", seed=1)
             ).success
         )
 

@@ -14,13 +14,15 @@ from pathlib import Path
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from nsl_common.names import EPISODE_RESULTS_TOPIC, STEP_RECORDS_TOPIC, bag_topic
+
 from .errors import DatasetError
 
 PACKAGE = "nsl_msgs"
 STEP_RECORD = "nsl_msgs/msg/StepRecord"
 EPISODE_RESULT = "nsl_msgs/msg/EpisodeResult"
-STEP_TOPIC = "/step_records"
-RESULT_TOPIC = "/episode_results"
+STEP_TOPIC = bag_topic(STEP_RECORDS_TOPIC)
+RESULT_TOPIC = bag_topic(EPISODE_RESULTS_TOPIC)
 
 # Preferred base stores for the standard types (std_msgs, sensor_msgs, builtin_interfaces): the
 # project runs ROS 2 Kilted; those messages are identical (same type hashes) in Jazzy and later.
@@ -64,14 +66,15 @@ def find_msg_dir() -> Path:
     if any(d.glob("*.msg")):
         return d
     raise DatasetError(
-        "cannot find the nsl_msgs .msg files: source a ROS 2 workspace where nsl_msgs is installed "
+        "cannot find the nsl_msgs .msg files: "
+        "source a ROS 2 workspace where nsl_msgs is installed "
         "(ament index), or set NSL_MSGS_DIR to the nsl_msgs msg directory "
         "(e.g. export NSL_MSGS_DIR=<repo>/src/nsl_msgs/msg), or pass msg_dir explicitly"
     )
 
 
 def writer_typestore(msg_dir: str | Path | None = None) -> Typestore:
-    """A typestore with the standard ROS 2 types plus every nsl_msgs ``.msg`` in ``msg_dir``."""
+    """Build a typestore: the standard ROS 2 types plus every nsl_msgs ``.msg`` in ``msg_dir``."""
     d = Path(msg_dir) if msg_dir is not None else find_msg_dir()
     files = sorted(d.glob("*.msg"))
     if not files:
@@ -97,7 +100,7 @@ _reader_lock = threading.Lock()
 
 
 def reader_typestore(schemas: list[tuple[str, str, bytes]]) -> Typestore:
-    """A typestore built only from message definitions stored in a bag.
+    """Build a typestore only from message definitions stored in a bag.
 
     ``schemas``: (type name, encoding "ros2msg"/"ros2idl", definition text) of the types to
     decode. Cached, so many bags written with the same definitions share compiled decoders.

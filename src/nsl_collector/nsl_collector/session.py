@@ -26,12 +26,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
+from nsl_common.names import CAMERA_TOPIC as CAMERA_NAME
+from nsl_common.names import bag_topic
+
 from .cdr import CdrError, episode_result, step_key
 from .errors import DatasetError
 from .msgtypes import EPISODE_RESULT, RESULT_TOPIC, STEP_TOPIC
 from .recorder import BagRecorder
 
-CAMERA_TOPIC = "/camera/image_raw"
+CAMERA_TOPIC = bag_topic(CAMERA_NAME)
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 _MAX_REMEMBERED = 256  # discarded / dropped episode ids remembered (to ignore their late messages)
 _MAX_CHECKPOINTS = 64
@@ -199,8 +202,9 @@ class Collector:
             return True, path
 
     def discard_episode(self) -> tuple[bool, str]:
-        """Drop the episode in flight (the latest one with buffered steps and no result yet):
-        its buffered steps now, and its later steps and result when they arrive.
+        """Drop the episode in flight (the latest one with buffered steps and no result yet).
+
+        Its buffered steps go now, its later steps and result when they arrive.
         """
         with self._lock:
             if not self.pending:
@@ -231,8 +235,10 @@ class Collector:
         self.log("warn", f"dropping episode {eid} ({n} steps buffered): {why}")
 
     def on_step(self, raw: bytes | memoryview, stamp_ns: int | None = None) -> str:
-        """Buffer a StepRecord; returns what happened: buffered, written (it completed an
-        episode whose result came first), ignored, dropped, bad.
+        """Buffer a StepRecord and return what happened.
+
+        One of: buffered, written (it completed an episode whose result came first), ignored,
+        dropped, bad.
         """
         try:
             key = step_key(raw)
@@ -294,8 +300,10 @@ class Collector:
             )
 
     def on_result(self, raw: bytes | memoryview, stamp_ns: int | None = None) -> str:
-        """Handle an EpisodeResult; returns what happened: written, waiting (for steps still
-        on their way), aborted, discarded, dropped, mismatch, error, bad.
+        """Handle an EpisodeResult and return what happened.
+
+        One of: written, waiting (for steps still on their way), aborted, discarded, dropped,
+        mismatch, error, bad.
         """
         try:
             res = episode_result(raw)

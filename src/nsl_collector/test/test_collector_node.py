@@ -17,6 +17,8 @@ import pytest
 
 from dataset_helpers import MSG_DIR, make_episode
 from nsl_collector.dataset import BagRecorder, dataset_info, load_transitions, read_episodes
+from nsl_common import names
+from nsl_common.names import bag_topic
 
 pytestmark = pytest.mark.system
 
@@ -230,6 +232,7 @@ def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp
                     ) == images[0]
                 elif schema.name == "nsl_msgs/msg/StepRecord":
                     assert bytes(m.image.data) in images
-    assert counts[("/step_records", "nsl_msgs/msg/StepRecord")] == 2000
-    assert counts[("/episode_results", "nsl_msgs/msg/EpisodeResult")] == 1000
-    assert 1 <= counts[("/camera/image_raw", "sensor_msgs/msg/Image")] <= 20  # best effort
+    assert counts[(bag_topic(names.STEP_RECORDS_TOPIC), "nsl_msgs/msg/StepRecord")] == 2000
+    assert counts[(bag_topic(names.EPISODE_RESULTS_TOPIC), "nsl_msgs/msg/EpisodeResult")] == 1000
+    camera = counts[(bag_topic(names.CAMERA_TOPIC), "sensor_msgs/msg/Image")]
+    assert 1 <= camera <= 20  # best effort

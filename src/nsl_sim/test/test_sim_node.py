@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+from nsl_common import names
+
 pytestmark = pytest.mark.system
 
 rclpy = pytest.importorskip("rclpy")
@@ -46,18 +48,23 @@ class SimClient:
         from nsl_msgs.srv import ExecuteStep, ResetEpisode
         from sensor_msgs.msg import Image
 
-        self.reset_client = node.create_client(ResetEpisode, f"/{namespace}/arm/reset_episode")
-        self.step_client = node.create_client(ExecuteStep, f"/{namespace}/arm/execute_step")
+        self.reset_client = node.create_client(
+            ResetEpisode, f"/{namespace}/{names.ARM_RESET_SERVICE}"
+        )
+        self.step_client = node.create_client(
+            ExecuteStep, f"/{namespace}/{names.ARM_STEP_SERVICE}"
+        )
         self.images: list = []
         self.cond = threading.Condition()
         self.image_sub = node.create_subscription(
-            Image, f"/{namespace}/camera/image_raw", self._on_image, 10
+            Image, f"/{namespace}/{names.CAMERA_TOPIC}", self._on_image, 10
         )
 
     def wait_for_camera(self, timeout: float = 30.0) -> None:
-        """Until the camera subscription is matched: a frame published before that is lost
-        (volatile QoS), e.g. right after a cold start on a loaded machine. rclpy has no event
-        for a match, hence the poll.
+        """Wait until the camera subscription is matched.
+
+        A frame published before that is lost (volatile QoS), e.g. right after a cold start on a
+        loaded machine. rclpy has no event for a match, hence the poll.
         """
         deadline = time.monotonic() + timeout
         while self.image_sub.get_publisher_count() == 0:
@@ -273,8 +280,9 @@ def test_yaml_task_with_bad_texture_gives_clear_error(sims):
 
 
 def test_two_namespaced_sims_at_once(sims):
-    """B was started with task:=<yaml file> (a blue tray); both serve at the same time; with the
-    same seed and task the two processes produce bit-identical images.
+    """Two sims serve at once; with the same seed and task their images are bit-identical.
+
+    B was started with task:=<yaml file> (a blue tray).
     """
     clients, runners, logs, work = sims
     a, b = clients[NS_A], clients[NS_B]

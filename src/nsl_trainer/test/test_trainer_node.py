@@ -1,5 +1,7 @@
-"""The trainer node as a separate process: quick validation, refusals while serving, progress and
-metrics on the status topic, cancel, announcement of the result.
+"""The trainer node as a separate process.
+
+Quick validation, refusals while serving, progress and metrics on the status topic, cancel,
+announcement of the result.
 """
 
 from __future__ import annotations
@@ -57,14 +59,15 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
     from nsl_msgs.srv import FineTune
     from std_srvs.srv import Trigger
 
-    from nsl_bringup.client import LATCHED_QOS
+    from nsl_common import names
+    from nsl_common.qos import LATCHED_QOS
 
     runner, client, work, bag, init = trainer
     announced = []
     client.create_subscription(
-        CheckpointInfo, "trainer/checkpoints", announced.append, LATCHED_QOS
+        CheckpointInfo, names.CHECKPOINT_ANNOUNCE_TOPIC, announced.append, LATCHED_QOS
     )
-    cancel = client.create_client(Trigger, "trainer/cancel")
+    cancel = client.create_client(Trigger, names.CANCEL_JOB_SERVICE)
     fine_tune = client.fine_tune_client
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
