@@ -131,7 +131,10 @@ def train(
     from nsl_bringup.experiment.config import ExperimentConfig
     from nsl_policy.checkpoint import save_checkpoint
     from nsl_policy.model import QNetwork
-    from nsl_trainer.qtopt import LOCATION_SCALE, LocationHead, QTOptTrainer
+    from nsl_trainer.data import LOCATION_SCALE
+    from nsl_trainer.loop import run_steps, training_data
+    from nsl_trainer.losses import AuxLoss, LocationHead
+    from nsl_trainer.trainer import QTOptTrainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -139,26 +142,33 @@ def train(
     # itself, through the aux_loss hook, so the recipe's own (pretrain_location_weight) is off.
     recipe = ExperimentConfig(seed=seed, pretrain_location_weight=0.0)
     model = QNetwork(recipe.model_config())
-    trainer = QTOptTrainer(model, recipe.qtopt_config(), device="cpu")
-    head = LocationHead(
-        model
-    )  # QTOptConfig.location_weight's head, driven here through the aux_loss hook
-    trainer.optimizer.add_param_group({"params": list(head.parameters())})
     labels = torch.as_tensor(offsets / LOCATION_SCALE)
     states = torch.as_tensor(transitions.state)
     aux_losses: list[float] = []
 
-    def location_loss(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        feats = model.encode(images)
-        if aux_weight == 0:
-            # The plain run still fits the head, on detached features, so both runs report how
-            # well their trunk encodes the offset; the network's gradients are plain QT-Opt's.
-            feats = feats.detach()
-        loss = F.smooth_l1_loss(head(feats, states[rows]), labels[rows])
-        aux_losses.append(float(loss.detach()))
-        return loss * (aux_weight or 1.0)
+    class ProbeLocationLoss(AuxLoss):
+        """QTOptConfig.location_weight's head, driven here through the aux-loss hook."""
 
-    trainer.aux_loss = location_loss
+        name = "probe_location"
+
+        def __init__(self) -> None:
+            self.module = LocationHead(model)
+
+        def __call__(self, inputs) -> torch.Tensor:
+            feats = inputs.features
+            if aux_weight == 0:
+                # The plain run still fits the head, on detached features, so both runs report
+                # how well their trunk encodes the offset; the network's gradients are plain
+                # QT-Opt's.
+                feats = feats.detach()
+            rows = inputs.rows
+            loss = F.smooth_l1_loss(self.module(feats, states[rows]), labels[rows])
+            aux_losses.append(float(loss.detach()))
+            return loss * (aux_weight or 1.0)
+
+    trainer = QTOptTrainer(
+        model, recipe.qtopt_config(), device="cpu", aux_losses=[ProbeLocationLoss()]
+    )
     t0 = time.perf_counter()
 
     def progress(step: int, m: dict) -> None:
@@ -172,7 +182,8 @@ def train(
                 flush=True,
             )
 
-    summary = trainer.train(transitions, None, steps=steps, target_fraction=0.0, progress=progress)
+    data = training_data(trainer, transitions)
+    summary = run_steps(trainer, data, steps, 0.0, progress=progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     ckpt = save_checkpoint(
         output, model, {"probe": "aux_location", "aux_weight": aux_weight, "steps": steps}
@@ -216,7 +227,7 @@ def main() -> int:
     if args.aux_weight <= 0:
         ap.error("--aux-weight must be > 0 (the plain run is the weight-0 one)")
     from nsl_bringup.experiment.config import ExperimentConfig
-    from nsl_trainer.qtopt import LOCATION_SCALE
+    from nsl_trainer.data import LOCATION_SCALE
 
     sim_kwargs = ExperimentConfig().sim_kwargs()  # the world the pipeline collects in
     transitions, offsets = labelled_transitions(

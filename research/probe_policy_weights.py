@@ -54,7 +54,9 @@ def main() -> int:
         targets,
     )
     from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
-    from nsl_trainer.qtopt import QTOptTrainer, finetune_transitions
+    from nsl_trainer.runs import train_transitions
+    from nsl_trainer.state import load_state
+    from nsl_trainer.trainer import QTOptTrainer
 
     cfg = ExperimentConfig.from_run(args.run, workers=args.workers)
     ctx = Context(cfg, args.run, print)
@@ -68,12 +70,13 @@ def main() -> int:
     # The study's fine-tuning settings, exporting the online network: the Polyak one is read
     # from the saved training state below.
     qtopt = dataclasses.replace(cfg.qtopt_config(finetune=True), policy_weights="online")
-    finetune_transitions(
-        str(init),
+    train_transitions(
+        "finetune",
         load_episodes(base_bags),
         load_episodes(target_bags, args.grasps),
         cfg.finetune_steps,
         output_path=str(out / "online.safetensors"),
+        init_checkpoint=str(init),
         learning_rate=cfg.finetune_learning_rate(),
         target_fraction=cfg.target_fraction,
         seed=cfg.seed,
@@ -84,7 +87,7 @@ def main() -> int:
     )
     online = load_checkpoint(out / "online.safetensors", device="cpu")
     trainer = QTOptTrainer(online.model, qtopt, "cpu")
-    trainer.load_state(out / "run" / "state.safetensors")  # holds target network 1
+    load_state(trainer, out / "run" / "state.safetensors")  # holds target network 1
     polyak_id = save_checkpoint(
         str(out / "polyak.safetensors"),
         trainer.target1,
