@@ -181,3 +181,112 @@ def test_init_checkpoint_is_seeded(tmp_path):
     assert a == b != c
     loaded = load_checkpoint(tmp_path / "a.safetensors", CFG)
     assert loaded.metadata["parent"] is None and loaded.metadata["kind"] == "scratch"
+
+
+# ------------------------------------------------------------------------- issue 30: hostile files
+def _resave(src, dst, edit_header):
+    """Copy checkpoint ``src`` to ``dst``, its header metadata passed through ``edit_header``."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(src), "pt") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    dst.write_bytes(save(tensors, metadata=edit_header(header)))
+    return dst
+
+
+def _raw_header_file(path, header_text: str, tail: bytes = b""):
+    body = header_text.encode()
+    path.write_bytes(len(body).to_bytes(8, "little") + body + tail)
+    return path
+
+
+def test_deeply_nested_json_raises_checkpoint_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(CheckpointError, match="nested"):
+        load_checkpoint(_raw_header_file(tmp_path / "a.safetensors", deep))
+    init_checkpoint(tmp_path / "ok.safetensors", CFG)
+    nested_meta = _resave(
+        tmp_path / "ok.safetensors",
+        tmp_path / "b.safetensors",
+        lambda h: {**h, "metadata": '{"a": ' + "[" * 50_000 + "]" * 50_000 + "}"},
+    )
+    with pytest.raises(CheckpointError, match="metadata JSON nested"):
+        load_checkpoint(nested_meta)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "ckpt.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(fifo)  # returns at once: no writer would ever open the FIFO
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint("/dev/zero")
+
+
+def test_file_size_is_bounded_before_reading(tmp_path):
+    init_checkpoint(tmp_path / "ok.safetensors", CFG)
+    size = (tmp_path / "ok.safetensors").stat().st_size
+    with pytest.raises(CheckpointError, match="over the .*-byte limit"):
+        load_checkpoint(tmp_path / "ok.safetensors", max_bytes=size - 1)
+    sparse = tmp_path / "huge.safetensors"
+    with open(sparse, "wb") as f:
+        f.truncate(64 * 1024**3)  # 64 GiB of holes: never read
+    with pytest.raises(CheckpointError, match="over the .*-byte limit"):
+        load_checkpoint(sparse)
+    big_header = tmp_path / "big_header.safetensors"
+    big_header.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match="header length"):
+        load_checkpoint(big_header)
+
+
+def test_hostile_headers_raise_only_checkpoint_error(tmp_path):
+    init_checkpoint(tmp_path / "ok.safetensors", CFG)
+    edits = [
+        lambda h: {**h, "model_config": json.dumps({"image_size": 32, "width": 10**9})},
+        lambda h: {**h, "model_config": "[1, 2]"},
+        lambda h: {**h, "model_config": '{"width": "eight"}'},
+        lambda h: {**h, "metadata": "[]"},
+        lambda h: {**h, "format_version": "x"},
+    ]
+    for i, edit in enumerate(edits):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(_resave(tmp_path / "ok.safetensors", tmp_path / f"{i}.st", edit))
+    for i, text in enumerate(
+        [
+            '{"__metadata__": [1]}',
+            '{"__metadata__": {"a": 1}}',
+            r'{"__metadata__": {"nsl_format": "\ud800"}}',
+        ]
+    ):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(_raw_header_file(tmp_path / f"raw{i}.st", text, b"\0" * 8))
+
+
+def test_content_id_detects_edited_lineage(tmp_path):
+    model = QNetwork(CFG)
+    ckpt_id = save_checkpoint(tmp_path / "a.safetensors", model, {"parent": "p1", "job_id": "j"})
+    loaded = load_checkpoint(tmp_path / "a.safetensors")
+    assert loaded.checkpoint_id == ckpt_id and loaded.content_verified
+    assert len(loaded.content_id) == 12 and loaded.content_id != ckpt_id
+
+    def relabel(h):
+        meta = json.loads(h["metadata"])
+        meta["parent"] = "someone-else"
+        return {**h, "metadata": json.dumps(meta, sort_keys=True)}
+
+    edited = _resave(tmp_path / "a.safetensors", tmp_path / "b.safetensors", relabel)
+    with pytest.raises(CheckpointError, match="lineage .* was edited"):
+        load_checkpoint(edited)
+    # The weights id stays what it was: the same weights with other metadata, same id.
+    assert save_checkpoint(tmp_path / "c.safetensors", model, {"parent": "p2"}) == ckpt_id
+    other = load_checkpoint(tmp_path / "c.safetensors")
+    assert other.content_id != loaded.content_id
+
+
+def test_shipped_checkpoint_keeps_its_id():
+    from nsl_policy.shipped import base_checkpoint
+
+    loaded = load_checkpoint(base_checkpoint())
+    assert loaded.checkpoint_id == "ee01599f7bb0"
