@@ -155,3 +155,46 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
 
     assert info.parent_id == load_checkpoint(init).checkpoint_id
     assert runner.first_exit is None
+
+
+def test_a_fine_tune_without_a_learning_rate_uses_the_recipes(trainer):
+    """The node at its defaults fine-tunes at ``QTOptConfig().finetune_learning_rate()``.
+
+    The rate shows on the status topic, in the checkpoint's metadata and in the optimiser state
+    the job saved, so a request without a rate (the demo's) gets the library's recipe.
+    """
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+
+    from nsl_msgs.msg import TrainerStatus
+    from nsl_msgs.srv import FineTune
+    from nsl_policy.checkpoint import load_checkpoint
+    from nsl_trainer.config import QTOptConfig
+
+    runner, client, work, bag, init = trainer
+    expected = QTOptConfig().finetune_learning_rate()
+    reply = client.call(
+        client.fine_tune_client,
+        FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=2),
+    )
+    assert reply.accepted, reply.message
+    client.wait_until(
+        lambda: (
+            client.trainer_status.job_id == reply.job_id
+            and client.trainer_status.state
+            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
+        ),
+        120,
+        "the fine-tune",
+    )
+    status = client.trainer_status
+    assert status.state == TrainerStatus.STATE_SUCCEEDED, status.message
+    assert status.learning_rate == np.float32(expected)  # the status field is a float32
+    assert load_checkpoint(status.checkpoint_path).metadata["learning_rate"] == expected
+    with safe_open(Path(status.run_dir) / "state.safetensors", framework="pt") as f:
+        state = json.loads(f.metadata()["state"])
+    assert state["extra"]["run"]["learning_rate"] == expected
+    assert {g["lr"] for g in state["optimizer_param_groups"]} == {expected}
+    assert runner.first_exit is None
