@@ -245,15 +245,26 @@ class _Scanner:
     def __init__(self, scan: McapScan, buf: memoryview, closed: bool) -> None:
         self.scan, self.buf, self.closed = scan, buf, closed
         self.data_end: tuple[int, int] | None = None
+        self.last_good = 8
+        """End of the last record a CRC vouched for: damage may have begun anywhere after it
+        (a damaged length can swallow the records that follow), so resyncing starts there."""
+        self.last_resync = -1
+
+    def resync(self) -> int | None:
+        """Find the next trusted record after the last trusted one, past the last resync."""
+        nxt = _resync(self.buf, max(self.last_good, self.last_resync + 1))
+        if nxt is not None:
+            self.last_resync = nxt
+        return nxt
 
     def damaged(self, pos: int, reason: str) -> int | None:
         """Note damage at ``pos``; the offset to go on from, or None (nothing trusted after)."""
-        nxt = _resync(self.buf, pos + 1)
+        nxt = self.resync()
         where = f"{reason} at offset {pos}"
         if nxt is None:
             self.scan.damage.append(f"{self.scan.path}: {where}; the rest of the file is unusable")
         else:
-            self.scan.damage.append(f"{self.scan.path}: {where}; skipped {nxt - pos} bytes")
+            self.scan.damage.append(f"{self.scan.path}: {where}; going on at offset {nxt}")
         return nxt
 
     def run(self, pos: int) -> None:
@@ -266,13 +277,13 @@ class _Scanner:
             op, length = _REC.unpack_from(buf, pos)
             rec_end = pos + 9 + length
             if length > n - pos - 9:
-                nxt = _resync(buf, pos + 1)
+                nxt = self.resync()
                 if nxt is None:
                     self.tail(pos)
                     return
                 scan.damage.append(
                     f"{scan.path}: record at offset {pos} has a damaged length; "
-                    f"skipped {nxt - pos} bytes"
+                    f"going on at offset {nxt}"
                 )
                 pos = nxt
                 continue
@@ -300,12 +311,19 @@ class _Scanner:
                 scan.channels.update(channels)
                 scan.messages += messages
                 scan.chunks += 1
+                if _crc:
+                    self.last_good = rec_end
             elif op == _OP_DATA_END:
                 if length >= 4:
                     self.data_end = (pos, _U32.unpack_from(buf, pos + 9)[0])
             elif op == _OP_FOOTER:
-                self.footer(pos, rec_end)
-                return
+                if self.footer(pos, rec_end):
+                    return
+                nxt = self.damaged(pos, "a footer record that does not end the file")
+                if nxt is None:
+                    return
+                pos = nxt
+                continue
             elif op in (_OP_SCHEMA, _OP_CHANNEL):
                 try:
                     _record_body(scan, buf, op, pos + 9, rec_end, pos)
@@ -329,17 +347,15 @@ class _Scanner:
                 "an unclosed recording"
             )
 
-    def footer(self, pos: int, rec_end: int) -> None:
+    def footer(self, pos: int, rec_end: int) -> bool:
+        """Accept the footer at ``pos`` if the closing magic ends the file right after it."""
         buf, scan = self.buf, self.scan
         if bytes(buf[rec_end : rec_end + 8]) != MAGIC or rec_end + 8 != len(buf):
-            scan.damage.append(
-                f"{scan.path}: the footer at offset {pos} is not followed by the closing magic "
-                "at the end of the file"
-            )
-            return
+            return False
         scan.complete = True
         if not scan.damage:
             self.check_crcs(pos, rec_end)
+        return True
 
     def check_crcs(self, pos: int, rec_end: int) -> None:
         buf, scan = self.buf, self.scan
