@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import QTOptConfig
@@ -45,7 +45,6 @@ class FineTuneJob:
     """torch CPU threads in the worker; 0: torch's default."""
     policy_weights: str = "online"
     """The network written as the checkpoint: "online" or "polyak" (QTOptConfig.policy_weights)."""
-    extra: dict = field(default_factory=dict)
 
 
 def run_job(job: FineTuneJob, conn, cancel=None) -> None:
