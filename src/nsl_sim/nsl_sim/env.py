@@ -42,7 +42,8 @@ Actions (one control step)
     ``lift_success_height`` above the tray floor (the sim's "lifted object" check).
 
 Observation
-    RGB image (image_size x image_size, uint8; rendered after the step's motion), gripper_closed, height of the commanded tool
+    RGB image (image_size x image_size, uint8; rendered after the step's motion),
+    gripper_closed, height of the commanded tool
     point above the tray floor as the arm believes it (forward kinematics with the *nominal*
     gripper geometry; the geometry tasks change the real gripper, not the belief) and
     step_fraction = steps taken / max_steps. :meth:`GraspEnv.gripper_pose` returns the *actual*
@@ -231,7 +232,7 @@ class SimConfig:
 
     @classmethod
     def reference_physics(cls, **changes: Any) -> "SimConfig":
-        """The physics settings of pybullet_envs' KukaDiverseObjectEnv (for comparisons).
+        """Return the physics settings of pybullet_envs' KukaDiverseObjectEnv (comparisons).
 
         150 solver iterations, gravity -10, arm joint velocity limit 0.35 rad/s, always 80
         physics steps per control step, 500 settle steps per object, 500 steps to close and
@@ -334,8 +335,10 @@ class SimConfig:
     def commanded_move(
         self, position: np.ndarray, translation: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(the translation clipped per axis to +-max_translation, the new commanded position
-        clipped to the workspace box): what :meth:`GraspEnv.step` commands from ``position``.
+        """Return what :meth:`GraspEnv.step` commands from ``position``.
+
+        (the translation clipped per axis to +-max_translation, the new commanded position
+        clipped to the workspace box).
         """
         t_clip = np.clip(translation, -self.max_translation, self.max_translation)
         return t_clip, np.clip(position + t_clip, self.workspace_low, self.workspace_high)
@@ -476,7 +479,8 @@ class GraspEnv:
             )
             if image_format(tex_path) is None:  # PyBullet would warn and return a valid-looking id
                 raise ValueError(
-                    f"task {self._task.name!r}: texture {tex_path!r} is missing or not an image file"
+                    f"task {self._task.name!r}: texture {tex_path!r} is missing or not an "
+                    "image file"
                 )
             try:
                 tex = c.loadTexture(tex_path)
@@ -586,8 +590,16 @@ class GraspEnv:
         yaw = _wrap_half_pi(math.atan2(x_axis[1], x_axis[0]))
         return tool, yaw
 
+    def tool_error(self) -> np.ndarray:
+        """Return the actual minus the believed tool point (m, tray frame).
+
+        The task's gripper geometry change (finger extension, gripper offset) that the
+        controller does not know; zero on base.
+        """
+        return self.gripper_pose()[0] - self._believed_tool()
+
     def commanded_pose(self) -> tuple[np.ndarray, float]:
-        """The commanded (already clipped) tool position (tray frame) and yaw."""
+        """Return the commanded (already clipped) tool position (tray frame) and yaw."""
         return self._target_pos.copy(), self._target_yaw
 
     # -------------------------------------------------------------- motor commands
@@ -855,7 +867,7 @@ class GraspEnv:
         return np.ascontiguousarray(rgb), seg_arr
 
     def render(self) -> np.ndarray:
-        """Current camera image (H, W, 3) uint8, with the task's appearance changes."""
+        """Return the current camera image (H, W, 3) uint8, with the task's appearance."""
         rgb, seg = self._render_raw()
         if self._background is not None and self._object_ids:
             mask = np.isin(seg & ((1 << 24) - 1), self._object_ids)
@@ -863,6 +875,34 @@ class GraspEnv:
             blend = a * rgb.astype(np.float32) + (1.0 - a) * self._background.astype(np.float32)
             rgb = np.where(mask[:, :, None], np.rint(blend).astype(np.uint8), rgb)
         return rgb
+
+    def render_without_objects(self) -> np.ndarray:
+        """Remove the objects and return the camera image without them; ends the episode.
+
+        With :meth:`render` of the same moment this shows which pixels the objects change
+        (:mod:`nsl_sim.solvability`).
+        """
+        c = self._client()
+        for uid in self._object_ids:
+            c.removeBody(uid)
+        self._object_ids, self._object_names = [], []
+        self._started, self._done = False, True
+        return self.render()
+
+    def project_to_image(self, point: Sequence[float]) -> np.ndarray:
+        """Return the pixel coordinates of a tray-frame point in this episode's camera image.
+
+        (column, row), 0..image_size.
+        """
+        if self._view is None or self._proj is None:
+            raise RuntimeError("call reset(seed) before project_to_image()")
+        view = np.asarray(self._view, dtype=np.float64).reshape(4, 4).T  # PyBullet: column-major
+        proj = np.asarray(self._proj, dtype=np.float64).reshape(4, 4).T
+        world = np.append(TRAY_ORIGIN + np.asarray(point, dtype=np.float64)[:3], 1.0)
+        clip = proj @ view @ world
+        ndc = clip[:3] / clip[3]
+        n = self._config.image_size
+        return np.array([(ndc[0] + 1.0) / 2.0 * n, (1.0 - ndc[1]) / 2.0 * n])
 
     def _observe(self, render: bool = True) -> Observation:
         n = self._config.image_size
@@ -884,22 +924,27 @@ class GraspEnv:
         ]
 
     def object_centres(self) -> list[np.ndarray]:
-        """Each object's mesh-bounding-box centre (xy, tray frame): the point the oracle aims at
-        (simulator state; for scripted policies and diagnostics).
+        """Return each object's mesh-bounding-box centre (xy, tray frame).
+
+        The point the oracle aims at (simulator state; for scripted policies and diagnostics).
         """
         return [self._object_footprint(u)[0] for u in self._object_ids]
 
     def nearest_object_offset(self, xy: Sequence[float]) -> np.ndarray | None:
-        """Horizontal offset (m, tray frame) from ``xy`` to the nearest object's centre (the
-        mesh centre the oracle aims at); None when the tray holds no object. Simulator state:
-        the label of the auxiliary location loss (nsl_bringup.experiment.episodes.location_job).
+        """Return the horizontal offset (m, tray frame) from ``xy`` to the nearest object.
+
+        To its centre (the mesh centre the oracle aims at); None when the tray holds no object.
+        Simulator state: the label of the auxiliary location loss
+        (nsl_bringup.experiment.episodes.location_job).
         """
         offsets = [c - np.asarray(xy, dtype=np.float64)[:2] for c in self.object_centres()]
         return min(offsets, key=lambda d: float(np.linalg.norm(d))) if offsets else None
 
     def oracle_action(self) -> tuple[np.ndarray, float, bool, bool]:
-        """Scripted grasp from simulator state: go above the nearest object, align the fingers
-        with its narrow side, descend, terminate. Returns (translation, rotation, close, terminate).
+        """Return the scripted grasp action from simulator state.
+
+        Go above the nearest object, align the fingers with its narrow side, descend, terminate.
+        Returns (translation, rotation, close, terminate).
         """
         from .scripted import oracle_action
 

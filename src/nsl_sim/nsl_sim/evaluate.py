@@ -7,10 +7,11 @@ task into one image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +24,7 @@ __all__ = [
     "run_oracle_episode",
     "evaluate_oracle",
     "gallery_views",
+    "gallery_label",
     "render_gallery",
     "write_png",
 ]
@@ -68,7 +70,8 @@ class OracleResult:
         lo, hi = self.ci
         return (
             f"oracle on {self.task}: success {self.rate:.3f} ({self.successes}/{self.episodes}), "
-            f"95% CI [{lo:.3f}, {hi:.3f}]; {self.steps / max(1, self.episodes):.1f} steps/episode, "
+            f"95% CI [{lo:.3f}, {hi:.3f}]; "
+            f"{self.steps / max(1, self.episodes):.1f} steps/episode, "
             f"{self.episodes_per_s:.2f} episodes/s"
         )
 
@@ -135,8 +138,9 @@ def evaluate_oracle(
 def gallery_views(
     task: str | TaskConfig, seed: int = 0, size: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Camera images of one task: at reset, and with the gripper at the oracle's grasp pose
-    (just before it closes), where gripper geometry changes show.
+    """Return the camera images of one task: at reset, and at the oracle's grasp pose.
+
+    The second is just before the gripper closes, where gripper geometry changes show.
     """
     env = GraspEnv(SimConfig(image_size=size), task=task)
     try:
@@ -153,30 +157,63 @@ def gallery_views(
         env.close()
 
 
-def _label(width: int, height: int, text: str) -> np.ndarray:
+#: Height (pixels) of the two-line label above each gallery column.
+GALLERY_LABEL_HEIGHT = 30
+
+
+def _label(width: int, height: int, lines: Sequence[str]) -> np.ndarray:
     strip = np.full((height, width, 3), 255, dtype=np.uint8)
     try:
-        import cv2
-    except ImportError:  # labels are a nicety; the order is documented
+        import cv2  # optional: labels are a nicety, the column order is documented
+    except ImportError:
         return strip
     scale = 0.4 if width >= 100 else 0.3
-    cv2.putText(
-        strip, text, (3, height - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA
-    )
+    step = height // max(1, len(lines))
+    for i, text in enumerate(lines):
+        cv2.putText(
+            strip,
+            text,
+            (3, (i + 1) * step - 4),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return strip
 
 
+def gallery_label(task: TaskConfig) -> list[str]:
+    """Return the two label lines of a gallery column: the name; severity and saturated knobs."""
+    if task.name == "base":
+        return [task.name, "nominal"]
+    saturated = task.effective().saturated
+    return [task.name, f"severity {task.severity:g}" + (" (saturated)" if saturated else "")]
+
+
 def render_gallery(
-    tasks: Sequence[str | TaskConfig] | None = None, seed: int = 0, size: int = 128
+    tasks: Sequence[str | TaskConfig] | None = None,
+    seed: int = 0,
+    size: int = 128,
+    severities: Mapping[str, float] | None = None,
 ) -> np.ndarray:
-    """One image: a column per task (label, view at reset, view at the grasp pose)."""
+    """Return one image: a column per task (label, view at reset, view at the grasp pose).
+
+    ``severities`` maps task names to the severity shown (e.g. the calibration's choice); a
+    task not in it is shown at its own severity. Each label names the severity and marks a
+    task whose knobs saturated at their physical bounds.
+    """
     names = list(tasks) if tasks is not None else list(TASKS)
+    chosen = dict(severities or {})
     cols = []
-    gap = np.full((2 * size + 16, 2, 3), 255, dtype=np.uint8)
+    gap = np.full((2 * size + GALLERY_LABEL_HEIGHT, 2, 3), 255, dtype=np.uint8)
     for t in names:
         cfg = get_task(t)
+        if cfg.name in chosen and cfg.name != "base":
+            cfg = dataclasses.replace(cfg, severity=float(chosen[cfg.name]))
         start, grasp = gallery_views(cfg, seed, size)
-        cols.append(np.concatenate([_label(size, 16, cfg.name), start, grasp], axis=0))
+        label = _label(size, GALLERY_LABEL_HEIGHT, gallery_label(cfg))
+        cols.append(np.concatenate([label, start, grasp], axis=0))
         cols.append(gap)
     return np.concatenate(cols[:-1], axis=1)
 

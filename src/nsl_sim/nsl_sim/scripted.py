@@ -14,7 +14,13 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from .env import GraspEnv, SimConfig
 
-__all__ = ["grasp_at", "oracle_action", "random_action", "random_grasp_goal"]
+__all__ = [
+    "aware_oracle_action",
+    "grasp_at",
+    "oracle_action",
+    "random_action",
+    "random_grasp_goal",
+]
 
 #: Finger tips go this far below the object's top (m) ...
 GRASP_DEPTH = 0.07
@@ -30,11 +36,33 @@ def oracle_action(env: "GraspEnv") -> tuple[np.ndarray, float, bool, bool]:
     its mesh vertices), moves above it while descending so that height, position and yaw arrive
     together, and terminates (close + lift) on the step that reaches the grasp pose.
     """
+    pos, _ = env.commanded_pose()
+    target = None if env.done else _nearest_grasp(env, pos[:2])
+    if target is None:
+        return np.zeros(3), 0.0, False, True
+    return grasp_at(env, *target)
+
+
+def aware_oracle_action(env: "GraspEnv") -> tuple[np.ndarray, float, bool, bool]:
+    """Return the action of the oracle that knows the task's gripper geometry change.
+
+    The change is a finger extension or gripper offset. The oracle plans with the actual tool point
+    (:meth:`GraspEnv.tool_error` added to the commanded one) and commands the grasp pose minus that
+    error, so the real finger tips arrive where :func:`oracle_action` would put nominal ones. Its
+    success on a geometry challenge is how solvable that challenge is (:mod:`nsl_sim.solvability`).
+    """
+    pos, _ = env.commanded_pose()
+    error = env.tool_error()
+    target = None if env.done else _nearest_grasp(env, pos[:2] + error[:2])
+    if target is None:
+        return np.zeros(3), 0.0, False, True
+    goal, yaw = target
+    return grasp_at(env, goal - error, yaw)
+
+
+def _nearest_grasp(env: "GraspEnv", xy: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Oracle grasp pose (tool goal, yaw) of the graspable object nearest ``xy``, if any."""
     cfg = env.config
-    pos, yaw = env.commanded_pose()
-    zero = np.zeros(3)
-    if env.done or not env._object_ids:
-        return zero, 0.0, False, True
     lo, hi = np.array(cfg.workspace_low), np.array(cfg.workspace_high)
     best = None
     for uid in env._object_ids:
@@ -45,23 +73,22 @@ def oracle_action(env: "GraspEnv") -> tuple[np.ndarray, float, bool, bool]:
             continue
         if top < 0.0 or bottom > 0.15:  # fell out of the tray / resting on something odd
             continue
-        d = float(np.linalg.norm(centre - pos[:2]))
+        d = float(np.linalg.norm(centre - xy))
         if best is None or d < best[0]:
             best = (d, centre, narrow_yaw, top)
     if best is None:
-        return zero, 0.0, False, True
+        return None
     _, centre, target_yaw, top = best
-    return grasp_at(
-        env, np.array([centre[0], centre[1], max(GRASP_MIN_HEIGHT, top - GRASP_DEPTH)]), target_yaw
-    )
+    return np.array([centre[0], centre[1], max(GRASP_MIN_HEIGHT, top - GRASP_DEPTH)]), target_yaw
 
 
 def grasp_at(
     env: "GraspEnv", goal: np.ndarray, target_yaw: float
 ) -> tuple[np.ndarray, float, bool, bool]:
-    """The oracle's motion towards any grasp pose: move above ``goal`` (tray frame xyz, clipped
-    to the workspace) while descending so that height, position and yaw arrive together, and
-    terminate (close + lift) on the step that reaches it.
+    """Return the oracle's motion towards any grasp pose.
+
+    Move above ``goal`` (tray frame xyz, clipped to the workspace) while descending so that height,
+    position and yaw arrive together, and terminate (close + lift) on the step that reaches it.
     """
     cfg = env.config
     pos, yaw = env.commanded_pose()
@@ -99,10 +126,12 @@ def grasp_at(
 
 
 def random_grasp_goal(rng: np.random.Generator, config: "SimConfig") -> tuple[np.ndarray, float]:
-    """A grasp pose drawn without looking: xy uniform over the object drop region, the oracle's
-    lowest grasp height, yaw uniform. :func:`grasp_at` towards it is QT-Opt's scripted
-    exploration ("lower the gripper to a random position and close"): it moves like the oracle,
-    so its outcome depends on where the objects are, which only the image shows.
+    """Return a grasp pose drawn without looking.
+
+    xy uniform over the object drop region, the oracle's lowest grasp height, yaw uniform.
+    :func:`grasp_at` towards it is QT-Opt's scripted exploration ("lower the gripper to a random
+    position and close"): it moves like the oracle, so its outcome depends on where the objects
+    are, which only the image shows.
     """
     lo, hi = np.array(config.object_region_low), np.array(config.object_region_high)
     xy = rng.uniform(lo, hi)

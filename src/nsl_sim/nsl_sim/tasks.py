@@ -30,7 +30,11 @@ Named tasks (``TASKS``):
 
 ``severity`` scales every knob between the nominal world (0.0) and the full variation (1.0);
 values above 1.0 exaggerate it (a checkerboard gets finer squares). :meth:`TaskConfig.effective`
-returns the scaled values.
+returns the scaled values, each kept inside its physical range (:data:`PHYSICAL_BOUNDS`): a
+knob that would leave it saturates at the bound and is named in ``EffectiveTask.saturated``
+(:meth:`TaskConfig.saturation_severity` is where the first knob saturates), so no severity
+makes objects invisible, the scene black or the gripper unable to hold. Whether a task is
+still solvable at a severity is measured by :mod:`nsl_sim.solvability`.
 
 User-defined variations load from YAML with :func:`load_task_yaml`, e.g.::
 
@@ -49,7 +53,17 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["TaskConfig", "TASKS", "get_task", "is_task_file", "load_task_yaml", "task_from_dict"]
+from .severity import PHYSICAL_BOUNDS, EffectiveTask, scale_knobs
+
+__all__ = [
+    "PHYSICAL_BOUNDS",
+    "TaskConfig",
+    "TASKS",
+    "get_task",
+    "is_task_file",
+    "load_task_yaml",
+    "task_from_dict",
+]
 
 Vec3 = tuple[float, float, float]
 
@@ -86,9 +100,11 @@ def _lists(v: Any) -> Any:
 
 
 def image_format(path: str) -> str | None:
-    """Image format of a file from its first bytes ("png", "jpeg", "bmp", "gif"; "tga" by
-    extension, TGA has no signature), None when it is none of these or cannot be read.
-    PyBullet's texture loader accepts these formats and silently ignores anything else.
+    """Return the image format of a file from its first bytes.
+
+    "png", "jpeg", "bmp", "gif"; "tga" by extension (TGA has no signature); None when it is none
+    of these or cannot be read. PyBullet's texture loader accepts these formats and silently
+    ignores anything else.
     """
     try:
         with open(path, "rb") as fh:
@@ -167,9 +183,9 @@ class TaskConfig:
     (x, y lateral, z along the gripper axis). The controller does not know about it."""
     finger_width_scale: float = 1.0
     """Width of the finger tips across the closing direction, as a fraction of the stock tips
-    (0.2..1): narrower tips touch less of an object. Severity above 1 narrows further (to 0.2)."""
+    (0.2..1): narrower tips touch less of an object. Severity above 1 narrows further (to 0.3)."""
     finger_friction: float = FINGER_FRICTION
-    """Lateral friction coefficient of the finger tips (the stock pads: 0.8); lower slips sooner."""
+    """Lateral friction coefficient of the finger tips (the stock pads: 0.8); lower slips."""
 
     # --- objects --------------------------------------------------------------------
     object_alpha: float = 1.0
@@ -246,43 +262,30 @@ class TaskConfig:
 
     # ------------------------------------------------------------------------------
     def effective(self) -> "EffectiveTask":
-        """The knob values after applying ``severity`` (linear blend from nominal)."""
-        s = float(self.severity)
-        base = TaskConfig()
+        """Return the knob values after applying ``severity``.
 
-        def lerp(a: float, b: float) -> float:
-            return a + s * (b - a)
+        A linear blend from nominal (above 1 an extrapolation), each knob saturated at its
+        :data:`PHYSICAL_BOUNDS`; the saturated knobs are listed in ``EffectiveTask.saturated``.
+        """
+        return scale_knobs(self, NOMINAL, float(self.severity))
 
-        def lerp3(a: Vec3, b: Vec3) -> Vec3:
-            return tuple(lerp(x, y) for x, y in zip(a, b))  # type: ignore[return-value]
+    def saturation_severity(self, limit: float = 10.0) -> float:
+        """Return the lowest severity at which some knob saturates at its physical bound.
 
-        grey = (0.5, 0.5, 0.5)
-        colors = tuple(lerp3(grey, c) for c in self.checker_colors)
-        colors = tuple(tuple(min(1.0, max(0.0, v)) for v in c) for c in colors)
-        return EffectiveTask(
-            texture=self.texture if s > 0 else "none",
-            # Above 1 the colours are already saturated (black/white): exaggerate by finer squares.
-            checker_squares=min(256, round(self.checker_squares * max(1.0, s))),
-            checker_colors=colors,  # type: ignore[arg-type]
-            light_direction=lerp3(base.light_direction, self.light_direction),
-            light_color=tuple(max(0.0, v) for v in lerp3(base.light_color, self.light_color)),  # type: ignore[arg-type]
-            light_ambient=max(0.0, lerp(base.light_ambient, self.light_ambient)),
-            light_diffuse=max(0.0, lerp(base.light_diffuse, self.light_diffuse)),
-            light_specular=max(0.0, lerp(base.light_specular, self.light_specular)),
-            shadows=self.shadows and s > 0,
-            finger_extension=s * self.finger_extension,
-            gripper_offset=tuple(s * v for v in self.gripper_offset),  # type: ignore[arg-type]
-            finger_width_scale=min(1.0, max(0.2, lerp(1.0, self.finger_width_scale))),
-            finger_friction=max(0.05, lerp(FINGER_FRICTION, self.finger_friction)),
-            object_alpha=min(1.0, max(0.0, lerp(1.0, self.object_alpha))),
-            object_scale=max(0.3, lerp(1.0, self.object_scale)),
-            camera_offset=tuple(s * v for v in self.camera_offset),  # type: ignore[arg-type]
-            camera_noise=s * self.camera_noise,
-        )
+        ``limit`` when none does up to it. Severities up to this one scale the variation exactly.
+        """
+        if not scale_knobs(self, NOMINAL, limit).saturated:
+            return limit
+        lo, hi = 0.0, limit
+        for _ in range(40):  # bisection to ~1e-11: knobs move monotonically with severity
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if scale_knobs(self, NOMINAL, mid).saturated else (mid, hi)
+        return round(lo, 6)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (lists instead of tuples), suitable for YAML/JSON. Fields of
-        :data:`KEYED_WHEN_SET` are left out while they hold their nominal value.
+        """Return the plain-data form (lists instead of tuples), suitable for YAML/JSON.
+
+        Fields of :data:`KEYED_WHEN_SET` are left out while they hold their nominal value.
         """
         d = {
             k: v
@@ -292,42 +295,11 @@ class TaskConfig:
         return _lists(d)
 
 
-@dataclass(frozen=True)
-class EffectiveTask:
-    """Knob values after ``severity`` was applied (see :meth:`TaskConfig.effective`)."""
-
-    texture: str
-    checker_squares: int
-    checker_colors: tuple[Vec3, Vec3]
-    light_direction: Vec3
-    light_color: Vec3
-    light_ambient: float
-    light_diffuse: float
-    light_specular: float
-    shadows: bool
-    finger_extension: float
-    gripper_offset: Vec3
-    finger_width_scale: float
-    finger_friction: float
-    object_alpha: float
-    object_scale: float
-    camera_offset: Vec3
-    camera_noise: float
-
-    @property
-    def gripper_key(self) -> tuple[float, ...]:
-        """Identifies the gripper (geometry and tip friction; the robot is reloaded when it
-        changes). :data:`NOMINAL_GRIPPER_KEY` is the stock gripper.
-        """
-        return (
-            (round(self.finger_extension, 6),)
-            + tuple(round(v, 6) for v in self.gripper_offset)
-            + (round(self.finger_width_scale, 6), round(self.finger_friction, 6))
-        )
-
-
 #: :attr:`EffectiveTask.gripper_key` of the stock gripper.
 NOMINAL_GRIPPER_KEY = (0.0, 0.0, 0.0, 0.0, 1.0, FINGER_FRICTION)
+
+#: The nominal world's knobs (severity 0 of every task).
+NOMINAL = TaskConfig()
 
 TASKS: dict[str, TaskConfig] = {
     "base": TaskConfig(name="base"),
@@ -353,13 +325,14 @@ TASKS: dict[str, TaskConfig] = {
 
 
 def is_task_file(name: object) -> bool:
-    """True when ``name`` names a YAML task file (ends in .yaml or .yml)."""
+    """Return True when ``name`` names a YAML task file (ends in .yaml or .yml)."""
     return isinstance(name, str) and name.lower().endswith((".yaml", ".yml"))
 
 
 def get_task(name: str | TaskConfig) -> TaskConfig:
-    """Return the named task, or the task of a YAML file path (``*.yaml``/``*.yml``, read with
-    :func:`load_task_yaml`); a :class:`TaskConfig` passes through unchanged.
+    """Return the named task, or the task of a YAML file path (``*.yaml``/``*.yml``).
+
+    A YAML file is read with :func:`load_task_yaml`; a :class:`TaskConfig` passes through.
 
     Raises ValueError listing the valid names for an unknown name, or naming the file and the
     problem for a bad YAML file.
@@ -372,7 +345,8 @@ def get_task(name: str | TaskConfig) -> TaskConfig:
         return TASKS[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} (or the path of a .yaml task file)"
+            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} "
+            "(or the path of a .yaml task file)"
         ) from None
 
 
@@ -394,7 +368,8 @@ def task_from_dict(
     unknown = sorted(set(data) - valid)
     if unknown:
         raise ValueError(
-            f"{source}: unknown TaskConfig key(s) {unknown}; valid keys: {sorted(valid | {'base'})}"
+            f"{source}: unknown TaskConfig key(s) {unknown}; "
+            f"valid keys: {sorted(valid | {'base'})}"
         )
     kwargs = dataclasses.asdict(start)
     kwargs.update(data)

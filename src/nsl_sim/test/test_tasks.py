@@ -101,8 +101,9 @@ def _tip_links(env):
 
 
 def test_extended_fingers_are_narrower_and_slipperier(env, base):
-    """The paper's extension also narrowed the fingers and their compliance: tips half as wide
-    (across the closing direction) with friction 0.5 instead of the stock pads' 0.8.
+    """Check that the extension also narrows the fingers and their compliance, as the paper's.
+
+    Tips half as wide (across the closing direction), friction 0.5 instead of the stock 0.8.
     """
 
     def tips(task):
@@ -119,9 +120,11 @@ def test_extended_fingers_are_narrower_and_slipperier(env, base):
         assert f0 == pytest.approx(0.8) and f1 == pytest.approx(0.5)
         assert w1 < 0.75 * w0  # AABB margins keep the ratio above the mesh's 0.5
     eff = dataclasses.replace(TASKS["extend_gripper_1cm"], severity=2.0).effective()
+    # Severity 2 asks for tips 0 wide with friction 0.2: both saturate at their physical bounds.
     assert (eff.finger_extension, eff.finger_width_scale, eff.finger_friction) == pytest.approx(
-        (0.02, 0.2, 0.2)
+        (0.02, 0.3, 0.3)
     )
+    assert set(eff.saturated) == {"finger_width_scale", "finger_friction"}
 
 
 def test_to_dict_leaves_out_nominal_newer_fields():

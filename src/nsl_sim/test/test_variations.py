@@ -1,4 +1,4 @@
-"""YAML task files, texture files, reference physics, oracle evaluation and the ``nsl sim`` commands."""
+"""YAML task files, texture files, reference physics, oracle evaluation, ``nsl sim`` commands."""
 
 import hashlib
 from pathlib import Path
@@ -194,12 +194,14 @@ def test_nsl_sim_cli(tmp_path, capsys):
     import argparse
 
     from nsl_sim import cli
+    from nsl_sim.evaluate import GALLERY_LABEL_HEIGHT
 
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "g.png"
     args = parser.parse_args(
         ["sim", "gallery", "--output", str(out), "--size", "32", "--tasks", "base", "checkerboard"]
+        + ["--task-severity", "checkerboard=0.5"]
     )
     assert args.fn(args) == 0
     data = out.read_bytes()
@@ -207,9 +209,10 @@ def test_nsl_sim_cli(tmp_path, capsys):
     import cv2
 
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape == (2 * 32 + 16, 2 * 32 + 2, 3)
-    left, right = img[16:, :32].astype(int), img[16:, 34:].astype(int)
-    assert np.abs(left - right).mean() > 15  # base vs checkerboard columns
+    top = GALLERY_LABEL_HEIGHT
+    assert img.shape == (2 * 32 + top, 2 * 32 + 2, 3)
+    left, right = img[top:, :32].astype(int), img[top:, 34:].astype(int)
+    assert np.abs(left - right).mean() > 8  # base vs checkerboard (grey-ish at 0.5) columns
 
     args = parser.parse_args(
         ["sim", "eval-oracle", "--task", "base", "--episodes", "2", "--size", "32", "--seed", "40"]
