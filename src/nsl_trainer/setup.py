@@ -14,7 +14,8 @@ setup(
     zip_safe=False,
     maintainer="NSL developers",
     maintainer_email="nsl@example.com",
-    description="Offline QT-Opt pre-training, fine-tuning and continual learning (ROS-free) and the trainer node with the fine-tune service.",
+    description="Offline QT-Opt pre-training, fine-tuning and continual learning (ROS-free) "
+    "and the trainer node with the fine-tune service.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -23,14 +23,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from nsl_collector.transitions import Transitions
-    from nsl_policy.model import QNetwork
+from nsl_collector.transitions import Transitions
+from nsl_policy.action_space import canonical_actions
+from nsl_policy.image import resize_batch, to_tensor
+from nsl_policy.model import QNetwork, QNetworkConfig, default_device
 
 ProgressFn = Callable[[int, dict], None]
 
@@ -55,8 +56,8 @@ class GraspValueConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
                 raise ValueError(
-                    f"GraspValueConfig.{name}: must be an integer >= {0 if name == 'seed' else 1}, "
-                    f"got {v!r}"
+                    f"GraspValueConfig.{name}: must be an integer >= "
+                    f"{0 if name == 'seed' else 1}, got {v!r}"
                 )
         lr = self.learning_rate
         if (
@@ -81,7 +82,7 @@ class GraspValueConfig:
 
 
 def grasp_rows(transitions: Transitions) -> np.ndarray:
-    """Indices of the grasp attempts: every episode's final row (``done``)."""
+    """Return the indices of the grasp attempts: every episode's final row (``done``)."""
     return np.flatnonzero(np.asarray(transitions.done, dtype=bool))
 
 
@@ -92,8 +93,9 @@ def train_classifier(
     learning_rate: float = 1e-3,
     progress: ProgressFn | None = None,
 ) -> torch.nn.Module:
-    """``steps`` Adam steps on ``batch_loss()`` (the loss of a fresh batch). ``progress(step,
-    {"loss": ...})`` is called after every step. Returns ``net`` in eval mode.
+    """Run ``steps`` Adam steps on ``batch_loss()`` (the loss of a fresh batch).
+
+    ``progress(step, {"loss": ...})`` is called after every step. Returns ``net`` in eval mode.
     """
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
@@ -118,17 +120,14 @@ def fit_grasp_values(
     progress: ProgressFn | None = None,
     device: torch.device | str | None = None,
 ) -> QNetwork:
-    """Train ``model`` (in place, and returned) as a classifier of the grasps' outcomes in
-    ``transitions``: binary cross-entropy of Q(image, state, recorded action) against
+    """Train ``model`` (in place, and returned) as a classifier of the grasps' outcomes.
+
+    The loss is the binary cross-entropy of Q(image, state, recorded action) against
     ``reward > 0`` on every episode's final row. Actions are put in the canonical form QT-Opt
     scores (nsl_policy.action_space.canonical_actions). Raises ValueError when the data holds no
     grasps, or only successes or only failures (nothing to tell apart). ``device``: CUDA when
     present unless given.
     """
-    from nsl_policy.action_space import canonical_actions
-    from nsl_policy.image import resize_batch, to_tensor
-    from nsl_policy.model import default_device
-
     config = config or GraspValueConfig()
     final = grasp_rows(transitions)
     if len(final) == 0:
@@ -159,23 +158,20 @@ def fit_grasp_values(
     return train_classifier(model, batch_loss, config.steps, config.learning_rate, progress)
 
 
-def new_network(model_config, seed: int) -> QNetwork:
-    """A fresh QNetwork, initialised from ``seed`` (the RNG state outside is left as it was)."""
-    from nsl_policy.model import QNetwork
-
+def new_network(model_config: QNetworkConfig, seed: int) -> QNetwork:
+    """Return a fresh QNetwork initialised from ``seed`` (the RNG state outside is unchanged)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return QNetwork(model_config)
 
 
 def log_every(steps: int, log: Callable[[str], None], label: str = "grasp values") -> ProgressFn:
-    """A progress function that logs ten lines over ``steps`` steps."""
+    """Return a progress function that logs ten lines over ``steps`` steps."""
     every, t0 = max(1, steps // 10), time.monotonic()
 
     def progress(step: int, m: dict) -> None:
         if step % every == 0 or step == steps:
-            log(
-                f"{label}: step {step}/{steps}, loss {m['loss']:.3f} ({time.monotonic() - t0:.0f} s)"
-            )
+            seconds = time.monotonic() - t0
+            log(f"{label}: step {step}/{steps}, loss {m['loss']:.3f} ({seconds:.0f} s)")
 
     return progress

@@ -1,4 +1,4 @@
-"""Cheap checks of fine-tune requests: do the datasets exist and hold at least one episode?
+"""Cheap checks of fine-tune requests: the datasets exist and hold at least one episode.
 
 The trainer node must answer at once, so this never decodes a message: for a closed bag the
 message counts in metadata.yaml say whether it holds an EpisodeResult; for an unclosed one (a
@@ -55,9 +55,10 @@ def _count_by_scan(bag: Path) -> int:
 
 
 def episode_results(path: str | Path) -> int:
-    """Number of EpisodeResult messages in the bag(s) at ``path`` (a bag, an .mcap file or a
-    dataset folder), without decoding any message. Raises DatasetError for a missing path or a
-    folder that holds no bag.
+    """Return the number of EpisodeResult messages in the bag(s) at ``path``.
+
+    ``path`` is a bag, an .mcap file or a dataset folder; no message is decoded. Raises
+    DatasetError for a missing path or a folder that holds no bag.
     """
     total = 0
     for bag in find_bags(path):

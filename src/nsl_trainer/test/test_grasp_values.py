@@ -14,9 +14,10 @@ SMALL = QNetworkConfig(image_size=32, width=8, embed_width=8, fc_width=8)
 
 
 def seen_grasps(n_episodes: int, seed: int) -> Transitions:
-    """Two-step episodes whose grasp (the second step) succeeds iff a white square is in the
-    image: the outcome can only be told by looking. The first step is a dark frame with a
-    random outcome-free reward of 0.
+    """Return two-step episodes whose grasp succeeds iff a white square is in the image.
+
+    The grasp is the second step; the outcome can only be told by looking. The first step is a
+    dark frame with a random outcome-free reward of 0.
     """
     rng = np.random.default_rng(seed)
     n = 2 * n_episodes
