@@ -40,7 +40,8 @@ class TrainerNode(Node):
             "checkpoint_dir",
             "checkpoints",
             d(
-                description="folder where fine-tuned checkpoints (and job run folders under runs/) are written",
+                description="folder where fine-tuned checkpoints (and job run folders under "
+                "runs/) are written",
                 read_only=True,
             ),
         )
@@ -48,7 +49,8 @@ class TrainerNode(Node):
             "default_checkpoint",
             "",
             d(
-                description="start checkpoint when a request names none; empty: random init (scratch)"
+                description="start checkpoint when a request names none; "
+                "empty: random init (scratch)"
             ),
         )
         self.declare_parameter(
@@ -80,7 +82,8 @@ class TrainerNode(Node):
             "checkpoint_every",
             1000,
             d(
-                description="save training state + a checkpoint in the job's run folder every K steps (0: only at the end)",
+                description="save training state + a checkpoint in the job's run folder "
+                "every K steps (0: only at the end)",
                 integer_range=ints(0, 100_000_000),
             ),
         )
@@ -88,7 +91,8 @@ class TrainerNode(Node):
             "num_threads",
             0,
             d(
-                description="torch CPU threads of the worker (0: torch's default); leave a core for the sim/policy",
+                description="torch CPU threads of the worker (0: torch's default); "
+                "leave a core for the sim/policy",
                 integer_range=ints(0, 1024),
             ),
         )
@@ -97,7 +101,8 @@ class TrainerNode(Node):
             "online",
             d(
                 description="network a job writes as its checkpoint: online, or polyak (the "
-                "Polyak-averaged target network; better for 500-step fine-tunes in simulation, docs/trainer.md)"
+                "Polyak-averaged target network; better for 500-step fine-tunes in "
+                "simulation, docs/trainer.md)"
             ),
         )
         self.declare_parameter(
@@ -112,7 +117,8 @@ class TrainerNode(Node):
             "cancel_timeout",
             10.0,
             d(
-                description="seconds a cancelled worker gets to save its state and exit before it is terminated",
+                description="seconds a cancelled worker gets to save its state and exit "
+                "before it is terminated",
                 floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)],
             ),
         )
@@ -257,7 +263,8 @@ class TrainerNode(Node):
             message="starting",
         )
         self.get_logger().info(
-            f"job {job_id}: {job.steps} steps, lr={job.learning_rate:g}, target fraction={job.target_fraction}"
+            f"job {job_id}: {job.steps} steps, lr={job.learning_rate:g}, "
+            f"target fraction={job.target_fraction}"
         )
         response.accepted, response.message, response.job_id = (
             True,
@@ -280,7 +287,8 @@ class TrainerNode(Node):
             proc.join(self.cancel_timeout)
             if proc.is_alive():
                 self.get_logger().warn(
-                    f"job {job.job_id}: worker did not stop within {self.cancel_timeout} s; terminating it"
+                    f"job {job.job_id}: worker did not stop within {self.cancel_timeout} s; "
+                    "terminating it"
                 )
                 proc.terminate()
 
@@ -290,7 +298,7 @@ class TrainerNode(Node):
         return response
 
     def follow_job(self, job: FineTuneJob, proc, conn) -> None:
-        """Forward a worker's messages until it ends (blocking reads in this thread, not a callback)."""
+        """Forward a worker's messages until it ends (blocking reads here, not in a callback)."""
         final = None
         while True:
             try:
