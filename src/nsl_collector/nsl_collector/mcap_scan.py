@@ -326,7 +326,14 @@ class _Scanner:
                 continue
             elif op in (_OP_SCHEMA, _OP_CHANNEL):
                 try:
-                    _record_body(scan, buf, op, pos + 9, rec_end, pos)
+                    # Summary copies, with no CRC of their own until the footer's: they never
+                    # replace a definition a chunk's CRC vouched for.
+                    part = McapScan(path=scan.path)
+                    _record_body(part, buf, op, pos + 9, rec_end, pos)
+                    for k, v in part.schemas.items():
+                        scan.schemas.setdefault(k, v)
+                    for k, v in part.channels.items():
+                        scan.channels.setdefault(k, v)
                 except _Corrupt as exc:
                     nxt = self.damaged(pos, str(exc))
                     if nxt is None:
