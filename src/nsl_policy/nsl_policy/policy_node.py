@@ -31,6 +31,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import Image
@@ -50,11 +51,6 @@ from nsl_policy.policy import ExplorationConfig, GraspPolicy
 from nsl_policy.policy_settings import SETTINGS, check_settings
 from nsl_policy.safety import UnsafeCommand, safe_command
 
-try:
-    from rclpy.event_handler import SubscriptionEventCallbacks
-except ImportError:  # rclpy before Iron: no matched events, the camera is not gated on matching
-    SubscriptionEventCallbacks = None
-
 
 class EpisodeAborted(RuntimeError):
     """The episode cannot go on safely (no fresh image, arm error); it is not trained on."""
@@ -72,7 +68,6 @@ class PolicyNode(Node):
         self._call_wake: threading.Event | None = None  # wakes the arm call in flight on shutdown
         self._loop: threading.Thread | None = None
         for name, s in SETTINGS.items():
-            # Exploration may change at run time (applied from the next episode); nothing else.
             d = descriptor(
                 s.description,
                 int_range=s.int_range,
@@ -156,8 +151,6 @@ class PolicyNode(Node):
     def _subscribe_camera(self, group) -> None:
         """Subscribe to the camera, gated on a matched publisher where the rmw reports one."""
         try:
-            if SubscriptionEventCallbacks is None:
-                raise NotImplementedError("no subscription event callbacks in this rclpy")
             events = SubscriptionEventCallbacks(matched=self.on_camera_matched)
             self.create_subscription(
                 Image,
