@@ -112,7 +112,7 @@ PACKAGE_COMMANDS = [
         "nsl_policy.cli",
         "nsl_collector.cli",
         "nsl_trainer.cli",
-        "nsl_bringup.experiment.cli",
+        "nsl_experiment.cli",
     )
     if _module_exists(m)
 ]

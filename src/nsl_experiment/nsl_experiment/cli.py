@@ -1,21 +1,41 @@
-"""``nsl experiment ...``: the simulated paper reproduction (issue 7).
+"""``nsl experiment ...``: the simulated paper reproduction.
 
-nsl experiment run [--stages pretrain,evaluate_base,...] [--output runs/experiment] [--config F] [--set k=v ...]
-nsl experiment report [--output runs/experiment] [--report-dir DIR]   re-render the report from the stamps
+nsl experiment run [--stages pretrain,evaluate_base,...] [--output runs/experiment]
+    [--config F] [--set [section.]field=value ...]
+nsl experiment report [--output runs/experiment] [--report-dir DIR]   re-render from the stamps
 nsl experiment evaluate --checkpoint C --task T [--severity S] --episodes N
     [--seeds evaluation|validation|calibration]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import signal
 import sys
+from pathlib import Path
+
+from nsl_sim.tasks import TASKS
+
+from .cache import read_json
+from .config import ExperimentConfig
+from .seeds import SEED_SETS
+
+#: The stages in order, for the help text (nsl_experiment.pipeline.STAGES is the source).
+STAGE_NAMES = (
+    "pretrain",
+    "evaluate_base",
+    "calibrate",
+    "collect_targets",
+    "finetune_sweep",
+    "online_finetune",
+    "continual",
+    "report",
+)
 
 
-def _config(args):
-    from .config import ExperimentConfig
-
+def _config(args: argparse.Namespace) -> ExperimentConfig:
     cfg = ExperimentConfig.load(args.config) if args.config else ExperimentConfig()
     overrides = list(args.set or [])
     if getattr(args, "workers", None):
@@ -29,9 +49,8 @@ def _log(msg: str) -> None:
 
 def _stop_on_sigterm() -> None:
     """SIGTERM -> SystemExit, so worker pools are terminated and nothing is left running."""
-    import signal
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
@@ -42,8 +61,22 @@ def _rate(r: dict) -> str:
     return f"{r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] ({r['successes']}/{r['episodes']})"
 
 
+def _calibrate_lines(res: dict) -> list[str]:
+    lines = []
+    for task, r in res["table_i"].items():
+        if task == "base":
+            lines.append(f"base: base policy {_rate(r['result'])}")
+        else:
+            reached = "" if r["reached"] else " (drop not reached)"
+            lines.append(
+                f"{task}: severity {r['severity']:g}{reached}, "
+                f"base policy {_rate(r['result'])}, drop {r['drop']:+.3f}"
+            )
+    return lines
+
+
 def headlines(name: str, res: dict) -> list[str]:
-    """The headline numbers of a stage's summary, one line each."""
+    """Return the headline numbers of a stage's summary, one line each."""
     if name == "pretrain" and res.get("imported_from"):
         return [f"base checkpoint {res['checkpoint_id']} (imported from {res['imported_from']})"]
     if name == "pretrain":
@@ -58,16 +91,7 @@ def headlines(name: str, res: dict) -> list[str]:
     if name == "evaluate_base":
         return [f"{task}: {_rate(r)}" for task, r in res["results"].items()]
     if name == "calibrate":
-        lines = []
-        for task, r in res["table_i"].items():
-            if task == "base":
-                lines.append(f"base: base policy {_rate(r['result'])}")
-            else:
-                lines.append(
-                    f"{task}: severity {r['severity']:g}{'' if r['reached'] else ' (drop not reached)'}, "
-                    f"base policy {_rate(r['result'])}, drop {r['drop']:+.3f}"
-                )
-        return lines
+        return _calibrate_lines(res)
     if name == "collect_targets":
         return [
             f"{task}: {_rate(t['collected'])} successful exploration grasps"
@@ -104,15 +128,14 @@ def headlines(name: str, res: dict) -> list[str]:
     return []
 
 
-def cmd_run(args) -> int:
-    _stop_on_sigterm()
-    from .stages import STAGES, run
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the pipeline's stages."""
+    # heavy: the pipeline imports torch and pybullet; `nsl --help` stays fast without them
+    from .pipeline import run
 
-    stages = (
-        [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else list(STAGES)
-    )
-    cfg = _config(args)
-    results = run(cfg, args.output, stages, _log)
+    _stop_on_sigterm()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    results = run(_config(args), args.output, stages, _log)
     for name, res in results["stages"].items():
         _log(f"{name}: done in {res['wall_clock_s']:.0f} s")
         for line in headlines(name, res):
@@ -121,11 +144,10 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from pathlib import Path
-
-    from .config import ExperimentConfig
-    from .report import write_report
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render a run's report from its stage stamps."""
+    # heavy: the report's modules import the pipeline's libraries (torch) through the cache
+    from .report.render import report_folder, write_report
 
     output = Path(args.output)
     if not (output / "stages").is_dir():
@@ -133,36 +155,34 @@ def cmd_report(args) -> int:
         return 1
     report_dir = args.report_dir
     if not report_dir:  # where the run itself reports
-        saved = output / "config.json"
-        report_dir = (json.loads(saved.read_text()) if saved.exists() else {}).get(
-            "report_dir", ExperimentConfig().report_dir
-        )
-    res = write_report(output, Path(report_dir), _log)
+        saved = read_json(output / "config.json") or {}
+        report_dir = saved.get("runtime", {}).get("report_dir", "")
+    res = write_report(output, report_folder(report_dir, output), _log)
     for line in headlines("report", res):
         _log(f"  {line}")
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    _stop_on_sigterm()
-    from .stages import evaluate_checkpoint
-
-    cfg = _config(args)
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on a task."""
+    # heavy: evaluation imports torch and pybullet; `nsl --help` stays fast without them
     from .episodes import task_spec
+    from .units.evaluate import evaluate_checkpoint
 
+    _stop_on_sigterm()
     res = evaluate_checkpoint(
         args.checkpoint,
         task_spec(args.task, args.severity),
         args.episodes,
-        cfg,
+        _config(args),
         args.seeds,
         _log if args.verbose else None,
     )
     lo, hi = res["ci95"]
     _log(
-        f"{args.task} (severity {res['severity']:g}): success {res['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}, "
-        f"{res['successes']}/{res['episodes']} "
-        f"episodes, {args.seeds} seeds from {res['first_seed']}, test objects, {res['seconds']:.0f} s)"
+        f"{args.task} (severity {res['severity']:g}): success {res['success_rate']:.3f} "
+        f"(95% CI {lo:.3f}-{hi:.3f}, {res['successes']}/{res['episodes']} episodes, "
+        f"{args.seeds} seeds from {res['first_seed']}, test objects, {res['seconds']:.0f} s)"
     )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -170,41 +190,38 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
-    from nsl_sim.tasks import TASKS
+def _common(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--config", default="", help="YAML/JSON file of ExperimentConfig fields")
+    q.add_argument(
+        "--set",
+        action="append",
+        metavar="[SECTION.]FIELD=VALUE",
+        help="override a config field (YAML value), repeatable, e.g. --set rounds=2 "
+        "or --set study.tiers=[25,100]",
+    )
+    q.add_argument(
+        "--workers", type=int, default=0, help="episode worker processes (default: config, 1)"
+    )
 
-    from .config import SEED_SETS
 
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``nsl experiment`` and its subcommands."""
     p = subparsers.add_parser(
         "experiment",
         help="simulated reproduction of the paper: pre-training, challenges, "
         "fine-tuning study, continual learning, report",
     )
     sub = p.add_subparsers(dest="experiment_command", required=True)
-
-    def common(q) -> None:
-        q.add_argument("--config", default="", help="YAML/JSON file of ExperimentConfig fields")
-        q.add_argument(
-            "--set",
-            action="append",
-            metavar="FIELD=VALUE",
-            help="override a config field (YAML value), repeatable, e.g. --set rounds=2",
-        )
-        q.add_argument(
-            "--workers", type=int, default=0, help="episode worker processes (default: config, 1)"
-        )
-
     r = sub.add_parser("run", help="run the pipeline's stages (cached and resumable)")
     r.add_argument(
         "--stages",
         default="",
-        help="comma-separated stages (default all: pretrain,evaluate_base,"
-        "calibrate,collect_targets,finetune_sweep,continual,report)",
+        help=f"comma-separated stages (default all: {','.join(STAGE_NAMES)})",
     )
     r.add_argument(
         "--output", default="runs/experiment", help="run folder (default runs/experiment)"
     )
-    common(r)
+    _common(r)
     r.set_defaults(fn=cmd_run)
 
     rep = sub.add_parser(
@@ -218,7 +235,7 @@ def add_commands(subparsers) -> None:
     rep.add_argument(
         "--report-dir",
         default="",
-        help="where to write it (default: the run's report_dir, docs/results)",
+        help="where to write it (default: the run's report_dir, else <output>/report)",
     )
     rep.set_defaults(fn=cmd_report)
 
@@ -238,18 +255,16 @@ def add_commands(subparsers) -> None:
         "--seeds",
         default="evaluation",
         choices=tuple(SEED_SETS),
-        help="episode seed set: evaluation (reported numbers), validation (choices) or calibration "
-        "(the challenges' severities)",
+        help="episode seed set: evaluation (reported numbers), validation (choices) or "
+        "calibration (the challenges' severities)",
     )
     e.add_argument("--json", default="", help="also write the result as JSON here")
     e.add_argument("--verbose", action="store_true")
-    common(e)
+    _common(e)
     e.set_defaults(fn=cmd_evaluate)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import argparse
-
     ap = argparse.ArgumentParser(prog="nsl")
     add_commands(ap.add_subparsers(dest="command", required=True))
     a = ap.parse_args()

@@ -1,6 +1,7 @@
-"""Grasp episodes in the ROS-free sim: scripted bootstrap collection, policy collection and
-greedy evaluation. Collected episodes are written with nsl_collector's BagRecorder, the format
-the robot's collector node writes, so every trainer reads sim and robot data the same way.
+"""Grasp episodes in the ROS-free sim: scripted bootstrap, policy collection, greedy evaluation.
+
+Collected episodes are written with nsl_collector's BagRecorder, the format the robot's
+collector node writes, so every trainer reads sim and robot data the same way.
 
 Work is split into *jobs* (a chunk of episodes with fixed seeds, one bag per collection job) that
 run in worker processes; a job's result depends only on its spec, never on the worker count.
@@ -10,16 +11,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
+import torch
+from nsl_collector.dataset import (
+    BagRecorder,
+    DatasetError,
+    EpisodeData,
+    StepData,
+    find_msg_dir,
+)
+from nsl_collector.reader import read_episodes
+from nsl_policy.action_space import ActionSpace, GraspCommand
+from nsl_policy.cem import CEMConfig
+from nsl_policy.checkpoint import load_checkpoint
+from nsl_policy.policy import ExplorationConfig, GraspPolicy
+from nsl_sim.env import GraspEnv, SimConfig
 from nsl_sim.evaluate import wilson_interval  # the project's one Wilson interval
+from nsl_sim.scripted import grasp_at, random_action, random_grasp_goal
 from nsl_sim.tasks import TaskConfig, get_task, task_from_dict
 
 #: Episode kinds.
@@ -32,8 +49,10 @@ TaskSpec = str | dict
 
 
 def task_spec(name: str, severity: float | None = None) -> TaskSpec:
-    """The spec of task ``name`` at ``severity`` (None: the task's own). The registered task
-    stays its name, so its cache keys match those of plain-name evaluations (evaluate_base).
+    """Return the spec of task ``name`` at ``severity`` (None: the task's own).
+
+    The registered task stays its name, so its cache keys match those of plain-name
+    evaluations (evaluate_base).
     """
     task = get_task(name)
     if severity is None or float(severity) == task.severity:
@@ -42,12 +61,14 @@ def task_spec(name: str, severity: float | None = None) -> TaskSpec:
 
 
 def resolve_task(spec: TaskSpec) -> TaskConfig:
-    """The TaskConfig of a spec (a name or a TaskConfig dict)."""
+    """Return the TaskConfig of a spec (a name or a TaskConfig dict)."""
     return task_from_dict(spec, source="task spec") if isinstance(spec, dict) else get_task(spec)
 
 
 @dataclass
 class EpisodeOutcome:
+    """One episode's result."""
+
     seed: int
     success: bool
     steps: int
@@ -55,6 +76,7 @@ class EpisodeOutcome:
 
 
 def success_summary(outcomes: list[EpisodeOutcome]) -> dict[str, Any]:
+    """Success rate, its 95% Wilson interval and the mean episode length of ``outcomes``."""
     n = len(outcomes)
     k = sum(1 for o in outcomes if o.success)
     lo, hi = wilson_interval(k, n)
@@ -68,19 +90,17 @@ def success_summary(outcomes: list[EpisodeOutcome]) -> dict[str, Any]:
 
 
 def msg_dir() -> Path | None:
-    """nsl_msgs' .msg folder: the ament index / NSL_MSGS_DIR (nsl_collector's lookup), else the
-    venv prefix or this source tree (``python -m``/``.venv/bin/nsl`` without a sourced workspace).
+    """Return nsl_msgs' .msg folder.
+
+    That is the ament index / NSL_MSGS_DIR (nsl_collector's lookup), else the venv prefix or
+    this source tree (``.venv/bin/nsl`` without a sourced workspace).
     """
-    import sys
-
-    from nsl_collector.dataset import DatasetError, find_msg_dir
-
     try:
         return find_msg_dir()
     except DatasetError:
         for d in (
             Path(sys.prefix) / "share" / "nsl_msgs" / "msg",
-            Path(__file__).resolve().parents[3] / "nsl_msgs" / "msg",
+            Path(__file__).resolve().parents[2] / "nsl_msgs" / "msg",
         ):
             if d.is_dir() and any(d.glob("*.msg")):
                 return d
@@ -93,13 +113,12 @@ def _state(obs) -> np.ndarray:
     )
 
 
-def _scripted_actor(spec: dict, env, seed: int) -> Callable:
-    """Oracle with per-episode noise/epsilon, or a purely random episode, or (``decoy_fraction``)
-    the oracle's motion towards a random grasp pose: decided per episode from the seed.
-    """
-    from nsl_policy.action_space import ActionSpace, GraspCommand
-    from nsl_sim.scripted import grasp_at, random_action, random_grasp_goal
+def _scripted_actor(spec: dict, env: GraspEnv, seed: int) -> Callable:
+    """Return the scripted actor of one episode, decided per episode from the seed.
 
+    It is the oracle with per-episode noise/epsilon, or a purely random episode, or
+    (``decoy_fraction``) the oracle's motion towards a random grasp pose.
+    """
     space = ActionSpace(env.config.max_translation, env.config.max_rotation)
     rng = np.random.default_rng([spec["rng_seed"], seed])
     random_episode = rng.random() < spec["random_fraction"]
@@ -133,7 +152,7 @@ def _scripted_actor(spec: dict, env, seed: int) -> Callable:
     return act
 
 
-def _policy_actor(policy) -> Callable:
+def _policy_actor(policy: GraspPolicy) -> Callable:
     def act(obs):
         choice = policy.select_action(obs.image, _state(obs))
         return choice.vector, choice.q_value, choice.exploratory
@@ -142,21 +161,15 @@ def _policy_actor(policy) -> Callable:
 
 
 def run_job(spec: dict) -> list[dict]:
-    """Run one job (a chunk of episodes) and return one dict per episode. ``spec``:
+    """Run one job (a chunk of episodes) and return one dict per episode.
 
-    kind (scripted|policy), task (a TaskSpec: name or TaskConfig dict), split (train|test), seeds,
-    sim (SimConfig kwargs), bag (path or None), metadata, threads; scripted: rng_seed,
+    ``spec``: kind (scripted|policy), task (a TaskSpec: name or TaskConfig dict), split
+    (train|test), seeds, sim (SimConfig kwargs), bag (path or None), metadata, threads;
+    scripted: rng_seed,
     random_fraction, noise_max, epsilon_max, decoy_fraction (optional); policy: checkpoint, cem
     (CEMConfig kwargs), epsilon, noise_std, policy_seed.
     """
-    os.environ.setdefault("OMP_NUM_THREADS", str(spec.get("threads", 1)))
-    import torch
-
     torch.set_num_threads(int(spec.get("threads", 1)))
-    from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
-    from nsl_policy.action_space import ActionSpace
-    from nsl_sim.env import GraspEnv, SimConfig
-
     sim = SimConfig(**spec["sim"], object_split=spec["split"])
     task = resolve_task(spec["task"])
     env = GraspEnv(sim)
@@ -164,10 +177,6 @@ def run_job(spec: dict) -> list[dict]:
     policy = None
     checkpoint_id = ""
     if spec["kind"] == POLICY:
-        from nsl_policy.cem import CEMConfig
-        from nsl_policy.checkpoint import load_checkpoint
-        from nsl_policy.policy import ExplorationConfig, GraspPolicy
-
         loaded = load_checkpoint(spec["checkpoint"], device="cpu")
         checkpoint_id = loaded.checkpoint_id
         policy = GraspPolicy(
@@ -258,9 +267,13 @@ def run_job(spec: dict) -> list[dict]:
     return results
 
 
-def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> np.ndarray:
-    """(steps, 2) float32 location labels of one recorded episode: the horizontal offset (m) from
-    the commanded gripper position before each step to the nearest object's centre.
+def episode_locations(
+    env: GraspEnv, seed: int, task: TaskConfig, actions: np.ndarray
+) -> np.ndarray:
+    """Return the (steps, 2) float32 location labels of one recorded episode.
+
+    A label is the horizontal offset (m) from the commanded gripper position before each step
+    to the nearest object's centre.
 
     The episode is reset again with its seed and task (the same objects, settled the same way)
     but not stepped: the commanded position is integrated from the recorded actions and
@@ -268,8 +281,6 @@ def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> 
     the gripper pushed later in the episode keep their settled position, so late labels are
     approximate.
     """
-    from nsl_policy.action_space import ActionSpace
-
     env.reset(seed=int(seed), task=task)
     cfg = env.config
     space = ActionSpace(cfg.max_translation, cfg.max_rotation)
@@ -287,15 +298,14 @@ def episode_locations(env, seed: int, task: TaskConfig, actions: np.ndarray) -> 
 
 
 def location_job(spec: dict) -> dict:
-    """Location labels of one bag recorded in the sim (``spec``: bag, sim (SimConfig kwargs),
-    output (.npz path), key (stored with them)), row for row with ``load_transitions(bag)``:
-    episodes in reading order. The task and object split come from the bag's session metadata
-    (what ``run_job`` records). Writes ``offsets`` (rows, 2) float32, ``steps`` (steps per
-    episode) and ``key`` atomically; returns {"episodes", "rows", "seconds"}.
-    """
-    from nsl_collector.reader import read_episodes
-    from nsl_sim.env import GraspEnv, SimConfig
+    """Write the location labels of one bag recorded in the sim.
 
+    ``spec``: bag, sim (SimConfig kwargs), output (.npz path), key (stored with them). The
+    labels are row for row with ``load_transitions(bag)``: episodes in reading order. The task
+    and object split come from the bag's session metadata (what ``run_job`` records). Writes
+    ``offsets`` (rows, 2) float32, ``steps`` (steps per episode) and ``key`` atomically;
+    returns {"episodes", "rows", "seconds"}.
+    """
     t0 = time.monotonic()
     bag = Path(spec["bag"])
     episodes = read_episodes(bag)
@@ -331,9 +341,10 @@ def run_jobs(
     on_done: Callable[[int, Any], None] | None = None,
     job: Callable[[dict], Any] = run_job,
 ) -> list:
-    """Run ``job`` (default :func:`run_job`) on each spec, in ``workers`` spawned processes when
-    > 1; results in spec order. ``on_done(i, result)`` is called as each job finishes (in
-    order), e.g. to stamp its bag as complete.
+    """Run ``job`` (default :func:`run_job`) on each spec; results in spec order.
+
+    Jobs run in ``workers`` spawned processes when > 1. ``on_done(i, result)`` is called as each
+    job finishes (in order), e.g. to stamp its bag as complete.
     """
     t0 = time.monotonic()
     out: list[list[dict] | None] = [None] * len(specs)
@@ -345,8 +356,6 @@ def run_jobs(
             if log:
                 log(f"job {i + 1}/{len(specs)} done ({time.monotonic() - t0:.0f} s)")
     else:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(min(workers, len(specs))) as pool:
             pending = {i: pool.apply_async(job, (s,)) for i, s in enumerate(specs)}
             for i, r in pending.items():

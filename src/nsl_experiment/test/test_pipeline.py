@@ -1,11 +1,14 @@
-"""The experiment pipeline (nsl_bringup.experiment) on a tiny config, every stage end to end:
-caching, resuming, seeded data collection, evaluation with a confidence interval, calibration,
-nested tiers, the fine-tuning sweep, the continual chain and the report. ROS-free, < 90 s.
+"""The experiment pipeline on a tiny config, every stage end to end.
+
+Caching, resuming, evaluation with a confidence interval, calibration, nested tiers, the
+fine-tuning sweep, the continual chain and the report. ROS-free, < 90 s.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
 import shutil
 
@@ -16,71 +19,29 @@ import yaml
 pytest.importorskip("pybullet")
 pytest.importorskip("torch")
 
-from nsl_bringup.experiment import (
-    STAGES,
-    ExperimentConfig,
-    evaluate_checkpoint,
-    run,
-    wilson_interval,
-)  # noqa: E402
-from nsl_bringup.experiment.stages import Context, collect_bootstrap  # noqa: E402
-from nsl_bringup.experiment.config import (
-    BOOTSTRAP_SEEDS,
-    CALIBRATION_SEEDS,
-    CONTINUAL_ORDER,  # noqa: E402
-    CONTINUAL_SEEDS,
-    EVALUATION_SEEDS,
-    GATE_SEEDS,
-    MAX_EPISODES_PER_RANGE,
-    MAX_ONLINE_ROUND_EPISODES,
-    MAX_ONLINE_ROUNDS,
-    MAX_ROUNDS,
-    ONLINE_SEEDS,
-    ROUND_SEEDS,
-    SEED_STRIDE,
-    online_seed_offset,
-    STUDY_TASKS,
-    TARGET_SEEDS,
-    VALIDATION_SEEDS,
-    round_seed_offset,
+import torch  # noqa: E402
+from experiment_helpers import TINY, make_config, tiny  # noqa: E402
+from nsl_collector.dataset import load_transitions, read_episodes  # noqa: E402
+from nsl_experiment import cli, episodes  # noqa: E402
+from nsl_experiment.cache import Context  # noqa: E402
+from nsl_experiment.config import ExperimentConfig  # noqa: E402
+from nsl_experiment.episodes import task_spec, wilson_interval  # noqa: E402
+from nsl_experiment.pipeline import STAGES, run  # noqa: E402
+from nsl_experiment.report.markdown import reproduce_commands  # noqa: E402
+from nsl_experiment.report.tables import consistency_warnings, load_stamps, tables  # noqa: E402
+from nsl_experiment.report.acceptance import acceptance  # noqa: E402
+from nsl_experiment.seeds import CALIBRATION_SEEDS, GATE_SEEDS  # noqa: E402
+from nsl_experiment.units import collect, evaluate, gate, labels  # noqa: E402
+from nsl_experiment.units.calibration import choose_severity  # noqa: E402
+from nsl_experiment.units.evaluate import evaluate_checkpoint  # noqa: E402
+from nsl_experiment.units.labels import (  # noqa: E402
+    first_episodes,
+    load_episodes,
+    location_file,
+    location_labels,
 )
-
-# No random-goal bootstrap grasps: with 4 bootstrap episodes they would leave too few successes
-# for the grasp-value phase; test_decoy_bootstrap_... covers them. No location loss either (the
-# sim replays that labels the bags): test_pretrain_location_weight_... covers it.
-TINY = dict(
-    image_size=32,
-    max_steps=3,
-    num_objects=1,
-    chunk_episodes=2,
-    bootstrap_episodes=4,
-    bootstrap_decoy_fraction=0.0,
-    pretrain_location_weight=0.0,
-    pretrain_steps=3,
-    rounds=1,
-    round_episodes=2,
-    round_steps=2,
-    eval_episodes=3,
-    validation_episodes=2,
-    eval_tasks=("base",),
-    model={"width": 8, "embed_width": 8, "fc_width": 8},
-    qtopt={"batch_size": 8, "target_cem": {"population": 4, "elites": 2, "iterations": 1}},
-    policy_cem={"population": 8, "elites": 2, "iterations": 1},
-    # The fine-tuning study: 2 challenges (in the continual order), 4 grasps per task in two bags.
-    challenges=("offset_gripper_10cm", "checkerboard"),
-    calibration_episodes=3,
-    calibration_severities=(1.0, 3.0),
-    target_episodes=4,
-    tiers=(2, 4),
-    finetune_steps=2,
-    scratch_steps=2,
-    report_dir="report",
-)
-
-
-def tiny(out, **overrides) -> ExperimentConfig:
-    """TINY reporting into <out>/report."""
-    return ExperimentConfig(**{**TINY, "report_dir": str(out / "report"), **overrides})
+from nsl_experiment.units.collect import tier_bags  # noqa: E402
+from nsl_policy.checkpoint import load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -180,55 +141,9 @@ def test_resume_redoes_only_missing_work_and_config_changes_invalidate(first_run
     assert any("pretrain_round_0: training 4 steps" in m for m in logs), logs
 
 
-def test_seed_ranges_never_overlap():
-    """Every use draws up to MAX_EPISODES_PER_RANGE seeds from its own range."""
-    starts = [BOOTSTRAP_SEEDS, VALIDATION_SEEDS, CALIBRATION_SEEDS, EVALUATION_SEEDS, GATE_SEEDS]
-    starts += [round_seed_offset(r) for r in range(1, MAX_ROUNDS + 1)]
-    starts += [TARGET_SEEDS + 100_000 * i for i in range(len(STUDY_TASKS))]
-    starts += [CONTINUAL_SEEDS + 100_000 * i for i in range(len(CONTINUAL_ORDER))]
-    starts += [ONLINE_SEEDS + 100_000 * i for i in range(len(STUDY_TASKS))]
-    # A task's online rounds share its range: each round its own block, all inside the range.
-    for task in STUDY_TASKS:
-        first = ONLINE_SEEDS + 100_000 * STUDY_TASKS.index(task)
-        blocks = [online_seed_offset(task, k) for k in range(2, MAX_ONLINE_ROUNDS + 1)]
-        assert all(b - a >= MAX_ONLINE_ROUND_EPISODES for a, b in zip([first] + blocks, blocks))
-        assert blocks[-1] + MAX_ONLINE_ROUND_EPISODES <= first + MAX_EPISODES_PER_RANGE
-    with pytest.raises(ValueError, match="online round"):
-        online_seed_offset("base", 1)  # round 1 explores with the base policy's grasps
-    starts.sort()
-    assert all(b - a >= MAX_EPISODES_PER_RANGE for a, b in zip(starts, starts[1:]))
-    assert starts[-1] + MAX_EPISODES_PER_RANGE <= SEED_STRIDE
-    assert round_seed_offset(9) == ROUND_SEEDS + 900_000  # rounds 1-9 kept their seeds
-    with pytest.raises(ValueError, match="round"):
-        round_seed_offset(0)
-
-
-def test_collection_is_seeded(tmp_path):
-    from nsl_collector.dataset import load_transitions
-
-    cfg = ExperimentConfig(**{**TINY, "bootstrap_episodes": 3, "chunk_episodes": 3})
-    sets = []
-    for name in ("a", "b"):
-        bags, outcomes, _ = collect_bootstrap(Context(cfg, tmp_path / name, lambda m: None))
-        sets.append((load_transitions([str(b) for b in bags]), [o.success for o in outcomes]))
-    (a, sa), (b, sb) = sets
-    assert sa == sb
-    for field in ("image", "state", "action", "reward", "done"):
-        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-    other, _, _ = collect_bootstrap(
-        Context(
-            ExperimentConfig(**{**TINY, "bootstrap_episodes": 3, "chunk_episodes": 3, "seed": 1}),
-            tmp_path / "c",
-            lambda m: None,
-        )
-    )
-    c = load_transitions([str(x) for x in other])
-    assert len(c) != len(a) or not np.array_equal(c.image, a.image)
-
-
 def test_evaluate_gives_wilson_interval(first_run):
     out, _, _ = first_run
-    cfg = ExperimentConfig(**TINY)
+    cfg = make_config(**TINY)
     res = evaluate_checkpoint(
         out / "checkpoints" / "base.safetensors", "base", 2, cfg, "validation"
     )
@@ -238,156 +153,14 @@ def test_evaluate_gives_wilson_interval(first_run):
     assert lo == pytest.approx(0.7391, abs=1e-3) and hi == pytest.approx(0.8496, abs=1e-3)
 
 
-def test_config_validation():
-    with pytest.raises(ValueError, match="init_scheme"):
-        ExperimentConfig(init_scheme="xavier")
-    with pytest.raises(ValueError, match="rounds"):
-        ExperimentConfig(rounds=-1)
-    with pytest.raises(ValueError, match="rounds"):
-        ExperimentConfig(rounds=MAX_ROUNDS + 1)
-    with pytest.raises(ValueError, match="unknown"):
-        ExperimentConfig(model={"widht": 3})
-    with pytest.raises(ValueError, match="grasp_value_round"):
-        ExperimentConfig(rounds=3, grasp_value_steps=10, grasp_value_round=4)
-    with pytest.raises(ValueError, match="grasp_value_steps"):
-        ExperimentConfig(grasp_value_steps=-1)
-    with pytest.raises(ValueError, match="grasp_value_qtopt_steps"):
-        ExperimentConfig(grasp_value_checks=4, grasp_value_qtopt_steps=3)
-    with pytest.raises(ValueError, match="eval_tasks"):
-        ExperimentConfig(eval_tasks=("nope",))
-    with pytest.raises(ValueError, match="unknown ExperimentConfig fields"):
-        ExperimentConfig.from_dict({"bogus": 1})
-    assert ExperimentConfig().with_overrides(["rounds=2", "model={width: 48}"]).model == {
-        "width": 48
-    }
-    with pytest.raises(ValueError, match="tiers"):
-        ExperimentConfig(tiers=(25, 50, 900))  # beyond target_episodes
-    with pytest.raises(ValueError, match="tiers"):
-        ExperimentConfig(tiers=(50, 25))
-    with pytest.raises(ValueError, match="calibration_severities"):
-        ExperimentConfig(calibration_severities=(2.0, 1.0))
-    with pytest.raises(ValueError, match="calibration_seed_set"):
-        ExperimentConfig(
-            calibration_seed_set="evaluation"
-        )  # never choose on the reported episodes
-    with pytest.raises(ValueError, match="challenges"):
-        ExperimentConfig(challenges=("base",))
-    with pytest.raises(ValueError, match="challenges"):
-        ExperimentConfig(challenges="checkerboard")
-    with pytest.raises(ValueError, match="reinit_modules"):
-        ExperimentConfig(reinit_modules=("trunk",))
-    with pytest.raises(ValueError, match="target_fraction"):
-        ExperimentConfig(target_fraction=0.0)
-    with pytest.raises(ValueError, match="continual_guard: needs validation_episodes > 0"):
-        ExperimentConfig(validation_episodes=0)
-    assert ExperimentConfig(validation_episodes=0, continual_guard=False).continual_guard is False
-    with pytest.raises(ValueError, match="online_rounds: must split the largest tier"):
-        ExperimentConfig(online_rounds=3)  # 800 grasps do not split into 3 rounds of whole bags
-    with pytest.raises(ValueError, match="online_rounds: must split the largest tier"):
-        ExperimentConfig(
-            online_rounds=8, chunk_episodes=200
-        )  # rounds of 100 grasps: half a bag of 200
-    with pytest.raises(ValueError, match="online_rounds"):
-        ExperimentConfig(online_rounds=MAX_ONLINE_ROUNDS + 1)
-    with pytest.raises(ValueError, match="online_rounds: needs validation_episodes"):
-        ExperimentConfig(online_rounds=4, validation_episodes=0, continual_guard=False)
-    assert ExperimentConfig(online_rounds=4).online_rounds == 4
-    assert (
-        ExperimentConfig(
-            online_rounds=4, validation_episodes=0, continual_guard=False, gate_episodes=200
-        ).gate_episodes
-        == 200
-    )
-    assert ExperimentConfig(
-        validation_episodes=0, gate_episodes=200
-    ).continual_guard  # the gate has its episodes
-    with pytest.raises(ValueError, match="gate_episodes"):
-        ExperimentConfig(gate_episodes=-1)
-    with pytest.raises(ValueError, match="base_checkpoint: needs base_control"):
-        ExperimentConfig(base_checkpoint="shipped", base_control=False)
-    small = ExperimentConfig().with_overrides(
-        ["challenges=[checkerboard, harsh_light]", "base_control=false", "tiers=[25, 100]"]
-    )
-    assert small.study_tasks() == ("harsh_light", "checkerboard")
-    assert small.continual_chain() == ("harsh_light", "checkerboard")  # the paper's order
-    assert small.tiers == (
-        25,
-        100,
-    ) and ExperimentConfig().finetune_learning_rate() == pytest.approx(2.5e-4)
-
-
-def test_decoy_bootstrap_episodes_aim_at_random_goals_and_leave_older_episodes_unchanged():
-    """bootstrap_decoy_fraction: that share of the oracle episodes moves like the oracle towards a
-    random grasp pose. Off (0), the episodes and the cache keys are those of runs made before
-    the field existed.
-    """
-    from nsl_bringup.experiment.config import STAGE_FIELDS
-    from nsl_bringup.experiment.episodes import _scripted_actor
-    from nsl_sim.env import GraspEnv, SimConfig
-
-    with pytest.raises(ValueError, match="bootstrap_decoy_fraction"):
-        ExperimentConfig(bootstrap_decoy_fraction=1.5)
-
-    def bootstrap_key(fraction):
-        return ExperimentConfig(bootstrap_decoy_fraction=fraction).subset(
-            STAGE_FIELDS["bootstrap"]
-        )
-
-    assert "bootstrap_decoy_fraction" not in bootstrap_key(0.0)
-    assert bootstrap_key(0.5)["bootstrap_decoy_fraction"] == 0.5
-    old = {
-        "rng_seed": 0,
-        "random_fraction": 0.0,
-        "noise_max": 0.0,
-        "epsilon_max": 0.0,
-        "p_close": 0.05,
-    }
-    env = GraspEnv(SimConfig())
-
-    def episode(spec, seed):
-        obs, actions = env.reset(seed), []
-        act = _scripted_actor(spec, env, seed)
-        while True:
-            vec, _, explore = act(obs)
-            actions.append(vec)
-            res = env.step(*env_command(vec))
-            obs = res.observation
-            if res.done:
-                return np.array(actions), explore, env.commanded_pose()[0]
-
-    def env_command(vec):
-        from nsl_policy.action_space import ActionSpace
-
-        c = ActionSpace(env.config.max_translation, env.config.max_rotation).to_command(vec)
-        return c.translation, c.rotation, c.close_gripper, c.terminate
-
-    try:
-        for seed in (11, 12):
-            before, explore, oracle_end = episode(old, seed)
-            assert not explore
-            assert np.array_equal(before, episode({**old, "decoy_fraction": 0.0}, seed)[0])
-            decoy, explore, decoy_end = episode({**old, "decoy_fraction": 1.0}, seed)
-            assert explore  # recorded as exploration
-            lo, hi = env.config.object_region_low, env.config.object_region_high
-            assert (
-                lo[0] - 0.005 <= decoy_end[0] <= hi[0] + 0.005
-                and lo[1] - 0.005 <= decoy_end[1] <= hi[1] + 0.005
-            )
-            assert np.abs(np.asarray(decoy_end[:2]) - np.asarray(oracle_end[:2])).max() > 0.01, (
-                "aims elsewhere"
-            )
-    finally:
-        env.close()
-
-
 def test_grasp_values_restart_qtopt_at_their_round(first_run, tmp_path):
-    """grasp_value_steps > 0: at grasp_value_round a supervised grasp classifier of the data so
-    far is trained, and QT-Opt starts anew from it at the pre-training rate in validated parts,
-    each continuing the previous one and each a candidate base; the rounds before it are
-    unchanged (cached), and a second run finds it all cached.
-    """
-    from nsl_policy.checkpoint import load_checkpoint
+    """grasp_value_steps > 0.
 
+    At grasp_value_round a supervised grasp classifier of the data so far is trained, and QT-Opt
+    starts anew from it at the pre-training rate in validated parts, each continuing the previous
+    one and each a candidate base; the rounds before it are unchanged (cached), and a second run
+    finds it all cached.
+    """
     out, results, _ = first_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
@@ -461,50 +234,16 @@ def test_grasp_values_restart_qtopt_at_their_round(first_run, tmp_path):
     assert [(p["round"], p["part"]) for p in zero["rounds"]] == [(0, 1)]
 
 
-@pytest.mark.parametrize("task", ["base", "offset_gripper_10cm"])
-def test_location_labels_follow_the_commanded_gripper(task):
-    """A recorded episode's labels, rebuilt from its seed and actions, are the offsets from the
-    gripper position the sim commanded before each step (workspace clipping included) to the
-    nearest object as it settled.
-    """
-    from nsl_bringup.experiment.episodes import episode_locations
-    from nsl_sim.env import GraspEnv, SimConfig
-    from nsl_sim.tasks import get_task
-
-    actions = np.array(
-        [[1, 1, -1, 0, -1, -1]] * 5 + [[-0.5, 0.2, -1, 0.3, -1, -1], [2.0, -3.0, 0.5, 0, -1, -1]],
-        dtype=np.float32,
-    )
-    expected = []
-    with GraspEnv(
-        SimConfig(image_size=32, max_steps=10, num_objects=3, object_split="train")
-    ) as env:
-        env.reset(seed=7, task=get_task(task))
-        centres = [c[:2] for c in env.object_centres()]
-        for a in actions:
-            pos = env.commanded_pose()[0][:2]
-            expected.append(
-                min((c - pos for c in centres), key=lambda d: float(np.linalg.norm(d)))
-            )
-            env.step(np.clip(a[:3], -1, 1) * env.config.max_translation, 0.0, False, False)
-        assert env.commanded_pose()[0][0] == env.config.workspace_high[0]  # the moves were clipped
-        labels = episode_locations(env, 7, get_task(task), actions)
-    np.testing.assert_allclose(labels, np.array(expected), atol=1e-6)
-
-
 def test_pretrain_location_weight_labels_the_bags_once(first_run, tmp_path):
-    """pretrain_location_weight: pre-training labels every bag it trains on (a sidecar per bag,
-    row for row with its transitions, cached on the bag's key) and trains with the location
-    loss; the fine-tunes stay plain QT-Opt, and 0 keeps every older cache key.
-    """
-    from nsl_bringup.experiment.config import STAGE_FIELDS
-    from nsl_bringup.experiment.stages import load_episodes, location_file, location_labels
-    from nsl_collector.dataset import load_transitions
+    """pretrain_location_weight.
 
+    Pre-training labels every bag it trains on (a sidecar per bag, row for row with its
+    transitions, cached on the bag's key) and trains with the location loss; the fine-tunes stay
+    plain QT-Opt.
+    """
     out, results, _ = first_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    assert "pretrain_location_weight" not in tiny(copy).subset(STAGE_FIELDS["round"])
     config = tiny(copy, pretrain_location_weight=1.0)
     assert config.qtopt_config().location_weight == 1.0
     assert config.qtopt_config(finetune=True).location_weight == 0.0
@@ -546,143 +285,7 @@ def test_pretrain_location_weight_labels_the_bags_once(first_run, tmp_path):
         location_labels(ctx, bags)
 
 
-def test_kaiming_init_checkpoint_feeds_the_image_through(tmp_path):
-    import torch
-    from nsl_bringup.experiment.stages import initial_checkpoint
-    from nsl_policy.checkpoint import load_checkpoint
-
-    cfg = ExperimentConfig(**{**TINY, "init_scheme": "kaiming"})
-    path = initial_checkpoint(Context(cfg, tmp_path, lambda m: None))
-    model = load_checkpoint(path).model.eval()
-    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert float(model.encode(images).std(dim=0).mean()) > 1e-3
-
-
-# ------------------------------------------------------------------ the fine-tuning study
-def _cell(rate: float) -> dict:
-    return {"success_rate": rate}
-
-
-def _numbers(
-    base=0.85,
-    policy=(0.5, 0.5, 0.5, 0.5, 0.5),
-    best=(0.8, 0.8, 0.8, 0.8, 0.8),
-    largest=None,
-    scratch=(0.1,) * 5,
-    continual=None,
-) -> dict:
-    """Synthetic tables: five challenges, the base policy ``policy`` on each, fine-tuning ``best``
-    at tier 800 (``largest`` at tier 1600, default = best) and 0 at tier 25, continual = single-step.
-    """
-    names = [f"c{i}" for i in range(5)]
-    largest = largest or best
-    t1 = {"base": {"base_policy": _cell(base), "drop": 0.0}}
-    t1.update({n: {"base_policy": _cell(p), "drop": base - p} for n, p in zip(names, policy)})
-    tasks = {
-        n: {
-            "tiers": {"25": _cell(0.0), "800": _cell(b), "1600": _cell(lg)},
-            "scratch": _cell(s),
-            "reinit_head": _cell(0.0),
-        }
-        for n, b, lg, s in zip(names, best, largest, scratch)
-    }
-    continual = continual or largest
-    t3 = {
-        "steps": [
-            {"step": k, "task": n, "continual": _cell(c)}
-            for k, (n, c) in enumerate(zip(names, continual))
-        ]
-    }
-    t2 = {"tiers": [25, 800, 1600], "largest_tier": 1600, "tasks": tasks}
-    return {"table_i": t1, "table_ii": t2, "table_iii": t3}
-
-
-def _passed(numbers: dict) -> list:
-    from nsl_bringup.experiment.report import acceptance
-
-    return [c["passed"] for c in acceptance(numbers)]
-
-
-def test_acceptance_checks_on_synthetic_numbers():
-    assert _passed(_numbers()) == [True] * 5
-    assert _passed(_numbers(base=0.79)) == [False, True, True, True, True]
-    assert (
-        _passed(_numbers(base=0.80, policy=(0.65,) * 5)) == [True] * 5
-    )  # thresholds are inclusive
-    assert _passed(_numbers(policy=(0.5, 0.5, 0.5, 0.5, 0.75)))[1] is False  # one drop of 0.10
-    # Recovery uses the best tier <= 800 grasps (not tier 1600): (best - policy) / drop >= 50%.
-    four = _numbers(best=(0.8, 0.8, 0.8, 0.8, 0.55), largest=(0.8,) * 5)
-    assert _passed(four)[2] is True  # 4 of 5
-    three = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
-    assert _passed(three)[2] is False
-    assert _passed(_numbers(best=(0.675,) * 5))[2] is True  # exactly half of 0.35
-    # A challenge that does not compromise the policy (drop < 0.15) has nothing to recover: a
-    # gain on it does not count, however large as a share of its tiny drop.
-    small = _numbers(policy=(0.5, 0.5, 0.5, 0.84, 0.84), best=(0.8, 0.8, 0.8, 0.9, 0.9))
-    assert _passed(small)[2] is False
-    from nsl_bringup.experiment.report import acceptance
-
-    assert "nothing to recover" in acceptance(small)[2]["detail"]
-    # Scratch is compared with fine-tuning on the same grasps (the largest tier); a tie is no win.
-    assert _passed(_numbers(scratch=(0.1, 0.1, 0.1, 0.1, 0.8)))[3] is False
-    # Continual may be at most 0.10 below single-step (better is fine).
-    assert _passed(_numbers(continual=(0.7, 0.8, 0.9, 0.8, 0.8)))[4] is True
-    assert _passed(_numbers(continual=(0.69, 0.8, 0.8, 0.8, 0.8)))[4] is False
-    assert _passed({"table_i": None, "table_ii": None, "table_iii": None}) == [None] * 5
-
-
-def test_best_fine_tune_includes_the_online_rounds():
-    from nsl_bringup.experiment.report import acceptance, best_tier
-
-    numbers = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
-    assert _passed(numbers)[2] is False  # 3 of 5 from the tiers alone
-    for name, rate in (("c3", 0.7), ("c4", 0.6)):
-        numbers["table_ii"]["tasks"][name]["online"] = {
-            "grasps": 800,
-            "accepted_rounds": [1, 2],
-            "result": _cell(rate),
-        }
-    assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("online 800", _cell(0.7))
-    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"  # no online row
-    assert _passed(numbers)[2] is True  # c3 now recovers 0.2 of 0.35
-    assert "c3: 57% (best: online 800)" in acceptance(numbers)[2]["detail"]
-    numbers["table_ii"]["tasks"]["c3"]["online"]["grasps"] = 1600  # beyond the 800-grasp budget
-    assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("800", _cell(0.55))
-    # A tie goes to the tier: the online rounds spend more robot time (their validation episodes).
-    numbers["table_ii"]["tasks"]["c0"]["online"] = {
-        "grasps": 800,
-        "accepted_rounds": [1],
-        "result": _cell(0.8),
-    }
-    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
-    # Rounds that were all rejected leave the base policy in force: that is no fine-tune.
-    numbers["table_ii"]["tasks"]["c0"]["online"] = {
-        "grasps": 800,
-        "accepted_rounds": [],
-        "result": _cell(0.9),
-    }
-    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
-
-
-def test_calibration_rule():
-    from nsl_bringup.experiment.stages import choose_severity
-
-    trials = [(1.0, 0.75), (1.5, 0.6), (2.0, 0.3)]
-    assert choose_severity(0.8, trials, 0.2) == (
-        1.5,
-        True,
-    )  # the first with a drop >= 0.2 (0.8 - 0.6)
-    assert choose_severity(0.7, [(1.0, 0.5)], 0.2) == (1.0, True)  # 0.7 - 0.5 < 0.2 in floats
-    assert choose_severity(0.8, trials, 0.6) == (2.0, False)  # never reached: the largest, flagged
-    assert choose_severity(0.8, [(1.0, 0.1), (3.0, 0.0)], 0.2) == (1.0, True)
-    with pytest.raises(ValueError):
-        choose_severity(0.8, [], 0.2)
-
-
 def test_calibration_follows_the_rule_and_later_stages_use_it(first_run):
-    from nsl_bringup.experiment.stages import choose_severity
-
     out, results, _ = first_run
     cal = results["stages"]["calibrate"]["calibration"]
     base = cal["base_validation"]["success_rate"]
@@ -720,8 +323,6 @@ def test_calibration_follows_the_rule_and_later_stages_use_it(first_run):
 
 
 def test_evaluate_accepts_a_task_dict(first_run):
-    from nsl_bringup.experiment.episodes import task_spec
-
     out, _, _ = first_run
     assert task_spec("checkerboard") == "checkerboard" == task_spec("checkerboard", 1.0)
     spec = task_spec("checkerboard", 2.0)
@@ -733,8 +334,6 @@ def test_evaluate_accepts_a_task_dict(first_run):
 
 
 def test_tiers_are_nested_prefixes(first_run):
-    from nsl_bringup.experiment.stages import first_episodes, load_episodes, tier_bags
-
     out, results, _ = first_run
     bags = [out / b for b in results["stages"]["collect_targets"]["tasks"]["checkerboard"]["bags"]]
     assert len(bags) == 2  # 4 grasps in bags of 2
@@ -753,9 +352,6 @@ def test_tiers_are_nested_prefixes(first_run):
 
 
 def test_sweep_and_continual_units(first_run):
-    import torch
-    from nsl_policy.checkpoint import load_checkpoint
-
     out, results, _ = first_run
     sweep = results["stages"]["finetune_sweep"]
     assert list(sweep["tasks"]) == [
@@ -822,21 +418,20 @@ def test_sweep_and_continual_units(first_run):
 
 def test_continual_guard_rejects_a_step_that_validates_worse(first_run, tmp_path, monkeypatch):
     """The gate keeps the policy in force when a step's checkpoint does worse on validation."""
-    from nsl_bringup.experiment import stages
-
     out, results, _ = first_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     base_id = results["stages"]["continual"]["base_checkpoint_id"]
-    real_validate = stages.validate
+    real_validate = gate.validate
 
     def validate(ctx, checkpoint, checkpoint_id, task="base"):
         res = dict(real_validate(ctx, checkpoint, checkpoint_id, task))
-        # The base policy validates at 1, every trained candidate at 0: every step must be rejected.
+        # The base policy validates at 1, every trained candidate at 0: every step must be
+        # rejected.
         res["success_rate"] = 1.0 if checkpoint_id == base_id else 0.0
         return res
 
-    monkeypatch.setattr(stages, "validate", validate)
+    monkeypatch.setattr(gate, "validate", validate)
     res = run(tiny(copy), copy, ["continual"], lambda m: None)["stages"]["continual"]
     assert [s["accepted"] for s in res["steps"]] == [False, False]
     assert (
@@ -844,12 +439,14 @@ def test_continual_guard_rejects_a_step_that_validates_worse(first_run, tmp_path
         == [base_id, base_id]
         == [res["final_checkpoint_id"]] * 2
     )
-    # A rejected step reports the policy in force on its task: the base policy's Table I evaluation.
+    # A rejected step reports the policy in force on its task: the base policy's Table I
+    # evaluation.
     table_i = results["stages"]["calibrate"]["table_i"]
     for step in res["steps"]:
         assert step["result"] == table_i[step["task"]]["result"]
         assert step["candidate"]["checkpoint_id"] != base_id  # what it trained is still reported
-    # Step 1 trained from the policy in force (the base policy), not from step 0's rejected checkpoint.
+    # Step 1 trained from the policy in force (the base policy), not from step 0's rejected
+    # checkpoint.
     step_1 = json.loads(
         (
             copy / "checkpoints" / "continual_guarded" / "step_1_offset_gripper_10cm.json"
@@ -902,7 +499,6 @@ def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path
     assert any("offset_gripper_10cm/continual_step_1: collecting 4 episodes" in m for m in logs), (
         logs
     )
-    from nsl_collector.dataset import read_episodes
 
     episodes = read_episodes(copy / "datasets" / "offset_gripper_10cm" / "continual_step_1")
     assert {e.checkpoint_id for e in episodes} == {first["checkpoint_id"]}
@@ -921,18 +517,12 @@ def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path
 
 
 def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):
-    from nsl_bringup.experiment.config import STAGE_FIELDS
-    from nsl_bringup.experiment.report import reproduce_commands
-    from nsl_policy.checkpoint import load_checkpoint
-
     out, results, _ = first_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    # The default exports the Polyak-averaged network; {} (every run made before the field
-    # existed) stays out of the stage keys, so those run folders stay cached.
+    # The default exports the Polyak-averaged network; {} exports the online network.
     assert tiny(copy).qtopt_config(finetune=True).policy_weights == "polyak"
     assert tiny(copy).qtopt_config().policy_weights == "online"  # pre-training is unchanged
-    assert "finetune_qtopt" not in tiny(copy, finetune_qtopt={}).subset(STAGE_FIELDS["finetune"])
     logs: list[str] = []
     res = run(tiny(copy, finetune_qtopt={}), copy, ["pretrain", "finetune_sweep"], logs.append)
     assert not any(re.search(r"pretrain_round_\d+: training", m) for m in logs), logs
@@ -960,33 +550,20 @@ def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):
         return max(float((a[k].float() - base[k].float()).abs().max()) for k in base)
 
     assert distance(averaged) < 0.1 * distance(online), (distance(averaged), distance(online))
-    # A stamp from before the field existed reproduces with the online network it was made with.
+    # A stamp reproduces with the settings it was made with: the defaults are left out.
     stamp = json.loads((out / "stages" / "finetune_sweep.json").read_text())
-    del stamp["provenance"]["config"]["finetune_qtopt"]
+    assert "finetune_qtopt" not in reproduce_commands({"finetune_sweep": stamp}, out)[0]
+    stamp = json.loads((copy / "stages" / "finetune_sweep.json").read_text())
     assert "--set 'finetune_qtopt={}'" in reproduce_commands({"finetune_sweep": stamp}, out)[0]
-    assert (
-        "finetune_qtopt"
-        not in reproduce_commands(
-            {"finetune_sweep": json.loads((out / "stages" / "finetune_sweep.json").read_text())},
-            out,
-        )[0]
-    )
-    # Calibrations made before calibration_seed_set existed ran on the validation seeds.
     stamp = json.loads((out / "stages" / "calibrate.json").read_text())
-    assert stamp["provenance"]["config"]["calibration_seed_set"] == "calibration"
-    del stamp["provenance"]["config"]["calibration_seed_set"]
-    assert (
-        "--set 'calibration_seed_set=\"validation\"'"
-        in reproduce_commands({"calibrate": stamp}, out)[0]
-    )
+    assert stamp["provenance"]["config"]["calibration"]["calibration_seed_set"] == "calibration"
 
 
 def test_a_hard_linked_copy_keeps_the_originals_config(first_run, tmp_path):
-    """Copying a run folder with hard links (cp -al) to reuse its data is safe: running the copy
-    replaces its config.json instead of writing into the file both folders share.
-    """
-    import os
+    """Copying a run folder with hard links (cp -al) to reuse its data is safe.
 
+    Running the copy replaces its config.json instead of writing into the file both folders share.
+    """
     out, _, _ = first_run
     original = tmp_path / "original"
     shutil.copytree(out, original)
@@ -995,25 +572,16 @@ def test_a_hard_linked_copy_keeps_the_originals_config(first_run, tmp_path):
     before = (original / "config.json").read_text()
     run(tiny(copy, finetune_steps=3), copy, ["report"], lambda m: None)
     assert (original / "config.json").read_text() == before
-    assert json.loads((copy / "config.json").read_text())["finetune_steps"] == 3
+    assert json.loads((copy / "config.json").read_text())["finetune"]["finetune_steps"] == 3
 
 
-def test_from_run_reads_an_older_config_with_the_values_it_had(first_run, tmp_path):
-    """ExperimentConfig.from_run: a run folder's config.json, where a field newer than the file
-    takes the value every older run had (KEYED_WHEN_SET), not today's default.
-    """
+def test_from_run_reads_the_runs_config(first_run):
+    """ExperimentConfig.from_run: a run folder's config.json, plus overrides."""
     out, _, _ = first_run
     assert ExperimentConfig.from_run(out) == tiny(out)
-    saved = json.loads((out / "config.json").read_text())
-    older = tmp_path / "older"
-    older.mkdir()
-    del saved["pretrain_location_weight"]
-    (older / "config.json").write_text(
-        json.dumps({**saved, "calibration_seed_set": "calibration"})
-    )
-    config = ExperimentConfig.from_run(older, workers=3)
-    assert ExperimentConfig().pretrain_location_weight != 0.0 == config.pretrain_location_weight
-    assert (config.calibration_seed_set, config.workers) == ("calibration", 3)
+    config = ExperimentConfig.from_run(out, workers=3, calibration_seed_set="validation")
+    assert (config.runtime.workers, config.calibration.calibration_seed_set) == (3, "validation")
+    assert config.study == tiny(out).study
 
 
 def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):
@@ -1028,19 +596,14 @@ def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):
 
 
 def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
-    import argparse
-
-    from nsl_bringup.experiment import cli, episodes, stages
-    from nsl_bringup.experiment.report import acceptance, load_stamps, tables
-
     out, results, _ = first_run
     assert (out / "report" / "paper_reproduction.md").is_file()  # the run's own report stage
 
     def no_episodes(*args, **kwargs):
         raise AssertionError("the report must not run episodes")
 
-    monkeypatch.setattr(episodes, "run_jobs", no_episodes)
-    monkeypatch.setattr(stages, "run_jobs", no_episodes)
+    for module in (episodes, collect, evaluate, labels):
+        monkeypatch.setattr(module, "run_jobs", no_episodes)
     target = tmp_path / "rendered"
     assert cli.cmd_report(argparse.Namespace(output=str(out), report_dir=str(target))) == 0
     text = (target / "paper_reproduction.md").read_text()
@@ -1081,8 +644,6 @@ def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
 
 
 def test_report_flags_stamps_from_different_runs(first_run):
-    from nsl_bringup.experiment.report import consistency_warnings, load_stamps
-
     out, _, _ = first_run
     stamps = load_stamps(out)
     assert consistency_warnings(stamps) == []
@@ -1093,33 +654,13 @@ def test_report_flags_stamps_from_different_runs(first_run):
     assert any("finetune_sweep used checkerboard at severity 7.5" in w for w in warnings)
 
 
-def test_reinit_ablation_resets_the_modules_the_network_has(tmp_path):
-    """A keypoints network scores keypoints + action in ``fc`` alone: the head ablation resets
-    ``fc`` there, and refuses a list that names none of its modules.
-    """
-    from nsl_bringup.experiment.stages import reinit_modules
-    from nsl_policy.model import QNetwork, QNetworkConfig
-
-    keypoints = QNetwork(
-        QNetworkConfig(image_size=32, width=8, fc_width=8, feature_size=8, head="keypoints")
-    )
-    conv = QNetwork(QNetworkConfig(image_size=32, width=8, fc_width=8))
-    ctx = Context(ExperimentConfig(), tmp_path, print)
-    assert reinit_modules(ctx, conv) == ["head", "fc"]
-    assert reinit_modules(ctx, keypoints) == ["fc"]
-    ctx = Context(ExperimentConfig(reinit_modules=("head",)), tmp_path, print)
-    with pytest.raises(ValueError, match="keypoints head"):
-        reinit_modules(ctx, keypoints)
-
-
 def test_imported_base_and_online_rounds(first_run, tmp_path):
-    """``base_checkpoint``: the study starts from a given checkpoint (no pre-training) and mixes
-    in the base control's grasps as base data. ``online_rounds``: the largest tier's grasps are
-    spent in rounds that explore with the policy in force, gated on validation.
-    """
-    from nsl_collector.dataset import load_transitions, read_episodes
-    from nsl_policy.checkpoint import load_checkpoint
+    """``base_checkpoint``: the study starts from a given checkpoint.
 
+    (no pre-training) and mixes in the base control's grasps as base data. ``online_rounds``: the
+    largest tier's grasps are spent in rounds that explore with the policy in force, gated on
+    validation.
+    """
     out, results, _ = first_run
     given = tmp_path / "given.safetensors"
     shutil.copyfile(out / "checkpoints" / "base.safetensors", given)
@@ -1220,7 +761,8 @@ def test_imported_base_and_online_rounds(first_run, tmp_path):
                 assert measured["first_seed"] == GATE_SEEDS
     first_rounds = {n: r["rounds"][0]["checkpoint_id"] for n, r in online["tasks"].items()}
     assert {n: r["rounds"][0]["checkpoint_id"] for n, r in gated["tasks"].items()} == first_rounds
-    # A run folder keeps its base policy: importing another one into it is refused, nothing overwritten.
+    # A run folder keeps its base policy: importing another one into it is refused, nothing
+    # overwritten.
     other = run_dir / "checkpoints" / "sweep" / "base" / "tier_0004.safetensors"
     with pytest.raises(ValueError, match=f"already has the base policy {given_id}"):
         run(tiny(run_dir, base_checkpoint=str(other)), run_dir, ["pretrain"], lambda m: None)

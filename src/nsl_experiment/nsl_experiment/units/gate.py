@@ -1,0 +1,60 @@
+"""Gate units: validation success, what choices.
+
+(rounds, continual steps, online rounds) compare.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..cache import Context
+from ..episodes import TaskSpec, resolve_task
+from .evaluate import evaluate_cached, unit_label
+
+
+def validate(
+    ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec = "base"
+) -> dict | None:
+    """Validation-seed success of a checkpoint on ``task``, cached next to the checkpoint.
+
+    None when ``validation_episodes`` is 0.
+    """
+    episodes = ctx.config.evaluation.validation_episodes
+    if episodes <= 0:
+        return None
+    name = resolve_task(task).name
+    suffix = "validation" if task == "base" else f"validation_{name}"
+    return evaluate_cached(
+        ctx,
+        f"{unit_label(ctx, checkpoint)}/{suffix}",
+        checkpoint.with_name(f"{checkpoint.stem}.{suffix}.json"),
+        checkpoint,
+        checkpoint_id,
+        task,
+        kind="validate",
+        episodes=episodes,
+        seed_set="validation",
+    )
+
+
+def gate_validation(ctx: Context, checkpoint: Path, checkpoint_id: str, task: TaskSpec) -> dict:
+    """Return what a gate (continual step, online round) compares, cached next to the checkpoint.
+
+    Success on ``gate_episodes`` episodes of the gate seed block, or with 0 the checkpoint's
+    :func:`validate` result.
+    """
+    episodes = ctx.config.evaluation.gate_episodes
+    if not episodes:
+        return validate(ctx, checkpoint, checkpoint_id, task)
+    suffix = f"gate_{resolve_task(task).name}"
+    return evaluate_cached(
+        ctx,
+        f"{unit_label(ctx, checkpoint)}/{suffix}",
+        checkpoint.with_name(f"{checkpoint.stem}.{suffix}.json"),
+        checkpoint,
+        checkpoint_id,
+        task,
+        kind="gate",
+        episodes=episodes,
+        seed_set="gate",
+    )

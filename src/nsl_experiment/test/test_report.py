@@ -1,0 +1,107 @@
+"""The acceptance checks of the report on synthetic numbers."""
+
+from __future__ import annotations
+
+from nsl_experiment.report.acceptance import acceptance, best_tier
+
+
+def _cell(rate: float) -> dict:
+    return {"success_rate": rate}
+
+
+def _numbers(
+    base=0.85,
+    policy=(0.5, 0.5, 0.5, 0.5, 0.5),
+    best=(0.8, 0.8, 0.8, 0.8, 0.8),
+    largest=None,
+    scratch=(0.1,) * 5,
+    continual=None,
+) -> dict:
+    """Synthetic tables: five challenges, the base policy ``policy`` on each.
+
+    Fine-tuning ``best`` at tier 800 (``largest`` at tier 1600, default = best) and 0 at tier 25,
+    continual = single-step.
+    """
+    names = [f"c{i}" for i in range(5)]
+    largest = largest or best
+    t1 = {"base": {"base_policy": _cell(base), "drop": 0.0}}
+    t1.update({n: {"base_policy": _cell(p), "drop": base - p} for n, p in zip(names, policy)})
+    tasks = {
+        n: {
+            "tiers": {"25": _cell(0.0), "800": _cell(b), "1600": _cell(lg)},
+            "scratch": _cell(s),
+            "reinit_head": _cell(0.0),
+        }
+        for n, b, lg, s in zip(names, best, largest, scratch)
+    }
+    continual = continual or largest
+    t3 = {
+        "steps": [
+            {"step": k, "task": n, "continual": _cell(c)}
+            for k, (n, c) in enumerate(zip(names, continual))
+        ]
+    }
+    t2 = {"tiers": [25, 800, 1600], "largest_tier": 1600, "tasks": tasks}
+    return {"table_i": t1, "table_ii": t2, "table_iii": t3}
+
+
+def _passed(numbers: dict) -> list:
+    return [c["passed"] for c in acceptance(numbers)]
+
+
+def test_acceptance_checks_on_synthetic_numbers():
+    assert _passed(_numbers()) == [True] * 5
+    assert _passed(_numbers(base=0.79)) == [False, True, True, True, True]
+    assert (
+        _passed(_numbers(base=0.80, policy=(0.65,) * 5)) == [True] * 5
+    )  # thresholds are inclusive
+    assert _passed(_numbers(policy=(0.5, 0.5, 0.5, 0.5, 0.75)))[1] is False  # one drop of 0.10
+    # Recovery uses the best tier <= 800 grasps (not tier 1600): (best - policy) / drop >= 50%.
+    four = _numbers(best=(0.8, 0.8, 0.8, 0.8, 0.55), largest=(0.8,) * 5)
+    assert _passed(four)[2] is True  # 4 of 5
+    three = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
+    assert _passed(three)[2] is False
+    assert _passed(_numbers(best=(0.675,) * 5))[2] is True  # exactly half of 0.35
+    # A challenge that does not compromise the policy (drop < 0.15) has nothing to recover: a
+    # gain on it does not count, however large as a share of its tiny drop.
+    small = _numbers(policy=(0.5, 0.5, 0.5, 0.84, 0.84), best=(0.8, 0.8, 0.8, 0.9, 0.9))
+    assert _passed(small)[2] is False
+
+    assert "nothing to recover" in acceptance(small)[2]["detail"]
+    # Scratch is compared with fine-tuning on the same grasps (the largest tier); a tie is no win.
+    assert _passed(_numbers(scratch=(0.1, 0.1, 0.1, 0.1, 0.8)))[3] is False
+    # Continual may be at most 0.10 below single-step (better is fine).
+    assert _passed(_numbers(continual=(0.7, 0.8, 0.9, 0.8, 0.8)))[4] is True
+    assert _passed(_numbers(continual=(0.69, 0.8, 0.8, 0.8, 0.8)))[4] is False
+    assert _passed({"table_i": None, "table_ii": None, "table_iii": None}) == [None] * 5
+
+
+def test_best_fine_tune_includes_the_online_rounds():
+    numbers = _numbers(best=(0.8, 0.8, 0.8, 0.55, 0.55), largest=(0.8,) * 5)
+    assert _passed(numbers)[2] is False  # 3 of 5 from the tiers alone
+    for name, rate in (("c3", 0.7), ("c4", 0.6)):
+        numbers["table_ii"]["tasks"][name]["online"] = {
+            "grasps": 800,
+            "accepted_rounds": [1, 2],
+            "result": _cell(rate),
+        }
+    assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("online 800", _cell(0.7))
+    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"  # no online row
+    assert _passed(numbers)[2] is True  # c3 now recovers 0.2 of 0.35
+    assert "c3: 57% (best: online 800)" in acceptance(numbers)[2]["detail"]
+    numbers["table_ii"]["tasks"]["c3"]["online"]["grasps"] = 1600  # beyond the 800-grasp budget
+    assert best_tier(numbers["table_ii"]["tasks"]["c3"]) == ("800", _cell(0.55))
+    # A tie goes to the tier: the online rounds spend more robot time (their validation episodes).
+    numbers["table_ii"]["tasks"]["c0"]["online"] = {
+        "grasps": 800,
+        "accepted_rounds": [1],
+        "result": _cell(0.8),
+    }
+    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
+    # Rounds that were all rejected leave the base policy in force: that is no fine-tune.
+    numbers["table_ii"]["tasks"]["c0"]["online"] = {
+        "grasps": 800,
+        "accepted_rounds": [],
+        "result": _cell(0.9),
+    }
+    assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
