@@ -49,7 +49,7 @@ def _episode_offsets(job: tuple[int, str, np.ndarray]) -> np.ndarray:
     Each offset is from the commanded gripper position before a recorded step (the pipeline's
     labels: episodes.episode_locations).
     """
-    from nsl_bringup.experiment.episodes import episode_locations
+    from nsl_experiment.episodes import episode_locations
     from nsl_sim.tasks import get_task
 
     seed, task, actions = job
@@ -128,7 +128,7 @@ def train(
     import torch
     from torch.nn import functional as F
 
-    from nsl_bringup.experiment.config import ExperimentConfig
+    from nsl_experiment.config import ExperimentConfig
     from nsl_policy.checkpoint import save_checkpoint
     from nsl_policy.model import QNetwork
     from nsl_trainer.data import LOCATION_SCALE
@@ -226,7 +226,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.aux_weight <= 0:
         ap.error("--aux-weight must be > 0 (the plain run is the weight-0 one)")
-    from nsl_bringup.experiment.config import ExperimentConfig
+    from nsl_experiment.config import ExperimentConfig
     from nsl_trainer.data import LOCATION_SCALE
 
     sim_kwargs = ExperimentConfig().sim_kwargs()  # the world the pipeline collects in

@@ -52,8 +52,10 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    from nsl_bringup.experiment.config import ExperimentConfig
-    from nsl_bringup.experiment.stages import Context, calibration, evaluate_checkpoint, study_spec
+    from nsl_experiment.config import ExperimentConfig
+    from nsl_experiment.cache import Context
+    from nsl_experiment.units.calibration import calibration, study_spec
+    from nsl_experiment.units.evaluate import evaluate_checkpoint
 
     a, b = args.runs
     cfgs, cals, units, caches = [], [], [], []

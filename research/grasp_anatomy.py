@@ -74,8 +74,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from nsl_bringup.experiment.config import VALIDATION_SEEDS
-    from nsl_bringup.experiment.episodes import _state, resolve_task, task_spec
+    from nsl_experiment.seeds import VALIDATION_SEEDS
+    from nsl_experiment.episodes import _state, resolve_task, task_spec
     from nsl_policy.action_space import ActionSpace
     from nsl_policy.checkpoint import load_checkpoint
     from nsl_policy.policy import ExplorationConfig, GraspPolicy

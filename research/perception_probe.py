@@ -34,7 +34,7 @@ def collect(
     """(images uint8 (N,S,S,3), states float32 (N,3), offsets float32 (N,2) in metres)."""
     import numpy as np
 
-    from nsl_bringup.experiment.episodes import _state
+    from nsl_experiment.episodes import _state
     from nsl_sim.env import GraspEnv, SimConfig
 
     images, states, offsets = [], [], []
@@ -150,7 +150,7 @@ def main() -> int:
     import torch
     from torch import nn
 
-    from nsl_bringup.experiment.config import VALIDATION_SEEDS
+    from nsl_experiment.seeds import VALIDATION_SEEDS
     from nsl_policy.model import QNetwork, QNetworkConfig
 
     torch.set_num_threads(args.threads)

@@ -42,17 +42,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
 
-    from nsl_bringup.experiment.config import ExperimentConfig
-    from nsl_bringup.experiment.stages import (
-        Context,
-        base_checkpoint,
-        base_data,
-        calibration,
-        evaluate_checkpoint,
-        load_episodes,
-        study_spec,
-        targets,
-    )
+    from nsl_experiment.config import ExperimentConfig
+    from nsl_experiment.cache import Context
+    from nsl_experiment.units.base import base_checkpoint
+    from nsl_experiment.units.calibration import calibration, study_spec
+    from nsl_experiment.units.evaluate import evaluate_checkpoint
+    from nsl_experiment.units.labels import load_episodes
+    from nsl_experiment.units.study import base_data, targets
     from nsl_policy.checkpoint import load_checkpoint, save_checkpoint
     from nsl_trainer.runs import train_transitions
     from nsl_trainer.state import load_state

@@ -80,8 +80,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from nsl_bringup.experiment.config import VALIDATION_SEEDS
-    from nsl_bringup.experiment.episodes import _state
+    from nsl_experiment.seeds import VALIDATION_SEEDS
+    from nsl_experiment.episodes import _state
     from nsl_policy.action_space import ACTION_DIM, ActionSpace, policy_actions
     from nsl_policy.cem import CEMConfig
     from nsl_policy.checkpoint import load_checkpoint

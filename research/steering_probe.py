@@ -116,7 +116,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from nsl_bringup.experiment.config import VALIDATION_SEEDS
+    from nsl_experiment.seeds import VALIDATION_SEEDS
     from nsl_policy.checkpoint import load_checkpoint
     from nsl_policy.model import QNetwork
     from nsl_sim.env import SimConfig

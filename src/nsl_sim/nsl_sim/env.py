@@ -935,7 +935,7 @@ class GraspEnv:
 
         To its centre (the mesh centre the oracle aims at); None when the tray holds no object.
         Simulator state: the label of the auxiliary location loss
-        (nsl_bringup.experiment.episodes.location_job).
+        (nsl_experiment.episodes.location_job).
         """
         offsets = [c - np.asarray(xy, dtype=np.float64)[:2] for c in self.object_centres()]
         return min(offsets, key=lambda d: float(np.linalg.norm(d))) if offsets else None
