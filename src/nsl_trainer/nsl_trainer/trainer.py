@@ -27,7 +27,9 @@ import math
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from nsl_policy.action_space import ACTION_DIM, policy_actions
 from nsl_policy.cem import cem_maximize
@@ -60,8 +62,6 @@ def stream_seed(seed: int, rank: int, step: int, stream: int) -> int:
 
 def dist_info() -> tuple[int, int]:
     """Return (world size, rank) of the default process group, (1, 0) without one."""
-    import torch.distributed as dist  # optional: only torchrun runs initialise it
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
@@ -124,8 +124,6 @@ class QTOptTrainer:
         if self.world_size > 1:
             # DDP broadcasts rank 0's weights here and averages gradients in backward(); the
             # target networks are copied afterwards, so every rank starts from the same ones.
-            from torch.nn.parallel import DistributedDataParallel  # optional: torchrun only
-
             ids = None
             if self.device.type == "cuda":
                 index = self.device.index
