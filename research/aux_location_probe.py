@@ -140,7 +140,7 @@ def train(
     torch.manual_seed(seed)
     # The pre-training recipe's network and QT-Opt settings; the probe adds the location loss
     # itself, through the aux_loss hook, so the recipe's own (pretrain_location_weight) is off.
-    recipe = ExperimentConfig(seed=seed, pretrain_location_weight=0.0)
+    recipe = ExperimentConfig.from_dict({"seed": seed, "pretrain_location_weight": 0.0})
     model = QNetwork(recipe.model_config())
     labels = torch.as_tensor(offsets / LOCATION_SCALE)
     states = torch.as_tensor(transitions.state)

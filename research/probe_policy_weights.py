@@ -60,7 +60,7 @@ def main() -> int:
     base_bags, _ = base_data(ctx)
     cal = calibration(ctx)
     target = targets(ctx, (args.task,), cal)[args.task]
-    target_bags, _ = target.tier(args.grasps, cfg.chunk_episodes)
+    target_bags, _ = target.tier(args.grasps, cfg.sim.chunk_episodes)
     out = args.run / "probes" / f"policy_weights_{args.task}_{args.grasps}"
     out.mkdir(parents=True, exist_ok=True)
     # The study's fine-tuning settings, exporting the online network: the Polyak one is read
@@ -70,14 +70,14 @@ def main() -> int:
         "finetune",
         load_episodes(base_bags),
         load_episodes(target_bags, args.grasps),
-        cfg.finetune_steps,
+        cfg.finetune.finetune_steps,
         output_path=str(out / "online.safetensors"),
         init_checkpoint=str(init),
         learning_rate=cfg.finetune_learning_rate(),
-        target_fraction=cfg.target_fraction,
-        seed=cfg.seed,
+        target_fraction=cfg.finetune.target_fraction,
+        seed=cfg.seeds.seed,
         config=qtopt,
-        num_threads=cfg.threads,
+        num_threads=cfg.runtime.threads,
         run_dir=str(out / "run"),
         tensorboard=False,
     )
