@@ -136,7 +136,7 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         default="conv",
         help="how a random init's network scores the action against the image (nsl_policy.model."
         "QNetworkConfig.head; default conv). keypoints: a spatial softmax over a 16x16 map and "
-        "an MLP of 256 units, the recipe measured in docs/results/base_policy.md",
+        "an MLP of 256 units, the recipe measured in docs/results/decisions.md",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 

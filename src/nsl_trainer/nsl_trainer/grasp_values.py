@@ -5,7 +5,7 @@ step's target is the reward itself). When the grasp values ignore the image, eve
 the same target, and QT-Opt never learns to steer. At this project's data budgets that is what
 it learned from a random init: grasp AUC 0.53-0.64 and steering AUC 0.49-0.52, while the same
 network trained as a plain classifier of the grasps' outcomes reached 0.76 and 0.78
-(docs/results/base_policy.md, probes 11-14).
+(docs/results/decisions.md, probes 11-14).
 
 :func:`fit_grasp_values` trains the network with binary cross-entropy on the final transition
 (the grasp) of every recorded episode. The label is the episode's success, so the logit means
@@ -42,7 +42,7 @@ class GraspValueConfig:
 
     steps: int = 3000
     """Adam steps. Held-out grasp AUC at 3000 steps: 0.71 on 17 113 grasps, 0.60 on another 16 000
-    (0.71 at 8000); docs/results/base_policy.md, probes 12 and 15. QT-Opt from a 3000-step
+    (0.71 at 8000); docs/results/decisions.md, probes 12 and 15. QT-Opt from a 3000-step
     network steered in probe 14, and not in its repetitions (probe 15)."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
