@@ -4,8 +4,10 @@ ROS-free; the policy node wraps it. A candidate goes through these stages:
 
 1. **staged**: :meth:`CheckpointSlot.stage` loads it (safe load, no unpickling) and
 2. **validated**: checks it (architecture matches the one in force, finite weights, a smoke
-   inference), then asks the optional ``gate``, which may refuse it with a reason
-   (a rollout gate sits here);
+   inference), then asks the optional ``gate``, which may refuse it with a reason, approve it,
+   or **hold** it (:class:`Held`: the rollout gate keeps it for a trial or for the operator;
+   :meth:`CheckpointSlot.begin_episode` may run episodes on it, and
+   :meth:`CheckpointSlot.promote_held` approves or :meth:`CheckpointSlot.drop_held` drops it);
 3. **approved**: it waits for the episode boundary (at once when no episode runs) and
 4. **in force**: :meth:`CheckpointSlot.begin_episode` or :meth:`CheckpointSlot.end_episode`
    puts it in, and ``on_swap`` tells the owner (who builds the policy and announces it).
@@ -23,8 +25,21 @@ from dataclasses import dataclass
 
 from .checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, validate_for_swap
 
-Gate = Callable[[LoadedCheckpoint], str | None]
-"""Decides on a validated candidate: None approves it, a string refuses it with that reason."""
+
+@dataclass(frozen=True)
+class Held:
+    """A gate's verdict: keep the candidate held (neither in force nor refused)."""
+
+    message: str
+
+
+Gate = Callable[[LoadedCheckpoint], "str | Held | None"]
+"""Decides on a validated candidate: None approves it, a string refuses it with that reason,
+a :class:`Held` holds it (a later held candidate replaces an earlier one)."""
+
+Chooser = Callable[[LoadedCheckpoint, LoadedCheckpoint], LoadedCheckpoint]
+"""Given (in force, held), returns the checkpoint the next episode runs on; called under the
+slot's lock, it must not call back into the slot."""
 
 OnSwap = Callable[[LoadedCheckpoint, LoadedCheckpoint | None], None]
 """Called with (new, previous) when a checkpoint goes in force, under the slot's lock, never
@@ -44,6 +59,8 @@ class StageOutcome:
     """The accepted candidate's id; when refused, the id still in force ('' for none)."""
     in_force: bool = False
     """True when it went in force at once (no episode was running)."""
+    held: bool = False
+    """True when the gate holds it (a trial, or the operator's decision, is pending)."""
 
 
 class CheckpointSlot:
@@ -57,6 +74,7 @@ class CheckpointSlot:
         self._lock = threading.Lock()
         self._active: LoadedCheckpoint | None = None
         self._approved: LoadedCheckpoint | None = None
+        self._held: LoadedCheckpoint | None = None
         self._in_episode = False
 
     @property
@@ -74,12 +92,17 @@ class CheckpointSlot:
         active = self._active
         return active.checkpoint_id if active is not None else ""
 
+    @property
+    def held(self) -> LoadedCheckpoint | None:
+        """Return the candidate the gate holds (None for none)."""
+        return self._held
+
     def knows(self, checkpoint_id: str) -> bool:
-        """Return whether ``checkpoint_id`` is in force or approved and waiting."""
+        """Return whether ``checkpoint_id`` is in force, approved and waiting, or held."""
         with self._lock:
             return any(
                 c is not None and c.checkpoint_id == checkpoint_id
-                for c in (self._active, self._approved)
+                for c in (self._active, self._approved, self._held)
             )
 
     def stage(self, path: str) -> StageOutcome:
@@ -99,9 +122,22 @@ class CheckpointSlot:
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the old weights stay
             return self._refused(f"checkpoint {path} could not be loaded: {exc!r}")
         if self._gate is not None:
-            reason = self._gate(loaded)
-            if reason is not None:
-                return self._refused(f"checkpoint {loaded.checkpoint_id} refused: {reason}")
+            verdict = self._gate(loaded)
+            if isinstance(verdict, Held):
+                with self._lock:
+                    self._held = loaded
+                return StageOutcome(
+                    True,
+                    f"checkpoint {loaded.checkpoint_id} validated and held: {verdict.message}",
+                    loaded.checkpoint_id,
+                    held=True,
+                )
+            if verdict is not None:
+                return self._refused(f"checkpoint {loaded.checkpoint_id} refused: {verdict}")
+        return self.approve(loaded)
+
+    def approve(self, loaded: LoadedCheckpoint) -> StageOutcome:
+        """Approve a validated checkpoint (a promotion, a roll back): in force at the boundary."""
         with self._lock:
             self._approved = loaded
             if not self._in_episode:
@@ -123,15 +159,35 @@ class CheckpointSlot:
     def _refused(self, message: str) -> StageOutcome:
         return StageOutcome(False, message, self.active_id)
 
-    def begin_episode(self) -> LoadedCheckpoint | None:
+    def promote_held(self, checkpoint_id: str) -> StageOutcome | None:
+        """Approve the held candidate if it is ``checkpoint_id``; None when it is not held."""
+        with self._lock:
+            held = self._held
+            if held is None or held.checkpoint_id != checkpoint_id:
+                return None
+            self._held = None
+        return self.approve(held)
+
+    def drop_held(self, checkpoint_id: str) -> bool:
+        """Drop the held candidate if it is ``checkpoint_id``; return whether it was held."""
+        with self._lock:
+            if self._held is None or self._held.checkpoint_id != checkpoint_id:
+                return False
+            self._held = None
+            return True
+
+    def begin_episode(self, choose: Chooser | None = None) -> LoadedCheckpoint | None:
         """Put the approved candidate in force, then hold the slot until :meth:`end_episode`.
 
-        Returns the checkpoint the episode runs on (None when there is none: then the slot is
-        not held and no episode may run).
+        Returns the checkpoint the episode runs on: the one in force, or the held candidate
+        when ``choose`` picks it (a trial episode). None when there is none: then the slot is
+        not held and no episode may run.
         """
         with self._lock:
             self._swap_locked()
             self._in_episode = self._active is not None
+            if self._active is not None and self._held is not None and choose is not None:
+                return choose(self._active, self._held)
             return self._active
 
     def end_episode(self) -> None:
