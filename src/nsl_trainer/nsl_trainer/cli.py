@@ -57,7 +57,10 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         help="pre-training learning rate (default: QTOptConfig.learning_rate)",
     )
     g.add_argument(
-        "--batch-size", type=int, default=64, help="transitions per step and process (default 64)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="transitions per step and process (default: QTOptConfig.batch_size)",
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
@@ -321,7 +324,7 @@ def _run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     config = QTOptConfig(
-        batch_size=args.batch_size,
+        **({} if args.batch_size is None else {"batch_size": args.batch_size}),
         **({} if args.base_lr is None else {"learning_rate": args.base_lr}),
         target_action=args.target_action,
         augment=not args.no_augment,

@@ -1,23 +1,106 @@
-"""Fine-tuning jobs run in a worker process; progress goes back to the parent through a pipe.
+"""Fine-tuning jobs: a request checked field by field, then run in a worker process.
 
-Messages sent on the connection (dicts): {"event": "progress", "step", "total_steps", "loss",
-"metrics"} (every ``progress_every`` steps), then exactly one of {"event": "succeeded",
-"checkpoint_path", "checkpoint_id", "parent_id"}, {"event": "cancelled", "step", "message"} or
-{"event": "failed", "message"}. Setting the job's cancel event makes the worker save its state
-and stop before the next gradient step (the node terminates it if it does not stop in time).
+:func:`plan_job` turns a FineTune request into a :class:`FineTuneJob` or raises
+:class:`RequestRefused` naming the field; it never raises anything else, whatever the request
+holds. The worker reports back through a pipe. Messages sent on the connection (dicts):
+{"event": "progress", "step", "total_steps", "loss", "metrics"} (every ``progress_every``
+steps), then exactly one of {"event": "succeeded", "checkpoint_path", "checkpoint_id",
+"parent_id"}, {"event": "cancelled", "step", "message"} or {"event": "failed", "message"}.
+Setting the job's cancel event makes the worker save its state and stop before the next
+gradient step (the node terminates it if it does not stop in time).
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
+
+from nsl_policy.checkpoint import CheckpointError, load_checkpoint
 
 from .config import QTOptConfig
-from .loop import Cancelled
+from .loop import Cancelled, check_target_fraction
 from .runs import train
+from .validation import check_dataset
+
+MODES = ("finetune", "scratch")
+"""finetune: every job starts from a checkpoint (the request's or the default); scratch: the
+same recipe from random weights (the paper's baseline), never announced as a fine-tune."""
+
+MAX_LEARNING_RATE = 1.0
+"""Requests asking for a larger rate are refused (the node's learning_rate range ends here)."""
+
+
+class RequestRefused(ValueError):
+    """A fine-tune request cannot run: ``field`` names the request field, the message why."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The trainer's own settings: the defaults and limits requests are checked against."""
+
+    checkpoint_dir: str
+    """Folder of the jobs' checkpoints (and their run folders under runs/)."""
+    mode: str = "finetune"
+    """One of MODES; finetune, because the product fine-tunes a running policy."""
+    default_checkpoint: str = ""
+    """Start checkpoint when a request names none; empty: such requests are refused."""
+    default_steps: int = 200
+    """Gradient steps when a request says 0 (a short job: a quick look before longer ones)."""
+    max_steps: int = 10_000_000
+    """Requests asking for more gradient steps are refused."""
+    learning_rate: float = QTOptConfig().learning_rate
+    """Pre-training rate; a request without a rate runs at QTOptConfig's fine-tuning share."""
+    batch_size: int = QTOptConfig().batch_size
+    """Transitions per gradient step."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda."""
+    checkpoint_every: int = 1000
+    """State and a checkpoint in the job's run folder every K steps (0: only at the end)."""
+    num_threads: int = 0
+    """torch CPU threads of the worker (0: torch's default)."""
+    policy_weights: str = "online"
+    """Network written as the checkpoint: online or polyak (QTOptConfig.policy_weights)."""
+
+    def __post_init__(self) -> None:
+        """Check the settings; raise ValueError naming the first bad one."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be finetune or scratch, got '{self.mode}'")
+        if self.mode == "scratch" and self.default_checkpoint:
+            raise ValueError(
+                "mode scratch trains from random weights; default_checkpoint must be empty, "
+                f"got '{self.default_checkpoint}'"
+            )
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ValueError(
+                f"default_steps must be in [1, max_steps={self.max_steps}], "
+                f"got {self.default_steps}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got '{self.device}'")
+        if self.policy_weights not in ("online", "polyak"):
+            raise ValueError(
+                f"policy_weights must be online or polyak, got '{self.policy_weights}'"
+            )
+
+    def check_default_checkpoint(self) -> None:
+        """Raise ValueError when default_checkpoint is set and does not load."""
+        if self.default_checkpoint:
+            problem = _checkpoint_problem(self.default_checkpoint)
+            if problem:
+                raise ValueError(f"default_checkpoint: {problem}")
 
 
 @dataclass
@@ -28,12 +111,15 @@ class FineTuneJob:
     base_datasets: list[str]
     target_datasets: list[str]
     init_checkpoint: str
-    """Empty: random initialisation (the paper's "scratch" comparison: the same recipe)."""
+    """Empty only in mode scratch (random initialisation)."""
     steps: int
     learning_rate: float
-    target_fraction: float
+    target_fraction: float | None
+    """None: the recipe's default (runs.train_transitions); loop.sampled_fraction applies it."""
     output_path: str
-    batch_size: int = 64
+    mode: str = "finetune"
+    """One of MODES (runs.train's mode)."""
+    batch_size: int = QTOptConfig().batch_size
     device: str = "auto"
     seed: int = 0
     run_dir: str = ""
@@ -64,15 +150,16 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
             )
 
     try:
+        fraction = {} if job.target_fraction is None else {"target_fraction": job.target_fraction}
         result = train(
-            "finetune" if job.init_checkpoint else "scratch",
+            job.mode,
             job.base_datasets,
             job.target_datasets,
             job.steps,
             output_path=job.output_path,
             init_checkpoint=job.init_checkpoint or None,
             learning_rate=job.learning_rate,
-            target_fraction=job.target_fraction,
+            **fraction,
             progress=progress,
             seed=job.seed,
             config=QTOptConfig(
@@ -83,6 +170,7 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
             checkpoint_every=job.checkpoint_every,
             num_threads=job.num_threads or None,
             should_stop=(cancel.is_set if cancel is not None else None),
+            extra_metadata={"job_id": job.job_id},
         )
         conn.send(
             {
@@ -121,3 +209,126 @@ def start_job(job: FineTuneJob):
     proc.start()
     child_conn.close()
     return proc, parent_conn, cancel
+
+
+def _checkpoint_problem(path: str) -> str | None:
+    """Why the checkpoint at ``path`` cannot start a job, or None (it loads)."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError as exc:
+        return f"'{path}' cannot be used: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a request must never raise out of the service
+        return f"'{path}' cannot be used: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _dataset_paths(field: str, paths: Sequence[Any]) -> list[str]:
+    """Return ``paths`` checked one by one (each a usable bag or dataset folder)."""
+    checked = []
+    for i, path in enumerate(paths):
+        name = f"{field}[{i}]"
+        if not isinstance(path, str) or not path.strip():
+            # Path("") is the working directory: every bag under it, the live recording too.
+            raise RequestRefused(name, f"empty path {path!r}; name a bag or dataset folder")
+        if "\x00" in path:
+            raise RequestRefused(name, f"path {path!r} holds a NUL character")
+        try:
+            problem = check_dataset(path)  # cheap: no message is decoded
+        except Exception as exc:  # noqa: BLE001 - a request must never raise out of the service
+            problem = f"dataset '{path}' is unusable: {type(exc).__name__}: {exc}"
+        if problem:
+            raise RequestRefused(name, problem)
+        checked.append(path)
+    return checked
+
+
+def _number(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestRefused(field, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def plan_job(request: Any, settings: TrainerSettings, job_id: str) -> FineTuneJob:
+    """Return the job a FineTune request asks for; raise RequestRefused naming the bad field.
+
+    ``request`` has the FineTune.Request fields. 0 (or empty) means the trainer's default for
+    steps, learning_rate, target_fraction and init_checkpoint. In mode finetune a job needs a
+    start checkpoint (the request's or ``default_checkpoint``) that loads; in mode scratch a
+    request naming one is refused. Nothing but RequestRefused is raised.
+    """
+    steps = request.steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise RequestRefused("steps", f"must be an integer >= 0 (0: default), got {steps!r}")
+    if steps > settings.max_steps:
+        raise RequestRefused(
+            "steps", f"{steps} exceeds this trainer's max_steps ({settings.max_steps})"
+        )
+    learning_rate = _number("learning_rate", request.learning_rate)
+    if not 0 <= learning_rate <= MAX_LEARNING_RATE:
+        raise RequestRefused(
+            "learning_rate",
+            f"must be in (0, {MAX_LEARNING_RATE:g}] (0: default), got {learning_rate:g}",
+        )
+    fraction = _number("target_fraction", request.target_fraction)
+    try:
+        target_fraction = check_target_fraction(fraction) if fraction != 0 else None
+    except ValueError as exc:
+        raise RequestRefused("target_fraction", f"{exc} (0: default)") from None
+    if len(request.target_datasets) == 0:
+        raise RequestRefused("target_datasets", "none given; name the new task's bags")
+    target = _dataset_paths("target_datasets", request.target_datasets)
+    base = _dataset_paths("base_datasets", request.base_datasets)
+    resolved_target = {os.path.realpath(p) for p in target}
+    for i, path in enumerate(base):
+        if os.path.realpath(path) in resolved_target:
+            raise RequestRefused(f"base_datasets[{i}]", f"'{path}' is also a target dataset")
+    init = request.init_checkpoint
+    if not isinstance(init, str) or (init and not init.strip()):
+        raise RequestRefused("init_checkpoint", f"blank path {init!r}; leave it empty or name one")
+    if settings.mode == "scratch" and init:
+        raise RequestRefused(
+            "init_checkpoint",
+            "this trainer runs in mode scratch (random weights); it takes no init checkpoint",
+        )
+    init = init or settings.default_checkpoint
+    if settings.mode == "finetune":
+        if not init:
+            raise RequestRefused(
+                "init_checkpoint",
+                "none given and the trainer has no default_checkpoint; a fine-tune starts "
+                "from a checkpoint (training from random weights is the trainer's mode scratch)",
+            )
+        problem = _checkpoint_problem(init)
+        if problem:
+            raise RequestRefused("init_checkpoint", problem)
+    directory = Path(settings.checkpoint_dir)
+    return FineTuneJob(
+        job_id=job_id,
+        base_datasets=base,
+        target_datasets=target,
+        init_checkpoint=init,
+        steps=steps or settings.default_steps,
+        learning_rate=learning_rate
+        or QTOptConfig(learning_rate=settings.learning_rate).finetune_learning_rate(),
+        target_fraction=target_fraction,
+        output_path=str(directory / f"{settings.mode}-{job_id}.safetensors"),
+        mode=settings.mode,
+        batch_size=settings.batch_size,
+        device=settings.device,
+        run_dir=str(directory / "runs" / job_id),
+        checkpoint_every=settings.checkpoint_every,
+        num_threads=settings.num_threads,
+        policy_weights=settings.policy_weights,
+    )
+
+
+def describe(job: FineTuneJob) -> str:
+    """Return the job's recipe in one line for the log (mode, steps, rate, data mix)."""
+    if not job.base_datasets:
+        mix = "target data only"
+    elif job.target_fraction is None:
+        mix = "target fraction: the recipe's default"
+    else:
+        mix = f"target fraction={job.target_fraction:g}"
+    start = f"from {job.init_checkpoint}" if job.init_checkpoint else "from random weights"
+    return f"{job.mode} {start}: {job.steps} steps, lr={job.learning_rate:g}, {mix}"

@@ -56,17 +56,24 @@ def training_data(
     )
 
 
+def check_target_fraction(target_fraction: float) -> float:
+    """Return ``target_fraction`` as a float; raise ValueError unless it is a number in [0, 1]."""
+    if not (
+        isinstance(target_fraction, (int, float))
+        and not isinstance(target_fraction, bool)
+        and math.isfinite(target_fraction)
+        and 0 <= target_fraction <= 1
+    ):
+        raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction!r}")
+    return float(target_fraction)
+
+
 def sampled_fraction(data: TrainingData, target_fraction: float) -> float:
     """Return the target share batches are drawn with: ``target_fraction`` with both parts.
 
     With only one part every row comes from it (1 for target only, 0 for base only).
     """
-    if not (
-        isinstance(target_fraction, (int, float))
-        and math.isfinite(target_fraction)
-        and 0 <= target_fraction <= 1
-    ):
-        raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction!r}")
+    check_target_fraction(target_fraction)
     if data.n_base and data.n_target:
         return float(target_fraction)
     return 1.0 if data.n_target else 0.0

@@ -1,9 +1,12 @@
 """ROS 2 node: offline QT-Opt fine-tuning behind the ``trainer/fine_tune`` service.
 
-A request is validated at once (datasets exist and hold episodes, checked without decoding
-them; the start checkpoint loads) and answered with a job id or a clear refusal, also while
-another job runs. The job trains in a worker process; a reader thread forwards its progress and
-metrics to ``trainer/status`` and, when the job succeeds, announces the checkpoint on
+A request is validated at once, field by field (``jobs.plan_job``: numbers finite and in range,
+dataset paths non-blank and holding episodes, checked without decoding them; the start
+checkpoint loads) and answered with a job id or a refusal naming the field, also while another
+job runs; nothing a request holds can raise out of the service. In mode ``finetune`` (the
+default) a job needs a start checkpoint; training from random weights is mode ``scratch``.
+The job trains in a worker process; a reader thread forwards its progress and metrics to
+``trainer/status`` and, when the job succeeds, announces the checkpoint on
 ``trainer/checkpoints`` (latched), which the policy swaps in. ``trainer/cancel``
 (std_srvs/Trigger) stops the running job: the worker saves its state and exits (or is
 terminated after ``cancel_timeout``) and the status says STATE_CANCELLED.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+import traceback
 import uuid
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -24,10 +28,14 @@ from nsl_common.paths import writable_dir
 from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS
 from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
-from nsl_policy.checkpoint import CheckpointError, load_checkpoint
-from nsl_trainer.jobs import FineTuneJob, start_job
-from nsl_trainer.config import QTOptConfig
-from nsl_trainer.validation import check_dataset
+from nsl_trainer.jobs import (
+    FineTuneJob,
+    RequestRefused,
+    TrainerSettings,
+    describe,
+    plan_job,
+    start_job,
+)
 from std_srvs.srv import Trigger
 
 
@@ -36,6 +44,7 @@ class TrainerNode(Node):
         super().__init__(names.TRAINER_NODE)
         d = ParameterDescriptor
         ints = lambda lo, hi: [IntegerRange(from_value=lo, to_value=hi, step=1)]  # noqa: E731
+        defaults = TrainerSettings
         self.declare_parameter(
             "checkpoint_dir",
             "checkpoints",
@@ -46,16 +55,26 @@ class TrainerNode(Node):
             ),
         )
         self.declare_parameter(
-            "default_checkpoint",
-            "",
+            "mode",
+            defaults.mode,
             d(
-                description="start checkpoint when a request names none; "
-                "empty: random init (scratch)"
+                description="finetune: every job starts from a checkpoint (the request's "
+                "init_checkpoint or default_checkpoint; a request with neither is refused); "
+                "scratch: the same recipe from random weights, written as scratch-<job>",
+                read_only=True,
+            ),
+        )
+        self.declare_parameter(
+            "default_checkpoint",
+            defaults.default_checkpoint,
+            d(
+                description="start checkpoint when a request names none (checked at start-up); "
+                "empty: such requests are refused in mode finetune"
             ),
         )
         self.declare_parameter(
             "default_steps",
-            200,
+            defaults.default_steps,
             d(
                 description="gradient steps when a request says 0",
                 integer_range=ints(1, 100_000_000),
@@ -63,7 +82,7 @@ class TrainerNode(Node):
         )
         self.declare_parameter(
             "learning_rate",
-            QTOptConfig().learning_rate,
+            defaults.learning_rate,
             d(
                 description="pre-training learning rate; a fine-tune without its own rate runs at "
                 "QTOptConfig.finetune_learning_rate() of it (the paper's 25%)",
@@ -72,15 +91,18 @@ class TrainerNode(Node):
         )
         self.declare_parameter(
             "batch_size",
-            64,
-            d(description="transitions per gradient step", integer_range=ints(1, 65536)),
+            defaults.batch_size,
+            d(
+                description="transitions per gradient step (default QTOptConfig.batch_size)",
+                integer_range=ints(1, 65536),
+            ),
         )
         self.declare_parameter(
-            "device", "auto", d(description="auto (CUDA when present), cpu or cuda")
+            "device", defaults.device, d(description="auto (CUDA when present), cpu or cuda")
         )
         self.declare_parameter(
             "checkpoint_every",
-            1000,
+            defaults.checkpoint_every,
             d(
                 description="save training state + a checkpoint in the job's run folder "
                 "every K steps (0: only at the end)",
@@ -89,7 +111,7 @@ class TrainerNode(Node):
         )
         self.declare_parameter(
             "num_threads",
-            0,
+            defaults.num_threads,
             d(
                 description="torch CPU threads of the worker (0: torch's default); "
                 "leave a core for the sim/policy",
@@ -98,7 +120,7 @@ class TrainerNode(Node):
         )
         self.declare_parameter(
             "policy_weights",
-            "online",
+            defaults.policy_weights,
             d(
                 description="network a job writes as its checkpoint: online, or polyak (the "
                 "Polyak-averaged target network; better for 500-step fine-tunes in "
@@ -107,7 +129,7 @@ class TrainerNode(Node):
         )
         self.declare_parameter(
             "max_steps",
-            10_000_000,
+            defaults.max_steps,
             d(
                 description="requests asking for more gradient steps are refused",
                 integer_range=ints(1, 1_000_000_000),
@@ -124,20 +146,21 @@ class TrainerNode(Node):
         )
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         self.checkpoint_dir = writable_dir(p("checkpoint_dir"), "checkpoint_dir")
-        self.default_checkpoint = p("default_checkpoint")
-        self.default_steps, self.learning_rate = int(p("default_steps")), float(p("learning_rate"))
-        self.batch_size, self.device = int(p("batch_size")), p("device")
-        self.checkpoint_every, self.num_threads = int(p("checkpoint_every")), int(p("num_threads"))
-        self.max_steps, self.cancel_timeout = int(p("max_steps")), float(p("cancel_timeout"))
-        self.policy_weights = p("policy_weights")
-        if self.default_steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
-            raise ValueError("default_steps and batch_size must be >= 1 and learning_rate > 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got '{self.device}'")
-        if self.policy_weights not in ("online", "polyak"):
-            raise ValueError(
-                f"policy_weights must be online or polyak, got '{self.policy_weights}'"
-            )
+        self.settings = TrainerSettings(
+            checkpoint_dir=str(self.checkpoint_dir),
+            mode=p("mode"),
+            default_checkpoint=p("default_checkpoint"),
+            default_steps=int(p("default_steps")),
+            max_steps=int(p("max_steps")),
+            learning_rate=float(p("learning_rate")),
+            batch_size=int(p("batch_size")),
+            device=p("device"),
+            checkpoint_every=int(p("checkpoint_every")),
+            num_threads=int(p("num_threads")),
+            policy_weights=p("policy_weights"),
+        )
+        self.settings.check_default_checkpoint()
+        self.cancel_timeout = float(p("cancel_timeout"))
 
         self._lock = threading.Lock()
         self._job: FineTuneJob | None = None
@@ -164,7 +187,12 @@ class TrainerNode(Node):
         self.create_service(FineTune, names.FINE_TUNE_SERVICE, self.on_fine_tune)
         self.create_service(Trigger, names.CANCEL_JOB_SERVICE, self.on_cancel)
         self.publish_status()
-        self.get_logger().info(f"trainer ready; checkpoints go to {self.checkpoint_dir}")
+        start = self.settings.default_checkpoint or "none (requests must name one)"
+        if self.settings.mode == "scratch":
+            start = "random weights (mode scratch)"
+        self.get_logger().info(
+            f"trainer ready; checkpoints go to {self.checkpoint_dir}; default start: {start}"
+        )
 
     def publish_status(self, **changes) -> None:
         with self._lock:
@@ -174,75 +202,48 @@ class TrainerNode(Node):
             msg = self._status
         self.status_pub.publish(msg)
 
-    def validate(self, request: FineTune.Request) -> str | None:
-        """Why the request cannot run, or None."""
-        if not request.target_datasets:
-            return "no target_datasets given"
-        if request.steps > self.max_steps:
-            return f"steps {request.steps} exceeds this trainer's max_steps ({self.max_steps})"
-        if not math.isfinite(request.target_fraction):
-            return f"target_fraction must be a number, got {request.target_fraction}"
-        for path in [*request.base_datasets, *request.target_datasets]:
-            problem = check_dataset(path)  # cheap: no message is decoded
-            if problem:
-                return problem
-        init = request.init_checkpoint or self.default_checkpoint
-        if init:
-            try:
-                load_checkpoint(init)
-            except CheckpointError as exc:
-                return f"init checkpoint '{init}' cannot be used: {exc}"
-        if request.learning_rate < 0 or not math.isfinite(request.learning_rate):
-            return f"learning_rate must be >= 0 (0: default), got {request.learning_rate}"
-        return None
+    def refuse(self, response: FineTune.Response, problem: str) -> FineTune.Response:
+        """Fill ``response`` with a refusal and log it (every refusal, busy included)."""
+        response.accepted, response.message, response.job_id = False, problem, ""
+        self.get_logger().warn(f"fine-tune request refused: {problem}")
+        return response
 
     def on_fine_tune(
+        self, request: FineTune.Request, response: FineTune.Response
+    ) -> FineTune.Response:
+        """Start the job ``request`` asks for, or refuse it naming the field or the busy job.
+
+        Nothing raises out of this callback: an unexpected error refuses the request.
+        """
+        try:
+            return self._fine_tune(request, response)
+        except Exception as exc:  # noqa: BLE001 - a request must never kill the node
+            self.get_logger().error(f"fine-tune request failed: {traceback.format_exc()}")
+            return self.refuse(response, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fine_tune(
         self, request: FineTune.Request, response: FineTune.Response
     ) -> FineTune.Response:
         with self._lock:
             busy = self._job
         if busy is not None:
-            response.accepted, response.message = (
-                False,
-                f"busy: job {busy.job_id} is running; try again when it ends",
+            return self.refuse(
+                response, f"busy: job {busy.job_id} is running; try again when it ends"
             )
-            return response
-        problem = self.validate(request)
-        if problem:
-            response.accepted, response.message = False, problem
-            self.get_logger().warn(f"fine-tune request refused: {problem}")
-            return response
         job_id = uuid.uuid4().hex[:12]
-        job = FineTuneJob(
-            job_id=job_id,
-            base_datasets=list(request.base_datasets),
-            target_datasets=list(request.target_datasets),
-            init_checkpoint=request.init_checkpoint or self.default_checkpoint,
-            steps=int(request.steps) or self.default_steps,
-            learning_rate=float(request.learning_rate)
-            or QTOptConfig(learning_rate=self.learning_rate).finetune_learning_rate(),
-            target_fraction=float(request.target_fraction)
-            if 0 < request.target_fraction <= 1
-            else 0.5,
-            output_path=str(self.checkpoint_dir / f"finetune-{job_id}.safetensors"),
-            batch_size=self.batch_size,
-            device=self.device,
-            run_dir=str(self.checkpoint_dir / "runs" / job_id),
-            checkpoint_every=self.checkpoint_every,
-            num_threads=self.num_threads,
-            policy_weights=self.policy_weights,
-        )
+        try:
+            job = plan_job(request, self.settings, job_id)
+        except RequestRefused as exc:
+            return self.refuse(response, str(exc))
         with self._lock:
-            if self._job is not None:  # a concurrent request won the race
-                response.accepted, response.message = (
-                    False,
-                    f"busy: job {self._job.job_id} is running",
-                )
-                return response
-            self._job = job
-            self._cancelling = False
-            self._proc, conn, self._cancel = start_job(job)
-            proc = self._proc
+            running = self._job
+            if running is None:
+                self._job = job
+                self._cancelling = False
+                self._proc, conn, self._cancel = start_job(job)
+                proc = self._proc
+        if running is not None:  # a concurrent request won the race
+            return self.refuse(response, f"busy: job {running.job_id} is running")
         threading.Thread(
             target=self.follow_job, args=(job, proc, conn), daemon=True, name=f"job-{job_id}"
         ).start()
@@ -262,10 +263,7 @@ class TrainerNode(Node):
             checkpoint_path="",
             message="starting",
         )
-        self.get_logger().info(
-            f"job {job_id}: {job.steps} steps, lr={job.learning_rate:g}, "
-            f"target fraction={job.target_fraction}"
-        )
+        self.get_logger().info(f"job {job_id}: {describe(job)}")
         response.accepted, response.message, response.job_id = (
             True,
             f"job {job_id} started",

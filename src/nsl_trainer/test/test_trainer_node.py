@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from node_output import GraphLog
 
 pytest.importorskip("rclpy")
 
@@ -37,8 +38,10 @@ def trainer(tmp_path_factory):
     _, nodes = resolve(
         "finetune", {"namespace": namespace, "checkpoint_dir": str(work / "checkpoints")}
     )
-    runner = GraphRunner(nodes, namespace=namespace, env=env)
+    log = GraphLog()
+    runner = GraphRunner(nodes, namespace=namespace, env=env, output=log)
     runner.start()
+    runner.log = log
     rclpy.init()
     client = LoopClient(namespace=namespace, name="trainer_test_client")
     yield runner, client, work, bag, init
@@ -73,7 +76,22 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
     empty_dir.mkdir()
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a checkpoint")
+    nested = tmp_path / "nested.safetensors"  # its header is JSON nested 100,000 deep
+    body = ("[" * 100_000 + "]" * 100_000).encode()
+    nested.write_bytes(len(body).to_bytes(8, "little") + body)
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    ok = {"target_datasets": [str(bag)], "init_checkpoint": str(init)}
     cases = [
+        (FineTune.Request(**{**ok, "target_fraction": 2.0}), "target_fraction: "),
+        (FineTune.Request(**{**ok, "target_fraction": float("nan")}), "target_fraction: "),
+        (FineTune.Request(**{**ok, "target_datasets": [""]}), "target_datasets[0]: empty path"),
+        (FineTune.Request(**{**ok, "base_datasets": ["  "]}), "base_datasets[0]: empty path"),
+        (FineTune.Request(**{**ok, "learning_rate": float("inf")}), "learning_rate: "),
+        (FineTune.Request(**{**ok, "init_checkpoint": str(nested)}), "nested"),
+        (FineTune.Request(**{**ok, "init_checkpoint": str(fifo)}), str(fifo)),
+        # No init checkpoint and no default_checkpoint: random weights are not a fine-tune.
+        (FineTune.Request(target_datasets=[str(bag)]), "init_checkpoint: none given"),
         (FineTune.Request(target_datasets=["/nonexistent/bag_42"]), "/nonexistent/bag_42"),
         (FineTune.Request(target_datasets=[str(empty_dir)]), str(empty_dir)),
         (
@@ -87,7 +105,7 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
             ),
             "learning_rate",
         ),
-        (FineTune.Request(), "no target_datasets"),
+        (FineTune.Request(), "target_datasets: none given"),
     ]
     for request, expected in cases:
         reply = client.call(fine_tune, request)
@@ -105,6 +123,12 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
         fine_tune, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=2)
     )
     assert not busy.accepted and "busy" in busy.message and long.job_id in busy.message
+    client.wait_until(
+        lambda: f"refused: busy: job {long.job_id}" in runner.log.text(), 10, "the busy log line"
+    )
+    started = next(line for line in runner.log.lines if f"job {long.job_id}: " in line)
+    assert f"finetune from {init}" in started and "target data only" in started, started
+    assert "target fraction" not in started  # a target-only job samples target rows only
     client.wait_until(
         lambda: client.trainer_status.job_id == long.job_id and client.trainer_status.step > 0,
         120,
@@ -154,6 +178,9 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
     from nsl_policy.checkpoint import load_checkpoint
 
     assert info.parent_id == load_checkpoint(init).checkpoint_id
+    written = load_checkpoint(info.path)
+    assert written.metadata["job_id"] == short.job_id  # policy/active_checkpoint's job_id
+    assert Path(info.path).name == f"finetune-{short.job_id}.safetensors"
     assert runner.first_exit is None
 
 

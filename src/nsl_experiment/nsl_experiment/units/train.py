@@ -156,7 +156,7 @@ def train(
         init_checkpoint=str(init) if init is not None else None,
         output_path=str(tmp),
         learning_rate=learning_rate,
-        target_fraction=target_fraction if (n_base and n_target) else 0.5,
+        target_fraction=target_fraction,  # loop.sampled_fraction handles one-sided data
         progress=progress,
         seed=cfg.seeds.seed,
         config=qtopt_config,

@@ -1,0 +1,226 @@
+"""Fine-tune requests checked field by field (jobs.plan_job), without ROS.
+
+Every refusal names the request field; nothing but RequestRefused is raised, whatever the
+request holds; a fine-tune needs a start checkpoint and training from random weights is the
+trainer's explicit mode scratch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
+from nsl_policy.model import QNetworkConfig
+from nsl_trainer.config import QTOptConfig
+from nsl_trainer.jobs import FineTuneJob, RequestRefused, TrainerSettings, plan_job, run_job
+from trainer_helpers import write_bag
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("jobs")
+    base = write_bag(d / "base", 3, seed=1)
+    target = write_bag(d / "target", 2, seed=2, task="target")
+    init = d / "init.safetensors"
+    init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
+    return SimpleNamespace(dir=d, base=str(base), target=str(target), init=str(init))
+
+
+def request(**fields) -> SimpleNamespace:
+    """Return a FineTune.Request-like object (the .srv's defaults, then ``fields``)."""
+    values = dict(
+        base_datasets=[],
+        target_datasets=[],
+        init_checkpoint="",
+        steps=0,
+        learning_rate=0.0,
+        target_fraction=0.0,
+    )
+    values.update(fields)
+    return SimpleNamespace(**values)
+
+
+def refusal(req, settings) -> RequestRefused:
+    with pytest.raises(RequestRefused) as caught:
+        plan_job(req, settings, "job1")
+    return caught.value
+
+
+def nested_header_checkpoint(path) -> str:
+    """Write a file whose safetensors header is JSON nested 100,000 deep (RecursionError bait)."""
+    body = ("[" * 100_000 + "]" * 100_000).encode()
+    path.write_bytes(len(body).to_bytes(8, "little") + body)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "fields,field,words",
+    [
+        ({"target_fraction": 2.0}, "target_fraction", "[0, 1]"),
+        ({"target_fraction": -0.25}, "target_fraction", "[0, 1]"),
+        ({"target_fraction": math.nan}, "target_fraction", "finite"),
+        ({"target_fraction": math.inf}, "target_fraction", "finite"),
+        ({"learning_rate": math.nan}, "learning_rate", "finite"),
+        ({"learning_rate": -math.inf}, "learning_rate", "finite"),
+        ({"learning_rate": -1e-4}, "learning_rate", "(0, 1]"),
+        ({"learning_rate": 5.0}, "learning_rate", "(0, 1]"),
+        ({"steps": 101}, "steps", "max_steps (100)"),
+        ({"steps": -1}, "steps", ">= 0"),
+        ({"target_datasets": []}, "target_datasets", "none given"),
+        ({"target_datasets": [""]}, "target_datasets[0]", "empty path"),
+        ({"target_datasets": ["TARGET", "   "]}, "target_datasets[1]", "empty path"),
+        ({"base_datasets": [""]}, "base_datasets[0]", "empty path"),
+        ({"target_datasets": ["/no/such/bag"]}, "target_datasets[0]", "/no/such/bag"),
+        ({"base_datasets": ["/no/such/base"]}, "base_datasets[0]", "/no/such/base"),
+        ({"target_datasets": ["bag\x00"]}, "target_datasets[0]", "NUL"),
+        ({"base_datasets": ["TARGET"]}, "base_datasets[0]", "also a target dataset"),
+        ({"init_checkpoint": "  "}, "init_checkpoint", "blank"),
+        ({"init_checkpoint": "/no/such.safetensors"}, "init_checkpoint", "/no/such.safetensors"),
+    ],
+)
+def test_each_bad_field_is_refused_by_name(files, fields, field, words):
+    settings = TrainerSettings(
+        checkpoint_dir=str(files.dir),
+        default_checkpoint=files.init,
+        default_steps=50,
+        max_steps=100,
+    )
+    values = {"target_datasets": [files.target], **fields}
+    for key in ("target_datasets", "base_datasets"):
+        if key in values:
+            values[key] = [files.target if p == "TARGET" else p for p in values[key]]
+    exc = refusal(request(**values), settings)
+    assert exc.field == field and str(exc).startswith(f"{field}: ")
+    assert words in str(exc), str(exc)
+
+
+def test_a_blank_dataset_path_never_means_the_working_directory(files, monkeypatch):
+    """``target_datasets: [""]`` trained on every bag under the trainer's working directory."""
+    monkeypatch.chdir(files.dir)  # bags are here: "" would find them all
+    settings = TrainerSettings(checkpoint_dir=str(files.dir), default_checkpoint=files.init)
+    assert "empty path" in str(refusal(request(target_datasets=[""]), settings))
+    assert "empty path" in str(refusal(request(target_datasets=[" \t"]), settings))
+
+
+def test_defaults_fill_zero_fields_and_the_fraction_is_left_to_the_recipe(files):
+    settings = TrainerSettings(checkpoint_dir=str(files.dir), default_checkpoint=files.init)
+    job = plan_job(request(target_datasets=[files.target]), settings, "abc")
+    assert job.init_checkpoint == files.init and job.mode == "finetune"
+    assert job.steps == TrainerSettings.default_steps
+    assert job.learning_rate == QTOptConfig().finetune_learning_rate()
+    assert job.target_fraction is None  # the recipe's default, applied by the library
+    assert job.batch_size == QTOptConfig().batch_size
+    assert os.path.basename(job.output_path) == "finetune-abc.safetensors"
+    job = plan_job(
+        request(
+            base_datasets=[files.base],
+            target_datasets=[files.target],
+            target_fraction=1.0,
+            steps=7,
+            learning_rate=1e-5,
+            init_checkpoint=files.init,
+        ),
+        TrainerSettings(checkpoint_dir=str(files.dir)),
+        "abc",
+    )
+    assert (job.target_fraction, job.steps, job.learning_rate) == (1.0, 7, 1e-5)
+
+
+def test_a_fine_tune_without_a_start_checkpoint_is_refused(files):
+    """Neither the request nor the trainer names one: random weights are not a fine-tune."""
+    exc = refusal(request(target_datasets=[files.target]), TrainerSettings(str(files.dir)))
+    assert exc.field == "init_checkpoint" and "default_checkpoint" in str(exc)
+    assert "scratch" in str(exc)
+
+
+def test_scratch_is_its_own_mode_and_never_named_a_fine_tune(files):
+    settings = TrainerSettings(checkpoint_dir=str(files.dir), mode="scratch")
+    job = plan_job(request(target_datasets=[files.target]), settings, "abc")
+    assert job.mode == "scratch" and job.init_checkpoint == ""
+    assert os.path.basename(job.output_path) == "scratch-abc.safetensors"
+    exc = refusal(request(target_datasets=[files.target], init_checkpoint=files.init), settings)
+    assert exc.field == "init_checkpoint" and "scratch" in str(exc)
+    with pytest.raises(ValueError, match="default_checkpoint must be empty"):
+        TrainerSettings(str(files.dir), mode="scratch", default_checkpoint=files.init)
+    with pytest.raises(ValueError, match="mode must be finetune or scratch"):
+        TrainerSettings(str(files.dir), mode="pretrain")
+
+
+def test_hostile_init_checkpoints_are_refused_with_the_loaders_message(files, tmp_path):
+    nested = nested_header_checkpoint(tmp_path / "nested.safetensors")
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 100)
+    settings = TrainerSettings(checkpoint_dir=str(files.dir))
+    for path, words in ((nested, "nested"), (str(fifo), "regular file"), (str(garbage), "")):
+        exc = refusal(request(target_datasets=[files.target], init_checkpoint=path), settings)
+        assert exc.field == "init_checkpoint" and path in str(exc) and words in str(exc), exc
+    with pytest.raises(ValueError, match="default_checkpoint: .*nested"):
+        TrainerSettings(str(files.dir), default_checkpoint=nested).check_default_checkpoint()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"steps": 2.5},
+        {"steps": True},
+        {"learning_rate": "0.1"},
+        {"target_fraction": None},
+        {"target_datasets": [None]},
+        {"base_datasets": [3]},
+        {"init_checkpoint": None},
+        {"init_checkpoint": "\x00"},
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused_not_raised(files, fields):
+    settings = TrainerSettings(checkpoint_dir=str(files.dir), default_checkpoint=files.init)
+    refusal(request(**{"target_datasets": [files.target], **fields}), settings)
+
+
+def test_settings_are_checked(files):
+    with pytest.raises(ValueError, match="default_steps"):
+        TrainerSettings(str(files.dir), default_steps=200, max_steps=100)
+    with pytest.raises(ValueError, match="policy_weights must be online or polyak"):
+        TrainerSettings(str(files.dir), policy_weights="ema")
+
+
+def test_a_job_checkpoint_records_its_job_id_and_mode(files, tmp_path):
+    """policy/active_checkpoint takes job_id from the checkpoint's metadata."""
+
+    class Pipe:
+        messages: list = []
+
+        def send(self, message):
+            self.messages.append(message)
+
+        def close(self):
+            pass
+
+    out = tmp_path / "scratch-j7.safetensors"
+    run_job(
+        FineTuneJob(
+            job_id="j7",
+            base_datasets=[],
+            target_datasets=[files.target],
+            init_checkpoint="",
+            steps=2,
+            learning_rate=1e-4,
+            target_fraction=None,
+            output_path=str(out),
+            mode="scratch",
+            batch_size=4,
+            device="cpu",
+            run_dir=str(tmp_path / "run"),
+            num_threads=1,
+        ),
+        Pipe(),
+    )
+    assert Pipe.messages[-1]["event"] == "succeeded", Pipe.messages[-1]
+    meta = load_checkpoint(out).metadata
+    assert meta["job_id"] == "j7" and meta["kind"] == "scratch" and meta["parent"] is None
+    assert meta["target_fraction"] == 1.0  # target data only: loop.sampled_fraction's answer
