@@ -172,7 +172,7 @@ def test_trainer_refuses_bad_requests_and_keeps_serving(loop, tmp_path):
             "/nonexistent/model_7.safetensors",
         ),
         (FineTune.Request(target_datasets=[str(tmp_path)], steps=5), str(tmp_path)),
-        (FineTune.Request(steps=5), "no target_datasets"),
+        (FineTune.Request(steps=5), "target_datasets: none given"),
     ]
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")

@@ -18,6 +18,13 @@ from pathlib import Path
 from nsl_common import names
 
 
+RESPAWN_DELAY = 2.0
+"""Seconds before a dead node is restarted: long enough for DDS to notice it left."""
+
+RESPAWN_MAX_RETRIES = 20
+"""Restarts of one node before it is given up: a node that keeps dying is broken, not unlucky."""
+
+
 @dataclass(frozen=True)
 class LaunchArgument:
     """One launch argument (``name:=value`` on both starters)."""
@@ -42,6 +49,13 @@ class NodeSpec:
     parameters: dict = field(default_factory=dict)
     """Values that override the params file (from launch arguments)."""
     remappings: tuple[tuple[str, str], ...] = ()
+    respawn: bool = False
+    """Restart the node when it dies (both starters); only for nodes whose restart is safe."""
+    respawn_delay: float = RESPAWN_DELAY
+    """Seconds between a death and the restart."""
+    respawn_max_retries: int = RESPAWN_MAX_RETRIES
+    """Restarts after which a node that keeps dying is given up (the runner then stops the
+    graph; ``ros2 launch`` stops restarting it where launch supports the limit)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,10 @@ _TRAINER_ARGS = (
         "checkpoint_dir", "checkpoints", "folder where the trainer writes fine-tuned checkpoints"
     ),
     LaunchArgument(
-        "default_checkpoint", "", "checkpoint fine-tuning starts from when a request names none"
+        "default_checkpoint",
+        "",
+        "checkpoint fine-tuning starts from when a request names none (sim_demo: empty means "
+        "the policy's checkpoint:=); without one, requests must name an init_checkpoint",
     ),
 )
 
@@ -191,6 +208,8 @@ def resolve(
                     "task": args["task"],
                     "robot": "sim" if _bool(args["sim"]) else "robot",
                 },
+                # A restart opens a new session; the dead one's bag stays readable.
+                respawn=True,
             )
         )
     if "checkpoint_dir" in args:
@@ -202,8 +221,11 @@ def resolve(
                 "trainer.yaml",
                 {
                     "checkpoint_dir": args["checkpoint_dir"],
-                    "default_checkpoint": args["default_checkpoint"],
+                    # With the policy in the graph, its checkpoint is what fine-tunes start from.
+                    "default_checkpoint": args["default_checkpoint"] or args.get("checkpoint", ""),
                 },
+                # A restart loses only the job in flight (its run folder keeps the saved state).
+                respawn=True,
             )
         )
     return args["namespace"], nodes

@@ -6,12 +6,18 @@ same nodes with the same parameters.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    ExecuteProcess,
+    OpaqueFunction,
+    SetEnvironmentVariable,
+)
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -24,6 +30,16 @@ def launch_nodes(graph_name: str, values: dict[str, str]) -> list[Node]:
     return [node_action(spec, namespace, config) for spec in specs]
 
 
+def respawn_options(spec: NodeSpec) -> dict:
+    """Return launch's respawn arguments of ``spec`` (the retry limit where launch has it)."""
+    if not spec.respawn:
+        return {}
+    options = {"respawn": True, "respawn_delay": spec.respawn_delay}
+    if "respawn_max_retries" in inspect.signature(ExecuteProcess.__init__).parameters:
+        options["respawn_max_retries"] = spec.respawn_max_retries
+    return options
+
+
 def node_action(spec: NodeSpec, namespace: str, config: Path) -> Node:
     return Node(
         package=spec.package,
@@ -34,6 +50,7 @@ def node_action(spec: NodeSpec, namespace: str, config: Path) -> Node:
         remappings=list(spec.remappings),
         output="screen",
         emulate_tty=True,
+        **respawn_options(spec),
     )
 
 

@@ -1,8 +1,9 @@
-"""Start a node graph as separate processes with ``--ros-args``, where ROS 2 launch is not installed.
+"""Start a node graph as processes with ``--ros-args``, where ROS 2 launch is not installed.
 
 The runner reads the same graph description as the launch files (nsl_bringup.graph). It prefixes
-every line a node prints with the node's name, forwards Ctrl-C/SIGTERM to all nodes, and stops
-the whole graph when one node dies, saying which one and how. ``isolate=True`` gives the run its
+every line a node prints with the node's name, forwards Ctrl-C/SIGTERM to all nodes, restarts a
+dying node marked ``respawn`` (as ``ros2 launch`` does) and stops the whole graph when any other
+node dies, saying which one and how. ``isolate=True`` gives the run its
 own ROS_DOMAIN_ID and localhost-only discovery, so parallel runs (tests) do not cross-talk.
 """
 
@@ -36,8 +37,9 @@ def find_executable(package: str, executable: str) -> str:
     if found:
         return found
     raise FileNotFoundError(
-        f"executable '{executable}' of package '{package}' not found (looked in AMENT_PREFIX_PATH lib/{package}/, "
-        f"{Path(sys.executable).parent} and PATH); run the set-up (./nsl) or source your ROS workspace"
+        f"executable '{executable}' of package '{package}' not found (looked in "
+        f"AMENT_PREFIX_PATH lib/{package}/, {Path(sys.executable).parent} and PATH); run the "
+        "set-up (./nsl) or source your ROS workspace"
     )
 
 
@@ -66,8 +68,9 @@ def isolated_environment(domain_id: int | None = None) -> dict[str, str]:
 
 
 def fastdds_environment() -> dict[str, str]:
-    """FASTDDS_DEFAULT_PROFILES_FILE pointing at config/fastdds_shm.xml (a 16 MiB shared-memory
-    segment: large images such as 472x472 are delivered reliably); empty if the file is missing.
+    """Return FASTDDS_DEFAULT_PROFILES_FILE set to config/fastdds_shm.xml (empty if missing).
+
+    Its 16 MiB shared-memory segment delivers large images such as 472x472 reliably.
     """
     profile = config_dir() / "fastdds_shm.xml"
     return {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)} if profile.is_file() else {}
@@ -90,7 +93,12 @@ class NodeExit:
 
 
 class GraphRunner:
-    """Runs the nodes of a resolved graph as child processes."""
+    """Runs the nodes of a resolved graph as child processes, restarting those marked respawn.
+
+    A respawning node that dies is started again after its ``respawn_delay`` (up to
+    ``respawn_max_retries`` times), except when it exits with code 2, a refused configuration
+    that a restart cannot mend. Any other death ends :meth:`wait`.
+    """
 
     def __init__(
         self,
@@ -109,7 +117,10 @@ class GraphRunner:
         }  # a user's own profile wins
         self.cwd = str(cwd) if cwd else None
         self.output = output or sys.stdout
+        self._specs = {spec.name: spec for spec in nodes}
+        self._commands: dict[str, list[str]] = {}
         self._procs: dict[str, subprocess.Popen] = {}
+        self._restarts: dict[str, int] = {spec.name: 0 for spec in nodes}
         self._pumps: list[threading.Thread] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="nsl-graph-")
         self._exited = threading.Condition()
@@ -117,9 +128,10 @@ class GraphRunner:
         self._stopping = False
         self._interrupted = False
         self._print_lock = threading.Lock()
+        self._width = max((len(spec.name) for spec in nodes), default=0)
 
     def commands(self) -> dict[str, list[str]]:
-        """The command line of every node (written parameter override files included)."""
+        """Return the command line of every node (writing its parameter override file)."""
         cmds = {}
         for spec in self.nodes:
             overrides = Path(self._tmp.name) / f"{spec.name}.overrides.yaml"
@@ -131,39 +143,82 @@ class GraphRunner:
         return cmds
 
     def start(self) -> None:
-        for name, cmd in self.commands().items():
-            proc = subprocess.Popen(
-                cmd,
-                env=self.env,
-                cwd=self.cwd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                bufsize=1,
-                start_new_session=True,
-            )
-            self._procs[name] = proc
-            pump = threading.Thread(
-                target=self._pump, args=(name, proc), daemon=True, name=f"output-{name}"
-            )
-            pump.start()
-            self._pumps.append(pump)
+        self._commands = self.commands()
+        with self._exited:
+            for name in self._commands:
+                self._launch(name)
+
+    def _launch(self, name: str) -> None:
+        """Start node ``name`` and its output pump (the caller holds ``_exited``)."""
+        proc = subprocess.Popen(
+            self._commands[name],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        self._procs[name] = proc
+        pump = threading.Thread(
+            target=self._pump, args=(name, proc), daemon=True, name=f"output-{name}"
+        )
+        pump.start()
+        self._pumps.append(pump)
+
+    def _say(self, text: str) -> None:
+        with self._print_lock:
+            self.output.write(f"[runner] {text}\n")
+            self.output.flush()
 
     def _pump(self, name: str, proc: subprocess.Popen) -> None:
-        width = max(len(n) for n in self._procs) if self._procs else len(name)
         for line in proc.stdout:
             with self._print_lock:
-                self.output.write(f"[{name:<{width}}] {line}")
+                self.output.write(f"[{name:<{self._width}}] {line}")
                 self.output.flush()
         proc.wait()
+        spec, died = self._specs[name], NodeExit(name, proc.returncode)
         with self._exited:
-            if self._first_exit is None and not self._stopping:
-                self._first_exit = NodeExit(name, proc.returncode)
+            restart = (
+                spec.respawn
+                and not self._stopping
+                and proc.returncode != 2
+                and self._restarts[name] < spec.respawn_max_retries
+            )
+            if not restart and self._first_exit is None and not self._stopping:
+                self._first_exit = died
+            self._exited.notify_all()
+        if not restart:
+            if spec.respawn and not self._stopping:
+                why = "its configuration was refused" if proc.returncode == 2 else "retries spent"
+                self._say(f"{died.describe()}; not restarted ({why})")
+            return
+        self._say(
+            f"{died.describe()}; restarting it in {spec.respawn_delay:g} s "
+            f"(restart {self._restarts[name] + 1} of at most {spec.respawn_max_retries})"
+        )
+        with self._exited:
+            self._exited.wait_for(lambda: self._stopping, timeout=spec.respawn_delay)
+            if self._stopping:
+                return
+            self._restarts[name] += 1
+            self._launch(name)
             self._exited.notify_all()
 
+    def restarts(self, name: str) -> int:
+        """Return how often node ``name`` has been restarted."""
+        with self._exited:
+            return self._restarts[name]
+
+    def wait_for_restart(self, name: str, count: int = 1, timeout: float | None = None) -> bool:
+        """Block until node ``name`` has been restarted ``count`` times; False on timeout."""
+        with self._exited:
+            return self._exited.wait_for(lambda: self._restarts[name] >= count, timeout=timeout)
+
     def wait(self, timeout: float | None = None) -> NodeExit | None:
-        """Block until a node exits (returns it), ``interrupt()`` is called or ``timeout`` passes."""
+        """Block until a node dies for good (returns it), ``interrupt()`` or ``timeout``."""
         with self._exited:
             self._exited.wait_for(
                 lambda: self._first_exit is not None or self._interrupted, timeout=timeout
@@ -181,12 +236,15 @@ class GraphRunner:
         return self._first_exit
 
     def pid(self, name: str) -> int:
-        return self._procs[name].pid
+        """Return the process id of node ``name`` (its current process after a restart)."""
+        with self._exited:
+            return self._procs[name].pid
 
     def stop(self, grace: float = 10.0) -> dict[str, int]:
         """SIGINT every node, SIGKILL what is still running after ``grace`` seconds; exit codes."""
         with self._exited:
-            self._stopping = True
+            self._stopping = True  # no restart starts after this (they check it under the lock)
+            self._exited.notify_all()
         for proc in self._procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -201,7 +259,7 @@ class GraphRunner:
                     self.output.write(
                         f"[runner] node '{name}' did not stop within {grace:.0f} s; killed\n"
                     )
-        for pump in self._pumps:
+        for pump in list(self._pumps):
             pump.join(timeout=2)
         self._tmp.cleanup()
         return codes
@@ -215,7 +273,10 @@ class GraphRunner:
 
 
 def run_until_interrupted(runner: GraphRunner) -> int:
-    """Run a graph in the foreground: Ctrl-C/SIGTERM stop it cleanly; a dying node stops the rest."""
+    """Run a graph in the foreground: Ctrl-C/SIGTERM stop it cleanly.
+
+    A node that dies for good (not respawning, or given up) stops the rest.
+    """
     old = {
         s: signal.signal(s, lambda *_: runner.interrupt()) for s in (signal.SIGINT, signal.SIGTERM)
     }

@@ -65,3 +65,6 @@ def test_launch_nodes_match_the_runner(graph, args, monkeypatch):
         assert kwargs["namespace"] == (namespace or None)
         assert kwargs["parameters"] == [str(config_dir() / spec.params_file), spec.parameters]
         assert kwargs["remappings"] == list(spec.remappings)
+        assert kwargs.get("respawn", False) == spec.respawn  # restarts as the runner does
+        if spec.respawn:
+            assert kwargs["respawn_delay"] == spec.respawn_delay
