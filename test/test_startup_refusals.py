@@ -45,6 +45,22 @@ CASES = [
         {"policy_weights": "ema"},
         "policy_weights must be online or polyak",
     ),
+    (
+        "trainer",
+        "nsl_trainer",
+        "trainer_node",
+        "trainer.yaml",
+        {"mode": "pretrain"},
+        "mode must be finetune or scratch",
+    ),
+    (
+        "trainer",
+        "nsl_trainer",
+        "trainer_node",
+        "trainer.yaml",
+        {"default_checkpoint": "/no/such/base.safetensors"},
+        "default_checkpoint: '/no/such/base.safetensors' cannot be used",
+    ),
     ("policy", "nsl_policy", "policy_node", "policy.yaml", {"control_rate": -1.0}, "control_rate"),
     ("policy", "nsl_policy", "policy_node", "policy.yaml", {"epsilon": 2.0}, "epsilon"),
 ]

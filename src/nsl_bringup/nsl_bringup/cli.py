@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import textwrap
 
 import yaml
 
@@ -129,6 +130,30 @@ def cmd_docs_parameters(args) -> int:
     return 0
 
 
+def graph_arguments_help(graphs: dict) -> str:
+    """Return the ``name:=value`` arguments of every graph, with defaults, for ``--help``."""
+    lines = ["launch arguments (name:=value):"]
+    seen: dict[str, list[str]] = {}
+    for graph in graphs.values():
+        for argument in graph.arguments:
+            seen.setdefault(argument.name, []).append(graph.name)
+    described = set()
+    for graph in graphs.values():
+        for a in graph.arguments:
+            if a.name in described:
+                continue
+            described.add(a.name)
+            choices = f"{{{','.join(a.choices)}}}" if a.choices else ""
+            default = f"default '{a.default}'"
+            lines.append(
+                f"  {a.name}:={choices or 'VALUE'}  ({default}; {', '.join(seen[a.name])})"
+            )
+            lines += textwrap.wrap(
+                a.description, width=95, initial_indent="      ", subsequent_indent="      "
+            )
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nsl", description="NSL: never-stop-learning grasping on ROS 2"
@@ -143,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=help_,
-            description="graphs: "
-            + "; ".join(f"{g.name}: {g.description}" for g in GRAPHS.values()),
+            description="\n".join(f"{g.name}: {g.description}" for g in GRAPHS.values()),
+            epilog=graph_arguments_help(GRAPHS),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("graph", choices=sorted(GRAPHS))
         p.add_argument("assignments", nargs="*", metavar="name:=value", help="launch arguments")
