@@ -114,6 +114,13 @@ _COLLECT_ARGS = (
         "Q-function checkpoint the policy starts with (it does not move the arm without one)",
     ),
     LaunchArgument("epsilon", "0.1", "probability of a random exploration action per step"),
+    LaunchArgument(
+        "rollout_mode",
+        "",
+        "how a validated checkpoint goes in force: immediate, manual or trial "
+        "(empty: immediate in the sim, trial on a robot; docs/policy.md)",
+        ("", "immediate", "manual", "trial"),
+    ),
     LaunchArgument("seed", "0", "seed of the first episode (episode k uses seed+k)"),
     LaunchArgument("image_size", "64", "camera image size the sim renders"),
     LaunchArgument(
@@ -193,6 +200,8 @@ def resolve(
                     "task": args["task"],
                     "epsilon": float(args["epsilon"]),
                     "seed": int(args["seed"]),
+                    "rollout_mode": args["rollout_mode"]
+                    or ("immediate" if _bool(args["sim"]) else "trial"),
                 },
                 remappings=camera_remapping,
             )

@@ -26,6 +26,13 @@ EPISODE_RESULTS_TOPIC = "episode_results"
 LOAD_CHECKPOINT_SERVICE = f"{POLICY_NODE}/load_checkpoint"
 ACTIVE_CHECKPOINT_TOPIC = f"{POLICY_NODE}/active_checkpoint"
 POLICY_SET_PARAMETERS_SERVICE = f"{POLICY_NODE}/set_parameters"
+ROLLOUT_DECISION_TOPIC = f"{POLICY_NODE}/rollout_decision"
+PROMOTE_SERVICE = f"{POLICY_NODE}/promote"
+REJECT_SERVICE = f"{POLICY_NODE}/reject"
+
+# The standard diagnostics topic: absolute, the one place outside the namespace, since
+# rqt_robot_monitor and diagnostic_aggregator read it there (entries name their robot).
+DIAGNOSTICS = "/diagnostics"
 
 # The trainer.
 FINE_TUNE_SERVICE = f"{TRAINER_NODE}/fine_tune"

@@ -18,6 +18,12 @@ load, architecture, finite weights, smoke inference) at once; it goes into use a
 episode boundary (at once when no episode runs), so every episode and every step record is
 chosen by exactly one checkpoint. A rejected checkpoint leaves the old one in use; the reply
 (or the log, for announcements) says why.
+
+Rollout (``nsl_policy.rollout``, parameter ``rollout_mode``, settable at run time): a validated
+checkpoint goes in force at once (``immediate``), when the operator calls ``policy/promote``
+(``manual``), or after a trial of interleaved candidate and incumbent episodes (``trial``);
+decisions go to ``policy/rollout_decision``, the log, the next EpisodeResult's ``rollout``
+field and the file beside the checkpoint (``nsl_policy.rollout_endpoints``).
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ from nsl_policy.checkpoint import LoadedCheckpoint
 from nsl_policy.checkpoint_slot import CheckpointSlot, StageOutcome
 from nsl_policy.image import SUPPORTED_ENCODINGS, resize_for_network, to_rgb
 from nsl_policy.policy import ExplorationConfig, GraspPolicy
-from nsl_policy.policy_settings import SETTINGS, check_settings
+from nsl_policy.policy_settings import SETTINGS, check_settings, trial_settings
+from nsl_policy.rollout import MODES, Rollout
+from nsl_policy.rollout_endpoints import RolloutEndpoints
 from nsl_policy.safety import UnsafeCommand, safe_command
 
 
@@ -99,11 +107,17 @@ class PolicyNode(Node):
         self._next_exploration: ExplorationConfig | None = None  # applies from the next episode
         # The slot swaps checkpoints only between episodes; _on_swap builds the policy for it.
         self.policy: GraspPolicy | None = None
-        self.slot = CheckpointSlot(on_swap=self._on_swap)
+        self._policy_checkpoint_id = ""  # the checkpoint whose model the policy holds now
+        self.rollout = Rollout(self.config["rollout_mode"], trial_settings(self.config))
+        self.slot = CheckpointSlot(on_swap=self._on_swap, gate=self.rollout.gate)
+        self.rollout.attach(self.slot)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         io_group = ReentrantCallbackGroup()
         swap_group = MutuallyExclusiveCallbackGroup()
+        self.rollout_endpoints = RolloutEndpoints(
+            self, self.rollout, self.frame_id, callback_group=swap_group
+        )
         self._subscribe_camera(io_group)
         self.reset_client = self.create_client(
             ResetEpisode, names.ARM_RESET_SERVICE, callback_group=io_group
@@ -229,6 +243,8 @@ class PolicyNode(Node):
             )
         else:
             self.policy.swap_model(loaded.model)
+        self._policy_checkpoint_id = loaded.checkpoint_id
+        self.rollout.in_force(loaded, previous)
         info = CheckpointInfo(
             checkpoint_id=loaded.checkpoint_id,
             path=str(loaded.path),
@@ -250,13 +266,14 @@ class PolicyNode(Node):
     ) -> LoadCheckpoint.Response:
         """Reply with success, message and checkpoint_id.
 
-        The message says why a checkpoint was rejected (empty on success); checkpoint_id is the
+        The message says why a checkpoint was rejected, or that the rollout gate holds it (a
+        trial, the operator), and is empty when it goes in force; checkpoint_id is the
         accepted checkpoint (in use from the next episode boundary) or, when rejected, the one
         still in use.
         """
         outcome = self.stage_checkpoint(request.path)
         response.success, response.checkpoint_id = outcome.accepted, outcome.checkpoint_id
-        response.message = "" if outcome.accepted else outcome.message
+        response.message = "" if outcome.accepted and not outcome.held else outcome.message
         return response
 
     def on_announcement(self, msg: CheckpointInfo) -> None:
@@ -360,24 +377,33 @@ class PolicyNode(Node):
         self.get_logger().info(f"episode loop finished after {episode} episodes")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Accept exploration changes at run time (e.g. greedy evaluation between collections)."""
+        """Accept exploration and rollout mode changes at run time (from the next episode)."""
         with self._cond:
             current = self._next_exploration or self.exploration
         values = {"epsilon": current.epsilon, "noise_std": current.noise_std}
+        mode = None
         for p in params:
             if p.name in values:
                 values[p.name] = float(p.value)
+            elif p.name == "rollout_mode":
+                mode = p.value
+        if mode is not None and mode not in MODES:
+            reason = f"rollout_mode must be one of {', '.join(MODES)} (got {mode!r})"
+            return SetParametersResult(successful=False, reason=reason)
         try:
             exploration = ExplorationConfig(**values)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         with self._cond:
             self._next_exploration = exploration
+        if mode is not None and mode != self.rollout.mode:
+            self.get_logger().info(f"rollout mode: {self.rollout.mode} -> {mode}")
+            self.rollout.set_mode(mode)  # a held candidate follows (immediate promotes it)
         return SetParametersResult(successful=True)
 
     def run_episode(self, seed: int) -> None:
         """Run one episode at the episode boundary: swap in an approved checkpoint first."""
-        checkpoint = self.slot.begin_episode()
+        checkpoint = self.slot.begin_episode(self.rollout.choose)
         if checkpoint is None:
             return  # no checkpoint in force (wait_until_ready saw one; cannot happen today)
         try:
@@ -386,6 +412,9 @@ class PolicyNode(Node):
                 if self._next_exploration is not None:
                     self.exploration, self._next_exploration = self._next_exploration, None
             policy = self.policy
+            if self._policy_checkpoint_id != checkpoint.checkpoint_id:
+                policy.swap_model(checkpoint.model)  # a trial episode of the held candidate
+                self._policy_checkpoint_id = checkpoint.checkpoint_id
             policy.exploration = self.exploration
             self._run_episode(seed, checkpoint.checkpoint_id, policy)
         finally:
@@ -394,6 +423,7 @@ class PolicyNode(Node):
     def _run_episode(self, seed: int, checkpoint_id: str, policy: GraspPolicy) -> None:
         episode_id = str(uuid.uuid4())
         task = self.config["task"]
+        tag = self.rollout.episode_role(checkpoint_id)
         result = EpisodeResult(
             episode_id=episode_id,
             task=task,
@@ -465,6 +495,9 @@ class PolicyNode(Node):
                 f"episode {episode_id[:8]} aborted after {steps} steps: {result.message}"
             )
         result.num_steps = steps
+        # Count it before publishing, so a decision it concludes travels in its own result.
+        self.rollout.episode_done(checkpoint_id, tag, result.success, result.complete)
+        result.rollout = self.rollout_endpoints.result_tag(tag)
         result.header.stamp = self.get_clock().now().to_msg()
         result.header.frame_id = self.frame_id
         self.result_pub.publish(result)

@@ -11,9 +11,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .rollout import MODES
 from .safety import CommandLimits
+from .sequential import ON_CAP, TrialSettings
 
 LIMITS = CommandLimits()
+TRIAL = TrialSettings()
+TRIAL_SETTINGS = {
+    "rollout_alpha": "alpha",
+    "rollout_beta": "beta",
+    "rollout_min_improvement": "min_improvement",
+    "rollout_max_episodes": "max_episodes",
+    "rollout_on_cap": "on_cap",
+    "rollout_watch_episodes": "watch_episodes",
+    "rollout_watch_alpha": "watch_alpha",
+    "rollout_min_drop": "min_drop",
+}
+"""The settings that make up the :class:`TrialSettings` (setting name: field name)."""
 LIMIT_SETTINGS = ("max_translation", "max_rotation", "min_height", "max_height")
 """The settings that make up the :class:`CommandLimits` (same names as its fields)."""
 
@@ -87,7 +101,57 @@ SETTINGS: dict[str, Setting] = {
         "a fresh image must be this much newer than the arm's reply (0: newer than the request)",
     ),
     "arm_timeout": Setting(30.0, "seconds to wait for the arm to reset or execute a step"),
+    "rollout_mode": Setting(
+        "trial",
+        "how a validated checkpoint goes in force: immediate, manual (policy/promote, "
+        "policy/reject) or trial (interleaved episodes and a sequential test; the default, "
+        "so no fine-tune acts unproven); settable at run time",
+        runtime=True,
+    ),
+    "rollout_alpha": Setting(
+        TRIAL.alpha,
+        "trial: largest probability of promoting a candidate that is not better",
+        float_range=(0.001, 0.49),
+    ),
+    "rollout_beta": Setting(
+        TRIAL.beta,
+        "trial: probability of rejecting a candidate better by rollout_min_improvement",
+        float_range=(0.001, 0.49),
+    ),
+    "rollout_min_improvement": Setting(
+        TRIAL.min_improvement,
+        "trial: smallest gain in success rate worth detecting (absolute)",
+        float_range=(0.01, 0.99),
+    ),
+    "rollout_max_episodes": Setting(
+        TRIAL.max_episodes,
+        "trial: episodes (both checkpoints) before rollout_on_cap applies",
+        int_range=(2, 100000),
+    ),
+    "rollout_on_cap": Setting(
+        TRIAL.on_cap, "trial: at the cap, reject, promote_if_not_worse or extend (once)"
+    ),
+    "rollout_watch_episodes": Setting(
+        TRIAL.watch_episodes,
+        "episodes a promoted checkpoint stays watched for a roll back (0: not watched)",
+        int_range=(0, 100000),
+    ),
+    "rollout_watch_alpha": Setting(
+        TRIAL.watch_alpha,
+        "largest probability of rolling back a checkpoint as good as its predecessor's record",
+        float_range=(0.001, 0.49),
+    ),
+    "rollout_min_drop": Setting(
+        TRIAL.min_drop,
+        "fall in success rate below the predecessor's record that the watch detects",
+        float_range=(0.01, 0.99),
+    ),
 }
+
+
+def trial_settings(values: dict[str, Any]) -> TrialSettings:
+    """Return the rollout's :class:`TrialSettings` from the node's settings."""
+    return TrialSettings(**{field: values[name] for name, field in TRIAL_SETTINGS.items()})
 
 
 def check_settings(values: dict[str, Any]) -> CommandLimits:
@@ -106,6 +170,19 @@ def check_settings(values: dict[str, Any]) -> CommandLimits:
             problems.append(f"{name} must be > 0 (got {values[name]})")
     if not (math.isfinite(values["settle_time"]) and values["settle_time"] >= 0):
         problems.append(f"settle_time must be >= 0 (got {values['settle_time']})")
+    if values["rollout_mode"] not in MODES:
+        problems.append(
+            f"rollout_mode must be one of {', '.join(MODES)} (got {values['rollout_mode']!r})"
+        )
+    if values["rollout_on_cap"] not in ON_CAP:
+        problems.append(
+            f"rollout_on_cap must be one of {', '.join(ON_CAP)} (got {values['rollout_on_cap']!r})"
+        )
+    else:
+        try:
+            trial_settings(values)
+        except ValueError as exc:
+            problems.append(str(exc))
     limits = None
     try:
         limits = CommandLimits(**{name: values[name] for name in LIMIT_SETTINGS})

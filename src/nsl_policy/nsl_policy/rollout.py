@@ -145,7 +145,8 @@ class Rollout:
             raise ValueError(f"rollout mode must be one of {', '.join(MODES)} (got {mode!r})")
         self.mode = mode
         self.settings = settings or TrialSettings()
-        self._on_decision = on_decision
+        self.on_decision = on_decision
+        """Called with every decision after it is carried out (the node publishes and logs it)."""
         self._record_lineage = record_lineage
         self._lock = threading.Lock()
         self._slot: CheckpointSlot | None = None
@@ -401,5 +402,5 @@ class Rollout:
                 append_lineage(checkpoint_path, decision)
             except OSError:
                 pass  # a read-only checkpoint folder: the topic, log and bag still have it
-        if self._on_decision is not None:
-            self._on_decision(decision)
+        if self.on_decision is not None:
+            self.on_decision(decision)

@@ -345,6 +345,8 @@ class PolicyProcess:
             "observation_timeout": 1.0,
             "arm_timeout": 10.0,
             "epsilon": 0.3,
+            # The hot-swap tests check the slot's mechanics: no trial between load and use.
+            "rollout_mode": "immediate",
         }
         spec = NodeSpec("policy", "nsl_policy", "policy_node", "policy.yaml", {**base, **params})
         self.runner = GraphRunner(
@@ -746,4 +748,70 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
     greedy_steps = [s for s in steps if s.episode_id in greedy_ids]
     assert greedy_steps and not any(s.exploratory for s in greedy_steps)
     assert any(s.exploratory for s in steps if s.episode_id not in greedy_ids)
+    check_episodes_consistent(robot)
+
+
+# ---- (g) rollout -----------------------------------------------------------------------------
+def test_trial_rejects_at_its_cap_then_the_operator_promotes_in_manual_mode(graph, checkpoints):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    from nsl_common.qos import LATCHED_QOS
+    from nsl_common.service_call import call_service
+    from nsl_msgs.msg import RolloutDecision
+    from nsl_msgs.srv import RolloutCommand
+
+    ck = checkpoints
+    params = {"checkpoint": str(ck.a), "rollout_mode": "trial", "rollout_max_episodes": 4}
+    robot, policy = graph({**params, "rollout_watch_episodes": 0})
+    decisions = []
+    robot.node.create_subscription(
+        RolloutDecision,
+        names.ROLLOUT_DECISION_TOPIC,
+        lambda m: robot._add(decisions, m),
+        LATCHED_QOS,
+    )
+    robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 1, 90, "episodes on a")
+    reply = robot.load(ck.b)
+    assert reply.success and reply.checkpoint_id == ck.id_b and "held" in reply.message.lower()
+    robot.wait_until(lambda: decisions, 120, "the trial's decision")
+    decision = decisions[0]
+    assert (decision.decision, decision.candidate_id, decision.incumbent_id) == (
+        "reject",
+        ck.id_b,
+        ck.id_a,
+    )
+    assert decision.candidate_episodes == decision.incumbent_episodes == 2
+    assert "episode cap 4" in decision.reason and json.loads(decision.evidence)["evidence"]
+    robot.wait_until(
+        lambda: any(r.rollout and "decisions" in r.rollout for r in robot.results),
+        30,
+        "the decision in an episode result",
+    )
+    with robot.cond:
+        results = list(robot.results)
+    tags = [json.loads(r.rollout) for r in results]
+    trial = [(r.checkpoint_id, t["role"]) for r, t in zip(results, tags) if "trial_id" in t]
+    assert trial == [(ck.id_b, "candidate"), (ck.id_a, "incumbent")] * 2
+    bagged = next(t for t in tags if "decisions" in t)["decisions"]
+    assert [d["decision"] for d in bagged] == ["reject"] and bagged[0]["trial_id"]
+    assert Path(f"{ck.b}.rollout.json").is_file()
+    robot.wait_until(lambda: robot.complete()[-1].checkpoint_id == ck.id_a, 30, "a running")
+    # Trial mode refuses the rejected checkpoint; manual mode holds it for the operator.
+    refused = robot.load(ck.b)
+    assert not refused.success and "rejected earlier" in refused.message
+    client = robot.node.create_client(SetParameters, names.POLICY_SET_PARAMETERS_SERVICE)
+    mode = Parameter(
+        name="rollout_mode",
+        value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="manual"),
+    )
+    assert call_service(client, SetParameters.Request(parameters=[mode]), 30).results[0].successful
+    assert robot.load(ck.b).success
+    promote = robot.node.create_client(RolloutCommand, names.PROMOTE_SERVICE)
+    wrong = call_service(promote, RolloutCommand.Request(checkpoint_id=ck.id_a), 30)
+    assert not wrong.success and ck.id_b in wrong.message
+    done = call_service(promote, RolloutCommand.Request(reason="checked by hand"), 30)
+    assert done.success and json.loads(done.decision)["reason"] == "checked by hand"
+    robot.wait_until(lambda: len(robot.complete(ck.id_b)) >= 3, 90, "episodes on b")
+    assert decisions[-1].decision == "promote" and decisions[-1].mode == "manual"
     check_episodes_consistent(robot)

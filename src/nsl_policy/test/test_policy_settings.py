@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nsl_policy.policy_settings import LIMIT_SETTINGS, SETTINGS, check_settings
+from nsl_policy.policy_settings import LIMIT_SETTINGS, SETTINGS, check_settings, trial_settings
+from nsl_policy.sequential import TrialSettings
 from nsl_policy.safety import CommandLimits
 
 DEFAULTS = {name: s.default for name, s in SETTINGS.items()}
@@ -15,8 +16,16 @@ def test_the_defaults_pass_and_give_the_default_limits():
     assert {name: DEFAULTS[name] for name in LIMIT_SETTINGS} == vars(CommandLimits())
 
 
-def test_only_exploration_changes_at_run_time():
-    assert {name for name, s in SETTINGS.items() if s.runtime} == {"epsilon", "noise_std"}
+def test_only_exploration_and_the_rollout_mode_change_at_run_time():
+    runtime = {name for name, s in SETTINGS.items() if s.runtime}
+    assert runtime == {"epsilon", "noise_std", "rollout_mode"}
+
+
+def test_the_rollout_settings_are_the_trial_defaults_and_are_checked():
+    assert trial_settings(DEFAULTS) == TrialSettings() and DEFAULTS["rollout_mode"] == "trial"
+    values = {**DEFAULTS, "rollout_mode": "yolo", "rollout_on_cap": "toss"}
+    with pytest.raises(ValueError, match="rollout_mode must be one of.*rollout_on_cap"):
+        check_settings(values)
 
 
 def test_every_problem_is_named_at_once():
