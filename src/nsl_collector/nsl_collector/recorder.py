@@ -143,6 +143,9 @@ class EpisodeData:
     """When the episode ended; default: the time of writing."""
     frame_id: str = ""
     """The robot's namespace or name (header.frame_id of every message)."""
+    rollout: dict | str = ""
+    """Rollout tag (mode, role, trial id, decisions); a dict is stored as JSON. Left out when the
+    message definitions in use predate the field."""
 
 
 class BagRecorder:
@@ -439,7 +442,15 @@ class BagRecorder:
             if isinstance(result.exploration, str)
             else json.dumps(result.exploration, sort_keys=True)
         )
+        extra = {}
+        if "rollout" in getattr(Res, "__dataclass_fields__", {}):
+            extra["rollout"] = (
+                result.rollout
+                if isinstance(result.rollout, str)
+                else json.dumps(result.rollout, sort_keys=True)
+            )
         res = Res(
+            **extra,
             header=header(end),
             episode_id=result.episode_id,
             task=result.task,

@@ -57,8 +57,9 @@ def make_episode(
 def serialize_episode(
     ts, steps, result, *, finish: bool = True, extra_step_fields: dict | None = None
 ):
-    """(topic, type, log time, CDR bytes) of an episode, as rclpy would serialize it for the
-    collector node's ``write_raw`` (emulated with a rosbags typestore).
+    """Serialize an episode as rclpy would for the collector node's ``write_raw``.
+
+    Returns (topic, type, log time, CDR bytes) per message (emulated with a rosbags typestore).
     """
     import json
 
@@ -102,7 +103,9 @@ def serialize_episode(
         )
         out.append((STEP_TOPIC, STEP_RECORD, s.stamp_ns, bytes(ts.serialize_cdr(m, STEP_RECORD))))
     if finish:
+        has_rollout = "rollout" in T[EPISODE_RESULT].__dataclass_fields__
         r = T[EPISODE_RESULT](
+            **({"rollout": ""} if has_rollout else {}),
             header=header(result.stamp_ns),
             episode_id=result.episode_id,
             task=result.task,

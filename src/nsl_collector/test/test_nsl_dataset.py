@@ -175,6 +175,7 @@ def test_raw_cdr_path(tmp_path):
             exploration="{}",
             complete=True,
             message="",
+            rollout="",
         )
         rec.write_raw(
             RESULT_TOPIC,
