@@ -366,3 +366,24 @@ def simulate_trials(
         capped / trials,
         episodes / trials,
     )
+
+
+def compare_counts(
+    candidate_successes: int,
+    candidate_episodes: int,
+    incumbent_successes: int,
+    incumbent_episodes: int,
+    on_cap: str = "promote_if_not_worse",
+) -> tuple[str, dict]:
+    """Decide on fixed-sample counts with the trial's cap rule; return (decision, evidence).
+
+    For comparisons that have only counts (the experiment's continual guard): no pairing, so
+    no sequential statistic, only the cap rule applied to the two rates and the trial's
+    evidence (counts and the posterior that the candidate is better).
+    """
+    episodes = candidate_episodes + incumbent_episodes
+    test = TrialTest(TrialSettings(max_episodes=max(episodes, 2), on_cap=on_cap))
+    test.candidate_successes, test.candidate_episodes = candidate_successes, candidate_episodes
+    test.incumbent_successes, test.incumbent_episodes = incumbent_successes, incumbent_episodes
+    test._at_cap()
+    return test.decision, {"reason": test.reason, **test.evidence()}

@@ -13,6 +13,7 @@ from nsl_policy.sequential import (
     TrialSettings,
     TrialTest,
     WatchTest,
+    compare_counts,
     simulate_trials,
 )
 
@@ -119,3 +120,11 @@ def test_the_watch_rolls_back_a_worse_checkpoint_and_settles_a_good_one():
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="alpha.*on_cap"):
         TrialSettings(alpha=0.7, on_cap="maybe")
+
+
+def test_fixed_sample_counts_use_the_cap_rule():
+    decision, evidence = compare_counts(30, 60, 30, 60)
+    assert decision == PROMOTE and "not below" in evidence["reason"]
+    assert evidence["posterior_candidate_better"] == pytest.approx(0.5, abs=0.02)
+    decision, evidence = compare_counts(20, 60, 30, 60)
+    assert decision == REJECT and evidence["posterior_candidate_better"] < 0.05

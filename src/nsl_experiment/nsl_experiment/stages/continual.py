@@ -26,7 +26,7 @@ from ..units.base import base_checkpoint
 from ..units.calibration import calibration, study_spec
 from ..units.collect import collect_policy, seed_range
 from ..units.evaluate import evaluate_base_on, evaluate_trained
-from ..units.gate import gate_validation
+from ..units.gate import gate_validation, guard_accepts
 from ..units.study import TargetData, base_data, finetune_on, sweep_unit_name, targets
 
 
@@ -88,8 +88,9 @@ def continual(ctx: Context) -> dict:
         if study.continual_guard:
             previous = gate_validation(ctx, init, init_id, target.spec)
             proposed = gate_validation(ctx, cand, cand_id, target.spec)
-            step["accepted"] = proposed["success_rate"] >= previous["success_rate"]
+            step["accepted"], evidence = guard_accepts(proposed, previous)
             step["guard"] = {
+                "evidence": evidence,
                 "candidate_validation": proposed,
                 "previous_validation": previous,
                 "previous_checkpoint_id": init_id,

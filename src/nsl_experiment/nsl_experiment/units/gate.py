@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nsl_policy.sequential import PROMOTE, compare_counts
+
 from ..cache import Context
 from ..episodes import TaskSpec, resolve_task
 from .evaluate import evaluate_cached, unit_label
@@ -58,3 +60,17 @@ def gate_validation(ctx: Context, checkpoint: Path, checkpoint_id: str, task: Ta
         episodes=episodes,
         seed_set="gate",
     )
+
+
+def guard_accepts(proposed: dict, previous: dict) -> tuple[bool, dict]:
+    """Return whether a candidate's gate result lets it replace the policy in force, and why.
+
+    The robot's rollout code decides (``nsl_policy.sequential.compare_counts``, the trial's cap
+    rule on fixed counts): accepted when its success rate is at least the one in force.
+    """
+    # Counts from the rate (the summary's defining field): success_rate = successes / episodes.
+    counts = [
+        (round(r["success_rate"] * r["episodes"]), r["episodes"]) for r in (proposed, previous)
+    ]
+    decision, evidence = compare_counts(*counts[0], *counts[1])
+    return decision == PROMOTE, evidence
