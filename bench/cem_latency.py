@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Action-selection latency of the QT-Opt policy: GraspPolicy.select_action (image trunk once per
-observation, shared by all CEM samples) versus a naive CEM that recomputes the trunk for every
-sample, same model, same CEM (population 64, 6 elites, 2 iterations), measured in the same run.
+"""Action-selection latency of the QT-Opt policy, shared trunk versus naive CEM.
+
+GraspPolicy.select_action (image trunk once per observation, shared by all CEM samples) versus a
+naive CEM that recomputes the trunk for every sample, same model, same CEM (population 64,
+6 elites, 2 iterations), measured in the same run.
 
     nice -n 5 .venv/bin/python bench/cem_latency.py [--threads 1] [--iters 200]
 
@@ -37,8 +39,10 @@ from nsl_policy.policy import ExplorationConfig, GraspPolicy  # noqa: E402
 def naive_select_action(
     policy: GraspPolicy, image: np.ndarray, state: np.ndarray
 ) -> tuple[np.ndarray, float]:
-    """The same CEM over the same model, but every sample's score runs the whole network, trunk
-    included (the N images are batched, so the comparison is with a batched forward, not a loop).
+    """Select an action with the same CEM over the same model, the trunk run for every sample.
+
+    Every sample's score runs the whole network, trunk included (the N images are batched, so the
+    comparison is with a batched forward, not a loop).
     """
     model = policy.model
     img, st = policy._inputs(model, image, state)
@@ -109,13 +113,15 @@ def main() -> None:
     rng = np.random.default_rng(0)
     cem = CEMConfig(population=64, elites=6, iterations=2)
     print(
-        f"# {dt.datetime.now().isoformat(timespec='seconds')} {platform.node()} {platform.processor() or platform.machine()} "
+        f"# {dt.datetime.now().isoformat(timespec='seconds')} {platform.node()} "
+        f"{platform.processor() or platform.machine()} "
         f"cores={os.cpu_count()} torch={torch.__version__} threads={torch.get_num_threads()} "
         f"loadavg={open('/proc/loadavg').read().split()[:3]}",
         flush=True,
     )
     print(
-        f"# CEM population={cem.population} elites={cem.elites} iterations={cem.iterations}; exploration off",
+        f"# CEM population={cem.population} elites={cem.elites} iterations={cem.iterations}; "
+        "exploration off",
         flush=True,
     )
     out: dict[str, float | int | str] = {}
@@ -132,7 +138,8 @@ def main() -> None:
         ]
         fast = stats(measure(policy.select_action, inputs, args.iters, args.warmup))
         print(
-            f"select_action {size}x{size}: p50 {fast['p50']:.2f} ms  p99 {fast['p99']:.2f} ms  mean {fast['mean']:.2f} ms "
+            f"select_action {size}x{size}: p50 {fast['p50']:.2f} ms  p99 {fast['p99']:.2f} ms  "
+            f"mean {fast['mean']:.2f} ms "
             f"({args.iters} calls)",
             flush=True,
         )
@@ -149,7 +156,8 @@ def main() -> None:
             )
             speedup = naive["p50"] / fast["p50"]
             print(
-                f"naive CEM (trunk per sample) {size}x{size}: p50 {naive['p50']:.2f} ms  p99 {naive['p99']:.2f} ms "
+                f"naive CEM (trunk per sample) {size}x{size}: p50 {naive['p50']:.2f} ms  "
+                f"p99 {naive['p99']:.2f} ms "
                 f"({n_naive} calls); speed-up of the shared trunk {speedup:.1f}x",
                 flush=True,
             )

@@ -1,6 +1,7 @@
 """Dataset I/O benchmark: recording through the real collector node over ROS 2, and loading.
 
-  nice -n 5 .venv/bin/python bench/dataset_io.py [--episodes-64 60] [--episodes-472 20] [--steps 10]
+  nice -n 5 .venv/bin/python bench/dataset_io.py [--episodes-64 60] [--episodes-472 20] \
+      [--steps 10]
 
 (run with AMENT_PREFIX_PATH=.venv, as ./nsl does, or from an installed workspace)
 
@@ -116,7 +117,8 @@ def main() -> int:
     from nsl_collector.dataset import load_transitions
 
     print(
-        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}; "
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+        f"python {platform.python_version()}; "
         f"loadavg {open('/proc/loadavg').read().split()[:3]}",
         flush=True,
     )
@@ -124,20 +126,23 @@ def main() -> int:
         root = Path(tmp) / "datasets"
         r64 = record(root, (64, 64), args.episodes_64, args.steps, 0.0, "rec64")
         print(
-            f"64x64   max rate: {r64['recorded']}/{r64['published']} steps recorded in {r64['elapsed_s']:.2f} s "
+            f"64x64   max rate: {r64['recorded']}/{r64['published']} steps recorded "
+            f"in {r64['elapsed_s']:.2f} s "
             f"= {r64['images_per_s']:.0f} images/s, dropped {r64['dropped']}",
             flush=True,
         )
         r472 = record(root, (472, 472), args.episodes_472, args.steps, 0.0, "rec472")
         print(
-            f"472x472 max rate: {r472['recorded']}/{r472['published']} steps recorded in {r472['elapsed_s']:.2f} s "
-            f"= {r472['images_per_s']:.0f} images/s ({r472['images_per_s'] * 472 * 472 * 3 / 1e6:.0f} MB/s), "
+            f"472x472 max rate: {r472['recorded']}/{r472['published']} steps recorded "
+            f"in {r472['elapsed_s']:.2f} s = {r472['images_per_s']:.0f} images/s "
+            f"({r472['images_per_s'] * 472 * 472 * 3 / 1e6:.0f} MB/s), "
             f"dropped {r472['dropped']}",
             flush=True,
         )
         r10 = record(root, (472, 472), args.episodes_10hz, args.steps, 0.1, "rec472_10hz")
         print(
-            f"472x472 at 10 Hz: {r10['recorded']}/{r10['published']} steps recorded, dropped {r10['dropped']}",
+            f"472x472 at 10 Hz: {r10['recorded']}/{r10['published']} steps recorded, "
+            f"dropped {r10['dropped']}",
             flush=True,
         )
 
@@ -156,13 +161,15 @@ def main() -> int:
         load_transitions(r472["bag"], cache_dir=cache)
         t_big_warm = time.perf_counter() - t
         print(
-            f"load 64x64:   {len(cold)} transitions cold {t_cold * 1e3:.0f} ms = {len(cold) / t_cold:.0f}/s, "
-            f"cached {t_warm * 1e3:.1f} ms = {len(cold) / t_warm:.0f}/s ({t_cold / t_warm:.0f}x)",
+            f"load 64x64:   {len(cold)} transitions cold {t_cold * 1e3:.0f} ms "
+            f"= {len(cold) / t_cold:.0f}/s, cached {t_warm * 1e3:.1f} ms "
+            f"= {len(cold) / t_warm:.0f}/s ({t_cold / t_warm:.0f}x)",
             flush=True,
         )
         print(
-            f"load 472x472: {len(big)} transitions cold {t_big_cold * 1e3:.0f} ms = {len(big) / t_big_cold:.0f}/s, "
-            f"cached {t_big_warm * 1e3:.1f} ms = {len(big) / t_big_warm:.0f}/s ({t_big_cold / t_big_warm:.0f}x)",
+            f"load 472x472: {len(big)} transitions cold {t_big_cold * 1e3:.0f} ms "
+            f"= {len(big) / t_big_cold:.0f}/s, cached {t_big_warm * 1e3:.1f} ms "
+            f"= {len(big) / t_big_warm:.0f}/s ({t_big_cold / t_big_warm:.0f}x)",
             flush=True,
         )
     print(f"loadavg after: {open('/proc/loadavg').read().split()[:3]}", flush=True)

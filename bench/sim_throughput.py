@@ -15,8 +15,8 @@ Measures, in one run:
     worker is timed inside the worker after a barrier, so start-up is not counted).
 
 Usage (from the repository root, with the workspace venv):
-  nice -n 5 .venv/bin/python bench/sim_throughput.py            # full run (~15-25 min on 2 cores)
-  nice -n 5 .venv/bin/python bench/sim_throughput.py --quick    # a couple of minutes, rough figures
+  nice -n 5 .venv/bin/python bench/sim_throughput.py          # full run (~15-25 min on 2 cores)
+  nice -n 5 .venv/bin/python bench/sim_throughput.py --quick  # a couple of minutes, rough figures
 
 The last line printed is one JSON object with the keys episodes_per_s_64,
 peer_episodes_per_s_64, ratio_vs_peer, oracle_success_base, two_process_scaling (and more).
@@ -45,7 +45,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------ peer side
 def peer_worker(size: int, episodes: int, num_objects: int, seed: int) -> None:
-    """Runs inside the peer venv: KukaDiverseObjectEnv with random actions; prints one JSON line."""
+    """Run KukaDiverseObjectEnv with random actions inside the peer venv; print one JSON line."""
     import random
 
     import numpy as np
@@ -89,7 +89,7 @@ def peer_worker(size: int, episodes: int, num_objects: int, seed: int) -> None:
 
 
 def base_python() -> str:
-    """A plain CPython to create the peer venv from (not the workspace venv's re-exec wrapper)."""
+    """Return a plain CPython to create the peer venv from (not the workspace venv's wrapper)."""
     for cand in (getattr(sys, "_base_executable", None), "/usr/bin/python3"):
         if cand and os.path.exists(cand):
             return cand
@@ -128,7 +128,7 @@ def run_peer(py: Path, size: int, episodes: int, num_objects: int, seed: int) ->
     out = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp")
     if out.returncode != 0:
         raise RuntimeError(f"peer worker failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     return json.loads(lines[-1])
 
 
@@ -298,7 +298,10 @@ def main() -> int:
         a.oracle_episodes, a.reference_episodes, a.scaling_episodes = 20, 10, 6
 
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    machine = f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}"
+    machine = (
+        f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}"
+    )
     load0 = open("/proc/loadavg").read().split()[:3]
     log(f"[bench] {started} on {machine}; loadavg {load0}")
     import pybullet
@@ -325,15 +328,17 @@ def main() -> int:
             r = run_peer(py, size, a.peer_episodes, a.num_objects, a.seed)
             res[f"peer_{size}"] = r
             print(
-                f"KukaDiverseObjectEnv {size}x{size}: {r['episodes_per_s']:.3f} episodes/s per process "
-                f"({r['episodes']} random-action episodes, {r['steps_per_episode']:.1f} steps/episode)",
+                f"KukaDiverseObjectEnv {size}x{size}: {r['episodes_per_s']:.3f} episodes/s "
+                f"per process ({r['episodes']} random-action episodes, "
+                f"{r['steps_per_episode']:.1f} steps/episode)",
                 flush=True,
             )
 
     o = oracle_success(a.oracle_episodes, reference=False, num_objects=a.num_objects)
     res["oracle_base"] = {k: v for k, v in o.items() if k != "outcomes"}
     print(
-        f"oracle success on base (default physics): {o['success']:.3f} ({o['successes']}/{o['episodes']}), "
+        f"oracle success on base (default physics): {o['success']:.3f} "
+        f"({o['successes']}/{o['episodes']}), "
         f"95% CI [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}]",
         flush=True,
     )
@@ -344,14 +349,17 @@ def main() -> int:
         both = sum(x == y for x, y in zip(o["outcomes"][:m], ro["outcomes"][:m]))
         res["oracle_base_reference_physics"]["same_outcome_as_default"] = both / m
         print(
-            f"oracle success on base (pybullet_envs physics): {ro['success']:.3f} ({ro['successes']}/{ro['episodes']}), "
-            f"95% CI [{ro['ci95'][0]:.3f}, {ro['ci95'][1]:.3f}]; same outcome on {both}/{m} seeds",
+            f"oracle success on base (pybullet_envs physics): {ro['success']:.3f} "
+            f"({ro['successes']}/{ro['episodes']}), "
+            f"95% CI [{ro['ci95'][0]:.3f}, {ro['ci95'][1]:.3f}]; "
+            f"same outcome on {both}/{m} seeds",
             flush=True,
         )
         rr = our_throughput(64, max(4, a.episodes // 4), a.num_objects, a.seed, reference=True)
         res["ours_64_reference_physics"] = rr
         print(
-            f"nsl_sim 64x64 with pybullet_envs physics: {rr['episodes_per_s']:.3f} episodes/s per process",
+            f"nsl_sim 64x64 with pybullet_envs physics: {rr['episodes_per_s']:.3f} "
+            "episodes/s per process",
             flush=True,
         )
 

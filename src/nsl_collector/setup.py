@@ -14,7 +14,10 @@ setup(
     zip_safe=False,
     maintainer="NSL developers",
     maintainer_email="nsl@example.com",
-    description="Grasp-episode recording to rosbag2 (MCAP) datasets, the dataset library (ROS-free) and the collector node.",
+    description=(
+        "Grasp-episode recording to rosbag2 (MCAP) datasets, the dataset library (ROS-free) "
+        "and the collector node."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -14,7 +14,10 @@ setup(
     zip_safe=False,
     maintainer="NSL developers",
     maintainer_email="nsl@example.com",
-    description="PyBullet grasping world with the paper's challenge variations (ROS-free library) and the sim node serving the arm and camera interfaces.",
+    description=(
+        "PyBullet grasping world with the paper's challenge variations (ROS-free library) "
+        "and the sim node serving the arm and camera interfaces."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -1,4 +1,7 @@
-"""`ros2 launch nsl_bringup collect.launch.py [name:=value ...]`: the 'collect' graph of nsl_bringup.graph."""
+"""The 'collect' graph of nsl_bringup.graph.
+
+Usage: `ros2 launch nsl_bringup collect.launch.py [name:=value ...]`.
+"""
 
 from nsl_bringup.launch_description import generate
 

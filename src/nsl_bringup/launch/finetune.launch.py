@@ -1,4 +1,7 @@
-"""`ros2 launch nsl_bringup finetune.launch.py [name:=value ...]`: the 'finetune' graph of nsl_bringup.graph."""
+"""The 'finetune' graph of nsl_bringup.graph.
+
+Usage: `ros2 launch nsl_bringup finetune.launch.py [name:=value ...]`.
+"""
 
 from nsl_bringup.launch_description import generate
 

@@ -1,4 +1,7 @@
-"""`ros2 launch nsl_bringup sim_demo.launch.py [name:=value ...]`: the 'sim_demo' graph of nsl_bringup.graph."""
+"""The 'sim_demo' graph of nsl_bringup.graph.
+
+Usage: `ros2 launch nsl_bringup sim_demo.launch.py [name:=value ...]`.
+"""
 
 from nsl_bringup.launch_description import generate
 

@@ -1,1 +1,4 @@
-"""NSL node graphs (one description for launch files and the process runner), launch files, parameter files and the nsl command-line tool."""
+"""NSL node graphs, launch files, parameter files and the nsl command-line tool.
+
+One graph description serves both the launch files and the process runner.
+"""

@@ -170,9 +170,12 @@ def render_markdown(docs: list[ParameterDoc]) -> str:
     lines = [
         "# Node parameters reference",
         "",
-        "Generated from the nodes' own declarations by `nsl docs parameters` (do not edit by hand).",
-        "Defaults are those of the params files in `src/nsl_bringup/nsl_bringup/config/`; set them with",
-        "`name:=value` launch arguments where a graph exposes them, `--ros-args -p name:=value`, or a",
+        "Generated from the nodes' own declarations by `nsl docs parameters` "
+        "(do not edit by hand).",
+        "Defaults are those of the params files in `src/nsl_bringup/nsl_bringup/config/`; "
+        "set them with",
+        "`name:=value` launch arguments where a graph exposes them, "
+        "`--ros-args -p name:=value`, or a",
         "params file. Invalid values are refused at start-up with a message naming the parameter.",
         "",
     ]

@@ -1,1 +1,4 @@
-"""Grasp-episode recording to rosbag2 (MCAP) datasets, the dataset library (ROS-free) and the collector node."""
+"""Grasp-episode recording to rosbag2 (MCAP) datasets.
+
+The dataset library (ROS-free) and the collector node.
+"""

@@ -1,1 +1,4 @@
-"""The real Kuka arm behind NSL's arm interface (arm/reset_episode, arm/execute_step), via MoveIt 2."""
+"""The real Kuka arm behind NSL's arm interface, via MoveIt 2.
+
+The interface is the services arm/reset_episode and arm/execute_step.
+"""

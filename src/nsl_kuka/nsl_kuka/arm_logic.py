@@ -45,7 +45,8 @@ class ArmConfig:
         low, high = np.asarray(self.workspace_low), np.asarray(self.workspace_high)
         if low.shape != (3,) or high.shape != (3,) or not np.all(low < high):
             raise ValueError(
-                f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high} on every axis"
+                f"workspace_low {self.workspace_low} must be below "
+                f"workspace_high {self.workspace_high} on every axis"
             )
         if not np.all((low <= self.start_position) & (np.asarray(self.start_position) <= high)):
             raise ValueError(f"start_position {self.start_position} is outside the workspace")

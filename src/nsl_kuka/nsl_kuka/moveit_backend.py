@@ -23,9 +23,10 @@ def _require(module: str, what: str):
         return __import__(module, fromlist=["_"])
     except ImportError as exc:
         raise BackendUnavailable(
-            f"{what} is not installed ({exc}). The real-arm node needs a full ROS 2 install with MoveIt 2 "
-            "(apt: ros-$ROS_DISTRO-moveit-py ros-$ROS_DISTRO-control-msgs) and the robot's MoveIt configuration; "
-            "for simulation use the sim node instead (collect.launch.py sim:=true)."
+            f"{what} is not installed ({exc}). The real-arm node needs a full ROS 2 install "
+            "with MoveIt 2 (apt: ros-$ROS_DISTRO-moveit-py ros-$ROS_DISTRO-control-msgs) and the "
+            "robot's MoveIt configuration; for simulation use the sim node instead "
+            "(collect.launch.py sim:=true)."
         ) from exc
 
 

@@ -24,9 +24,11 @@ store them as booleans (+-1)."""
 
 
 def canonical_actions(actions):
-    """Recorded actions (torch tensor ``(..., 6)``) in the form the Q-function is trained on, a
-    new tensor: close/terminate snapped to +-1 (bags store booleans), and close = +1 wherever
-    terminate = +1 (terminating closes the gripper anyway, so both spellings are one action).
+    """Return recorded actions (torch tensor ``(..., 6)``) in the form the Q-function learns.
+
+    The result is a new tensor: close/terminate snapped to +-1 (bags store booleans), and
+    close = +1 wherever terminate = +1 (terminating closes the gripper anyway, so both spellings
+    are one action).
     """
     out = actions.clone()
     on = out[..., list(BINARY_DIMS)] > 0
@@ -36,12 +38,13 @@ def canonical_actions(actions):
 
 
 def policy_actions(actions):
-    """The actions the policy chooses from (CEM acting, and the Bellman target's argmax), a new
-    tensor: close/terminate snapped to +-1, and close = terminate, i.e. the grasp is one decision,
-    as in the scripted data (QT-Opt treats these commands as discrete too). Measured without
-    these restrictions, offline QT-Opt's argmax found actions the data hardly contains and that
-    its Q-function overrated at 0.9-0.99: interior switch values, "close and terminate" in
-    mid-air, and "close, then keep moving" at the first step.
+    """Return the actions the policy chooses from (CEM acting, and the Bellman target's argmax).
+
+    The result is a new tensor: close/terminate snapped to +-1, and close = terminate, i.e. the
+    grasp is one decision, as in the scripted data (QT-Opt treats these commands as discrete
+    too). Measured without these restrictions, offline QT-Opt's argmax found actions the data
+    hardly contains and that its Q-function overrated at 0.9-0.99: interior switch values,
+    "close and terminate" in mid-air, and "close, then keep moving" at the first step.
     """
     out = actions.clone()
     grasp = (out[..., TERMINATE_INDEX] > 0).to(out.dtype) * 2 - 1
@@ -99,8 +102,10 @@ class ActionSpace:
         )
 
     def to_vector(self, command: GraspCommand) -> np.ndarray:
-        """Normalised vector of a physical command (the inverse of ``to_command`` up to the
-        gripper/terminate thresholds, which map to +1 / -1).
+        """Return the normalised vector of a physical command.
+
+        It is the inverse of ``to_command`` up to the gripper/terminate thresholds, which map to
+        +1 / -1.
         """
         t = np.asarray(command.translation, dtype=np.float64) / self.max_translation
         return np.clip(

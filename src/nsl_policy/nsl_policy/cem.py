@@ -1,5 +1,7 @@
-"""Batched cross-entropy method (CEM) over the action box [-1, 1]^A, as QT-Opt uses it to pick
-argmax_a Q(s, a): sample a Gaussian population, keep the elites, refit, repeat.
+"""Batched cross-entropy method (CEM) over the action box [-1, 1]^A.
+
+QT-Opt uses it to pick argmax_a Q(s, a): sample a Gaussian population, keep the elites, refit,
+repeat.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import torch
 
 @dataclass(frozen=True)
 class CEMConfig:
-    """CEM hyper-parameters. Defaults are QT-Opt's (Kalashnikov et al. 2018): 64 samples,
-    6 elites, 2 iterations.
+    """CEM hyper-parameters.
+
+    Defaults are QT-Opt's (Kalashnikov et al. 2018): 64 samples, 6 elites, 2 iterations.
     """
 
     population: int = 64

@@ -61,7 +61,8 @@ def to_rgb(
     expected = step * height
     if buf.size != expected:
         raise ValueError(
-            f"image data has {buf.size} bytes, expected {expected} for {width}x{height} {encoding} (step {step})"
+            f"image data has {buf.size} bytes, expected {expected} for "
+            f"{width}x{height} {encoding} (step {step})"
         )
     img = buf.reshape(height, step)[:, :row].reshape(height, width, channels)
     if conversion is None:
@@ -72,8 +73,10 @@ def to_rgb(
 
 
 def resize_for_network(img: np.ndarray, size: int) -> np.ndarray:
-    """Square ``size`` x ``size`` copy of an (H, W, 3) uint8 image (cv2.INTER_AREA; no crop, so
-    non-square images are stretched). Returns the input unchanged when it already fits.
+    """Return a square ``size`` x ``size`` copy of an (H, W, 3) uint8 image.
+
+    Shrunk with cv2.INTER_AREA (enlarged with INTER_LINEAR) and not cropped, so non-square images
+    are stretched. Returns the input unchanged when it already fits.
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {img.shape}")
@@ -100,8 +103,9 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
 def to_tensor(
     batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Float (N, 3, H, W) tensor in [0, 1], channels_last memory, from a uint8 (N, H, W, 3)
-    batch (a single (H, W, 3) image becomes N = 1).
+    """Return a float (N, 3, H, W) tensor in [0, 1] from a uint8 (N, H, W, 3) batch.
+
+    The tensor has channels_last memory; a single (H, W, 3) image becomes N = 1.
     """
     t = torch.as_tensor(batch)
     if t.dim() == 3:

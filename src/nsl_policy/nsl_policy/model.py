@@ -42,14 +42,15 @@ MAX_IMAGE_SIZE = 472
 HEADS = ("conv", "keypoints")
 NORMS = ("none", "group")
 #: QNetworkConfig fields that go with head="keypoints" in the measured recipe
-#: (docs/results/base_policy.md): a 16x16 map and an MLP of 256 units.
+#: (docs/results/decisions.md): a 16x16 map and an MLP of 256 units.
 KEYPOINTS_RECIPE = {"feature_size": 16, "fc_width": 256}
 
 
 @dataclass(frozen=True)
 class QNetworkConfig:
-    """Architecture of a ``QNetwork``. Checkpoints store it; a checkpoint only loads into a
-    network with the same config.
+    """Architecture of a ``QNetwork``.
+
+    Checkpoints store it; a checkpoint only loads into a network with the same config.
     """
 
     image_size: int = 64
@@ -111,7 +112,8 @@ class QNetworkConfig:
             or not (math.isfinite(self.height_scale) and 0 < self.height_scale <= 1000)
         ):
             raise ValueError(
-                f"QNetworkConfig.height_scale must be a number in (0, 1000], got {self.height_scale!r}"
+                "QNetworkConfig.height_scale must be a number in (0, 1000], "
+                f"got {self.height_scale!r}"
             )
         object.__setattr__(self, "height_scale", float(self.height_scale))
         if self.norm not in NORMS:
@@ -217,10 +219,12 @@ class QNetwork(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
-        """Kaiming-normal weights (ReLU gain) and zero biases. With PyTorch's default init the
-        image signal fades through the unnormalised conv stack (feature spread across images
-        ~1e-4 at 64x64), so the Q-function learned to ignore the image; see
-        docs/results/base_policy.md. The output layer keeps a small init (Q starts near 0.5).
+        """Initialise Kaiming-normal weights (ReLU gain) and zero biases.
+
+        With PyTorch's default init the image signal fades through the unnormalised conv stack
+        (feature spread across images ~1e-4 at 64x64), so the Q-function learned to ignore the
+        image; see docs/results/decisions.md. The output layer keeps a small init (Q starts near
+        0.5).
         """
         layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         for m in layers[:-1]:
@@ -234,15 +238,18 @@ class QNetwork(nn.Module):
         return next(self.parameters()).device
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Image features of float images (B, 3, S, S) in [0, 1]: the trunk's map (B, C, h, w),
-        channels_last, for the "conv" head; keypoints (B, 2C) for the "keypoints" head.
+        """Return the image features of float images (B, 3, S, S) in [0, 1].
+
+        They are the trunk's map (B, C, h, w), channels_last, for the "conv" head; keypoints
+        (B, 2C) for the "keypoints" head.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         s = self.config.image_size
         if images.shape[2] != s or images.shape[3] != s:
             raise ValueError(
-                f"images must be {s}x{s} (the network's image_size), got {images.shape[2]}x{images.shape[3]}"
+                f"images must be {s}x{s} (the network's image_size), "
+                f"got {images.shape[2]}x{images.shape[3]}"
             )
         if self.config.coord_channels:
             ramp = torch.linspace(-1.0, 1.0, s, dtype=images.dtype, device=images.device)
@@ -256,15 +263,18 @@ class QNetwork(nn.Module):
     def score(
         self, features: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
     ) -> torch.Tensor:
-        """Logits (B, N) of N actions (B, N, 6) per observation, from ``encode``'s features and
-        the gripper state (B, 3). The features are broadcast over N.
+        """Return the logits (B, N) of N actions (B, N, 6) per observation.
+
+        They are computed from ``encode``'s features and the gripper state (B, 3); the features
+        are broadcast over N.
         """
         if actions.dim() != 3 or actions.shape[2] != ACTION_DIM:
             raise ValueError(f"actions must be (B, N, {ACTION_DIM}), got {tuple(actions.shape)}")
         b, n, _ = actions.shape
         if features.shape[0] != b or state.shape != (b, STATE_DIM):
             raise ValueError(
-                f"batch mismatch: features {tuple(features.shape)}, state {tuple(state.shape)}, actions {tuple(actions.shape)}"
+                f"batch mismatch: features {tuple(features.shape)}, "
+                f"state {tuple(state.shape)}, actions {tuple(actions.shape)}"
             )
         state = state.to(actions.dtype)
         if self.config.height_scale != 1.0:  # the default skips this on CEM's hot path
@@ -295,9 +305,11 @@ class QNetwork(nn.Module):
 
 
 class SpatialSoftmax(nn.Module):
-    """(B, C, h, w) maps -> (B, 2C) expected (x, y) in [-1, 1] of each channel's softmax over
-    its h x w cells, with one learned temperature (Levine et al. 2016, "End-to-end training of
-    deep visuomotor policies").
+    """Spatial soft-argmax: (B, C, h, w) maps -> (B, 2C) keypoints.
+
+    Each channel gives the expected (x, y) in [-1, 1] of its softmax over its h x w cells, with
+    one learned temperature (Levine et al. 2016, "End-to-end training of deep visuomotor
+    policies").
     """
 
     def __init__(self, size: int) -> None:
@@ -313,7 +325,8 @@ class SpatialSoftmax(nn.Module):
         b, c, h, w = features.shape
         if h * w != self.grid.shape[0]:
             raise ValueError(
-                f"feature map {h}x{w} does not match the keypoint grid ({self.grid.shape[0]} cells)"
+                f"feature map {h}x{w} does not match the keypoint grid "
+                f"({self.grid.shape[0]} cells)"
             )
         logits = features.reshape(b, c, h * w) / self.log_temperature.exp()
         points = torch.softmax(logits, dim=2) @ self.grid.to(features.dtype)  # (B, C, 2)

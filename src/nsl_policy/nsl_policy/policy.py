@@ -92,10 +92,11 @@ class GraspPolicy:
         return self._model
 
     def swap_model(self, model: QNetwork) -> None:
-        """Use ``model`` from the next ``select_action`` on. Its config must match the current one."""
+        """Use ``model`` from the next ``select_action`` on; its config must match the current."""
         if model.config != self._model.config:
             raise ValueError(
-                f"model config differs from the running one: {model.config.differences(self._model.config)}"
+                "model config differs from the running one: "
+                f"{model.config.differences(self._model.config)}"
             )
         model = self._prepare(model)
         with self._lock:
@@ -118,7 +119,8 @@ class GraspPolicy:
         image = np.asarray(image)
         if image.shape != (s, s, 3) or image.dtype != np.uint8:
             raise ValueError(
-                f"image must be uint8 ({s}, {s}, 3) (network size), got {image.dtype} {image.shape}"
+                f"image must be uint8 ({s}, {s}, 3) (network size), "
+                f"got {image.dtype} {image.shape}"
             )
         st = np.asarray(state, dtype=np.float32).reshape(-1)
         if st.shape != (STATE_DIM,) or not np.all(np.isfinite(st)):
@@ -129,7 +131,10 @@ class GraspPolicy:
 
     @torch.no_grad()
     def select_action(self, image: np.ndarray, state: np.ndarray) -> ActionChoice:
-        """Action for one observation. Raises RuntimeError if the network yields no finite value."""
+        """Choose the action for one observation.
+
+        Raises RuntimeError if the network yields no finite value.
+        """
         with self._lock:
             model = self._model
         img, st = self._inputs(model, image, state)
@@ -148,7 +153,8 @@ class GraspPolicy:
         q = float(torch.sigmoid(value[0]))
         if not (np.all(np.isfinite(vec)) and math.isfinite(raw) and math.isfinite(q)):
             raise RuntimeError(
-                "Q-network produced no finite value for this observation (non-finite weights or input?)"
+                "Q-network produced no finite value for this observation "
+                "(non-finite weights or input?)"
             )
         if self.exploration.epsilon > 0 and self._rng.random() < self.exploration.epsilon:
             # Random motion; close/terminate stay the policy's choice. A uniform draw there would

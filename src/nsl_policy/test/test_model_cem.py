@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nsl_policy.action_space import ACTION_DIM
+from nsl_policy.action_space import ACTION_DIM, BINARY_DIMS, canonical_actions, policy_actions
 from nsl_policy.cem import CEMConfig, cem_maximize
-from nsl_policy.model import QNetwork, QNetworkConfig
+from nsl_policy.model import QNetwork, QNetworkConfig, SpatialSoftmax
 from nsl_policy.policy import ExplorationConfig, GraspPolicy
 
 SMALL = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16)
@@ -203,8 +203,9 @@ def test_policy_swap_and_nan_model():
 
 @pytest.mark.parametrize("image_size", [64, 128])
 def test_fresh_network_sees_the_image(image_size):
-    """At initialisation the trunk features vary across images and Q depends on the image: a
-    network whose image pathway starts dead learns a blind policy (docs/results/base_policy.md).
+    """At initialisation the trunk features vary across images and Q depends on the image.
+
+    A network whose image pathway starts dead learns a blind policy (docs/results/decisions.md).
     """
     torch.manual_seed(0)
     net = QNetwork(QNetworkConfig(image_size=image_size)).eval()
@@ -222,11 +223,10 @@ def test_fresh_network_sees_the_image(image_size):
 
 
 def test_cem_searches_policy_actions_and_finds_the_better_switch():
-    """CEM scores only +-1 for close/terminate, with close = terminate (one grasp decision); the
-    better setting wins even when the score peaks in the (never trained) interior.
-    """
-    from nsl_policy.action_space import BINARY_DIMS, policy_actions
+    """CEM scores only +-1 for close/terminate, with close = terminate (one grasp decision).
 
+    The better setting wins even when the score peaks in the (never trained) interior.
+    """
     seen: list[torch.Tensor] = []
 
     def score(a):
@@ -253,8 +253,6 @@ def test_cem_searches_policy_actions_and_finds_the_better_switch():
 
 
 def test_canonical_and_policy_action_forms():
-    from nsl_policy.action_space import canonical_actions, policy_actions
-
     raw = torch.tensor([[0.3, -0.2, 0.1, 0.9, -0.4, 0.01], [0.0, 0.0, 0.0, 0.0, 0.5, -0.7]])
     # Data: terminating closes; a close without terminating stays what it was.
     assert torch.equal(
@@ -270,8 +268,6 @@ def test_canonical_and_policy_action_forms():
 
 
 def test_random_exploration_moves_randomly_but_keeps_the_policy_switches():
-    from nsl_policy.action_space import BINARY_DIMS
-
     net = QNetwork(SMALL).eval()
     img = np.zeros((32, 32, 3), np.uint8)
     st = np.array([0.0, 0.1, 0.0], np.float32)
@@ -341,11 +337,11 @@ def test_keypoints_head_shapes_sharing_and_old_configs():
 
 
 def test_spatial_softmax_finds_a_bright_spot():
-    """The keypoints are where the activations are: one hot cell per channel at a known place
-    gives that cell's grid coordinates (low temperature), so moving an object moves the points.
-    """
-    from nsl_policy.model import SpatialSoftmax
+    """The keypoints are where the activations are.
 
+    One hot cell per channel at a known place gives that cell's grid coordinates (low
+    temperature), so moving an object moves the points.
+    """
     soft = SpatialSoftmax(8)
     with torch.no_grad():
         soft.log_temperature.fill_(math.log(0.01))

@@ -1,1 +1,4 @@
-"""PyBullet grasping world with the paper's challenge variations (ROS-free library) and the sim node serving the arm and camera interfaces."""
+"""PyBullet grasping world with the paper's challenge variations (ROS-free library).
+
+Also the sim node, which serves the arm and camera interfaces.
+"""

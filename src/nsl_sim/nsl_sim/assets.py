@@ -135,7 +135,7 @@ def gripper_sdf(
         text = fh.read()
     text = re.sub(r"<uri>\s*/?meshes/", f"<uri>{_KUKA_DIR}/meshes/", text)
     root = ET.fromstring(text)
-    links = {l.get("name"): l for l in root.iter("link")}
+    links = {link.get("name"): link for link in root.iter("link")}
     for name in _GRIPPER_LINKS:
         _shift_pose(links[name], *off)
     for name in _TIP_LINKS:

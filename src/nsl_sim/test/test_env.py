@@ -192,6 +192,7 @@ def test_oracle_success_rate_on_base(env):
 
 def test_grasp_at_a_random_goal_moves_like_the_oracle_but_grasps_blind(env):
     """QT-Opt's scripted exploration: the oracle's motion to a grasp pose drawn without looking.
+
     It must reach its goal and close there, and succeed less often than the oracle on the same
     scenes, since where it closes ignores the objects.
     """
@@ -220,7 +221,8 @@ def test_grasp_at_a_random_goal_moves_like_the_oracle_but_grasps_blind(env):
         blind += res.grasp_success
     oracle = sum(run_oracle(env, seed)[1] for seed in seeds)
     print(
-        f"random-goal grasps: {blind}/{len(seeds)}, oracle on the same scenes: {oracle}/{len(seeds)}"
+        f"random-goal grasps: {blind}/{len(seeds)}, "
+        f"oracle on the same scenes: {oracle}/{len(seeds)}"
     )
     assert blind < oracle - 3
 
