@@ -134,10 +134,6 @@ NOMINAL_SPECULAR = 0.05
 #: Lateral friction of the stock Kuka finger tips (kuka_with_gripper2.sdf).
 FINGER_FRICTION = 0.8
 
-#: Fields added after cache keys were first made from :meth:`TaskConfig.to_dict`, with their
-#: nominal values: ``to_dict`` leaves them out while nominal, so earlier keys stay valid.
-KEYED_WHEN_SET: dict[str, Any] = {"finger_width_scale": 1.0, "finger_friction": FINGER_FRICTION}
-
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -283,16 +279,8 @@ class TaskConfig:
         return round(lo, 6)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the plain-data form (lists instead of tuples), suitable for YAML/JSON.
-
-        Fields of :data:`KEYED_WHEN_SET` are left out while they hold their nominal value.
-        """
-        d = {
-            k: v
-            for k, v in dataclasses.asdict(self).items()
-            if k not in KEYED_WHEN_SET or v != KEYED_WHEN_SET[k]
-        }
-        return _lists(d)
+        """Return the plain-data form (lists instead of tuples), suitable for YAML/JSON."""
+        return _lists(dataclasses.asdict(self))
 
 
 #: :attr:`EffectiveTask.gripper_key` of the stock gripper.

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from nsl_sim.env import GraspEnv, SimConfig
-from nsl_sim.tasks import TASKS, TaskConfig, get_task, load_task_yaml, task_from_dict
+from nsl_sim.tasks import (
+    FINGER_FRICTION,
+    TASKS,
+    TaskConfig,
+    get_task,
+    load_task_yaml,
+    task_from_dict,
+)
 
 SEED = 3
 
@@ -127,14 +134,16 @@ def test_extended_fingers_are_narrower_and_slipperier(env, base):
     assert set(eff.saturated) == {"finger_width_scale", "finger_friction"}
 
 
-def test_to_dict_leaves_out_nominal_newer_fields():
-    """Cache keys of earlier runs hold TaskConfig dicts without the newer gripper fields."""
-    assert "finger_width_scale" not in TASKS["offset_gripper_10cm"].to_dict()
-    assert "finger_friction" not in TaskConfig().to_dict()
+def test_to_dict_holds_every_field_and_round_trips():
+    """A TaskConfig dict (cache keys, metadata) names every knob, nominal ones included."""
+    nominal = TaskConfig().to_dict()
+    assert set(nominal) == {f.name for f in dataclasses.fields(TaskConfig)}
+    assert (nominal["finger_width_scale"], nominal["finger_friction"]) == (1.0, FINGER_FRICTION)
     extended = TASKS["extend_gripper_1cm"]
     d = extended.to_dict()
     assert (d["finger_width_scale"], d["finger_friction"]) == (0.5, 0.5)
     assert task_from_dict(d) == extended
+    assert task_from_dict(nominal) == TaskConfig()
 
 
 def test_severity_zero_is_base(env, base):
