@@ -75,7 +75,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from nsl_experiment.seeds import VALIDATION_SEEDS
-    from nsl_experiment.episodes import _state, resolve_task, task_spec
+    from nsl_experiment.episodes import policy_state, resolve_task, task_spec
     from nsl_policy.action_space import ActionSpace
     from nsl_policy.checkpoint import load_checkpoint
     from nsl_policy.policy import ExplorationConfig, GraspPolicy
@@ -94,7 +94,7 @@ def main() -> int:
             from_start = nearest_object_distance(env, start_xy)
             done = False
             while not done:
-                choice = policy.select_action(obs.image, _state(obs))
+                choice = policy.select_action(obs.image, policy_state(obs))
                 cmd = space.to_command(choice.vector)
                 target = np.clip(
                     env.commanded_pose()[0]

@@ -34,7 +34,7 @@ def collect(
     """(images uint8 (N,S,S,3), states float32 (N,3), offsets float32 (N,2) in metres)."""
     import numpy as np
 
-    from nsl_experiment.episodes import _state
+    from nsl_experiment.episodes import policy_state
     from nsl_sim.env import GraspEnv, SimConfig
 
     images, states, offsets = [], [], []
@@ -48,7 +48,7 @@ def collect(
                 offset = env.nearest_object_offset(env.commanded_pose()[0])
                 if offset is not None:
                     images.append(obs.image)
-                    states.append(_state(obs))
+                    states.append(policy_state(obs))
                     offsets.append(offset.astype(np.float32))
                 t, r, c, term = env.oracle_action()
                 t = np.asarray(t, dtype=float) + rng.normal(

@@ -81,7 +81,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from nsl_experiment.seeds import VALIDATION_SEEDS
-    from nsl_experiment.episodes import _state
+    from nsl_experiment.episodes import policy_state
     from nsl_policy.action_space import ACTION_DIM, ActionSpace, policy_actions
     from nsl_policy.cem import CEMConfig
     from nsl_policy.checkpoint import load_checkpoint
@@ -102,7 +102,7 @@ def main() -> int:
     with GraspEnv(sim) as env, torch.no_grad():
         for i in range(args.scenes):
             obs = env.reset(seed=VALIDATION_SEEDS + i, task="base")
-            state = _state(obs)
+            state = policy_state(obs)
             q = model.score(
                 model.encode(to_tensor(obs.image)), torch.as_tensor(state).reshape(1, -1), actions
             )

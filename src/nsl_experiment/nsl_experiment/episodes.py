@@ -34,7 +34,7 @@ from nsl_policy.action_space import ActionSpace, GraspCommand
 from nsl_policy.cem import CEMConfig
 from nsl_policy.checkpoint import load_checkpoint
 from nsl_policy.policy import ExplorationConfig, GraspPolicy
-from nsl_sim.env import GraspEnv, SimConfig
+from nsl_sim.env import GraspEnv, Observation, SimConfig
 from nsl_sim.evaluate import wilson_interval  # the project's one Wilson interval
 from nsl_sim.scripted import grasp_at, random_action, random_grasp_goal
 from nsl_sim.tasks import TaskConfig, get_task, task_from_dict
@@ -107,7 +107,8 @@ def msg_dir() -> Path | None:
         raise
 
 
-def _state(obs) -> np.ndarray:
+def policy_state(obs: Observation) -> np.ndarray:
+    """Return the policy's state input (closed, height, step fraction) of a sim observation."""
     return np.array(
         [1.0 if obs.gripper_closed else 0.0, obs.height, obs.step_fraction], dtype=np.float32
     )
@@ -154,7 +155,7 @@ def _scripted_actor(spec: dict, env: GraspEnv, seed: int) -> Callable:
 
 def _policy_actor(policy: GraspPolicy) -> Callable:
     def act(obs):
-        choice = policy.select_action(obs.image, _state(obs))
+        choice = policy.select_action(obs.image, policy_state(obs))
         return choice.vector, choice.q_value, choice.exploratory
 
     return act
@@ -226,7 +227,7 @@ def run_job(spec: dict) -> list[dict]:
                     steps.append(
                         StepData.from_vector(
                             obs.image,
-                            _state(obs),
+                            policy_state(obs),
                             vec,
                             action_space=space,
                             q_value=float(q),
