@@ -2,6 +2,7 @@
 
 nsl up GRAPH [name:=value ...]     start a graph as processes (where ros2 launch is unavailable)
 nsl graph GRAPH [name:=value ...]  print the nodes, parameters and command lines of a graph
+nsl status [--namespace NS]        print the running policy's learning monitor (/diagnostics)
 nsl demo [--task T --episodes N]   the main job: collect, fine-tune, hot-swap, evaluate in sim
 nsl checkpoint init PATH           write a randomly initialised Q-function checkpoint
 plus the commands of the packages (nsl sim ..., nsl data ..., nsl train ...): nsl --help
@@ -65,6 +66,30 @@ def cmd_graph(args) -> int:
         ],
     }
     print(yaml.safe_dump(out, sort_keys=False))
+    return 0
+
+
+def cmd_status(args) -> int:
+    import os
+
+    from nsl_bringup.runner import isolated_environment
+
+    if args.domain_id is not None:
+        os.environ.update(isolated_environment(args.domain_id))
+    # rclpy and the messages: only this command needs them.
+    from nsl_bringup.status import format_status, read_status
+
+    status = read_status(args.namespace, args.timeout)
+    if not status:
+        where = f"namespace '{args.namespace}'" if args.namespace is not None else "any namespace"
+        print(
+            f"nsl status: no policy is running: no learning monitor report on /diagnostics "
+            f"within {args.timeout:g} s ({where}); start one with `nsl up collect` or "
+            "`nsl up sim_demo`",
+            file=sys.stderr,
+        )
+        return 1
+    print(format_status(status))
     return 0
 
 
@@ -184,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for an isolated run"
             )
+    p = sub.add_parser(
+        "status",
+        help="print the running policy's learning monitor (success rates, trial, stopped flag)",
+    )
+    p.add_argument(
+        "--namespace", default=None, help="the robot's namespace (default: every policy found)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for a report (default 5)"
+    )
+    p.add_argument(
+        "--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of an isolated run (nsl up)"
+    )
+    p.set_defaults(fn=cmd_status)
     p = sub.add_parser(
         "demo", help="the whole loop in simulation: collect, fine-tune, hot-swap, evaluate"
     )

@@ -24,6 +24,10 @@ checkpoint goes in force at once (``immediate``), when the operator calls ``poli
 (``manual``), or after a trial of interleaved candidate and incumbent episodes (``trial``);
 decisions go to ``policy/rollout_decision``, the log, the next EpisodeResult's ``rollout``
 field and the file beside the checkpoint (``nsl_policy.rollout_endpoints``).
+
+Learning monitor (``nsl_policy.monitor``): success per checkpoint and task with 95% intervals,
+the trial's progress and the stopped-improving signal, published on ``/diagnostics``
+(``nsl_policy.diagnostics``) after every episode and once a second; ``nsl status`` prints it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import uuid
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -52,12 +57,19 @@ from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode
 from nsl_policy.cem import CEMConfig
 from nsl_policy.checkpoint import LoadedCheckpoint
 from nsl_policy.checkpoint_slot import CheckpointSlot, StageOutcome
+from nsl_policy.diagnostics import DIAGNOSTICS_DEPTH, diagnostic_array
 from nsl_policy.image import SUPPORTED_ENCODINGS, resize_for_network, to_rgb
+from nsl_policy.monitor import LearningMonitor, status_entries, validation_score
 from nsl_policy.policy import ExplorationConfig, GraspPolicy
 from nsl_policy.policy_settings import SETTINGS, check_settings, trial_settings
 from nsl_policy.rollout import MODES, Rollout
 from nsl_policy.rollout_endpoints import RolloutEndpoints
 from nsl_policy.safety import UnsafeCommand, safe_command
+
+
+DIAGNOSTICS_PERIOD = 1.0
+"""Seconds between /diagnostics reports besides the one after each episode: the 1 Hz that
+diagnostic_updater uses, so monitors see a live node between slow episodes."""
 
 
 class EpisodeAborted(RuntimeError):
@@ -111,13 +123,18 @@ class PolicyNode(Node):
         self.rollout = Rollout(self.config["rollout_mode"], trial_settings(self.config))
         self.slot = CheckpointSlot(on_swap=self._on_swap, gate=self.rollout.gate)
         self.rollout.attach(self.slot)
+        self.monitor = LearningMonitor()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         io_group = ReentrantCallbackGroup()
         swap_group = MutuallyExclusiveCallbackGroup()
         self.rollout_endpoints = RolloutEndpoints(
-            self, self.rollout, self.frame_id, callback_group=swap_group
+            self, self.rollout, self.frame_id, callback_group=swap_group, monitor=self.monitor
         )
+        self.diagnostics_pub = self.create_publisher(
+            DiagnosticArray, names.DIAGNOSTICS, DIAGNOSTICS_DEPTH
+        )
+        self.create_timer(DIAGNOSTICS_PERIOD, self.publish_diagnostics, callback_group=io_group)
         self._subscribe_camera(io_group)
         self.reset_client = self.create_client(
             ResetEpisode, names.ARM_RESET_SERVICE, callback_group=io_group
@@ -233,7 +250,17 @@ class PolicyNode(Node):
             )
         elif not outcome.in_force:
             self.get_logger().info(outcome.message)
+        held = self.slot.held
+        if outcome.held and held is not None:
+            self.monitor.checkpoint_seen(held.checkpoint_id, validation_score(held.metadata))
         return outcome
+
+    def publish_diagnostics(self) -> None:
+        """Publish the learning monitor's report on /diagnostics."""
+        entries = status_entries(self.monitor.report(self.rollout.status()))
+        array = diagnostic_array(entries, self.get_fully_qualified_name(), self.frame_id)
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
 
     def _on_swap(self, loaded: LoadedCheckpoint, previous: LoadedCheckpoint | None) -> None:
         """Build the policy for the checkpoint now in force and announce it (no episode runs)."""
@@ -245,6 +272,7 @@ class PolicyNode(Node):
             self.policy.swap_model(loaded.model)
         self._policy_checkpoint_id = loaded.checkpoint_id
         self.rollout.in_force(loaded, previous)
+        self.monitor.checkpoint_seen(loaded.checkpoint_id, validation_score(loaded.metadata))
         info = CheckpointInfo(
             checkpoint_id=loaded.checkpoint_id,
             path=str(loaded.path),
@@ -497,10 +525,12 @@ class PolicyNode(Node):
         result.num_steps = steps
         # Count it before publishing, so a decision it concludes travels in its own result.
         self.rollout.episode_done(checkpoint_id, tag, result.success, result.complete)
+        self.monitor.episode(checkpoint_id, task, result.success, result.complete)
         result.rollout = self.rollout_endpoints.result_tag(tag)
         result.header.stamp = self.get_clock().now().to_msg()
         result.header.frame_id = self.frame_id
         self.result_pub.publish(result)
+        self.publish_diagnostics()
         if result.complete:
             self.get_logger().info(
                 f"episode {episode_id[:8]} seed={seed} steps={steps} "

@@ -17,6 +17,7 @@ from nsl_common.qos import LATCHED_QOS
 from nsl_msgs.msg import RolloutDecision
 from nsl_msgs.srv import RolloutCommand
 
+from .monitor import LearningMonitor
 from .rollout import Decision, Rollout
 
 
@@ -44,8 +45,16 @@ def decision_message(decision: Decision) -> RolloutDecision:
 class RolloutEndpoints:
     """Publishes a rollout's decisions and serves ``policy/promote`` and ``policy/reject``."""
 
-    def __init__(self, node: Node, rollout: Rollout, frame_id: str, callback_group=None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        rollout: Rollout,
+        frame_id: str,
+        callback_group=None,
+        monitor: LearningMonitor | None = None,
+    ) -> None:
         self._node = node
+        self._monitor = monitor
         self._rollout = rollout
         self._frame_id = frame_id
         self._lock = threading.Lock()
@@ -68,7 +77,9 @@ class RolloutEndpoints:
         rollout.on_decision = self.on_decision
 
     def on_decision(self, decision: Decision) -> None:
-        """Publish, log and queue a decision for the next episode result."""
+        """Publish, log and queue a decision for the next episode result; tell the monitor."""
+        if self._monitor is not None:
+            self._monitor.decision(decision.decision, decision.candidate_id)
         msg = decision_message(decision)
         msg.header.stamp = self._node.get_clock().now().to_msg()
         msg.header.frame_id = self._frame_id

@@ -815,3 +815,55 @@ def test_trial_rejects_at_its_cap_then_the_operator_promotes_in_manual_mode(grap
     robot.wait_until(lambda: len(robot.complete(ck.id_b)) >= 3, 90, "episodes on b")
     assert decisions[-1].decision == "promote" and decisions[-1].mode == "manual"
     check_episodes_consistent(robot)
+
+
+# ---- (h) learning monitor on /diagnostics, nsl status ------------------------------------------
+def test_diagnostics_carry_the_learning_monitor_and_nsl_status_prints_it(graph, checkpoints):
+    import contextlib
+    import io
+
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from nsl_bringup.cli import main as nsl
+    from nsl_bringup.status import read_status
+    from nsl_policy.diagnostics import node_entries
+
+    ck = checkpoints
+    robot, policy = graph({"checkpoint": str(ck.a)})
+    namespace = robot.node.get_namespace()
+    arrays = []
+    robot.node.create_subscription(
+        DiagnosticArray, names.DIAGNOSTICS, lambda m: robot._add(arrays, m), 10
+    )
+    robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 3, 90, "episodes on a")
+    node = f"{namespace}/{names.POLICY_NODE}"
+
+    def counted(array) -> int:
+        row = {s.name: s for s in array.status}.get(f"{node}: success {ck.id_a} base")
+        return int({kv.key: kv.value for kv in row.values}["episodes"]) if row else 0
+
+    robot.wait_until(
+        lambda: any(counted(a) >= 3 for a in arrays), 30, "a report counting three episodes"
+    )
+    latest = next(a for a in reversed(arrays) if counted(a) >= 3)
+    assert node_entries(latest, node)[0][1] == "learning"
+    status = {s.name: s for s in latest.status}
+    learning = status[f"{node}: learning"]
+    values = {kv.key: kv.value for kv in learning.values}
+    assert values["in_force"] == ck.id_a and values["stopped_improving"] == "false"
+    assert values["rollout_mode"] == "immediate" and learning.hardware_id == namespace.strip("/")
+    row = status[f"{node}: success {ck.id_a} base"]
+    row_values = {kv.key: kv.value for kv in row.values}
+    assert int(row_values["episodes"]) >= 3 and "95% CI" in row.message
+    assert 0.0 <= float(row_values["ci95_low"]) <= float(row_values["ci95_high"]) <= 1.0
+
+    read = read_status(namespace, 10.0)
+    assert list(read) == [node] and read[node][0][1] == "learning"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert nsl(["status", "--namespace", namespace, "--timeout", "10"]) == 0
+    text = out.getvalue()
+    assert node in text and "learning" in text and f"success {ck.id_a} base" in text, text
+    with contextlib.redirect_stderr(err):
+        assert nsl(["status", "--namespace", "nowhere", "--timeout", "1.5"]) == 1
+    assert "no policy is running" in err.getvalue()
