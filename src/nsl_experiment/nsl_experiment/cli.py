@@ -67,9 +67,11 @@ def _calibrate_lines(res: dict) -> list[str]:
         if task == "base":
             lines.append(f"base: base policy {_rate(r['result'])}")
         else:
-            reached = "" if r["reached"] else " (drop not reached)"
+            status = r.get("status") or ("reached" if r["reached"] else "drop not reached")
+            flag = "" if status == "reached" else f" ({status})"
+            solvable = {True: "solvable", False: "NOT solvable"}.get(r.get("solvable"), "?")
             lines.append(
-                f"{task}: severity {r['severity']:g}{reached}, "
+                f"{task}: severity {r['severity']:g}{flag}, {solvable}, "
                 f"base policy {_rate(r['result'])}, drop {r['drop']:+.3f}"
             )
     return lines

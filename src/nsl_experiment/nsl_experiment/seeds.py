@@ -17,6 +17,9 @@ TARGET_SEEDS = 2_000_000  # + task index in STUDY_TASKS * 100_000 (exploration g
 CONTINUAL_SEEDS = 3_000_000  # + step * 100_000 (continual_recollect)
 VALIDATION_SEEDS = 5_000_000
 CALIBRATION_SEEDS = 6_000_000  # severity calibration, never used to choose the base
+#: The calibration's solvability scenes: the calibration block after its first 50 000 episodes
+#: (nsl_sim.solvability.SOLVABILITY_SEED for master seed 0).
+SOLVABILITY_SEEDS = 6_050_000
 ONLINE_SEEDS = 7_000_000  # + task index * 100_000 + (round - 1) * MAX_ONLINE_ROUND_EPISODES
 MAX_ONLINE_ROUNDS = 10
 MAX_ONLINE_ROUND_EPISODES = 10_000

@@ -80,6 +80,16 @@ def test_config_validation():
         make_config(calibration_severities=(2.0, 1.0))
     with pytest.raises(ValueError, match="calibration_seed_set"):
         make_config(calibration_seed_set="evaluation")  # never choose on the reported episodes
+    # A calibration needs >= 100 episodes per severity; fewer only as a declared smoke test.
+    with pytest.raises(ValueError, match="calibration_episodes: must be >= 100"):
+        make_config(calibration_episodes=50)
+    assert make_config(
+        calibration_episodes=50, allow_few_calibration_episodes=True
+    ).calibration.allow_few_calibration_episodes
+    with pytest.raises(ValueError, match="solvability_episodes"):
+        make_config(solvability_episodes=8)  # the probe needs a train/test split
+    with pytest.raises(ValueError, match="solvability_probe_steps"):
+        make_config(solvability_probe_steps=0)
     with pytest.raises(ValueError, match="challenges"):
         make_config(challenges=("base",))
     with pytest.raises(ValueError, match="challenges"):

@@ -32,6 +32,7 @@ from nsl_experiment.report.tables import consistency_warnings, load_stamps, tabl
 from nsl_experiment.report.acceptance import acceptance  # noqa: E402
 from nsl_experiment.seeds import CALIBRATION_SEEDS, GATE_SEEDS  # noqa: E402
 from nsl_experiment.units import collect, evaluate, gate, labels  # noqa: E402
+from nsl_experiment.units import calibration as calibration_unit  # noqa: E402
 from nsl_experiment.units.calibration import choose_severity  # noqa: E402
 from nsl_experiment.units.evaluate import evaluate_checkpoint  # noqa: E402
 from nsl_experiment.units.labels import (  # noqa: E402
@@ -42,6 +43,7 @@ from nsl_experiment.units.labels import (  # noqa: E402
 )
 from nsl_experiment.units.collect import tier_bags  # noqa: E402
 from nsl_policy.checkpoint import load_checkpoint  # noqa: E402
+from nsl_sim.solvability import SolvabilityResult  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,8 @@ def test_second_run_skips_everything(first_run):
     ), logs
     assert any("bootstrap: 2 bag(s) cached" in m for m in logs)
     assert any("evaluate_base/base: cached" in m for m in logs)
+    assert any("calibrate/checkerboard_severity_1: solvability cached" in m for m in logs)
+    assert not any(re.search(r": (NOT )?solvable$", m) for m in logs), logs
     assert any("sweep/checkerboard/tier_0004: cached checkpoint" in m for m in logs)
     assert {p: p.read_text() for p in before} == before
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mcap")} == mtimes
@@ -290,25 +294,39 @@ def test_calibration_follows_the_rule_and_later_stages_use_it(first_run):
     cal = results["stages"]["calibrate"]["calibration"]
     base = cal["base_validation"]["success_rate"]
     assert cal["base_validation"]["seed_set"] == "calibration"
+    assert cal["calibration_episodes"] == 3
+    # Severities past a challenge's bounds are its bound's world: offset 3.0 is offset 1.5.
+    candidates = {"offset_gripper_10cm": [1.0, 1.5], "checkerboard": [1.0, 3.0]}
     for name in TINY["challenges"]:
         c = cal["challenges"][name]
-        trials = [(t["severity"], t["result"]["success_rate"]) for t in c["trials"]]
+        assert all(t["solvability"]["passed"] for t in c["trials"])  # in this tiny world
+        trials = [(t["severity"], t["result"]["success_rate"], True) for t in c["trials"]]
         # Calibration has its own seeds: the base policy was chosen on the validation seeds, so
         # its figure there is optimistic and would inflate every drop.
         assert [(t["result"]["seed_set"], t["result"]["first_seed"]) for t in c["trials"]] == [
             ("calibration", CALIBRATION_SEEDS)
         ] * len(trials)
-        assert (c["severity"], c["reached"]) == choose_severity(base, trials, 0.2)
+        severity, reached = choose_severity(base, trials, 0.2)
+        assert (c["severity"], c["reached"]) == (severity, reached)
+        assert c["status"] == ("reached" if reached else "drop not reached")
         # Severities are tried in order and only until one is severe enough.
-        assert [s for s, _ in trials] == list(TINY["calibration_severities"][: len(trials)])
-        assert len(trials) == len(TINY["calibration_severities"]) or c["reached"]
+        assert [s for s, _, _ in trials] == candidates[name][: len(trials)]
+        assert len(trials) == len(candidates[name]) or c["reached"]
         assert c["task"]["name"] == name and c["task"]["severity"] == c["severity"]
-        table = results["stages"]["calibrate"]["table_i"][name]["result"]
-        assert (table["seed_set"], table["severity"], table["episodes"]) == (
+        # The chosen severity's solvability check, on the solvability scenes of the run's world.
+        chosen = next(t for t in c["trials"] if t["severity"] == c["severity"])
+        assert c["solvability"] == chosen["solvability"] and c["solvable"] is True
+        assert c["solvability"]["kind"] == (
+            "geometry" if name == "offset_gripper_10cm" else "appearance"
+        )
+        figures = c["solvability"]["figures"]
+        assert figures.get("scenes", figures.get("episodes")) == 16
+        table = results["stages"]["calibrate"]["table_i"][name]
+        assert (table["result"]["seed_set"], table["result"]["severity"]) == (
             "evaluation",
             c["severity"],
-            3,
         )
+        assert table["result"]["episodes"] == 3 and table["solvable"] is True
         # The exploration grasps ran on the calibrated task; the bags' metadata says which.
         session = yaml.safe_load(
             (out / "datasets" / name / "targets" / "chunk_000" / "nsl_session.yaml").read_text()
@@ -320,6 +338,72 @@ def test_calibration_follows_the_rule_and_later_stages_use_it(first_run):
         assert (
             results["stages"]["finetune_sweep"]["tasks"][name]["task"]["severity"] == c["severity"]
         )
+
+
+class _FakeChecker:
+    """Stands in for nsl_sim's SolvabilityChecker: only the severities in SOLVABLE pass."""
+
+    SOLVABLE = {("checkerboard", 3.0)}
+
+    def __init__(self, config, episodes=None, seed=0, probe_steps=600):
+        self.episodes, self.seed, self.probe_steps = episodes, seed, probe_steps
+
+    def check(self, task, severity):
+        passed = (task, severity) in self.SOLVABLE
+        kind = "geometry" if task == "offset_gripper_10cm" else "appearance"
+        figures = (
+            {"aware_oracle": 0.0 if not passed else 0.8, "base_oracle": 0.8, "episodes": 16}
+            if kind == "geometry"
+            else {
+                "pixel_share": 0.9 if passed else 0.1,
+                "changed_px": 9.0 if passed else 1.0,
+                "base_changed_px": 10.0,
+                "probe_error_px": 2.0,
+                "base_probe_error_px": 2.0,
+                "chance_error_px": 7.0,
+                "scenes": 16,
+            }
+        )
+        return SolvabilityResult(task, severity, kind, passed, figures, ("object_alpha",))
+
+
+def test_calibration_skips_unsolvable_severities_and_reports_them(
+    first_run, tmp_path, monkeypatch
+):
+    out, _, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "stages" / "calibrate" / "solvability")
+    monkeypatch.setattr(calibration_unit, "SolvabilityChecker", _FakeChecker)
+    logs: list[str] = []
+    res = run(tiny(copy), copy, ["calibrate", "report"], logs.append)["stages"]["calibrate"]
+    challenges = res["calibration"]["challenges"]
+    # checkerboard 1.0 is not solvable: not evaluated, not chosen; 3.0 is the only candidate.
+    board = challenges["checkerboard"]
+    assert [(t["severity"], t["result"] is None) for t in board["trials"]] == [
+        (1.0, True),
+        (3.0, False),
+    ]
+    assert board["trials"][0]["drop"] is None and not board["trials"][0]["solvability"]["passed"]
+    assert board["severity"] == 3.0 and board["solvable"] is True
+    assert not any("calibrate/checkerboard_severity_1: 3 calibration" in m for m in logs), logs
+    # No severity of the offset gripper is solvable: reported as such, never evaluated on the
+    # calibration episodes, and the study keeps the least severity tried, flagged.
+    offset = challenges["offset_gripper_10cm"]
+    assert offset["status"] == "no solvable severity" and offset["reached"] is False
+    assert offset["severity"] == 1.0 and offset["solvable"] is False and offset["drop"] is None
+    assert all(t["result"] is None for t in offset["trials"])
+    assert res["table_i"]["offset_gripper_10cm"]["solvable"] is False
+    text = (copy / "report" / "paper_reproduction.md").read_text()
+    assert "**offset_gripper_10cm: no severity tried is solvable**" in text
+    assert "| 1 (no solvable severity) | object_alpha |" in text
+    assert "aware oracle 0.00 vs base oracle 0.80 | **NO** |" in text
+    assert "- checkerboard: 1 (not solvable), 3 (solvable, Δ " in text
+    summary = json.loads((copy / "report" / "summary.json").read_text())
+    check = summary["acceptance"][1]
+    assert (
+        check["passed"] is False and "not shown solvable: offset_gripper_10cm" in check["detail"]
+    )
 
 
 def test_evaluate_accepts_a_task_dict(first_run):
@@ -616,6 +700,18 @@ def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
     ):
         assert heading in text
     assert "./nsl experiment run --output" in text and "--set 'tiers=[2, 4]'" in text
+    # Table I: severity, saturated knobs, the solvability figures against base, pass/fail.
+    assert (
+        "| task | type | severity | saturated knobs | solvability (challenge vs base) | solvable |"
+        in text
+    )
+    assert re.search(
+        r"\| offset_gripper_10cm \| robot morphology \| 1(\.5)?[ |].*aware oracle", text
+    )
+    assert re.search(r"\| checkerboard \| background \| [13][ |].*pixel share .* probe ", text)
+    assert "**Not a calibration: 3 calibration episodes per severity" in text
+    assert "Severities tried in order" in text and "./nsl sim gallery" in text
+    assert "--task-severity offset_gripper_10cm=" in text
     assert (
         "| gate: validation, step vs in force |" in text
     )  # the guarded chain shows its decisions
@@ -631,6 +727,16 @@ def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
     cell = summary["table_ii"]["tasks"]["checkerboard"]["tiers"]["2"]
     assert cell["episodes"] == 3 and len(cell["ci95"]) == 2
     assert summary["table_i"]["checkerboard"]["base_policy"]["episodes"] == 3
+    board = summary["table_i"]["checkerboard"]
+    assert board["solvable"] is True and board["calibration_episodes"] == 3
+    assert board["solvability"]["kind"] == "appearance" and board["solvability"]["scenes"] == 16
+    assert {"pixel_share", "probe_error_px", "base_probe_error_px"} <= set(board["solvability"])
+    offset = summary["table_i"]["offset_gripper_10cm"]["solvability"]
+    assert offset["kind"] == "geometry" and {"aware_oracle", "base_oracle"} <= set(offset)
+    assert [t["severity"] for t in board["trials"]][0] == 1.0
+    # 3 calibration episodes are a smoke test: the challenge check fails, saying why.
+    assert "fewer than 100 calibration episodes" in summary["acceptance"][1]["detail"]
+    assert summary["acceptance"][1]["passed"] is False
     assert set(summary["stages"]) == {
         "pretrain",
         "evaluate_base",

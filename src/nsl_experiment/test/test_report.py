@@ -25,7 +25,17 @@ def _numbers(
     names = [f"c{i}" for i in range(5)]
     largest = largest or best
     t1 = {"base": {"base_policy": _cell(base), "drop": 0.0}}
-    t1.update({n: {"base_policy": _cell(p), "drop": base - p} for n, p in zip(names, policy)})
+    t1.update(
+        {
+            n: {
+                "base_policy": _cell(p),
+                "drop": base - p,
+                "solvable": True,
+                "calibration_episodes": 100,
+            }
+            for n, p in zip(names, policy)
+        }
+    )
     tasks = {
         n: {
             "tiers": {"25": _cell(0.0), "800": _cell(b), "1600": _cell(lg)},
@@ -74,6 +84,23 @@ def test_acceptance_checks_on_synthetic_numbers():
     assert _passed(_numbers(continual=(0.7, 0.8, 0.9, 0.8, 0.8)))[4] is True
     assert _passed(_numbers(continual=(0.69, 0.8, 0.8, 0.8, 0.8)))[4] is False
     assert _passed({"table_i": None, "table_ii": None, "table_iii": None}) == [None] * 5
+
+
+def test_challenge_check_needs_solvable_challenges_and_a_real_calibration():
+    numbers = _numbers()
+    numbers["table_i"]["c2"]["solvable"] = False
+    check = acceptance(numbers)[1]
+    assert check["passed"] is False and "not shown solvable: c2" in check["detail"]
+    numbers = _numbers()
+    del numbers["table_i"]["c4"]["solvable"]  # a stamp from before the solvability checks
+    assert "not shown solvable: c4" in acceptance(numbers)[1]["detail"]
+    numbers = _numbers()
+    numbers["table_i"]["c0"]["calibration_episodes"] = 99
+    check = acceptance(numbers)[1]
+    assert (
+        check["passed"] is False and "fewer than 100 calibration episodes: c0" in check["detail"]
+    )
+    assert "drops: c0 0.350" in check["detail"]
 
 
 def test_best_fine_tune_includes_the_online_rounds():

@@ -6,6 +6,8 @@ the head re-initialisation.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,12 @@ from experiment_helpers import TINY, make_config  # noqa: E402
 from nsl_collector.dataset import load_transitions  # noqa: E402
 from nsl_experiment.cache import Context  # noqa: E402
 from nsl_experiment.episodes import _scripted_actor, episode_locations  # noqa: E402
-from nsl_experiment.units.calibration import choose_severity  # noqa: E402
+from nsl_experiment.units.calibration import (  # noqa: E402
+    candidate_severities,
+    choose_severity,
+    world_limit,
+    world_signature,
+)
 from nsl_experiment.units.collect import collect_bootstrap  # noqa: E402
 from nsl_experiment.units.train import initial_checkpoint, reinit_modules  # noqa: E402
 from nsl_policy.action_space import ActionSpace  # noqa: E402
@@ -137,16 +144,44 @@ def test_kaiming_init_checkpoint_feeds_the_image_through(tmp_path):
 
 
 def test_calibration_rule():
-    trials = [(1.0, 0.75), (1.5, 0.6), (2.0, 0.3)]
-    assert choose_severity(0.8, trials, 0.2) == (
-        1.5,
-        True,
-    )  # the first with a drop >= 0.2 (0.8 - 0.6)
-    assert choose_severity(0.7, [(1.0, 0.5)], 0.2) == (1.0, True)  # 0.7 - 0.5 < 0.2 in floats
-    assert choose_severity(0.8, trials, 0.6) == (2.0, False)  # never reached: the largest, flagged
-    assert choose_severity(0.8, [(1.0, 0.1), (3.0, 0.0)], 0.2) == (1.0, True)
+    # (severity, success rate on the calibration episodes, solvable)
+    trials = [(1.0, 0.75, True), (1.5, 0.6, True), (2.0, 0.3, True)]
+    assert choose_severity(0.8, trials, 0.2) == (1.5, True)  # the first with a drop >= 0.2
+    assert choose_severity(0.7, [(1.0, 0.5, True)], 0.2) == (1.0, True)  # 0.2 in floats
+    assert choose_severity(0.8, [(1.0, 0.1, True), (3.0, 0.0, True)], 0.2) == (1.0, True)
     with pytest.raises(ValueError):
         choose_severity(0.8, [], 0.2)
+
+
+def test_calibration_chooses_only_solvable_severities():
+    # An unsolvable severity is skipped even when it drops the base policy the most.
+    trials = [(0.5, 0.75, True), (1.0, None, False), (1.5, 0.55, True)]
+    assert choose_severity(0.8, trials, 0.2) == (1.5, True)
+    assert choose_severity(0.8, [(1.0, 0.0, False), (1.5, 0.55, True)], 0.2) == (1.5, True)
+    # No solvable severity drops enough: the solvable one with the largest drop, not reached
+    # (never the highest severity, which is unsolvable here).
+    trials = [(0.5, 0.7, True), (1.0, 0.65, True), (1.5, 0.7, True), (2.0, None, False)]
+    assert choose_severity(0.8, trials, 0.2) == (1.0, False)
+    assert choose_severity(0.8, [(1.0, 0.7, True), (2.0, 0.7, True)], 0.2) == (1.0, False)
+    # Nothing solvable: no severity.
+    assert choose_severity(0.8, [(1.0, None, False), (2.0, None, False)], 0.2) == (None, False)
+
+
+def test_candidate_severities_stop_where_the_world_stops_changing():
+    severities = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+    # Alpha saturates at 0.15 at severity 1.14: 1.5 .. 4 are that world, measured once.
+    assert candidate_severities("transparent_objects", severities) == [0.5, 0.75, 1.0, 1.14]
+    assert candidate_severities("offset_gripper_10cm", severities) == [0.5, 0.75, 1.0, 1.5]
+    # The finger extension moves until 3 although the tips saturate at 1.4 and 1.67.
+    assert candidate_severities("extend_gripper_1cm", severities)[-2:] == [2.0, 3.0]
+    # The harsh light's direction still turns past every bound: nothing collapses.
+    assert candidate_severities("harsh_light", severities) == list(severities)
+    for name in ("transparent_objects", "offset_gripper_10cm", "checkerboard"):
+        task = get_task(name)
+        limit = world_limit(task)
+        at = world_signature(dataclasses.replace(task, severity=limit))
+        assert at == world_signature(dataclasses.replace(task, severity=9.0)), name
+        assert at != world_signature(dataclasses.replace(task, severity=limit - 0.01)), name
 
 
 def test_reinit_ablation_resets_the_modules_the_network_has(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..sections import MIN_CALIBRATION_EPISODES
 from .tables import fmt, single_step
 
 #: Acceptance thresholds of the reproduction (issue 7).
@@ -37,7 +38,8 @@ def best_tier(row: dict, max_grasps: int = MAX_FINETUNE_GRASPS) -> tuple[str, di
 def acceptance(numbers: dict) -> list[dict]:
     """Return the acceptance checks of the reproduction, from :func:`tables`' numbers.
 
-    (only ``success_rate``, ``drop`` and the table layout are read, so synthetic numbers work).
+    (only ``success_rate``, ``drop``, Table I's ``solvable`` and ``calibration_episodes`` and
+    the table layout are read, so synthetic numbers work).
     Each check: {"check", "passed" (True/False, None when its stage has not run), "detail"}.
     """
     t1, t2, t3 = numbers.get("table_i"), numbers.get("table_ii"), numbers.get("table_iii")
@@ -54,23 +56,39 @@ def acceptance(numbers: dict) -> list[dict]:
         "calibrate has not run" if base is None else fmt(base),
     )
 
-    # 2. Every challenge hurts the base policy.
+    # 2. Every challenge hurts the base policy and can still be done.
+    challenge_check = (
+        f"every challenge at its chosen severity is solvable and drops the base policy by >= "
+        f"{MIN_CHALLENGE_DROP:.2f} (calibrated on >= {MIN_CALIBRATION_EPISODES} episodes per "
+        "severity)"
+    )
     challenges = [n for n in (t1 or {}) if n != "base"]
     if t1 and challenges:
         short = [n for n in challenges if t1[n]["drop"] < MIN_CHALLENGE_DROP - EPS]
+        unsolvable = [n for n in challenges if t1[n].get("solvable") is not True]
+        few = [
+            n
+            for n in challenges
+            if (t1[n].get("calibration_episodes") or 0) < MIN_CALIBRATION_EPISODES
+        ]
+        problems = (
+            (["too small on " + ", ".join(short)] if short else [])
+            + (["not shown solvable: " + ", ".join(unsolvable)] if unsolvable else [])
+            + (
+                [f"fewer than {MIN_CALIBRATION_EPISODES} calibration episodes: " + ", ".join(few)]
+                if few
+                else []
+            )
+        )
         add(
-            f"every challenge drops the base policy by >= {MIN_CHALLENGE_DROP:.2f}",
-            not short,
-            ("too small on " + ", ".join(short) + "; " if short else "")
-            + "drops: "
-            + ", ".join(f"{n} {t1[n]['drop']:.3f}" for n in challenges),
+            challenge_check,
+            not problems,
+            "; ".join(
+                problems + ["drops: " + ", ".join(f"{n} {t1[n]['drop']:.3f}" for n in challenges)]
+            ),
         )
     else:
-        add(
-            f"every challenge drops the base policy by >= {MIN_CHALLENGE_DROP:.2f}",
-            None,
-            "calibrate has not run",
-        )
+        add(challenge_check, None, "calibrate has not run")
 
     # 3-4. Fine-tuning: recovery, and fine-tuning vs scratch on the same grasps.
     swept = [n for n in (t2["tasks"] if t2 else {}) if n != "base"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..config import ExperimentConfig, flatten
 from .acceptance import MAX_FINETUNE_GRASPS, best_tier
-from .tables import CHALLENGE_TYPE, STAGE_ORDER, fmt, rate, single_step
+from .table_i import table_i_lines
+from .tables import STAGE_ORDER, fmt, markdown_table, rate, single_step
 
 
 def reproduce_commands(stamps: dict[str, dict], run_dir: Path) -> list[str]:
@@ -41,12 +42,6 @@ def reproduce_commands(stamps: dict[str, dict], run_dir: Path) -> list[str]:
                 words += ["--set", f"{key}={json.dumps(values[key])}"]
         lines.append(" ".join(shlex.quote(w) for w in words))
     return lines
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
-        "| " + " | ".join(r) + " |" for r in rows
-    ]
 
 
 def _episodes(cells: list[dict]) -> str:
@@ -98,7 +93,7 @@ def render_markdown(
         )
 
     out += ["## Acceptance checks", ""]
-    out += _table(
+    out += markdown_table(
         ["check", "result", "numbers"],
         [[c["check"], f"**{verdict[c['passed']]}**", c["detail"]] for c in checks],
     )
@@ -110,53 +105,9 @@ def render_markdown(
 
     out += ["## Table I: the challenges and the base policy", ""]
     if t1:
-        rows = []
-        for name, r in t1.items():
-            if name == "base":
-                rows.append(["base (no change)", "-", "-", fmt(r["base_policy"]), "-", "-"])
-                continue
-            rows.append(
-                [
-                    name,
-                    CHALLENGE_TYPE.get(name, ""),
-                    f"{r['severity']:g}" + ("" if r["reached"] else " (drop not reached)"),
-                    fmt(r["base_policy"]),
-                    f"{-r['drop']:+.2f}",
-                    "n/a" if r["validation_drop"] is None else f"{-r['validation_drop']:+.2f}",
-                ]
-            )
-        seed_set = (
-            stamps.get("calibrate", {})
-            .get("calibration", {})
-            .get("base_validation", {})
-            .get("seed_set", "validation")
-        )
-        out += _table(
-            [
-                "task",
-                "type",
-                "severity",
-                "base policy",
-                "Δ vs base",
-                f"Δ on {seed_set} episodes (calibration)",
-            ],
-            rows,
-        )
-        out += [
-            "",
-            f"n = {_episodes([r['base_policy'] for r in t1.values()])} evaluation episodes per "
-            "task. The "
-            "severity (nsl_sim.tasks.TaskConfig.severity; 1 = the named variation, > 1 "
-            "exaggerates it) is the "
-            f"first whose drop on the {seed_set} episodes reached the calibration margin"
-            + (
-                " (the seeds the base policy was chosen on, so its figure there is optimistic)"
-                if seed_set == "validation"
-                else " (seeds used for nothing else)"
-            )
-            + "; Δ is on evaluation episodes.",
-            "",
-        ]
+        cal = stamps.get("calibrate", {})
+        seed_set = cal.get("calibration", {}).get("base_validation", {}).get("seed_set")
+        out += table_i_lines(t1, seed_set or "validation", cal.get("calibration_drop"))
     else:
         out += ["Not run (no stages/calibrate.json).", ""]
 
@@ -196,7 +147,7 @@ def render_markdown(
                 + online_cell
                 + [best_txt, fmt(row["scratch"]), fmt(row["reinit_head"])]
             )
-        out += _table(
+        out += markdown_table(
             ["task (severity)", "base policy"]
             + tiers
             + ([f"online ({largest})"] if online else [])
@@ -291,7 +242,7 @@ def render_markdown(
             f"single-step ({t3['episodes_per_step']})",
             "Δ vs single",
         ]
-        out += _table(
+        out += markdown_table(
             head
             + (["gate: validation, step vs in force", "the step's checkpoint"] if guarded else []),
             rows,
@@ -338,7 +289,7 @@ def render_markdown(
                     "n/a" if after is None else f"{rate(c) - rate(after):+.2f}",
                 ]
             )
-        out += _table(
+        out += markdown_table(
             ["task", "base policy", "after its own step", "final policy", "Δ final vs own step"],
             rows,
         )
@@ -377,7 +328,7 @@ def render_markdown(
             ]
         )
     out += (
-        _table(
+        markdown_table(
             [
                 "stage",
                 "wall-clock",

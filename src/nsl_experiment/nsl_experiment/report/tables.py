@@ -17,6 +17,19 @@ CHALLENGE_TYPE = {
     "offset_gripper_10cm": "robot morphology",
     "transparent_objects": "unseen objects",
 }
+#: The solvability figures Table I reports, per kind of check (nsl_sim.solvability).
+SOLVABILITY_FIGURES = {
+    "appearance": (
+        "pixel_share",
+        "changed_px",
+        "base_changed_px",
+        "probe_error_px",
+        "base_probe_error_px",
+        "chance_error_px",
+        "scenes",
+    ),
+    "geometry": ("aware_oracle", "aware_oracle_ci95", "base_oracle", "episodes"),
+}
 STAGE_ORDER = (
     "pretrain",
     "evaluate_base",
@@ -49,6 +62,52 @@ def cell(result: dict) -> dict:
     return {k: result[k] for k in keys if k in result}
 
 
+def table_i_row(cal: dict, name: str, row: dict) -> dict:
+    """Return one row of Table I from the calibrate stamp.
+
+    The base policy's evaluation, the chosen severity with its drop and solvability, and every
+    severity the calibration tried. ``solvable`` and ``status`` are None in stamps from before
+    the solvability checks.
+    """
+    challenge = cal["calibration"]["challenges"].get(name, {})
+    return {
+        "severity": row["severity"],
+        "reached": row["reached"],
+        "status": row.get("status"),
+        "solvable": row.get("solvable"),
+        "solvability": solvability_cell(row.get("solvability")),
+        "drop": row["drop"],
+        "base_policy": cell(row["result"]),
+        "validation_drop": challenge.get("drop"),
+        "calibration_episodes": cal.get("calibration_episodes"),
+        "trials": [
+            {
+                "severity": t["severity"],
+                "solvable": (t.get("solvability") or {}).get("passed"),
+                "drop": t["drop"],
+            }
+            for t in challenge.get("trials", [])
+        ],
+    }
+
+
+def solvability_cell(check: dict | None) -> dict | None:
+    """Return the reported figures of one solvability check (nsl_sim.solvability).
+
+    Appearance: pixel share and probe error against base; geometry: the aware oracle against
+    the base oracle; with the kind, the verdict and the saturated knobs.
+    """
+    if check is None:
+        return None
+    figures = check["figures"]
+    return {
+        "kind": check["kind"],
+        "passed": check["passed"],
+        "saturated": list(check["saturated"]),
+        **{k: figures[k] for k in SOLVABILITY_FIGURES[check["kind"]] if k in figures},
+    }
+
+
 def tables(stamps: dict[str, dict]) -> dict[str, Any]:
     """Tables I-III as plain numbers (cells of :func:`cell`).
 
@@ -58,14 +117,7 @@ def tables(stamps: dict[str, dict]) -> dict[str, Any]:
     cal = stamps.get("calibrate")
     if cal:
         out["table_i"] = {
-            name: {
-                "severity": row["severity"],
-                "reached": row["reached"],
-                "drop": row["drop"],
-                "base_policy": cell(row["result"]),
-                "validation_drop": cal["calibration"]["challenges"].get(name, {}).get("drop"),
-            }
-            for name, row in cal["table_i"].items()
+            name: table_i_row(cal, name, row) for name, row in cal["table_i"].items()
         }
     sweep = stamps.get("finetune_sweep")
     if sweep:
@@ -200,3 +252,10 @@ def fmt(c: dict | None) -> str:
         return f"{c['success_rate']:.2f}"
     lo, hi = c["ci95"]
     return f"{c['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Return the lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
