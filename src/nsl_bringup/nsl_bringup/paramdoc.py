@@ -12,9 +12,16 @@ import tempfile
 import threading
 from dataclasses import dataclass, replace
 
+import rclpy
 from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
 
+from nsl_bringup.graph import resolve
+from nsl_bringup.runner import GraphRunner, isolated_environment
 from nsl_common.service_call import call_service
+from nsl_kuka.kuka_arm_node import declare_arm_parameters
 
 _TYPE_NAMES = {
     ParameterType.PARAMETER_BOOL: "bool",
@@ -60,8 +67,6 @@ def _call(node, srv_type, name: str, request, timeout: float = 20.0):
 
 
 def describe_running_node(client_node, full_name: str) -> list[ParameterDoc]:
-    from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
-
     names = [
         n
         for n in _call(
@@ -89,10 +94,6 @@ def describe_running_node(client_node, full_name: str) -> list[ParameterDoc]:
 
 
 def describe_arm_node() -> list[ParameterDoc]:
-    from rclpy.node import Node
-
-    from nsl_kuka.kuka_arm_node import declare_arm_parameters
-
     node = Node("arm_paramdoc")
     try:
         declare_arm_parameters(node)
@@ -118,12 +119,6 @@ def describe_arm_node() -> list[ParameterDoc]:
 
 def collect_parameter_docs() -> list[ParameterDoc]:
     """Start the sim_demo nodes (isolated) and read every declared parameter."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from nsl_bringup.graph import resolve
-    from nsl_bringup.runner import GraphRunner, isolated_environment
-
     env = isolated_environment()
     os.environ.update(env)
     with tempfile.TemporaryDirectory() as tmp:

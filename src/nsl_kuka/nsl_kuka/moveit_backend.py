@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 import threading
 
+from geometry_msgs.msg import PoseStamped
+from rclpy.action import ActionClient
+from sensor_msgs.msg import JointState
+
 from nsl_kuka.arm_logic import ToolPose
 
 
@@ -44,10 +48,6 @@ class MoveItBackend:
     ):
         planning = _require("moveit.planning", "moveit_py (MoveIt 2 Python API)")
         control_msgs = _require("control_msgs.action", "control_msgs")
-        from geometry_msgs.msg import PoseStamped
-        from rclpy.action import ActionClient
-        from sensor_msgs.msg import JointState
-
         self._node, self._PoseStamped = node, PoseStamped
         self._moveit = planning.MoveItPy(node_name=f"{node.get_name()}_moveit")
         self._arm = self._moveit.get_planning_component(planning_group)

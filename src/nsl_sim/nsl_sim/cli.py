@@ -15,10 +15,12 @@ import argparse
 import json
 import sys
 
+from nsl_sim.tasks import TASKS
+
 
 def cmd_gallery(args) -> int:
+    # pybullet, which nsl_sim.env loads, is slow to import and prints a banner: only here.
     from nsl_sim.evaluate import render_gallery, write_png
-    from nsl_sim.tasks import TASKS
 
     tasks = args.tasks or list(TASKS)
     try:
@@ -51,6 +53,7 @@ def _severities(tasks: list[str], every: float | None, pairs: list[str]) -> dict
 
 
 def cmd_solvability(args) -> int:
+    # pybullet, which nsl_sim.env loads, is slow to import and prints a banner: only here.
     from nsl_sim.env import SimConfig
     from nsl_sim.solvability import SolvabilityChecker
 
@@ -71,6 +74,7 @@ def cmd_solvability(args) -> int:
 
 
 def cmd_eval_oracle(args) -> int:
+    # pybullet, which nsl_sim.env loads, is slow to import and prints a banner: only here.
     from nsl_sim.env import SimConfig
     from nsl_sim.evaluate import evaluate_oracle
 

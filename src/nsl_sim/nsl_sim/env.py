@@ -90,7 +90,7 @@ import pybullet as p
 import pybullet_data
 from pybullet_utils import bullet_client
 
-from . import assets
+from . import assets, scripted
 from .tasks import (
     FINGER_FRICTION,
     NOMINAL_GRIPPER_KEY,
@@ -946,9 +946,7 @@ class GraspEnv:
         Go above the nearest object, align the fingers with its narrow side, descend, terminate.
         Returns (translation, rotation, close, terminate).
         """
-        from .scripted import oracle_action
-
-        return oracle_action(self)
+        return scripted.oracle_action(self)
 
     def _object_footprint(self, uid: int) -> tuple[np.ndarray, float, float, float]:
         """(centre xy in tray frame, narrow-axis yaw, top height, bottom height) of one object."""

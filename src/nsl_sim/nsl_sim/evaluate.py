@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .assets import encode_png
 from .env import GraspEnv, SimConfig
 from .tasks import TASKS, TaskConfig, get_task
 
@@ -220,10 +222,8 @@ def render_gallery(
 
 def write_png(path: str, img: np.ndarray) -> int:
     """Write an RGB image as PNG (OpenCV's encoder with filtering when present); bytes written."""
-    import os
-
     try:
-        import cv2
+        import cv2  # optional: OpenCV's encoder compresses better; encode_png is the fallback
 
         ok, buf = cv2.imencode(
             ".png", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9]
@@ -232,8 +232,6 @@ def write_png(path: str, img: np.ndarray) -> int:
             raise RuntimeError("cv2.imencode failed")
         data = buf.tobytes()
     except ImportError:
-        from .assets import encode_png
-
         data = encode_png(img)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as fh:

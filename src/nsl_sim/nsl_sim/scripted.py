@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+# Annotations only: nsl_sim.env imports this module (GraspEnv.oracle_action), not the reverse.
 if TYPE_CHECKING:  # pragma: no cover
     from .env import GraspEnv, SimConfig
 
@@ -142,7 +143,7 @@ def random_grasp_goal(rng: np.random.Generator, config: "SimConfig") -> tuple[np
 
 def random_action(
     rng: np.random.Generator,
-    config: "SimConfig | None" = None,
+    config: "SimConfig",
     p_close: float = 0.0,
     p_terminate: float = 0.1,
 ) -> tuple[np.ndarray, float, bool, bool]:
@@ -152,10 +153,6 @@ def random_action(
     (uniform in [-max_translation, +max_translation/4]) so random episodes reach the objects;
     rotation uniform in +-max_rotation; close/terminate with the given probabilities.
     """
-    if config is None:
-        from .env import SimConfig
-
-        config = SimConfig()
     mt, mr = config.max_translation, config.max_rotation
     t = np.array([rng.uniform(-mt, mt), rng.uniform(-mt, mt), rng.uniform(-mt, mt / 4)])
     rot = float(rng.uniform(-mr, mr))

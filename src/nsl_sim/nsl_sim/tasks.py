@@ -53,6 +53,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import yaml
+
 from .severity import PHYSICAL_BOUNDS, EffectiveTask, scale_knobs
 
 __all__ = [
@@ -389,8 +391,6 @@ def load_task_yaml(path: str) -> TaskConfig:
     ``texture`` path is relative to the file's folder. Every problem (missing file, bad YAML,
     unknown key, bad value, missing texture file) raises ValueError naming the file.
     """
-    import yaml
-
     path = os.path.expanduser(str(path))
     try:
         with open(path, "r", encoding="utf-8") as fh:
