@@ -107,7 +107,7 @@ def test_second_run_skips_everything(first_run):
     assert any("bootstrap: 2 bag(s) cached" in m for m in logs)
     assert any("evaluate_base/base: cached" in m for m in logs)
     assert any("calibrate/checkerboard_severity_1: solvability cached" in m for m in logs)
-    assert not any(re.search(r": (NOT )?solvable$", m) for m in logs), logs
+    assert not any(re.search(r": (NOT )?solvable \(\d+ s\)$", m) for m in logs), logs
     assert any("sweep/checkerboard/tier_0004: cached checkpoint" in m for m in logs)
     assert {p: p.read_text() for p in before} == before
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mcap")} == mtimes
@@ -387,6 +387,7 @@ def test_calibration_skips_unsolvable_severities_and_reports_them(
     assert board["trials"][0]["drop"] is None and not board["trials"][0]["solvability"]["passed"]
     assert board["severity"] == 3.0 and board["solvable"] is True
     assert not any("calibrate/checkerboard_severity_1: 3 calibration" in m for m in logs), logs
+    assert any(re.search(r"checkerboard_severity_1: NOT solvable \(\d+ s\)$", m) for m in logs)
     # No severity of the offset gripper is solvable: reported as such, never evaluated on the
     # calibration episodes, and the study keeps the least severity tried, flagged.
     offset = challenges["offset_gripper_10cm"]

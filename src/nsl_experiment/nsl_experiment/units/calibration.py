@@ -173,7 +173,8 @@ def solvability_cached(
     finally:
         torch.set_num_threads(threads)
     write_stamp(stamp, key, {"solvability": result})
-    ctx.log(f"calibrate/{label}: {'solvable' if result['passed'] else 'NOT solvable'}")
+    verdict = "solvable" if result["passed"] else "NOT solvable"
+    ctx.log(f"calibrate/{label}: {verdict} ({result['figures'].get('seconds', 0):.0f} s)")
     return result
 
 
