@@ -97,6 +97,8 @@ def candidate_severities(name: str, severities: tuple[float, ...]) -> list[float
     world is measured once.
     """
     limit = world_limit(get_task(name))
+    if limit >= SEVERITY_LIMIT:  # still changing at the limit: keep every severity
+        limit = math.inf
     out: list[float] = []
     for s in severities:
         s = min(s, limit)
