@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nsl_bringup.client import LoopClient, ensure_rclpy
 from nsl_bringup.graph import resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment
+from nsl_msgs.msg import TrainerStatus
+from nsl_msgs.srv import FineTune
 from nsl_policy.shipped import base_checkpoint
+from nsl_sim.evaluate import wilson_interval
+from std_srvs.srv import Trigger
 
 SHIPPED_BASE_CHECKPOINT = base_checkpoint()
 
@@ -64,6 +70,7 @@ def start_checkpoint(config: DemoConfig, run_dir: Path) -> str:
         return str(Path(config.checkpoint).resolve())
     if SHIPPED_BASE_CHECKPOINT.is_file():
         return str(SHIPPED_BASE_CHECKPOINT)
+    # torch (under nsl_policy.checkpoint) is slow to import; needed only without a shipped one.
     from nsl_policy.checkpoint import init_checkpoint
     from nsl_policy.model import QNetworkConfig
 
@@ -75,12 +82,6 @@ def start_checkpoint(config: DemoConfig, run_dir: Path) -> str:
 
 
 def run_demo(config: DemoConfig) -> dict:
-    from nsl_bringup.client import LoopClient, ensure_rclpy
-    from nsl_sim.evaluate import wilson_interval
-    from nsl_msgs.msg import TrainerStatus
-    from nsl_msgs.srv import FineTune
-    from std_srvs.srv import Trigger
-
     t0 = time.monotonic()
     run_dir = Path(
         config.output or f"runs/demo-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -101,8 +102,6 @@ def run_demo(config: DemoConfig) -> dict:
         },
     )
     env = isolated_environment()
-    import os
-
     os.environ.update(env)  # the client node joins the graph's isolated domain
     log = open(run_dir / "nodes.log", "w")
     say(f"run folder {run_dir}; node output in {run_dir / 'nodes.log'}")
@@ -256,10 +255,11 @@ def run_demo(config: DemoConfig) -> dict:
 
 def write_plot(rows: list[dict], task: str, path: Path) -> Path:
     """Bar chart of success before and after fine-tuning, with 95% Wilson intervals."""
+    # matplotlib is slow to import and only draws this plot; Agg must be chosen before pyplot.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     fig, ax = plt.subplots(figsize=(4, 3.2), dpi=120)
     rates = [r["success_rate"] for r in rows]

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import sys
 
+from .cache import TransitionCache
 from .errors import DatasetError
+from .reader import dataset_info
+from .tools import PAPER_TIERS, merge_bags, split_tiers, verify
 
 
 def _err(exc: Exception) -> int:
@@ -21,8 +24,6 @@ def _err(exc: Exception) -> int:
 
 
 def cmd_info(args) -> int:
-    from .reader import dataset_info
-
     status = 0
     for path in args.paths:
         try:
@@ -63,8 +64,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .tools import verify  # the commands import their tools only when run
-
     checks = verify(args.paths)
     failing = {"corrupt", "damaged", "missing"} | ({"recovered"} if args.strict else set())
     bad = missing = 0
@@ -86,8 +85,6 @@ def cmd_verify(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from .tools import split_tiers
-
     try:
         tiers = [int(t) for t in args.tiers.split(",") if t.strip()]
         res = split_tiers(args.paths, args.out, tiers, seed=args.seed, write_bags=args.bags)
@@ -104,8 +101,6 @@ def cmd_split(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .tools import merge_bags
-
     try:
         res = merge_bags(args.paths, args.out)
     except DatasetError as exc:
@@ -119,8 +114,6 @@ def cmd_merge(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .cache import TransitionCache
-
     cache = TransitionCache(args.cache_dir)
     if args.action == "clear":
         print(f"removed {cache.clear()} entries from {cache.root}")
@@ -132,8 +125,6 @@ def cmd_cache(args) -> int:
 
 
 def add_commands(subparsers) -> None:
-    from .tools import PAPER_TIERS
-
     p = subparsers.add_parser(
         "data",
         help="dataset tools: info, verify, split, merge",

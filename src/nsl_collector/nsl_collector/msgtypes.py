@@ -43,7 +43,7 @@ def find_msg_dir() -> Path:
     workspace), ``NSL_MSGS_DIR``, then the running interpreter's prefix (the NSL virtualenv is
     itself the install prefix of nsl_msgs, also when AMENT_PREFIX_PATH is not set).
     """
-    try:
+    try:  # optional: ament_index_python is there only in a ROS 2 environment
         from ament_index_python.packages import get_package_share_directory
     except ImportError:
         pass

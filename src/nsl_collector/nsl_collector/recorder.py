@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import yaml
+from nsl_policy.action_space import ActionSpace
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from .errors import DatasetError
@@ -105,8 +106,6 @@ class StepData:
         ``state``: (closed, height, step fraction); ``action``: a normalised action vector
         (converted with ``nsl_policy.action_space.ActionSpace``).
         """
-        from nsl_policy.action_space import ActionSpace
-
         cmd = (action_space or ActionSpace()).to_command(np.asarray(action))
         s = np.asarray(state, dtype=np.float64).reshape(-1)
         if s.shape != (3,):

@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import platform
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -108,8 +109,6 @@ class Collector:
         config.check()
         self.cfg = config
         self.log = log or (lambda level, text: None)
-        import time
-
         self.clock_ns = clock_ns or time.time_ns
         self._lock = threading.RLock()
         self.recorder: BagRecorder | None = None

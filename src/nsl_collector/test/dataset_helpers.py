@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+import json
 
 import numpy as np
+from nsl_collector.dataset import (
+    EPISODE_RESULT,
+    EpisodeData,
+    RESULT_TOPIC,
+    STEP_RECORD,
+    STEP_TOPIC,
+    StepData,
+)
 
 MSG_DIR = Path(__file__).resolve().parents[2] / "nsl_msgs" / "msg"
 
@@ -18,8 +27,6 @@ def make_episode(
     hw=(16, 20),
     **result_kwargs,
 ):
-    from nsl_collector.dataset import EpisodeData, StepData
-
     rng = np.random.default_rng(1000 + i)
     steps = []
     for j in range(n):
@@ -61,10 +68,6 @@ def serialize_episode(
 
     Returns (topic, type, log time, CDR bytes) per message (emulated with a rosbags typestore).
     """
-    import json
-
-    from nsl_collector.dataset import EPISODE_RESULT, RESULT_TOPIC, STEP_RECORD, STEP_TOPIC
-
     T = ts.types
     Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
 

@@ -21,6 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from dataset_helpers import MSG_DIR, make_episode
+import torch
+from nsl_collector.dataset import BagRecorder, DatasetError, read_episodes
+from nsl_policy.checkpoint import CheckpointError, init_checkpoint, load_checkpoint
+from nsl_policy.model import QNetworkConfig
 
 EPISODES = 4
 STEPS = 3
@@ -29,8 +33,6 @@ HW = (8, 8)
 
 def write_fixture_bag(path: Path, *, close: bool) -> Path:
     """Write a bag of EPISODES episodes with the recorder (closed, or left open: a crash)."""
-    from nsl_collector.dataset import BagRecorder
-
     rec = BagRecorder(path, {"task": "base"}, msg_dir=MSG_DIR, fsync=False)
     for i in range(EPISODES):
         rec.write_episode(*make_episode(i, n=STEPS, hw=HW))
@@ -122,8 +124,6 @@ class InvariantBroken(AssertionError):
 
 def check_bag(target: BagTarget, mutation: list, time_limit: float = 10.0) -> dict:
     """Read the mutated bag and check the invariants; returns counts for the figures."""
-    from nsl_collector.dataset import DatasetError, read_episodes
-
     mutated, touched = apply(target.data, mutation)
     target.mcap.write_bytes(mutated)
     t0 = time.monotonic()
@@ -163,9 +163,6 @@ def _same(ep, steps, result) -> bool:
 
 def checkpoint_fixture(path: Path) -> tuple[bytes, dict]:
     """Write a small checkpoint; return its bytes and its weights."""
-    from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
-    from nsl_policy.model import QNetworkConfig
-
     cfg = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16)
     init_checkpoint(path, cfg)
     weights = {k: v.clone() for k, v in load_checkpoint(path).model.state_dict().items()}
@@ -176,9 +173,6 @@ def check_checkpoint(
     path: Path, data: bytes, weights: dict, mutation: list, time_limit: float = 10.0
 ) -> dict:
     """Load the mutated checkpoint and check the invariants; returns counts for the figures."""
-    import torch
-    from nsl_policy.checkpoint import CheckpointError, load_checkpoint
-
     mutated, _touched = apply(data, mutation)
     path.write_bytes(mutated)
     t0 = time.monotonic()

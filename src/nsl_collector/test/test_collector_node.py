@@ -19,14 +19,18 @@ from dataset_helpers import MSG_DIR, make_episode
 from nsl_collector.dataset import BagRecorder, dataset_info, load_transitions, read_episodes
 from nsl_common import names
 from nsl_common.names import bag_topic
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from nsl_bringup.graph import NodeSpec
+from nsl_bringup.runner import fastdds_environment, GraphRunner, isolated_environment
+from nsl_collector.ros_feed import EpisodeFeed
+from nsl_collector.tools import verify
 
 pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")
 def ros_env():
-    from nsl_bringup.runner import fastdds_environment, isolated_environment
-
     env = {**isolated_environment(1 + (os.getpid() + 37) % 100), **fastdds_environment()}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -55,9 +59,6 @@ class Log:
 
 
 def start_collector(root: Path, **params):
-    from nsl_bringup.graph import NodeSpec
-    from nsl_bringup.runner import GraphRunner
-
     log = Log()
     runner = GraphRunner(
         [
@@ -91,8 +92,6 @@ def digest(root: Path) -> dict:
 
 
 def test_sigkill_mid_episode_over_ros(ros_env, tmp_path):
-    from nsl_collector.ros_feed import EpisodeFeed
-
     root = tmp_path / "datasets"
     earlier = root / "base" / "session_earlier"
     with BagRecorder(earlier, {"task": "base"}, msg_dir=MSG_DIR) as rec:
@@ -156,7 +155,6 @@ def test_sigkill_mid_episode_over_ros(ros_env, tmp_path):
     assert meta["software"]["nsl_collector"] and meta["started"]
     assert digest(earlier) == before  # the other bag is untouched
     assert load_transitions(bag).num_episodes == 6
-    from nsl_collector.tools import verify
 
     assert {c.bag.name: c.status for c in verify([root])} == {
         "session_earlier": "ok",
@@ -165,11 +163,6 @@ def test_sigkill_mid_episode_over_ros(ros_env, tmp_path):
 
 
 def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp_path):
-    from mcap.reader import make_reader
-    from mcap_ros2.decoder import DecoderFactory
-
-    from nsl_collector.ros_feed import EpisodeFeed
-
     root = tmp_path / "datasets"
     runner, log = start_collector(
         root, record_camera=True, fsync=False, max_episodes_per_bag=400, task="memtest"

@@ -19,6 +19,9 @@ from nsl_collector.dataset import (
     read_episodes,
 )
 from nsl_collector.tools import verify
+from mcap.reader import make_reader
+from nsl_collector.cli import add_commands
+from rosbags.rosbag2 import Reader
 
 
 def write_bag(path, episodes, **kw):
@@ -29,8 +32,6 @@ def write_bag(path, episodes, **kw):
 
 
 def run_cli(argv):
-    from nsl_collector.cli import add_commands
-
     parser = argparse.ArgumentParser(prog="nsl")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
@@ -48,9 +49,6 @@ def overwrite_image(bag, i, n=5):
 
 
 def test_bags_carry_crcs_that_standard_readers_check(tmp_path):
-    from mcap.reader import make_reader
-    from rosbags.rosbag2 import Reader
-
     bag = write_bag(tmp_path / "bag", [make_episode(i) for i in range(2)])
     with open(bag / "bag.mcap", "rb") as f:
         reader = make_reader(f, validate_crcs=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -23,6 +25,9 @@ from nsl_collector.dataset import (
 )
 from nsl_collector.session import Collector, CollectorConfig
 from nsl_collector.tools import merge_bags, split_tiers, tier_order, verify
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from nsl_collector.cli import add_commands
 
 
 def write_bag(path, episodes, metadata=None):
@@ -67,7 +72,6 @@ def test_cache_hit_equal_and_invalidated_on_change(tmp_path, monkeypatch):
     monkeypatch.setattr(
         loading_mod, "_read_bag", lambda bag, *r: (decoded.append(bag.name), real(bag, *r))[1]
     )
-    import shutil
 
     shutil.rmtree(b)
     write_bag(b, [make_episode(i, n=4) for i in range(3, 6)])
@@ -154,9 +158,6 @@ def test_tier_split_nested_and_deterministic(tmp_path):
 
 
 def test_tier_bags_and_merge_are_standard_bags(tmp_path):
-    from mcap.reader import make_reader
-    from mcap_ros2.decoder import DecoderFactory
-
     many_episodes(tmp_path / "data", 2, 10, n=3)
     res = split_tiers(
         [tmp_path / "data"],
@@ -202,7 +203,6 @@ def test_tier_bags_and_merge_are_standard_bags(tmp_path):
 def test_manifest_of_a_changed_bag_is_refused(tmp_path):
     many_episodes(tmp_path / "data", 1, 5)
     res = split_tiers([tmp_path / "data"], tmp_path / "tiers", tiers=[5], seed=0)
-    import shutil
 
     shutil.rmtree(tmp_path / "data" / "session_0")
     write_bag(tmp_path / "data" / "session_0", [make_episode(i, n=2, hw=(8, 8)) for i in range(3)])
@@ -214,8 +214,6 @@ def test_manifest_of_a_changed_bag_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------- verify + CLI
 def run_cli(argv):
-    from nsl_collector.cli import add_commands
-
     parser = argparse.ArgumentParser(prog="nsl")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
@@ -306,6 +304,7 @@ def test_cli_info_split_merge(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------- CDR prefix parsing
 def test_cdr_parsing_matches_rclpy_and_rosbags():
+    # ROS 2 only for this comparison: the rest of this module runs without it.
     from rclpy.serialization import serialize_message
 
     from nsl_msgs.msg import EpisodeResult, StepRecord
@@ -450,7 +449,6 @@ def test_collector_memory_bounded_over_1000_episodes(tmp_path):
         )
     )
     peak_pending = 0
-    import re
 
     template = steps + [res]
     for i in range(1000):

@@ -33,6 +33,10 @@ from nsl_collector.dataset import (
     writer_typestore,
 )
 from nsl_policy.action_space import ActionSpace, GraspCommand
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from nsl_collector.loading import _select_episodes
+from nsl_collector.transitions import Transitions
 
 
 def write_bag(path, episodes, metadata=None, **kw):
@@ -207,9 +211,6 @@ def test_write_episode_raw(tmp_path):
 
 def test_independent_mcap_reader(tmp_path):
     """Read the bag with mcap + mcap_ros2 (not rosbags nor our code) and rosbags' Reader."""
-    from mcap.reader import make_reader
-    from mcap_ros2.decoder import DecoderFactory
-
     eps = [make_episode(i, n=4) for i in range(3)]
     bag = write_bag(tmp_path / "bag", eps)
     counts, steps_seen, results = {}, [], []
@@ -395,9 +396,6 @@ def test_transitions_carry_optional_location_labels(tmp_path):
     Through concatenation, prefixes and manifests' episode selections; wrong shapes and NaNs are
     refused.
     """
-    from nsl_collector.loading import _select_episodes
-    from nsl_collector.transitions import Transitions
-
     a = write_bag(tmp_path / "a", [make_episode(0, n=3), make_episode(1, n=2)])
     b = write_bag(tmp_path / "b", [make_episode(2, n=4)])
     ta, tb = load_transitions([a]), load_transitions([b])

@@ -35,7 +35,7 @@ def test_bag_topics_are_absolute():
 
 def test_publisher_and_subscriber_profiles_are_compatible():
     rclpy_qos = pytest.importorskip("rclpy.qos")
-    from nsl_common import qos
+    from nsl_common import qos  # after the skip: it needs rclpy
 
     def compatible(publisher, subscription) -> bool:
         result, _reason = rclpy_qos.qos_check_compatible(publisher, subscription)
@@ -59,7 +59,7 @@ def test_publisher_and_subscriber_profiles_are_compatible():
 
 def test_descriptor_carries_ranges_and_read_only():
     pytest.importorskip("rcl_interfaces")
-    from nsl_common.parameters import descriptor
+    from nsl_common.parameters import descriptor  # after the skip: needs rcl_interfaces
 
     d = descriptor("steps", int_range=(1, 10))
     assert d.read_only and d.description == "steps"

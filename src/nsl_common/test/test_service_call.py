@@ -8,12 +8,15 @@ import threading
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+# After the skip: these need ROS 2.
+from nsl_common.service_call import call_service, ServiceCallError  # noqa: E402
+from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 
 @pytest.fixture
 def spun_node():
-    from rclpy.executors import MultiThreadedExecutor
-
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=1 + os.getpid() % 100)
     node = rclpy.create_node("service_call_test", context=context)
@@ -28,18 +31,12 @@ def spun_node():
 
 
 def test_reply_timeout_and_interrupt(spun_node):
-    from std_srvs.srv import Trigger
-
-    from nsl_common.service_call import ServiceCallError, call_service
-
     release = threading.Event()
 
     def slow(request, response):
         release.wait(5)
         response.success, response.message = True, "done"
         return response
-
-    from rclpy.callback_groups import ReentrantCallbackGroup
 
     spun_node.create_service(Trigger, "slow", slow, callback_group=ReentrantCallbackGroup())
     client = spun_node.create_client(Trigger, "slow")
