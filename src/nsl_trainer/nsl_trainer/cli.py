@@ -26,6 +26,8 @@ import os
 import sys
 from typing import Any
 
+from nsl_collector.errors import DatasetError
+
 from . import grasp_values_cli
 
 
@@ -223,7 +225,8 @@ def add_commands(subparsers) -> None:
 @contextlib.contextmanager
 def distributed(device_arg: str):
     """Initialise torch.distributed when started by torchrun (WORLD_SIZE > 1); yield the device."""
-    import torch  # heavy: imported when a command runs (module doc)
+    # torch is heavy: imported when a command runs (module doc).
+    import torch
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -289,8 +292,7 @@ def _parse_tasks(items: list[str]) -> list[tuple[str, list[str]]]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``nsl train pretrain|finetune|scratch|continual``; return the exit code."""
-    from nsl_collector.errors import DatasetError  # heavy: imported when a command runs, as below
-    from nsl_policy.checkpoint import CheckpointError
+    from nsl_policy.checkpoint import CheckpointError  # loads torch: only when a command runs
 
     try:
         return _run(args)
@@ -312,7 +314,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run(args) -> int:
-    import torch  # heavy: imported when a command runs (module doc), as below
+    # torch (also under the nsl_policy and nsl_trainer modules) is imported when a command runs.
+    import torch
     import torch.distributed as dist
 
     from nsl_policy.model import KEYPOINTS_RECIPE, QNetworkConfig

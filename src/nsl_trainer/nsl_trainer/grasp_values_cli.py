@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nsl_collector.errors import DatasetError
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``grasp-values`` command to ``nsl train``'s subcommands."""
@@ -55,9 +57,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_grasp_values(args: argparse.Namespace) -> int:
     """Run ``nsl train grasp-values``: fit_grasp_values on the bags, saved as a checkpoint."""
-    import torch  # heavy: imported when a command runs (module doc), as below
+    # torch (also under the nsl_policy and nsl_trainer modules) is imported when the command runs.
+    import torch
 
-    from nsl_collector.errors import DatasetError
     from nsl_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from nsl_policy.model import QNetworkConfig
     from nsl_trainer.grasp_values import (

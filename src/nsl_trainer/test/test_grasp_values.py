@@ -9,6 +9,7 @@ import torch
 from nsl_collector.transitions import Transitions
 from nsl_policy.model import QNetworkConfig
 from nsl_trainer.grasp_values import GraspValueConfig, fit_grasp_values, grasp_rows, new_network
+from nsl_policy.image import to_tensor
 
 SMALL = QNetworkConfig(image_size=32, width=8, embed_width=8, fc_width=8)
 
@@ -46,8 +47,6 @@ def test_grasp_rows_are_the_episode_ends():
 
 
 def test_learns_an_outcome_only_the_image_tells():
-    from nsl_policy.image import to_tensor
-
     train, held_out = seen_grasps(300, seed=1), seen_grasps(200, seed=2)
     net = new_network(SMALL, seed=0)
     losses = []

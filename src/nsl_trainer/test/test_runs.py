@@ -7,13 +7,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from nsl_policy.cem import CEMConfig, cem_maximize
-from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
+from nsl_policy.checkpoint import init_checkpoint, load_checkpoint, weights_id
 from nsl_policy.model import QNetwork, QNetworkConfig
 from nsl_trainer.config import QTOptConfig
 from nsl_trainer.loop import Cancelled
@@ -29,6 +30,7 @@ from trainer_helpers import (
     marker_task,
     write_bag,
 )
+from nsl_trainer.jobs import FineTuneJob, run_job
 
 TINY = QNetworkConfig(
     image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1
@@ -443,10 +445,6 @@ def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
     The default writes the online network; both runs train identically, only the exported weights
     differ.
     """
-    import dataclasses
-
-    from nsl_policy.checkpoint import weights_id
-
     base = episodes_task(20, seed=3)
     init = tmp_path / "init.safetensors"
     init_checkpoint(init, TINY, seed=1)
@@ -484,8 +482,6 @@ def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
 
 def test_a_worker_job_writes_the_network_it_is_asked_for(tmp_path, bags):
     """The trainer node's ``policy_weights`` reaches the worker: a job's checkpoint records it."""
-    from nsl_trainer.jobs import FineTuneJob, run_job
-
     base, target = bags
     init = tmp_path / "init.safetensors"
     init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)

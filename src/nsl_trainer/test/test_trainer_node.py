@@ -6,27 +6,34 @@ announcement of the result.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from node_output import GraphLog
+from safetensors import safe_open
 
 pytest.importorskip("rclpy")
+# After the skip: the graph, its client and messages need ROS 2.
+import rclpy  # noqa: E402
+from nsl_bringup.client import LoopClient  # noqa: E402
+from nsl_bringup.graph import resolve  # noqa: E402
+from nsl_bringup.runner import GraphRunner, isolated_environment  # noqa: E402
+from nsl_common import names  # noqa: E402
+from nsl_common.qos import LATCHED_QOS  # noqa: E402
+from nsl_msgs.msg import CheckpointInfo, TrainerStatus  # noqa: E402
+from nsl_msgs.srv import FineTune  # noqa: E402
+from nsl_policy.checkpoint import init_checkpoint, load_checkpoint  # noqa: E402
+from nsl_policy.model import QNetworkConfig  # noqa: E402
+from nsl_trainer.config import QTOptConfig  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trainer_helpers import write_bag  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    import rclpy
-
-    from nsl_bringup.client import LoopClient
-    from nsl_bringup.graph import resolve
-    from nsl_bringup.runner import GraphRunner, isolated_environment
-    from nsl_policy.checkpoint import init_checkpoint
-    from nsl_policy.model import QNetworkConfig
-
-    from trainer_helpers import write_bag
-
     work = tmp_path_factory.mktemp("trainer_node")
     env = isolated_environment(1 + (os.getpid() + 37) % 100)
     old = {k: os.environ.get(k) for k in env}
@@ -58,13 +65,6 @@ def trainer(tmp_path_factory):
 
 
 def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
-    from nsl_msgs.msg import CheckpointInfo, TrainerStatus
-    from nsl_msgs.srv import FineTune
-    from std_srvs.srv import Trigger
-
-    from nsl_common import names
-    from nsl_common.qos import LATCHED_QOS
-
     runner, client, work, bag, init = trainer
     announced = []
     client.create_subscription(
@@ -175,7 +175,6 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
     )
     info = next(a for a in announced if a.job_id == short.job_id)
     assert Path(info.path).is_file() and info.path == client.trainer_status.checkpoint_path
-    from nsl_policy.checkpoint import load_checkpoint
 
     assert info.parent_id == load_checkpoint(init).checkpoint_id
     written = load_checkpoint(info.path)
@@ -190,16 +189,6 @@ def test_a_fine_tune_without_a_learning_rate_uses_the_recipes(trainer):
     The rate shows on the status topic, in the checkpoint's metadata and in the optimiser state
     the job saved, so a request without a rate (the demo's) gets the library's recipe.
     """
-    import json
-
-    import numpy as np
-    from safetensors import safe_open
-
-    from nsl_msgs.msg import TrainerStatus
-    from nsl_msgs.srv import FineTune
-    from nsl_policy.checkpoint import load_checkpoint
-    from nsl_trainer.config import QTOptConfig
-
     runner, client, work, bag, init = trainer
     expected = QTOptConfig().finetune_learning_rate()
     reply = client.call(

@@ -9,6 +9,7 @@ import numpy as np
 from nsl_collector.transitions import Transitions
 from nsl_trainer.loop import ProgressFn, run_steps, training_data
 from nsl_trainer.trainer import QTOptTrainer
+from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
 
 MSG_DIR = Path(__file__).resolve().parents[2] / "nsl_msgs" / "msg"
 
@@ -86,8 +87,6 @@ def write_bag(
     path: Path, n_episodes: int, steps: int = 3, size: int = 32, seed: int = 0, task: str = "base"
 ) -> Path:
     """Write a closed rosbag2 bag of ``n_episodes`` complete random episodes (BagRecorder)."""
-    from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
-
     rng = np.random.default_rng(seed)
     with BagRecorder(path, {"task": task}, MSG_DIR, flush_steps=False, fsync=False) as rec:
         for e in range(n_episodes):
