@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 from node_output import GraphLog
+from nsl_bringup.runner import isolated_environment
 
 
 @pytest.fixture(scope="session")
 def ros_isolation():
     """Own DDS domain and localhost-only discovery for this run, also for in-process clients."""
-    from nsl_bringup.runner import isolated_environment
-
     env = isolated_environment()
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -27,7 +26,7 @@ def ros_isolation():
 
 @pytest.fixture(scope="session")
 def rclpy_context(ros_isolation):
-    import rclpy
+    import rclpy  # only for the tests that start a graph: test_lint needs no ROS 2
 
     rclpy.init()
     yield
@@ -42,6 +41,7 @@ def graph_log() -> GraphLog:
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory) -> Path:
+    # torch (under nsl_policy) is slow to import: only the tests that need a checkpoint wait.
     from nsl_policy.checkpoint import init_checkpoint
     from nsl_policy.model import QNetworkConfig
 

@@ -19,6 +19,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from ament_index_python.packages import get_package_share_directory, get_packages_with_prefixes
+from nsl_bringup.graph import GRAPHS, resolve
 
 pytestmark = pytest.mark.system
 
@@ -109,8 +111,6 @@ def test_workspace_has_the_packages_the_product_names() -> None:
 
 
 def test_every_package_is_in_the_ament_index(install: Path, monkeypatch) -> None:
-    from ament_index_python.packages import get_package_share_directory, get_packages_with_prefixes
-
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(install))
     found = get_packages_with_prefixes()
     for package in workspace_packages():
@@ -151,8 +151,6 @@ def test_every_console_script_is_a_ros2_run_executable(install: Path) -> None:
 
 
 def test_every_graph_node_and_params_file_is_installed(install: Path) -> None:
-    from nsl_bringup.graph import GRAPHS, resolve
-
     config = install / "share" / "nsl_bringup" / "config"
     for graph in GRAPHS:
         for variant in GRAPH_VARIANTS:

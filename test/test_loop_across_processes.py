@@ -13,6 +13,14 @@ import pytest
 from node_output import GraphLog
 
 from nsl_common import names
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from nsl_bringup.client import LoopClient
+from nsl_bringup.graph import resolve
+from nsl_bringup.runner import GraphRunner
+from nsl_msgs.msg import TrainerStatus
+from nsl_msgs.srv import FineTune
+from std_srvs.srv import Trigger
 
 pytestmark = pytest.mark.system
 
@@ -21,10 +29,6 @@ EPISODES = 5
 
 @pytest.fixture(scope="module")
 def loop(rclpy_context, random_checkpoint, tmp_path_factory):
-    from nsl_bringup.client import LoopClient
-    from nsl_bringup.graph import resolve
-    from nsl_bringup.runner import GraphRunner
-
     work = tmp_path_factory.mktemp("loop")
     namespace = "systest"
     _, nodes = resolve(
@@ -52,9 +56,6 @@ def loop(rclpy_context, random_checkpoint, tmp_path_factory):
 
 def read_bag_independently(bag: Path) -> dict[str, list]:
     """Decode every message of the bag's MCAP file with mcap + mcap-ros2-support only."""
-    from mcap.reader import make_reader
-    from mcap_ros2.decoder import DecoderFactory
-
     (mcap_file,) = sorted(bag.glob("*.mcap"))
     messages = defaultdict(list)
     with open(mcap_file, "rb") as f:
@@ -65,10 +66,6 @@ def read_bag_independently(bag: Path) -> dict[str, list]:
 
 
 def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
-    from nsl_msgs.msg import TrainerStatus
-    from nsl_msgs.srv import FineTune
-    from std_srvs.srv import Trigger
-
     runner, client, work, log = loop
     client.wait_until(
         lambda: client.active_checkpoint is not None, 120, "the policy's first checkpoint"
@@ -140,8 +137,6 @@ def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
 
 def recorded_bag(client) -> str:
     """Close the collector's current session (after one more episode) and return its bag."""
-    from std_srvs.srv import Trigger
-
     start = len(client.results)
     client.wait_until(lambda: len(client.results) > start, 120, "one more episode")
     reply = client.call(client.stop_session_client, Trigger.Request())
@@ -150,8 +145,6 @@ def recorded_bag(client) -> str:
 
 
 def test_trainer_refuses_bad_requests_and_keeps_serving(loop, tmp_path):
-    from nsl_msgs.srv import FineTune
-
     runner, client, work, log = loop
     bag = recorded_bag(client)
     cases = [

@@ -16,16 +16,18 @@ import pytest
 from node_output import GraphLog
 
 from nsl_common import names
+from nsl_bringup.client import LoopClient
+from nsl_bringup.graph import resolve
+from nsl_bringup.runner import GraphRunner
+from nsl_msgs.msg import TrainerStatus
+from nsl_msgs.srv import FineTune
+from std_srvs.srv import Trigger
 
 pytestmark = pytest.mark.system
 
 
 @pytest.fixture(scope="module")
 def graph(rclpy_context, random_checkpoint, tmp_path_factory):
-    from nsl_bringup.client import LoopClient
-    from nsl_bringup.graph import resolve
-    from nsl_bringup.runner import GraphRunner
-
     work = tmp_path_factory.mktemp("restarts")
     namespace = "restarts"
     _, nodes = resolve(
@@ -67,10 +69,6 @@ def alive(pid: int) -> bool:
 
 
 def test_killed_trainer_and_collector_come_back_and_the_graph_goes_on(graph):
-    from nsl_msgs.msg import TrainerStatus
-    from nsl_msgs.srv import FineTune
-    from std_srvs.srv import Trigger
-
     runner, client, work, log = graph
     client.wait_until(lambda: len(client.results) >= 2, 300, "the first episodes")
     client.wait_for_recorded(2, 120)

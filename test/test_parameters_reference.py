@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from nsl_bringup.paramdoc import collect_parameter_docs, render_markdown
 
 pytestmark = pytest.mark.system
 
@@ -12,8 +13,6 @@ REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "parameters.md"
 
 
 def test_parameters_are_described_and_the_reference_is_current(rclpy_context):
-    from nsl_bringup.paramdoc import collect_parameter_docs, render_markdown
-
     docs = collect_parameter_docs()
     assert {d.node for d in docs} == {"sim", "policy", "collector", "trainer", "arm"}
     undocumented = [f"{d.node}.{d.name}" for d in docs if len(d.description.strip()) < 10]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 from node_output import GraphLog
+from nsl_bringup.graph import NodeSpec
+from nsl_bringup.runner import GraphRunner
 
 pytestmark = pytest.mark.system
 
@@ -74,9 +76,6 @@ CASES = [
 def test_bad_parameter_is_refused_at_start(
     ros_isolation, tmp_path, name, package, executable, params_file, params, expected
 ):
-    from nsl_bringup.graph import NodeSpec
-    from nsl_bringup.runner import GraphRunner
-
     log = GraphLog()
     runner = GraphRunner(
         [NodeSpec(name, package, executable, params_file, params)],

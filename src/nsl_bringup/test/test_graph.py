@@ -15,6 +15,7 @@ import yaml
 from nsl_bringup.graph import GRAPHS, NodeSpec, config_dir, resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment
 from nsl_common import names
+import nsl_bringup.runner as runner_module
 
 
 def test_collect_sim_has_sim_policy_collector_and_robot_has_no_sim():
@@ -73,8 +74,6 @@ def fake_node(tmp_path, name, body):
 
 
 def test_runner_prefixes_output_and_reports_a_dying_node(tmp_path, monkeypatch):
-    import nsl_bringup.runner as runner_module
-
     scripts = {
         # crashy dies only once steady handles SIGINT: a SIGINT that came earlier would be lost
         # when the suite runs in a background job (which starts with SIGINT ignored).
@@ -166,8 +165,6 @@ def test_sim_demo_checkpoint_is_the_trainers_default_start():
 
 def test_runner_restarts_a_respawning_node_and_the_graph_goes_on(tmp_path, monkeypatch):
     """A respawning node killed twice comes back each time; the other node keeps running."""
-    import nsl_bringup.runner as runner_module
-
     starts = tmp_path / "starts"
     scripts = {
         "steady": fake_node(
@@ -228,8 +225,6 @@ def test_runner_restarts_a_respawning_node_and_the_graph_goes_on(tmp_path, monke
 def test_runner_gives_up_on_a_refused_configuration_and_spent_retries(
     tmp_path, monkeypatch, code, retries, why
 ):
-    import nsl_bringup.runner as runner_module
-
     script = fake_node(
         tmp_path, "bad", f"import sys\nprint('bad up', flush=True)\nsys.exit({code})\n"
     )

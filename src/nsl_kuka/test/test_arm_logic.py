@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nsl_kuka.arm_logic import ArmConfig, GraspEpisode, ToolPose, plan_step
+from nsl_bringup.runner import find_executable
 
 
 class FakeArm:
@@ -118,7 +119,6 @@ def test_node_without_moveit_exits_with_what_to_install(tmp_path):
         pytest.skip("MoveIt 2 is installed here: the node would try to reach a robot")
     except ImportError:
         pass
-    from nsl_bringup.runner import find_executable
 
     out = subprocess.run(
         [find_executable("nsl_kuka", "kuka_arm_node"), "--ros-args", "-r", "__ns:=/nomoveit"],

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from nsl_policy.checkpoint import (
     CheckpointError,
@@ -16,6 +16,8 @@ from nsl_policy.checkpoint import (
     validate_for_swap,
 )
 from nsl_policy.model import QNetwork, QNetworkConfig
+from nsl_policy.shipped import base_checkpoint
+from safetensors import safe_open
 
 CFG = QNetworkConfig(image_size=32, width=8, embed_width=16, fc_width=16)
 
@@ -186,9 +188,6 @@ def test_init_checkpoint_is_seeded(tmp_path):
 # ------------------------------------------------------------------------- issue 30: hostile files
 def _resave(src, dst, edit_header):
     """Copy checkpoint ``src`` to ``dst``, its header metadata passed through ``edit_header``."""
-    from safetensors import safe_open
-    from safetensors.torch import save
-
     with safe_open(str(src), "pt") as f:
         header = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -286,7 +285,5 @@ def test_content_id_detects_edited_lineage(tmp_path):
 
 
 def test_shipped_checkpoint_keeps_its_id():
-    from nsl_policy.shipped import base_checkpoint
-
     loaded = load_checkpoint(base_checkpoint())
     assert loaded.checkpoint_id == "ee01599f7bb0"

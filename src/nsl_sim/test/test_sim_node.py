@@ -17,11 +17,18 @@ import numpy as np
 import pytest
 
 from nsl_common import names
+from nsl_bringup.graph import NodeSpec
+from nsl_bringup.runner import GraphRunner, isolated_environment
+from nsl_sim.assets import encode_png
 
 pytestmark = pytest.mark.system
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("nsl_msgs.srv")
+# After the skips: the messages and the executor need ROS 2.
+from nsl_msgs.srv import ExecuteStep, ResetEpisode  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 
 NS_A = f"simtest_a_{os.getpid()}"
 NS_B = f"simtest_b_{os.getpid()}"
@@ -45,9 +52,6 @@ class SimClient:
     """Service clients and a camera subscription for one namespace."""
 
     def __init__(self, node, namespace: str):
-        from nsl_msgs.srv import ExecuteStep, ResetEpisode
-        from sensor_msgs.msg import Image
-
         self.reset_client = node.create_client(
             ResetEpisode, f"/{namespace}/{names.ARM_RESET_SERVICE}"
         )
@@ -88,13 +92,9 @@ class SimClient:
         return future.result()
 
     def reset(self, task: str = "", seed: int = 0):
-        from nsl_msgs.srv import ResetEpisode
-
         return self._call(self.reset_client, ResetEpisode.Request(task=task, seed=seed))
 
     def step(self, translation=(0.0, 0.0, 0.0), rotation=0.0, close=False, terminate=False):
-        from nsl_msgs.srv import ExecuteStep
-
         req = ExecuteStep.Request()
         req.action.translation = [float(v) for v in translation]
         req.action.rotation = float(rotation)
@@ -119,8 +119,6 @@ class SimClient:
 
 
 def write_png(path, rgb) -> None:
-    from nsl_sim.assets import encode_png
-
     img = np.zeros((32, 32, 3), np.uint8)
     img[:] = rgb
     img[::4] = 0
@@ -129,9 +127,6 @@ def write_png(path, rgb) -> None:
 
 @pytest.fixture(scope="module")
 def sims(tmp_path_factory):
-    from nsl_bringup.graph import NodeSpec
-    from nsl_bringup.runner import GraphRunner, isolated_environment
-
     work = tmp_path_factory.mktemp("sim_node")
     write_png(work / "blue.png", (40, 60, 220))
     (work / "blue_tray.yaml").write_text("name: blue_tray\ntexture: blue.png\n")
@@ -159,7 +154,6 @@ def sims(tmp_path_factory):
                 output=logs[ns],
             )
             runners[ns].start()
-        from rclpy.executors import SingleThreadedExecutor
 
         node = rclpy.create_node("sim_node_test_client", context=context)
         clients = {ns: SimClient(node, ns) for ns in runners}
@@ -318,9 +312,6 @@ def test_two_namespaced_sims_at_once(sims):
 
 def test_bad_task_parameter_exits_with_clear_error():
     """A bad task *parameter* is a start-up configuration error: exit code 2 and the reason."""
-    from nsl_bringup.graph import NodeSpec
-    from nsl_bringup.runner import GraphRunner, isolated_environment
-
     log = Log()
     runner = GraphRunner(
         [NodeSpec("sim", "nsl_sim", "sim_node", "sim.yaml", {"task": "no_such_world"})],

@@ -2,13 +2,19 @@
 
 import hashlib
 from pathlib import Path
+import argparse
 
 import numpy as np
 import pytest
 
-from nsl_sim import assets
+from nsl_sim import assets, cli
 from nsl_sim.env import GraspEnv, SimConfig
-from nsl_sim.evaluate import evaluate_oracle, run_oracle_episode, wilson_interval
+from nsl_sim.evaluate import (
+    evaluate_oracle,
+    GALLERY_LABEL_HEIGHT,
+    run_oracle_episode,
+    wilson_interval,
+)
 from nsl_sim.tasks import TASKS, TaskConfig, get_task, load_task_yaml
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "nsl_sim" / "examples" / "dusk_checker.yaml"
@@ -191,11 +197,6 @@ def test_evaluate_oracle_matches_single_episodes():
 
 
 def test_nsl_sim_cli(tmp_path, capsys):
-    import argparse
-
-    from nsl_sim import cli
-    from nsl_sim.evaluate import GALLERY_LABEL_HEIGHT
-
     parser = argparse.ArgumentParser()
     cli.add_commands(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "g.png"
@@ -206,8 +207,7 @@ def test_nsl_sim_cli(tmp_path, capsys):
     assert args.fn(args) == 0
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG")
-    import cv2
-
+    cv2 = pytest.importorskip("cv2")  # optional (as in nsl_sim.evaluate): decodes the PNG
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     top = GALLERY_LABEL_HEIGHT
     assert img.shape == (2 * 32 + top, 2 * 32 + 2, 3)
