@@ -56,6 +56,8 @@ class NodeSpec:
     respawn_max_retries: int = RESPAWN_MAX_RETRIES
     """Restarts after which a node that keeps dying is given up (the runner then stops the
     graph; ``ros2 launch`` stops restarting it where launch supports the limit)."""
+    lifecycle: bool = False
+    """A managed node: both starters configure and activate it once it is up."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ def resolve(
                     or ("immediate" if _bool(args["sim"]) else "trial"),
                 },
                 remappings=camera_remapping,
+                # It moves the arm: configured (checkpoint validated) before it is activated.
+                lifecycle=True,
             )
         )
         nodes.append(

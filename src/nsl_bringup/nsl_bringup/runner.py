@@ -3,7 +3,9 @@
 The runner reads the same graph description as the launch files (nsl_bringup.graph). It prefixes
 every line a node prints with the node's name, forwards Ctrl-C/SIGTERM to all nodes, restarts a
 dying node marked ``respawn`` (as ``ros2 launch`` does) and stops the whole graph when any other
-node dies, saying which one and how. ``isolate=True`` gives the run its
+node dies, saying which one and how. It brings managed (lifecycle) nodes to active through their
+lifecycle services (``nsl_bringup.lifecycle``, run as a child with the graph's environment);
+one that cannot be activated stops the graph like a death. ``isolate=True`` gives the run its
 own ROS_DOMAIN_ID and localhost-only discovery, so parallel runs (tests) do not cross-talk.
 """
 
@@ -22,6 +24,11 @@ from pathlib import Path
 import yaml
 
 from nsl_bringup.graph import NodeSpec, config_dir
+
+
+LIFECYCLE_TIMEOUT = 120.0
+"""Seconds per lifecycle step (the node's start, configure, activate): configure loads and
+validates a checkpoint, which takes seconds on a loaded machine."""
 
 
 def find_executable(package: str, executable: str) -> str:
@@ -167,6 +174,54 @@ class GraphRunner:
         )
         pump.start()
         self._pumps.append(pump)
+        if self._specs[name].lifecycle:
+            activate = threading.Thread(
+                target=self._activate, args=(name, proc), daemon=True, name=f"lifecycle-{name}"
+            )
+            activate.start()
+            self._pumps.append(activate)
+
+    def node_name(self, name: str) -> str:
+        """Return the fully qualified name of node ``name`` in this graph."""
+        namespace = self.namespace.strip("/")
+        return f"/{namespace}/{name}" if namespace else f"/{name}"
+
+    def _activate(self, name: str, proc: subprocess.Popen) -> None:
+        """Bring lifecycle node ``name`` to active; a failure while it runs stops the graph."""
+        driver = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nsl_bringup.lifecycle",
+                self.node_name(name),
+                "active",
+                "--timeout",
+                str(LIFECYCLE_TIMEOUT),
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        output = threading.Thread(
+            target=lambda: [self._say(f"lifecycle {line.rstrip()}") for line in driver.stdout],
+            daemon=True,
+        )
+        output.start()
+        while driver.poll() is None:
+            try:
+                driver.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if proc.poll() is not None or self._stopping:
+                    driver.kill()  # the node died or the graph stops: nothing to activate
+        output.join(timeout=2)
+        with self._exited:
+            if driver.returncode != 0 and proc.poll() is None and not self._stopping:
+                if self._first_exit is None:
+                    self._first_exit = NodeExit(f"{name} (not activated)", driver.returncode)
+                self._exited.notify_all()
 
     def _say(self, text: str) -> None:
         with self._print_lock:

@@ -50,19 +50,28 @@ def test_launch_nodes_match_the_runner(graph, args, monkeypatch):
     import nsl_bringup.launch_description as ld
     from nsl_bringup.graph import config_dir, resolve
 
-    captured = []
+    captured, managed = [], []
     monkeypatch.setattr(ld, "Node", lambda **kwargs: captured.append(kwargs) or kwargs)
+    monkeypatch.setattr(
+        ld,
+        "LifecycleNode",
+        lambda **kwargs: captured.append({**kwargs, "managed": True}) or kwargs,
+    )
+    monkeypatch.setattr(ld, "activation", lambda node: managed.append(node["name"]) or [])
     monkeypatch.setattr(ld, "get_package_share_directory", lambda _pkg: str(config_dir().parent))
     ld.launch_nodes(graph, args)
     namespace, specs = resolve(graph, args)
     assert len(captured) == len(specs)
+    # Managed nodes are LifecycleNodes that launch configures and activates, as the runner does.
+    assert managed == [spec.name for spec in specs if spec.lifecycle]
     for kwargs, spec in zip(captured, specs):
+        assert kwargs.pop("managed", False) == spec.lifecycle
         assert (kwargs["package"], kwargs["executable"], kwargs["name"]) == (
             spec.package,
             spec.executable,
             spec.name,
         )
-        assert kwargs["namespace"] == (namespace or None)
+        assert kwargs["namespace"] == (namespace or ("" if spec.lifecycle else None))
         assert kwargs["parameters"] == [str(config_dir() / spec.params_file), spec.parameters]
         assert kwargs["remappings"] == list(spec.remappings)
         assert kwargs.get("respawn", False) == spec.respawn  # restarts as the runner does

@@ -35,7 +35,7 @@ def generate_test_description():
     sim = [
         n
         for n in launch_nodes("collect", {"namespace": NAMESPACE, "task": "base"})
-        if n.node_executable == "sim_node"
+        if getattr(n, "node_executable", None) == "sim_node"
     ]
     return launch.LaunchDescription([*sim, launch_testing.actions.ReadyToTest()])
 

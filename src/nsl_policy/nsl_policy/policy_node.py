@@ -1,10 +1,20 @@
-"""ROS 2 node: the QT-Opt policy that runs closed-loop grasp episodes against the arm interface.
+"""ROS 2 managed node: the QT-Opt policy that runs closed-loop grasp episodes against the arm.
 
 A thin adapter around ``nsl_policy.policy.GraspPolicy``. Each episode: reset the arm, then per
 step wait for a camera image newer than the last arm command, choose an action with CEM on the
 Q-function, publish the step record, send the step to the arm; finally publish the episode
-result. The episode loop runs in its own thread (service replies and images arrive through the
-executor), so no callback ever blocks.
+result. The episode loop (``nsl_policy.episode_loop``) runs in its own thread (service replies
+and images arrive through the executor), so no callback ever blocks.
+
+Lifecycle (``rclpy.lifecycle``): parameters are declared and checked at construction (an
+invalid one exits with code 2); **configure** builds the rollout, the checkpoint slot and the
+monitor, loads and validates the ``checkpoint`` parameter (a refused one is logged and the arm
+waits for a valid one, as before) and creates the clients, publishers, subscriptions and
+services; **activate** starts the episode loop (when ``autostart``); **deactivate** ends the
+episode in flight at its next step boundary (the arm's reply to the step in flight is awaited,
+no command is sent after; the episode is published incomplete, so it is recorded but not
+trained on) and stops the loop; **cleanup** and **shutdown** release everything configure
+made. ``nsl up``, the runner and the launch files bring the node to active.
 
 Safety: no command without a valid checkpoint, a matched camera and a fresh, decodable
 observation. After an episode aborted for a camera problem (stalled topic, refused encoding)
@@ -32,61 +42,60 @@ the trial's progress and the stopped-improving signal, published on ``/diagnosti
 
 from __future__ import annotations
 
-import math
 import threading
-import time
-import uuid
 
-import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.node import Node
-from rclpy.time import Time
-from sensor_msgs.msg import Image
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from nsl_common import names
 from nsl_common.node_main import run_node
 from nsl_common.parameters import descriptor
-from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS, RECORD_QOS, SENSOR_QOS
-from nsl_common.service_call import ServiceCallError, call_service
-from nsl_msgs.msg import CheckpointInfo, EpisodeResult, GraspAction, GripperState, StepRecord
+from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS, RECORD_QOS
+from nsl_msgs.msg import CheckpointInfo, EpisodeResult, StepRecord
 from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode
+from nsl_policy.camera_input import CameraInput
 from nsl_policy.cem import CEMConfig
 from nsl_policy.checkpoint import LoadedCheckpoint
 from nsl_policy.checkpoint_slot import CheckpointSlot, StageOutcome
 from nsl_policy.diagnostics import DIAGNOSTICS_DEPTH, diagnostic_array
-from nsl_policy.image import SUPPORTED_ENCODINGS, resize_for_network, to_rgb
+from nsl_policy.episode_loop import EpisodeLoop
 from nsl_policy.monitor import LearningMonitor, status_entries, validation_score
 from nsl_policy.policy import ExplorationConfig, GraspPolicy
-from nsl_policy.policy_settings import SETTINGS, check_settings, trial_settings
-from nsl_policy.rollout import MODES, Rollout
+from nsl_policy.policy_messages import checkpoint_info
+from nsl_policy.policy_settings import SETTINGS, check_settings, runtime_update, trial_settings
+from nsl_policy.rollout import Rollout
 from nsl_policy.rollout_endpoints import RolloutEndpoints
-from nsl_policy.safety import UnsafeCommand, safe_command
 
 
 DIAGNOSTICS_PERIOD = 1.0
 """Seconds between /diagnostics reports besides the one after each episode: the 1 Hz that
 diagnostic_updater uses, so monitors see a live node between slow episodes."""
 
-
-class EpisodeAborted(RuntimeError):
-    """The episode cannot go on safely (no fresh image, arm error); it is not trained on."""
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
-class CameraProblem(EpisodeAborted):
-    """No fresh or no usable camera image: the arm gets no command until a usable image arrives."""
+class PolicyNode(EpisodeLoop, LifecycleNode):
+    """The policy node (module doc); the episodes themselves are :class:`EpisodeLoop`'s."""
 
-
-class PolicyNode(Node):
     def __init__(self) -> None:
+        # Transitions run in the default group; everything the episode loop needs (arm
+        # replies, images) is in other groups, so a deactivate waiting for the loop never
+        # holds it up.
         super().__init__(names.POLICY_NODE)
         # Shutdown state first: destroy_node() runs even when the constructor fails below.
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # shutdown: nothing is published any more
+        self._halt = threading.Event()  # deactivate or shutdown: the episode loop ends
         self._call_wake: threading.Event | None = None  # wakes the arm call in flight on shutdown
         self._loop: threading.Thread | None = None
+        self._episodes_run = 0  # across activations: seeds go on, max_episodes counts all
+        self._state = "unconfigured"
+        self._made: list = []  # (destroy function, entity) of everything configure created
+        self.slot: CheckpointSlot | None = None
+        self.rollout: Rollout | None = None
+        self.rollout_endpoints: RolloutEndpoints | None = None
+        self.monitor: LearningMonitor | None = None
         for name, s in SETTINGS.items():
             d = descriptor(
                 s.description,
@@ -97,7 +106,22 @@ class PolicyNode(Node):
             self.declare_parameter(name, s.default, d)
         self.config = {name: self.get_parameter(name).value for name in SETTINGS}
         self.limits = check_settings(self.config)  # ValueError: the node exits with the reason
+        self.frame_id = self.get_namespace().strip("/") or "robot"
+        # One condition for everything the episode loop waits on: images, camera matching,
+        # checkpoints coming into force, deactivation. Notified by the callbacks; nothing polls.
+        self._cond = threading.Condition()
+        self._next_exploration: ExplorationConfig | None = None  # applies from the next episode
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
+    # ---- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Build the rollout, slot and monitor, stage the checkpoint, create the endpoints."""
+        self.config = {name: self.get_parameter(name).value for name in SETTINGS}
+        try:
+            self.limits = check_settings(self.config)
+        except ValueError as exc:
+            self.get_logger().error(str(exc))
+            return FAILURE
         self.exploration = ExplorationConfig(
             epsilon=self.config["epsilon"], noise_std=self.config["noise_std"]
         )
@@ -106,17 +130,8 @@ class PolicyNode(Node):
             elites=self.config["cem_elites"],
             iterations=self.config["cem_iterations"],
         )
-        self.frame_id = self.get_namespace().strip("/") or "robot"
-
-        # One condition for everything the episode loop waits on: images, camera matching,
-        # checkpoints coming into force, shutdown. Notified by the callbacks; nothing polls.
-        self._cond = threading.Condition()
-        self._latest_image: Image | None = None
-        self._latest_stamp_ns = -1
-        self._camera_publishers: int | None = None  # None: the rmw has no matched events
-        self._camera_blocked = False  # set by a camera abort, cleared by the next usable image
-        self._refused_encoding = ""
-        self._next_exploration: ExplorationConfig | None = None  # applies from the next episode
+        with self._cond:
+            self._next_exploration = None
         # The slot swaps checkpoints only between episodes; _on_swap builds the policy for it.
         self.policy: GraspPolicy | None = None
         self._policy_checkpoint_id = ""  # the checkpoint whose model the policy holds now
@@ -124,45 +139,7 @@ class PolicyNode(Node):
         self.slot = CheckpointSlot(on_swap=self._on_swap, gate=self.rollout.gate)
         self.rollout.attach(self.slot)
         self.monitor = LearningMonitor()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-
-        io_group = ReentrantCallbackGroup()
-        swap_group = MutuallyExclusiveCallbackGroup()
-        self.rollout_endpoints = RolloutEndpoints(
-            self, self.rollout, self.frame_id, callback_group=swap_group, monitor=self.monitor
-        )
-        self.diagnostics_pub = self.create_publisher(
-            DiagnosticArray, names.DIAGNOSTICS, DIAGNOSTICS_DEPTH
-        )
-        self.create_timer(DIAGNOSTICS_PERIOD, self.publish_diagnostics, callback_group=io_group)
-        self._subscribe_camera(io_group)
-        self.reset_client = self.create_client(
-            ResetEpisode, names.ARM_RESET_SERVICE, callback_group=io_group
-        )
-        self.step_client = self.create_client(
-            ExecuteStep, names.ARM_STEP_SERVICE, callback_group=io_group
-        )
-        self.step_pub = self.create_publisher(StepRecord, names.STEP_RECORDS_TOPIC, RECORD_QOS)
-        self.result_pub = self.create_publisher(
-            EpisodeResult, names.EPISODE_RESULTS_TOPIC, RECORD_QOS
-        )
-        self.active_pub = self.create_publisher(
-            CheckpointInfo, names.ACTIVE_CHECKPOINT_TOPIC, LATCHED_QOS
-        )
-        self.create_service(
-            LoadCheckpoint,
-            names.LOAD_CHECKPOINT_SERVICE,
-            self.on_load_checkpoint,
-            callback_group=swap_group,
-        )
-        self.create_subscription(
-            CheckpointInfo,
-            names.CHECKPOINT_ANNOUNCE_TOPIC,
-            self.on_announcement,
-            ANNOUNCE_QOS,
-            callback_group=swap_group,
-        )
-
+        self._create_endpoints()
         if self.config["checkpoint"]:
             outcome = self.stage_checkpoint(self.config["checkpoint"])
             if not outcome.accepted:
@@ -174,71 +151,115 @@ class PolicyNode(Node):
                 "no checkpoint parameter: the arm will not move until one is loaded "
                 f"({names.LOAD_CHECKPOINT_SERVICE})"
             )
-        self._loop = threading.Thread(target=self.run_episodes, name="episode-loop", daemon=True)
+        self._state = "inactive"
+        return SUCCESS
+
+    def _create_endpoints(self) -> None:
+        io_group = ReentrantCallbackGroup()
+        swap_group = MutuallyExclusiveCallbackGroup()
+        self.rollout_endpoints = RolloutEndpoints(
+            self, self.rollout, self.frame_id, callback_group=swap_group, monitor=self.monitor
+        )
+        made = self._made
+        self.camera = CameraInput(self, self._cond, io_group)
+        made.append((self.destroy_subscription, self.camera.subscription))
+        self.reset_client = self.create_client(
+            ResetEpisode, names.ARM_RESET_SERVICE, callback_group=io_group
+        )
+        self.step_client = self.create_client(
+            ExecuteStep, names.ARM_STEP_SERVICE, callback_group=io_group
+        )
+        made += [(self.destroy_client, self.reset_client), (self.destroy_client, self.step_client)]
+        for attribute, kind, topic, qos in (
+            ("step_pub", StepRecord, names.STEP_RECORDS_TOPIC, RECORD_QOS),
+            ("result_pub", EpisodeResult, names.EPISODE_RESULTS_TOPIC, RECORD_QOS),
+            ("active_pub", CheckpointInfo, names.ACTIVE_CHECKPOINT_TOPIC, LATCHED_QOS),
+            ("diagnostics_pub", DiagnosticArray, names.DIAGNOSTICS, DIAGNOSTICS_DEPTH),
+        ):
+            setattr(self, attribute, self.create_publisher(kind, topic, qos))
+            made.append((self.destroy_publisher, getattr(self, attribute)))
+        service = self.create_service(
+            LoadCheckpoint,
+            names.LOAD_CHECKPOINT_SERVICE,
+            self.on_load_checkpoint,
+            callback_group=swap_group,
+        )
+        announcements = self.create_subscription(
+            CheckpointInfo,
+            names.CHECKPOINT_ANNOUNCE_TOPIC,
+            self.on_announcement,
+            ANNOUNCE_QOS,
+            callback_group=swap_group,
+        )
+        timer = self.create_timer(
+            DIAGNOSTICS_PERIOD, self.publish_diagnostics, callback_group=io_group
+        )
+        made += [
+            (self.destroy_service, service),
+            (self.destroy_subscription, announcements),
+            (self.destroy_timer, timer),
+        ]
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start the episode loop (when ``autostart``)."""
+        self._halt.clear()
+        self._state = "active"
         if self.config["autostart"]:
+            self._loop = threading.Thread(
+                target=self.run_episodes, name="episode-loop", daemon=True
+            )
             self._loop.start()
+        self.publish_diagnostics()
+        return super().on_activate(state)
 
-    # ---- observations ---------------------------------------------------------------------
-    def _subscribe_camera(self, group) -> None:
-        """Subscribe to the camera, gated on a matched publisher where the rmw reports one."""
-        try:
-            events = SubscriptionEventCallbacks(matched=self.on_camera_matched)
-            self.create_subscription(
-                Image,
-                names.CAMERA_TOPIC,
-                self.on_image,
-                SENSOR_QOS,
-                callback_group=group,
-                event_callbacks=events,
-            )
-            self._camera_publishers = 0
-        except Exception:  # noqa: BLE001 - an rmw without matched events: do not gate on matching
-            self.create_subscription(
-                Image, names.CAMERA_TOPIC, self.on_image, SENSOR_QOS, callback_group=group
-            )
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """End the episode in flight at its next step boundary and stop the loop."""
+        if not self._end_loop():
+            self.get_logger().error("the episode loop did not stop; still active")
+            return FAILURE
+        self._state = "inactive"
+        self.publish_diagnostics()
+        return super().on_deactivate(state)
 
-    def on_camera_matched(self, info) -> None:
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release what configure made (the rollout's records go; its lineage files stay)."""
+        self._release()
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the loop and release everything."""
+        self.shutdown()
+        self._release()
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the loop and release everything; the node goes back to unconfigured."""
+        self._end_loop()
+        self._release()
+        return SUCCESS
+
+    def _end_loop(self) -> bool:
+        """Stop the episode loop (its episode ends at a step boundary); False if it stays."""
+        self._halt.set()
         with self._cond:
-            self._camera_publishers = info.current_count
             self._cond.notify_all()
+        loop = self._loop
+        if loop is not None and loop.is_alive() and loop is not threading.current_thread():
+            loop.join(timeout=self.config["arm_timeout"] + self.config["observation_timeout"])
+            if loop.is_alive():
+                return False
+        self._loop = None
+        return True
 
-    def on_image(self, msg: Image) -> None:
-        stamp = Time.from_msg(msg.header.stamp).nanoseconds
-        usable = msg.encoding.lower() in SUPPORTED_ENCODINGS
-        with self._cond:
-            self._latest_image, self._latest_stamp_ns = msg, stamp
-            if usable:
-                self._camera_blocked = False
-            else:
-                self._refused_encoding = msg.encoding
-            self._cond.notify_all()
-
-    def wait_for_image(self, newer_than_ns: int) -> Image:
-        timeout = self.config["observation_timeout"]
-        with self._cond:
-            fresh = self._cond.wait_for(
-                lambda: self._latest_stamp_ns > newer_than_ns or self._stop.is_set(),
-                timeout=timeout,
-            )
-            if self._stop.is_set():
-                raise EpisodeAborted("node is shutting down")
-            if not fresh:
-                raise CameraProblem(
-                    f"camera stalled: no image on {self._camera_topic} newer than the last arm "
-                    f"command within observation_timeout {timeout:.1f} s"
-                )
-            return self._latest_image
-
-    @property
-    def _camera_topic(self) -> str:
-        return self.resolve_topic_name(names.CAMERA_TOPIC)
-
-    def observation_array(self, msg: Image, size: int) -> np.ndarray:
-        try:
-            rgb = to_rgb(msg.data, msg.width, msg.height, msg.encoding, step=msg.step)
-        except ValueError as exc:
-            raise CameraProblem(f"camera image refused: {exc}") from exc
-        return resize_for_network(rgb, size)
+    def _release(self) -> None:
+        for destroy, entity in reversed(self._made):
+            destroy(entity)
+        self._made.clear()
+        if self.rollout_endpoints is not None:
+            self.rollout_endpoints.destroy()
+        self.slot = self.rollout = self.rollout_endpoints = self.monitor = None
+        self.policy = None
+        self._state = "unconfigured"
 
     # ---- checkpoints ----------------------------------------------------------------------
     def stage_checkpoint(self, path: str) -> StageOutcome:
@@ -256,11 +277,14 @@ class PolicyNode(Node):
         return outcome
 
     def publish_diagnostics(self) -> None:
-        """Publish the learning monitor's report on /diagnostics."""
-        entries = status_entries(self.monitor.report(self.rollout.status()))
+        """Publish the learning monitor's report on /diagnostics (configured states only)."""
+        monitor, rollout, publisher = self.monitor, self.rollout, self.diagnostics_pub
+        if monitor is None or rollout is None or self._stop.is_set():
+            return
+        entries = status_entries(monitor.report(rollout.status()), running=self._state)
         array = diagnostic_array(entries, self.get_fully_qualified_name(), self.frame_id)
         array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        publisher.publish(array)
 
     def _on_swap(self, loaded: LoadedCheckpoint, previous: LoadedCheckpoint | None) -> None:
         """Build the policy for the checkpoint now in force and announce it (no episode runs)."""
@@ -273,15 +297,8 @@ class PolicyNode(Node):
         self._policy_checkpoint_id = loaded.checkpoint_id
         self.rollout.in_force(loaded, previous)
         self.monitor.checkpoint_seen(loaded.checkpoint_id, validation_score(loaded.metadata))
-        info = CheckpointInfo(
-            checkpoint_id=loaded.checkpoint_id,
-            path=str(loaded.path),
-            parent_id=str(loaded.metadata.get("parent") or ""),
-            job_id=str(loaded.metadata.get("job_id") or ""),
-        )
-        info.header.stamp = self.get_clock().now().to_msg()
-        info.header.frame_id = self.frame_id
-        self.active_pub.publish(info)
+        stamp = self.get_clock().now().to_msg()
+        self.active_pub.publish(checkpoint_info(loaded, stamp, self.frame_id))
         self.get_logger().info(
             f"checkpoint in use: {loaded.checkpoint_id} ({loaded.path})"
             + (f", replacing {previous.checkpoint_id}" if previous else "")
@@ -310,277 +327,45 @@ class PolicyNode(Node):
         self.get_logger().info(f"trainer announced checkpoint {msg.checkpoint_id} ({msg.path})")
         self.stage_checkpoint(msg.path)
 
-    # ---- the arm --------------------------------------------------------------------------
-    def call(self, client, request, what: str):
-        """Call an arm service from the episode thread; shutdown interrupts the wait."""
-        if self._stop.is_set():
-            raise EpisodeAborted("node is shutting down")
-        try:
-            self._call_wake = threading.Event()
-            return call_service(
-                client,
-                request,
-                self.config["arm_timeout"],
-                wake=self._call_wake,
-                interrupted=self._stop.is_set,
-            )
-        except ServiceCallError as exc:
-            raise EpisodeAborted(
-                "node is shutting down"
-                if self._stop.is_set()
-                else f"arm call ({what}) failed: {exc}"
-            ) from exc
-
-    def safe_action(self, vector: np.ndarray, state: GripperState) -> GraspAction:
-        """Return the arm command for ``vector``, inside the safety limits and never NaN."""
-        try:
-            command = safe_command(vector, state.height, self.limits)
-        except UnsafeCommand as exc:
-            raise EpisodeAborted(str(exc)) from exc
-        return GraspAction(
-            translation=np.asarray(command.translation, dtype=np.float32),
-            rotation=command.rotation,
-            close_gripper=command.close_gripper,
-            terminate=command.terminate,
-        )
-
-    # ---- episodes -------------------------------------------------------------------------
-    def _not_ready(self) -> str | None:
-        """Say why no episode may start now (caller holds _cond); None when ready."""
-        if self.slot.active is None:
-            return (
-                "no valid checkpoint: the arm will not move until one is loaded "
-                f"({names.LOAD_CHECKPOINT_SERVICE})"
-            )
-        if self._camera_publishers == 0:
-            return (
-                f"no camera publisher on {self._camera_topic}: "
-                "waiting for one before moving the arm"
-            )
-        if self._camera_blocked:
-            what = (
-                f"images in unsupported encoding {self._refused_encoding!r}"
-                if self._refused_encoding
-                else "no image"
-            )
-            return (
-                f"camera problem ({what} since the last abort): "
-                "no arm command until a usable image arrives"
-            )
-        return None
-
-    def wait_until_ready(self) -> bool:
-        """Block (on the condition, no polling) until an episode may start; False on shutdown."""
-        said = None
-        while True:
-            with self._cond:
-                while True:
-                    if self._stop.is_set():
-                        return False
-                    reason = self._not_ready()
-                    if reason is None:
-                        break
-                    if reason != said:
-                        self.get_logger().warn(reason)
-                        said = reason
-                    self._cond.wait()
-            for client in (self.reset_client, self.step_client):
-                while not client.wait_for_service(timeout_sec=1.0):
-                    if self._stop.is_set() or not rclpy.ok(context=self.context):
-                        return False
-                    if said != client.srv_name:
-                        self.get_logger().warn(f"waiting for the arm service {client.srv_name}")
-                        said = client.srv_name
-            with self._cond:
-                if self._not_ready() is None:
-                    return True
-
-    def run_episodes(self) -> None:
-        episode = 0
-        while self.config["max_episodes"] == 0 or episode < self.config["max_episodes"]:
-            if not self.wait_until_ready():
-                break
-            self.run_episode(seed=self.config["seed"] + episode)
-            episode += 1
-        self.get_logger().info(f"episode loop finished after {episode} episodes")
-
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Accept exploration and rollout mode changes at run time (from the next episode)."""
         with self._cond:
-            current = self._next_exploration or self.exploration
-        values = {"epsilon": current.epsilon, "noise_std": current.noise_std}
-        mode = None
-        for p in params:
-            if p.name in values:
-                values[p.name] = float(p.value)
-            elif p.name == "rollout_mode":
-                mode = p.value
-        if mode is not None and mode not in MODES:
-            reason = f"rollout_mode must be one of {', '.join(MODES)} (got {mode!r})"
-            return SetParametersResult(successful=False, reason=reason)
+            current = self._next_exploration or getattr(self, "exploration", None)
+        if current is None:  # not configured yet: configure reads the parameters
+            return SetParametersResult(successful=True)
         try:
-            exploration = ExplorationConfig(**values)
+            exploration, mode = runtime_update(current, {p.name: p.value for p in params})
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         with self._cond:
             self._next_exploration = exploration
-        if mode is not None and mode != self.rollout.mode:
-            self.get_logger().info(f"rollout mode: {self.rollout.mode} -> {mode}")
-            self.rollout.set_mode(mode)  # a held candidate follows (immediate promotes it)
+        rollout = self.rollout
+        if mode is not None and rollout is not None and mode != rollout.mode:
+            self.get_logger().info(f"rollout mode: {rollout.mode} -> {mode}")
+            rollout.set_mode(mode)  # a held candidate follows (immediate promotes it)
         return SetParametersResult(successful=True)
-
-    def run_episode(self, seed: int) -> None:
-        """Run one episode at the episode boundary: swap in an approved checkpoint first."""
-        checkpoint = self.slot.begin_episode(self.rollout.choose)
-        if checkpoint is None:
-            return  # no checkpoint in force (wait_until_ready saw one; cannot happen today)
-        try:
-            # The slot is held: the policy and the exploration stay fixed for the episode.
-            with self._cond:
-                if self._next_exploration is not None:
-                    self.exploration, self._next_exploration = self._next_exploration, None
-            policy = self.policy
-            if self._policy_checkpoint_id != checkpoint.checkpoint_id:
-                policy.swap_model(checkpoint.model)  # a trial episode of the held candidate
-                self._policy_checkpoint_id = checkpoint.checkpoint_id
-            policy.exploration = self.exploration
-            self._run_episode(seed, checkpoint.checkpoint_id, policy)
-        finally:
-            self.slot.end_episode()
-
-    def _run_episode(self, seed: int, checkpoint_id: str, policy: GraspPolicy) -> None:
-        episode_id = str(uuid.uuid4())
-        task = self.config["task"]
-        tag = self.rollout.episode_role(checkpoint_id)
-        result = EpisodeResult(
-            episode_id=episode_id,
-            task=task,
-            seed=seed,
-            checkpoint_id=checkpoint_id,
-            exploration=self.exploration.to_json(),
-            complete=False,
-        )
-        size = policy.model.config.image_size
-        max_steps = self.config["max_steps"]
-        period = 1.0 / self.config["control_rate"] if self.config["control_rate"] > 0 else 0.0
-        steps = 0
-        try:
-            sent_ns = self.get_clock().now().nanoseconds
-            reply = self.call(
-                self.reset_client, ResetEpisode.Request(task=task, seed=seed), "reset"
-            )
-            if not reply.success:
-                raise EpisodeAborted(f"arm refused reset: {reply.message}")
-            state = reply.gripper_state
-            fresh_after = self._fresh_threshold(sent_ns)
-            last_step_at = None
-            for step_index in range(max_steps):
-                if period and last_step_at is not None:
-                    delay = last_step_at + period - time.monotonic()
-                    # control_rate: a timed wait, woken on shutdown
-                    if delay > 0 and self._stop.wait(delay):
-                        raise EpisodeAborted("node is shutting down")
-                image_msg = self.wait_for_image(fresh_after)
-                image = self.observation_array(image_msg, size)
-                if not math.isfinite(state.height):
-                    raise EpisodeAborted(
-                        f"arm reported a non-finite gripper height {state.height}"
-                    )
-                state.step_fraction = step_index / max_steps
-                state_vec = np.array(
-                    [float(state.closed), state.height, state.step_fraction], dtype=np.float32
-                )
-                choice = policy.select_action(image, state_vec)
-                action = self.safe_action(choice.vector, state)
-                if step_index == max_steps - 1:
-                    action.terminate = True
-                self.publish_step(
-                    episode_id, step_index, image, image_msg, state, action, choice, checkpoint_id
-                )
-                steps += 1
-                sent_ns = self.get_clock().now().nanoseconds
-                last_step_at = time.monotonic()
-                reply = self.call(self.step_client, ExecuteStep.Request(action=action), "a step")
-                if not reply.success:
-                    raise EpisodeAborted(f"arm refused the step: {reply.message}")
-                fresh_after = self._fresh_threshold(sent_ns)
-                state = reply.gripper_state
-                if reply.done:
-                    result.success, result.complete = bool(reply.grasp_success), True
-                    break
-            else:
-                raise EpisodeAborted("arm did not end the episode after the terminate step")
-        except Exception as exc:  # noqa: BLE001 - any failure aborts this episode, never the node
-            if self._stop.is_set():
-                return  # shutting down: nothing can be published any more
-            if isinstance(exc, CameraProblem):
-                with self._cond:
-                    self._camera_blocked = True
-            result.message = (
-                str(exc) if isinstance(exc, EpisodeAborted) else f"{type(exc).__name__}: {exc}"
-            )
-            self.get_logger().error(
-                f"episode {episode_id[:8]} aborted after {steps} steps: {result.message}"
-            )
-        result.num_steps = steps
-        # Count it before publishing, so a decision it concludes travels in its own result.
-        self.rollout.episode_done(checkpoint_id, tag, result.success, result.complete)
-        self.monitor.episode(checkpoint_id, task, result.success, result.complete)
-        result.rollout = self.rollout_endpoints.result_tag(tag)
-        result.header.stamp = self.get_clock().now().to_msg()
-        result.header.frame_id = self.frame_id
-        self.result_pub.publish(result)
-        self.publish_diagnostics()
-        if result.complete:
-            self.get_logger().info(
-                f"episode {episode_id[:8]} seed={seed} steps={steps} "
-                f"{'SUCCESS' if result.success else 'failure'} checkpoint={checkpoint_id}"
-            )
-
-    def _fresh_threshold(self, sent_ns: int) -> int:
-        settle = self.config["settle_time"]
-        if settle > 0:
-            return self.get_clock().now().nanoseconds + int(settle * 1e9)
-        return sent_ns
-
-    def publish_step(
-        self, episode_id, step_index, image, image_msg, state, action, choice, checkpoint_id
-    ) -> None:
-        record = StepRecord(
-            episode_id=episode_id,
-            step_index=step_index,
-            gripper_state=state,
-            action=action,
-            q_value=float(choice.q_value),
-            exploratory=bool(choice.exploratory),
-            checkpoint_id=checkpoint_id,
-        )
-        record.header.stamp = self.get_clock().now().to_msg()
-        record.header.frame_id = self.frame_id
-        record.image.header = image_msg.header
-        record.image.height, record.image.width = image.shape[:2]
-        record.image.encoding, record.image.step = "rgb8", image.shape[1] * 3
-        record.image.data = np.ascontiguousarray(image).tobytes()
-        self.step_pub.publish(record)
 
     def destroy_node(self) -> None:
         self.shutdown()
         super().destroy_node()
 
     def shutdown(self) -> None:
+        """Stop the episode loop at once: the arm call in flight is interrupted."""
         self._stop.set()
+        self._halt.set()
         if self._call_wake is not None:
             self._call_wake.set()
         cond = getattr(self, "_cond", None)  # absent when the constructor failed early
         if cond is not None:
             with cond:
                 cond.notify_all()
-        if self._loop is not None and self._loop.is_alive():
-            self._loop.join(timeout=self.config["arm_timeout"])
+        loop = self._loop
+        if loop is not None and loop.is_alive() and loop is not threading.current_thread():
+            loop.join(timeout=self.config["arm_timeout"])
 
 
 def main(args=None) -> None:
-    run_node(PolicyNode, "policy_node", args, threads=3)
+    run_node(PolicyNode, "policy_node", args, threads=4)
 
 
 if __name__ == "__main__":

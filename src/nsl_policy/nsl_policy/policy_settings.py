@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .policy import ExplorationConfig
 from .rollout import MODES
 from .safety import CommandLimits
 from .sequential import ON_CAP, TrialSettings
@@ -191,3 +192,21 @@ def check_settings(values: dict[str, Any]) -> CommandLimits:
     if problems:
         raise ValueError("invalid policy parameters: " + "; ".join(problems))
     return limits
+
+
+def runtime_update(
+    current: ExplorationConfig, changes: dict[str, Any]
+) -> tuple[ExplorationConfig, str | None]:
+    """Return the exploration and rollout mode after run-time parameter ``changes``.
+
+    ``changes`` maps setting names to new values (others are ignored: ROS refuses changes of
+    read-only ones). The mode is None when unchanged. Raises ValueError with the reason.
+    """
+    values = {"epsilon": current.epsilon, "noise_std": current.noise_std}
+    for name in values:
+        if name in changes:
+            values[name] = float(changes[name])
+    mode = changes.get("rollout_mode")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"rollout_mode must be one of {', '.join(MODES)} (got {mode!r})")
+    return ExplorationConfig(**values), mode

@@ -62,19 +62,28 @@ class RolloutEndpoints:
         self.publisher = node.create_publisher(
             RolloutDecision, names.ROLLOUT_DECISION_TOPIC, LATCHED_QOS
         )
-        node.create_service(
-            RolloutCommand,
-            names.PROMOTE_SERVICE,
-            self._command(rollout.promote),
-            callback_group=callback_group,
-        )
-        node.create_service(
-            RolloutCommand,
-            names.REJECT_SERVICE,
-            self._command(rollout.reject),
-            callback_group=callback_group,
-        )
+        self._services = [
+            node.create_service(
+                RolloutCommand,
+                names.PROMOTE_SERVICE,
+                self._command(rollout.promote),
+                callback_group=callback_group,
+            ),
+            node.create_service(
+                RolloutCommand,
+                names.REJECT_SERVICE,
+                self._command(rollout.reject),
+                callback_group=callback_group,
+            ),
+        ]
         rollout.on_decision = self.on_decision
+
+    def destroy(self) -> None:
+        """Destroy the publisher and the services (the node's cleanup)."""
+        self._rollout.on_decision = None
+        for service in self._services:
+            self._node.destroy_service(service)
+        self._node.destroy_publisher(self.publisher)
 
     def on_decision(self, decision: Decision) -> None:
         """Publish, log and queue a decision for the next episode result; tell the monitor."""

@@ -348,7 +348,15 @@ class PolicyProcess:
             # The hot-swap tests check the slot's mechanics: no trial between load and use.
             "rollout_mode": "immediate",
         }
-        spec = NodeSpec("policy", "nsl_policy", "policy_node", "policy.yaml", {**base, **params})
+        # A managed node: the runner configures and activates it, as nsl up does.
+        spec = NodeSpec(
+            "policy",
+            "nsl_policy",
+            "policy_node",
+            "policy.yaml",
+            {**base, **params},
+            lifecycle=True,
+        )
         self.runner = GraphRunner(
             [spec], namespace=namespace, env={**env, "OMP_NUM_THREADS": "1"}, output=self.log
         )
@@ -696,6 +704,7 @@ def test_invalid_parameters_stop_the_node_with_a_message(ros, checkpoints):
             "policy_node",
             "policy.yaml",
             {"checkpoint": str(checkpoints.a), **params},
+            lifecycle=True,
         )
         runner = GraphRunner([spec], namespace=f"pt{os.getpid()}_bad", env=env, output=log)
         runner.start()
@@ -867,3 +876,52 @@ def test_diagnostics_carry_the_learning_monitor_and_nsl_status_prints_it(graph, 
     with contextlib.redirect_stderr(err):
         assert nsl(["status", "--namespace", "nowhere", "--timeout", "1.5"]) == 1
     assert "no policy is running" in err.getvalue()
+
+
+# ---- (i) lifecycle ---------------------------------------------------------------------------
+def test_deactivate_ends_the_episode_in_flight_with_no_motion_after_and_activate_resumes(
+    graph, checkpoints
+):
+    from nsl_bringup.lifecycle import change_state, get_state
+    from nsl_policy.episode_guard import ENDED_BY_DEACTIVATION
+
+    ck = checkpoints
+    # Slow steps and no early terminate: every episode is in flight for about a second.
+    robot, policy = graph({"checkpoint": str(ck.a)}, step_delay=0.2, min_steps=MAX_STEPS)
+    node = policy.runner.node_name(names.POLICY_NODE)
+    robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 1, 90, "an episode on a")
+    assert get_state(robot.node, node) == "active"
+    with robot.cond:
+        done = len(robot.results)
+    robot.wait_until(
+        lambda: len(robot.results) == done and robot.steps and robot.steps[-1].step_index >= 1,
+        30,
+        "an episode in flight",
+    )
+    change_state(robot.node, node, "deactivate")  # returns once the loop has stopped
+    with robot.cond:
+        commands_at_deactivate = len(robot.commands)
+        results = list(robot.results)
+    assert get_state(robot.node, node) == "inactive"
+    ended = results[-1]
+    assert not ended.complete and ended.message == ENDED_BY_DEACTIVATION, ended
+    assert ended.checkpoint_id == ck.id_a and 1 <= ended.num_steps < MAX_STEPS
+    time.sleep(2.5)  # deactivated: no command, no episode
+    with robot.cond:
+        assert len(robot.commands) == commands_at_deactivate, robot.commands[
+            commands_at_deactivate:
+        ]
+        assert len(robot.results) == len(results)
+    check_episodes_consistent(robot)
+    assert "Traceback" not in policy.log.text()
+
+    change_state(robot.node, node, "activate")
+    robot.wait_until(
+        lambda: len(robot.complete(ck.id_a)) >= len([r for r in results if r.complete]) + 1,
+        60,
+        "an episode after activation",
+    )
+    with robot.cond:
+        seeds = [r.seed for r in robot.results]
+    assert len(set(seeds)) == len(seeds), "an episode seed repeated after activation"
+    check_episodes_consistent(robot)
