@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -31,13 +32,16 @@ PROMOTE_CAP = 160
 about 50 episodes on average; at 160 a miss is more than 3 standard deviations away."""
 
 
-def base_checkpoint() -> Path:
+def base_checkpoint(folder: Path) -> Path:
+    """Return a copy of the shipped base in ``folder``: decision records land beside it."""
     from nsl_policy.shipped import base_checkpoint as shipped
 
     base = shipped()
     if not base.is_file():
         pytest.skip(f"the shipped base checkpoint {base} is absent in this checkout")
-    return base
+    copy = folder / "base.safetensors"
+    shutil.copyfile(base, copy)
+    return copy
 
 
 def random_like(base: Path, path: Path) -> str:
@@ -123,7 +127,7 @@ def test_a_worse_checkpoint_is_tried_rejected_and_recorded(graphs, tmp_path):
 
     from nsl_msgs.msg import CheckpointInfo
 
-    base = base_checkpoint()
+    base = base_checkpoint(tmp_path)
     runner, client, log = graphs("rollout_reject", base, tmp_path, TRIAL_CAP)
     decisions, announce = watch_decisions(client)
     client.wait_until(lambda: client.active_checkpoint is not None, 120, "the base in force")
@@ -192,7 +196,7 @@ def test_a_worse_checkpoint_is_tried_rejected_and_recorded(graphs, tmp_path):
 def test_a_better_checkpoint_is_promoted_by_the_trial(graphs, tmp_path):
     from nsl_msgs.msg import CheckpointInfo
 
-    base = base_checkpoint()
+    base = base_checkpoint(tmp_path)
     incumbent = tmp_path / "random_init.safetensors"
     incumbent_id = random_like(base, incumbent)
     runner, client, log = graphs("rollout_promote", incumbent, tmp_path, PROMOTE_CAP)
@@ -211,4 +215,5 @@ def test_a_better_checkpoint_is_promoted_by_the_trial(graphs, tmp_path):
         "the promoted base in force",
     )
     client.wait_for_episodes(decision.candidate_id, 2, 180)
+    assert Path(f"{base}.rollout.json").is_file()
     assert runner.first_exit is None, log.text()[-3000:]
