@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsl_bringup.client import LoopClient, ensure_rclpy
+from nsl_common.loop_client import LoopClient, ensure_rclpy
 from nsl_bringup.graph import resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment
 from nsl_msgs.msg import TrainerStatus

@@ -4,7 +4,7 @@ The runner reads the same graph description as the launch files (nsl_bringup.gra
 every line a node prints with the node's name, forwards Ctrl-C/SIGTERM to all nodes, restarts a
 dying node marked ``respawn`` (as ``ros2 launch`` does) and stops the whole graph when any other
 node dies, saying which one and how. It brings managed (lifecycle) nodes to active through their
-lifecycle services (``nsl_bringup.lifecycle``, run as a child with the graph's environment);
+lifecycle services (``nsl_common.lifecycle``, run as a child with the graph's environment);
 one that cannot be activated stops the graph like a death. ``isolate=True`` gives the run its
 own ROS_DOMAIN_ID and localhost-only discovery, so parallel runs (tests) do not cross-talk.
 """
@@ -192,7 +192,7 @@ class GraphRunner:
             [
                 sys.executable,
                 "-m",
-                "nsl_bringup.lifecycle",
+                "nsl_common.lifecycle",
                 self.node_name(name),
                 "active",
                 "--timeout",

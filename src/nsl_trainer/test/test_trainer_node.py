@@ -18,7 +18,7 @@ from safetensors import safe_open
 pytest.importorskip("rclpy")
 # After the skip: the graph, its client and messages need ROS 2.
 import rclpy  # noqa: E402
-from nsl_bringup.client import LoopClient  # noqa: E402
+from nsl_common.loop_client import LoopClient  # noqa: E402
 from nsl_bringup.graph import resolve  # noqa: E402
 from nsl_bringup.runner import GraphRunner, isolated_environment  # noqa: E402
 from nsl_common import names  # noqa: E402
@@ -49,11 +49,14 @@ def trainer(tmp_path_factory):
     runner = GraphRunner(nodes, namespace=namespace, env=env, output=log)
     runner.start()
     runner.log = log
-    rclpy.init()
-    client = LoopClient(namespace=namespace, name="trainer_test_client")
+    # The trainer graph runs on its own DDS domain: the client joins it through a context of its
+    # own, whatever other tests of this session have initialised.
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
+    client = LoopClient(namespace=namespace, name="trainer_test_client", context=context)
     yield runner, client, work, bag, init
     client.close()
-    rclpy.try_shutdown()
+    rclpy.try_shutdown(context=context)
     codes = runner.stop()
     for k, v in old.items():
         if v is None:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 import rclpy
+from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -26,8 +27,11 @@ from nsl_msgs.srv import FineTune, LoadCheckpoint
 
 
 class LoopClient(Node):
-    def __init__(self, namespace: str = "", name: str = "nsl_client") -> None:
-        super().__init__(name, namespace=namespace or "/")
+    def __init__(
+        self, namespace: str = "", name: str = "nsl_client", context: Context | None = None
+    ) -> None:
+        # A context of its own lets a client join another DDS domain than the process default.
+        super().__init__(name, namespace=namespace or "/", context=context)
         self._cond = threading.Condition()
         self.results: list[EpisodeResult] = []
         self.active_checkpoint: CheckpointInfo | None = None
@@ -54,7 +58,7 @@ class LoopClient(Node):
         self.set_parameters_client = self.create_client(
             SetParameters, names.POLICY_SET_PARAMETERS_SERVICE
         )
-        self._executor = SingleThreadedExecutor()
+        self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self)
         self._spinner = threading.Thread(
             target=self._executor.spin, daemon=True, name="client-spin"

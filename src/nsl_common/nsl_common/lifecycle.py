@@ -4,7 +4,7 @@
 serves. The runner brings its lifecycle nodes to active with this module's command line,
 run as a child process with the graph's environment (so it shares the nodes' DDS domain)::
 
-    python -m nsl_bringup.lifecycle /robot1/policy active --timeout 120
+    python -m nsl_common.lifecycle /robot1/policy active --timeout 120
 
 Tests use :func:`change_state` and :func:`get_state` from their own node.
 """
