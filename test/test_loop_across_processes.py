@@ -15,7 +15,7 @@ from node_output import GraphLog
 from nsl_common import names
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
-from nsl_bringup.client import LoopClient
+from nsl_common.loop_client import LoopClient
 from nsl_bringup.graph import resolve
 from nsl_bringup.runner import GraphRunner
 from nsl_msgs.msg import TrainerStatus

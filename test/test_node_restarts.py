@@ -16,7 +16,7 @@ import pytest
 from node_output import GraphLog
 
 from nsl_common import names
-from nsl_bringup.client import LoopClient
+from nsl_common.loop_client import LoopClient
 from nsl_bringup.graph import resolve
 from nsl_bringup.runner import GraphRunner
 from nsl_msgs.msg import TrainerStatus

@@ -53,7 +53,7 @@ def random_like(base: Path, path: Path) -> str:
 
 def start_trial_graph(namespace: str, incumbent: Path, work: Path, cap: int):
     """Start sim + policy (trial mode, ``cap``) + collector; return runner, client, log."""
-    from nsl_bringup.client import LoopClient
+    from nsl_common.loop_client import LoopClient
     from nsl_bringup.graph import resolve
     from nsl_bringup.runner import GraphRunner
 

@@ -882,7 +882,7 @@ def test_diagnostics_carry_the_learning_monitor_and_nsl_status_prints_it(graph, 
 def test_deactivate_ends_the_episode_in_flight_with_no_motion_after_and_activate_resumes(
     graph, checkpoints
 ):
-    from nsl_bringup.lifecycle import change_state, get_state
+    from nsl_common.lifecycle import change_state, get_state
     from nsl_policy.episode_guard import ENDED_BY_DEACTIVATION
 
     ck = checkpoints
