@@ -13,10 +13,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import textwrap
+from pathlib import Path
 
 import yaml
+
+from nsl_bringup.graph import GRAPHS, resolve
+from nsl_bringup.runner import GraphRunner, isolated_environment, run_until_interrupted
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
@@ -30,9 +35,6 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 
 def cmd_up(args) -> int:
-    from nsl_bringup.graph import resolve
-    from nsl_bringup.runner import GraphRunner, isolated_environment, run_until_interrupted
-
     namespace, nodes = resolve(args.graph, parse_assignments(args.assignments))
     env = (
         isolated_environment(args.domain_id) if args.isolate or args.domain_id is not None else {}
@@ -43,9 +45,6 @@ def cmd_up(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from nsl_bringup.graph import resolve
-    from nsl_bringup.runner import GraphRunner
-
     namespace, nodes = resolve(args.graph, parse_assignments(args.assignments))
     runner = GraphRunner(nodes, namespace=namespace)
     commands = runner.commands()
@@ -70,10 +69,6 @@ def cmd_graph(args) -> int:
 
 
 def cmd_status(args) -> int:
-    import os
-
-    from nsl_bringup.runner import isolated_environment
-
     if args.domain_id is not None:
         os.environ.update(isolated_environment(args.domain_id))
     # rclpy and the messages: only this command needs them.
@@ -94,6 +89,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    # rclpy and pybullet: only the demo needs them, so `nsl --help` stays fast.
     from nsl_bringup.demo import DemoConfig, run_demo
 
     run_demo(
@@ -112,6 +108,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_checkpoint_init(args) -> int:
+    # torch: only this command needs it, so the other commands start fast.
     from nsl_policy.checkpoint import init_checkpoint
     from nsl_policy.model import QNetworkConfig
 
@@ -145,8 +142,7 @@ PACKAGE_COMMANDS = [
 
 
 def cmd_docs_parameters(args) -> int:
-    from pathlib import Path
-
+    # rclpy and the node modules: only this command starts nodes to read their parameters.
     from nsl_bringup.paramdoc import collect_parameter_docs, render_markdown
 
     text = render_markdown(collect_parameter_docs())
@@ -184,8 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nsl", description="NSL: never-stop-learning grasping on ROS 2"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from nsl_bringup.graph import GRAPHS
-
     for name, fn, help_ in (
         ("up", cmd_up, "start a graph's nodes as processes"),
         ("graph", cmd_graph, "show a resolved graph"),

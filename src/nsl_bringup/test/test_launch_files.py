@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from nsl_bringup.graph import GRAPHS, config_dir, resolve
+
 LAUNCH_DIR = Path(__file__).resolve().parent.parent / "launch"
 
 launch_ros = pytest.importorskip(
     "launch_ros",
     reason="ROS 2 launch_ros is not installed here (not on PyPI); runs in the docker/ image",
 )
+# After the skip: these need ROS 2 launch and launch_ros.
+import nsl_bringup.launch_description as ld  # noqa: E402
+from launch.actions import DeclareLaunchArgument  # noqa: E402
 
 
 def load_launch_file(name: str):
@@ -28,10 +33,6 @@ def load_launch_file(name: str):
 
 @pytest.mark.parametrize("graph", ["collect", "finetune", "sim_demo"])
 def test_launch_file_declares_the_graph_arguments(graph):
-    from launch.actions import DeclareLaunchArgument
-
-    from nsl_bringup.graph import GRAPHS
-
     description = load_launch_file(f"{graph}.launch.py")
     declared = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     assert declared == {a.name for a in GRAPHS[graph].arguments}
@@ -47,9 +48,6 @@ def test_launch_file_declares_the_graph_arguments(graph):
 )
 def test_launch_nodes_match_the_runner(graph, args, monkeypatch):
     """The launch file passes each node exactly what the runner passes on its command line."""
-    import nsl_bringup.launch_description as ld
-    from nsl_bringup.graph import config_dir, resolve
-
     captured, managed = [], []
     monkeypatch.setattr(ld, "Node", lambda **kwargs: captured.append(kwargs) or kwargs)
     monkeypatch.setattr(

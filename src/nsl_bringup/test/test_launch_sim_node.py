@@ -20,18 +20,22 @@ pytest.importorskip(
     reason="ROS 2 launch_testing is not installed here (not on PyPI); runs in the docker/ image",
 )
 
+# After the skip: these need ROS 2 launch_testing, rclpy and the built messages.
 import launch  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 import rclpy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from nsl_bringup.launch_description import launch_nodes  # noqa: E402
+from nsl_msgs.msg import GraspAction  # noqa: E402
+from nsl_msgs.srv import ExecuteStep, ResetEpisode  # noqa: E402
 
 NAMESPACE = "launch_test"
 
 
 @pytest.mark.launch_test
 def generate_test_description():
-    from nsl_bringup.launch_description import launch_nodes
-
     sim = [
         n
         for n in launch_nodes("collect", {"namespace": NAMESPACE, "task": "base"})
@@ -60,11 +64,6 @@ class TestSimNodeServesTheArmInterface(unittest.TestCase):
         return future.result()
 
     def test_reset_step_and_camera(self):
-        from sensor_msgs.msg import Image
-
-        from nsl_msgs.msg import GraspAction
-        from nsl_msgs.srv import ExecuteStep, ResetEpisode
-
         images = []
         self.node.create_subscription(Image, names.CAMERA_TOPIC, images.append, 10)
         reply = self.call(
@@ -86,8 +85,6 @@ class TestSimNodeServesTheArmInterface(unittest.TestCase):
         )
 
     def test_unknown_task_is_refused_and_the_node_keeps_serving(self):
-        from nsl_msgs.srv import ResetEpisode
-
         reply = self.call(
             ResetEpisode,
             names.ARM_RESET_SERVICE,

@@ -10,6 +10,8 @@ active checkpoint, and talks to ``policy/load_checkpoint`` and ``trainer/checkpo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -23,12 +25,40 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.torch import save as st_save
 
+from nsl_bringup.cli import main as nsl
+from nsl_bringup.graph import NodeSpec
+from nsl_bringup.runner import GraphRunner, isolated_environment
 from nsl_common import names
+from nsl_common.service_call import call_service
+from nsl_policy.checkpoint import init_checkpoint
+from nsl_policy.diagnostics import node_entries
+from nsl_policy.episode_guard import ENDED_BY_DEACTIVATION
+from nsl_policy.model import QNetworkConfig
 
 pytestmark = pytest.mark.system
 
 rclpy = pytest.importorskip("rclpy")
+# After the skip: these need ROS 2 (rclpy and the built messages).
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from nsl_bringup.status import read_status  # noqa: E402
+from nsl_common.lifecycle import change_state, get_state  # noqa: E402
+from nsl_common.qos import ANNOUNCE_QOS, CAMERA_QOS, LATCHED_QOS, RECORD_QOS  # noqa: E402
+from nsl_msgs.msg import (  # noqa: E402
+    CheckpointInfo,
+    EpisodeResult,
+    RolloutDecision,
+    StepRecord,
+)
+from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode, RolloutCommand  # noqa: E402
 
 SMALL = dict(image_size=64, width=8, embed_width=16, fc_width=16)
 MAX_STEPS = 5
@@ -49,8 +79,6 @@ def ros():
 
     Other test modules' contexts are untouched.
     """
-    from nsl_bringup.runner import isolated_environment
-
     env = isolated_environment()
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -84,12 +112,6 @@ class _Evil:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> Checkpoints:
-    from safetensors import safe_open
-    from safetensors.torch import save as st_save
-
-    from nsl_policy.checkpoint import init_checkpoint
-    from nsl_policy.model import QNetworkConfig
-
     d = tmp_path_factory.mktemp("policy_ckpts")
     cfg = QNetworkConfig(**SMALL)
     a, b = d / "a.safetensors", d / "b.safetensors"
@@ -167,14 +189,6 @@ class FakeRobot:
         step_delay: float = 0.0,
         min_steps: int = 0,
     ):
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
-        from sensor_msgs.msg import Image
-
-        from nsl_common.qos import ANNOUNCE_QOS, CAMERA_QOS, RECORD_QOS
-        from nsl_msgs.msg import CheckpointInfo, EpisodeResult, StepRecord
-        from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode
-
         self.Image = Image
         self.CheckpointInfo = CheckpointInfo
         self.LoadCheckpoint = LoadCheckpoint
@@ -336,9 +350,6 @@ class PolicyProcess:
     """The real policy_node, started by the runner as its own process."""
 
     def __init__(self, env: dict, namespace: str, params: dict):
-        from nsl_bringup.graph import NodeSpec
-        from nsl_bringup.runner import GraphRunner
-
         self.log = Log()
         base = {
             "max_steps": MAX_STEPS,
@@ -688,9 +699,6 @@ def test_camera_encodings_are_converted_and_unsupported_ones_refused(graph, chec
 
 # ---- parameters -----------------------------------------------------------------------------
 def test_invalid_parameters_stop_the_node_with_a_message(ros, checkpoints):
-    from nsl_bringup.graph import NodeSpec
-    from nsl_bringup.runner import GraphRunner
-
     env, _ = ros
     for params, fragment in (
         ({"epsilon": 1.5}, "epsilon"),
@@ -718,11 +726,6 @@ def test_invalid_parameters_stop_the_node_with_a_message(ros, checkpoints):
 
 # ---- exploration changed at run time ----------------------------------------------------------
 def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoints):
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
-
-    from nsl_common.service_call import call_service
-
     ck = checkpoints
     robot, policy = graph({"checkpoint": str(ck.a), "epsilon": 0.5})
     robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 2, 90, "exploratory episodes")
@@ -762,14 +765,6 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
 
 # ---- (g) rollout -----------------------------------------------------------------------------
 def test_trial_rejects_at_its_cap_then_the_operator_promotes_in_manual_mode(graph, checkpoints):
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
-
-    from nsl_common.qos import LATCHED_QOS
-    from nsl_common.service_call import call_service
-    from nsl_msgs.msg import RolloutDecision
-    from nsl_msgs.srv import RolloutCommand
-
     ck = checkpoints
     params = {"checkpoint": str(ck.a), "rollout_mode": "trial", "rollout_max_episodes": 4}
     robot, policy = graph({**params, "rollout_watch_episodes": 0})
@@ -828,15 +823,6 @@ def test_trial_rejects_at_its_cap_then_the_operator_promotes_in_manual_mode(grap
 
 # ---- (h) learning monitor on /diagnostics, nsl status ------------------------------------------
 def test_diagnostics_carry_the_learning_monitor_and_nsl_status_prints_it(graph, checkpoints):
-    import contextlib
-    import io
-
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    from nsl_bringup.cli import main as nsl
-    from nsl_bringup.status import read_status
-    from nsl_policy.diagnostics import node_entries
-
     ck = checkpoints
     robot, policy = graph({"checkpoint": str(ck.a)})
     namespace = robot.node.get_namespace()
@@ -882,9 +868,6 @@ def test_diagnostics_carry_the_learning_monitor_and_nsl_status_prints_it(graph, 
 def test_deactivate_ends_the_episode_in_flight_with_no_motion_after_and_activate_resumes(
     graph, checkpoints
 ):
-    from nsl_common.lifecycle import change_state, get_state
-    from nsl_policy.episode_guard import ENDED_BY_DEACTIVATION
-
     ck = checkpoints
     # Slow steps and no early terminate: every episode is in flight for about a second.
     robot, policy = graph({"checkpoint": str(ck.a)}, step_delay=0.2, min_steps=MAX_STEPS)

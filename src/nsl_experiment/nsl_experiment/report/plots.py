@@ -27,7 +27,7 @@ def plot_sweep(numbers: dict, path: Path) -> None:
     import matplotlib  # heavy: only the report's plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so pyplot never needs a display
 
     t1, t2 = numbers["table_i"] or {}, numbers["table_ii"]
     names = list(t2["tasks"])
@@ -107,7 +107,7 @@ def plot_continual(numbers: dict, path: Path) -> None:
     import matplotlib  # heavy: only the report's plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so pyplot never needs a display
 
     t1, t3 = numbers["table_i"] or {}, numbers["table_iii"]
     tasks = [s["task"] for s in t3["steps"]]
