@@ -202,13 +202,23 @@ def run_demo(config: DemoConfig) -> dict:
         say(
             f"policy hot-swapped to {after_id}; greedy evaluation, {config.eval_episodes} episodes"
         )
+        # The policy watches a swapped-in checkpoint and rolls it back when it does significantly
+        # worse than the one before; the after-evaluation then ends with the episodes it had.
         after = client.wait_for_episodes(
             after_id,
             config.eval_episodes,
             config.timeout,
             epsilon=0.0,
             progress=lambda n: say(f"  evaluation episode {n}/{config.eval_episodes}"),
+            stop=lambda: client.active_checkpoint.checkpoint_id != after_id,
         )
+        rolled_back = client.active_checkpoint.checkpoint_id != after_id
+        if rolled_back:
+            say(
+                f"the policy rolled {after_id} back to {client.active_checkpoint.checkpoint_id} "
+                f"after {len(after)} episodes: it did significantly worse than the checkpoint "
+                "before it"
+            )
     finally:
         client.close()
         runner.stop()
@@ -217,14 +227,14 @@ def run_demo(config: DemoConfig) -> dict:
     rows = []
     for label, ckpt, results in (("before", before_id, before), ("after", after_id, after)):
         wins = sum(r.success for r in results)
-        lo, hi = wilson_interval(wins, len(results))
+        lo, hi = wilson_interval(wins, len(results))  # (0, 1) when a rollback left no episode
         rows.append(
             {
                 "phase": label,
                 "checkpoint": ckpt,
                 "episodes": len(results),
                 "successes": wins,
-                "success_rate": wins / len(results),
+                "success_rate": wins / len(results) if results else float("nan"),
                 "ci95": [lo, hi],
             }
         )
@@ -233,6 +243,7 @@ def run_demo(config: DemoConfig) -> dict:
         "rows": rows,
         "dataset": bag,
         "job_id": job,
+        "rolled_back": rolled_back,
         "wall_clock_s": time.monotonic() - t0,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

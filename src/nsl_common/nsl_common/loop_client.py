@@ -121,11 +121,13 @@ class LoopClient(Node):
         timeout: float,
         progress: Callable[[int], None] | None = None,
         epsilon: float | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> list[EpisodeResult]:
         """Return the first ``count`` complete episodes run with ``checkpoint_id``.
 
         With ``epsilon``, only episodes with that exploration count; episodes that arrived
-        already count too.
+        already count too. When ``stop`` returns True (e.g. the checkpoint was rolled back), the
+        episodes so far are returned, fewer than ``count``.
         """
 
         def matching() -> list[EpisodeResult]:
@@ -146,7 +148,7 @@ class LoopClient(Node):
             if progress and n != seen[0]:
                 seen[0] = n
                 progress(min(n, count))
-            return n >= count
+            return n >= count or (stop is not None and stop())
 
         self.wait_until(enough, timeout, f"{count} episodes with checkpoint {checkpoint_id}")
         with self._cond:
