@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 from typing import Any
@@ -144,6 +145,12 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         "an MLP of 256 units, the recipe measured in docs/results/decisions.md",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse data holding a damaged bag or episode (default: skip it with a warning "
+        "naming the file, episode and reason, and train on the rest)",
+    )
 
 
 def _mixing(p: argparse.ArgumentParser) -> None:
@@ -320,6 +327,7 @@ def _run(args) -> int:
 
     from nsl_policy.model import KEYPOINTS_RECIPE, QNetworkConfig
     from nsl_trainer.config import QTOptConfig
+    from nsl_trainer.data import load_datasets
     from nsl_trainer.runs import continual, train
 
     if args.steps < 1:
@@ -375,6 +383,7 @@ def _run(args) -> int:
                 output_dir=args.output_dir,
                 accumulate=args.accumulate,
                 progress_factory=factory,
+                load=functools.partial(load_datasets, strict=args.strict),
                 target_fraction=args.target_fraction,
                 **{k: v for k, v in opts.items() if k != "resume"},
                 resume=not args.no_resume,
@@ -401,6 +410,7 @@ def _run(args) -> int:
                         output_path=args.output,
                         run_dir=args.run_dir,
                         progress=bar,
+                        strict=args.strict,
                         **opts,
                     )
                 ]

@@ -19,14 +19,21 @@ LOCATION_SCALE = 0.05
 """Metres per unit of the location labels and head (the workspace is about 0.25 m wide)."""
 
 
-def load_datasets(paths: Sequence[str | os.PathLike]) -> Transitions | None:
-    """Return the transitions of the bags (or dataset folders) at ``paths``, None without any."""
+def load_datasets(
+    paths: Sequence[str | os.PathLike], *, strict: bool = False
+) -> Transitions | None:
+    """Return the transitions of the bags (or dataset folders) at ``paths``, None without any.
+
+    Damaged bags and episodes are skipped with a warning naming the file, the episode and the
+    reason (logged by ``nsl_collector``); ``strict``: DatasetError instead, so that a job
+    trains only on data that is whole (nsl_collector.loading's damage policy).
+    """
     paths = [os.fspath(p) for p in paths or []]
     if not paths:
         return None
     from nsl_collector.dataset import load_transitions  # optional: the rosbag2 reader is heavy
 
-    return load_transitions(paths)
+    return load_transitions(paths, strict=strict)
 
 
 class TrainingData:

@@ -4,14 +4,17 @@
 :class:`RequestRefused` naming the field; it never raises anything else, whatever the request
 holds. The worker reports back through a pipe. Messages sent on the connection (dicts):
 {"event": "progress", "step", "total_steps", "loss", "metrics"} (every ``progress_every``
-steps), then exactly one of {"event": "succeeded", "checkpoint_path", "checkpoint_id",
-"parent_id"}, {"event": "cancelled", "step", "message"} or {"event": "failed", "message"}.
+steps), {"event": "warning", "message"} for each damaged bag or episode the loader skipped
+(naming file, episode and reason), then exactly one of {"event": "succeeded",
+"checkpoint_path", "checkpoint_id", "parent_id", "data_warnings"}, {"event": "cancelled",
+"step", "message"} or {"event": "failed", "message"}.
 Setting the job's cancel event makes the worker save its state and stop before the next
 gradient step (the node terminates it if it does not stop in time).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
@@ -30,6 +33,10 @@ from .validation import check_dataset
 MODES = ("finetune", "scratch")
 """finetune: every job starts from a checkpoint (the request's or the default); scratch: the
 same recipe from random weights (the paper's baseline), never announced as a fine-tune."""
+
+MAX_DATA_WARNINGS = 50
+"""Distinct loader warnings a job forwards; the rest are counted in one last warning (a dataset
+with thousands of damaged episodes must not flood the trainer's log)."""
 
 MAX_LEARNING_RATE = 1.0
 """Requests asking for a larger rate are refused (the node's learning_rate range ends here)."""
@@ -69,6 +76,9 @@ class TrainerSettings:
     """torch CPU threads of the worker (0: torch's default)."""
     policy_weights: str = "online"
     """Network written as the checkpoint: online or polyak (QTOptConfig.policy_weights)."""
+    strict_datasets: bool = False
+    """Refuse a job whose data holds a damaged bag or episode; False, because one damaged bag
+    should not stop a robot from learning on the rest (each skip is a warning in the log)."""
 
     def __post_init__(self) -> None:
         """Check the settings; raise ValueError naming the first bad one."""
@@ -131,6 +141,49 @@ class FineTuneJob:
     """torch CPU threads in the worker; 0: torch's default."""
     policy_weights: str = "online"
     """The network written as the checkpoint: "online" or "polyak" (QTOptConfig.policy_weights)."""
+    strict_datasets: bool = False
+    """Fail on damaged data instead of skipping it (TrainerSettings.strict_datasets)."""
+
+
+class _ForwardWarnings(logging.Handler):
+    """Send the dataset loader's warnings on a job's connection, each distinct one once."""
+
+    def __init__(self, conn) -> None:
+        super().__init__(logging.WARNING)
+        self.conn = conn
+        self.sent: set[str] = set()
+        self.dropped = 0
+        self.closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record must not fail the job
+            message = str(record.msg)
+        if message in self.sent:
+            return
+        if len(self.sent) >= MAX_DATA_WARNINGS:
+            self.dropped += 1
+            return
+        self.sent.add(message)
+        try:
+            self.conn.send({"event": "warning", "message": message})
+        except Exception:  # noqa: BLE001 - a closed pipe must not fail the job; the end tells
+            self.handleError(record)
+
+    @property
+    def count(self) -> int:
+        """Distinct warnings seen (sent or dropped)."""
+        return len(self.sent) + self.dropped
+
+    def close(self) -> None:
+        """Send the count of the dropped warnings, if any, and detach."""
+        if self.dropped and not self.closed:
+            self.conn.send(
+                {"event": "warning", "message": f"and {self.dropped} more dataset warning(s)"}
+            )
+        self.closed = True
+        super().close()
 
 
 def run_job(job: FineTuneJob, conn, cancel=None) -> None:
@@ -148,6 +201,15 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
                     "metrics": dict(metrics),
                 }
             )
+
+    loader_log = logging.getLogger("nsl_collector")
+    warnings = _ForwardWarnings(conn)
+    loader_log.addHandler(warnings)
+
+    def stop_forwarding() -> None:
+        """Send the last warning (the count of the dropped ones) before the final event."""
+        loader_log.removeHandler(warnings)
+        warnings.close()
 
     try:
         fraction = {} if job.target_fraction is None else {"target_fraction": job.target_fraction}
@@ -171,18 +233,23 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
             num_threads=job.num_threads or None,
             should_stop=(cancel.is_set if cancel is not None else None),
             extra_metadata={"job_id": job.job_id},
+            strict=job.strict_datasets,
         )
+        stop_forwarding()
         conn.send(
             {
                 "event": "succeeded",
                 "checkpoint_path": str(Path(result.checkpoint_path).resolve()),
                 "checkpoint_id": result.checkpoint_id,
                 "parent_id": result.parent or "",
+                "data_warnings": warnings.count,
             }
         )
     except Cancelled as exc:
+        stop_forwarding()
         conn.send({"event": "cancelled", "step": exc.step, "message": str(exc)})
     except BaseException as exc:  # report every failure to the node, then exit non-zero
+        stop_forwarding()
         conn.send(
             {
                 "event": "failed",
@@ -222,7 +289,7 @@ def _checkpoint_problem(path: str) -> str | None:
     return None
 
 
-def _dataset_paths(field: str, paths: Sequence[Any]) -> list[str]:
+def _dataset_paths(field: str, paths: Sequence[Any], strict: bool) -> list[str]:
     """Return ``paths`` checked one by one (each a usable bag or dataset folder)."""
     checked = []
     for i, path in enumerate(paths):
@@ -233,7 +300,7 @@ def _dataset_paths(field: str, paths: Sequence[Any]) -> list[str]:
         if "\x00" in path:
             raise RequestRefused(name, f"path {path!r} holds a NUL character")
         try:
-            problem = check_dataset(path)  # cheap: no message is decoded
+            problem = check_dataset(path, strict=strict)  # cheap: no message is decoded
         except Exception as exc:  # noqa: BLE001 - a request must never raise out of the service
             problem = f"dataset '{path}' is unusable: {type(exc).__name__}: {exc}"
         if problem:
@@ -276,8 +343,9 @@ def plan_job(request: Any, settings: TrainerSettings, job_id: str) -> FineTuneJo
         raise RequestRefused("target_fraction", f"{exc} (0: default)") from None
     if len(request.target_datasets) == 0:
         raise RequestRefused("target_datasets", "none given; name the new task's bags")
-    target = _dataset_paths("target_datasets", request.target_datasets)
-    base = _dataset_paths("base_datasets", request.base_datasets)
+    strict = settings.strict_datasets
+    target = _dataset_paths("target_datasets", request.target_datasets, strict)
+    base = _dataset_paths("base_datasets", request.base_datasets, strict)
     resolved_target = {os.path.realpath(p) for p in target}
     for i, path in enumerate(base):
         if os.path.realpath(path) in resolved_target:
@@ -319,6 +387,7 @@ def plan_job(request: Any, settings: TrainerSettings, job_id: str) -> FineTuneJo
         checkpoint_every=settings.checkpoint_every,
         num_threads=settings.num_threads,
         policy_weights=settings.policy_weights,
+        strict_datasets=settings.strict_datasets,
     )
 
 
@@ -331,4 +400,5 @@ def describe(job: FineTuneJob) -> str:
     else:
         mix = f"target fraction={job.target_fraction:g}"
     start = f"from {job.init_checkpoint}" if job.init_checkpoint else "from random weights"
-    return f"{job.mode} {start}: {job.steps} steps, lr={job.learning_rate:g}, {mix}"
+    damage = "damaged data refused" if job.strict_datasets else "damaged data skipped"
+    return f"{job.mode} {start}: {job.steps} steps, lr={job.learning_rate:g}, {mix}, {damage}"

@@ -272,12 +272,18 @@ def train(
     steps: int,
     *,
     output_path: str,
+    strict: bool = False,
     **kwargs: Any,
 ) -> RunResult:
-    """Run ``train_transitions`` on the bags (or dataset folders) at the given paths."""
+    """Run ``train_transitions`` on the bags (or dataset folders) at the given paths.
+
+    ``strict``: refuse (DatasetError) a damaged bag or episode instead of training on the rest
+    (:func:`.data.load_datasets`).
+    """
     base_paths = [os.fspath(p) for p in base_paths or []]
     target_paths = [os.fspath(p) for p in target_paths or []]
-    base, target = load_datasets(base_paths), load_datasets(target_paths)
+    base = load_datasets(base_paths, strict=strict)
+    target = load_datasets(target_paths, strict=strict)
     kwargs.setdefault("datasets", {"base": base_paths, "target": target_paths})
     return train_transitions(mode, base, target, steps, output_path=output_path, **kwargs)
 

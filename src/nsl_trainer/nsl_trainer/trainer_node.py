@@ -9,7 +9,9 @@ The job trains in a worker process; a reader thread forwards its progress and me
 ``trainer/status`` and, when the job succeeds, announces the checkpoint on
 ``trainer/checkpoints`` (latched), which the policy swaps in. ``trainer/cancel``
 (std_srvs/Trigger) stops the running job: the worker saves its state and exits (or is
-terminated after ``cancel_timeout``) and the status says STATE_CANCELLED.
+terminated after ``cancel_timeout``) and the status says STATE_CANCELLED. A damaged bag or
+episode in a job's data is skipped with a warning in this node's log (file, episode, reason)
+and the job trains on the rest; with ``strict_datasets`` the job is refused or fails instead.
 """
 
 from __future__ import annotations
@@ -136,6 +138,16 @@ class TrainerNode(Node):
             ),
         )
         self.declare_parameter(
+            "strict_datasets",
+            defaults.strict_datasets,
+            d(
+                description="refuse a fine-tune whose data holds a damaged bag or episode; "
+                "false: skip it with a warning naming the file, episode and reason, and train "
+                "on the rest (one damaged bag should not stop the robot learning)",
+                read_only=True,
+            ),
+        )
+        self.declare_parameter(
             "cancel_timeout",
             10.0,
             d(
@@ -158,6 +170,7 @@ class TrainerNode(Node):
             checkpoint_every=int(p("checkpoint_every")),
             num_threads=int(p("num_threads")),
             policy_weights=p("policy_weights"),
+            strict_datasets=bool(p("strict_datasets")),
         )
         self.settings.check_default_checkpoint()
         self.cancel_timeout = float(p("cancel_timeout"))
@@ -316,6 +329,8 @@ class TrainerNode(Node):
                     steps_per_second=m.get("steps_per_s", math.nan),
                     message=f"step {event['step']}/{event['total_steps']}",
                 )
+            elif event["event"] == "warning":
+                self.get_logger().warn(f"job {job.job_id}: {event['message']}")
             else:
                 final = event
         proc.join()
@@ -358,8 +373,10 @@ class TrainerNode(Node):
                 message=f"wrote {final['checkpoint_path']}",
             )
             self.announce_pub.publish(info)
+            skipped = final.get("data_warnings", 0)
+            rest = f" (trained on the rest after {skipped} dataset warning(s))" if skipped else ""
             self.get_logger().info(
-                f"job {job.job_id} succeeded: checkpoint {final['checkpoint_id']} announced"
+                f"job {job.job_id} succeeded: checkpoint {final['checkpoint_id']} announced{rest}"
             )
         else:
             self.publish_status(

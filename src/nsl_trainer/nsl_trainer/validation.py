@@ -40,11 +40,11 @@ def _count_in_metadata(bag: Path) -> int | None:
     return sum(counts)
 
 
-def _count_by_scan(bag: Path) -> int:
+def _count_by_scan(bag: Path, strict: bool) -> int:
     files = [bag] if bag.is_file() else sorted(bag.glob("*.mcap"))
     n = 0
     for f in files:
-        scan = scan_mcap(f, require_complete=False)
+        scan = scan_mcap(f, require_complete=False, strict=strict)
         wanted = {
             cid
             for cid, ch in scan.channels.items()
@@ -54,25 +54,41 @@ def _count_by_scan(bag: Path) -> int:
     return n
 
 
+def _bag_episode_results(bag: Path, strict: bool = False) -> int:
+    n = _count_in_metadata(bag) if bag.is_dir() else None
+    return n if n is not None else _count_by_scan(bag, strict)
+
+
 def episode_results(path: str | Path) -> int:
     """Return the number of EpisodeResult messages in the bag(s) at ``path``.
 
     ``path`` is a bag, an .mcap file or a dataset folder; no message is decoded. Raises
-    DatasetError for a missing path or a folder that holds no bag.
+    DatasetError for a missing path, a folder that holds no bag, or a bag that cannot be read.
     """
-    total = 0
-    for bag in find_bags(path):
-        n = _count_in_metadata(bag) if bag.is_dir() else None
-        total += n if n is not None else _count_by_scan(bag)
-    return total
+    return sum(_bag_episode_results(bag) for bag in find_bags(path))
 
 
-def check_dataset(path: str | Path) -> str | None:
-    """Why ``path`` cannot be trained on, or None."""
+def check_dataset(path: str | Path, *, strict: bool = False) -> str | None:
+    """Why ``path`` cannot be trained on, or None.
+
+    A bag that cannot be read is left to the worker, which skips it with a warning (the damage
+    policy of nsl_collector.loading), while another bag under ``path`` holds episodes;
+    ``strict``: any unreadable bag refuses ``path``.
+    """
     try:
-        n = episode_results(path)
+        bags = find_bags(path)
     except (DatasetError, OSError) as exc:
         return f"dataset '{path}' is unusable: {exc}"
+    n, damaged = 0, []
+    for bag in bags:
+        try:
+            n += _bag_episode_results(bag, strict)
+        except (DatasetError, OSError) as exc:
+            if strict:
+                return f"dataset '{path}' is unusable (strict): {exc}"
+            damaged.append(str(exc))
+    if damaged and n < 1:
+        return f"dataset '{path}' is unusable: {'; '.join(damaged[:3])}"
     if n < 1:
         return f"dataset '{path}' holds no episode (no EpisodeResult recorded)"
     return None

@@ -11,13 +11,22 @@ import math
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
 from nsl_policy.model import QNetworkConfig
 from nsl_trainer.config import QTOptConfig
-from nsl_trainer.jobs import FineTuneJob, RequestRefused, TrainerSettings, plan_job, run_job
-from trainer_helpers import write_bag
+from nsl_trainer.jobs import (
+    FineTuneJob,
+    RequestRefused,
+    TrainerSettings,
+    describe,
+    plan_job,
+    run_job,
+)
+from nsl_collector.dataset import BagRecorder, EpisodeData, StepData
+from trainer_helpers import MSG_DIR, write_bag
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +233,133 @@ def test_a_job_checkpoint_records_its_job_id_and_mode(files, tmp_path):
     meta = load_checkpoint(out).metadata
     assert meta["job_id"] == "j7" and meta["kind"] == "scratch" and meta["parent"] is None
     assert meta["target_fraction"] == 1.0  # target data only: loop.sampled_fraction's answer
+
+
+class Pipe:
+    """The worker's end of a job's connection, collecting what run_job sends."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    def send(self, message: dict) -> None:
+        self.messages.append(message)
+
+    def close(self) -> None:
+        pass
+
+    def events(self, kind: str) -> list[dict]:
+        return [m for m in self.messages if m["event"] == kind]
+
+
+def damage_first_image(bag, seed: int, size: int = 32):
+    """Invert the first image trainer_helpers.write_bag(seed=seed) wrote (only a CRC tells)."""
+    image = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    mcap = next(bag.glob("*.mcap"))
+    data = mcap.read_bytes()
+    assert data.count(image.tobytes()) == 1
+    mcap.write_bytes(data.replace(image.tobytes(), (255 - image).tobytes()))
+    return mcap
+
+
+def write_bad_value_bag(path, steps: int = 3, size: int = 32):
+    """Write a bag of episodes good-0, bad-1 (step 1's step_fraction is 7.0) and good-2."""
+    rng = np.random.default_rng(8)
+    with BagRecorder(path, {"task": "target"}, MSG_DIR, flush_steps=False, fsync=False) as rec:
+        for e, name in enumerate(("good-0", "bad-1", "good-2")):
+            recs = [
+                StepData.from_vector(
+                    rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+                    [0.0, 0.3, 7.0 if (name == "bad-1" and j == 1) else j / steps],
+                    rng.uniform(-1, 1, 6),
+                    stamp_ns=10**18 + (e * 10 + j) * 10**6,
+                )
+                for j in range(steps)
+            ]
+            rec.write_episode(
+                recs,
+                EpisodeData(
+                    episode_id=name,
+                    task="target",
+                    seed=e,
+                    success=True,
+                    stamp_ns=10**18 + (e * 10 + 9) * 10**6,
+                ),
+            )
+    return path
+
+
+@pytest.fixture
+def damaged_dataset(tmp_path, monkeypatch):
+    """Write a dataset folder of 3 bags, 2 of them damaged.
+
+    An intact bag (2 episodes), one with a chunk whose bytes changed (its first episode of 3
+    lost) and one with an out-of-range value in episode bad-1 (of 3).
+    """
+    monkeypatch.setenv("NSL_DATASET_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    write_bag(data / "intact", 2, seed=5, task="target")
+    damaged = write_bag(data / "damaged", 3, seed=6)
+    bad_value = write_bad_value_bag(data / "values")
+    return SimpleNamespace(dir=data, mcap=damage_first_image(damaged, seed=6), values=bad_value)
+
+
+def job_on(dataset, files, tmp_path, strict: bool) -> FineTuneJob:
+    settings = TrainerSettings(
+        checkpoint_dir=str(tmp_path / "out"),
+        default_checkpoint=files.init,
+        batch_size=4,
+        device="cpu",
+        num_threads=1,
+        strict_datasets=strict,
+    )
+    job = plan_job(request(target_datasets=[str(dataset.dir)], steps=2), settings, "j9")
+    assert job.strict_datasets is strict
+    return job
+
+
+def test_a_job_trains_on_the_rest_of_a_damaged_dataset_and_says_so(
+    files, tmp_path, damaged_dataset
+):
+    pipe = Pipe()
+    job = job_on(damaged_dataset, files, tmp_path, strict=False)
+    assert "damaged data skipped" in describe(job)
+    run_job(job, pipe)
+    final = pipe.messages[-1]
+    assert final["event"] == "succeeded", final
+    warned = " | ".join(m["message"] for m in pipe.events("warning"))
+    assert str(damaged_dataset.mcap) in warned and "CRC mismatch" in warned, warned
+    assert f"{damaged_dataset.values}: skipped the damaged episode bad-1" in warned, warned
+    assert "step_fraction" in warned, warned
+    assert final["data_warnings"] == len(pipe.events("warning")) >= 2
+    meta = load_checkpoint(final["checkpoint_path"]).metadata
+    # 2 intact + 2 of the damaged bag + 2 of the bad-value bag, 3 steps each.
+    assert meta["num_transitions"] == {"base": 0, "target": 6 * 3}
+
+
+def test_strict_datasets_refuses_a_job_on_damaged_data(files, tmp_path, damaged_dataset):
+    pipe = Pipe()
+    job = job_on(damaged_dataset, files, tmp_path, strict=True)
+    assert "damaged data refused" in describe(job)
+    with pytest.raises(SystemExit):
+        run_job(job, pipe)
+    final = pipe.messages[-1]
+    assert final["event"] == "failed" and final["message"].startswith("DatasetError"), final
+    assert str(damaged_dataset.mcap) in final["message"], final
+    assert not (tmp_path / "out" / "finetune-j9.safetensors").exists()
+
+
+def test_an_unreadable_bag_refuses_a_request_only_when_strict(files, tmp_path):
+    data = tmp_path / "data"
+    write_bag(data / "intact", 1, seed=7, task="target")
+    (data / "junk").mkdir()
+    (data / "junk" / "junk.mcap").write_bytes(b"not an mcap file at all")
+    settings = TrainerSettings(checkpoint_dir=str(tmp_path), default_checkpoint=files.init)
+    job = plan_job(request(target_datasets=[str(data)]), settings, "j10")
+    assert job.target_datasets == [str(data)]
+    strict = TrainerSettings(
+        checkpoint_dir=str(tmp_path), default_checkpoint=files.init, strict_datasets=True
+    )
+    caught = refusal(request(target_datasets=[str(data)]), strict)
+    assert caught.field == "target_datasets[0]" and "junk" in str(caught), caught
+    only_junk = refusal(request(target_datasets=[str(data / "junk")]), settings)
+    assert only_junk.field == "target_datasets[0]" and "junk.mcap" in str(only_junk)

@@ -398,6 +398,28 @@ def test_cli_finetune_and_clear_errors(tmp_path, bags):
     assert load_checkpoint(kp).metadata["qtopt_config"]["policy_weights"] == "polyak"
 
 
+def test_cli_finetune_skips_a_damaged_bag_and_strict_refuses_it(tmp_path):
+    data = tmp_path / "data"
+    write_bag(data / "intact", 2, seed=3, task="target")
+    damaged = write_bag(data / "damaged", 2, seed=4, task="target")
+    (damaged / "damaged.mcap").write_bytes(b"not an mcap file at all")
+    init = tmp_path / "init.safetensors"
+    init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
+    env = {"NSL_DATASET_CACHE": str(tmp_path / "cache")}
+    args = ["finetune", "--init", str(init), "--target", str(data), "--steps", "2"]
+    args += ["--batch-size", "4", "--threads", "1", "--quiet", "--no-tensorboard"]
+    out = tmp_path / "ft.safetensors"
+    r = _cli(*args, "--output", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"skipped the damaged bag {damaged}" in r.stderr, r.stderr
+    assert load_checkpoint(out).metadata["num_transitions"]["target"] == 2 * 3
+    strict = tmp_path / "strict.safetensors"
+    r = _cli(*args, "--output", str(strict), "--strict", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "nsl train finetune: error:" in r.stderr and str(damaged / "damaged.mcap") in r.stderr
+    assert not strict.exists()
+
+
 def test_ddp_two_processes_gloo_identical_weights(tmp_path, bags):
     base, target = bags
     init = tmp_path / "init.safetensors"

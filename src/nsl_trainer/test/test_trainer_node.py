@@ -217,3 +217,36 @@ def test_a_fine_tune_without_a_learning_rate_uses_the_recipes(trainer):
     assert state["extra"]["run"]["learning_rate"] == expected
     assert {g["lr"] for g in state["optimizer_param_groups"]} == {expected}
     assert runner.first_exit is None
+
+
+def test_a_job_on_a_damaged_dataset_trains_on_the_rest_and_logs_the_skip(trainer, tmp_path):
+    """The worker's dataset warnings reach the trainer's log, naming the job and the file."""
+    runner, client, work, bag, init = trainer
+    data = tmp_path / "data"
+    write_bag(data / "intact", 2, seed=4, task="target")
+    damaged = write_bag(data / "damaged", 2, seed=5, task="target")
+    (damaged / "damaged.mcap").write_bytes(b"not an mcap file at all")
+    reply = client.call(
+        client.fine_tune_client,
+        FineTune.Request(target_datasets=[str(data)], init_checkpoint=str(init), steps=2),
+    )
+    assert reply.accepted, reply.message
+    client.wait_until(
+        lambda: (
+            client.trainer_status.job_id == reply.job_id
+            and client.trainer_status.state
+            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
+        ),
+        120,
+        "the fine-tune on the damaged dataset",
+    )
+    status = client.trainer_status
+    assert status.state == TrainerStatus.STATE_SUCCEEDED, status.message
+    assert load_checkpoint(status.checkpoint_path).metadata["num_transitions"]["target"] == 2 * 3
+    client.wait_until(
+        lambda: f"job {reply.job_id} succeeded" in runner.log.text(), 10, "the success line"
+    )
+    text = runner.log.text()
+    assert f"job {reply.job_id}: skipped the damaged bag {damaged}" in text, text[-3000:]
+    assert "announced (trained on the rest after" in text, text[-3000:]
+    assert runner.first_exit is None
