@@ -30,6 +30,7 @@ from typing import Any
 from nsl_collector.errors import DatasetError
 
 from . import grasp_values_cli
+from .cli_options import add_compute_and_network_options
 
 
 def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
@@ -123,19 +124,7 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         help="start over even if the run directory holds a state",
     )
     g.add_argument("--no-tensorboard", action="store_true")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    g.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
-    g.add_argument(
-        "--image-size",
-        type=int,
-        default=64,
-        help="network input size for a random init (default 64)",
-    )
-    g.add_argument(
-        "--width", type=int, default=32, help="network width for a random init (default 32)"
-    )
+    add_compute_and_network_options(g, "for a random init")
     g.add_argument(
         "--head",
         choices=("conv", "keypoints"),

@@ -13,6 +13,8 @@ import sys
 
 from nsl_collector.errors import DatasetError
 
+from .cli_options import add_compute_and_network_options
+
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``grasp-values`` command to ``nsl train``'s subcommands."""
@@ -38,19 +40,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     c.add_argument("--batch-size", type=int, default=64, help="grasps per step (default 64)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    c.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
-    c.add_argument(
-        "--image-size",
-        type=int,
-        default=64,
-        help="network input size of a fresh network (default 64)",
-    )
-    c.add_argument(
-        "--width", type=int, default=32, help="network width of a fresh network (default 32)"
-    )
+    add_compute_and_network_options(c, "of a fresh network")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_grasp_values, mode="grasp-values")
 
