@@ -19,6 +19,8 @@ says why. When two candidates are approved before a boundary, the later one goes
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +63,30 @@ class StageOutcome:
     """True when it went in force at once (no episode was running)."""
     held: bool = False
     """True when the gate holds it (a trial, or the operator's decision, is pending)."""
+
+
+def path_problem(path: object) -> str | None:
+    """Why ``path`` (a LoadCheckpoint request's or an announcement's) names no checkpoint file.
+
+    Returns a message starting ``path:``, or None for a regular file. Only ``os.stat`` runs
+    (it never opens the file, so a FIFO cannot block the caller).
+    """
+    if not isinstance(path, str):
+        return f"path: must be a string, got {type(path).__name__}"
+    if not path.strip():
+        return f"path: blank ({path!r}); name a checkpoint file"
+    if "\x00" in path:
+        return f"path: {path!r} holds a NUL character"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"path: checkpoint {path} does not exist"
+    except (OSError, ValueError) as exc:
+        return f"path: checkpoint {path} cannot be read: {exc}"
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        return f"path: checkpoint {path} is not a regular file ({kind}): refused"
+    return None
 
 
 class CheckpointSlot:
@@ -110,8 +136,12 @@ class CheckpointSlot:
 
         An approved candidate goes in force at once when no episode runs, else at the next
         episode boundary. Whatever goes wrong (a bad file, an exception in the model) refuses
-        the candidate and keeps the checkpoint in force.
+        the candidate and keeps the checkpoint in force. A path that is blank, holds a NUL
+        or is not a regular file is refused before any load (:func:`path_problem`).
         """
+        problem = path_problem(path)
+        if problem:
+            return self._refused(problem)
         active = self._active
         expected = active.config if active is not None else None
         try:
@@ -122,7 +152,12 @@ class CheckpointSlot:
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the old weights stay
             return self._refused(f"checkpoint {path} could not be loaded: {exc!r}")
         if self._gate is not None:
-            verdict = self._gate(loaded)
+            try:
+                verdict = self._gate(loaded)
+            except Exception as exc:  # noqa: BLE001 - a failing gate approves nothing
+                return self._refused(
+                    f"checkpoint {loaded.checkpoint_id} refused: the gate failed: {exc!r}"
+                )
             if isinstance(verdict, Held):
                 with self._lock:
                     self._held = loaded

@@ -314,18 +314,33 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
         The message says why a checkpoint was rejected, or that the rollout gate holds it (a
         trial, the operator), and is empty when it goes in force; checkpoint_id is the
         accepted checkpoint (in use from the next episode boundary) or, when rejected, the one
-        still in use.
+        still in use. A blank path, one holding a NUL or one that is not a regular file is
+        refused with a message starting ``path:``; nothing raises out of this callback, and a
+        refusal keeps the checkpoint in use.
         """
-        outcome = self.stage_checkpoint(request.path)
+        try:
+            outcome = self.stage_checkpoint(request.path)
+        except Exception as exc:  # noqa: BLE001 - a request must never kill the node
+            slot = self.slot
+            response.success = False
+            response.checkpoint_id = slot.active_id if slot is not None else ""
+            response.message = f"internal error, checkpoint not loaded: {exc!r}"
+            self.get_logger().error(f"load_checkpoint({request.path!r}) failed: {exc!r}")
+            return response
         response.success, response.checkpoint_id = outcome.accepted, outcome.checkpoint_id
         response.message = "" if outcome.accepted and not outcome.held else outcome.message
         return response
 
     def on_announcement(self, msg: CheckpointInfo) -> None:
-        if msg.checkpoint_id and self.slot.knows(msg.checkpoint_id):
-            return
-        self.get_logger().info(f"trainer announced checkpoint {msg.checkpoint_id} ({msg.path})")
-        self.stage_checkpoint(msg.path)
+        try:
+            if msg.checkpoint_id and self.slot.knows(msg.checkpoint_id):
+                return
+            self.get_logger().info(
+                f"trainer announced checkpoint {msg.checkpoint_id} ({msg.path})"
+            )
+            self.stage_checkpoint(msg.path)
+        except Exception as exc:  # noqa: BLE001 - an announcement must never kill the node
+            self.get_logger().error(f"announced checkpoint {msg.path!r} failed: {exc!r}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Accept exploration and rollout mode changes at run time (from the next episode)."""

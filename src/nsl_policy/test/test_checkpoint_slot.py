@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -100,6 +101,56 @@ def test_a_refused_candidate_keeps_the_checkpoint_in_force(ckpts, name, fragment
     assert fragment in outcome.message and str(path) in outcome.message, outcome.message
     assert outcome.checkpoint_id == id_a and slot.active_id == id_a
     assert swaps.swaps == [(id_a, "")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("empty", "blank"),
+        ("spaces", "blank"),
+        ("nul", "NUL"),
+        ("directory", "not a regular file (a directory)"),
+        ("fifo", "not a regular file (a FIFO"),
+        ("device", "not a regular file (a FIFO, socket or device)"),
+        ("not a string", "must be a string"),
+    ],
+)
+def test_a_bad_path_is_refused_by_field_before_any_load(ckpts, tmp_path, kind, fragment):
+    """LoadCheckpoint's path field: refused with a message starting "path:", never blocking."""
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    path = {
+        "empty": "",
+        "spaces": " \t ",
+        "nul": f"{ckpts['b'][0]}\x00",
+        "directory": str(tmp_path),
+        "fifo": str(fifo),
+        "device": "/dev/null",
+        "not a string": ckpts["b"][0],
+    }[kind]
+    swaps = Recorder()
+    slot = CheckpointSlot(on_swap=swaps)
+    path_a, id_a = ckpts["a"]
+    slot.stage(str(path_a))
+    outcome = slot.stage(path)
+    assert not outcome.accepted and outcome.message.startswith("path: "), outcome.message
+    assert fragment in outcome.message, outcome.message
+    assert outcome.checkpoint_id == id_a and slot.active_id == id_a
+    assert swaps.swaps == [(id_a, "")]
+
+
+def test_a_gate_that_raises_refuses_the_candidate_and_keeps_the_one_in_force(ckpts):
+    path_a, id_a = ckpts["a"]
+
+    def gate(candidate):
+        if candidate.checkpoint_id != id_a:
+            raise RuntimeError("the trial's record cannot be written")
+
+    slot = CheckpointSlot(on_swap=Recorder(), gate=gate)
+    assert slot.stage(str(path_a)).in_force
+    outcome = slot.stage(str(ckpts["b"][0]))
+    assert not outcome.accepted and "the gate failed" in outcome.message, outcome.message
+    assert "record cannot be written" in outcome.message and slot.active_id == id_a
 
 
 def test_the_gate_sits_between_validated_and_in_force(ckpts):

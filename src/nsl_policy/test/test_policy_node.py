@@ -589,6 +589,34 @@ def test_rejected_checkpoints_keep_the_old_weights_and_commands_stay_in_limits(g
     assert hit_limit > 0, "no action reached the clip limit: the test did not exercise clipping"
 
 
+def test_load_checkpoint_refuses_bad_paths_by_field_and_keeps_the_old_weights(
+    graph, checkpoints, tmp_path
+):
+    """Blank paths, directories, FIFOs and devices: "path:" refusals, at once, A keeps running."""
+    ck = checkpoints
+    robot, policy = graph({"checkpoint": str(ck.a)})
+    robot.wait_until(lambda: len(robot.complete(ck.id_a)) >= 1, 90, "an episode on checkpoint A")
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)  # opening it for reading would block the service until a writer comes
+    for path, fragment in (
+        ("", "blank"),
+        ("  \t", "blank"),
+        (str(tmp_path), "not a regular file (a directory)"),
+        (str(fifo), "not a regular file"),
+        ("/dev/null", "not a regular file"),
+    ):
+        reply = robot.load(path, timeout=10.0)
+        assert not reply.success and reply.message.startswith("path: "), (path, reply.message)
+        assert fragment in reply.message and reply.checkpoint_id == ck.id_a, (path, reply.message)
+    done = len(robot.complete(ck.id_a))
+    robot.wait_until(
+        lambda: len(robot.complete(ck.id_a)) > done, 60, "an episode on A after the refusals"
+    )
+    reply = robot.load(ck.b)  # still serving: a valid checkpoint goes in
+    assert reply.success and reply.checkpoint_id == ck.id_b, reply.message
+    assert policy.runner.first_exit is None
+
+
 # ---- (c) camera stalled ---------------------------------------------------------------------
 def test_stalled_camera_aborts_the_episode_and_stops_all_commands(graph, checkpoints):
     robot, policy = graph({"checkpoint": str(checkpoints.a), "observation_timeout": 0.8})
