@@ -10,14 +10,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from node_output import GraphLog
+from system_graph import start_sim_demo, stop_graph
 
 from nsl_common import names
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
-from nsl_common.loop_client import LoopClient
-from nsl_bringup.graph import resolve
-from nsl_bringup.runner import GraphRunner
 from nsl_msgs.msg import TrainerStatus
 from nsl_msgs.srv import FineTune
 from std_srvs.srv import Trigger
@@ -30,28 +27,9 @@ EPISODES = 5
 @pytest.fixture(scope="module")
 def loop(rclpy_context, random_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("loop")
-    namespace = "systest"
-    _, nodes = resolve(
-        "sim_demo",
-        {
-            "namespace": namespace,
-            "checkpoint": str(random_checkpoint),
-            "epsilon": "0.3",
-            "dataset_root": str(work / "datasets"),
-            "checkpoint_dir": str(work / "checkpoints"),
-        },
-    )
-    log = GraphLog()
-    runner = GraphRunner(nodes, namespace=namespace, output=log)
-    runner.start()
-    client = LoopClient(namespace=namespace, name="system_test_client")
+    runner, client, log = start_sim_demo("systest", random_checkpoint, work, "system_test_client")
     yield runner, client, work, log
-    client.close()
-    codes = runner.stop()
-    assert runner.first_exit is None, (
-        f"a node died during the test: {runner.first_exit.describe()}"
-    )
-    assert all(code in (0, -2) for code in codes.values()), f"nodes did not stop cleanly: {codes}"
+    stop_graph(runner, client)
 
 
 def read_bag_independently(bag: Path) -> dict[str, list]:

@@ -13,12 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from node_output import GraphLog
+from system_graph import start_sim_demo, stop_graph
 
 from nsl_common import names
-from nsl_common.loop_client import LoopClient
-from nsl_bringup.graph import resolve
-from nsl_bringup.runner import GraphRunner
 from nsl_msgs.msg import TrainerStatus
 from nsl_msgs.srv import FineTune
 from std_srvs.srv import Trigger
@@ -29,26 +26,12 @@ pytestmark = pytest.mark.system
 @pytest.fixture(scope="module")
 def graph(rclpy_context, random_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("restarts")
-    namespace = "restarts"
-    _, nodes = resolve(
-        "sim_demo",
-        {
-            "namespace": namespace,
-            "checkpoint": str(random_checkpoint),  # also the trainer's default_checkpoint
-            "epsilon": "0.3",
-            "dataset_root": str(work / "datasets"),
-            "checkpoint_dir": str(work / "checkpoints"),
-        },
+    # The graph's checkpoint:= is also the trainer's default_checkpoint.
+    runner, client, log = start_sim_demo(
+        "restarts", random_checkpoint, work, "restart_test_client"
     )
-    log = GraphLog()
-    runner = GraphRunner(nodes, namespace=namespace, output=log)
-    runner.start()
-    client = LoopClient(namespace=namespace, name="restart_test_client")
     yield runner, client, work, log
-    client.close()
-    codes = runner.stop()
-    assert runner.first_exit is None, f"the graph stopped: {runner.first_exit.describe()}"
-    assert all(code in (0, -2) for code in codes.values()), codes
+    stop_graph(runner, client)
 
 
 def children(pid: int) -> list[int]:

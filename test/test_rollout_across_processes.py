@@ -19,9 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from node_output import GraphLog
+from system_graph import start_graph, stop_graph
 from test_loop_across_processes import read_bag_independently
 
+from nsl_bringup.graph import resolve
 from nsl_common import names
 
 pytestmark = pytest.mark.system
@@ -53,10 +54,6 @@ def random_like(base: Path, path: Path) -> str:
 
 def start_trial_graph(namespace: str, incumbent: Path, work: Path, cap: int):
     """Start sim + policy (trial mode, ``cap``) + collector; return runner, client, log."""
-    from nsl_common.loop_client import LoopClient
-    from nsl_bringup.graph import resolve
-    from nsl_bringup.runner import GraphRunner
-
     _, nodes = resolve(
         "collect",
         {
@@ -74,17 +71,7 @@ def start_trial_graph(namespace: str, incumbent: Path, work: Path, cap: int):
         else n
         for n in nodes
     ]
-    log = GraphLog()
-    runner = GraphRunner(nodes, namespace=namespace, output=log)
-    runner.start()
-    return runner, LoopClient(namespace=namespace, name="rollout_test_client"), log
-
-
-def stop_graph(runner, client) -> None:
-    client.close()
-    codes = runner.stop()
-    assert runner.first_exit is None, f"a node died: {runner.first_exit.describe()}"
-    assert all(code in (0, -2) for code in codes.values()), f"nodes did not stop cleanly: {codes}"
+    return start_graph(nodes, namespace, "rollout_test_client")
 
 
 def watch_decisions(client) -> tuple[list, object]:
