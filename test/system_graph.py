@@ -9,6 +9,7 @@ from node_output import GraphLog
 from nsl_common.loop_client import LoopClient
 from nsl_bringup.graph import NodeSpec, resolve
 from nsl_bringup.runner import GraphRunner
+from nsl_msgs.msg import TrainerStatus
 
 
 def start_graph(
@@ -47,3 +48,17 @@ def stop_graph(runner: GraphRunner, client: LoopClient) -> None:
     codes = runner.stop()
     assert runner.first_exit is None, f"a node died: {runner.first_exit.describe()}"
     assert all(code in (0, -2) for code in codes.values()), f"nodes did not stop cleanly: {codes}"
+
+
+def wait_for_job_end(client: LoopClient, job_id: str, timeout: float, what: str) -> None:
+    """Wait until the trainer's status shows job ``job_id`` succeeded or failed."""
+    client.wait_until(
+        lambda: (
+            client.trainer_status is not None
+            and client.trainer_status.job_id == job_id
+            and client.trainer_status.state
+            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
+        ),
+        timeout,
+        what,
+    )

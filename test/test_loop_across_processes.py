@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from system_graph import start_sim_demo, stop_graph
+from system_graph import start_sim_demo, stop_graph, wait_for_job_end
 
 from nsl_common import names
 from mcap.reader import make_reader
@@ -88,16 +88,7 @@ def test_collect_record_finetune_and_hot_swap(loop, random_checkpoint):
     )
     assert reply.accepted, reply.message
     job = reply.job_id
-    client.wait_until(
-        lambda: (
-            client.trainer_status is not None
-            and client.trainer_status.job_id == job
-            and client.trainer_status.state
-            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
-        ),
-        300,
-        "the job",
-    )
+    wait_for_job_end(client, job, 300, "the job")
     assert client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED, (
         client.trainer_status.message
     )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from system_graph import start_sim_demo, stop_graph
+from system_graph import start_sim_demo, stop_graph, wait_for_job_end
 
 from nsl_common import names
 from nsl_msgs.msg import TrainerStatus
@@ -93,15 +93,7 @@ def test_killed_trainer_and_collector_come_back_and_the_graph_goes_on(graph):
             break
         time.sleep(1)
     assert short.accepted, short.message
-    client.wait_until(
-        lambda: (
-            client.trainer_status.job_id == short.job_id
-            and client.trainer_status.state
-            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
-        ),
-        300,
-        "the job after the restart",
-    )
+    wait_for_job_end(client, short.job_id, 300, "the job after the restart")
     assert client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED
 
     # The collector, killed while it records, comes back with a new session.

@@ -29,6 +29,7 @@ from nsl_policy.checkpoint import init_checkpoint, load_checkpoint  # noqa: E402
 from nsl_policy.model import QNetworkConfig  # noqa: E402
 from nsl_trainer.config import QTOptConfig  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
+from system_graph import wait_for_job_end  # noqa: E402
 from trainer_helpers import write_bag  # noqa: E402
 
 
@@ -161,15 +162,7 @@ def test_refuses_bad_requests_cancels_and_keeps_serving(trainer, tmp_path):
         fine_tune, FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=3)
     )
     assert short.accepted, short.message
-    client.wait_until(
-        lambda: (
-            client.trainer_status.job_id == short.job_id
-            and client.trainer_status.state
-            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
-        ),
-        120,
-        "the short job",
-    )
+    wait_for_job_end(client, short.job_id, 120, "the short job")
     assert client.trainer_status.state == TrainerStatus.STATE_SUCCEEDED, (
         client.trainer_status.message
     )
@@ -199,15 +192,7 @@ def test_a_fine_tune_without_a_learning_rate_uses_the_recipes(trainer):
         FineTune.Request(target_datasets=[str(bag)], init_checkpoint=str(init), steps=2),
     )
     assert reply.accepted, reply.message
-    client.wait_until(
-        lambda: (
-            client.trainer_status.job_id == reply.job_id
-            and client.trainer_status.state
-            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
-        ),
-        120,
-        "the fine-tune",
-    )
+    wait_for_job_end(client, reply.job_id, 120, "the fine-tune")
     status = client.trainer_status
     assert status.state == TrainerStatus.STATE_SUCCEEDED, status.message
     assert status.learning_rate == np.float32(expected)  # the status field is a float32
@@ -231,15 +216,7 @@ def test_a_job_on_a_damaged_dataset_trains_on_the_rest_and_logs_the_skip(trainer
         FineTune.Request(target_datasets=[str(data)], init_checkpoint=str(init), steps=2),
     )
     assert reply.accepted, reply.message
-    client.wait_until(
-        lambda: (
-            client.trainer_status.job_id == reply.job_id
-            and client.trainer_status.state
-            in (TrainerStatus.STATE_SUCCEEDED, TrainerStatus.STATE_FAILED)
-        ),
-        120,
-        "the fine-tune on the damaged dataset",
-    )
+    wait_for_job_end(client, reply.job_id, 120, "the fine-tune on the damaged dataset")
     status = client.trainer_status
     assert status.state == TrainerStatus.STATE_SUCCEEDED, status.message
     assert load_checkpoint(status.checkpoint_path).metadata["num_transitions"]["target"] == 2 * 3
