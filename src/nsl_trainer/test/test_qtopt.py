@@ -365,8 +365,8 @@ def test_train_loads_bags_through_collector(tmp_path, monkeypatch):
     calls = []
     sets = {"base.mcap": one_step_task(40, seed=7), "target.mcap": one_step_task(20, seed=8)}
 
-    def load_transitions(paths):
-        calls.append(list(paths))
+    def load_transitions(paths, strict=False):
+        calls.append((list(paths), strict))
         return Transitions.concatenate([sets[p] for p in paths])
 
     fake = types.ModuleType("nsl_collector.dataset")
@@ -387,7 +387,7 @@ def test_train_loads_bags_through_collector(tmp_path, monkeypatch):
         device="cpu",
         seed=3,
     ).checkpoint_id
-    assert calls == [["base.mcap"], ["target.mcap"]]
+    assert calls == [(["base.mcap"], False), (["target.mcap"], False)]  # damaged data skipped
     meta = load_checkpoint(out, CFG).metadata
     assert meta["checkpoint_id"] == ckpt_id and meta["parent"] == parent
     assert meta["datasets"] == {"base": ["base.mcap"], "target": ["target.mcap"]}
