@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from nsl_bringup.graph import NodeSpec, config_dir
+from nsl_common import names
 
 
 LIFECYCLE_TIMEOUT = 120.0
@@ -183,8 +184,7 @@ class GraphRunner:
 
     def node_name(self, name: str) -> str:
         """Return the fully qualified name of node ``name`` in this graph."""
-        namespace = self.namespace.strip("/")
-        return f"/{namespace}/{name}" if namespace else f"/{name}"
+        return names.qualified_node_name(self.namespace, name)
 
     def _activate(self, name: str, proc: subprocess.Popen) -> None:
         """Bring lifecycle node ``name`` to active; a failure while it runs stops the graph."""

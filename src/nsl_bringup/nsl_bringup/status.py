@@ -14,19 +14,16 @@ from nsl_policy.diagnostics import DIAGNOSTICS_DEPTH, node_entries
 from nsl_policy.monitor import format_entries
 
 
-def policy_node_name(namespace: str) -> str:
-    """Return the fully qualified name of the policy node under ``namespace``."""
-    namespace = namespace.strip("/")
-    return f"/{namespace}/{names.POLICY_NODE}" if namespace else f"/{names.POLICY_NODE}"
-
-
 def policy_names(array: DiagnosticArray, namespace: str | None) -> list[str]:
     """Return the policy nodes reporting in ``array`` (only ``namespace``'s when given)."""
+    wanted_name = (
+        names.qualified_node_name(namespace, names.POLICY_NODE) if namespace is not None else ""
+    )
     found = []
     for status in array.status:
         node = status.name.split(": ", 1)[0]
         wanted = (
-            node == policy_node_name(namespace)
+            node == wanted_name
             if namespace is not None
             else node.endswith(f"/{names.POLICY_NODE}")
         )

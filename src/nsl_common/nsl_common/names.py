@@ -47,6 +47,12 @@ DISCARD_EPISODE_SERVICE = f"{COLLECTOR_NODE}/discard_episode"
 COLLECTOR_STATUS_TOPIC = f"{COLLECTOR_NODE}/status"
 
 
+def qualified_node_name(namespace: str, node: str) -> str:
+    """Return the fully qualified name of ``node`` under ``namespace`` (``/robot1/policy``)."""
+    namespace = namespace.strip("/")
+    return f"/{namespace}/{node}" if namespace else f"/{node}"
+
+
 def bag_topic(name: str) -> str:
     """Return the topic under which a session bag stores ``name``.
 

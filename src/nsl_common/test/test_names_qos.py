@@ -33,6 +33,11 @@ def test_bag_topics_are_absolute():
     assert names.bag_topic(names.CAMERA_TOPIC) == "/camera/image_raw"
 
 
+def test_qualified_node_names_sit_under_the_namespace():
+    assert names.qualified_node_name("", names.POLICY_NODE) == "/policy"
+    assert names.qualified_node_name("/robot1/", names.POLICY_NODE) == "/robot1/policy"
+
+
 def test_publisher_and_subscriber_profiles_are_compatible():
     rclpy_qos = pytest.importorskip("rclpy.qos")
     from nsl_common import qos  # after the skip: it needs rclpy
