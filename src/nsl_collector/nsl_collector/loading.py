@@ -58,6 +58,15 @@ def _refuse_damage(bag: Path, meta: dict) -> None:
         raise DatasetError(f"{bag}: damaged episode {bad[0][0]}: {bad[0][1]}")
 
 
+def _warn_damage(bag: Path, meta: dict) -> None:
+    """Log a bag's damage once, whether its report was just read or came from the cache."""
+    for d in meta.get("damage", []):
+        log.warning("%s", d)
+    for eid, reason, *damaged in meta["skipped"]:
+        if damaged and damaged[0]:
+            log.warning("%s: skipped the damaged episode %s: %s", bag, eid, reason)
+
+
 def _bag_transitions(bag: Path, action_space, cache, strict: bool) -> tuple[Transitions, dict]:
     """One bag's transitions and meta (episode ids, image shape, skipped, damage), cached."""
     if cache is not None:
@@ -86,7 +95,8 @@ def _bag_transitions(bag: Path, action_space, cache, strict: bool) -> tuple[Tran
         "episode_ids": [e.episode_id for e in usable],
         "image_shape": list(shape) if shape else None,
         "skipped": skipped,
-        "damage": list(out.damage) + [f"{b}: {r}" for b, r in out.damaged_bags],
+        "damage": list(out.damage)
+        + [f"skipped the damaged bag {b}: {r}" for b, r in out.damaged_bags],
     }
     if cache is not None and not out.damaged_bags:
         cache.put(bag, action_space, tr, meta, fingerprint)
@@ -144,8 +154,7 @@ def load_transitions(
             if not bag.exists():
                 raise DatasetError(f"{p}: names {bag}, which does not exist")
             tr, meta = _bag_transitions(bag, action_space, store, strict)
-            for d in meta.get("damage", []):
-                log.warning("%s", d)
+            _warn_damage(bag, meta)
             if ids is not None:
                 have = {e: k for k, e in enumerate(meta["episode_ids"])}
                 missing = [i for i in ids if i not in have]
@@ -165,9 +174,6 @@ def load_transitions(
         if not found:
             why = "; ".join(f"{e}: {r}" for _b, e, r, *_ in skipped[:5]) or "no episodes at all"
             raise DatasetError(f"{p}: holds no complete episode ({why})")
-        for bag, eid, reason, *damaged in skipped:
-            if damaged and damaged[0]:
-                log.warning("%s: skipped the damaged episode %s: %s", bag, eid, reason)
     return _stack(parts, strict)
 
 

@@ -308,7 +308,6 @@ def _read_bag(bag: Path, action_space, out: EpisodeList, strict: bool = False) -
         if strict:
             raise
         out.damaged_bags.append((bag, str(exc)))
-        log.warning("skipped the damaged bag %s: %s", bag, exc)
         return
     if unclosed:
         part.unclosed.append(bag)
@@ -368,12 +367,19 @@ def _read_bag(bag: Path, action_space, out: EpisodeList, strict: bool = False) -
         raise DatasetError(part.damage[0])
     if strict and bad:
         raise DatasetError(f"{bag}: damaged episode {bad[0].episode_id}: {bad[0].reason}")
-    for d in part.damage:
-        log.warning("%s", d)
-    for s in bad:
-        log.warning("%s: skipped the damaged episode %s: %s", s.bag, s.episode_id, s.reason)
     out += part
     out.extend_report(part)
+
+
+def _warn_damage(report: EpisodeList) -> None:
+    """Log each damaged bag, chunk and episode ``report`` skipped, once (its caller warns)."""
+    for bag, reason in report.damaged_bags:
+        log.warning("skipped the damaged bag %s: %s", bag, reason)
+    for d in report.damage:
+        log.warning("%s", d)
+    for s in report.skipped:
+        if s.damaged:
+            log.warning("%s: skipped the damaged episode %s: %s", s.bag, s.episode_id, s.reason)
 
 
 def read_episodes(path: str | Path, *, action_space=None, strict: bool = False) -> EpisodeList:
@@ -400,6 +406,7 @@ def read_episodes(path: str | Path, *, action_space=None, strict: bool = False) 
             if not bag.exists():
                 raise DatasetError(f"{p}: names {bag}, which does not exist")
             _read_bag(bag, action_space, part, strict)
+            _warn_damage(part)
             by_id = {e.episode_id: e for e in part}
             missing = [i for i in ids if i not in by_id]
             if missing:
@@ -416,7 +423,11 @@ def read_episodes(path: str | Path, *, action_space=None, strict: bool = False) 
     for note in notes:
         log.warning("%s", note)
     for bag in bags:
-        _read_bag(bag, action_space, out, strict)
+        part = EpisodeList(path=bag)
+        _read_bag(bag, action_space, part, strict)
+        _warn_damage(part)
+        out += part
+        out.extend_report(part)
     if len(out.damaged_bags) == len(bags):
         raise DatasetError("; ".join(reason for _bag, reason in out.damaged_bags))
     for s in out.skipped:
