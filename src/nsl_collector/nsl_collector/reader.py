@@ -128,6 +128,8 @@ class EpisodeList(list):
         """Damage found and skipped (each names the file, and the chunk or episode)."""
         self.damaged_bags: list[tuple[Path, str]] = []
         """Bags that could not be read at all, with the reason; the other bags were read."""
+        self.messages = 0
+        """MCAP messages scanned (what a closed bag's metadata.yaml should count)."""
 
     @property
     def in_flight(self) -> list[SkippedEpisode]:
@@ -141,6 +143,7 @@ class EpisodeList(list):
         self.notes += other.notes
         self.damage += other.damage
         self.damaged_bags += other.damaged_bags
+        self.messages += other.messages
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -282,6 +285,7 @@ def _scan_files(bag: Path, out: EpisodeList, strict: bool) -> tuple[list, list, 
     for f in files:
         scan = scan_mcap(f, require_complete=closed, strict=strict)
         out.damage += scan.damage
+        out.messages += len(scan.messages)
         if not scan.complete:
             unclosed = True
             if scan.truncated_at is not None and scan.truncated_at < scan.size:

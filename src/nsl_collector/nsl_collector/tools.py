@@ -39,11 +39,10 @@ class BagCheck:
     detail: str = ""
 
 
-def _message_count_check(bag: Path) -> str:
-    """'' or why metadata.yaml's message count disagrees with the MCAP file(s)."""
-    files, _closed, _comp, info = bag_files(bag)
+def _message_count_check(bag: Path, have: int) -> str:
+    """'' or why metadata.yaml's message count disagrees with the ``have`` messages scanned."""
+    _files, _closed, _comp, info = bag_files(bag)
     want = int((info or {}).get("message_count", -1))
-    have = sum(len(scan_mcap(f, require_complete=True).messages) for f in files)
     if want >= 0 and want != have:
         return f"{bag}: metadata.yaml counts {want} messages, the MCAP file holds {have}"
     return ""
@@ -55,7 +54,7 @@ def _check_bag(bag: Path) -> BagCheck:
         return BagCheck(bag, "corrupt", detail=eps.damaged_bags[0][1])
     damage = list(eps.damage)
     if not eps.unclosed and not damage and bag.is_dir():
-        damage += list(filter(None, [_message_count_check(bag)]))
+        damage += list(filter(None, [_message_count_check(bag, eps.messages)]))
     bad = [s for s in eps.skipped if s.damaged]
     parts = list(damage) + [n for n in eps.notes if n not in damage]
     if eps.skipped:
