@@ -8,12 +8,19 @@ from typing import Any
 
 from nsl_policy.cem import CEMConfig
 
+POLICY_WEIGHTS = ("online", "polyak")
+"""Networks a run can write as its checkpoint (``QTOptConfig.policy_weights``)."""
+LOCATION_LABELS = ("sim", "hindsight")
+"""Sources of the location loss's labels (``QTOptConfig.location_labels``)."""
 
-def _is_int(v: Any) -> bool:
+
+def is_int(v: Any) -> bool:
+    """Whether ``v`` is an int (not a bool)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """Whether ``v`` is a finite int or float (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -71,8 +78,12 @@ class QTOptConfig:
     """Network a run writes as its checkpoint: "online" (the one the gradient steps update) or
     "polyak" (target network 1); online, as QT-Opt."""
     location_weight: float = 0.0
-    """Weight of the auxiliary object-location loss (not in QT-Opt; ``losses.LocationLoss``),
-    which needs simulator labels (``Transitions.location``); 0 = none."""
+    """Weight of the auxiliary object-location loss (not in QT-Opt; ``losses.LocationLoss``);
+    0 = none."""
+    location_labels: str = "sim"
+    """Labels of the location loss: "sim" (``Transitions.location``, replayed from the
+    simulator; every row needs one) or "hindsight" (``nsl_trainer.hindsight``: where each
+    successful grasp closed, seen from the earlier steps of its episode; other rows have none)."""
     seed: int = 0
     """Seeds batch sampling, augmentation and the target-action search."""
 
@@ -81,70 +92,75 @@ class QTOptConfig:
         rules: list[tuple[str, bool, str]] = [
             (
                 "batch_size",
-                _is_int(self.batch_size) and self.batch_size >= 1,
+                is_int(self.batch_size) and self.batch_size >= 1,
                 "a positive integer",
             ),
             (
                 "learning_rate",
-                _is_num(self.learning_rate) and self.learning_rate > 0,
+                is_number(self.learning_rate) and self.learning_rate > 0,
                 "a positive number",
             ),
             (
                 "finetune_lr_scale",
-                _is_num(self.finetune_lr_scale) and self.finetune_lr_scale > 0,
+                is_number(self.finetune_lr_scale) and self.finetune_lr_scale > 0,
                 "a positive number",
             ),
-            ("discount", _is_num(self.discount) and 0 <= self.discount < 1, "in [0, 1)"),
-            ("polyak", _is_num(self.polyak) and 0 <= self.polyak < 1, "in [0, 1)"),
+            ("discount", is_number(self.discount) and 0 <= self.discount < 1, "in [0, 1)"),
+            ("polyak", is_number(self.polyak) and 0 <= self.polyak < 1, "in [0, 1)"),
             (
                 "target2_lag",
-                _is_int(self.target2_lag) and self.target2_lag >= 1,
+                is_int(self.target2_lag) and self.target2_lag >= 1,
                 "a positive integer",
             ),
             ("target_action", self.target_action in ("cem", "random"), '"cem" or "random"'),
             (
                 "target_samples",
-                _is_int(self.target_samples) and self.target_samples >= 1,
+                is_int(self.target_samples) and self.target_samples >= 1,
                 "a positive integer",
             ),
             ("target_cem", isinstance(self.target_cem, CEMConfig), "a CEMConfig"),
             ("augment", isinstance(self.augment, bool), "a bool"),
             (
                 "crop_pad",
-                _is_int(self.crop_pad) and 0 <= self.crop_pad <= 64,
+                is_int(self.crop_pad) and 0 <= self.crop_pad <= 64,
                 "an integer in [0, 64]",
             ),
-            ("brightness", _is_num(self.brightness) and 0 <= self.brightness <= 1, "in [0, 1]"),
-            ("contrast", _is_num(self.contrast) and 0 <= self.contrast < 1, "in [0, 1)"),
+            ("brightness", is_number(self.brightness) and 0 <= self.brightness <= 1, "in [0, 1]"),
+            ("contrast", is_number(self.contrast) and 0 <= self.contrast < 1, "in [0, 1)"),
             ("mc_lower_bound", isinstance(self.mc_lower_bound, bool), "a bool"),
-            ("mc_mix", _is_num(self.mc_mix) and 0 <= self.mc_mix <= 1, "in [0, 1]"),
+            ("mc_mix", is_number(self.mc_mix) and 0 <= self.mc_mix <= 1, "in [0, 1]"),
             (
                 "conservative_weight",
-                _is_num(self.conservative_weight) and self.conservative_weight >= 0,
+                is_number(self.conservative_weight) and self.conservative_weight >= 0,
                 "a number >= 0",
             ),
             (
                 "conservative_samples",
-                _is_int(self.conservative_samples) and self.conservative_samples >= 1,
+                is_int(self.conservative_samples) and self.conservative_samples >= 1,
                 "a positive integer",
             ),
             (
                 "grasp_fraction",
-                _is_num(self.grasp_fraction) and 0 <= self.grasp_fraction <= 1,
+                is_number(self.grasp_fraction) and 0 <= self.grasp_fraction <= 1,
                 "in [0, 1]",
             ),
-            ("grad_clip", _is_num(self.grad_clip) and self.grad_clip >= 0, "a number >= 0"),
+            ("grad_clip", is_number(self.grad_clip) and self.grad_clip >= 0, "a number >= 0"),
             (
                 "policy_weights",
-                self.policy_weights in ("online", "polyak"),
-                '"online" or "polyak"',
+                self.policy_weights in POLICY_WEIGHTS,
+                " or ".join(f'"{w}"' for w in POLICY_WEIGHTS),
             ),
             (
                 "location_weight",
-                _is_num(self.location_weight) and self.location_weight >= 0,
+                is_number(self.location_weight) and self.location_weight >= 0,
                 "a number >= 0",
             ),
-            ("seed", _is_int(self.seed), "an integer"),
+            (
+                "location_labels",
+                self.location_labels in LOCATION_LABELS,
+                " or ".join(f'"{s}"' for s in LOCATION_LABELS),
+            ),
+            ("seed", is_int(self.seed), "an integer"),
         ]
         for name, ok, what in rules:
             if not ok:

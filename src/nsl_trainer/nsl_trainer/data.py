@@ -13,7 +13,8 @@ from nsl_policy.action_space import ACTION_DIM, STATE_DIM, canonical_actions
 from nsl_policy.image import resize_batch
 
 from .augment import augment_images, edge_pad, photometric, random_crops
-from .config import QTOptConfig
+from .config import LOCATION_LABELS, QTOptConfig
+from .hindsight import hindsight_locations
 
 LOCATION_SCALE = 0.05
 """Metres per unit of the location labels and head (the workspace is about 0.25 m wide)."""
@@ -36,10 +37,26 @@ def load_datasets(
     return load_transitions(paths, strict=strict)
 
 
+def _location_labels(part: Transitions, source: str, name: str) -> np.ndarray:
+    """Return the (rows, 2) location labels (m) of the ``name`` data from ``source``."""
+    if source == "hindsight":
+        return hindsight_locations(part)
+    if part.location is None:
+        raise ValueError(
+            "QTOptConfig.location_weight > 0 with location_labels 'sim' needs location labels "
+            f"(Transitions.location) for every transition; the {name} data have none. Labels "
+            "come from the simulator (the experiment's location labels); for robot data set "
+            "location_labels to 'hindsight' or location_weight to 0"
+        )
+    return part.location
+
+
 class TrainingData:
     """Base and target transitions on the training device, images at network size (uint8 NHWC).
 
-    Rows [0, n_base) are base data, [n_base, n_base + n_target) target data.
+    Rows [0, n_base) are base data, [n_base, n_base + n_target) target data. ``location``:
+    the location labels' source (``QTOptConfig.location_labels``: "sim" or "hindsight"), None:
+    no labels.
     """
 
     def __init__(
@@ -49,11 +66,16 @@ class TrainingData:
         image_size: int,
         device: torch.device,
         crop_pad: int = 0,
-        location: bool = False,
+        location: str | None = None,
     ) -> None:
-        parts = [p for p in (base, target) if p is not None and len(p)]
+        named = [
+            (n, p) for n, p in (("base", base), ("target", target)) if p is not None and len(p)
+        ]
+        parts = [p for _, p in named]
         if not parts:
             raise ValueError("no transitions to train on")
+        if location is not None and location not in LOCATION_LABELS:
+            raise ValueError(f"location must be None, 'sim' or 'hindsight', got {location!r}")
         self.n_base = len(base) if base is not None else 0
         self.n_target = len(target) if target is not None else 0
         offset, next_index = 0, []
@@ -96,23 +118,20 @@ class TrainingData:
             if not bool(torch.isfinite(getattr(self, name)).all()):
                 raise ValueError(f"transitions contain non-finite {name} values")
         self.location: torch.Tensor | None = None
-        """(N, 2) location labels in units of LOCATION_SCALE (only when asked for)."""
-        if location:
-            unlabelled = [
-                name
-                for name, p in (("base", base), ("target", target))
-                if p is not None and len(p) and p.location is None
-            ]
-            if unlabelled:
-                raise ValueError(
-                    "QTOptConfig.location_weight > 0 needs location labels (Transitions.location)"
-                    f" for every transition; the {' and '.join(unlabelled)} data have none. "
-                    "Labels come from the simulator (the experiment's location labels); for "
-                    "robot data set location_weight to 0"
-                )
+        """(N, 2) location labels in units of LOCATION_SCALE (only when asked for); NaN rows
+        have no label."""
+        self.labelled = (0, 0)
+        """Rows with a location label: (base, target)."""
+        if location is not None:
             self.location = torch.as_tensor(
-                np.concatenate([p.location for p in parts]) / LOCATION_SCALE
+                np.concatenate([_location_labels(p, location, name) for name, p in named])
+                / LOCATION_SCALE
             ).to(dev)
+            labelled = torch.isfinite(self.location).all(dim=1).cpu()
+            self.labelled = (
+                int(labelled[: self.n_base].sum()),
+                int(labelled[self.n_base :].sum()),
+            )
         self._mc_return: torch.Tensor | None = None
         final = self.done.nonzero(as_tuple=True)[0].cpu()
         self.final_rows = (final[final < self.n_base], final[final >= self.n_base])

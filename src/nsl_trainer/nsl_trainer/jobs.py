@@ -14,6 +14,7 @@ gradient step (the node terminates it if it does not stop in time).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -27,6 +28,7 @@ from nsl_policy.checkpoint import CheckpointError, load_checkpoint
 
 from .config import QTOptConfig
 from .loop import Cancelled, check_target_fraction
+from .recipe import FineTuneRecipe
 from .runs import train
 from .validation import check_dataset
 
@@ -50,9 +52,17 @@ class RequestRefused(ValueError):
         self.field = field
 
 
+RECIPE = FineTuneRecipe()
+"""The fine-tuning recipe's defaults, which the trainer's own defaults are."""
+
+
 @dataclass(frozen=True)
 class TrainerSettings:
-    """The trainer's own settings: the defaults and limits requests are checked against."""
+    """The trainer's own settings: the defaults and limits requests are checked against.
+
+    The recipe's settings (``default_steps``, ``target_fraction``, ``policy_weights``,
+    ``mc_mix``, ``location_weight``, ``location_labels``) default to ``FineTuneRecipe()``'s.
+    """
 
     checkpoint_dir: str
     """Folder of the jobs' checkpoints (and their run folders under runs/)."""
@@ -60,8 +70,8 @@ class TrainerSettings:
     """One of MODES; finetune, because the product fine-tunes a running policy."""
     default_checkpoint: str = ""
     """Start checkpoint when a request names none; empty: such requests are refused."""
-    default_steps: int = 200
-    """Gradient steps when a request says 0 (a short job: a quick look before longer ones)."""
+    default_steps: int = RECIPE.steps
+    """Gradient steps when a request says 0 (FineTuneRecipe.steps)."""
     max_steps: int = 10_000_000
     """Requests asking for more gradient steps are refused."""
     learning_rate: float = QTOptConfig().learning_rate
@@ -74,8 +84,17 @@ class TrainerSettings:
     """State and a checkpoint in the job's run folder every K steps (0: only at the end)."""
     num_threads: int = 0
     """torch CPU threads of the worker (0: torch's default)."""
-    policy_weights: str = "online"
-    """Network written as the checkpoint: online or polyak (QTOptConfig.policy_weights)."""
+    target_fraction: float = RECIPE.target_fraction
+    """Share of each batch from the target data when a request says 0
+    (FineTuneRecipe.target_fraction)."""
+    policy_weights: str = RECIPE.policy_weights
+    """Network written as the checkpoint: online or polyak (FineTuneRecipe.policy_weights)."""
+    mc_mix: float = RECIPE.mc_mix
+    """Weight of the episode's return in the Bellman target (FineTuneRecipe.mc_mix)."""
+    location_weight: float = RECIPE.location_weight
+    """Weight of the location loss (FineTuneRecipe.location_weight)."""
+    location_labels: str = RECIPE.location_labels
+    """Labels of the location loss: hindsight or none (FineTuneRecipe.location_labels)."""
     strict_datasets: bool = False
     """Refuse a job whose data holds a damaged bag or episode; False, because one damaged bag
     should not stop a robot from learning on the rest (each skip is a warning in the log)."""
@@ -100,10 +119,18 @@ class TrainerSettings:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got '{self.device}'")
-        if self.policy_weights not in ("online", "polyak"):
-            raise ValueError(
-                f"policy_weights must be online or polyak, got '{self.policy_weights}'"
-            )
+        self.recipe()  # ValueError naming the recipe's field
+
+    def recipe(self) -> FineTuneRecipe:
+        """Return the fine-tuning recipe of requests that leave steps and target_fraction 0."""
+        return FineTuneRecipe(
+            steps=self.default_steps,
+            target_fraction=self.target_fraction,
+            policy_weights=self.policy_weights,
+            mc_mix=self.mc_mix,
+            location_weight=self.location_weight,
+            location_labels=self.location_labels,
+        )
 
     def check_default_checkpoint(self) -> None:
         """Raise ValueError when default_checkpoint is set and does not load."""
@@ -122,10 +149,9 @@ class FineTuneJob:
     target_datasets: list[str]
     init_checkpoint: str
     """Empty only in mode scratch (random initialisation)."""
-    steps: int
+    recipe: FineTuneRecipe
+    """The job's recipe: the request's steps and target fraction, the trainer's defaults."""
     learning_rate: float
-    target_fraction: float | None
-    """None: the recipe's default (runs.train_transitions); loop.sampled_fraction applies it."""
     output_path: str
     mode: str = "finetune"
     """One of MODES (runs.train's mode)."""
@@ -139,10 +165,17 @@ class FineTuneJob:
     """Steps between progress messages; 0: every 10 steps (about 50 per job for short jobs)."""
     num_threads: int = 0
     """torch CPU threads in the worker; 0: torch's default."""
-    policy_weights: str = "online"
-    """The network written as the checkpoint: "online" or "polyak" (QTOptConfig.policy_weights)."""
     strict_datasets: bool = False
     """Fail on damaged data instead of skipping it (TrainerSettings.strict_datasets)."""
+
+    @property
+    def steps(self) -> int:
+        """Gradient steps of the job (its recipe's)."""
+        return self.recipe.steps
+
+    def qtopt_config(self) -> QTOptConfig:
+        """Return the job's QT-Opt settings: its batch size and seed, then its recipe's."""
+        return self.recipe.qtopt_config(QTOptConfig(batch_size=self.batch_size, seed=self.seed))
 
 
 class _ForwardWarnings(logging.Handler):
@@ -212,7 +245,6 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
         warnings.close()
 
     try:
-        fraction = {} if job.target_fraction is None else {"target_fraction": job.target_fraction}
         result = train(
             job.mode,
             job.base_datasets,
@@ -221,12 +253,10 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
             output_path=job.output_path,
             init_checkpoint=job.init_checkpoint or None,
             learning_rate=job.learning_rate,
-            **fraction,
+            target_fraction=job.recipe.target_fraction,
             progress=progress,
             seed=job.seed,
-            config=QTOptConfig(
-                batch_size=job.batch_size, seed=job.seed, policy_weights=job.policy_weights
-            ),
+            config=job.qtopt_config(),
             device=None if job.device == "auto" else job.device,
             run_dir=job.run_dir or None,
             checkpoint_every=job.checkpoint_every,
@@ -341,6 +371,11 @@ def plan_job(request: Any, settings: TrainerSettings, job_id: str) -> FineTuneJo
         target_fraction = check_target_fraction(fraction) if fraction != 0 else None
     except ValueError as exc:
         raise RequestRefused("target_fraction", f"{exc} (0: default)") from None
+    recipe = dataclasses.replace(
+        settings.recipe(),
+        steps=steps or settings.default_steps,
+        target_fraction=target_fraction or settings.target_fraction,
+    )
     if len(request.target_datasets) == 0:
         raise RequestRefused("target_datasets", "none given; name the new task's bags")
     strict = settings.strict_datasets
@@ -375,10 +410,9 @@ def plan_job(request: Any, settings: TrainerSettings, job_id: str) -> FineTuneJo
         base_datasets=base,
         target_datasets=target,
         init_checkpoint=init,
-        steps=steps or settings.default_steps,
+        recipe=recipe,
         learning_rate=learning_rate
         or QTOptConfig(learning_rate=settings.learning_rate).finetune_learning_rate(),
-        target_fraction=target_fraction,
         output_path=str(directory / f"{settings.mode}-{job_id}.safetensors"),
         mode=settings.mode,
         batch_size=settings.batch_size,
@@ -386,19 +420,25 @@ def plan_job(request: Any, settings: TrainerSettings, job_id: str) -> FineTuneJo
         run_dir=str(directory / "runs" / job_id),
         checkpoint_every=settings.checkpoint_every,
         num_threads=settings.num_threads,
-        policy_weights=settings.policy_weights,
         strict_datasets=settings.strict_datasets,
     )
 
 
 def describe(job: FineTuneJob) -> str:
-    """Return the job's recipe in one line for the log (mode, steps, rate, data mix)."""
+    """Return the job's recipe in one line for the log (mode, steps, rate, data mix, options)."""
+    r = job.recipe
     if not job.base_datasets:
         mix = "target data only"
-    elif job.target_fraction is None:
-        mix = "target fraction: the recipe's default"
     else:
-        mix = f"target fraction={job.target_fraction:g}"
+        mix = f"target fraction={r.target_fraction:g}"
     start = f"from {job.init_checkpoint}" if job.init_checkpoint else "from random weights"
+    location = (
+        f"location loss {r.location_weight:g} on {r.location_labels} labels"
+        if r.uses_location
+        else "no location loss"
+    )
     damage = "damaged data refused" if job.strict_datasets else "damaged data skipped"
-    return f"{job.mode} {start}: {job.steps} steps, lr={job.learning_rate:g}, {mix}, {damage}"
+    return (
+        f"{job.mode} {start}: {r.steps} steps, lr={job.learning_rate:g}, {mix}, "
+        f"mc_mix={r.mc_mix:g}, {location}, exports the {r.policy_weights} network, {damage}"
+    )

@@ -40,7 +40,11 @@ class Cancelled(Exception):
 def training_data(
     trainer: QTOptTrainer, base: Transitions | None, target: Transitions | None = None
 ) -> TrainingData:
-    """Return base + target as ``trainer`` trains on them (device, padding, location labels)."""
+    """Return base + target as ``trainer`` trains on them (device, padding, location labels).
+
+    A trainer with a location loss gets labels from ``QTOptConfig.location_labels``: the
+    transitions' simulator labels, or hindsight labels of both parts (``nsl_trainer.hindsight``).
+    """
     has_base = base is not None and len(base) > 0
     has_target = target is not None and len(target) > 0
     if not has_base and not has_target:
@@ -52,7 +56,7 @@ def training_data(
         trainer.model.config.image_size,
         trainer.device,
         crop_pad=cfg.crop_pad if cfg.augment else 0,
-        location=trainer.needs_location,
+        location=cfg.location_labels if trainer.needs_location else None,
     )
 
 

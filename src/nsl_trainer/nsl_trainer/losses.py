@@ -114,7 +114,10 @@ class LocationHead(torch.nn.Module):
 class LocationLoss(AuxLoss):
     """Smooth-L1 error of a LocationHead against the data's location labels.
 
-    QT-Opt's trunk alone need not learn where the objects are; this term makes it.
+    QT-Opt's trunk alone need not learn where the objects are; this term makes it. Rows whose
+    label is NaN (hindsight labels of failed episodes) contribute nothing: the term is the sum
+    over the labelled rows divided by the batch's size, so with every row labelled it is the
+    mean error, and a batch without a labelled row gives 0 and no gradient.
     """
 
     name = "location"
@@ -128,11 +131,16 @@ class LocationLoss(AuxLoss):
         self.module = LocationHead(model)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        """Return the head's smooth-L1 error on the batch's labels."""
+        """Return the head's smooth-L1 error on the batch's labelled rows (see the class doc)."""
         if inputs.data.location is None:
             raise ValueError("location_weight > 0: train on data built with location labels")
         predicted = self.module(inputs.features, inputs.state)
-        return F.smooth_l1_loss(predicted, inputs.data.location[inputs.rows])
+        labels = inputs.data.location[inputs.rows]
+        labelled = torch.isfinite(labels).all(dim=1, keepdim=True)
+        # An unlabelled row's target is its own prediction: zero error and zero gradient, with
+        # no NaN reaching the backward pass and no device sync for a boolean index.
+        target = torch.where(labelled, labels.to(predicted.dtype), predicted.detach())
+        return F.smooth_l1_loss(predicted, target, reduction="sum") / predicted.numel()
 
 
 class ConservativeLoss(AuxLoss):

@@ -35,6 +35,7 @@ from nsl_policy.model import QNetwork, QNetworkConfig, default_device
 
 from .config import QTOptConfig
 from .data import load_datasets
+from .recipe import FineTuneRecipe
 from .loop import ProgressFn, run_steps, sampled_fraction, training_data
 from .state import load_state, save_state
 from .trainer import QTOptTrainer
@@ -114,7 +115,7 @@ def train_transitions(
     output_path: str,
     init_checkpoint: str | None = None,
     learning_rate: float | None = None,
-    target_fraction: float = 0.5,
+    target_fraction: float = FineTuneRecipe().target_fraction,
     seed: int = 0,
     config: QTOptConfig | None = None,
     model_config: QNetworkConfig | None = None,
@@ -135,9 +136,11 @@ def train_transitions(
     ``mode``: "pretrain" (random init from ``seed``, ``config.learning_rate``), "finetune"
     (from ``init_checkpoint``, ``config.finetune_learning_rate()``) or "scratch" (the fine-tune
     recipe from a random init, the paper's baseline). ``learning_rate`` overrides the mode's.
-    Batches draw from target with probability ``target_fraction`` (0.5: the paper's equal
-    sampling) when both sets are given, else from the one given. ``model_config`` sets the
-    architecture of a random init and is checked against the init checkpoint otherwise.
+    Batches draw from target with probability ``target_fraction`` (default the recipe's, the
+    paper's equal sampling) when both sets are given, else from the one given. The QT-Opt
+    settings are ``config``'s as given (a fine-tune's recipe: ``FineTuneRecipe.qtopt_config``).
+    ``model_config`` sets the architecture of a random init and is checked against the init
+    checkpoint otherwise.
     ``progress(step, metrics)`` runs after every step; ``should_stop()`` before every step:
     when true the state is saved and :class:`.loop.Cancelled` raised. ``num_threads`` sets
     torch's CPU threads of this process. The checkpoint is written atomically to
@@ -204,6 +207,8 @@ def train_transitions(
         "world_size": trainer.world_size,
         **(extra_metadata or {}),
     }
+    if data.location is not None:
+        metadata["labelled_transitions"] = dict(zip(("base", "target"), data.labelled))
 
     def write_state(step: int = 0) -> str | None:
         if rank0:

@@ -17,6 +17,7 @@ from safetensors.torch import save as st_save
 
 from nsl_policy.checkpoint import atomic_write
 
+from .config import QTOptConfig
 from .trainer import QTOptTrainer
 
 STATE_FORMAT = "nsl-qtopt-state"
@@ -104,7 +105,8 @@ def load_state(trainer: QTOptTrainer, path: str | os.PathLike) -> dict[str, Any]
             f"training state {path} is for another network: {meta['model_config']} "
             f"vs {trainer.model.config.to_dict()}"
         )
-    saved = meta["qtopt_config"]
+    # A field newer than the state was at its default when the state was written.
+    saved = {**QTOptConfig().to_dict(), **meta["qtopt_config"]}
     diffs = {
         k: (saved.get(k), v) for k, v in trainer.config.to_dict().items() if saved.get(k) != v
     }

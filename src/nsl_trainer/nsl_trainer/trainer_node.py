@@ -12,6 +12,8 @@ The job trains in a worker process; a reader thread forwards its progress and me
 terminated after ``cancel_timeout``) and the status says STATE_CANCELLED. A damaged bag or
 episode in a job's data is skipped with a warning in this node's log (file, episode, reason)
 and the job trains on the rest; with ``strict_datasets`` the job is refused or fails instead.
+The parameters are ``node_settings.SETTINGS`` (read once at start-up); a request that leaves
+steps and target_fraction 0 runs the fine-tuning recipe (``recipe.FineTuneRecipe``).
 """
 
 from __future__ import annotations
@@ -21,159 +23,34 @@ import threading
 import traceback
 import uuid
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
 from nsl_common import names
 from nsl_common.node_main import run_node
+from nsl_common.parameters import descriptor
 from nsl_common.paths import writable_dir
 from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS
 from nsl_msgs.msg import CheckpointInfo, TrainerStatus
 from nsl_msgs.srv import FineTune
-from nsl_trainer.jobs import (
-    FineTuneJob,
-    RequestRefused,
-    TrainerSettings,
-    describe,
-    plan_job,
-    start_job,
-)
+from nsl_trainer.jobs import FineTuneJob, RequestRefused, describe, plan_job, start_job
+from nsl_trainer.node_settings import SETTINGS, trainer_settings
 from std_srvs.srv import Trigger
 
 
 class TrainerNode(Node):
     def __init__(self) -> None:
         super().__init__(names.TRAINER_NODE)
-        d = ParameterDescriptor
-        ints = lambda lo, hi: [IntegerRange(from_value=lo, to_value=hi, step=1)]  # noqa: E731
-        defaults = TrainerSettings
-        self.declare_parameter(
-            "checkpoint_dir",
-            "checkpoints",
-            d(
-                description="folder where fine-tuned checkpoints (and job run folders under "
-                "runs/) are written",
-                read_only=True,
-            ),
-        )
-        self.declare_parameter(
-            "mode",
-            defaults.mode,
-            d(
-                description="finetune: every job starts from a checkpoint (the request's "
-                "init_checkpoint or default_checkpoint; a request with neither is refused); "
-                "scratch: the same recipe from random weights, written as scratch-<job>",
-                read_only=True,
-            ),
-        )
-        self.declare_parameter(
-            "default_checkpoint",
-            defaults.default_checkpoint,
-            d(
-                description="start checkpoint when a request names none (checked at start-up); "
-                "empty: such requests are refused in mode finetune"
-            ),
-        )
-        self.declare_parameter(
-            "default_steps",
-            defaults.default_steps,
-            d(
-                description="gradient steps when a request says 0",
-                integer_range=ints(1, 100_000_000),
-            ),
-        )
-        self.declare_parameter(
-            "learning_rate",
-            defaults.learning_rate,
-            d(
-                description="pre-training learning rate; a fine-tune without its own rate runs at "
-                "QTOptConfig.finetune_learning_rate() of it (the paper's 25%)",
-                floating_point_range=[FloatingPointRange(from_value=1e-9, to_value=1.0)],
-            ),
-        )
-        self.declare_parameter(
-            "batch_size",
-            defaults.batch_size,
-            d(
-                description="transitions per gradient step (default QTOptConfig.batch_size)",
-                integer_range=ints(1, 65536),
-            ),
-        )
-        self.declare_parameter(
-            "device", defaults.device, d(description="auto (CUDA when present), cpu or cuda")
-        )
-        self.declare_parameter(
-            "checkpoint_every",
-            defaults.checkpoint_every,
-            d(
-                description="save training state + a checkpoint in the job's run folder "
-                "every K steps (0: only at the end)",
-                integer_range=ints(0, 100_000_000),
-            ),
-        )
-        self.declare_parameter(
-            "num_threads",
-            defaults.num_threads,
-            d(
-                description="torch CPU threads of the worker (0: torch's default); "
-                "leave a core for the sim/policy",
-                integer_range=ints(0, 1024),
-            ),
-        )
-        self.declare_parameter(
-            "policy_weights",
-            defaults.policy_weights,
-            d(
-                description="network a job writes as its checkpoint: online, or polyak (the "
-                "Polyak-averaged target network; better for 500-step fine-tunes in "
-                "simulation, docs/trainer.md)"
-            ),
-        )
-        self.declare_parameter(
-            "max_steps",
-            defaults.max_steps,
-            d(
-                description="requests asking for more gradient steps are refused",
-                integer_range=ints(1, 1_000_000_000),
-            ),
-        )
-        self.declare_parameter(
-            "strict_datasets",
-            defaults.strict_datasets,
-            d(
-                description="refuse a fine-tune whose data holds a damaged bag or episode; "
-                "false: skip it with a warning naming the file, episode and reason, and train "
-                "on the rest (one damaged bag should not stop the robot learning)",
-                read_only=True,
-            ),
-        )
-        self.declare_parameter(
-            "cancel_timeout",
-            10.0,
-            d(
-                description="seconds a cancelled worker gets to save its state and exit "
-                "before it is terminated",
-                floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)],
-            ),
-        )
-        p = lambda name: self.get_parameter(name).value  # noqa: E731
-        self.checkpoint_dir = writable_dir(p("checkpoint_dir"), "checkpoint_dir")
-        self.settings = TrainerSettings(
-            checkpoint_dir=str(self.checkpoint_dir),
-            mode=p("mode"),
-            default_checkpoint=p("default_checkpoint"),
-            default_steps=int(p("default_steps")),
-            max_steps=int(p("max_steps")),
-            learning_rate=float(p("learning_rate")),
-            batch_size=int(p("batch_size")),
-            device=p("device"),
-            checkpoint_every=int(p("checkpoint_every")),
-            num_threads=int(p("num_threads")),
-            policy_weights=p("policy_weights"),
-            strict_datasets=bool(p("strict_datasets")),
-        )
+        for name, s in SETTINGS.items():
+            self.declare_parameter(
+                name,
+                s.default,
+                descriptor(s.description, int_range=s.int_range, float_range=s.float_range),
+            )
+        values = {name: self.get_parameter(name).value for name in SETTINGS}
+        self.checkpoint_dir = writable_dir(values["checkpoint_dir"], "checkpoint_dir")
+        self.settings = trainer_settings(values, str(self.checkpoint_dir))
         self.settings.check_default_checkpoint()
-        self.cancel_timeout = float(p("cancel_timeout"))
+        self.cancel_timeout = float(values["cancel_timeout"])
 
         self._lock = threading.Lock()
         self._job: FineTuneJob | None = None

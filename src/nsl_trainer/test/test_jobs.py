@@ -17,6 +17,7 @@ import pytest
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
 from nsl_policy.model import QNetworkConfig
 from nsl_trainer.config import QTOptConfig
+from nsl_trainer.recipe import FineTuneRecipe
 from nsl_trainer.jobs import (
     FineTuneJob,
     RequestRefused,
@@ -115,13 +116,12 @@ def test_a_blank_dataset_path_never_means_the_working_directory(files, monkeypat
     assert "empty path" in str(refusal(request(target_datasets=[" \t"]), settings))
 
 
-def test_defaults_fill_zero_fields_and_the_fraction_is_left_to_the_recipe(files):
+def test_defaults_fill_zero_fields_with_the_recipes(files):
     settings = TrainerSettings(checkpoint_dir=str(files.dir), default_checkpoint=files.init)
     job = plan_job(request(target_datasets=[files.target]), settings, "abc")
     assert job.init_checkpoint == files.init and job.mode == "finetune"
-    assert job.steps == TrainerSettings.default_steps
+    assert job.recipe == FineTuneRecipe() and job.steps == FineTuneRecipe().steps
     assert job.learning_rate == QTOptConfig().finetune_learning_rate()
-    assert job.target_fraction is None  # the recipe's default, applied by the library
     assert job.batch_size == QTOptConfig().batch_size
     assert os.path.basename(job.output_path) == "finetune-abc.safetensors"
     job = plan_job(
@@ -133,10 +133,42 @@ def test_defaults_fill_zero_fields_and_the_fraction_is_left_to_the_recipe(files)
             learning_rate=1e-5,
             init_checkpoint=files.init,
         ),
-        TrainerSettings(checkpoint_dir=str(files.dir)),
+        TrainerSettings(checkpoint_dir=str(files.dir), target_fraction=0.25, mc_mix=0.0),
         "abc",
     )
-    assert (job.target_fraction, job.steps, job.learning_rate) == (1.0, 7, 1e-5)
+    assert (job.recipe.target_fraction, job.steps, job.learning_rate) == (1.0, 7, 1e-5)
+    assert job.recipe.mc_mix == 0.0 and job.qtopt_config().mc_mix == 0.0
+    job = plan_job(
+        request(target_datasets=[files.target], init_checkpoint=files.init),
+        TrainerSettings(checkpoint_dir=str(files.dir), target_fraction=0.25, default_steps=9),
+        "abc",
+    )
+    assert (job.recipe.target_fraction, job.steps) == (0.25, 9)
+
+
+def test_the_job_runs_the_recipes_qtopt_settings(files):
+    """A request at the trainer's defaults trains with FineTuneRecipe's QT-Opt overrides."""
+    settings = TrainerSettings(
+        checkpoint_dir=str(files.dir), default_checkpoint=files.init, batch_size=8
+    )
+    config = plan_job(request(target_datasets=[files.target]), settings, "abc").qtopt_config()
+    recipe = FineTuneRecipe()
+    assert config.batch_size == 8
+    assert {k: config.to_dict()[k] for k in recipe.qtopt_overrides()} == recipe.qtopt_overrides()
+    assert (config.policy_weights, config.mc_mix, config.location_weight) == ("polyak", 0.5, 1.0)
+    assert config.location_labels == "hindsight"
+    off = TrainerSettings(
+        checkpoint_dir=str(files.dir),
+        default_checkpoint=files.init,
+        policy_weights="online",
+        mc_mix=0.0,
+        location_labels="none",
+    )
+    config = plan_job(request(target_datasets=[files.target]), off, "abc").qtopt_config()
+    assert (config.policy_weights, config.mc_mix, config.location_weight) == ("online", 0.0, 0.0)
+    assert describe(plan_job(request(target_datasets=[files.target]), off, "x")).count(
+        "no location loss"
+    )
 
 
 def test_a_fine_tune_without_a_start_checkpoint_is_refused(files):
@@ -194,8 +226,15 @@ def test_values_of_the_wrong_kind_are_refused_not_raised(files, fields):
 def test_settings_are_checked(files):
     with pytest.raises(ValueError, match="default_steps"):
         TrainerSettings(str(files.dir), default_steps=200, max_steps=100)
-    with pytest.raises(ValueError, match="policy_weights must be online or polyak"):
-        TrainerSettings(str(files.dir), policy_weights="ema")
+    for name, value in (
+        ("policy_weights", "ema"),
+        ("mc_mix", 1.5),
+        ("location_weight", -1.0),
+        ("location_labels", "sim"),
+        ("target_fraction", 0.0),
+    ):
+        with pytest.raises(ValueError, match=f"FineTuneRecipe.{name} must be"):
+            TrainerSettings(str(files.dir), **{name: value})
 
 
 def test_a_job_checkpoint_records_its_job_id_and_mode(files, tmp_path):
@@ -217,9 +256,8 @@ def test_a_job_checkpoint_records_its_job_id_and_mode(files, tmp_path):
             base_datasets=[],
             target_datasets=[files.target],
             init_checkpoint="",
-            steps=2,
+            recipe=FineTuneRecipe(steps=2),
             learning_rate=1e-4,
-            target_fraction=None,
             output_path=str(out),
             mode="scratch",
             batch_size=4,

@@ -31,6 +31,7 @@ from trainer_helpers import (
     write_bag,
 )
 from nsl_trainer.jobs import FineTuneJob, run_job
+from nsl_trainer.recipe import FineTuneRecipe
 
 TINY = QNetworkConfig(
     image_size=32, width=8, embed_width=16, fc_width=16, trunk_depth=0, head_depth=1
@@ -503,7 +504,7 @@ def test_policy_weights_polyak_exports_the_averaged_network(tmp_path):
 
 
 def test_a_worker_job_writes_the_network_it_is_asked_for(tmp_path, bags):
-    """The trainer node's ``policy_weights`` reaches the worker: a job's checkpoint records it."""
+    """The job's recipe reaches the worker: a job's checkpoint records its QT-Opt settings."""
     base, target = bags
     init = tmp_path / "init.safetensors"
     init_checkpoint(init, QNetworkConfig(image_size=32, width=8), seed=0)
@@ -518,7 +519,7 @@ def test_a_worker_job_writes_the_network_it_is_asked_for(tmp_path, bags):
         def close(self):
             pass
 
-    for weights in ("online", "polyak"):
+    for weights, mc_mix in (("online", 0.0), ("polyak", 0.5)):
         pipe = Pipe()
         out = tmp_path / f"{weights}.safetensors"
         run_job(
@@ -527,20 +528,22 @@ def test_a_worker_job_writes_the_network_it_is_asked_for(tmp_path, bags):
                 base_datasets=[str(base)],
                 target_datasets=[str(target)],
                 init_checkpoint=str(init),
-                steps=2,
+                recipe=FineTuneRecipe(steps=2, policy_weights=weights, mc_mix=mc_mix),
                 learning_rate=1e-4,
-                target_fraction=0.5,
                 output_path=str(out),
                 batch_size=8,
                 device="cpu",
                 run_dir=str(tmp_path / weights),
                 num_threads=1,
-                policy_weights=weights,
             ),
             pipe,
         )
         assert pipe.messages[-1]["event"] == "succeeded", pipe.messages[-1]
-        assert load_checkpoint(out).metadata["qtopt_config"]["policy_weights"] == weights
+        meta = load_checkpoint(out).metadata
+        assert meta["qtopt_config"]["policy_weights"] == weights
+        assert meta["qtopt_config"]["mc_mix"] == mc_mix
+        assert meta["qtopt_config"]["location_labels"] == "hindsight"
+        assert meta["labelled_transitions"]["target"] > 0  # hindsight labels of its successes
 
 
 def test_cli_grasp_values_then_finetune_from_them(tmp_path, bags):

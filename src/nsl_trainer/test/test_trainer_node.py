@@ -28,6 +28,9 @@ from nsl_msgs.srv import FineTune  # noqa: E402
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint  # noqa: E402
 from nsl_policy.model import QNetworkConfig  # noqa: E402
 from nsl_trainer.config import QTOptConfig  # noqa: E402
+from nsl_trainer.recipe import FineTuneRecipe  # noqa: E402
+from rcl_interfaces.msg import ParameterType  # noqa: E402
+from rcl_interfaces.srv import GetParameters  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from system_graph import wait_for_job_end  # noqa: E402
 from trainer_helpers import write_bag  # noqa: E402
@@ -55,6 +58,7 @@ def trainer(tmp_path_factory):
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
     client = LoopClient(namespace=namespace, name="trainer_test_client", context=context)
+    runner.namespace = namespace
     yield runner, client, work, bag, init
     client.close()
     rclpy.try_shutdown(context=context)
@@ -202,6 +206,32 @@ def test_a_fine_tune_without_a_learning_rate_uses_the_recipes(trainer):
     assert state["extra"]["run"]["learning_rate"] == expected
     assert {g["lr"] for g in state["optimizer_param_groups"]} == {expected}
     assert runner.first_exit is None
+
+
+def test_the_node_started_from_trainer_yaml_runs_the_fine_tuning_recipe(trainer):
+    """The running node's recipe parameters are FineTuneRecipe()'s (trainer.yaml sets none)."""
+    runner, client, *_ = trainer
+    recipe = FineTuneRecipe()
+    wanted = {
+        "default_steps": recipe.steps,
+        "target_fraction": recipe.target_fraction,
+        "policy_weights": recipe.policy_weights,
+        "mc_mix": recipe.mc_mix,
+        "location_weight": recipe.location_weight,
+        "location_labels": recipe.location_labels,
+    }
+    service = client.create_client(
+        GetParameters,
+        names.qualified_node_name(runner.namespace, names.TRAINER_NODE) + "/get_parameters",
+    )
+    reply = client.call(service, GetParameters.Request(names=list(wanted)))
+    field = {
+        ParameterType.PARAMETER_INTEGER: "integer_value",
+        ParameterType.PARAMETER_DOUBLE: "double_value",
+        ParameterType.PARAMETER_STRING: "string_value",
+    }
+    got = {n: getattr(v, field[v.type]) for n, v in zip(wanted, reply.values)}
+    assert got == wanted
 
 
 def test_a_job_on_a_damaged_dataset_trains_on_the_rest_and_logs_the_skip(trainer, tmp_path):
