@@ -29,6 +29,10 @@ episode boundary (at once when no episode runs), so every episode and every step
 chosen by exactly one checkpoint. A rejected checkpoint leaves the old one in use; the reply
 (or the log, for announcements) says why.
 
+Run-time parameters: ``epsilon``, ``noise_std`` and ``task`` (the world changed: the task sent
+to the arm on reset and recorded with every episode) apply from the next episode; a blank task,
+or one that cannot name a folder, is refused with the reason.
+
 Rollout (``nsl_policy.rollout``, parameter ``rollout_mode``, settable at run time): a validated
 checkpoint goes in force at once (``immediate``), when the operator calls ``policy/promote``
 (``manual``), or after a trial of interleaved candidate and incumbent episodes (``trial``);
@@ -343,18 +347,24 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
             self.get_logger().error(f"announced checkpoint {msg.path!r} failed: {exc!r}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Accept exploration and rollout mode changes at run time (from the next episode)."""
+        """Accept exploration, task and rollout mode changes at run time (next episode on)."""
         with self._cond:
             current = self._next_exploration or getattr(self, "exploration", None)
         if current is None:  # not configured yet: configure reads the parameters
             return SetParametersResult(successful=True)
         try:
-            exploration, mode = runtime_update(current, {p.name: p.value for p in params})
+            change = runtime_update(current, {p.name: p.value for p in params})
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         with self._cond:
-            self._next_exploration = exploration
-        rollout = self.rollout
+            self._next_exploration = change.exploration
+        if change.task is not None and change.task != self.config["task"]:
+            self.get_logger().info(
+                f"task: {self.config['task']} -> {change.task} (from the next episode)"
+            )
+            # An episode reads its task once, as it starts: the one in flight keeps its own.
+            self.config["task"] = change.task
+        rollout, mode = self.rollout, change.rollout_mode
         if mode is not None and rollout is not None and mode != rollout.mode:
             self.get_logger().info(f"rollout mode: {rollout.mode} -> {mode}")
             rollout.set_mode(mode)  # a held candidate follows (immediate promotes it)

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from nsl_common.task_names import task_name_problem
+
 from .policy import ExplorationConfig
 from .rollout import MODES
 from .safety import CommandLimits
@@ -49,7 +51,12 @@ SETTINGS: dict[str, Setting] = {
     "checkpoint": Setting(
         "", "Q-function checkpoint (safetensors); the arm does not move without a valid one"
     ),
-    "task": Setting("base", "task sent to the arm on reset and recorded with every episode"),
+    "task": Setting(
+        "base",
+        "task sent to the arm on reset and recorded with every episode; settable at run time "
+        "(the world changed), applies from the next episode",
+        runtime=True,
+    ),
     "autostart": Setting(
         True,
         "run episodes as soon as arm, camera and checkpoint are ready "
@@ -161,6 +168,9 @@ def check_settings(values: dict[str, Any]) -> CommandLimits:
     Raises ValueError naming every problem (ranges of single settings are ROS's to check).
     """
     problems = []
+    problem = task_name_problem(values["task"])
+    if problem is not None:
+        problems.append(f"task {problem}")
     if values["cem_elites"] > values["cem_population"]:
         problems.append(
             f"cem_elites ({values['cem_elites']}) must not exceed "
@@ -194,13 +204,21 @@ def check_settings(values: dict[str, Any]) -> CommandLimits:
     return limits
 
 
-def runtime_update(
-    current: ExplorationConfig, changes: dict[str, Any]
-) -> tuple[ExplorationConfig, str | None]:
-    """Return the exploration and rollout mode after run-time parameter ``changes``.
+@dataclass(frozen=True)
+class RuntimeChange:
+    """What a run-time parameter change changes; None where it leaves a setting as it is."""
+
+    exploration: ExplorationConfig
+    """The exploration from the next episode (the current one when unchanged)."""
+    rollout_mode: str | None = None
+    task: str | None = None
+
+
+def runtime_update(current: ExplorationConfig, changes: dict[str, Any]) -> RuntimeChange:
+    """Return the exploration, rollout mode and task after run-time parameter ``changes``.
 
     ``changes`` maps setting names to new values (others are ignored: ROS refuses changes of
-    read-only ones). The mode is None when unchanged. Raises ValueError with the reason.
+    read-only ones). Raises ValueError with the reason (ROS checks the numeric ranges).
     """
     values = {"epsilon": current.epsilon, "noise_std": current.noise_std}
     for name in values:
@@ -209,4 +227,9 @@ def runtime_update(
     mode = changes.get("rollout_mode")
     if mode is not None and mode not in MODES:
         raise ValueError(f"rollout_mode must be one of {', '.join(MODES)} (got {mode!r})")
-    return ExplorationConfig(**values), mode
+    task = changes.get("task")
+    if task is not None:
+        problem = task_name_problem(task)
+        if problem is not None:
+            raise ValueError(f"task {problem}")
+    return RuntimeChange(ExplorationConfig(**values), mode, task)

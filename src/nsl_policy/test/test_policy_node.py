@@ -202,7 +202,7 @@ class FakeRobot:
         self.min_steps = min_steps
         self.camera_on = True
         self.commands_at_first_refused = None
-        # ("reset", seed) | ("step", height_before, translation, rotation, close, terminate)
+        # ("reset", seed, task) | ("step", height_before, translation, rotation, close, terminate)
         self.commands: list[tuple] = []
         self.results: list = []
         self.steps: list = []
@@ -270,7 +270,7 @@ class FakeRobot:
                 sum(1 for c in self.commands if c[0] == "reset") % len(self.start_heights)
             ]
             self.episode_steps = 0
-            self.commands.append(("reset", request.seed))
+            self.commands.append(("reset", request.seed, request.task))
             self.cond.notify_all()
             camera_on = self.camera_on
         response.success = True
@@ -788,6 +788,44 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
     greedy_steps = [s for s in steps if s.episode_id in greedy_ids]
     assert greedy_steps and not any(s.exploratory for s in greedy_steps)
     assert any(s.exploratory for s in steps if s.episode_id not in greedy_ids)
+    check_episodes_consistent(robot)
+
+
+def test_the_task_changes_at_run_time_from_the_next_episode(graph, checkpoints):
+    ck = checkpoints
+    robot, policy = graph({"checkpoint": str(ck.a), "task": "base"}, step_delay=0.02, min_steps=3)
+    robot.wait_until(lambda: len(robot.complete()) >= 2, 90, "episodes on the base task")
+    client = robot.node.create_client(SetParameters, names.POLICY_SET_PARAMETERS_SERVICE)
+
+    def set_task(value: str):
+        p = Parameter(
+            name="task",
+            value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value),
+        )
+        return call_service(client, SetParameters.Request(parameters=[p]), timeout=30).results[0]
+
+    for bad, reason in (("", "task must not be blank"), ("a/b", "task must be one folder name")):
+        refused = set_task(bad)
+        assert not refused.successful and reason in refused.reason, refused.reason
+    assert set_task("checkerboard").successful
+    with robot.cond:
+        before = len(robot.results)
+    robot.wait_until(
+        lambda: sum(r.task == "checkerboard" for r in robot.complete()) >= 2,
+        90,
+        "episodes on the new task",
+    )
+    with robot.cond:
+        results = list(robot.results)
+        resets = [c[2] for c in robot.commands if c[0] == "reset"]
+    tasks = [r.task for r in results]
+    # One switch, at an episode boundary (the episode in flight keeps the old task; a result
+    # still on its way is one more), and each episode's reset asked the arm for the task its
+    # result records.
+    switch = tasks.index("checkerboard")
+    assert tasks[:switch] == ["base"] * switch and before <= switch <= before + 2
+    assert set(tasks[switch:]) == {"checkerboard"}
+    assert resets[: len(tasks)] == tasks
     check_episodes_consistent(robot)
 
 

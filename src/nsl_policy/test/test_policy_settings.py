@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from nsl_policy.policy_settings import LIMIT_SETTINGS, SETTINGS, check_settings, trial_settings
+from nsl_policy.policy import ExplorationConfig
+from nsl_policy.policy_settings import (
+    LIMIT_SETTINGS,
+    SETTINGS,
+    RuntimeChange,
+    check_settings,
+    runtime_update,
+    trial_settings,
+)
 from nsl_policy.sequential import TrialSettings
 from nsl_policy.safety import CommandLimits
 
@@ -16,9 +24,28 @@ def test_the_defaults_pass_and_give_the_default_limits():
     assert {name: DEFAULTS[name] for name in LIMIT_SETTINGS} == vars(CommandLimits())
 
 
-def test_only_exploration_and_the_rollout_mode_change_at_run_time():
+def test_only_exploration_the_task_and_the_rollout_mode_change_at_run_time():
     runtime = {name for name, s in SETTINGS.items() if s.runtime}
-    assert runtime == {"epsilon", "noise_std", "rollout_mode"}
+    assert runtime == {"epsilon", "noise_std", "task", "rollout_mode"}
+
+
+def test_a_run_time_change_says_what_changes_and_refuses_a_bad_task():
+    current = ExplorationConfig(epsilon=0.1, noise_std=0.0)
+    change = runtime_update(current, {"task": "checkerboard", "epsilon": 0.0})
+    assert change == RuntimeChange(
+        ExplorationConfig(epsilon=0.0, noise_std=0.0), None, "checkerboard"
+    )
+    assert runtime_update(current, {"rollout_mode": "manual"}).task is None
+    for bad, reason in (
+        ("", "task must not be blank"),
+        (" base", "task must not start or end with white space"),
+        ("x/y.yaml", "task must be one folder name"),
+        ("..", "task must be one folder name"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            runtime_update(current, {"task": bad})
+    with pytest.raises(ValueError, match="task must not be blank"):
+        check_settings({**DEFAULTS, "task": ""})
 
 
 def test_the_rollout_settings_are_the_trial_defaults_and_are_checked():
