@@ -4,6 +4,8 @@ A thin adapter over :class:`nsl_collector.session.Collector` (ROS-free): step re
 results and (``record_camera``) raw camera frames arrive as serialized CDR (raw subscriptions)
 and are written to the bag unchanged. An episode's steps are held until its result arrives and
 then written and flushed as one MCAP chunk, so a crash loses at most the episode in flight.
+A session holds one task's episodes (``<dataset_root>/<task>/``): an episode of another task
+(the policy's task changed at run time) closes it and opens the next one under its task.
 
 Services (std_srvs/Trigger): ``collector/start_session`` (reply: the new bag's path),
 ``collector/stop_session`` (reply: the closed bag's path), ``collector/discard_episode``.
@@ -30,8 +32,15 @@ from nsl_msgs.msg import EpisodeResult, StepRecord
 
 # name: (default, description); types follow the defaults.
 PARAMETERS = {
-    "dataset_root": ("datasets", "bags go to <dataset_root>/<task>/session_<UTC time>"),
-    "task": ("base", "task folder and session metadata"),
+    "dataset_root": (
+        "datasets",
+        "bags go to <dataset_root>/<task>/session_<UTC time>, one task per session",
+    ),
+    "task": (
+        "base",
+        "task of a session opened before any episode (start_session) or of episodes naming "
+        "none; otherwise a session goes under its episodes' task",
+    ),
     "robot": ("sim", "robot name, or 'sim' for the simulator; stored in the session metadata"),
     "checkpoint": (
         "",
@@ -129,7 +138,7 @@ class CollectorNode(Node):
         self.create_timer(0.2, self._status_timer)
         self.publish_status()
         self.get_logger().info(
-            f"collector ready; sessions go to {cfg.dataset_root / cfg.task}"
+            f"collector ready; sessions go to {cfg.dataset_root}/<task of their episodes>"
             f"{' (with the camera stream)' if cfg.record_camera else ''}"
         )
 

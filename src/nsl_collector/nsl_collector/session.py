@@ -12,6 +12,11 @@ Memory is bounded however long it runs:
 * a bag's in-memory index (a few hundred bytes per chunk) is bounded by rolling over to a new
   session bag after ``max_episodes_per_bag`` episodes or ``max_bag_bytes`` bytes;
 * the sets of discarded/dropped episode ids and of checkpoints seen are capped.
+
+A session holds the episodes of one task and goes under ``<dataset_root>/<task>/``, the task of
+its first episode (``EpisodeResult.task``). When an episode of another task arrives (the world
+changed at run time), the open session is closed and the recording goes on in a new session
+under the new task, so no bag mixes tasks' episodes and nothing recorded is lost at the switch.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Callable
 
 from nsl_common.names import CAMERA_TOPIC as CAMERA_NAME
 from nsl_common.names import bag_topic
+from nsl_common.task_names import task_name_problem
 
 from .cdr import CdrError, episode_result, step_key
 from .errors import DatasetError
@@ -55,6 +61,8 @@ def software_versions() -> dict:
 class CollectorConfig:
     dataset_root: Path
     task: str
+    """Task folder of a session opened before any episode (``start_session``), and of episodes
+    whose result names no valid task; otherwise a session goes under its episodes' task."""
     robot: str = "sim"
     namespace: str = ""
     max_pending: int = 8
@@ -84,8 +92,9 @@ class CollectorConfig:
             raise ValueError(
                 "max_episodes_per_bag and max_bag_megabytes must be >= 0 (0: no limit)"
             )
-        if not self.task or "/" in self.task:
-            raise ValueError(f"task must be a non-empty name without '/', got '{self.task}'")
+        problem = task_name_problem(self.task)
+        if problem is not None:
+            raise ValueError(f"task {problem}")
 
 
 @dataclass
@@ -113,6 +122,9 @@ class Collector:
         self._lock = threading.RLock()
         self.recorder: BagRecorder | None = None
         self.session_path: Path | None = None
+        self.session_task = config.task  # the task of the open session (or of the last one)
+        self.latest_task = config.task  # the task of the latest episode: start_session's folder
+        self._bad_task = ""  # the last invalid task an episode named (warned about once)
         self._next: dict | None = None  # metadata of the next part after a roll-over
         self.part = 0
         # episode id -> its buffered steps (and result, when that overtook steps), oldest first.
@@ -135,10 +147,10 @@ class Collector:
         }
 
     # ------------------------------------------------------------------ sessions
-    def _metadata(self) -> dict:
+    def _metadata(self, task: str) -> dict:
         c = self.cfg
         return {
-            "task": c.task,
+            "task": task,
             "robot": c.robot,
             "sim": c.robot == "sim",
             "namespace": c.namespace,
@@ -149,13 +161,13 @@ class Collector:
             "software": software_versions(),
         }
 
-    def _open(self, extra: dict | None = None) -> Path:
+    def _open(self, task: str, extra: dict | None = None) -> Path:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S_%f")
-        path = self.cfg.dataset_root / self.cfg.task / f"session_{stamp}"
-        meta = self._metadata()
+        path = self.cfg.dataset_root / task / f"session_{stamp}"
+        meta = self._metadata(task)
         meta.update(extra or {})
         self.recorder = BagRecorder(path, meta, self.cfg.msg_dir, fsync=self.cfg.fsync)
-        self.session_path = path
+        self.session_path, self.session_task = path, task
         self.checkpoints.clear()
         self.counts["sessions"] += 1
         self.log("info", f"recording session {path}")
@@ -168,7 +180,7 @@ class Collector:
                 return False, f"a session is open already: {self.session_path} (stop it first)"
             self.part, self._next = 0, None
             try:
-                return True, str(self._open())
+                return True, str(self._open(self.latest_task))
             except (DatasetError, OSError) as exc:
                 return False, f"cannot open a session: {exc}"
 
@@ -340,17 +352,24 @@ class Collector:
             )
             return "mismatch"
         steps = ep.steps
+        task = self._task_of(res)
+        self.latest_task = task
+        switched = False
+        if task != self.session_task and (self.recorder is not None or self._next is not None):
+            # One task per session: the recording goes on under the new task.
+            self._close(f"task changed to {task}: closed")
+            self._next, switched = None, True
         if self.recorder is None and self._next is not None:
             self._reopen()
         if self.recorder is None:
-            if not self.cfg.auto_start:
+            if not self.cfg.auto_start and not switched:
                 self._drop(
                     eid, len(steps), "no session open (auto_start is false; call start_session)"
                 )
                 return "dropped"
             self.part = 0
             try:
-                self._open()
+                self._open(task)
             except (DatasetError, OSError) as exc:
                 self._drop(eid, len(steps), f"cannot open a session: {exc}")
                 return "error"
@@ -393,7 +412,21 @@ class Collector:
 
     def _reopen(self) -> None:
         extra, self._next = self._next, None
-        self._open(extra)
+        self._open(self.session_task, extra)
+
+    def _task_of(self, res) -> str:
+        """Return the task folder of an episode: its own task, or the configured one."""
+        problem = task_name_problem(res.task)
+        if problem is None:
+            return res.task
+        if res.task and res.task != self._bad_task:
+            self._bad_task = res.task
+            self.log(
+                "warn",
+                f"episode {res.episode_id} names task {res.task!r}, which {problem}; "
+                f"recorded under {self.cfg.task}",
+            )
+        return self.cfg.task
 
     def _maybe_roll_over(self) -> None:
         rec, c = self.recorder, self.cfg
@@ -412,6 +445,7 @@ class Collector:
         with self._lock:
             return {
                 "session": str(self.session_path) if self.recorder is not None else "",
+                "session_task": self.session_task if self.recorder is not None else "",
                 "session_episodes": self.recorder.episodes_written
                 if self.recorder is not None
                 else 0,

@@ -175,7 +175,7 @@ def test_1000_episodes_bounded_memory_camera_and_independent_reader(ros_env, tmp
         feed.wait_connected(camera=True)
         assert feed.call("start_session").success
         for i in range(1000):
-            feed.episode(2, hw, images=images, seed=i)
+            feed.episode(2, hw, images=images, seed=i, task="memtest")  # its session's task
             if i % 50 == 0:
                 feed.camera(hw, images[0])
             if (

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -411,6 +412,73 @@ def test_collector_discard_order_and_bounds(tmp_path):
     assert st["dropped_episodes"] == 3 and st["pending_bytes"] == len(
         raw_msgs(6, 2)[0][0]
     )  # ep 5 pushed out by 7
+
+
+def feed(col, i, task, n=2):
+    steps, res = raw_msgs(i, n, task=task)
+    for s in steps:
+        col.on_step(s)
+    return col.on_result(res)
+
+
+def session_of(path):
+    return yaml.safe_load((path / "nsl_session.yaml").read_text())["session"]
+
+
+def test_a_task_switch_closes_the_session_and_records_on_under_the_new_task(tmp_path):
+    logs = []
+    col = Collector(
+        CollectorConfig(tmp_path, "base", fsync=False, msg_dir=MSG_DIR),
+        log=lambda level, text: logs.append((level, text)),
+    )
+    assert [feed(col, i, "base") for i in range(3)] == ["written"] * 3
+    base_bag = col.status()["session"]
+    assert base_bag.startswith(str(tmp_path / "base" / "session_"))
+    assert col.status()["session_task"] == "base"
+    # The world changed: the first checkerboard episode closes the base session.
+    assert [feed(col, i, "checkerboard") for i in (3, 4)] == ["written"] * 2
+    status = col.status()
+    assert status["session_task"] == "checkerboard" and status["session_episodes"] == 2
+    assert status["session"].startswith(str(tmp_path / "checkerboard" / "session_"))
+    ok, challenge_bag = col.stop_session()
+    assert ok and challenge_bag == status["session"]
+    for bag, task, ids in ((base_bag, "base", [0, 1, 2]), (challenge_bag, "checkerboard", [3, 4])):
+        episodes = read_episodes(bag)
+        assert [e.episode_id for e in episodes] == [f"ep-{i:04d}" for i in ids]
+        assert {e.task for e in episodes} == {task} and session_of(Path(bag))["task"] == task
+        assert session_of(Path(bag))["ended"]
+    assert status["episodes_written"] == 5 and status["dropped_episodes"] == 0
+    # A session started after the switch goes under the latest episodes' task.
+    ok, started = col.start_session()
+    assert ok and started.startswith(str(tmp_path / "checkerboard" / "session_"))
+    col.stop_session()
+    # An episode naming no valid task goes under the configured one, with a warning.
+    assert feed(col, 5, "a/b") == "written"
+    assert col.status()["session"].startswith(str(tmp_path / "base" / "session_"))
+    assert any(level == "warn" and "'a/b'" in text for level, text in logs)
+
+
+def test_a_task_switch_keeps_recording_without_auto_start_and_after_a_roll_over(tmp_path):
+    col = Collector(
+        CollectorConfig(
+            tmp_path,
+            "base",
+            auto_start=False,
+            max_episodes_per_bag=2,
+            fsync=False,
+            msg_dir=MSG_DIR,
+        )
+    )
+    assert col.start_session()[0]
+    assert [feed(col, i, "base") for i in range(2)] == ["written"] * 2  # rolled over at 2
+    # The switch ends the rolled-over session: the recording goes on under the new task.
+    assert feed(col, 2, "harsh_light") == "written"
+    bags = {task: sorted((tmp_path / task).iterdir()) for task in ("base", "harsh_light")}
+    assert [len(b) for b in bags.values()] == [1, 1]
+    assert [len(read_episodes(b)) for b in bags["base"] + bags["harsh_light"]] == [2, 1]
+    assert "continues" not in session_of(bags["harsh_light"][0])
+    with pytest.raises(ValueError, match="task must not be blank"):
+        CollectorConfig(tmp_path, " ").check()
 
 
 def test_collector_memory_bounded_over_1000_episodes(tmp_path):
