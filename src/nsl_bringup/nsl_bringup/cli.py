@@ -3,7 +3,7 @@
 nsl up GRAPH [name:=value ...]     start a graph as processes (where ros2 launch is unavailable)
 nsl graph GRAPH [name:=value ...]  print the nodes, parameters and command lines of a graph
 nsl status [--namespace NS]        print the running policy's learning monitor (/diagnostics)
-nsl demo [--task T --episodes N]   the main job: collect, fine-tune, hot-swap, evaluate in sim
+nsl demo [--task T ...]            the main job in sim: base, the world changes, fine-tune, recover
 nsl checkpoint init PATH           write a randomly initialised Q-function checkpoint
 plus the commands of the packages (nsl sim ..., nsl data ..., nsl train ...): nsl --help
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from nsl_bringup.demo_config import OPTIONS as DEMO_OPTIONS
+from nsl_bringup.demo_config import DemoConfig
 from nsl_bringup.graph import GRAPHS, resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment, run_until_interrupted
 
@@ -89,21 +91,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    config = DemoConfig(**{option.name: getattr(args, option.name) for option in DEMO_OPTIONS})
     # rclpy and pybullet: only the demo needs them, so `nsl --help` stays fast.
-    from nsl_bringup.demo import DemoConfig, run_demo
+    from nsl_bringup.demo import run_demo
 
-    run_demo(
-        DemoConfig(
-            task=args.task,
-            eval_episodes=args.eval_episodes,
-            collect_episodes=args.episodes,
-            finetune_steps=args.steps,
-            epsilon=args.epsilon,
-            seed=args.seed,
-            output=args.output,
-            checkpoint=args.checkpoint,
-        )
-    )
+    run_demo(config)
     return 0
 
 
@@ -175,6 +167,14 @@ def graph_arguments_help(graphs: dict) -> str:
     return "\n".join(lines)
 
 
+def demo_option_help(option) -> str:
+    """Return the ``--help`` line of a demo option: its meaning and its default."""
+    text = option.metadata["help"]
+    if option.default != "":  # an empty default is explained in the text
+        text += f" (default {option.default!r})"
+    return text.replace("%", "%%")  # argparse formats help strings with %
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nsl", description="NSL: never-stop-learning grasping on ROS 2"
@@ -218,38 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser(
-        "demo", help="the whole loop in simulation: collect, fine-tune, hot-swap, evaluate"
+        "demo",
+        help="the paper's story in simulation: base, the world changes, fine-tune, recover",
+        description="Runs the sim_demo graph in three phases: (1) greedy episodes on the base "
+        "task, recorded as the base data; (2) the task changes to a challenge at run time: "
+        "greedy evaluation, then exploration grasps, recorded as the new data; (3) the "
+        "trainer's fine_tune service on base + new data, the policy hot-swaps, greedy "
+        "evaluation again. Prints a table with 95% CIs, writes summary.json and phases.png.",
     )
-    p.add_argument(
-        "--task",
-        default="checkerboard",
-        help="task to run and fine-tune on (default checkerboard)",
-    )
-    p.add_argument(
-        "--eval-episodes",
-        type=int,
-        default=50,
-        help="greedy evaluation episodes before and after (default 50)",
-    )
-    p.add_argument(
-        "--episodes",
-        type=int,
-        default=150,
-        help="exploration grasps collected for fine-tuning (default 150)",
-    )
-    p.add_argument(
-        "--steps", type=int, default=500, help="fine-tuning gradient steps (default 500)"
-    )
-    p.add_argument(
-        "--epsilon", type=float, default=0.2, help="exploration while collecting (default 0.2)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="", help="run folder (default runs/demo-<time>)")
-    p.add_argument(
-        "--checkpoint",
-        default="",
-        help="start checkpoint (default: shipped base, else random init)",
-    )
+    for option in DEMO_OPTIONS:
+        p.add_argument(
+            f"--{option.name.replace('_', '-')}",
+            dest=option.name,
+            type=type(option.default),
+            default=option.default,
+            help=demo_option_help(option),
+        )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("checkpoint", help="checkpoint tools")
     csub = p.add_subparsers(dest="checkpoint_command", required=True)

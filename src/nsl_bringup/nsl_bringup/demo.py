@@ -1,64 +1,50 @@
-"""The main job: the whole NSL loop in simulation, from one command.
+"""The main job: the paper's story in simulation, in one command and one running graph.
 
-Starts the sim_demo graph (sim, policy, collector, trainer as separate processes over ROS 2) on
-a task, then: evaluates the policy greedily (epsilon 0), collects exploration grasps (epsilon
-set at run time through the policy's parameter), closes the recording session, asks the trainer
-to fine-tune on it through the ROS service, waits for the policy to hot-swap the announced
-checkpoint, evaluates greedily again, and prints a before/after table with 95% intervals and
-writes a plot. Every episode of the run is recorded and trained on.
+Starts the sim_demo graph (sim, policy, collector, trainer as separate processes over ROS 2)
+on the base task and tells the story in three phases, without restarting anything:
+
+1. **base**: the policy runs greedily (epsilon 0) on the base task; the collector records
+   the episodes, and that session's bag is the base data.
+2. **the world changes**: the policy's ``task`` is set to the challenge at run time (from the
+   next episode); the collector closes the base session at the first challenge episode and
+   records the challenge in a new one. **before**: greedy evaluation on the challenge; then
+   exploration grasps (epsilon set at run time); that session's bag is the new data.
+3. **fine-tune**: the trainer's ``fine_tune`` service on the base and the new data with the
+   trainer's recipe (its default steps, learning rate and base/target sampling); the policy
+   hot-swaps the announced checkpoint; **after**: greedy evaluation on the challenge.
+
+It prints a table of the three evaluations with 95% Wilson intervals and the wall time of
+each phase, says whether the before and after intervals overlap, and writes ``summary.json``
+and ``phases.png`` into the run folder. The policy watches a swapped-in checkpoint and rolls
+it back when it does significantly worse than the one before; the demo reports that.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from nsl_common.loop_client import LoopClient, ensure_rclpy
+from nsl_bringup.demo_config import BASE_TASK, DemoConfig
 from nsl_bringup.graph import resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment
-from nsl_msgs.msg import TrainerStatus
+from nsl_msgs.msg import EpisodeResult, TrainerStatus
 from nsl_msgs.srv import FineTune
 from nsl_policy.shipped import base_checkpoint
 from nsl_sim.evaluate import wilson_interval
 from std_srvs.srv import Trigger
 
 SHIPPED_BASE_CHECKPOINT = base_checkpoint()
+RECORDING_TIMEOUT = 120.0
+"""Seconds the collector may take to write the episodes the demo has seen."""
+PHASE_COLORS = {"base": "#999999", "before": "#d9822b", "after": "#2a7ab9"}
 
-
-@dataclass
-class DemoConfig:
-    """Options of ``nsl demo``."""
-
-    task: str = "checkerboard"
-    """Task the policy runs on and is fine-tuned for (a challenge of the paper, or base)."""
-    eval_episodes: int = 50
-    """Greedy evaluation episodes before and after fine-tuning."""
-    collect_episodes: int = 150
-    """Exploration grasps collected for fine-tuning."""
-    finetune_steps: int = 500
-    """Gradient steps of the fine-tuning job."""
-    epsilon: float = 0.2
-    """Exploration while collecting."""
-    seed: int = 0
-    """Seed of the first episode."""
-    output: str = ""
-    """Run folder (default runs/demo-<time>)."""
-    checkpoint: str = ""
-    """Start checkpoint (default: the shipped base checkpoint, else a random initialisation)."""
-    timeout: float = 900.0
-    """Seconds any single phase may take."""
-
-    def __post_init__(self) -> None:
-        if self.eval_episodes < 1 or self.collect_episodes < 0 or self.finetune_steps < 1:
-            raise ValueError(
-                "eval_episodes and finetune_steps must be >= 1, collect_episodes >= 0"
-            )
-        if not 0 <= self.epsilon <= 1:
-            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+__all__ = ["DemoConfig", "format_table", "phase_row", "run_demo", "summarize", "write_plot"]
 
 
 def say(msg: str) -> None:
@@ -81,8 +67,135 @@ def start_checkpoint(config: DemoConfig, run_dir: Path) -> str:
     return str(path)
 
 
+# ---- results ----------------------------------------------------------------------------------
+def phase_row(phase: str, task: str, checkpoint: str, results: list[EpisodeResult]) -> dict:
+    """Return one evaluation's row: its episodes, successes, rate and 95% Wilson interval."""
+    wins = sum(bool(r.success) for r in results)
+    lo, hi = wilson_interval(wins, len(results))  # (0, 1) when a roll back left no episode
+    return {
+        "phase": phase,
+        "task": task,
+        "checkpoint": checkpoint,
+        "episodes": len(results),
+        "successes": wins,
+        "success_rate": wins / len(results) if results else None,
+        "ci95": [lo, hi],
+    }
+
+
+def summarize(config: DemoConfig, rows: list[dict], wall_s: dict, **facts) -> dict:
+    """Return the run's summary: rows, before/after comparison, wall times, options, ``facts``."""
+    by_phase = {r["phase"]: r for r in rows}
+    before, after = by_phase["before"]["ci95"], by_phase["after"]["ci95"]
+    overlap = not (after[0] > before[1] or before[0] > after[1])
+    return {
+        "task": config.task,
+        "rows": rows,
+        "before_after_cis_overlap": overlap,
+        "recovered": after[0] > before[1],
+        "wall_s": wall_s,
+        "config": dataclasses.asdict(config),
+        **facts,
+    }
+
+
+def format_table(summary: dict) -> str:
+    """Return the printed result: the three phases, wall times and the before/after verdict."""
+    header = ("phase", "task", "checkpoint", "episodes", "success", "95% CI")
+    lines = []
+    for r in summary["rows"]:
+        rate = r["success_rate"]
+        lines.append(
+            (
+                r["phase"],
+                r["task"],
+                r["checkpoint"],
+                str(r["episodes"]),
+                "-" if rate is None else f"{rate:.2f}",
+                f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]",
+            )
+        )
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    right = {3, 4}  # numbers align right
+
+    def cells(row) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths))
+            )
+            + " |"
+        )
+
+    table = [cells(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    table += [cells(row) for row in lines]
+    wall = summary["wall_s"]
+    times = ", ".join(f"{name} {wall[name]:.0f} s" for name in wall if name != "total")
+    table.append(f"wall time: {times}; total {wall['total']:.0f} s")
+    if not summary["before_after_cis_overlap"]:
+        verdict = (
+            "do not overlap: success recovered significantly"
+            if summary["recovered"]
+            else "do not overlap: success fell significantly"
+        )
+    else:
+        verdict = "overlap: no significant difference"
+    table.append(f"before vs after on {summary['task']}: the 95% CIs {verdict}")
+    if summary.get("rolled_back"):
+        table.append(
+            f"the policy rolled {summary['rolled_back_from']} back to "
+            f"{summary['rolled_back_to']} during the after-evaluation"
+        )
+    return "\n".join(table)
+
+
+def write_plot(summary: dict, path: Path) -> Path:
+    """Bar chart of the three phases' success with 95% Wilson intervals."""
+    # matplotlib is slow to import and only draws this plot; Agg must be chosen before pyplot.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after the backend is chosen
+
+    rows = summary["rows"]
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    rates = [r["success_rate"] or 0.0 for r in rows]
+    errors = [
+        [rate - r["ci95"][0] if r["episodes"] else 0.0 for rate, r in zip(rates, rows)],
+        [r["ci95"][1] - rate if r["episodes"] else 0.0 for rate, r in zip(rates, rows)],
+    ]
+    labels = [f"{r['phase']}\n{r['task']}\n(n={r['episodes']})" for r in rows]
+    colors = [PHASE_COLORS.get(r["phase"], "#555555") for r in rows]
+    ax.bar(labels, rates, yerr=errors, capsize=6, color=colors)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("grasp success (95% CI)")
+    ax.set_title(f"base, then {summary['task']}: before and after fine-tuning", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---- the run ----------------------------------------------------------------------------------
+class _Clock:
+    """Wall time of each phase, in the order they end."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases[phase], self.last = now - self.last, now
+
+    def wall_s(self) -> dict:
+        return {**self.phases, "total": time.monotonic() - self.start}
+
+
 def run_demo(config: DemoConfig) -> dict:
-    t0 = time.monotonic()
+    """Run the three phases (module doc) and return the summary written to summary.json."""
+    clock = _Clock()
     run_dir = Path(
         config.output or f"runs/demo-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     ).resolve()
@@ -93,7 +206,7 @@ def run_demo(config: DemoConfig) -> dict:
         "sim_demo",
         {
             "namespace": namespace,
-            "task": config.task,
+            "task": BASE_TASK,
             "checkpoint": checkpoint,
             "epsilon": "0.0",
             "seed": str(config.seed),
@@ -110,79 +223,192 @@ def run_demo(config: DemoConfig) -> dict:
     ensure_rclpy()
     client = LoopClient(namespace=namespace)
     try:
+        facts = _Phases(config, client, runner, checkpoint, run_dir, clock).run()
+    finally:
+        client.close()
+        runner.stop()
+        log.close()
+    rows = facts.pop("rows")
+    summary = summarize(config, rows, clock.wall_s(), **facts)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_path = write_plot(summary, run_dir / "phases.png")
+    print()
+    print(format_table(summary))
+    print()
+    say(f"summary in {run_dir / 'summary.json'}, plot in {plot_path}")
+    return summary
 
-        def guard(what: str):
-            died = runner.first_exit
-            if died is not None:
-                raise RuntimeError(f"{died.describe()} while {what}; see {run_dir / 'nodes.log'}")
 
+class _Phases:
+    """The three phases against the running graph (the client's waits block this thread)."""
+
+    def __init__(
+        self,
+        config: DemoConfig,
+        client: LoopClient,
+        runner: GraphRunner,
+        checkpoint: str,
+        run_dir: Path,
+        clock: _Clock,
+    ) -> None:
+        self.config, self.client, self.runner = config, client, runner
+        self.checkpoint, self.run_dir, self.clock = checkpoint, run_dir, clock
+
+    def guard(self, what: str) -> None:
+        died = self.runner.first_exit
+        if died is not None:
+            raise RuntimeError(f"{died.describe()} while {what}; see {self.run_dir / 'nodes.log'}")
+
+    def node_died(self) -> bool:
+        return self.runner.first_exit is not None
+
+    def episodes(self, what: str, checkpoint: str, count: int, task: str, epsilon: float, **kw):
+        """Wait for ``count`` complete episodes (progress lines as they come)."""
+        results = self.client.wait_for_episodes(
+            checkpoint,
+            count,
+            self.config.timeout,
+            epsilon=epsilon,
+            task=task,
+            progress=lambda n: say(f"  {what} {n}/{count}"),
+            **kw,
+        )
+        self.guard(what)
+        return results
+
+    def run(self) -> dict:
+        config, client = self.config, self.client
         say("waiting for the policy to load its checkpoint")
         client.wait_until(
-            lambda: client.active_checkpoint is not None or runner.first_exit is not None,
+            lambda: client.active_checkpoint is not None or self.node_died(),
             120,
             "the policy's checkpoint",
         )
-        guard("starting")
-        before_id = client.active_checkpoint.checkpoint_id
+        self.guard("starting")
+        base_id = client.active_checkpoint.checkpoint_id
+        self.clock.mark("start")
+
         say(
-            f"policy runs checkpoint {before_id} on '{config.task}'; "
-            f"greedy evaluation, {config.eval_episodes} episodes"
+            f"phase 1, base: checkpoint {base_id} runs greedily on '{BASE_TASK}', "
+            f"{config.base_episodes} episodes; the collector records them as the base data"
         )
-        before = client.wait_for_episodes(
-            before_id,
-            config.eval_episodes,
+        base = self.episodes("base episode", base_id, config.base_episodes, BASE_TASK, 0.0)
+        client.wait_for_recorded(config.base_episodes, RECORDING_TIMEOUT, stop=self.node_died)
+        self.guard("recording the base data")
+        base_bag = client.collector_status["session"]
+        self.clock.mark("base")
+
+        say(f"phase 2, the world changes: task '{config.task}' from the next episode")
+        client.set_task(config.task)
+        # The first challenge episode closes the base session (every base episode is in it
+        # then: the collector writes episodes in order) and opens the challenge session.
+        client.wait_until(
+            lambda: client.collector_status.get("session_task") == config.task or self.node_died(),
             config.timeout,
-            epsilon=0.0,
-            progress=lambda n: say(f"  evaluation episode {n}/{config.eval_episodes}"),
+            "the collector to record the first challenge episode in a new session",
         )
-        guard("evaluating")
+        self.guard("switching the task")
+        base_recorded = len(client.complete_results(BASE_TASK))
+        say(f"base data: {base_recorded} episodes in {base_bag}")
+        say(f"before: greedy evaluation on '{config.task}', {config.eval_episodes} episodes")
+        before = self.episodes(
+            "evaluation episode", base_id, config.eval_episodes, config.task, 0.0
+        )
+        self.clock.mark("before")
         if config.collect_episodes:
             client.set_exploration(config.epsilon)
             say(
                 f"collecting {config.collect_episodes} exploration grasps "
                 f"(epsilon {config.epsilon})"
             )
-            client.wait_for_episodes(
-                before_id,
-                config.collect_episodes,
-                config.timeout,
-                epsilon=config.epsilon,
-                progress=lambda n: say(f"  grasp {n}/{config.collect_episodes}"),
-            )
-            guard("collecting")
-        # Every episode so far belongs in the session bag.
+            self.episodes("grasp", base_id, config.collect_episodes, config.task, config.epsilon)
+            client.set_exploration(0.0)  # greedy from here on: the after-evaluation is too
+        # Every challenge episode so far belongs in the new data.
         client.wait_for_recorded(
-            config.eval_episodes + config.collect_episodes,
-            120,
-            stop=lambda: runner.first_exit is not None,
+            len(client.complete_results(config.task)), RECORDING_TIMEOUT, stop=self.node_died
         )
-        guard("recording")
+        self.guard("recording the new data")
         reply = client.call(client.stop_session_client, Trigger.Request())
         if not reply.success:
             raise RuntimeError(f"collector could not close the session: {reply.message}")
-        bag = reply.message
-        say(f"recorded session {bag}")
-        client.set_exploration(0.0)  # from here on the robot runs greedily: the after-evaluation
+        target_bag = reply.message
+        say(f"new data: session {target_bag}")
+        self.clock.mark("collect")
+
+        job, total_steps = self.fine_tune(base_bag, target_bag)
+        client.wait_until(
+            lambda: client.active_checkpoint.checkpoint_id != base_id,
+            120,
+            "the policy to swap in the new checkpoint",
+        )
+        after_id = client.active_checkpoint.checkpoint_id
+        self.clock.mark("fine-tune")
+        say(
+            f"policy hot-swapped to {after_id}; after: greedy evaluation on '{config.task}', "
+            f"{config.eval_episodes} episodes"
+        )
+        # The policy watches a swapped-in checkpoint and rolls it back when it does significantly
+        # worse than the one before; the after-evaluation then ends with the episodes it had.
+        after = self.episodes(
+            "evaluation episode",
+            after_id,
+            config.eval_episodes,
+            config.task,
+            0.0,
+            stop=lambda: client.active_checkpoint.checkpoint_id != after_id,
+        )
+        restored = client.active_checkpoint.checkpoint_id
+        if restored != after_id:
+            say(
+                f"the policy rolled {after_id} back to {restored} after {len(after)} episodes: "
+                "it did significantly worse than the checkpoint before it"
+            )
+        self.clock.mark("after")
+        return {
+            "rows": [
+                phase_row("base", BASE_TASK, base_id, base),
+                phase_row("before", config.task, base_id, before),
+                phase_row("after", config.task, after_id, after),
+            ],
+            "datasets": {"base": base_bag, "target": target_bag},
+            "base_episodes_recorded": base_recorded,
+            "job_id": job,
+            "finetune_steps": total_steps,
+            "rolled_back": restored != after_id,
+            "rolled_back_from": after_id if restored != after_id else "",
+            "rolled_back_to": restored if restored != after_id else "",
+        }
+
+    def fine_tune(self, base_bag: str, target_bag: str) -> tuple[str, int]:
+        """Fine-tune through the trainer's service; return the job id and its steps."""
+        client, config = self.client, self.config
+        # Zero steps, learning rate and target fraction: the trainer's recipe decides them.
         request = FineTune.Request(
-            target_datasets=[bag], init_checkpoint=checkpoint, steps=config.finetune_steps
+            base_datasets=[base_bag],
+            target_datasets=[target_bag],
+            init_checkpoint=self.checkpoint,
+            steps=config.finetune_steps,
+            learning_rate=0.0,
+            target_fraction=0.0,
         )
         reply = client.call(client.fine_tune_client, request)
         if not reply.accepted:
             raise RuntimeError(f"trainer refused the fine-tune request: {reply.message}")
         job = reply.job_id
         say(
-            f"fine-tuning job {job}: {config.finetune_steps} steps "
-            "(the robot keeps running meanwhile)"
+            f"phase 3, fine-tuning job {job} on the base and the new data with the trainer's "
+            "recipe (the robot keeps running meanwhile)"
         )
         last = [-1]
 
         def job_done() -> bool:
             s = client.trainer_status
-            if s is None or s.job_id != job or runner.first_exit is not None:
-                return runner.first_exit is not None
+            if s is None or s.job_id != job or self.node_died():
+                return self.node_died()
             if s.step != last[0] and s.state == TrainerStatus.STATE_RUNNING:
                 last[0] = s.step
-                say(f"  step {s.step}/{s.total_steps} loss {s.loss:.4f}")
+                loss = f" loss {s.loss:.4f}" if math.isfinite(s.loss) else ""  # NaN: no step yet
+                say(f"  step {s.step}/{s.total_steps}{loss}")
             return s.state in (
                 TrainerStatus.STATE_SUCCEEDED,
                 TrainerStatus.STATE_FAILED,
@@ -190,100 +416,8 @@ def run_demo(config: DemoConfig) -> dict:
             )
 
         client.wait_until(job_done, config.timeout, f"fine-tuning job {job}")
-        guard("fine-tuning")
-        if client.trainer_status.state != TrainerStatus.STATE_SUCCEEDED:
-            raise RuntimeError(f"fine-tuning failed: {client.trainer_status.message}")
-        client.wait_until(
-            lambda: client.active_checkpoint.checkpoint_id != before_id,
-            120,
-            "the policy to swap in the new checkpoint",
-        )
-        after_id = client.active_checkpoint.checkpoint_id
-        say(
-            f"policy hot-swapped to {after_id}; greedy evaluation, {config.eval_episodes} episodes"
-        )
-        # The policy watches a swapped-in checkpoint and rolls it back when it does significantly
-        # worse than the one before; the after-evaluation then ends with the episodes it had.
-        after = client.wait_for_episodes(
-            after_id,
-            config.eval_episodes,
-            config.timeout,
-            epsilon=0.0,
-            progress=lambda n: say(f"  evaluation episode {n}/{config.eval_episodes}"),
-            stop=lambda: client.active_checkpoint.checkpoint_id != after_id,
-        )
-        rolled_back = client.active_checkpoint.checkpoint_id != after_id
-        if rolled_back:
-            say(
-                f"the policy rolled {after_id} back to {client.active_checkpoint.checkpoint_id} "
-                f"after {len(after)} episodes: it did significantly worse than the checkpoint "
-                "before it"
-            )
-    finally:
-        client.close()
-        runner.stop()
-        log.close()
-
-    rows = []
-    for label, ckpt, results in (("before", before_id, before), ("after", after_id, after)):
-        wins = sum(r.success for r in results)
-        lo, hi = wilson_interval(wins, len(results))  # (0, 1) when a rollback left no episode
-        rows.append(
-            {
-                "phase": label,
-                "checkpoint": ckpt,
-                "episodes": len(results),
-                "successes": wins,
-                "success_rate": wins / len(results) if results else float("nan"),
-                "ci95": [lo, hi],
-            }
-        )
-    summary = {
-        "task": config.task,
-        "rows": rows,
-        "dataset": bag,
-        "job_id": job,
-        "rolled_back": rolled_back,
-        "wall_clock_s": time.monotonic() - t0,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_path = write_plot(rows, config.task, run_dir / "before_after.png")
-    print()
-    print("| phase  | checkpoint   | episodes | success | 95% CI        |")
-    print("|--------|--------------|----------|---------|---------------|")
-    for r in rows:
-        print(
-            f"| {r['phase']:<6} | {r['checkpoint']:<12} | {r['episodes']:>8} "
-            f"| {r['success_rate']:>7.2f} | [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] |"
-        )
-    print()
-    say(
-        f"done in {summary['wall_clock_s']:.0f} s; summary in {run_dir / 'summary.json'}, "
-        f"plot in {plot_path}"
-    )
-    return summary
-
-
-def write_plot(rows: list[dict], task: str, path: Path) -> Path:
-    """Bar chart of success before and after fine-tuning, with 95% Wilson intervals."""
-    # matplotlib is slow to import and only draws this plot; Agg must be chosen before pyplot.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after the backend is chosen
-
-    fig, ax = plt.subplots(figsize=(4, 3.2), dpi=120)
-    rates = [r["success_rate"] for r in rows]
-    errors = [
-        [r["success_rate"] - r["ci95"][0] for r in rows],
-        [r["ci95"][1] - r["success_rate"] for r in rows],
-    ]
-    labels = [f"{r['phase']}\n{r['checkpoint'][:8]}\n(n={r['episodes']})" for r in rows]
-    ax.bar(labels, rates, yerr=errors, capsize=6, color=["#999999", "#2a7ab9"])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("grasp success (95% CI)")
-    ax.set_title(f"{task}: before vs after fine-tuning", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+        self.guard("fine-tuning")
+        status = client.trainer_status
+        if status.state != TrainerStatus.STATE_SUCCEEDED:
+            raise RuntimeError(f"fine-tuning failed: {status.message}")
+        return job, int(status.total_steps)

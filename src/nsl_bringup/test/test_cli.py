@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from nsl_bringup.demo_config import OPTIONS as DEMO_OPTIONS
 from nsl_bringup.graph import GRAPHS
 
 
@@ -39,3 +40,23 @@ def test_commands_print_no_pybullet_build_time(args):
     result = nsl(*args)
     assert result.returncode == 0, result.stderr
     assert "build time" not in result.stdout + result.stderr
+
+
+def test_demo_help_lists_every_option_with_its_default():
+    result = nsl("demo", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps the help lines
+    assert len(DEMO_OPTIONS) == 10
+    for option in DEMO_OPTIONS:
+        assert f"--{option.name.replace('_', '-')} " in text, option.name
+        assert " ".join(option.metadata["help"].split()) in text, option.name
+        if option.default != "":
+            assert f"(default {option.default!r})" in text, option.name
+
+
+def test_demo_refuses_bad_options_before_starting_anything():
+    result = nsl("demo", "--task", "base", "--finetune-steps", "-1", "--output", "/proc/x")
+    assert result.returncode == 1
+    assert result.stderr.startswith("nsl: error: invalid demo options: task must be one of")
+    assert "finetune_steps must be an integer >= 0 (got -1)" in result.stderr
+    assert "build time" not in result.stdout + result.stderr  # no sim was imported

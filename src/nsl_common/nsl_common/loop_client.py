@@ -14,7 +14,7 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rclpy.parameter import Parameter
 from rcl_interfaces.srv import SetParameters
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -114,6 +114,11 @@ class LoopClient(Node):
                 if r.checkpoint_id == checkpoint_id and (r.complete or not complete_only)
             ]
 
+    def complete_results(self, task: str | None = None) -> list[EpisodeResult]:
+        """Return the complete episodes seen so far (only those on ``task``, when given)."""
+        with self._cond:
+            return [r for r in self.results if r.complete and (task is None or r.task == task)]
+
     def wait_for_episodes(
         self,
         checkpoint_id: str,
@@ -122,12 +127,13 @@ class LoopClient(Node):
         progress: Callable[[int], None] | None = None,
         epsilon: float | None = None,
         stop: Callable[[], bool] | None = None,
+        task: str | None = None,
     ) -> list[EpisodeResult]:
         """Return the first ``count`` complete episodes run with ``checkpoint_id``.
 
-        With ``epsilon``, only episodes with that exploration count; episodes that arrived
-        already count too. When ``stop`` returns True (e.g. the checkpoint was rolled back), the
-        episodes so far are returned, fewer than ``count``.
+        With ``epsilon``, only episodes with that exploration count, with ``task`` only those
+        on that task; episodes that arrived already count too. When ``stop`` returns True (e.g.
+        the checkpoint was rolled back), the episodes so far are returned, fewer than ``count``.
         """
 
         def matching() -> list[EpisodeResult]:
@@ -136,6 +142,7 @@ class LoopClient(Node):
                 for r in self.results
                 if r.checkpoint_id == checkpoint_id
                 and r.complete
+                and (task is None or r.task == task)
                 and (
                     epsilon is None or json.loads(r.exploration or "{}").get("epsilon") == epsilon
                 )
@@ -156,15 +163,19 @@ class LoopClient(Node):
 
     def set_exploration(self, epsilon: float, timeout: float = 30.0) -> None:
         """Set the policy's epsilon (applies from its next episode)."""
-        p = Parameter(
-            name="epsilon",
-            value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=float(epsilon)),
-        )
-        result = self.call(
-            self.set_parameters_client, SetParameters.Request(parameters=[p]), timeout
-        ).results[0]
+        self._set_policy_parameter("epsilon", float(epsilon), timeout)
+
+    def set_task(self, task: str, timeout: float = 30.0) -> None:
+        """Set the policy's task, the world it runs in (applies from its next episode)."""
+        self._set_policy_parameter("task", str(task), timeout)
+
+    def _set_policy_parameter(self, name: str, value: float | str, timeout: float) -> None:
+        """Set one policy parameter; ValueError with the policy's reason when it refuses."""
+        message = Parameter(name, value=value).to_parameter_msg()
+        request = SetParameters.Request(parameters=[message])
+        result = self.call(self.set_parameters_client, request, timeout).results[0]
         if not result.successful:
-            raise ValueError(f"policy refused epsilon={epsilon}: {result.reason}")
+            raise ValueError(f"policy refused {name}={value!r}: {result.reason}")
 
     def call(self, client, request, timeout: float = 30.0):
         try:

@@ -1,0 +1,79 @@
+"""The options of ``nsl demo`` (light: ``nsl --help`` builds the demo's flags from them)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from nsl_sim.tasks import TASKS
+
+BASE_TASK = "base"
+"""The task the base data is recorded on (phase 1) and the policy was trained for."""
+CHALLENGES = tuple(name for name in TASKS if name != BASE_TASK)
+
+
+def _option(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of ``nsl demo``; each field's ``help`` metadata is its ``--help`` line."""
+
+    task: str = _option(
+        "checkerboard",
+        f"challenge task the world changes to in phase 2 ({', '.join(CHALLENGES)})",
+    )
+    base_episodes: int = _option(
+        100, "phase 1: greedy episodes on the base task, recorded as the base data"
+    )
+    eval_episodes: int = _option(
+        50, "greedy evaluation episodes on the challenge before and after fine-tuning"
+    )
+    collect_episodes: int = _option(
+        150, "phase 2: exploration grasps on the challenge, recorded as the new data"
+    )
+    epsilon: float = _option(0.2, "exploration while collecting, in (0, 1]")
+    seed: int = _option(0, "seed of the first episode (episode k resets with seed + k)")
+    output: str = _option("", "run folder (empty: runs/demo-<time>)")
+    checkpoint: str = _option(
+        "", "start checkpoint (empty: the shipped base checkpoint, else a random initialisation)"
+    )
+    timeout: float = _option(900.0, "seconds any single phase may take")
+    finetune_steps: int = _option(0, "gradient steps of the fine-tune (0: the trainer's default)")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.task not in CHALLENGES:
+            problems.append(
+                f"task must be one of the challenge tasks {', '.join(CHALLENGES)} "
+                f"(got {self.task!r}; phase 1 runs {BASE_TASK})"
+            )
+        for name, least in (
+            ("base_episodes", 1),
+            ("eval_episodes", 1),
+            ("collect_episodes", 0),
+            ("finetune_steps", 0),
+            ("seed", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                problems.append(f"{name} must be an integer >= {least} (got {value!r})")
+        # Exploration episodes are told from the greedy evaluation by their epsilon.
+        if not (isinstance(self.epsilon, (int, float)) and 0 < self.epsilon <= 1):
+            problems.append(f"epsilon must be in (0, 1] (got {self.epsilon!r})")
+        if not (
+            isinstance(self.timeout, (int, float))
+            and math.isfinite(self.timeout)
+            and self.timeout > 0
+        ):
+            problems.append(f"timeout must be > 0 seconds (got {self.timeout!r})")
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            problems.append(f"checkpoint {self.checkpoint!r} is not a file")
+        if problems:
+            raise ValueError("invalid demo options: " + "; ".join(problems))
+
+
+OPTIONS = tuple(fields(DemoConfig))
+"""The options, in order: name, type (from the default), default and ``help`` metadata."""

@@ -1,0 +1,124 @@
+"""The demo's results (rows, summary, table, plot) and options, without running the graph."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("rclpy")  # the demo module imports the ROS messages
+from nsl_bringup.demo import format_table, phase_row, summarize, write_plot  # noqa: E402
+from nsl_bringup.demo_config import CHALLENGES, DemoConfig  # noqa: E402
+from nsl_msgs.msg import EpisodeResult  # noqa: E402
+
+
+def episodes(successes: int, failures: int) -> list[EpisodeResult]:
+    return [EpisodeResult(success=True, complete=True)] * successes + [
+        EpisodeResult(success=False, complete=True)
+    ] * failures
+
+
+def rows(after: list[EpisodeResult]) -> list[dict]:
+    return [
+        phase_row("base", "base", "ckpt-base", episodes(70, 30)),
+        phase_row("before", "checkerboard", "ckpt-base", episodes(10, 40)),
+        phase_row("after", "checkerboard", "ckpt-fine", after),
+    ]
+
+
+WALL = {"start": 12.0, "base": 150.4, "before": 61.0, "collect": 180.0, "fine-tune": 90.0}
+
+
+def test_a_row_counts_successes_with_the_wilson_interval():
+    row = phase_row("before", "checkerboard", "c1", episodes(10, 40))
+    assert (row["episodes"], row["successes"], row["success_rate"]) == (50, 10, 0.2)
+    lo, hi = row["ci95"]
+    assert lo == pytest.approx(0.1124, abs=1e-3) and hi == pytest.approx(0.3304, abs=1e-3)
+    empty = phase_row("after", "checkerboard", "c2", [])  # a roll back before any episode
+    assert empty["success_rate"] is None and empty["ci95"] == [0.0, 1.0]
+
+
+def test_summary_and_table_of_a_significant_recovery(tmp_path):
+    summary = summarize(
+        DemoConfig(), rows(episodes(35, 15)), {**WALL, "after": 60.0, "total": 553.4}
+    )
+    assert summary["before_after_cis_overlap"] is False and summary["recovered"] is True
+    assert summary["config"]["task"] == "checkerboard"
+    json.dumps(summary, allow_nan=False)  # summary.json stays strict JSON
+    table = format_table(summary).splitlines()
+    assert table[0].split("|")[1:-1] == [
+        " phase  ",
+        " task         ",
+        " checkpoint ",
+        " episodes ",
+        " success ",
+        " 95% CI       ",
+    ]
+    assert [line.split("|")[1].strip() for line in table[2:5]] == ["base", "before", "after"]
+    assert "|       50 |    0.20 | [0.11, 0.33] |" in table[3]
+    assert "|       50 |    0.70 | [0.56, 0.81] |" in table[4]
+    assert table[5] == (
+        "wall time: start 12 s, base 150 s, before 61 s, collect 180 s, fine-tune 90 s, "
+        "after 60 s; total 553 s"
+    )
+    assert table[6] == (
+        "before vs after on checkerboard: the 95% CIs do not overlap: "
+        "success recovered significantly"
+    )
+    path = write_plot(summary, tmp_path / "phases.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_overlapping_intervals_and_a_roll_back_are_reported(tmp_path):
+    summary = summarize(
+        DemoConfig(),
+        rows(episodes(3, 9)),
+        {**WALL, "after": 20.0, "total": 500.0},
+        rolled_back=True,
+        rolled_back_from="ckpt-fine",
+        rolled_back_to="ckpt-base",
+    )
+    assert summary["before_after_cis_overlap"] is True and summary["recovered"] is False
+    text = format_table(summary)
+    assert "the 95% CIs overlap: no significant difference" in text
+    assert "the policy rolled ckpt-fine back to ckpt-base during the after-evaluation" in text
+    no_after = summarize(
+        DemoConfig(),
+        rows([]),
+        {**WALL, "after": 1.0, "total": 500.0},
+        rolled_back=True,
+        rolled_back_from="ckpt-fine",
+        rolled_back_to="ckpt-base",
+    )
+    assert "|        0 |       - | [0.00, 1.00] |" in format_table(no_after)
+    write_plot(no_after, tmp_path / "empty.png")  # an empty phase draws as an empty bar
+
+
+def test_options_are_checked_and_every_problem_named():
+    with pytest.raises(ValueError) as info:
+        DemoConfig(
+            task="base",
+            base_episodes=0,
+            eval_episodes=0,
+            collect_episodes=-1,
+            epsilon=0.0,
+            finetune_steps=-5,
+            timeout=float("inf"),
+            checkpoint="/no/such.safetensors",
+        )
+    message = str(info.value)
+    for fragment in (
+        "task must be one of the challenge tasks",
+        "base_episodes must be an integer >= 1 (got 0)",
+        "eval_episodes must be an integer >= 1 (got 0)",
+        "collect_episodes must be an integer >= 0 (got -1)",
+        "finetune_steps must be an integer >= 0 (got -5)",
+        "epsilon must be in (0, 1] (got 0.0)",
+        "timeout must be > 0 seconds (got inf)",
+        "checkpoint '/no/such.safetensors' is not a file",
+    ):
+        assert fragment in message, message
+    with pytest.raises(ValueError, match="task must be one of"):
+        DemoConfig(task="chekerboard")
+    assert "base" not in CHALLENGES and "checkerboard" in CHALLENGES
+    assert DemoConfig(collect_episodes=0, finetune_steps=0).finetune_steps == 0
