@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nsl_sim.tasks import TASKS
+from nsl_trainer.recipe import FineTuneRecipe
 
 from .checks import (
     as_tuple,
@@ -24,6 +25,8 @@ from .checks import (
 )
 from .seeds import CHALLENGES, MAX_EPISODES_PER_RANGE, MAX_ONLINE_ROUNDS, MAX_ROUNDS
 
+#: The fine-tuning recipe's defaults, shared with the robot's trainer node.
+RECIPE = FineTuneRecipe()
 #: Modules of nsl_policy.model.QNetwork that the head re-initialisation ablation may reset.
 REINIT_MODULES = ("embed", "head", "fc")
 
@@ -148,8 +151,8 @@ class PretrainConfig:
     """Adam learning rate of the rounds: the fine-tuning rate, as they continue a trained net."""
     pretrain_location_weight: float = 1.0
     """Weight of QT-Opt's auxiliary object-location loss in pre-training (labels replayed from
-    the sim, a chunk_NNN.location.npz beside each bag); it makes the first move aim, and the
-    fine-tunes stay plain QT-Opt as on a robot. 0: none."""
+    the sim, a chunk_NNN.location.npz beside each bag); it makes the first move aim. The
+    fine-tunes use hindsight labels instead, as on a robot (``finetune_qtopt``). 0: none."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_checkpoint, str):
@@ -300,22 +303,28 @@ class ExplorationConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The study's fine-tuning recipe (sweep, scratch, re-initialised head, chain, online)."""
+    """The study's fine-tuning recipe (sweep, scratch, re-initialised head, chain, online).
+
+    Its defaults are nsl_trainer's FineTuneRecipe, the recipe the robot's trainer node runs.
+    """
 
     SECTION = "finetune"
-    finetune_steps: int = 1000
-    """Gradient steps of every fine-tuning run."""
-    target_fraction: float = 0.5
-    """Share of each fine-tuning batch drawn from the target data; the paper samples 50/50."""
+    finetune_steps: int = RECIPE.steps
+    """Gradient steps of every fine-tuning run (FineTuneRecipe.steps)."""
+    target_fraction: float = RECIPE.target_fraction
+    """Share of each fine-tuning batch drawn from the target data; the paper samples 50/50
+    (FineTuneRecipe.target_fraction)."""
     scratch_steps: int = 3000
     """Gradient steps of the scratch baseline (a fresh network on the target data only, at the
     pre-training ``learning_rate``)."""
     reinit_modules: tuple[str, ...] = ("head", "fc")
     """QNetwork modules that the "re-initialise the head" ablation resets before fine-tuning:
     the layers after the image and action merge; modules a network lacks are skipped."""
-    finetune_qtopt: dict = field(default_factory=lambda: {"policy_weights": "polyak"})
-    """QTOptConfig overrides on top of ``qtopt`` for the fine-tunes only; exporting the
-    Polyak-averaged network did better than the online one on most sweep units."""
+    finetune_qtopt: dict = field(default_factory=RECIPE.qtopt_overrides)
+    """QTOptConfig overrides on top of ``qtopt`` for the fine-tunes only: the recipe's
+    (FineTuneRecipe.qtopt_overrides(): Polyak export, mixed Monte-Carlo targets, the location
+    loss on hindsight labels). A value replaces the whole mapping; {} gives the fine-tunes
+    pre-training's settings without the location loss."""
 
     def __post_init__(self) -> None:
         check_int(self, "finetune_steps", 1)

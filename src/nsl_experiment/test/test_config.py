@@ -25,6 +25,9 @@ from nsl_experiment.seeds import (
     online_seed_offset,
     round_seed_offset,
 )
+from nsl_trainer.config import QTOptConfig
+from nsl_trainer.jobs import TrainerSettings
+from nsl_trainer.recipe import FineTuneRecipe
 
 
 def test_seed_ranges_never_overlap():
@@ -132,3 +135,23 @@ def test_config_validation():
         25,
         100,
     ) and make_config().finetune_learning_rate() == pytest.approx(2.5e-4)
+
+
+def test_the_pipeline_and_the_trainer_node_fine_tune_with_one_recipe():
+    """The study's fine-tunes and the robot trainer's default jobs run FineTuneRecipe()."""
+    recipe = FineTuneRecipe()
+    cfg = ExperimentConfig()
+    assert (cfg.finetune.finetune_steps, cfg.finetune.target_fraction) == (
+        recipe.steps,
+        recipe.target_fraction,
+    )
+    assert cfg.finetune.finetune_qtopt == recipe.qtopt_overrides()
+    node = TrainerSettings(checkpoint_dir="checkpoints")
+    assert node.recipe() == recipe
+    pipeline = cfg.qtopt_config(finetune=True).to_dict()
+    trainer = node.recipe().qtopt_config().to_dict()
+    for name in recipe.qtopt_overrides():
+        assert pipeline[name] == trainer[name] == recipe.qtopt_overrides()[name], name
+    rate = QTOptConfig(learning_rate=node.learning_rate).finetune_learning_rate()
+    assert cfg.finetune_learning_rate() == rate
+    assert cfg.qtopt_config().location_labels == "sim"  # pre-training keeps the sim's labels

@@ -242,15 +242,17 @@ def test_pretrain_location_weight_labels_the_bags_once(first_run, tmp_path):
     """pretrain_location_weight.
 
     Pre-training labels every bag it trains on (a sidecar per bag, row for row with its
-    transitions, cached on the bag's key) and trains with the location loss; the fine-tunes stay
-    plain QT-Opt.
+    transitions, cached on the bag's key) and trains with the location loss; the fine-tunes use
+    hindsight labels instead, as on a robot.
     """
     out, results, _ = first_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     config = tiny(copy, pretrain_location_weight=1.0)
     assert config.qtopt_config().location_weight == 1.0
-    assert config.qtopt_config(finetune=True).location_weight == 0.0
+    assert config.qtopt_config().location_labels == "sim"
+    fine = config.qtopt_config(finetune=True)
+    assert (fine.location_weight, fine.location_labels) == (1.0, "hindsight")
     logs: list[str] = []
     res = run(config, copy, ["pretrain"], logs.append)
     assert any("bootstrap: 2 bag(s) cached" in m for m in logs), logs
@@ -599,6 +601,18 @@ def test_continual_recollect_explores_with_the_previous_step(first_run, tmp_path
     again = run(tiny(copy), copy, ["continual"], logs.append)["stages"]["continual"]
     assert not any("training" in m for m in logs), logs
     assert again["steps"] == results["stages"]["continual"]["steps"]
+
+
+def test_fine_tunes_train_the_location_loss_on_hindsight_labels(first_run):
+    """The study's fine-tunes run the trainer's recipe: the location loss without sim replays."""
+    out, _, logs = first_run
+    unit = "sweep/checkerboard/tier_0004"
+    assert any(re.search(rf"{unit}: step \d+/\d+ loss .* location \d", m) for m in logs), logs
+    assert not any("location labels: replaying" in m for m in logs)  # nothing replayed in the sim
+    meta = load_checkpoint(out / "checkpoints" / f"{unit}.safetensors").metadata
+    assert meta["qtopt_config"]["location_labels"] == "hindsight"
+    assert meta["qtopt_config"]["location_weight"] == 1.0
+    assert set(meta["labelled_transitions"]) == {"base", "target"}
 
 
 def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):

@@ -107,8 +107,11 @@ def finetune_unit(
 ) -> tuple[Path, str, dict]:
     """Fine-tune ``init`` on the base data + the first ``episodes`` target grasps (cached).
 
-    The paper's recipe: ``target_fraction`` of each batch from the target, the fine-tuning
-    learning rate, ``finetune_steps``. Returns (checkpoint, id, training stamp).
+    The fine-tuning recipe (nsl_trainer's FineTuneRecipe, the robot trainer's too): the paper's
+    ``target_fraction`` of each batch from the target at the fine-tuning learning rate for
+    ``finetune_steps``, with ``finetune_qtopt``'s options (Polyak export, mixed Monte-Carlo
+    targets, the location loss on hindsight labels of base and target data alike). Returns
+    (checkpoint, id, training stamp).
     """
     cfg = ctx.config
     base_bags, base_key = base

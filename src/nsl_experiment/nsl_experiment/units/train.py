@@ -96,7 +96,8 @@ def train(
     """QT-Opt on the bags into checkpoints/<name>.safetensors (cached). Returns (path, id, stamp).
 
     ``target_episodes``: train on the first that many episodes of ``target_bags`` only (a tier).
-    ``finetune``: a run of the study (its QT-Opt settings include ``finetune_qtopt``).
+    ``finetune``: a run of the study (its QT-Opt settings include ``finetune_qtopt``, the
+    fine-tuning recipe's by default, with its location loss on hindsight labels).
     ``run``: (name, key, keep) of the trainer's run directory when it is not this unit's own: a
     unit with more ``steps`` and the same init, data and run continues the run from where it
     stopped (optimiser and target networks included); ``keep`` leaves it for such a unit.
@@ -109,8 +110,12 @@ def train(
     t0 = time.monotonic()
     qtopt_config = cfg.qtopt_config(finetune)
 
+    # Simulator labels are replayed here; hindsight labels (the fine-tunes', as on a robot) are
+    # made by the trainer from the episodes themselves.
+    sim_labels = qtopt_config.location_weight > 0 and qtopt_config.location_labels == "sim"
+
     def labels(bags: list[Path]) -> list[LocationLabels] | None:
-        return location_labels(ctx, bags) if qtopt_config.location_weight > 0 else None
+        return location_labels(ctx, bags) if sim_labels else None
 
     base = load_episodes(base_bags, location=labels(base_bags)) if base_bags else None
     target = (
