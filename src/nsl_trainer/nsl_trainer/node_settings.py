@@ -73,13 +73,13 @@ SETTINGS: dict[str, Setting] = {
     "mc_mix": Setting(
         DEFAULTS.mc_mix,
         "weight of the recorded episode's discounted return mixed into each Bellman target "
-        "(mixed Monte-Carlo; 0: plain QT-Opt targets)",
+        "(mixed Monte-Carlo; 0.0: plain QT-Opt targets)",
         float_range=(0.0, 1.0),
     ),
     "location_weight": Setting(
         DEFAULTS.location_weight,
         "weight of the auxiliary object-location loss on hindsight labels (where each "
-        "successful grasp closed; 0: no location loss)",
+        "successful grasp closed; 0.0: no location loss)",
         float_range=(0.0, 1000.0),
     ),
     "location_labels": Setting(
