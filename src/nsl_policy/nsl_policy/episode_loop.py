@@ -144,7 +144,7 @@ class EpisodeLoop:
     def _run_episode(self, seed: int, checkpoint_id: str, policy: GraspPolicy) -> None:
         episode_id = str(uuid.uuid4())
         task = self.config["task"]
-        tag = self.rollout.episode_role(checkpoint_id)
+        tag = self.rollout.episode_role(checkpoint_id, task)
         result = EpisodeResult(
             episode_id=episode_id,
             task=task,
@@ -236,7 +236,7 @@ class EpisodeLoop:
             log(f"episode {episode_id[:8]} aborted after {steps} steps: {result.message}")
         result.num_steps = steps
         # Count it before publishing, so a decision it concludes travels in its own result.
-        self.rollout.episode_done(checkpoint_id, tag, result.success, result.complete)
+        self.rollout.episode_done(checkpoint_id, task, tag, result.success, result.complete)
         self.monitor.episode(checkpoint_id, task, result.success, result.complete)
         result.rollout = self.rollout_endpoints.result_tag(tag)
         result.header.stamp = self.get_clock().now().to_msg()

@@ -5,16 +5,18 @@ ROS-free; the policy node feeds it every episode and publishes its report on ``/
 
 - per checkpoint and task: successes over the last ``window`` complete episodes and their 95%
   Wilson score interval (aborted episodes are not evidence, as in the rollout);
-- the candidate's trial progress and the watch of a promoted checkpoint, from
-  :meth:`nsl_policy.rollout.Rollout.status`;
+- the candidate's trial progress and the watch of a promoted checkpoint (or why it is not
+  watched), from :meth:`nsl_policy.rollout.Rollout.status`;
 - the "stopped improving" signal, defined precisely as either of:
 
   * **live**: the last ``patience`` judged fine-tunes each show no significant gain over the
     best checkpoint before them. Fine-tunes are the checkpoints after the first one this node
-    saw, in the order it first saw them (in force or on trial). A fine-tune is judged once it
-    has ``min_episodes`` complete episodes in its window (its gain: a one-sided
-    two-proportion z-test at 5% against the best earlier checkpoint with ``min_episodes``),
-    or at once when the rollout rejected it or rolled it back (no gain went live);
+    saw, in the order it first saw them (in force or on trial). Rates are compared on one
+    task only: a fine-tune is judged on each task where it has ``min_episodes`` complete
+    episodes in its window and an earlier checkpoint has as many (its gain there: a one-sided
+    two-proportion z-test at 5% against the best such earlier checkpoint on that task), and
+    it gained when it gained on any of them; it is judged at once when the rollout rejected it
+    or rolled it back (no gain went live);
   * **validation**: the fine-tunes' validation scores (higher is better; from the checkpoint's
     metadata when the trainer wrote one) turned down: there are more than ``patience`` scores
     and each of the last ``patience`` is below the best score before them (early stopping's
@@ -110,11 +112,21 @@ class FineTune:
     """What the rule needs of one checkpoint: its windowed counts, rollout verdict, score."""
 
     checkpoint_id: str
-    successes: int = 0
-    episodes: int = 0
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Windowed (successes, episodes) per task."""
     rejected: bool = False
     """The rollout rejected it or rolled it back."""
     validation: float | None = None
+
+    @property
+    def successes(self) -> int:
+        """Return the windowed successes over all tasks."""
+        return sum(s for s, _ in self.counts.values())
+
+    @property
+    def episodes(self) -> int:
+        """Return the windowed complete episodes over all tasks."""
+        return sum(n for _, n in self.counts.values())
 
 
 def stopped_improving(
@@ -128,13 +140,19 @@ def stopped_improving(
     k, least = settings.patience, settings.min_episodes
     judged: list[tuple[str, bool]] = []  # (checkpoint id, gained)
     for i, tune in enumerate(checkpoints[1:], start=1):
-        earlier = [c for c in checkpoints[:i] if c.episodes >= least]
         if tune.rejected:
             judged.append((tune.checkpoint_id, False))
-        elif tune.episodes >= least and earlier:
-            best = max(earlier, key=lambda c: c.successes / c.episodes)
-            gained = significant_gain(tune.successes, tune.episodes, best.successes, best.episodes)
-            judged.append((tune.checkpoint_id, gained))
+            continue
+        gains = []  # one per task it shares with an earlier checkpoint
+        for task, (successes, episodes) in tune.counts.items():
+            earlier = [
+                c.counts[task] for c in checkpoints[:i] if c.counts.get(task, (0, 0))[1] >= least
+            ]
+            if episodes >= least and earlier:
+                best_s, best_n = max(earlier, key=lambda counts: counts[0] / counts[1])
+                gains.append(significant_gain(successes, episodes, best_s, best_n))
+        if gains:
+            judged.append((tune.checkpoint_id, any(gains)))
     if len(judged) >= k and not any(gained for _, gained in judged[-k:]):
         ids = ", ".join(cid for cid, _ in judged[-k:])
         return True, f"no significant gain over the last {k} fine-tunes ({ids})"
@@ -199,17 +217,15 @@ class LearningMonitor:
                 window.outcomes.popleft()
 
     def fine_tunes(self) -> list[FineTune]:
-        """Return the checkpoints in the order seen with their windowed counts (all tasks)."""
+        """Return the checkpoints in the order seen with their windowed counts per task."""
         with self._lock:
             result = []
             for cid in self._order:
                 tune = FineTune(cid, rejected=cid in self._rejected)
                 tune.validation = self._validation.get(cid)
-                for (wid, _task), window in self._windows.items():
+                for (wid, task), window in self._windows.items():
                     if wid == cid:
-                        s, n = window.counts()
-                        tune.successes += s
-                        tune.episodes += n
+                        tune.counts[task] = window.counts()
                 result.append(tune)
             return result
 
@@ -251,6 +267,7 @@ class LearningMonitor:
             "checkpoints": rows,
             "trial": trial,
             "watch": watch,
+            "unwatched": rollout_status.get("unwatched", ""),
             "stopped_improving": stopped,
             "stopped_reason": reason,
             "window": self.settings.window,
@@ -268,7 +285,7 @@ class StatusEntry:
 
 
 def status_entries(report: dict, running: str = "active") -> list[StatusEntry]:
-    """Return the report as status entries: learning, trial, then one per checkpoint/task.
+    """Return the report as status entries: learning, trial, watch, one per checkpoint/task.
 
     ``running`` is the node's lifecycle state; any other than ``active`` is a warning (no
     episodes run).
@@ -321,6 +338,29 @@ def status_entries(report: dict, running: str = "active") -> list[StatusEntry]:
                 },
             )
         )
+    watch = report.get("watch")
+    if watch:
+        promoted = watch["promoted"]
+        entries.append(
+            StatusEntry(
+                OK,
+                "watch",
+                f"{watch['promoted_id']} {promoted['successes']}/{promoted['episodes']} on "
+                f"{watch['task']} against {watch['previous_id']}'s record "
+                f"{watch['reference_rate']:.2f} there, log LR {watch['log_likelihood_ratio']:g} "
+                f"(roll back at {watch['rollback_at']:g}), "
+                f"{promoted['episodes']}/{watch['watch_episodes']} episodes",
+                {
+                    "promoted_id": watch["promoted_id"],
+                    "previous_id": watch["previous_id"],
+                    "task": watch["task"],
+                    "promoted": f"{promoted['successes']}/{promoted['episodes']}",
+                    "reference_rate": f"{watch['reference_rate']:g}",
+                },
+            )
+        )
+    elif report.get("unwatched"):
+        entries.append(StatusEntry(OK, "watch", report["unwatched"]))
     for row in report["checkpoints"]:
         low, high = row["ci95"]
         role = f", {row['role']}" if row["role"] else ""

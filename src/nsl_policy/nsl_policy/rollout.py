@@ -12,9 +12,20 @@ settable at run time:
 
 A promoted checkpoint (in any mode) is then watched (:class:`nsl_policy.sequential.WatchTest`)
 against the incumbent's record for ``watch_episodes`` episodes and rolled back by itself when
-its success falls significantly below it. Every decision (:class:`Decision`) carries its
-evidence and reason; it goes to ``on_decision`` (the node publishes and logs it) and to the
-checkpoint's lineage, a JSON list beside the checkpoint file (``<file>.rollout.json``).
+its success falls significantly below it.
+
+Records are kept per checkpoint and task (the world an episode ran in), and a candidate or a
+watched checkpoint is compared only on the task its episodes run on: a trial's pairs and the
+incumbent record that sharpens it are of one task, and a watch uses the previous checkpoint's
+record on the watched episodes' task. A new task (from the next episode after the policy's
+``task`` changes) starts a trial afresh on it and re-bases the watch on the previous
+checkpoint's record there; without a record of at least :data:`MIN_RECORD` episodes on it the
+checkpoint is not watched (``unwatched`` in :meth:`Rollout.status` says why), and a trial
+decision's reason says when the incumbent had no record on the task.
+
+Every decision (:class:`Decision`) carries its evidence and reason; it goes to ``on_decision``
+(the node publishes and logs it) and to the checkpoint's lineage, a JSON list beside the
+checkpoint file (``<file>.rollout.json``).
 """
 
 from __future__ import annotations
@@ -100,7 +111,7 @@ def append_lineage(checkpoint_path: str | Path, decision: Decision) -> Path:
 
 @dataclass
 class Record:
-    """Complete episodes of one checkpoint since this node started."""
+    """Complete episodes of one checkpoint on one task since this node started."""
 
     successes: int = 0
     episodes: int = 0
@@ -115,6 +126,8 @@ class Record:
 class _Trial:
     candidate: LoadedCheckpoint
     incumbent_id: str
+    task: str
+    """The task its episodes are paired on (and the incumbent's record is taken from)."""
     test: TrialTest
     trial_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
@@ -123,7 +136,11 @@ class _Trial:
 class _Watch:
     promoted_id: str
     previous: LoadedCheckpoint
-    test: WatchTest
+    task: str
+    """The task it watches on (the previous checkpoint's record on it is the reference)."""
+    test: WatchTest | None
+    """None: the previous checkpoint has too short a record on ``task`` (``unwatched``)."""
+    unwatched: str = ""
 
 
 class Rollout:
@@ -150,7 +167,8 @@ class Rollout:
         self._record_lineage = record_lineage
         self._lock = threading.Lock()
         self._slot: CheckpointSlot | None = None
-        self._records: dict[str, Record] = {}
+        self._records: dict[tuple[str, str], Record] = {}  # (checkpoint id, task) -> record
+        self._task = ""  # the latest episode's task: a new trial or watch compares on it
         self._trial: _Trial | None = None
         self._watch: _Watch | None = None
         self._active: LoadedCheckpoint | None = None
@@ -177,12 +195,7 @@ class Rollout:
                 superseded = self._trial
             self._trial = None
             if self.mode == "trial":
-                record = self._records.get(self._active.checkpoint_id, Record())
-                self._trial = _Trial(
-                    loaded,
-                    self._active.checkpoint_id,
-                    TrialTest(self.settings, record.successes, record.episodes),
-                )
+                self._trial = self._new_trial(loaded, self._active.checkpoint_id, self._task)
         if superseded is not None:
             self._emit(
                 self._trial_decision(
@@ -216,50 +229,100 @@ class Rollout:
             self._watch = None
             if previous is None or restoring or self.settings.watch_episodes <= 0:
                 return
-            record = self._records.get(previous.checkpoint_id, Record())
-            if record.episodes >= MIN_RECORD:
-                self._watch = _Watch(
-                    loaded.checkpoint_id, previous, WatchTest(record.rate, self.settings)
-                )
+            self._watch = _Watch(loaded.checkpoint_id, previous, self._task, None)
+            self._base_watch(self._watch, self._task)
+
+    def _new_trial(self, candidate: LoadedCheckpoint, incumbent_id: str, task: str) -> _Trial:
+        """Return a trial of ``candidate`` on ``task``, with the incumbent's record there."""
+        record = self._records.get((incumbent_id, task), Record())
+        return _Trial(
+            candidate,
+            incumbent_id,
+            task,
+            TrialTest(self.settings, record.successes, record.episodes),
+        )
+
+    def _base_watch(self, watch: _Watch, task: str) -> None:
+        """Watch on ``task`` against the previous checkpoint's record there (none if too short)."""
+        record = self._records.get((watch.previous.checkpoint_id, task), Record())
+        watch.task = task
+        if record.episodes >= MIN_RECORD:
+            watch.test, watch.unwatched = WatchTest(record.rate, self.settings), ""
+        else:
+            watch.test = None
+            watch.unwatched = (
+                f"{watch.promoted_id} is not watched on task {task!r}: "
+                f"{watch.previous.checkpoint_id} has {record.episodes} complete episodes on it "
+                f"(a watch needs {MIN_RECORD})"
+            )
 
     # ---- episodes -------------------------------------------------------------------------
-    def episode_role(self, checkpoint_id: str) -> dict:
-        """Return the rollout tag of an episode on ``checkpoint_id`` (goes into its result)."""
+    def episode_role(self, checkpoint_id: str, task: str) -> dict:
+        """Return the rollout tag of an episode on ``checkpoint_id`` and ``task`` as it starts.
+
+        The tag goes into its result. A task other than the last episode's starts the trial
+        afresh on it and re-bases the watch (module doc).
+        """
         with self._lock:
-            tag = {"mode": self.mode, "role": "in_force"}
+            self._task = task
             trial = self._trial
+            if trial is not None and trial.task != task:
+                # Pairs compare two checkpoints in one world: the new world starts a new trial.
+                trial = self._trial = self._new_trial(trial.candidate, trial.incumbent_id, task)
+            watch = self._watch
+            if watch is not None and watch.task != task:
+                self._base_watch(watch, task)
+            tag = {"mode": self.mode, "role": "in_force"}
             if trial is not None and checkpoint_id == trial.candidate.checkpoint_id:
                 tag.update(role="candidate", trial_id=trial.trial_id)
             elif trial is not None and checkpoint_id == trial.incumbent_id:
                 tag.update(role="incumbent", trial_id=trial.trial_id)
-            elif self._watch is not None and checkpoint_id == self._watch.promoted_id:
+            elif (
+                watch is not None and watch.test is not None and checkpoint_id == watch.promoted_id
+            ):
                 tag.update(role="watched")
             return tag
 
     def episode_done(
-        self, checkpoint_id: str, tag: dict, success: bool, complete: bool
+        self, checkpoint_id: str, task: str, tag: dict, success: bool, complete: bool
     ) -> list[Decision]:
-        """Count an episode (aborted ones are not evidence); apply and return its decisions."""
+        """Count an episode on ``task`` (aborted ones are not evidence); apply its decisions.
+
+        ``tag`` is what :meth:`episode_role` returned as the episode started; returns the
+        decisions it concluded, carried out.
+        """
         if not complete:
             return []
         decided: list[tuple[Decision, LoadedCheckpoint | None]] = []
         with self._lock:
-            record = self._records.setdefault(checkpoint_id, Record())
+            record = self._records.setdefault((checkpoint_id, task), Record())
             record.episodes += 1
             record.successes += int(success)
             trial = self._trial
-            if trial is not None and tag.get("trial_id") == trial.trial_id:
+            if trial is not None and tag.get("trial_id") == trial.trial_id and task == trial.task:
                 outcome = trial.test.add(tag.get("role") == "candidate", success)
                 if outcome != CONTINUE:
                     self._trial = None
-                    decided.append((self._trial_decision(trial, outcome, trial.test.reason), None))
+                    reason = trial.test.reason
+                    if trial.test.prior_episodes == 0:
+                        reason += (
+                            f" (the incumbent {trial.incumbent_id} had no record on task "
+                            f"{trial.task!r})"
+                        )
+                    decided.append((self._trial_decision(trial, outcome, reason), None))
             watch = self._watch
-            if watch is not None and checkpoint_id == watch.promoted_id:
+            if (
+                watch is not None
+                and watch.test is not None
+                and checkpoint_id == watch.promoted_id
+                and task == watch.task
+            ):
                 outcome = watch.test.add(success)
                 if outcome == ROLLBACK:
                     reason = (
-                        f"success {watch.test.successes}/{watch.test.episodes} fell significantly "
-                        f"below the incumbent's record {watch.test.reference_rate:.3f}"
+                        f"success {watch.test.successes}/{watch.test.episodes} on task {task!r} "
+                        f"fell significantly below {watch.previous.checkpoint_id}'s record "
+                        f"{watch.test.reference_rate:.3f} on it"
                     )
                     decided.append((self._rollback_decision(watch, reason), watch.previous))
                 if outcome != CONTINUE:
@@ -311,37 +374,43 @@ class Rollout:
             if mode == "manual":
                 self._trial = None  # its counts stay in the records; the operator decides
             elif active is not None:
-                record = self._records.get(active.checkpoint_id, Record())
-                self._trial = _Trial(
-                    held,
-                    active.checkpoint_id,
-                    TrialTest(self.settings, record.successes, record.episodes),
-                )
+                self._trial = self._new_trial(held, active.checkpoint_id, self._task)
         return []
 
     # ---- state ----------------------------------------------------------------------------
     def status(self) -> dict:
-        """Return the mode, records, trial progress and watch, as the monitor reports them."""
+        """Return the mode, records, trial progress and watch, as the monitor reports them.
+
+        ``records`` maps checkpoint id, then task, to its counts; ``watch`` is None when
+        nothing is watched, and ``unwatched`` then says why a swapped-in checkpoint is not.
+        """
         with self._lock:
+            records: dict[str, dict[str, dict]] = {}
+            for (checkpoint_id, task), record in self._records.items():
+                records.setdefault(checkpoint_id, {})[task] = asdict(record)
+            watch = self._watch
             status = {
                 "mode": self.mode,
                 "in_force": self._active.checkpoint_id if self._active is not None else "",
-                "records": {k: asdict(v) for k, v in self._records.items()},
+                "records": records,
                 "trial": None,
                 "watch": None,
+                "unwatched": watch.unwatched if watch is not None else "",
             }
             if self._trial is not None:
                 status["trial"] = {
                     "trial_id": self._trial.trial_id,
                     "candidate_id": self._trial.candidate.checkpoint_id,
                     "incumbent_id": self._trial.incumbent_id,
+                    "task": self._trial.task,
                     **self._trial.test.evidence(),
                 }
-            if self._watch is not None:
+            if watch is not None and watch.test is not None:
                 status["watch"] = {
-                    "promoted_id": self._watch.promoted_id,
-                    "previous_id": self._watch.previous.checkpoint_id,
-                    **self._watch.test.evidence(),
+                    "promoted_id": watch.promoted_id,
+                    "previous_id": watch.previous.checkpoint_id,
+                    "task": watch.task,
+                    **watch.test.evidence(),
                 }
             return status
 
@@ -353,7 +422,7 @@ class Rollout:
             trial.candidate.checkpoint_id,
             trial.incumbent_id,
             reason,
-            trial.test.evidence(),
+            {**trial.test.evidence(), "task": trial.task},
             trial.trial_id,
         )
 
@@ -364,7 +433,7 @@ class Rollout:
             watch.promoted_id,
             watch.previous.checkpoint_id,
             reason,
-            watch.test.evidence(),
+            {**watch.test.evidence(), "task": watch.task},
         )
 
     def _apply(self, decision: Decision, restore: LoadedCheckpoint | None = None) -> Decision:

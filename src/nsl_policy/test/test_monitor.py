@@ -63,7 +63,9 @@ def test_significant_gain_is_one_sided_at_five_percent():
 
 
 def tunes(rates: list[float], episodes: int = 40) -> list[FineTune]:
-    return [FineTune(f"c{i}", round(r * episodes), episodes) for i, r in enumerate(rates)]
+    return [
+        FineTune(f"c{i}", {"base": (round(r * episodes), episodes)}) for i, r in enumerate(rates)
+    ]
 
 
 def test_stopped_improving_on_synthetic_sequences():
@@ -86,6 +88,29 @@ def test_stopped_improving_on_synthetic_sequences():
     for t in short[3:]:
         t.rejected = True
     assert stopped_improving(short, settings)[0]
+
+
+def test_stopped_improving_compares_rates_on_one_task_only():
+    settings = MonitorSettings(patience=1, min_episodes=20)
+    # The base checkpoint grasps well on the base task and badly on the challenge.
+    base = FineTune("base", {"base": (32, 40), "checkerboard": (8, 40)})
+    # A fine-tune that recovers on the challenge gained there (over both tasks the base's
+    # rate 40/80 equals the fine-tune's 20/40: no gain).
+    recovered = FineTune("tuned", {"checkerboard": (20, 40)})
+    flag, reason = stopped_improving([base, recovered], settings)
+    assert not flag and "1 fine-tunes judged, 1 with a significant gain" in reason
+    # One as good as the base on the challenge shows no gain, though the base's record over
+    # both tasks is higher.
+    flat = FineTune("tuned", {"checkerboard": (9, 40)})
+    assert stopped_improving([base, flat], settings)[0]
+    # On a task no earlier checkpoint ran, a fine-tune is not judged.
+    elsewhere = FineTune("tuned", {"harsh_light": (0, 40)})
+    assert stopped_improving([base, elsewhere], settings) == (False, "no fine-tune judged yet")
+    monitor = LearningMonitor()
+    for k in range(4):
+        monitor.episode("a", "base", k < 3, True)
+        monitor.episode("a", "checkerboard", k < 1, True)
+    assert monitor.fine_tunes()[0].counts == {"base": (3, 4), "checkerboard": (1, 4)}
 
 
 def test_stopped_improving_on_the_validation_curve():
@@ -131,8 +156,8 @@ def test_report_carries_the_rollouts_trial_progress(tmp_path):
     monitor = LearningMonitor()
     for k in range(6):
         checkpoint = slot.begin_episode(rollout.choose)
-        tag = rollout.episode_role(checkpoint.checkpoint_id)
-        rollout.episode_done(checkpoint.checkpoint_id, tag, k % 3 == 0, True)
+        tag = rollout.episode_role(checkpoint.checkpoint_id, "base")
+        rollout.episode_done(checkpoint.checkpoint_id, "base", tag, k % 3 == 0, True)
         monitor.episode(checkpoint.checkpoint_id, "base", k % 3 == 0, True)
         slot.end_episode()
     report = monitor.report(rollout.status())
