@@ -75,7 +75,8 @@ def test_scenes_show_the_objects_at_every_severity():
     assert glass.changed_pixels().sum() < base.changed_pixels().sum()
     np.testing.assert_allclose(glass.labels, base.labels, atol=0.01)  # same physics
     diff = np.abs(base.images.astype(int) - base.empty.astype(int)).max(-1) > 12
-    for mask, (u, v) in zip(diff, base.labels):
+    assert base.labels.shape == (len(SEEDS), 1, 2)
+    for mask, (u, v) in zip(diff, base.labels[:, 0]):
         rows, cols = np.nonzero(mask)
         assert cols.min() - 2 <= u <= cols.max() + 2 and rows.min() - 2 <= v <= rows.max() + 2
 
