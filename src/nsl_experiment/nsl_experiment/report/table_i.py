@@ -25,7 +25,9 @@ def solvability_text(s: dict | None) -> str:
     return (
         f"pixel share {s['pixel_share']:.2f} ({s['changed_px']:.1f} / "
         f"{s['base_changed_px']:.1f} px); probe {s['probe_error_px']:.2f} px vs base "
-        f"{s['base_probe_error_px']:.2f} (chance {s['chance_error_px']:.2f})"
+        f"{s['base_probe_error_px']:.2f} (chance {s['chance_error_px']:.2f}"
+        + (f", gain {s['probe_gain']:.2f}" if "probe_gain" in s else "")
+        + ")"
     )
 
 
@@ -99,7 +101,9 @@ def table_i_lines(t1: dict, seed_set: str, margin: float | None) -> list[str]:
         + "; Δ vs base is on evaluation episodes. Solvable: for appearance challenges the "
         f"objects change >= {MIN_PIXEL_SHARE:g} of the pixels they change on base and a "
         f"localisation probe trained on the challenge's images errs <= {MAX_PROBE_RATIO:g}x its "
-        "error on base (pixels of a 64-pixel image); for geometry challenges the oracle that "
+        "error on base (pixels of a 64-pixel image) and keeps half of base's gain over a blind "
+        "guess, in scenes with the study's number of objects; for geometry challenges the "
+        "oracle that "
         f"knows the change succeeds within {MAX_ORACLE_DROP:.2f} of the nominal oracle on base "
         "(nsl_sim.solvability).",
         "",

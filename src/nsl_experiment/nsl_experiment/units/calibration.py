@@ -16,9 +16,6 @@ from typing import Any
 import torch
 from nsl_sim.env import SimConfig
 from nsl_sim.solvability import (
-    MAX_ORACLE_DROP,
-    MAX_PROBE_RATIO,
-    MIN_PIXEL_SHARE,
     SolvabilityChecker,
 )
 from nsl_sim.tasks import TaskConfig, get_task
@@ -160,7 +157,7 @@ def solvability_cached(
         episodes=checker.episodes,
         seed=checker.seed,
         probe_steps=checker.probe_steps,
-        thresholds=[MIN_PIXEL_SHARE, MAX_PROBE_RATIO, MAX_ORACLE_DROP],
+        thresholds=checker.thresholds.key(),
     )
     stamp = ctx.path("stages", "calibrate", "solvability", f"{label}.json")
     hit = read_stamp(stamp, key, [])
