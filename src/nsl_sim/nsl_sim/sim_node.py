@@ -5,7 +5,8 @@ image (``camera/image_raw``) after every reset and step (and optionally at ``cam
 the gripper state.
 
 ``task`` (parameter, and the ``task`` of a reset request) is a named task (``base``,
-``checkerboard``, ...) or the path of a YAML task file (``task:=/path/my_variation.yaml``).
+``checkerboard``, ``harsh_light@1.5`` for a severity, ...) or the path of a YAML task file
+(``task:=/path/my_variation.yaml``).
 
 Bad requests never kill the node: an unknown task, a bad YAML file or texture, a step without
 an episode or after its end, a non-finite action get ``success=false`` and a message saying

@@ -314,6 +314,11 @@ TASKS: dict[str, TaskConfig] = {
 }
 
 
+SEVERITY_SEPARATOR = "@"
+"""``<task>@<severity>`` names a task at another severity (``harsh_light@1.5``): one folder name,
+so the policy can send it and the collector can file a session under it."""
+
+
 def is_task_file(name: object) -> bool:
     """Return True when ``name`` names a YAML task file (ends in .yaml or .yml)."""
     return isinstance(name, str) and name.lower().endswith((".yaml", ".yml"))
@@ -331,13 +336,27 @@ def get_task(name: str | TaskConfig) -> TaskConfig:
         return name
     if is_task_file(name):
         return load_task_yaml(name)  # type: ignore[arg-type]
+    severity = None
+    if isinstance(name, str) and SEVERITY_SEPARATOR in name:
+        name, _, text = name.rpartition(SEVERITY_SEPARATOR)
+        try:
+            severity = float(text)
+        except ValueError:
+            severity = math.nan
+        if not math.isfinite(severity) or severity < 0:
+            raise ValueError(
+                f"task {name}{SEVERITY_SEPARATOR}{text}: the severity after "
+                f"'{SEVERITY_SEPARATOR}' must be a finite number >= 0"
+            )
     try:
-        return TASKS[name]
+        task = TASKS[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} "
-            "(or the path of a .yaml task file)"
+            f"(a name may end in {SEVERITY_SEPARATOR}<severity>, e.g. harsh_light"
+            f"{SEVERITY_SEPARATOR}1.5; or the path of a .yaml task file)"
         ) from None
+    return task if severity is None else dataclasses.replace(task, severity=severity)
 
 
 def task_from_dict(

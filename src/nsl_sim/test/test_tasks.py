@@ -50,6 +50,27 @@ def test_named_tasks_exist():
         assert get_task(name) is cfg
 
 
+def test_a_name_at_severity_is_the_named_task_at_that_severity():
+    task = get_task("harsh_light@1.5")
+    assert task == dataclasses.replace(TASKS["harsh_light"], severity=1.5)
+    assert task.effective().light_ambient > 0  # saturates at its physical bound, not below
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("harsh_light@", "finite number"),
+        ("harsh_light@dark", "finite number"),
+        ("harsh_light@nan", "finite number"),
+        ("harsh_light@-1", ">= 0"),
+        ("purple_light@1", "unknown task 'purple_light'"),
+    ],
+)
+def test_a_bad_severity_suffix_is_refused_with_the_reason(name, problem):
+    with pytest.raises(ValueError, match=problem):
+        get_task(name)
+
+
 def test_unknown_task_lists_valid_names():
     with pytest.raises(ValueError) as err:
         get_task("purple_light")
