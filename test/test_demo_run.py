@@ -36,6 +36,10 @@ def test_the_demo_records_base_and_challenge_apart_fine_tunes_and_reports(tmp_pa
     assert rows["base"]["checkpoint"] == rows["before"]["checkpoint"]
     assert rows["after"]["checkpoint"] != rows["before"]["checkpoint"]
     assert rows["base"]["episodes"] == rows["before"]["episodes"] == 3
+    # The robot waited while the trainer trained; the inactive policy swapped the checkpoint in.
+    assert "the robot waits while the trainer trains" in result.stdout
+    assert summary["robot_ran_while_training"] is False
+    assert summary["episodes_while_training"] == 0 and summary["finetune_steps_per_s"] > 0
     assert summary["finetune_steps"] == 5 and set(summary["wall_s"]) == {
         "start",
         "base",

@@ -227,12 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation again. Prints a table with 95% CIs, writes summary.json and phases.png.",
     )
     for option in DEMO_OPTIONS:
+        # A True/False option is a switch (--x, --no-x): bool("False") would be True.
+        kind = type(option.default)
+        typed = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
         p.add_argument(
             f"--{option.name.replace('_', '-')}",
             dest=option.name,
-            type=type(option.default),
             default=option.default,
             help=demo_option_help(option),
+            **typed,
         )
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("checkpoint", help="checkpoint tools")

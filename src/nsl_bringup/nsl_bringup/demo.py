@@ -11,7 +11,10 @@ on the base task and tells the story in three phases, without restarting anythin
    exploration grasps (epsilon set at run time); that session's bag is the new data.
 3. **fine-tune**: the trainer's ``fine_tune`` service on the base and the new data with the
    trainer's recipe (its default steps, learning rate and base/target sampling); the policy
-   hot-swaps the announced checkpoint; **after**: greedy evaluation on the challenge.
+   hot-swaps the announced checkpoint; **after**: greedy evaluation on the challenge. Unless
+   ``robot_runs_while_training``, the robot waits meanwhile (the policy node is deactivated
+   after the collection and activated again once it has swapped in the new checkpoint), so
+   the fine-tune does not share the CPU with the episodes.
 
 It prints a table of the three evaluations with 95% Wilson intervals and the wall time of
 each phase, says whether the before and after intervals overlap, and writes ``summary.json``
@@ -146,6 +149,17 @@ def format_table(summary: dict) -> str:
         table.append(
             f"the policy rolled {summary['rolled_back_from']} back to "
             f"{summary['rolled_back_to']} during the after-evaluation"
+        )
+    rate = summary.get("finetune_steps_per_s")
+    if rate:
+        meanwhile = (
+            f"ran {summary.get('episodes_while_training', 0)} episodes"
+            if summary.get("robot_ran_while_training")
+            else "waited"
+        )
+        table.append(
+            f"fine-tune: {summary['finetune_steps']} steps, {rate:.2f} steps/s "
+            f"(the robot {meanwhile} meanwhile)"
         )
     return "\n".join(table)
 
@@ -323,6 +337,14 @@ class _Phases:
             )
             self.episodes("grasp", base_id, config.collect_episodes, config.task, config.epsilon)
             client.set_exploration(0.0)  # greedy from here on: the after-evaluation is too
+        if not config.robot_runs_while_training:
+            say(
+                "the robot waits while the trainer trains (on a 2-core machine its episodes "
+                "would share the CPU with the fine-tune and slow it; "
+                "--robot-runs-while-training keeps it running)"
+            )
+            # Ends the episode in flight (recorded incomplete, not trained on) before returning.
+            client.set_policy_active(False)
         # Every challenge episode so far belongs in the new data.
         client.wait_for_recorded(
             len(client.complete_results(config.task)), RECORDING_TIMEOUT, stop=self.node_died
@@ -335,13 +357,20 @@ class _Phases:
         say(f"new data: session {target_bag}")
         self.clock.mark("collect")
 
-        job, total_steps = self.fine_tune(base_bag, target_bag)
+        episodes_before_training = len(client.complete_results())
+        job, total_steps, steps_per_s = self.fine_tune(base_bag, target_bag)
+        # An inactive policy swaps an announced checkpoint in at once: no episode runs.
         client.wait_until(
-            lambda: client.active_checkpoint.checkpoint_id != base_id,
+            lambda: client.active_checkpoint.checkpoint_id != base_id or self.node_died(),
             120,
             "the policy to swap in the new checkpoint",
         )
+        self.guard("swapping in the new checkpoint")
         after_id = client.active_checkpoint.checkpoint_id
+        episodes_while_training = len(client.complete_results()) - episodes_before_training
+        if not config.robot_runs_while_training:
+            client.set_policy_active(True)
+            say(f"the robot runs again, on {after_id}")
         self.clock.mark("fine-tune")
         say(
             f"policy hot-swapped to {after_id}; after: greedy evaluation on '{config.task}', "
@@ -374,13 +403,21 @@ class _Phases:
             "base_episodes_recorded": base_recorded,
             "job_id": job,
             "finetune_steps": total_steps,
+            "finetune_steps_per_s": steps_per_s,
+            "robot_ran_while_training": config.robot_runs_while_training,
+            "episodes_while_training": episodes_while_training,
             "rolled_back": restored != after_id,
             "rolled_back_from": after_id if restored != after_id else "",
             "rolled_back_to": restored if restored != after_id else "",
         }
 
-    def fine_tune(self, base_bag: str, target_bag: str) -> tuple[str, int]:
-        """Fine-tune through the trainer's service; return the job id and its steps."""
+    def fine_tune(self, base_bag: str, target_bag: str) -> tuple[str, int, float | None]:
+        """Fine-tune through the trainer's service; return the job id, its steps and steps/s.
+
+        The rate is over the job's progress reports after its first step, from the first to the
+        last (None with fewer than two): the training alone, without the worker's start and
+        data loading.
+        """
         client, config = self.client, self.config
         # Zero steps, learning rate and target fraction: the trainer's recipe decides them.
         request = FineTune.Request(
@@ -395,11 +432,13 @@ class _Phases:
         if not reply.accepted:
             raise RuntimeError(f"trainer refused the fine-tune request: {reply.message}")
         job = reply.job_id
+        meanwhile = "keeps running" if config.robot_runs_while_training else "waits"
         say(
             f"phase 3, fine-tuning job {job} on the base and the new data with the trainer's "
-            "recipe (the robot keeps running meanwhile)"
+            f"recipe (the robot {meanwhile} meanwhile)"
         )
         last = [-1]
+        reports: list[tuple[float, int]] = []  # (monotonic time, step) of progress reports
 
         def job_done() -> bool:
             s = client.trainer_status
@@ -407,6 +446,8 @@ class _Phases:
                 return self.node_died()
             if s.step != last[0] and s.state == TrainerStatus.STATE_RUNNING:
                 last[0] = s.step
+                if s.step > 0:  # step 0 is reported before the worker has loaded the data
+                    reports.append((time.monotonic(), int(s.step)))
                 loss = f" loss {s.loss:.4f}" if math.isfinite(s.loss) else ""  # NaN: no step yet
                 say(f"  step {s.step}/{s.total_steps}{loss}")
             return s.state in (
@@ -420,4 +461,9 @@ class _Phases:
         status = client.trainer_status
         if status.state != TrainerStatus.STATE_SUCCEEDED:
             raise RuntimeError(f"fine-tuning failed: {status.message}")
-        return job, int(status.total_steps)
+        steps_per_s = None
+        if len(reports) >= 2 and reports[-1][0] > reports[0][0]:
+            (t0, step0), (t1, step1) = reports[0], reports[-1]
+            steps_per_s = (step1 - step0) / (t1 - t0)
+            say(f"fine-tune: {step1 - step0} steps in {t1 - t0:.0f} s, {steps_per_s:.2f} steps/s")
+        return job, int(status.total_steps), steps_per_s

@@ -42,6 +42,11 @@ class DemoConfig:
     )
     timeout: float = _option(900.0, "seconds any single phase may take")
     finetune_steps: int = _option(0, "gradient steps of the fine-tune (0: the trainer's default)")
+    robot_runs_while_training: bool = _option(
+        False,
+        "keep the robot running greedy episodes while the trainer trains; without it the "
+        "robot waits and the fine-tune does not share the CPU with the episodes",
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,6 +74,11 @@ class DemoConfig:
             and self.timeout > 0
         ):
             problems.append(f"timeout must be > 0 seconds (got {self.timeout!r})")
+        if not isinstance(self.robot_runs_while_training, bool):
+            problems.append(
+                "robot_runs_while_training must be True or False "
+                f"(got {self.robot_runs_while_training!r})"
+            )
         if self.checkpoint and not Path(self.checkpoint).is_file():
             problems.append(f"checkpoint {self.checkpoint!r} is not a file")
         if problems:

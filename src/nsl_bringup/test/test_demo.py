@@ -7,6 +7,7 @@ import json
 import pytest
 
 pytest.importorskip("rclpy")  # the demo module imports the ROS messages
+from nsl_bringup.cli import build_parser  # noqa: E402
 from nsl_bringup.demo import format_table, phase_row, summarize, write_plot  # noqa: E402
 from nsl_bringup.demo_config import CHALLENGES, DemoConfig  # noqa: E402
 from nsl_msgs.msg import EpisodeResult  # noqa: E402
@@ -105,6 +106,7 @@ def test_options_are_checked_and_every_problem_named():
             finetune_steps=-5,
             timeout=float("inf"),
             checkpoint="/no/such.safetensors",
+            robot_runs_while_training="no",
         )
     message = str(info.value)
     for fragment in (
@@ -116,9 +118,44 @@ def test_options_are_checked_and_every_problem_named():
         "epsilon must be in (0, 1] (got 0.0)",
         "timeout must be > 0 seconds (got inf)",
         "checkpoint '/no/such.safetensors' is not a file",
+        "robot_runs_while_training must be True or False (got 'no')",
     ):
         assert fragment in message, message
     with pytest.raises(ValueError, match="task must be one of"):
         DemoConfig(task="chekerboard")
     assert "base" not in CHALLENGES and "checkerboard" in CHALLENGES
     assert DemoConfig(collect_episodes=0, finetune_steps=0).finetune_steps == 0
+
+
+def test_the_robot_waits_during_the_fine_tune_unless_told_and_the_table_says_so():
+    assert DemoConfig().robot_runs_while_training is False
+    parse = build_parser().parse_args
+    assert parse(["demo"]).robot_runs_while_training is False
+    assert parse(["demo", "--robot-runs-while-training"]).robot_runs_while_training is True
+    assert parse(["demo", "--no-robot-runs-while-training"]).robot_runs_while_training is False
+    wall = {**WALL, "after": 60.0, "total": 553.4}
+    waited = summarize(
+        DemoConfig(),
+        rows(episodes(35, 15)),
+        wall,
+        finetune_steps=1000,
+        finetune_steps_per_s=2.5,
+        robot_ran_while_training=False,
+        episodes_while_training=0,
+    )
+    assert format_table(waited).splitlines()[-1] == (
+        "fine-tune: 1000 steps, 2.50 steps/s (the robot waited meanwhile)"
+    )
+    ran = summarize(
+        DemoConfig(robot_runs_while_training=True),
+        rows(episodes(35, 15)),
+        wall,
+        finetune_steps=1000,
+        finetune_steps_per_s=0.75,
+        robot_ran_while_training=True,
+        episodes_while_training=834,
+    )
+    assert format_table(ran).splitlines()[-1] == (
+        "fine-tune: 1000 steps, 0.75 steps/s (the robot ran 834 episodes meanwhile)"
+    )
+    assert ran["config"]["robot_runs_while_training"] is True

@@ -20,6 +20,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from nsl_common import names
+from nsl_common.lifecycle import change_state
 from nsl_common.qos import LATCHED_QOS, RECORD_QOS
 from nsl_common.service_call import ServiceCallError, call_service
 from nsl_msgs.msg import CheckpointInfo, EpisodeResult, TrainerStatus
@@ -168,6 +169,16 @@ class LoopClient(Node):
     def set_task(self, task: str, timeout: float = 30.0) -> None:
         """Set the policy's task, the world it runs in (applies from its next episode)."""
         self._set_policy_parameter("task", str(task), timeout)
+
+    def set_policy_active(self, active: bool, timeout: float = 60.0) -> None:
+        """Activate or deactivate the policy node (the robot runs episodes or waits).
+
+        Deactivating ends the episode in flight at its next step boundary (published
+        incomplete) and returns once the episode loop has stopped; an inactive policy still
+        swaps in checkpoints it is sent or announced. RuntimeError when the node refuses.
+        """
+        target = names.qualified_node_name(self.get_namespace(), names.POLICY_NODE)
+        change_state(self, target, "activate" if active else "deactivate", timeout)
 
     def _set_policy_parameter(self, name: str, value: float | str, timeout: float) -> None:
         """Set one policy parameter; ValueError with the policy's reason when it refuses."""
