@@ -41,7 +41,9 @@ def test_a_row_counts_successes_with_the_wilson_interval():
 
 def test_summary_and_table_of_a_significant_recovery(tmp_path):
     summary = summarize(
-        DemoConfig(), rows(episodes(35, 15)), {**WALL, "after": 60.0, "total": 553.4}
+        DemoConfig(task="checkerboard"),
+        rows(episodes(35, 15)),
+        {**WALL, "after": 60.0, "total": 553.4},
     )
     assert summary["before_after_cis_overlap"] is False and summary["recovered"] is True
     assert summary["config"]["task"] == "checkerboard"
@@ -124,6 +126,11 @@ def test_options_are_checked_and_every_problem_named():
     with pytest.raises(ValueError, match="task must be one of"):
         DemoConfig(task="chekerboard")
     assert "base" not in CHALLENGES and "checkerboard" in CHALLENGES
+    assert DemoConfig(task="checkerboard@0.75").task == "checkerboard@0.75"
+    with pytest.raises(ValueError, match="task: .*finite number >= 0"):
+        DemoConfig(task="harsh_light@bright")
+    with pytest.raises(ValueError, match="task must be one of"):
+        DemoConfig(task="base@1")
     assert DemoConfig(collect_episodes=0, finetune_steps=0).finetune_steps == 0
 
 
