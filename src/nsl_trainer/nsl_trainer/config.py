@@ -1,12 +1,18 @@
-"""QTOptConfig: the hyper-parameters of offline QT-Opt, apart from the code that uses them."""
+"""QTOptConfig: the hyper-parameters of offline QT-Opt, apart from the code that uses them.
+
+Importing this module does not import torch (``nsl_policy.cem``, where CEMConfig lives, does):
+the command-line parsers read its names and the fine-tuning recipe without paying for torch,
+which is imported when a QTOptConfig is first made.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nsl_policy.cem import CEMConfig
+if TYPE_CHECKING:
+    from nsl_policy.cem import CEMConfig
 
 POLICY_WEIGHTS = ("online", "polyak")
 """Networks a run can write as its checkpoint (``QTOptConfig.policy_weights``)."""
@@ -22,6 +28,17 @@ def is_int(v: Any) -> bool:
 def is_number(v: Any) -> bool:
     """Whether ``v`` is a finite int or float (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _cem_config_class() -> type[CEMConfig]:
+    """Return CEMConfig, importing ``nsl_policy.cem`` (and so torch) on first use (module doc)."""
+    from nsl_policy.cem import CEMConfig
+
+    return CEMConfig
+
+
+def _default_target_cem() -> CEMConfig:
+    return _cem_config_class()(population=16, elites=4, iterations=2)
 
 
 @dataclass(frozen=True)
@@ -45,9 +62,7 @@ class QTOptConfig:
     target_samples uniform actions)."""
     target_samples: int = 64
     """Uniform samples per next state when target_action == "random"."""
-    target_cem: CEMConfig = field(
-        default_factory=lambda: CEMConfig(population=16, elites=4, iterations=2)
-    )
+    target_cem: CEMConfig = field(default_factory=_default_target_cem)
     """CEM of the Bellman target; 16 x 2 (QT-Opt: 64 x 2) keeps a CPU step fast."""
     augment: bool = True
     """Random-shift and photometric augmentation of s and s' (independently)."""
@@ -118,7 +133,7 @@ class QTOptConfig:
                 is_int(self.target_samples) and self.target_samples >= 1,
                 "a positive integer",
             ),
-            ("target_cem", isinstance(self.target_cem, CEMConfig), "a CEMConfig"),
+            ("target_cem", isinstance(self.target_cem, _cem_config_class()), "a CEMConfig"),
             ("augment", isinstance(self.augment, bool), "a bool"),
             (
                 "crop_pad",
@@ -187,5 +202,5 @@ class QTOptConfig:
             raise ValueError(f"unknown QTOptConfig fields: {unknown}")
         data = dict(data)
         if isinstance(data.get("target_cem"), dict):
-            data["target_cem"] = CEMConfig(**data["target_cem"])
+            data["target_cem"] = _cem_config_class()(**data["target_cem"])
         return cls(**data)
