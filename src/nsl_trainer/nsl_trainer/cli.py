@@ -1,21 +1,26 @@
 """``nsl train ...``: offline QT-Opt from the command line, one command per mode.
 
   nsl train pretrain  --data BAG... --steps N --output base.safetensors
-  nsl train finetune  --init base.safetensors --base BAG... --target BAG... --steps N \
-                      --output ft.safetensors
-  nsl train scratch   --base BAG... --target BAG... --steps N --output scratch.safetensors
-  nsl train continual --init base.safetensors --base BAG... --task NAME=BAG[,BAG...] ... \
-                      --steps N --output-dir DIR
+  nsl train finetune  --init base.safetensors --base BAG... --target BAG... --output ft.safetensors
+  nsl train scratch   --base BAG... --target BAG... --output scratch.safetensors
+  nsl train continual --init base.safetensors --base BAG... --task NAME=BAG[,BAG...] ...
+                      --output-dir DIR
   nsl train grasp-values --data BAG... --steps 3000 --output gv.safetensors
                       (then: finetune --init gv.safetensors)
 
+finetune, scratch and continual run the fine-tuning recipe (nsl_trainer.recipe.FineTuneRecipe,
+the trainer node's and the experiment's) unless told otherwise: each of its settings has a flag
+(--steps, --target-fraction, --policy-weights, --mc-mix, --location-weight, --location-labels)
+whose default is the recipe's. pretrain runs QTOptConfig's defaults.
+
 The library (torch) is imported only when a command runs, so that ``nsl --help`` and the
-other ``nsl`` commands start fast.
+other ``nsl`` commands start fast (the recipe and QTOptConfig's module import no torch).
 
 Under torchrun every process trains (DistributedDataParallel; gloo on CPU, nccl on CUDA) and
-rank 0 writes the files:
+rank 0 writes the files; the recipe's location loss trains in one process only, so switch it off:
 
-  torchrun --standalone --nproc-per-node 2 -m nsl_trainer.cli finetune --init ... --output ...
+  torchrun --standalone --nproc-per-node 2 -m nsl_trainer.cli finetune --location-weight 0
+      --init ... --output ...
 """
 
 from __future__ import annotations
@@ -25,19 +30,57 @@ import contextlib
 import functools
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from nsl_collector.errors import DatasetError
 
 from . import grasp_values_cli
 from .cli_options import add_compute_and_network_options
+from .config import POLICY_WEIGHTS, QTOptConfig
+from .recipe import RECIPE_LOCATION_LABELS, FineTuneRecipe
+
+RECIPE = FineTuneRecipe()
+"""The fine-tuning recipe, whose settings are the defaults of finetune, scratch and continual."""
+
+_KINDS = {int: "an integer", float: "a number"}
 
 
-def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
+def checked(owner: type, name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Return an argparse type: ``convert`` the flag's text, then check it by ``owner``'s rule.
+
+    ``owner`` (a config dataclass whose fields all have defaults) is built with ``name`` set to
+    the value, so the rule has one owner; argparse reports a refusal as ``argument --flag:
+    <owner's message>`` and exits 2.
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_KINDS[convert]}, got {text!r}") from None
+        try:
+            owner(**{name: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+def _common(
+    p: argparse.ArgumentParser, *, output: bool = True, recipe: FineTuneRecipe | None = None
+) -> None:
+    """Add training options; ``recipe``: the fine-tuning commands' defaults (None: pretrain)."""
     g = p.add_argument_group("training")
-    g.add_argument(
-        "--steps", type=int, required=True, help="gradient steps (per task for continual)"
-    )
+    if recipe is None:
+        g.add_argument("--steps", type=int, required=True, help="gradient steps")
+    else:
+        g.add_argument(
+            "--steps",
+            type=checked(FineTuneRecipe, "steps", int),
+            default=recipe.steps,
+            help=f"gradient steps (per task for continual; default {recipe.steps}, the recipe's)",
+        )
     if output:
         g.add_argument(
             "--output", required=True, help="result checkpoint (.safetensors), written atomically"
@@ -48,17 +91,21 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
             help="state, periodic checkpoints and TensorBoard logs "
             "(default: <output>.run next to the output)",
         )
+    scale = QTOptConfig.finetune_lr_scale  # the class attribute: no QTOptConfig (torch) made
     g.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="learning rate (default: --base-lr for pretrain, 25%% of it otherwise)",
+        help="learning rate (default: --base-lr"
+        + ("" if recipe is None else f" x {scale:g}, QTOptConfig.finetune_learning_rate()")
+        + ")",
     )
     g.add_argument(
         "--base-lr",
         type=float,
         default=None,
-        help="pre-training learning rate (default: QTOptConfig.learning_rate)",
+        help=f"pre-training learning rate (default {QTOptConfig.learning_rate:g}: "
+        "QTOptConfig.learning_rate)",
     )
     g.add_argument(
         "--batch-size",
@@ -76,12 +123,15 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g.add_argument(
         "--no-augment", action="store_true", help="no random-shift/photometric augmentation"
     )
+    weights = QTOptConfig.policy_weights if recipe is None else recipe.policy_weights
     g.add_argument(
         "--policy-weights",
-        choices=("online", "polyak"),
-        default="online",
-        help="write the online network (default) or its Polyak average (target network 1) as the "
-        "checkpoint; see QTOptConfig.policy_weights",
+        choices=POLICY_WEIGHTS,
+        default=weights,
+        help="write the online network or its Polyak average (target network 1) as the "
+        f"checkpoint (default {weights}"
+        + (", as QT-Opt" if recipe is None else ", the recipe's")
+        + "; see QTOptConfig.policy_weights)",
     )
     g.add_argument(
         "--conservative-weight",
@@ -91,14 +141,34 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         help="weight of the conservative (CQL) term that lowers actions the data never tried "
         "(default 0: plain QT-Opt; see QTOptConfig.conservative_weight)",
     )
+    mc_mix = QTOptConfig.mc_mix if recipe is None else recipe.mc_mix
     g.add_argument(
         "--mc-mix",
-        type=float,
-        default=0.0,
+        type=checked(QTOptConfig if recipe is None else FineTuneRecipe, "mc_mix", float),
+        default=mc_mix,
         metavar="M",
         help="weight of the recorded episode's discounted return in the target, mixed with the "
-        "Bellman target (default 0: plain QT-Opt; see QTOptConfig.mc_mix)",
+        f"Bellman target (default {mc_mix:g}"
+        + (": plain QT-Opt" if recipe is None else ", the recipe's; 0: plain QT-Opt")
+        + "; see QTOptConfig.mc_mix)",
     )
+    if recipe is not None:
+        g.add_argument(
+            "--location-weight",
+            type=checked(FineTuneRecipe, "location_weight", float),
+            default=recipe.location_weight,
+            metavar="W",
+            help="weight of the auxiliary object-location loss (default "
+            f"{recipe.location_weight:g}, the recipe's; 0: none; see QTOptConfig.location_weight)",
+        )
+        g.add_argument(
+            "--location-labels",
+            choices=RECIPE_LOCATION_LABELS,
+            default=recipe.location_labels,
+            help="labels of the location loss: hindsight (where each successful grasp closed, "
+            "from the episodes themselves) or none (no location loss) (default "
+            f"{recipe.location_labels}, the recipe's)",
+        )
     g.add_argument(
         "--grasp-fraction",
         type=float,
@@ -148,9 +218,23 @@ def _mixing(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--target-fraction",
-        type=float,
-        default=0.5,
-        help="probability that a sample comes from target data (default 0.5, the paper's 50/50)",
+        type=checked(FineTuneRecipe, "target_fraction", float),
+        default=RECIPE.target_fraction,
+        metavar="F",
+        help="probability that a sample comes from target data "
+        f"(default {RECIPE.target_fraction:g}, the recipe's)",
+    )
+
+
+def recipe_of(args: argparse.Namespace) -> FineTuneRecipe:
+    """Return the fine-tuning recipe that a finetune, scratch or continual command asks for."""
+    return FineTuneRecipe(
+        steps=args.steps,
+        target_fraction=args.target_fraction,
+        policy_weights=args.policy_weights,
+        mc_mix=args.mc_mix,
+        location_weight=args.location_weight,
+        location_labels=args.location_labels,
     )
 
 
@@ -171,7 +255,8 @@ def add_commands(subparsers) -> None:
     _common(c)
     c.set_defaults(fn=cmd_train, mode="pretrain")
     c = sub.add_parser(
-        "finetune", help="fine-tune a checkpoint on base + target data (50/50, 25%% lr)"
+        "finetune",
+        help="fine-tune a checkpoint on base + target data with the fine-tuning recipe",
     )
     c.add_argument("--init", required=True, help="checkpoint to start from")
     c.add_argument(
@@ -182,14 +267,14 @@ def add_commands(subparsers) -> None:
         help="target-task bags or dataset folders",
     )
     _mixing(c)
-    _common(c)
+    _common(c, recipe=RECIPE)
     c.set_defaults(fn=cmd_train, mode="finetune")
     c = sub.add_parser(
         "scratch", help="the fine-tune recipe from a random init (the paper's comparison)"
     )
     c.add_argument("--target", nargs="+", required=True, metavar="BAG")
     _mixing(c)
-    _common(c)
+    _common(c, recipe=RECIPE)
     c.set_defaults(fn=cmd_train, mode="scratch")
     c = sub.add_parser(
         "continual", help="fine-tune a chain of tasks, each from the previous result"
@@ -213,7 +298,7 @@ def add_commands(subparsers) -> None:
         "--accumulate", action="store_true", help="earlier tasks' data joins the base data"
     )
     _mixing(c)
-    _common(c, output=False)
+    _common(c, output=False, recipe=RECIPE)
     c.set_defaults(fn=cmd_train, mode="continual")
     grasp_values_cli.add_command(sub)
 
@@ -309,20 +394,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
 
 
-def _run(args) -> int:
-    # torch (also under the nsl_policy and nsl_trainer modules) is imported when a command runs.
-    import torch
-    import torch.distributed as dist
-
-    from nsl_policy.model import KEYPOINTS_RECIPE, QNetworkConfig
-    from nsl_trainer.config import QTOptConfig
-    from nsl_trainer.data import load_datasets
-    from nsl_trainer.runs import continual, train
-
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+def qtopt_config_of(args: argparse.Namespace) -> QTOptConfig:
+    """Return the QT-Opt settings a command line asks for (the recipe's on top, but pretrain)."""
+    if args.mode == "pretrain":
+        recipe = None
+    else:
+        recipe = recipe_of(args)
+        if recipe.uses_location and args.conservative_weight > 0:
+            raise ValueError(
+                "--conservative-weight > 0 needs the location loss off (--location-weight 0): "
+                "the two are not implemented together"
+            )
     config = QTOptConfig(
         **({} if args.batch_size is None else {"batch_size": args.batch_size}),
         **({} if args.base_lr is None else {"learning_rate": args.base_lr}),
@@ -334,6 +416,29 @@ def _run(args) -> int:
         grasp_fraction=args.grasp_fraction,
         mc_mix=args.mc_mix,
     )
+    return config if recipe is None else recipe.qtopt_config(config)
+
+
+def _run(args) -> int:
+    # torch (also under the nsl_policy and nsl_trainer modules) is imported when a command runs.
+    import torch
+    import torch.distributed as dist
+
+    from nsl_policy.model import KEYPOINTS_RECIPE, QNetworkConfig
+    from nsl_trainer.data import load_datasets
+    from nsl_trainer.runs import continual, train
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    config = qtopt_config_of(args)
+    if config.location_weight > 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "the location loss (--location-weight > 0) trains in one process only, not under "
+            "torchrun; pass --location-weight 0 (or --location-labels none) or run one process"
+        )
+    target_fraction = 0.0 if args.mode == "pretrain" else args.target_fraction
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     model_config = QNetworkConfig(
         image_size=args.image_size,
         width=args.width,
@@ -373,7 +478,7 @@ def _run(args) -> int:
                 accumulate=args.accumulate,
                 progress_factory=factory,
                 load=functools.partial(load_datasets, strict=args.strict),
-                target_fraction=args.target_fraction,
+                target_fraction=target_fraction,
                 **{k: v for k, v in opts.items() if k != "resume"},
                 resume=not args.no_resume,
             )
@@ -385,10 +490,7 @@ def _run(args) -> int:
             target = [] if args.mode == "pretrain" else args.target
             if args.mode == "finetune":
                 opts["init_checkpoint"] = args.init
-            else:
-                opts["target_fraction"] = 0.0 if args.mode == "pretrain" else args.target_fraction
-            if args.mode == "finetune":
-                opts["target_fraction"] = args.target_fraction
+            opts["target_fraction"] = target_fraction
             try:
                 results = [
                     train(
@@ -422,15 +524,25 @@ def _run(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m nsl_trainer.cli`` (e.g. under torchrun)."""
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``python -m nsl_trainer.cli`` (``nsl train``'s commands)."""
     parser = argparse.ArgumentParser(prog="nsl_trainer.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     add_commands(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a ``train`` command line (the leading ``train`` may be left out)."""
+    argv = list(argv)
     if argv[:1] != ["train"]:
         argv = ["train", *argv]
-    args = parser.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m nsl_trainer.cli`` (e.g. under torchrun)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     return args.fn(args)
 
 
