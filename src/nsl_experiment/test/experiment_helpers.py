@@ -8,8 +8,9 @@ from typing import Any
 from nsl_experiment.config import ExperimentConfig
 
 # No random-goal bootstrap grasps: with 4 bootstrap episodes they would leave too few successes
-# for the grasp-value phase; test_decoy_bootstrap_... covers them. No location loss either (the
-# sim replays that labels the bags): test_pretrain_location_weight_... covers it.
+# for the grasp-value phase; test_decoy_bootstrap_... covers them. No location loss in
+# pre-training either (its sim replays label the bags; test_pretrain_location_weight_...
+# covers it); the fine-tunes keep the recipe's, on hindsight labels, which cost no replay.
 TINY: dict[str, Any] = dict(
     image_size=32,
     max_steps=3,
