@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from .config import ExperimentConfig
 
 #: Bumped when the code changes what a unit produces or how keys are made (invalidates caches).
@@ -101,6 +99,9 @@ def hardware() -> dict[str, Any]:
 
     Training uses CUDA when present, episodes always run on the CPU.
     """
+    # imported here, not at the top: the nsl parser reads this module and stays torch-free
+    import torch
+
     cuda = torch.cuda.is_available()
     return {
         "platform": platform.platform(),

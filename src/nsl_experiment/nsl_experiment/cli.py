@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render a run's report from its stage stamps."""
-    # heavy: the report's modules import the pipeline's libraries (torch) through the cache
+    # heavy: the report's modules import the pipeline's units (torch, pybullet)
     from .report.render import report_folder, write_report
 
     output = Path(args.output)

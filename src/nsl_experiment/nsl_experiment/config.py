@@ -12,11 +12,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from nsl_policy.cem import CEMConfig
-from nsl_policy.model import QNetworkConfig
 from nsl_trainer.config import QTOptConfig
 
 from .checks import bad
@@ -35,6 +33,10 @@ from .sections import (
     StudyConfig,
 )
 from .seeds import CONTINUAL_ORDER, MAX_ONLINE_ROUND_EPISODES, SEED_STRIDE, STUDY_TASKS
+
+if TYPE_CHECKING:
+    from nsl_policy.cem import CEMConfig
+    from nsl_policy.model import QNetworkConfig
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,9 @@ class ExperimentConfig:
     # --- library configs ----------------------------------------------------------------
     def model_config(self) -> QNetworkConfig:
         """Return the Q-network's config: ``model`` overrides at the sim's image size."""
+        # nsl_policy.model imports torch: loaded here, as the nsl parser reads this module
+        from nsl_policy.model import QNetworkConfig
+
         model, image_size = self.learner.model, self.sim.image_size
         if "image_size" in model and model["image_size"] != image_size:
             raise ValueError("model.image_size must equal image_size (leave it out)")
@@ -138,6 +143,9 @@ class ExperimentConfig:
 
     def cem_config(self) -> CEMConfig:
         """CEM settings for acting (collection and evaluation)."""
+        # nsl_policy.cem imports torch: loaded here, as in model_config.
+        from nsl_policy.cem import CEMConfig
+
         return CEMConfig(**self.learner.policy_cem)
 
     def sim_kwargs(self) -> dict[str, Any]:
