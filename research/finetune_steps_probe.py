@@ -55,16 +55,20 @@ def main() -> None:
     ap.add_argument("--location-weight", type=float, default=FineTuneRecipe().location_weight)
     ap.add_argument("--output", default="runs/probe_steps")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (batches, augmentation)")
+    ap.add_argument("--base-bags", nargs="*", help="base bags instead of the run's base grasps")
+    ap.add_argument("--target-bags", nargs="*", help="target bags instead of the run's")
+    ap.add_argument("--name", default="", help="output sub-folder (default from task/weight)")
     args = ap.parse_args()
     run = Path(args.run)
     recipe = dataclasses.replace(FineTuneRecipe(), location_weight=args.location_weight)
-    name = f"{args.task}_loc{args.location_weight:g}"
+    name = args.name or f"{args.task}_loc{args.location_weight:g}"
     out = Path(args.output) / name
     out.mkdir(parents=True, exist_ok=True)
     result = train(
         "finetune",
-        bags(run, "base"),
-        bags(run, args.task),
+        args.base_bags or bags(run, "base"),
+        args.target_bags or bags(run, args.task),
         args.steps,
         output_path=str(out / "final.safetensors"),
         run_dir=str(out / "run"),
@@ -74,6 +78,7 @@ def main() -> None:
         checkpoint_every=args.every,
         num_threads=args.threads,
         tensorboard=False,
+        seed=args.seed,
     )
     print(json.dumps({"trained": name, "metrics": result.metrics}), flush=True, file=sys.stderr)
     for step in args.evaluate:

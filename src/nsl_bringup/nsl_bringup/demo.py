@@ -330,13 +330,13 @@ class _Phases:
         )
         self.clock.mark("before")
         if config.collect_episodes:
-            client.set_exploration(config.epsilon)
+            client.set_exploration(config.epsilon, config.noise_std)
             say(
                 f"collecting {config.collect_episodes} exploration grasps "
-                f"(epsilon {config.epsilon})"
+                f"(epsilon {config.epsilon}, action noise {config.noise_std})"
             )
             self.episodes("grasp", base_id, config.collect_episodes, config.task, config.epsilon)
-            client.set_exploration(0.0)  # greedy from here on: the after-evaluation is too
+            client.set_exploration(0.0, 0.0)  # greedy from here on: the after-evaluation too
         if not config.robot_runs_while_training:
             say(
                 "the robot waits while the trainer trains (on a 2-core machine its episodes "

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from nsl_sim.tasks import SEVERITY_SEPARATOR, TASKS, get_task
+from nsl_trainer.recipe import ExplorationRecipe
 
 BASE_TASK = "base"
 """The task the base data is recorded on (phase 1) and the policy was trained for."""
@@ -38,7 +39,13 @@ class DemoConfig:
     collect_episodes: int = _option(
         400, "phase 2: exploration grasps on the challenge, recorded as the new data"
     )
-    epsilon: float = _option(0.2, "exploration while collecting, in (0, 1]")
+    epsilon: float = _option(
+        ExplorationRecipe().epsilon, "exploration while collecting: random-action rate, in (0, 1]"
+    )
+    noise_std: float = _option(
+        ExplorationRecipe().noise_std,
+        "exploration while collecting: Gaussian noise on the policy's actions, in [0, 2]",
+    )
     seed: int = _option(0, "seed of the first episode (episode k resets with seed + k)")
     output: str = _option("", "run folder (empty: runs/demo-<time>)")
     checkpoint: str = _option(
@@ -79,6 +86,12 @@ class DemoConfig:
         # Exploration episodes are told from the greedy evaluation by their epsilon.
         if not (isinstance(self.epsilon, (int, float)) and 0 < self.epsilon <= 1):
             problems.append(f"epsilon must be in (0, 1] (got {self.epsilon!r})")
+        if not (
+            isinstance(self.noise_std, (int, float))
+            and not isinstance(self.noise_std, bool)
+            and 0 <= self.noise_std <= 2
+        ):
+            problems.append(f"noise_std must be in [0, 2] (got {self.noise_std!r})")
         if not (
             isinstance(self.timeout, (int, float))
             and math.isfinite(self.timeout)

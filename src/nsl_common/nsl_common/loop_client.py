@@ -162,9 +162,13 @@ class LoopClient(Node):
         with self._cond:
             return matching()[:count]
 
-    def set_exploration(self, epsilon: float, timeout: float = 30.0) -> None:
-        """Set the policy's epsilon (applies from its next episode)."""
+    def set_exploration(
+        self, epsilon: float, noise_std: float | None = None, timeout: float = 30.0
+    ) -> None:
+        """Set the policy's epsilon, and its action noise when given (from its next episode)."""
         self._set_policy_parameter("epsilon", float(epsilon), timeout)
+        if noise_std is not None:
+            self._set_policy_parameter("noise_std", float(noise_std), timeout)
 
     def set_task(self, task: str, timeout: float = 30.0) -> None:
         """Set the policy's task, the world it runs in (applies from its next episode)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nsl_sim.tasks import TASKS
-from nsl_trainer.recipe import FineTuneRecipe
+from nsl_trainer.recipe import ExplorationRecipe, FineTuneRecipe
 
 from .checks import (
     as_tuple,
@@ -291,9 +291,9 @@ class ExplorationConfig:
     """How the study's exploration grasps are collected (targets, online rounds, recollection)."""
 
     SECTION = "exploration"
-    target_epsilon: float = 0.1
+    target_epsilon: float = ExplorationRecipe().epsilon
     """Probability of a random action per step while collecting exploration grasps."""
-    target_noise_std: float = 0.1
+    target_noise_std: float = ExplorationRecipe().noise_std
     """Gaussian noise on the CEM action while collecting exploration grasps."""
 
     def __post_init__(self) -> None:
@@ -348,6 +348,10 @@ class StudyConfig:
     tiers: tuple[int, ...] = (25, 50, 100, 200, 400, 800)
     """Grasp tiers of Table II: tier n fine-tunes on the first n exploration grasps (nested);
     scratch, the re-initialised head and the chain use the largest."""
+    baselines: bool = True
+    """Also train the two baselines at the largest tier: scratch (a fresh network on the grasps
+    only) and the re-initialised head. False skips them (a quicker sweep; Table II shows them as
+    not run and the scratch check is not measured)."""
     online_rounds: int = 0
     """When > 0, stage online_finetune spends the largest tier's grasps in this many rounds of
     exploring with the policy in force and fine-tuning it, each kept only if it gates at least
@@ -362,6 +366,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         check_names(self, "challenges", CHALLENGES)
         check_bool(self, "base_control")
+        check_bool(self, "baselines")
         check_int(self, "target_episodes", 1, MAX_EPISODES_PER_RANGE)
         tiers = as_tuple(self, "tiers")
         if (

@@ -694,6 +694,21 @@ def test_changing_eval_episodes_only_reevaluates(first_run, tmp_path):
     assert res["stages"]["finetune_sweep"]["tasks"]["base"]["scratch"]["result"]["episodes"] == 2
 
 
+def test_a_sweep_without_baselines_trains_no_scratch_and_reports_them_not_run(first_run, tmp_path):
+    out, _, _ = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    logs: list[str] = []
+    res = run(tiny(copy, baselines=False), copy, ["finetune_sweep", "report"], logs.append)
+    assert not any("scratch" in m or "reinit_head" in m for m in logs), logs
+    rows = res["stages"]["finetune_sweep"]["tasks"]
+    assert all(r["scratch"] is None and r["reinit_head"] is None for r in rows.values())
+    assert all(r["tiers"] for r in rows.values())  # the tiers themselves still ran (cached)
+    checks = acceptance(tables(load_stamps(copy)))
+    scratch = next(c for c in checks if "scratch" in c["check"])
+    assert scratch["passed"] is None and "not run" in scratch["detail"], scratch
+
+
 def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
     out, results, _ = first_run
     assert (out / "report" / "paper_reproduction.md").is_file()  # the run's own report stage

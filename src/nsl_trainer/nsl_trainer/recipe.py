@@ -95,3 +95,22 @@ class FineTuneRecipe:
         """Return ``base`` (default ``QTOptConfig()``) with this recipe's overrides."""
         data = (base or QTOptConfig()).to_dict()
         return QTOptConfig.from_dict({**data, **self.qtopt_overrides()})
+
+
+@dataclass(frozen=True)
+class ExplorationRecipe:
+    """How the grasps a fine-tune learns from are collected (the demo's and the study's)."""
+
+    epsilon: float = 0.1
+    """Probability of a uniformly random action per step."""
+    noise_std: float = 0.1
+    """Gaussian noise on the CEM action (normalised units): grasps near the policy's own aim.
+    Measured on validation seeds: fine-tunes on grasps collected this way lifted harsh light
+    0.29 -> 0.46-0.51, on grasps at epsilon 0.2 without noise 0.18-0.32."""
+
+    def __post_init__(self) -> None:
+        """Check every field; raise ValueError naming the first bad one."""
+        for name, hi in (("epsilon", 1.0), ("noise_std", 2.0)):
+            value = getattr(self, name)
+            if not (is_number(value) and 0 <= value <= hi):
+                raise ValueError(f"ExplorationRecipe.{name} must be in [0, {hi:g}], got {value!r}")

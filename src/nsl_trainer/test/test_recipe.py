@@ -133,3 +133,19 @@ def test_a_state_written_before_a_new_setting_still_resumes(tmp_path):
     hindsight = QTOptConfig(batch_size=4, location_labels="hindsight")
     with pytest.raises(ValueError, match="location_labels"):
         load_state(QTOptTrainer(QNetwork(cfg), hindsight, "cpu"), path)
+
+
+def test_the_demo_and_the_study_collect_with_the_one_exploration_recipe():
+    from nsl_bringup.demo_config import DemoConfig
+    from nsl_experiment.sections import ExplorationConfig
+    from nsl_trainer.recipe import ExplorationRecipe
+
+    recipe = ExplorationRecipe()
+    study = ExplorationConfig()
+    demo = DemoConfig()
+    assert (study.target_epsilon, study.target_noise_std) == (recipe.epsilon, recipe.noise_std)
+    assert (demo.epsilon, demo.noise_std) == (recipe.epsilon, recipe.noise_std)
+    with pytest.raises(ValueError, match="ExplorationRecipe.noise_std must be in"):
+        ExplorationRecipe(noise_std=-0.1)
+    with pytest.raises(ValueError, match="noise_std must be in"):
+        DemoConfig(noise_std=3.0)

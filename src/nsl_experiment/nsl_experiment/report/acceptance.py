@@ -121,7 +121,8 @@ def acceptance(numbers: dict) -> list[dict]:
             f"{recovered} of {len(swept)} (needs {needed}): " + "; ".join(details),
         )
         losses, details = [], []
-        for n in swept:
+        unrun = [n for n in swept if t2["tasks"][n]["scratch"] is None]
+        for n in [] if unrun else swept:
             row = t2["tasks"][n]
             ft, sc = (
                 row["tiers"][str(t2["largest_tier"])]["success_rate"],
@@ -130,11 +131,15 @@ def acceptance(numbers: dict) -> list[dict]:
             details.append(f"{n} {ft:.3f} vs {sc:.3f}")
             if not ft > sc + EPS:
                 losses.append(n)
-        add(
-            scratch_check,
-            not losses,
-            ("not better on: " + ", ".join(losses) + "; " if losses else "") + ", ".join(details),
-        )
+        if unrun:
+            add(scratch_check, None, "scratch not run (study.baselines false)")
+        else:
+            add(
+                scratch_check,
+                not losses,
+                ("not better on: " + ", ".join(losses) + "; " if losses else "")
+                + ", ".join(details),
+            )
     else:
         add(recovery_check, None, "calibrate and finetune_sweep have not both run")
         add(scratch_check, None, "finetune_sweep has not run")

@@ -163,6 +163,7 @@ def render_markdown(
                 row["reinit_head"],
                 *([row["online"]["result"]] if row.get("online") else []),
             ]
+            if c is not None
         ]
         modules = next(iter(t2["tasks"].values()))["reinit_modules"] if t2["tasks"] else None
         out += [

@@ -59,6 +59,8 @@ def plot_sweep(numbers: dict, path: Path) -> None:
             ("reinit_head", "s", "#8e44ad", "reinit head", 1.07),
         ):
             c = row[key]
+            if c is None:  # a sweep without its baselines (study.baselines false)
+                continue
             ax.errorbar(
                 [largest * shift],
                 [c["success_rate"]],

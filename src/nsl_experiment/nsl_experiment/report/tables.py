@@ -133,9 +133,11 @@ def tables(stamps: dict[str, dict]) -> dict[str, Any]:
                 name: {
                     "severity": row["task"]["severity"],
                     "tiers": {n: cell(e["result"]) for n, e in row["tiers"].items()},
-                    "scratch": cell(row["scratch"]["result"]),
-                    "reinit_head": cell(row["reinit_head"]["result"]),
-                    "reinit_modules": row["reinit_head"].get("modules"),
+                    "scratch": cell(row["scratch"]["result"]) if row["scratch"] else None,
+                    "reinit_head": (
+                        cell(row["reinit_head"]["result"]) if row["reinit_head"] else None
+                    ),
+                    "reinit_modules": (row["reinit_head"] or {}).get("modules"),
                 }
                 for name, row in sweep["tasks"].items()
             },

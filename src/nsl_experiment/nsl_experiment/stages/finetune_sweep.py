@@ -35,40 +35,42 @@ def finetune_sweep(ctx: Context) -> dict:
             row["tiers"][str(n)] = finetune_on(
                 ctx, sweep_unit_name(name, n), ckpt, ckpt_id, base, target, n
             )[2]
-        target_bags, target_key = target.tier(largest, cfg.sim.chunk_episodes)
-        key = unit_key(
-            ctx,
-            "scratch",
-            FINETUNE_SECTIONS,
-            target=target_key,
-            episodes=largest,
-            task=target.spec,
-        )
-        # Scratch: a fresh network on the target grasps only, at the pre-training learning rate.
-        s_ckpt, s_id, st = train(
-            ctx,
-            f"sweep/{name}/scratch_{largest:04d}",
-            None,
-            [],
-            target_bags,
-            ft.scratch_steps,
-            cfg.learner.learning_rate,
-            1.0,
-            key,
-            target_episodes=largest,
-            finetune=True,
-        )
-        row["scratch"] = trained_entry(ctx, s_ckpt, s_id, st, target.spec)
-        row["reinit_head"] = finetune_on(
-            ctx,
-            f"sweep/{name}/reinit_head_{largest:04d}",
-            reinit,
-            reinit_id,
-            base,
-            target,
-            largest,
-        )[2]
-        row["reinit_head"]["modules"] = reset
+        row["scratch"] = row["reinit_head"] = None
+        if cfg.study.baselines:
+            target_bags, target_key = target.tier(largest, cfg.sim.chunk_episodes)
+            key = unit_key(
+                ctx,
+                "scratch",
+                FINETUNE_SECTIONS,
+                target=target_key,
+                episodes=largest,
+                task=target.spec,
+            )
+            # Scratch: a fresh network on the target grasps only, at the pre-training rate.
+            s_ckpt, s_id, st = train(
+                ctx,
+                f"sweep/{name}/scratch_{largest:04d}",
+                None,
+                [],
+                target_bags,
+                ft.scratch_steps,
+                cfg.learner.learning_rate,
+                1.0,
+                key,
+                target_episodes=largest,
+                finetune=True,
+            )
+            row["scratch"] = trained_entry(ctx, s_ckpt, s_id, st, target.spec)
+            row["reinit_head"] = finetune_on(
+                ctx,
+                f"sweep/{name}/reinit_head_{largest:04d}",
+                reinit,
+                reinit_id,
+                base,
+                target,
+                largest,
+            )[2]
+            row["reinit_head"]["modules"] = reset
         rows[name] = row
     summary = {
         "stage": "finetune_sweep",
@@ -86,6 +88,7 @@ def finetune_sweep(ctx: Context) -> dict:
         name: [
             e["checkpoint_id"]
             for e in (*row["tiers"].values(), row["scratch"], row["reinit_head"])
+            if e is not None
         ]
         for name, row in rows.items()
     }
