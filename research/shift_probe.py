@@ -50,8 +50,10 @@ def run(checkpoint: str, episodes: int, dx: int, dy: int) -> dict:
                 image = shifted(obs.image, dx, dy)
                 cmd = space.to_command(policy.select_action(image, policy_state(obs)).vector)
                 closing = cmd.close_gripper or cmd.terminate or k + 1 >= sim.max_steps
-                if closing:
-                    off = env.nearest_object_offset(env.gripper_pose()[0])
+                if closing:  # where the fingers close: this step moves first, then closes
+                    at = np.asarray(env.gripper_pose()[0], dtype=float)
+                    at[:2] += np.asarray(cmd.translation[:2], dtype=float)
+                    off = env.nearest_object_offset(at)
                     aim.append(float(np.linalg.norm(off)) if off is not None else float("nan"))
                 res = env.step(cmd.translation, cmd.rotation, cmd.close_gripper, cmd.terminate)
                 done, obs, k = res.done, res.observation, k + 1

@@ -22,9 +22,9 @@ def _option(default, text: str):
 class DemoConfig:
     """Options of ``nsl demo``; each field's ``help`` metadata is its ``--help`` line."""
 
-    # Harsh light at the severity the calibration chose on the shipped base drops it the most
-    # (docs/results Table I), and fine-tuning on 400 grasps recovered it on validation seeds
-    # (0.29 -> 0.46, docs/results/decisions.md); 200 episodes per phase separate such rates.
+    # Harsh light at the severity the calibration chose drops the shipped base the most (Table
+    # I), and the pipeline's fine-tunes on 400 + 400 grasps lifted it on validation seeds;
+    # 200 episodes per phase can separate such rates.
     task: str = _option(
         f"harsh_light{SEVERITY_SEPARATOR}1.5",
         f"challenge task the world changes to in phase 2 ({', '.join(CHALLENGES)}), "

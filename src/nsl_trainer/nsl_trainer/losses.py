@@ -83,7 +83,9 @@ class AuxLoss:
 
 
 class LocationHead(torch.nn.Module):
-    """Trunk features (flattened) ++ gripper state -> MLP -> (2,) offset to the nearest object.
+    """Trunk features (flattened) ++ gripper state -> MLP -> (2,) offset to an object.
+
+    The object is the nearest one with simulator labels, the grasped one with hindsight labels.
 
     The offset is in units of ``data.LOCATION_SCALE``.
     """

@@ -227,6 +227,11 @@ def test_interrupted_and_resumed_matches_uninterrupted(tmp_path, net, location):
         train_transitions(
             "finetune", base, target, 12, output_path=str(out), **{**kw, "learning_rate": 1e-2}
         )
+    other_recipe = QTOptConfig.from_dict({**config.to_dict(), "mc_mix": 0.5})
+    with pytest.raises(ValueError, match="other QT-Opt settings"):  # so is another recipe
+        train_transitions(
+            "finetune", base, target, 12, output_path=str(out), **{**kw, "config": other_recipe}
+        )
 
 
 def test_state_file_is_not_pickle(tmp_path):
