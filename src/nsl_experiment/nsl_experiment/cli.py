@@ -168,6 +168,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on a task."""
     # heavy: evaluation imports torch and pybullet; `nsl --help` stays fast without them
+    from nsl_policy.checkpoint import load_checkpoint
+
     from .episodes import task_spec
     from .units.evaluate import evaluate_checkpoint
 
@@ -180,6 +182,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.seeds,
         _log if args.verbose else None,
     )
+    # The result names what it scored, so a figure can be traced to its checkpoint.
+    res = {
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "checkpoint_id": load_checkpoint(args.checkpoint).checkpoint_id,
+        **res,
+    }
     lo, hi = res["ci95"]
     _log(
         f"{args.task} (severity {res['severity']:g}): success {res['success_rate']:.3f} "

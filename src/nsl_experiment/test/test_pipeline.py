@@ -157,6 +157,22 @@ def test_evaluate_gives_wilson_interval(first_run):
     assert lo == pytest.approx(0.7391, abs=1e-3) and hi == pytest.approx(0.8496, abs=1e-3)
 
 
+def test_nsl_experiment_evaluate_json_names_the_checkpoint_it_scored(first_run, tmp_path):
+    out, _, _ = first_run
+    ckpt = out / "checkpoints" / "base.safetensors"
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    result = tmp_path / "eval.json"
+    args = parser.parse_args(
+        ["experiment", "evaluate", "--checkpoint", str(ckpt), "--episodes", "2"]
+        + ["--seeds", "validation", "--json", str(result), "--config", str(out / "config.json")]
+    )
+    assert args.fn(args) == 0
+    res = json.loads(result.read_text())
+    assert res["checkpoint"] == str(ckpt.resolve()) and res["episodes"] == 2
+    assert res["checkpoint_id"] == load_checkpoint(ckpt).checkpoint_id
+
+
 def test_grasp_values_restart_qtopt_at_their_round(first_run, tmp_path):
     """grasp_value_steps > 0.
 
