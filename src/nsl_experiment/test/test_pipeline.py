@@ -723,6 +723,8 @@ def test_a_sweep_without_baselines_trains_no_scratch_and_reports_them_not_run(fi
     checks = acceptance(tables(load_stamps(copy)))
     scratch = next(c for c in checks if "scratch" in c["check"])
     assert scratch["passed"] is None and "not run" in scratch["detail"], scratch
+    page = (copy / "report" / "paper_reproduction.md").read_text()
+    assert "Scratch and the re-initialised head were not run" in page
 
 
 def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):

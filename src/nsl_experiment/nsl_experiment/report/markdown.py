@@ -177,12 +177,16 @@ def render_markdown(
             f"gradient steps at learning rate {t2['learning_rate']:g}. Best (Δ): the best tier <= "
             f"{MAX_FINETUNE_GRASPS} and its gain over the base policy (chosen on the evaluation "
             "episodes, as the "
-            f"paper's Best). Scratch: a freshly initialised network on the {largest} grasps only, "
-            f"{t2['scratch_steps']} steps at learning rate {t2['scratch_learning_rate']:g}. "
-            "Reinit head: the base "
-            f"checkpoint with its {', '.join(modules or [])} re-initialised, then fine-tuned "
-            "like the "
-            f"{largest}-grasp tier.",
+            f"paper's Best). "
+            + (
+                f"Scratch: a freshly initialised network on the {largest} grasps only, "
+                f"{t2['scratch_steps']} steps at learning rate {t2['scratch_learning_rate']:g}. "
+                "Reinit head: the base "
+                f"checkpoint with its {', '.join(modules or [])} re-initialised, then fine-tuned "
+                f"like the {largest}-grasp tier."
+                if any(r["scratch"] for r in t2["tasks"].values())
+                else "Scratch and the re-initialised head were not run (study.baselines false)."
+            ),
         ]
         if online:
             first = next((r["online"] for r in t2["tasks"].values() if r.get("online")), {})
