@@ -1,8 +1,13 @@
-"""ROS parameter descriptors built from plain values (description, range, read-only)."""
+"""ROS parameters from plain values: descriptors (description, range, read-only) and tables."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from .settings import Setting
 
 
 def descriptor(
@@ -25,3 +30,23 @@ def descriptor(
             FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)
         ]
     return d
+
+
+def declare_settings(node: Any, settings: Mapping[str, Setting]) -> dict[str, Any]:
+    """Declare one parameter per entry of ``settings`` on ``node``; return their values.
+
+    Each parameter has its setting's default, description and range, and is read-only unless
+    the setting is a run-time one.
+    """
+    for name, s in settings.items():
+        node.declare_parameter(
+            name,
+            s.default,
+            descriptor(
+                s.description,
+                int_range=s.int_range,
+                float_range=s.float_range,
+                read_only=not s.runtime,
+            ),
+        )
+    return {name: node.get_parameter(name).value for name in settings}

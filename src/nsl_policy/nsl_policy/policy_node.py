@@ -55,7 +55,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from nsl_common import names
 from nsl_common.node_main import run_node
-from nsl_common.parameters import descriptor
+from nsl_common.parameters import declare_settings
 from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS, RECORD_QOS
 from nsl_msgs.msg import CheckpointInfo, EpisodeResult, StepRecord
 from nsl_msgs.srv import ExecuteStep, LoadCheckpoint, ResetEpisode
@@ -100,15 +100,7 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
         self.rollout: Rollout | None = None
         self.rollout_endpoints: RolloutEndpoints | None = None
         self.monitor: LearningMonitor | None = None
-        for name, s in SETTINGS.items():
-            d = descriptor(
-                s.description,
-                int_range=s.int_range,
-                float_range=s.float_range,
-                read_only=not s.runtime,
-            )
-            self.declare_parameter(name, s.default, d)
-        self.config = {name: self.get_parameter(name).value for name in SETTINGS}
+        self.config = declare_settings(self, SETTINGS)
         self.limits = check_settings(self.config)  # ValueError: the node exits with the reason
         self.frame_id = self.get_namespace().strip("/") or "robot"
         # One condition for everything the episode loop waits on: images, camera matching,

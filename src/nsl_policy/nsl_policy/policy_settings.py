@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from nsl_common.settings import Setting
 from nsl_common.task_names import task_name_problem
 
 from .policy import ExplorationConfig
@@ -33,18 +34,6 @@ TRIAL_SETTINGS = {
 """The settings that make up the :class:`TrialSettings` (setting name: field name)."""
 LIMIT_SETTINGS = ("max_translation", "max_rotation", "min_height", "max_height")
 """The settings that make up the :class:`CommandLimits` (same names as its fields)."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its default (which also fixes its type), what it means, its range."""
-
-    default: Any
-    description: str
-    int_range: tuple[int, int] | None = None
-    float_range: tuple[float, float] | None = None
-    runtime: bool = False
-    """True: it may change while the node runs (it applies from the next episode)."""
 
 
 SETTINGS: dict[str, Setting] = {

@@ -8,23 +8,15 @@ with :func:`trainer_settings`. The defaults are TrainerSettings' own, whose reci
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
+
+from nsl_common.settings import Setting
 
 from .jobs import TrainerSettings
 from .recipe import RECIPE_LOCATION_LABELS
 
 DEFAULTS = TrainerSettings(checkpoint_dir="checkpoints")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its default (which also fixes its ROS type), what it means, its range."""
-
-    default: Any
-    description: str
-    int_range: tuple[int, int] | None = None
-    float_range: tuple[float, float] | None = None
 
 
 SETTINGS: dict[str, Setting] = {

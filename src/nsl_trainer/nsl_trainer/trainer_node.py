@@ -27,7 +27,7 @@ from rclpy.node import Node
 
 from nsl_common import names
 from nsl_common.node_main import run_node
-from nsl_common.parameters import descriptor
+from nsl_common.parameters import declare_settings
 from nsl_common.paths import writable_dir
 from nsl_common.qos import ANNOUNCE_QOS, LATCHED_QOS
 from nsl_msgs.msg import CheckpointInfo, TrainerStatus
@@ -40,13 +40,7 @@ from std_srvs.srv import Trigger
 class TrainerNode(Node):
     def __init__(self) -> None:
         super().__init__(names.TRAINER_NODE)
-        for name, s in SETTINGS.items():
-            self.declare_parameter(
-                name,
-                s.default,
-                descriptor(s.description, int_range=s.int_range, float_range=s.float_range),
-            )
-        values = {name: self.get_parameter(name).value for name in SETTINGS}
+        values = declare_settings(self, SETTINGS)
         self.checkpoint_dir = writable_dir(values["checkpoint_dir"], "checkpoint_dir")
         self.settings = trainer_settings(values, str(self.checkpoint_dir))
         self.settings.check_default_checkpoint()
