@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from nsl_bringup.demo_config import DemoConfig
 
 from nsl_collector.reader import read_episodes
 
@@ -19,7 +20,8 @@ def test_the_demo_records_base_and_challenge_apart_fine_tunes_and_reports(tmp_pa
     # Its own process: the demo joins a DDS domain of its own and owns rclpy there.
     result = subprocess.run(
         [sys.executable, "-m", "nsl_bringup.cli", "demo", "--output", str(out)]
-        + "--base-episodes 3 --eval-episodes 3 --collect-episodes 4 --finetune-steps 5".split(),
+        + "--task checkerboard --base-episodes 3 --eval-episodes 3 --collect-episodes 4".split()
+        + ["--finetune-steps", "5"],
         capture_output=True,
         text=True,
         timeout=400,
@@ -59,8 +61,11 @@ def test_the_demo_records_base_and_challenge_apart_fine_tunes_and_reports(tmp_pa
     assert {e.task for e in base_episodes} == {"base"}
     assert {e.exploration["epsilon"] for e in base_episodes} == {0.0}
     assert {e.task for e in target_episodes} == {"checkerboard"}
+    explore = DemoConfig()  # the grasps are collected with its (the study's) exploration
     epsilons = [e.exploration["epsilon"] for e in target_episodes]
-    assert epsilons.count(0.0) >= 3 and epsilons.count(0.2) >= 4
+    assert epsilons.count(0.0) >= 3 and epsilons.count(explore.epsilon) >= 4
+    noises = [e.exploration.get("noise_std") for e in target_episodes]
+    assert noises.count(explore.noise_std) >= 4
     assert (out / "phases.png").stat().st_size > 5000
     table = result.stdout
     assert "| base   | base         |" in table and "| after  | checkerboard |" in table

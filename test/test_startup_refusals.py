@@ -45,7 +45,7 @@ CASES = [
         "trainer_node",
         "trainer.yaml",
         {"policy_weights": "ema"},
-        "policy_weights must be online or polyak",
+        'policy_weights must be "online" or "polyak"',
     ),
     (
         "trainer",

@@ -43,7 +43,7 @@ from nsl_experiment.units.labels import (  # noqa: E402
 )
 from nsl_experiment.units.collect import tier_bags  # noqa: E402
 from nsl_policy.checkpoint import load_checkpoint  # noqa: E402
-from nsl_sim.solvability import SolvabilityResult  # noqa: E402
+from nsl_sim.solvability import THRESHOLDS, SolvabilityResult  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -362,6 +362,8 @@ class _FakeChecker:
     """Stands in for nsl_sim's SolvabilityChecker: only the severities in SOLVABLE pass."""
 
     SOLVABLE = {("checkerboard", 3.0)}
+
+    thresholds = THRESHOLDS  # the calibration keys its cache on them
 
     def __init__(self, config, episodes=None, seed=0, probe_steps=600):
         self.episodes, self.seed, self.probe_steps = episodes, seed, probe_steps
