@@ -15,7 +15,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import SetParameters, SetParametersAtomically
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
@@ -55,6 +55,9 @@ class LoopClient(Node):
         self.stop_session_client = self.create_client(Trigger, names.STOP_SESSION_SERVICE)
         self.load_checkpoint_client = self.create_client(
             LoadCheckpoint, names.LOAD_CHECKPOINT_SERVICE
+        )
+        self.set_parameters_atomically_client = self.create_client(
+            SetParametersAtomically, names.POLICY_SET_PARAMETERS_ATOMICALLY_SERVICE
         )
         self.set_parameters_client = self.create_client(
             SetParameters, names.POLICY_SET_PARAMETERS_SERVICE
@@ -165,10 +168,19 @@ class LoopClient(Node):
     def set_exploration(
         self, epsilon: float, noise_std: float | None = None, timeout: float = 30.0
     ) -> None:
-        """Set the policy's epsilon, and its action noise when given (from its next episode)."""
-        self._set_policy_parameter("epsilon", float(epsilon), timeout)
+        """Set the policy's epsilon, and its action noise when given (from its next episode).
+
+        Both change in one atomic parameter update, so no episode runs with only one of them.
+        """
+        values = {"epsilon": float(epsilon)}
         if noise_std is not None:
-            self._set_policy_parameter("noise_std", float(noise_std), timeout)
+            values["noise_std"] = float(noise_std)
+        request = SetParametersAtomically.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        )
+        result = self.call(self.set_parameters_atomically_client, request, timeout).result
+        if not result.successful:
+            raise ValueError(f"policy refused {values}: {result.reason}")
 
     def set_task(self, task: str, timeout: float = 30.0) -> None:
         """Set the policy's task, the world it runs in (applies from its next episode)."""
