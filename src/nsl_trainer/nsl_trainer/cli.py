@@ -228,14 +228,7 @@ def _mixing(p: argparse.ArgumentParser) -> None:
 
 def recipe_of(args: argparse.Namespace) -> FineTuneRecipe:
     """Return the fine-tuning recipe that a finetune, scratch or continual command asks for."""
-    return FineTuneRecipe(
-        steps=args.steps,
-        target_fraction=args.target_fraction,
-        policy_weights=args.policy_weights,
-        mc_mix=args.mc_mix,
-        location_weight=args.location_weight,
-        location_labels=args.location_labels,
-    )
+    return FineTuneRecipe.from_fields(args)  # each recipe field has a flag of its name
 
 
 def add_commands(subparsers) -> None:

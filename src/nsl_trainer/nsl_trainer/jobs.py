@@ -55,6 +55,9 @@ class RequestRefused(ValueError):
 RECIPE = FineTuneRecipe()
 """The fine-tuning recipe's defaults, which the trainer's own defaults are."""
 
+RECIPE_SETTING_NAMES = {"steps": "default_steps"}
+"""Recipe fields that TrainerSettings holds under another name (the rest share the field's)."""
+
 
 @dataclass(frozen=True)
 class TrainerSettings:
@@ -123,14 +126,7 @@ class TrainerSettings:
 
     def recipe(self) -> FineTuneRecipe:
         """Return the fine-tuning recipe of requests that leave steps and target_fraction 0."""
-        return FineTuneRecipe(
-            steps=self.default_steps,
-            target_fraction=self.target_fraction,
-            policy_weights=self.policy_weights,
-            mc_mix=self.mc_mix,
-            location_weight=self.location_weight,
-            location_labels=self.location_labels,
-        )
+        return FineTuneRecipe.from_fields(self, names=RECIPE_SETTING_NAMES)
 
     def check_default_checkpoint(self) -> None:
         """Raise ValueError when default_checkpoint is set and does not load."""

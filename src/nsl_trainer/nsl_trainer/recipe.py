@@ -11,7 +11,8 @@ auxiliary location loss on hindsight labels (``location_weight`` 0 or ``location
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .config import POLICY_WEIGHTS, QTOptConfig, is_int, is_number
@@ -74,6 +75,35 @@ class FineTuneRecipe:
                 raise ValueError(
                     f"FineTuneRecipe.{name} must be {what}, got {getattr(self, name)!r}"
                 )
+
+    @classmethod
+    def from_fields(
+        cls, source: Mapping[str, Any] | object, names: Mapping[str, str] | None = None
+    ) -> FineTuneRecipe:
+        """Return the recipe of every field that ``source`` holds, by field name.
+
+        ``source`` is a mapping (its keys) or any object (its attributes: an argparse namespace,
+        a settings dataclass). ``names`` maps a field to the name ``source`` holds it under when
+        the two differ. A field ``source`` lacks keeps its default and any other name in it is
+        ignored, so a new recipe field needs no edit here or in the callers. Raises ValueError
+        naming the first bad field.
+        """
+        names = dict(names or {})
+        field_names = [f.name for f in fields(cls)]
+        unknown = sorted(set(names) - set(field_names))
+        if unknown:
+            raise ValueError(f"FineTuneRecipe has no field {', '.join(unknown)}")
+        missing = object()
+        chosen: dict[str, Any] = {}
+        for name in field_names:
+            key = names.get(name, name)
+            if isinstance(source, Mapping):
+                value = source.get(key, missing)
+            else:
+                value = getattr(source, key, missing)
+            if value is not missing:
+                chosen[name] = value
+        return cls(**chosen)
 
     @property
     def uses_location(self) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,51 @@ def test_the_recipe_is_the_papers_plus_its_options():
 def test_every_recipe_field_is_checked_by_name(name, value):
     with pytest.raises(ValueError, match=rf"^FineTuneRecipe\.{name} must be .*got"):
         FineTuneRecipe(**{name: value})
+
+
+NON_DEFAULT_RECIPE = FineTuneRecipe(
+    steps=7,
+    target_fraction=0.25,
+    policy_weights="online",
+    mc_mix=0.0,
+    location_weight=2.0,
+    location_labels="none",
+)
+"""A recipe whose every field differs from the default's."""
+
+
+def test_non_default_recipe_differs_in_every_field():
+    default = FineTuneRecipe()
+    for f in fields(FineTuneRecipe):
+        assert getattr(NON_DEFAULT_RECIPE, f.name) != getattr(default, f.name), f.name
+
+
+@pytest.mark.parametrize("kind", ["mapping", "namespace"])
+def test_from_fields_takes_every_field_present_and_ignores_the_rest(kind):
+    values = {**asdict(NON_DEFAULT_RECIPE), "batch_size": 3, "output": "o.safetensors"}
+    source = values if kind == "mapping" else argparse.Namespace(**values)
+    assert FineTuneRecipe.from_fields(source) == NON_DEFAULT_RECIPE
+    partial = {"mc_mix": 0.0} if kind == "mapping" else argparse.Namespace(mc_mix=0.0)
+    assert FineTuneRecipe.from_fields(partial) == FineTuneRecipe(mc_mix=0.0)
+
+
+def test_from_fields_reads_renamed_fields_and_names_bad_values():
+    source = {"default_steps": 7, "steps": 99}
+    assert FineTuneRecipe.from_fields(source, names={"steps": "default_steps"}).steps == 7
+    with pytest.raises(ValueError, match=r"^FineTuneRecipe\.mc_mix must be in \[0, 1\], got 2"):
+        FineTuneRecipe.from_fields(argparse.Namespace(mc_mix=2))
+    with pytest.raises(ValueError, match="FineTuneRecipe has no field step"):
+        FineTuneRecipe.from_fields(source, names={"step": "default_steps"})
+
+
+def test_trainer_settings_carry_every_recipe_field():
+    """Each recipe field is a trainer setting, and TrainerSettings.recipe() passes its value."""
+    assert sorted(RECIPE_SETTINGS.values()) == sorted(f.name for f in fields(FineTuneRecipe))
+    settings = TrainerSettings(
+        checkpoint_dir="x",
+        **{s: getattr(NON_DEFAULT_RECIPE, f) for s, f in RECIPE_SETTINGS.items()},
+    )
+    assert settings.recipe() == NON_DEFAULT_RECIPE
 
 
 def test_qtopt_checks_its_location_labels():

@@ -61,6 +61,15 @@ def test_pretrain_keeps_qtopts_defaults():
     assert not hasattr(args, "location_weight")  # the location loss is the recipe's option
 
 
+@pytest.mark.parametrize("command", sorted(REQUIRED))
+def test_every_recipe_field_has_a_flag_of_its_name(command):
+    """recipe_of reads the recipe's fields by name, so each needs a flag (else its default)."""
+    assert set(RECIPE_FLAGS) == {f.name for f in dataclasses.fields(FineTuneRecipe)}
+    args = _parse(command)
+    for field in RECIPE_FLAGS:
+        assert hasattr(args, field), field
+
+
 @pytest.mark.parametrize("field", sorted(RECIPE_FLAGS))
 def test_each_recipe_flag_overrides_its_setting_only(field):
     flag, text, value = RECIPE_FLAGS[field]
