@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("rclpy")  # the demo module imports the ROS messages
 from nsl_bringup.cli import build_parser  # noqa: E402
 from nsl_bringup.demo import format_table, phase_row, summarize, write_plot  # noqa: E402
-from nsl_bringup.demo_config import CHALLENGES, DemoConfig  # noqa: E402
+from nsl_bringup.demo_config import (  # noqa: E402
+    CHALLENGES,
+    DEFAULT_CHALLENGE,
+    DEFAULT_SEVERITY,
+    DEFAULT_TASK,
+    DemoConfig,
+)
 from nsl_msgs.msg import EpisodeResult  # noqa: E402
 
 
@@ -26,6 +33,9 @@ def rows(after: list[EpisodeResult]) -> list[dict]:
         phase_row("after", "checkerboard", "ckpt-fine", after),
     ]
 
+
+PUBLISHED_SUMMARY = Path(__file__).resolve().parents[3] / "docs" / "results" / "summary.json"
+"""The published results, whose Table I holds the severities the calibration chose."""
 
 WALL = {"start": 12.0, "base": 150.4, "before": 61.0, "collect": 180.0, "fine-tune": 90.0}
 
@@ -132,6 +142,18 @@ def test_options_are_checked_and_every_problem_named():
     with pytest.raises(ValueError, match="task must be one of"):
         DemoConfig(task="base@1")
     assert DemoConfig(collect_episodes=0, finetune_steps=0).finetune_steps == 0
+
+
+def test_the_default_challenge_is_at_the_severity_the_calibration_chose():
+    """DEFAULT_SEVERITY is Table I's for DEFAULT_CHALLENGE: a new calibration must update it."""
+    assert DemoConfig().task == DEFAULT_TASK == f"{DEFAULT_CHALLENGE}@{DEFAULT_SEVERITY:g}"
+    table_i = json.loads(PUBLISHED_SUMMARY.read_text())["table_i"]
+    chosen = table_i[DEFAULT_CHALLENGE]
+    assert chosen["reached"] is True, chosen
+    assert chosen["severity"] == DEFAULT_SEVERITY, (
+        f"the calibration chose {DEFAULT_CHALLENGE} at {chosen['severity']}; set "
+        "nsl_bringup.demo_config.DEFAULT_SEVERITY to it"
+    )
 
 
 def test_the_robot_waits_during_the_fine_tune_unless_told_and_the_table_says_so():
