@@ -40,7 +40,7 @@ def load_datasets(
 def _location_labels(part: Transitions, source: str, name: str) -> np.ndarray:
     """Return the (rows, 2) location labels (m) of the ``name`` data from ``source``."""
     if source == "hindsight":
-        return hindsight_locations(part)
+        return hindsight_locations(part, name=name)
     if part.location is None:
         raise ValueError(
             "QTOptConfig.location_weight > 0 with location_labels 'sim' needs location labels "

@@ -5,7 +5,8 @@
 holds. The worker reports back through a pipe. Messages sent on the connection (dicts):
 {"event": "progress", "step", "total_steps", "loss", "metrics"} (every ``progress_every``
 steps), {"event": "warning", "message"} for each damaged bag or episode the loader skipped
-(naming file, episode and reason), then exactly one of {"event": "succeeded",
+(naming file, episode and reason) and each set of episodes whose hindsight labels were
+skipped, then exactly one of {"event": "succeeded",
 "checkpoint_path", "checkpoint_id", "parent_id", "data_warnings"}, {"event": "cancelled",
 "step", "message"} or {"event": "failed", "message"}.
 Setting the job's cancel event makes the worker save its state and stop before the next
@@ -39,6 +40,10 @@ same recipe from random weights (the paper's baseline), never announced as a fin
 MAX_DATA_WARNINGS = 50
 """Distinct loader warnings a job forwards; the rest are counted in one last warning (a dataset
 with thousands of damaged episodes must not flood the trainer's log)."""
+
+DATA_WARNING_LOGGERS = ("nsl_collector", "nsl_trainer.hindsight")
+"""Loggers whose warnings a job forwards: the loader's (damaged bags and episodes) and the
+hindsight labels' (episodes without labels, which still train the Q-function)."""
 
 MAX_LEARNING_RATE = 1.0
 """Requests asking for a larger rate are refused (the node's learning_rate range ends here)."""
@@ -175,7 +180,7 @@ class FineTuneJob:
 
 
 class _ForwardWarnings(logging.Handler):
-    """Send the dataset loader's warnings on a job's connection, each distinct one once."""
+    """Send the data's warnings on a job's connection, each distinct one once."""
 
     def __init__(self, conn) -> None:
         super().__init__(logging.WARNING)
@@ -231,13 +236,15 @@ def run_job(job: FineTuneJob, conn, cancel=None) -> None:
                 }
             )
 
-    loader_log = logging.getLogger("nsl_collector")
+    data_logs = [logging.getLogger(name) for name in DATA_WARNING_LOGGERS]
     warnings = _ForwardWarnings(conn)
-    loader_log.addHandler(warnings)
+    for log in data_logs:
+        log.addHandler(warnings)
 
     def stop_forwarding() -> None:
         """Send the last warning (the count of the dropped ones) before the final event."""
-        loader_log.removeHandler(warnings)
+        for log in data_logs:
+            log.removeHandler(warnings)
         warnings.close()
 
     try:

@@ -6,6 +6,8 @@ nsl_experiment's test_hindsight_labels.py.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,12 @@ from nsl_policy.cem import CEMConfig
 from nsl_policy.model import QNetwork, QNetworkConfig
 from nsl_trainer.config import QTOptConfig
 from nsl_trainer.data import LOCATION_SCALE
-from nsl_trainer.hindsight import closing_step, episode_rows, hindsight_locations
+from nsl_trainer.hindsight import (
+    closing_step,
+    episode_rows,
+    hindsight_locations,
+    split_episodes,
+)
 from nsl_trainer.losses import LossInputs
 from nsl_trainer.loop import training_data
 from nsl_trainer.trainer import QTOptTrainer
@@ -107,9 +114,77 @@ def test_episodes_need_their_rows_linked_step_after_step():
     data = episodes([[action(0, 0), action(0, 0)], [action(0, 0)]], [True, True])
     assert [list(r) for r in episode_rows(data)] == [[0, 1], [2]]
     broken = Transitions(**{**vars(data), "next_index": np.array([0, 1, 2])})
-    with pytest.raises(ValueError, match="linked step after step"):
-        hindsight_locations(broken)
+    with pytest.raises(ValueError, match=r"linked step after step.*1 episode\(s\) \(0\)"):
+        episode_rows(broken)
     assert hindsight_locations(data.rows(0)).shape == (0, 2)
+
+
+def with_next_index(data: Transitions, row: int, points_at: int) -> Transitions:
+    """Return ``data`` with row ``row`` linked to ``points_at`` instead of its next step."""
+    next_index = np.array(data.next_index)
+    next_index[row] = points_at
+    return Transitions(**{**vars(data), "next_index": next_index})
+
+
+SUCCESSES = [
+    [action(0.5, 0.5), action(0.5, -0.5, terminate=True)],
+    [action(0.25, 0.0), action(0.0, 0.25), action(1.0, 1.0, terminate=True)],
+    [action(-0.5, 0.5), action(0.5, 0.5, terminate=True)],
+]
+"""Three successful episodes of rows 0-1, 2-4 and 5-6."""
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda d: with_next_index(d, 2, 4), id="gap"),  # step 1 of 3 missing
+        pytest.param(lambda d: with_next_index(d, 3, 2), id="out-of-order"),  # loops back
+        pytest.param(
+            lambda d: Transitions(**{**vars(d), "done": np.r_[d.done[:3], True, d.done[4:]]}),
+            id="done-early",
+        ),
+    ],
+)
+def test_an_unchained_episode_loses_its_labels_only_and_is_reported(damage, caplog):
+    """A crashed session's broken episode gets NaN labels and a warning; the rest keep theirs."""
+    whole = episodes(SUCCESSES, [True, True, True])
+    broken = damage(whole)
+    chained, unchained = split_episodes(broken)
+    assert unchained == [1] and [list(r) for r in chained] == [[0, 1], [5, 6]]
+    with caplog.at_level(logging.WARNING, logger="nsl_trainer.hindsight"):
+        labels = hindsight_locations(broken, name="target")
+    assert np.isnan(labels[2:5]).all()
+    np.testing.assert_array_equal(labels[[0, 1, 5, 6]], hindsight_locations(whole)[[0, 1, 5, 6]])
+    assert not np.isnan(labels[[0, 1, 5, 6]]).any()
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "skipped 1 episode(s) (1) of the target data" in record.getMessage()
+    assert "still train the Q-function" in record.getMessage()
+
+
+def test_a_warning_names_at_most_ten_unchained_episodes(caplog):
+    data = episodes([[action(0, 0), action(0, 0, terminate=True)]] * 12, [True] * 12)
+    broken = Transitions(**{**vars(data), "next_index": np.arange(len(data))})  # no links
+    with caplog.at_level(logging.WARNING, logger="nsl_trainer.hindsight"):
+        assert np.isnan(hindsight_locations(broken)).all()
+    message = caplog.records[0].getMessage()
+    assert "12 episode(s) (0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more) of the data" in message
+
+
+def test_a_fine_tune_on_an_unchained_episode_trains_on_all_its_transitions(caplog):
+    """The broken episode's rows stay in the data the Q-function trains on, without labels."""
+    base = episodes(SUCCESSES, [True, True, True])
+    target = with_next_index(episodes(SUCCESSES, [True, True, True], seed=1), 2, 4)
+    torch.manual_seed(0)
+    trainer = QTOptTrainer(QNetwork(CFG), HINDSIGHT, "cpu")
+    with caplog.at_level(logging.WARNING, logger="nsl_trainer.hindsight"):
+        data = training_data(trainer, base, target)
+    assert (data.n_base, data.n_target) == (7, 7)  # nothing recorded is dropped
+    assert data.labelled == (7, 4)  # the target's episode 1 (3 rows) has no labels
+    assert "of the target data" in caplog.records[0].getMessage()
+    seen = []
+    summary = fit(trainer, base, target, steps=3, progress=lambda i, m: seen.append(m))
+    assert np.isfinite(summary["loss"]) and all(np.isfinite(m["location_loss"]) for m in seen)
 
 
 def location_inputs(trainer: QTOptTrainer, data, rows: torch.Tensor) -> LossInputs:

@@ -7,6 +7,7 @@ trainer's explicit mode scratch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ import pytest
 from nsl_policy.checkpoint import init_checkpoint, load_checkpoint
 from nsl_policy.model import QNetworkConfig
 from nsl_trainer.config import QTOptConfig
+from nsl_trainer.data import load_datasets
 from nsl_trainer.recipe import FineTuneRecipe
 from nsl_trainer.jobs import (
     FineTuneJob,
@@ -372,6 +374,41 @@ def test_a_job_trains_on_the_rest_of_a_damaged_dataset_and_says_so(
     meta = load_checkpoint(final["checkpoint_path"]).metadata
     # 2 intact + 2 of the damaged bag + 2 of the bad-value bag, 3 steps each.
     assert meta["num_transitions"] == {"base": 0, "target": 6 * 3}
+
+
+def test_a_job_forwards_the_episodes_whose_hindsight_labels_were_skipped(
+    files, tmp_path, monkeypatch
+):
+    """An unchained target episode (a crashed session's) costs its labels, not the job."""
+    from nsl_trainer import runs
+
+    def load_with_a_gap(paths, strict=False):
+        data = load_datasets(paths, strict=strict)
+        if data is not None and files.target in paths:
+            next_index = np.array(data.next_index)
+            next_index[0] = 2  # episode 0's step 1 skipped
+            data = dataclasses.replace(data, next_index=next_index)
+        return data
+
+    monkeypatch.setattr(runs, "load_datasets", load_with_a_gap)
+    settings = TrainerSettings(
+        checkpoint_dir=str(tmp_path / "out"),
+        default_checkpoint=files.init,
+        batch_size=4,
+        device="cpu",
+        num_threads=1,
+    )
+    assert settings.recipe().uses_location  # the recipe's hindsight labels are asked for
+    job = plan_job(request(target_datasets=[files.target], steps=2), settings, "j10")
+    pipe = Pipe()
+    run_job(job, pipe)
+    final = pipe.messages[-1]
+    assert final["event"] == "succeeded", final
+    [warning] = pipe.events("warning")
+    assert "skipped 1 episode(s) (0) of the target data" in warning["message"], warning
+    assert final["data_warnings"] == 1
+    meta = load_checkpoint(final["checkpoint_path"]).metadata
+    assert meta["num_transitions"] == {"base": 0, "target": 2 * 3}  # every row trained on
 
 
 def test_strict_datasets_refuses_a_job_on_damaged_data(files, tmp_path, damaged_dataset):
