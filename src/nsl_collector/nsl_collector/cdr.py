@@ -12,6 +12,7 @@ and plain CDR2, little and big endian.
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 
@@ -111,6 +112,21 @@ class ResultInfo:
     exploration: str
     complete: bool
     message: str
+
+
+def parse_exploration(text: str) -> dict:
+    """Return an EpisodeResult's ``exploration`` JSON text as a dict.
+
+    Empty text gives {}, JSON that is no object {"value": it}, text that is no JSON
+    {"raw": text}, so whatever an episode says is kept.
+    """
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"value": value}
 
 
 def step_key(raw: bytes | memoryview) -> StepKey:

@@ -7,7 +7,6 @@ are recovered up to the last complete record; the episodes that cannot be used a
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -17,6 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .cdr import parse_exploration
 from .errors import DatasetError
 from .layout import (
     MANIFEST_FORMAT,
@@ -249,12 +249,7 @@ def _build_episode(eid: str, res: Any, recs: list, bag: Path, action_space) -> E
                 checkpoint_id=r.checkpoint_id,
             )
         )
-    try:
-        exploration = json.loads(res.exploration) if res.exploration else {}
-        if not isinstance(exploration, dict):
-            exploration = {"value": exploration}
-    except (ValueError, RecursionError):
-        exploration = {"raw": res.exploration}
+    exploration = parse_exploration(res.exploration)
     return Episode(
         episode_id=eid,
         task=res.task,

@@ -305,17 +305,21 @@ class BagRecorder:
                 if self.flush_steps if flush is None else flush:
                     self._end_chunk(False)
 
-    def update_metadata(self, values: dict) -> None:
-        """Merge ``values`` into the session metadata.
-
-        The sidecar is rewritten now, metadata.yaml's custom_data at close.
-        """
+    def _check_serialisable(self, values: dict) -> None:
+        """Raise DatasetError unless ``values`` can be stored as session metadata (JSON)."""
         try:
             json.dumps(values)
         except (TypeError, ValueError) as exc:
             raise DatasetError(
                 f"{self.path}: session metadata is not JSON-serialisable: {exc}"
             ) from exc
+
+    def update_metadata(self, values: dict) -> None:
+        """Merge ``values`` into the session metadata.
+
+        The sidecar is rewritten now, metadata.yaml's custom_data at close.
+        """
+        self._check_serialisable(values)
         with self._lock:
             self._check_open()
             self.metadata.update(values)
@@ -334,15 +338,24 @@ class BagRecorder:
         *,
         step_topic: str = STEP_TOPIC,
         result_topic: str = RESULT_TOPIC,
+        metadata: dict | None = None,
     ) -> None:
         """Write a whole episode from serialized messages in one go.
 
         ``steps`` as (timestamp_ns, StepRecord CDR bytes), then ``result`` (timestamp_ns,
         EpisodeResult CDR bytes); one MCAP chunk, flushed (and fsynced) when it returns. For a node
-        that buffers episodes itself.
+        that buffers episodes itself. ``metadata`` is merged into the session metadata with the
+        episode, so the sidecar written after it already counts it.
         """
+        if metadata:
+            self._check_serialisable(metadata)
         with self._lock:
             self._check_open()
+            if metadata:
+                self.metadata.update(metadata)
+                self._writer.set_custom_data(
+                    "nsl_session", json.dumps(self.metadata, sort_keys=True)
+                )
             sconn = self._connection(step_topic, STEP_RECORD)
             rconn = self._connection(result_topic, EPISODE_RESULT)
             for stamp, data in steps:

@@ -36,7 +36,7 @@ from nsl_common.names import CAMERA_TOPIC as CAMERA_NAME
 from nsl_common.names import bag_topic
 from nsl_common.task_names import task_name_problem
 
-from .cdr import CdrError, episode_result, step_key
+from .cdr import CdrError, episode_result, parse_exploration, step_key
 from .errors import DatasetError
 from .msgtypes import EPISODE_RESULT, RESULT_TOPIC, STEP_TOPIC
 from .recorder import BagRecorder
@@ -45,6 +45,9 @@ CAMERA_TOPIC = bag_topic(CAMERA_NAME)
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 _MAX_REMEMBERED = 256  # discarded / dropped episode ids remembered (to ignore their late messages)
 _MAX_CHECKPOINTS = 64
+MAX_EXPLORATION_SETTINGS = 64
+"""Distinct exploration settings a session's metadata lists; episodes with further ones are
+only counted (``exploration_unlisted_episodes``), so the metadata stays bounded."""
 
 
 def software_versions() -> dict:
@@ -134,6 +137,10 @@ class Collector:
             OrderedDict()
         )  # episode id -> why (discarded / dropped)
         self.checkpoints: OrderedDict[str, None] = OrderedDict()
+        # The open session's exploration settings (canonical JSON -> [setting, episodes]), in
+        # the order first seen, and the episodes whose setting is past the list's bound.
+        self.explorations: OrderedDict[str, list] = OrderedDict()
+        self.unlisted_exploration_episodes = 0
         self.counts = {
             "episodes_written": 0,
             "steps_written": 0,
@@ -169,6 +176,8 @@ class Collector:
         self.recorder = BagRecorder(path, meta, self.cfg.msg_dir, fsync=self.cfg.fsync)
         self.session_path, self.session_task = path, task
         self.checkpoints.clear()
+        self.explorations.clear()
+        self.unlisted_exploration_episodes = 0
         self.counts["sessions"] += 1
         self.log("info", f"recording session {path}")
         return path
@@ -376,21 +385,39 @@ class Collector:
         rec = self.recorder
         if res.checkpoint_id and res.checkpoint_id not in self.checkpoints:
             if not self.checkpoints:
-                try:
-                    exploration = json.loads(res.exploration) if res.exploration else {}
-                except ValueError:
-                    exploration = {"raw": res.exploration}
-                rec.update_metadata(
-                    {"checkpoint_id": res.checkpoint_id, "exploration": exploration}
-                )
+                rec.update_metadata({"checkpoint_id": res.checkpoint_id})
             self.checkpoints[res.checkpoint_id] = None
             while len(self.checkpoints) > _MAX_CHECKPOINTS:
                 self.checkpoints.popitem(last=False)
-        rec.write_episode_raw(steps, (stamp, raw))
+        rec.write_episode_raw(steps, (stamp, raw), metadata=self._count_exploration(res))
         self.counts["episodes_written"] += 1
         self.counts["steps_written"] += len(steps)
         self._maybe_roll_over()
         return "written"
+
+    def _count_exploration(self, res) -> dict:
+        """Count episode ``res``'s exploration setting; return the session metadata saying so.
+
+        ``exploration_settings``: each distinct setting of the session with its episodes, in
+        the order first seen (the exploration of one episode is also in its EpisodeResult).
+        """
+        setting = parse_exploration(res.exploration)
+        key = json.dumps(setting, sort_keys=True)
+        if key in self.explorations:
+            self.explorations[key][1] += 1
+        elif len(self.explorations) < MAX_EXPLORATION_SETTINGS:
+            self.explorations[key] = [setting, 1]
+        else:
+            self.unlisted_exploration_episodes += 1
+        meta: dict = {
+            "exploration_settings": [
+                {"exploration": setting, "episodes": n}
+                for setting, n in self.explorations.values()
+            ]
+        }
+        if self.unlisted_exploration_episodes:
+            meta["exploration_unlisted_episodes"] = self.unlisted_exploration_episodes
+        return meta
 
     def on_camera(self, raw: bytes | memoryview, stamp_ns: int | None = None) -> bool:
         """Write a camera frame into the open session (not buffered; not flushed on its own)."""

@@ -116,7 +116,9 @@ def serialize_episode(
             success=result.success,
             num_steps=len(steps) if result.num_steps is None else result.num_steps,
             checkpoint_id=result.checkpoint_id,
-            exploration=json.dumps(result.exploration),
+            exploration=result.exploration
+            if isinstance(result.exploration, str)
+            else json.dumps(result.exploration),  # as BagRecorder stores it
             complete=result.complete,
             message=result.message,
         )

@@ -16,7 +16,8 @@ import yaml
 from dataset_helpers import MSG_DIR, make_episode, serialize_episode
 from nsl_collector import loading as loading_mod
 from nsl_collector.cache import TransitionCache
-from nsl_collector.cdr import CdrError, episode_result, step_key
+from nsl_collector import session as session_mod
+from nsl_collector.cdr import CdrError, episode_result, parse_exploration, step_key
 from nsl_collector.dataset import (
     BagRecorder,
     DatasetError,
@@ -405,7 +406,10 @@ def test_collector_discard_order_and_bounds(tmp_path):
     )
     s = side["session"]
     assert s["task"] == "base" and s["robot"] == "sim" and s["checkpoint_id"] == "ckpt-0"
-    assert s["exploration"] == {"epsilon": 0.2, "i": 0} and s["checkpoints"] == ["ckpt-0"]
+    assert s["checkpoints"] == ["ckpt-0"] and "exploration" not in s
+    assert s["exploration_settings"] == [
+        {"exploration": {"epsilon": 0.2, "i": i}, "episodes": 1} for i in (0, 1)
+    ]  # the written episodes' only: not the discarded, dropped or aborted ones
     assert "rosbags" in s["software"] and "nsl_collector" in s["software"] and s["ended"]
     st = col.status()
     assert (st["discarded_episodes"], st["aborted_episodes"], st["episodes_written"]) == (1, 1, 2)
@@ -419,6 +423,98 @@ def feed(col, i, task, n=2):
     for s in steps:
         col.on_step(s)
     return col.on_result(res)
+
+
+def feed_exploring(col, i, exploration) -> str:
+    """Feed episode ``i`` with ``exploration`` (a dict, or text as the EpisodeResult holds it)."""
+    steps, result = make_episode(i, n=2, hw=(8, 8))
+    result.exploration = exploration
+    msgs = serialize_episode(writer_typestore(MSG_DIR), steps, result)
+    for m in msgs[:-1]:
+        col.on_step(m[3])
+    return col.on_result(msgs[-1][3])
+
+
+GREEDY = {"epsilon": 0.0, "noise_std": 0.0}
+EXPLORING = {"epsilon": 0.1, "noise_std": 0.1}
+
+
+def test_the_session_metadata_counts_each_exploration_setting_of_its_episodes(tmp_path):
+    """Every setting a session's episodes ran with is listed with its count, crash or close."""
+    col = Collector(CollectorConfig(tmp_path, "base", fsync=False, msg_dir=MSG_DIR))
+    assert feed_exploring(col, 0, GREEDY) == "written"
+    bag = Path(col.status()["session"])
+    assert feed_exploring(col, 1, EXPLORING) == "written"
+    # The sidecar counts every episode written so far (what a crash now would leave readable).
+    assert session_of(bag)["exploration_settings"] == [
+        {"exploration": GREEDY, "episodes": 1},
+        {"exploration": EXPLORING, "episodes": 1},
+    ]
+    # Key order does not make a new setting; text that is no JSON is kept as it came.
+    assert feed_exploring(col, 2, {"noise_std": 0.1, "epsilon": 0.1}) == "written"
+    assert feed_exploring(col, 3, json.dumps(EXPLORING)) == "written"
+    assert feed_exploring(col, 4, "eps=0.3") == "written"
+    assert feed_exploring(col, 5, GREEDY) == "written"
+    ok, closed = col.stop_session()
+    assert ok and closed == str(bag)
+    expected = [
+        {"exploration": GREEDY, "episodes": 2},
+        {"exploration": EXPLORING, "episodes": 3},
+        {"exploration": {"raw": "eps=0.3"}, "episodes": 1},
+    ]
+    session = session_of(bag)
+    assert session["exploration_settings"] == expected and "exploration" not in session
+    assert "exploration_unlisted_episodes" not in session
+    info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    custom = json.loads(info["custom_data"]["nsl_session"])
+    assert custom["exploration_settings"] == expected
+    # Each episode's own setting is in its EpisodeResult, as the reader gives it back.
+    assert [e.exploration for e in read_episodes(bag)] == [
+        GREEDY,
+        EXPLORING,
+        EXPLORING,
+        EXPLORING,
+        {"raw": "eps=0.3"},
+        GREEDY,
+    ]
+
+
+def test_a_session_lists_a_bounded_number_of_exploration_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(session_mod, "MAX_EXPLORATION_SETTINGS", 2)
+    col = Collector(CollectorConfig(tmp_path, "base", fsync=False, msg_dir=MSG_DIR))
+    for i, epsilon in enumerate((0.1, 0.2, 0.3, 0.1, 0.4)):
+        assert feed_exploring(col, i, {"epsilon": epsilon}) == "written"
+    bag = Path(col.stop_session()[1])
+    session = session_of(bag)
+    assert session["exploration_settings"] == [
+        {"exploration": {"epsilon": 0.1}, "episodes": 2},
+        {"exploration": {"epsilon": 0.2}, "episodes": 1},
+    ]
+    assert session["exploration_unlisted_episodes"] == 2  # 0.3 and 0.4
+
+
+def test_each_bag_of_a_rolled_over_session_counts_its_own_episodes(tmp_path):
+    col = Collector(
+        CollectorConfig(tmp_path, "base", max_episodes_per_bag=2, fsync=False, msg_dir=MSG_DIR)
+    )
+    for i, setting in enumerate((GREEDY, EXPLORING, EXPLORING)):
+        assert feed_exploring(col, i, setting) == "written"
+    second = Path(col.stop_session()[1])
+    first = Path(session_of(second)["continues"])
+    assert session_of(first)["exploration_settings"] == [
+        {"exploration": GREEDY, "episodes": 1},
+        {"exploration": EXPLORING, "episodes": 1},
+    ]
+    assert session_of(second)["exploration_settings"] == [
+        {"exploration": EXPLORING, "episodes": 1}
+    ]
+
+
+def test_exploration_text_of_any_kind_parses_to_a_dict():
+    assert parse_exploration("") == {}
+    assert parse_exploration('{"epsilon": 0.1}') == {"epsilon": 0.1}
+    assert parse_exploration("0.1") == {"value": 0.1}
+    assert parse_exploration("{bad") == {"raw": "{bad"}
 
 
 def session_of(path):
