@@ -19,6 +19,7 @@ from nsl_trainer.config import QTOptConfig
 
 from .checks import bad
 from .sections import (
+    AgnosticTrunkSection,
     BootstrapConfig,
     CalibrationConfig,
     EvaluationConfig,
@@ -53,6 +54,7 @@ class ExperimentConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    agnostic_trunk: AgnosticTrunkSection = field(default_factory=AgnosticTrunkSection)
     study: StudyConfig = field(default_factory=StudyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 

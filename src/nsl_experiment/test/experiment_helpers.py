@@ -42,6 +42,9 @@ TINY: dict[str, Any] = dict(
     tiers=(2, 4),
     finetune_steps=2,
     scratch_steps=2,
+    # The task-agnostic trunk: 5 rendered scenes (one held out) and 3 supervised steps.
+    agnostic_scenes=5,
+    agnostic_steps=3,
 )
 
 

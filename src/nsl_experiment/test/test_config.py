@@ -101,6 +101,12 @@ def test_config_validation():
         make_config(reinit_modules=("trunk",))
     with pytest.raises(ValueError, match="target_fraction"):
         make_config(target_fraction=0.0)
+    # The task-agnostic trunk needs a held-out scene to measure it, and at least one step.
+    with pytest.raises(ValueError, match="agnostic_trunk.agnostic_scenes"):
+        make_config(agnostic_scenes=4)
+    with pytest.raises(ValueError, match="agnostic_trunk.agnostic_steps"):
+        make_config(agnostic_steps=0)
+    assert make_config(agnostic_steps=7).agnostic_trunk.agnostic_steps == 7
     with pytest.raises(ValueError, match="continual_guard: needs validation_episodes > 0"):
         make_config(validation_episodes=0)
     assert make_config(validation_episodes=0, continual_guard=False).study.continual_guard is False

@@ -35,6 +35,7 @@ from nsl_experiment.units import collect, evaluate, gate, labels  # noqa: E402
 from nsl_experiment.units import calibration as calibration_unit  # noqa: E402
 from nsl_experiment.units.calibration import choose_severity  # noqa: E402
 from nsl_experiment.units.evaluate import evaluate_checkpoint  # noqa: E402
+from nsl_experiment.units.train import fresh_network  # noqa: E402
 from nsl_experiment.units.labels import (  # noqa: E402
     first_episodes,
     load_episodes,
@@ -109,6 +110,8 @@ def test_second_run_skips_everything(first_run):
     assert any("calibrate/checkerboard_severity_1: solvability cached" in m for m in logs)
     assert not any(re.search(r": (NOT )?solvable \(\d+ s\)$", m) for m in logs), logs
     assert any("sweep/checkerboard/tier_0004: cached checkpoint" in m for m in logs)
+    assert any("agnostic_scenes: 5 scenes cached" in m for m in logs), logs
+    assert any("agnostic_trunk: cached checkpoint" in m for m in logs), logs
     assert {p: p.read_text() for p in before} == before
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mcap")} == mtimes
     for p in (out / "stages").glob(
@@ -472,6 +475,26 @@ def test_sweep_and_continual_units(first_run):
         assert row["scratch"]["train"]["transitions"]["base"] == 0  # target data only
         assert row["scratch"]["train"]["learning_rate"] == pytest.approx(1e-3)
         assert row["reinit_head"]["train"]["target_episodes"] == 4
+        # The task-agnostic trunk is fine-tuned like the largest tier: base + target data.
+        agnostic = row["agnostic_trunk"]
+        for k in ("steps", "learning_rate", "transitions", "target_episodes"):
+            assert agnostic["train"][k] == row["tiers"]["4"]["train"][k], k
+        assert agnostic["result"]["task"] == name and agnostic["result"]["episodes"] == 3
+    trunk = sweep["agnostic_trunk"]
+    assert trunk["steps"] == 3 and trunk["trained_modules"] == ["trunk"]
+    assert (trunk["metrics"]["scenes"], trunk["metrics"]["train_scenes"]) == (5, 4)
+    # Its trunk was trained without RL; every other part is the fresh network's initialisation.
+    fresh = fresh_network(Context(tiny(out), out)).state_dict()
+    loaded = load_checkpoint(out / "checkpoints" / "agnostic_trunk.safetensors")
+    assert loaded.checkpoint_id == trunk["checkpoint_id"]
+    assert loaded.metadata["kind"] == "agnostic_trunk"
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, fresh[key]) == (not key.startswith("trunk.")), key
+    # Its scenes: base at reset with the train objects, at the bootstrap episodes' seeds.
+    with np.load(out / "datasets" / "agnostic_scenes" / "scenes.npz") as scenes:
+        assert scenes["images"].shape == (5, 32, 32, 3) and scenes["positions"].shape == (5, 1, 2)
+        boot = load_transitions([str(out / "datasets" / "base" / "bootstrap" / "chunk_000")])
+        np.testing.assert_array_equal(scenes["images"][0], boot.image[0])  # seed 0 at reset
     # The head re-initialisation keeps the trunk and the action embedding, resets head and fc.
     base = load_checkpoint(out / "checkpoints" / "base.safetensors").model.state_dict()
     reinit = load_checkpoint(
@@ -651,8 +674,10 @@ def test_finetune_qtopt_changes_the_fine_tuning_runs_only(first_run, tmp_path):
         "sweep/checkerboard/tier_0004",
         "sweep/checkerboard/scratch_0004",
         "sweep/checkerboard/reinit_head_0004",
+        "sweep/checkerboard/agnostic_trunk_0004",
     ):
         assert any(f"] {unit}: training" in m for m in logs), (unit, logs)
+    assert any("agnostic_trunk: cached checkpoint" in m for m in logs), logs  # no QT-Opt in it
     # Polyak averaging (0.995 per step): after 2 steps the exported network sits far closer to
     # the base network than the online network does.
     base = load_checkpoint(out / "checkpoints" / "base.safetensors").model.state_dict()
@@ -718,15 +743,22 @@ def test_a_sweep_without_baselines_trains_no_scratch_and_reports_them_not_run(fi
     shutil.copytree(out, copy)
     logs: list[str] = []
     res = run(tiny(copy, baselines=False), copy, ["finetune_sweep", "report"], logs.append)
-    assert not any("scratch" in m or "reinit_head" in m for m in logs), logs
+    assert not any("scratch" in m or "reinit_head" in m or "agnostic" in m for m in logs), logs
     rows = res["stages"]["finetune_sweep"]["tasks"]
-    assert all(r["scratch"] is None and r["reinit_head"] is None for r in rows.values())
+    assert all(
+        r["scratch"] is None and r["reinit_head"] is None and r["agnostic_trunk"] is None
+        for r in rows.values()
+    )
+    assert res["stages"]["finetune_sweep"]["agnostic_trunk"] is None
     assert all(r["tiers"] for r in rows.values())  # the tiers themselves still ran (cached)
     checks = acceptance(tables(load_stamps(copy)))
     scratch = next(c for c in checks if "scratch" in c["check"])
     assert scratch["passed"] is None and "not run" in scratch["detail"], scratch
+    agnostic = next(c for c in checks if "task-agnostic" in c["check"])
+    assert agnostic["passed"] is None and "not run" in agnostic["detail"], agnostic
     page = (copy / "report" / "paper_reproduction.md").read_text()
     assert "Scratch and the re-initialised head were not run" in page
+    assert "The task-agnostic trunk was not run (study.baselines false" in page
 
 
 def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
@@ -771,7 +803,10 @@ def test_report_comes_from_the_stamps_only(first_run, tmp_path, monkeypatch):
     assert summary["acceptance"] == acceptance(tables(load_stamps(out)))
     assert [c["passed"] is not None for c in summary["acceptance"]] == [
         True
-    ] * 5  # every stage ran
+    ] * 6  # every stage ran
+    assert "| agnostic trunk (4) |" in text and "Agnostic trunk (the paper's ImageNet" in text
+    agnostic = next(c for c in summary["acceptance"] if "task-agnostic" in c["check"])
+    assert re.match(r"[0-2] of 2 \(needs 2\): checkerboard ", agnostic["detail"]), agnostic
     for c in summary["acceptance"]:
         assert f"**{'PASS' if c['passed'] else 'FAIL'}**" in text
     cell = summary["table_ii"]["tasks"]["checkerboard"]["tiers"]["2"]

@@ -15,6 +15,7 @@ def _numbers(
     best=(0.8, 0.8, 0.8, 0.8, 0.8),
     largest=None,
     scratch=(0.1,) * 5,
+    agnostic=(0.1,) * 5,
     continual=None,
 ) -> dict:
     """Synthetic tables: five challenges, the base policy ``policy`` on each.
@@ -41,8 +42,9 @@ def _numbers(
             "tiers": {"25": _cell(0.0), "800": _cell(b), "1600": _cell(lg)},
             "scratch": _cell(s),
             "reinit_head": _cell(0.0),
+            "agnostic_trunk": None if a is None else _cell(a),
         }
-        for n, b, lg, s in zip(names, best, largest, scratch)
+        for n, b, lg, s, a in zip(names, best, largest, scratch, agnostic)
     }
     continual = continual or largest
     t3 = {
@@ -60,10 +62,10 @@ def _passed(numbers: dict) -> list:
 
 
 def test_acceptance_checks_on_synthetic_numbers():
-    assert _passed(_numbers()) == [True] * 5
-    assert _passed(_numbers(base=0.79)) == [False, True, True, True, True]
+    assert _passed(_numbers()) == [True] * 6
+    assert _passed(_numbers(base=0.79)) == [False, True, True, True, True, True]
     assert (
-        _passed(_numbers(base=0.80, policy=(0.65,) * 5)) == [True] * 5
+        _passed(_numbers(base=0.80, policy=(0.65,) * 5)) == [True] * 6
     )  # thresholds are inclusive
     assert _passed(_numbers(policy=(0.5, 0.5, 0.5, 0.5, 0.75)))[1] is False  # one drop of 0.10
     # Recovery uses the best tier <= 800 grasps (not tier 1600): (best - policy) / drop >= 50%.
@@ -80,10 +82,18 @@ def test_acceptance_checks_on_synthetic_numbers():
     assert "nothing to recover" in acceptance(small)[2]["detail"]
     # Scratch is compared with fine-tuning on the same grasps (the largest tier); a tie is no win.
     assert _passed(_numbers(scratch=(0.1, 0.1, 0.1, 0.1, 0.8)))[3] is False
+    # The RL-pre-trained network (tier 1600 here, 0.8) must beat the task-agnostic trunk on 4 of
+    # the 5 challenges; a tie is no win.
+    assert _passed(_numbers(agnostic=(0.1, 0.1, 0.1, 0.1, 0.9)))[4] is True  # 4 of 5
+    three = acceptance(_numbers(agnostic=(0.1, 0.1, 0.1, 0.8, 0.9)))[4]
+    assert three["passed"] is False and three["detail"].startswith("3 of 5 (needs 4)"), three
+    assert "c3 0.800 vs 0.800" in three["detail"]
+    unrun = acceptance(_numbers(agnostic=(None,) * 5))[4]
+    assert unrun["passed"] is None and "not run" in unrun["detail"]
     # Continual may be at most 0.10 below single-step (better is fine).
-    assert _passed(_numbers(continual=(0.7, 0.8, 0.9, 0.8, 0.8)))[4] is True
-    assert _passed(_numbers(continual=(0.69, 0.8, 0.8, 0.8, 0.8)))[4] is False
-    assert _passed({"table_i": None, "table_ii": None, "table_iii": None}) == [None] * 5
+    assert _passed(_numbers(continual=(0.7, 0.8, 0.9, 0.8, 0.8)))[5] is True
+    assert _passed(_numbers(continual=(0.69, 0.8, 0.8, 0.8, 0.8)))[5] is False
+    assert _passed({"table_i": None, "table_ii": None, "table_iii": None}) == [None] * 6
 
 
 def test_challenge_check_needs_solvable_challenges_and_a_real_calibration():

@@ -49,6 +49,32 @@ def _episodes(cells: list[dict]) -> str:
     return "/".join(str(n) for n in ns) if ns else "?"
 
 
+def agnostic_note(t2: dict) -> str:
+    """Return Table II's sentence on the agnostic-trunk column: what the trunk is, or not run."""
+    trunk = t2.get("agnostic_trunk")
+    if trunk is None:
+        return (
+            "The task-agnostic trunk was not run (study.baselines false, or a sweep stamped "
+            "before it existed)."
+        )
+    m = trunk["metrics"]
+    error = (
+        f"; on {m['scenes'] - m['train_scenes']} held-out scenes an object is "
+        f"{m['held_out_error_px']:.1f} px from the nearest predicted point, against "
+        f"{m['blind_error_px']:.1f} px for a blind guess"
+        if m.get("held_out_error_px") is not None
+        else ""
+    )
+    return (
+        "Agnostic trunk (the paper's ImageNet comparison, without ImageNet): a fresh network "
+        f"whose {', '.join(trunk['trained_modules'])} was trained without RL, {trunk['steps']} "
+        f"supervised steps regressing the image positions of the objects ({m['objects']} a "
+        f"scene) in {m['train_scenes']} rendered base scenes with the train objects (at reset: "
+        f"no grasp action, no reward{error}), its other parts random, then fine-tuned like the "
+        f"{t2['largest_tier']}-grasp tier."
+    )
+
+
 def render_markdown(
     numbers: dict,
     checks: list[dict],
@@ -145,13 +171,23 @@ def render_markdown(
                 ]
                 + [fmt(row["tiers"].get(n)) for n in tiers]
                 + online_cell
-                + [best_txt, fmt(row["scratch"]), fmt(row["reinit_head"])]
+                + [
+                    best_txt,
+                    fmt(row["scratch"]),
+                    fmt(row["reinit_head"]),
+                    fmt(row.get("agnostic_trunk")),
+                ]
             )
         out += markdown_table(
             ["task (severity)", "base policy"]
             + tiers
             + ([f"online ({largest})"] if online else [])
-            + ["best (Δ)", f"scratch ({largest})", f"reinit head ({largest})"],
+            + [
+                "best (Δ)",
+                f"scratch ({largest})",
+                f"reinit head ({largest})",
+                f"agnostic trunk ({largest})",
+            ],
             rows,
         )
         cells = [
@@ -161,6 +197,7 @@ def render_markdown(
                 *row["tiers"].values(),
                 row["scratch"],
                 row["reinit_head"],
+                row.get("agnostic_trunk"),
                 *([row["online"]["result"]] if row.get("online") else []),
             ]
             if c is not None
@@ -186,7 +223,9 @@ def render_markdown(
                 f"like the {largest}-grasp tier."
                 if any(r["scratch"] for r in t2["tasks"].values())
                 else "Scratch and the re-initialised head were not run (study.baselines false)."
-            ),
+            )
+            + " "
+            + agnostic_note(t2),
         ]
         if online:
             first = next((r["online"] for r in t2["tasks"].values() if r.get("online")), {})

@@ -22,7 +22,7 @@ def _errorbar(c: dict) -> tuple[float, float]:
 def plot_sweep(numbers: dict, path: Path) -> None:
     """Success vs exploration grasps per task.
 
-    (log x), CI error bars, base policy and scratch markers.
+    (log x), CI error bars, base policy and the baselines' markers.
     """
     import matplotlib  # heavy: only the report's plots need it
 
@@ -57,8 +57,9 @@ def plot_sweep(numbers: dict, path: Path) -> None:
         for key, marker, color, label, shift in (
             ("scratch", "x", "#c0392b", "scratch", 0.93),
             ("reinit_head", "s", "#8e44ad", "reinit head", 1.07),
+            ("agnostic_trunk", "^", "#d35400", "agnostic trunk", 0.86),
         ):
-            c = row[key]
+            c = row.get(key)  # sweeps stamped before the agnostic trunk have none
             if c is None:  # a sweep without its baselines (study.baselines false)
                 continue
             ax.errorbar(
@@ -95,7 +96,7 @@ def plot_sweep(numbers: dict, path: Path) -> None:
         ax.set_ylabel("grasp success (95% CI)")
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=6, fontsize=8)
     fig.tight_layout(rect=(0, 0.06 / rows, 1, 1))
     fig.savefig(path)
     plt.close(fig)

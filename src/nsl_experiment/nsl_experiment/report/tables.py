@@ -129,6 +129,8 @@ def tables(stamps: dict[str, dict]) -> dict[str, Any]:
             "learning_rate": sweep["learning_rate"],
             "scratch_learning_rate": sweep["scratch_learning_rate"],
             "target_fraction": sweep["target_fraction"],
+            # Sweeps stamped before the task-agnostic trunk existed have none.
+            "agnostic_trunk": sweep.get("agnostic_trunk"),
             "tasks": {
                 name: {
                     "severity": row["task"]["severity"],
@@ -138,6 +140,11 @@ def tables(stamps: dict[str, dict]) -> dict[str, Any]:
                         cell(row["reinit_head"]["result"]) if row["reinit_head"] else None
                     ),
                     "reinit_modules": (row["reinit_head"] or {}).get("modules"),
+                    "agnostic_trunk": (
+                        cell(row["agnostic_trunk"]["result"])
+                        if row.get("agnostic_trunk")
+                        else None
+                    ),
                 }
                 for name, row in sweep["tasks"].items()
             },

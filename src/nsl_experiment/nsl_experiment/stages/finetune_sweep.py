@@ -3,8 +3,10 @@
 Per study task and tier: fine-tune the base checkpoint on the base data + the tier (sampled
 ``target_fraction`` from the tier) at the fine-tuning learning rate for ``finetune_steps``. At
 the largest tier also "scratch" (a fresh network on the tier only, pre-training learning rate,
-``scratch_steps``) and "reinit head" (the base with ``reinit_modules`` re-initialised, then
-fine-tuned like the tier). Every checkpoint is evaluated on its task (evaluation seeds).
+``scratch_steps``), "reinit head" (the base with ``reinit_modules`` re-initialised, then
+fine-tuned like the tier) and "agnostic trunk" (a fresh network whose trunk was trained without
+RL to locate objects, nsl_experiment.units.agnostic, then fine-tuned like the tier: the paper's
+ImageNet comparison). Every checkpoint is evaluated on its task (evaluation seeds).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from ..cache import Context, finish_stage, stable_hash, unit_key
 from ..episodes import resolve_task
+from ..units.agnostic import agnostic_trunk
 from ..units.base import base_checkpoint
 from ..units.calibration import calibration
 from ..units.evaluate import trained_entry
@@ -21,13 +24,14 @@ from ..units.train import reinit_checkpoint, train
 
 
 def finetune_sweep(ctx: Context) -> dict:
-    """Stage 5 (Table II): every tier, scratch and the re-initialised head, per study task."""
+    """Stage 5 (Table II): every tier and the three baselines, per study task."""
     cfg = ctx.config
     ft = cfg.finetune
     ckpt, ckpt_id = base_checkpoint(ctx)
     base = base_data(ctx)
     largest = cfg.study.tiers[-1]
     reinit, reinit_id, reset = reinit_checkpoint(ctx, ckpt)
+    agnostic = agnostic_trunk(ctx) if cfg.study.baselines else None
     rows = {}
     for name, target in targets(ctx, cfg.study_tasks(), calibration(ctx)).items():
         row: dict[str, Any] = {"task": resolve_task(target.spec).to_dict(), "tiers": {}}
@@ -35,8 +39,8 @@ def finetune_sweep(ctx: Context) -> dict:
             row["tiers"][str(n)] = finetune_on(
                 ctx, sweep_unit_name(name, n), ckpt, ckpt_id, base, target, n
             )[2]
-        row["scratch"] = row["reinit_head"] = None
-        if cfg.study.baselines:
+        row["scratch"] = row["reinit_head"] = row["agnostic_trunk"] = None
+        if agnostic is not None:  # study.baselines
             target_bags, target_key = target.tier(largest, cfg.sim.chunk_episodes)
             key = unit_key(
                 ctx,
@@ -71,6 +75,15 @@ def finetune_sweep(ctx: Context) -> dict:
                 largest,
             )[2]
             row["reinit_head"]["modules"] = reset
+            row["agnostic_trunk"] = finetune_on(
+                ctx,
+                f"sweep/{name}/agnostic_trunk_{largest:04d}",
+                agnostic[0],
+                agnostic[1],
+                base,
+                target,
+                largest,
+            )[2]
         rows[name] = row
     summary = {
         "stage": "finetune_sweep",
@@ -82,12 +95,25 @@ def finetune_sweep(ctx: Context) -> dict:
         "learning_rate": cfg.finetune_learning_rate(),
         "scratch_learning_rate": cfg.learner.learning_rate,
         "target_fraction": ft.target_fraction,
+        "agnostic_trunk": None
+        if agnostic is None
+        else {
+            "checkpoint_id": agnostic[1],
+            "steps": agnostic[2]["steps"],
+            "trained_modules": agnostic[2]["trained_modules"],
+            "metrics": agnostic[2]["metrics"],
+        },
         "tasks": rows,
     }
     trained = {
         name: [
             e["checkpoint_id"]
-            for e in (*row["tiers"].values(), row["scratch"], row["reinit_head"])
+            for e in (
+                *row["tiers"].values(),
+                row["scratch"],
+                row["reinit_head"],
+                row["agnostic_trunk"],
+            )
             if e is not None
         ]
         for name, row in rows.items()

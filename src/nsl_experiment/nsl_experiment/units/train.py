@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,25 @@ def initial_checkpoint(ctx: Context) -> Path:
         str(path), model, {"kind": "init", "init_scheme": scheme, "seed": cfg.seeds.seed}
     )
     return path
+
+
+def fresh_network(ctx: Context) -> QNetwork:
+    """Return the fresh network a supervised unit starts from, per ``init_scheme`` (seeded)."""
+    cfg = ctx.config
+    if cfg.learner.init_scheme == "default":
+        return new_network(cfg.model_config(), cfg.seeds.seed)
+    return load_checkpoint(initial_checkpoint(ctx), device="cpu").model
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads, then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def run_dir(ctx: Context, name: str, key: str) -> Path:
@@ -210,21 +231,14 @@ def grasp_values(
     grasps = grasp_rows(data)
     success = float((np.asarray(data.reward)[grasps] > 0).mean()) if len(grasps) else float("nan")
     ctx.log(f"{name}: {steps} supervised steps on {len(grasps)} grasps (success {success:.3f})")
-    if cfg.learner.init_scheme == "default":
-        net = new_network(cfg.model_config(), cfg.seeds.seed)
-    else:
-        net = load_checkpoint(initial_checkpoint(ctx), device="cpu").model
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.runtime.threads)
-    try:
+    net = fresh_network(ctx)
+    with torch_threads(cfg.runtime.threads):
         fit_grasp_values(  # on CUDA when present
             net,
             data,
             GraspValueConfig(steps=steps, seed=cfg.seeds.seed),
             log_every(steps, ctx.log, name),
         )
-    finally:
-        torch.set_num_threads(threads)
     checkpoint_id = save_checkpoint(  # atomic
         str(out),
         net.cpu(),
