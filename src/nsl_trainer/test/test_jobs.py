@@ -343,15 +343,20 @@ def damaged_dataset(tmp_path, monkeypatch):
     return SimpleNamespace(dir=data, mcap=damage_first_image(damaged, seed=6), values=bad_value)
 
 
-def job_on(dataset, files, tmp_path, strict: bool) -> FineTuneJob:
-    settings = TrainerSettings(
+def small_cpu_settings(files, tmp_path, **overrides) -> TrainerSettings:
+    """Trainer settings for a fast CPU job from the fixture's initial checkpoint."""
+    return TrainerSettings(
         checkpoint_dir=str(tmp_path / "out"),
         default_checkpoint=files.init,
         batch_size=4,
         device="cpu",
         num_threads=1,
-        strict_datasets=strict,
+        **overrides,
     )
+
+
+def job_on(dataset, files, tmp_path, strict: bool) -> FineTuneJob:
+    settings = small_cpu_settings(files, tmp_path, strict_datasets=strict)
     job = plan_job(request(target_datasets=[str(dataset.dir)], steps=2), settings, "j9")
     assert job.strict_datasets is strict
     return job
@@ -391,13 +396,7 @@ def test_a_job_forwards_the_episodes_whose_hindsight_labels_were_skipped(
         return data
 
     monkeypatch.setattr(runs, "load_datasets", load_with_a_gap)
-    settings = TrainerSettings(
-        checkpoint_dir=str(tmp_path / "out"),
-        default_checkpoint=files.init,
-        batch_size=4,
-        device="cpu",
-        num_threads=1,
-    )
+    settings = small_cpu_settings(files, tmp_path)
     assert settings.recipe().uses_location  # the recipe's hindsight labels are asked for
     job = plan_job(request(target_datasets=[files.target], steps=2), settings, "j10")
     pipe = Pipe()
