@@ -56,6 +56,19 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+#: Table II's baselines at the largest tier, as the sweep stamp names them and as printed.
+SWEEP_BASELINES = (
+    ("scratch", "scratch"),
+    ("reinit_head", "reinit head"),
+    ("agnostic_trunk", "agnostic trunk"),
+)
+
+
+def _baseline_rate(entry: dict | None) -> str:
+    """Format a baseline's success rate, or "not run" (baselines off or an older stamp)."""
+    return "not run" if entry is None else f"{entry['result']['success_rate']:.3f}"
+
+
 def _rate(r: dict) -> str:
     lo, hi = r["ci95"]
     return f"{r['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] ({r['successes']}/{r['episodes']})"
@@ -103,8 +116,9 @@ def headlines(name: str, res: dict) -> list[str]:
         return [
             f"{task}: "
             + ", ".join(f"{n}: {e['result']['success_rate']:.3f}" for n, e in row["tiers"].items())
-            + f" | scratch {row['scratch']['result']['success_rate']:.3f}"
-            + f" | reinit head {row['reinit_head']['result']['success_rate']:.3f}"
+            + "".join(
+                f" | {label} {_baseline_rate(row.get(key))}" for key, label in SWEEP_BASELINES
+            )
             for task, row in res["tasks"].items()
         ]
     if name == "online_finetune":
