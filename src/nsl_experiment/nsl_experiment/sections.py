@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nsl_sim.tasks import TASKS
-from nsl_trainer.agnostic_trunk import AgnosticTrunkConfig
+from nsl_trainer.config import AgnosticTrunkConfig
 from nsl_trainer.recipe import ExplorationRecipe, FineTuneRecipe
 
 from .checks import (

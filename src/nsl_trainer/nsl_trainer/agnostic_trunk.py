@@ -18,8 +18,6 @@ away. No augmentation: shifting an image moves the positions it is trained to te
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -28,59 +26,13 @@ import torch
 from nsl_policy.image import resize_batch, to_tensor
 from nsl_policy.model import QNetwork, default_device
 
+from .config import AgnosticTrunkConfig
+
 ProgressFn = Callable[[int, dict], None]
 #: QNetwork modules that only see the image (the trunk this module trains), where present.
 TRUNK_MODULES = ("trunk", "keypoints")
 #: Hidden units of the position head.
 POSITION_HIDDEN = 256
-
-
-@dataclass(frozen=True)
-class AgnosticTrunkConfig:
-    """Settings of the supervised trunk training."""
-
-    steps: int = 1000
-    """Adam steps: on 1000 rendered scenes the training loss levels off by about 1000 (1500
-    steps halved it again but left the held-out error at 3.0 px, against 7.7 px blind)."""
-    learning_rate: float = 1e-3
-    """Adam learning rate (the pre-training rate of QT-Opt)."""
-    batch_size: int = 64
-    """Scenes per step, drawn uniformly with replacement from the training scenes."""
-    held_out_fraction: float = 0.2
-    """Share of the scenes (the last ones) kept out of training to measure the position error;
-    0: all train, no error measured."""
-    seed: int = 0
-    """Seeds the position head's initialisation and the batches."""
-
-    def __post_init__(self) -> None:
-        """Check every field; raise ValueError naming the first bad one."""
-        for name, lo in (("steps", 1), ("batch_size", 1), ("seed", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(
-                    f"AgnosticTrunkConfig.{name} must be an integer >= {lo}, got {v!r}"
-                )
-        for name, lo, hi, lo_open in (
-            ("learning_rate", 0.0, 1.0, True),
-            ("held_out_fraction", 0.0, 0.5, False),
-        ):
-            v = getattr(self, name)
-            ok = (
-                not isinstance(v, bool)
-                and isinstance(v, (int, float))
-                and math.isfinite(v)
-                and (lo < v if lo_open else lo <= v)
-                and v <= hi
-            )
-            if not ok:
-                raise ValueError(
-                    f"AgnosticTrunkConfig.{name} must be a number in "
-                    f"{'(' if lo_open else '['}{lo}, {hi}], got {v!r}"
-                )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as plain data (checkpoint metadata)."""
-        return asdict(self)
 
 
 def trunk_modules(model: QNetwork) -> list[str]:

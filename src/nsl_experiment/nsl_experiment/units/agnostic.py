@@ -28,7 +28,8 @@ from nsl_policy.checkpoint import save_checkpoint
 from nsl_sim.env import SimConfig
 from nsl_sim.solvability import render_scenes
 from nsl_sim.tasks import get_task
-from nsl_trainer.agnostic_trunk import AgnosticTrunkConfig, fit_agnostic_trunk, trunk_modules
+from nsl_trainer.agnostic_trunk import fit_agnostic_trunk, trunk_modules
+from nsl_trainer.config import AgnosticTrunkConfig
 from nsl_trainer.grasp_values import log_every
 
 from ..cache import Context, read_stamp, unit_key, write_stamp
