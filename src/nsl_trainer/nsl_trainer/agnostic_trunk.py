@@ -60,20 +60,24 @@ class PositionHead(torch.nn.Module):
         return self.net(features.flatten(1)).reshape(len(features), self.points, 2)
 
 
+def squared_distances(predicted: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """Return the squared distances (B, P, K) of points (B, P, 2) to objects (B, K, 2)."""
+    return ((predicted[:, :, None, :] - objects[:, None, :, :]) ** 2).sum(-1)
+
+
 def chamfer_sq(predicted: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     """Return the symmetric nearest-point loss (B,) of points (B, P, 2) and objects (B, K, 2).
 
     The mean squared distance of each predicted point to its nearest object plus that of each
     object to its nearest predicted point.
     """
-    d = ((predicted[:, :, None, :] - objects[:, None, :, :]) ** 2).sum(-1)  # (B, P, K)
+    d = squared_distances(predicted, objects)
     return d.min(dim=2).values.mean(dim=1) + d.min(dim=1).values.mean(dim=1)
 
 
 def object_error(predicted: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     """Return each scene's mean distance (B,) from an object (B, K, 2) to its nearest point."""
-    d = ((predicted[:, :, None, :] - objects[:, None, :, :]) ** 2).sum(-1)
-    return d.min(dim=1).values.sqrt().mean(dim=1)
+    return squared_distances(predicted, objects).min(dim=1).values.sqrt().mean(dim=1)
 
 
 def check_scenes(images: np.ndarray, positions: np.ndarray) -> None:

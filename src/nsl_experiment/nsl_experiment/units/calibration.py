@@ -13,7 +13,6 @@ import dataclasses
 import math
 from typing import Any
 
-import torch
 from nsl_sim.env import SimConfig
 from nsl_sim.solvability import (
     SolvabilityChecker,
@@ -25,6 +24,7 @@ from ..episodes import TaskSpec, resolve_task, task_spec
 from ..seeds import SOLVABILITY_SEEDS
 from .base import base_checkpoint
 from .evaluate import evaluate_cached
+from .train import torch_threads
 
 #: The config sections a calibration episode set reads.
 CALIBRATION_SECTIONS = ("seeds", "sim", "learner", "calibration")
@@ -165,12 +165,8 @@ def solvability_cached(
         ctx.log(f"calibrate/{label}: solvability cached")
         return hit["solvability"]
     ctx.work_done += 1
-    threads = torch.get_num_threads()
-    torch.set_num_threads(ctx.config.runtime.threads)
-    try:
+    with torch_threads(ctx.config.runtime.threads):
         result = checker.check(name, severity).as_dict()
-    finally:
-        torch.set_num_threads(threads)
     write_stamp(stamp, key, {"solvability": result})
     verdict = "solvable" if result["passed"] else "NOT solvable"
     ctx.log(f"calibrate/{label}: {verdict} ({result['figures'].get('seconds', 0):.0f} s)")
