@@ -7,6 +7,7 @@ dependency); ``run_node`` prints that message and exits with code 2, so the runn
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from rclpy.executors import (
 )
 from rclpy.node import Node
 
+CLEANUP_STACKS_AFTER_S = 6.0  # below the runner's 10 s grace before SIGKILL
 CONFIG_ERRORS: tuple[type[BaseException], ...] = (ValueError, ParameterException)
 
 
@@ -50,6 +52,10 @@ def run_node(
         if rclpy.ok():
             raise
     finally:
+        # A stop that hangs (a callback that never returns, a thread joined at interpreter exit)
+        # prints every thread's stack, so the runner's log says where before it kills the
+        # process. Not cancelled: the interpreter's exit after this is covered too.
+        faulthandler.dump_traceback_later(CLEANUP_STACKS_AFTER_S)
         if node is not None:
             node.destroy_node()
         executor.shutdown()

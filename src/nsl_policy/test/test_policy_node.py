@@ -379,7 +379,7 @@ class PolicyProcess:
             f"{self.runner.first_exit.describe()}\n{self.log.text()[-3000:]}"
         )
         assert all(code in (0, -2) for code in codes.values()), (
-            f"policy did not stop cleanly: {codes}"
+            f"policy did not stop cleanly: {codes}\n{self.log.text()[-6000:]}"
         )
 
 
