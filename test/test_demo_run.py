@@ -1,4 +1,4 @@
-"""``nsl demo`` end to end with tiny sizes: three phases in one graph, two bags, one table."""
+"""``nsl demo`` end to end, tiny sizes: three phases in one graph, a bag per kind, one table."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def test_the_demo_records_base_and_challenge_apart_fine_tunes_and_reports(tmp_pa
     # Its own process: the demo joins a DDS domain of its own and owns rclpy there.
     result = subprocess.run(
         [sys.executable, "-m", "nsl_bringup.cli", "demo", "--output", str(out)]
-        + "--task checkerboard --base-episodes 3 --eval-episodes 3 --collect-episodes 4".split()
+        + "--task checkerboard --base-episodes 3 --base-grasps 4".split()
+        + "--eval-episodes 3 --collect-episodes 4".split()
         + ["--finetune-steps", "5"],
         capture_output=True,
         text=True,
@@ -45,27 +46,40 @@ def test_the_demo_records_base_and_challenge_apart_fine_tunes_and_reports(tmp_pa
     assert summary["finetune_steps"] == 5 and set(summary["wall_s"]) == {
         "start",
         "base",
+        "base grasps",
         "before",
         "collect",
         "fine-tune",
         "after",
         "total",
     }
-    # The base bag holds the greedy base episodes; the challenge bag the evaluation and the
-    # exploration grasps on the challenge, each under its task's folder.
-    base, target = (Path(summary["datasets"][k]) for k in ("base", "target"))
-    assert base.parent == out / "datasets" / "base"
-    assert target.parent == out / "datasets" / "checkerboard"
-    base_episodes, target_episodes = read_episodes(base), read_episodes(target)
-    assert len(base_episodes) == summary["base_episodes_recorded"] >= 3
-    assert {e.task for e in base_episodes} == {"base"}
-    assert {e.exploration["epsilon"] for e in base_episodes} == {0.0}
-    assert {e.task for e in target_episodes} == {"checkerboard"}
+    # One bag per kind of episode, each under its task's folder: the greedy evaluations are
+    # recorded apart from the exploration grasps, and only the grasps are trained on.
+    bags = {k: Path(v) for k, v in summary["datasets"].items()}
+    assert set(bags) == {
+        "base_evaluation",
+        "base",
+        "before_evaluation",
+        "target",
+        "after_evaluation",
+    }
+    assert len(set(bags.values())) == 5
     explore = DemoConfig()  # the grasps are collected with its (the study's) exploration
-    epsilons = [e.exploration["epsilon"] for e in target_episodes]
-    assert epsilons.count(0.0) >= 3 and epsilons.count(explore.epsilon) >= 4
-    noises = [e.exploration.get("noise_std") for e in target_episodes]
-    assert noises.count(explore.noise_std) >= 4
+    for name, task, epsilon, least in (
+        ("base_evaluation", "base", 0.0, 3),
+        ("base", "base", explore.epsilon, 4),
+        ("before_evaluation", "checkerboard", 0.0, 3),
+        ("target", "checkerboard", explore.epsilon, 4),
+        ("after_evaluation", "checkerboard", 0.0, 3),
+    ):
+        assert bags[name].parent == out / "datasets" / task, name
+        episodes = read_episodes(bags[name])
+        assert len(episodes) >= least, name
+        assert {e.task for e in episodes} == {task}, name
+        assert {e.exploration["epsilon"] for e in episodes} == {epsilon}, name
+        if epsilon:
+            assert {e.exploration.get("noise_std") for e in episodes} == {explore.noise_std}
+    assert summary["base_episodes_recorded"] == len(read_episodes(bags["base"]))
     assert (out / "phases.png").stat().st_size > 5000
     table = result.stdout
     assert "| base   | base         |" in table and "| after  | checkerboard |" in table

@@ -3,18 +3,23 @@
 Starts the sim_demo graph (sim, policy, collector, trainer as separate processes over ROS 2)
 on the base task and tells the story in three phases, without restarting anything:
 
-1. **base**: the policy runs greedily (epsilon 0) on the base task; the collector records
-   the episodes, and that session's bag is the base data.
+1. **base**: the policy runs greedily (epsilon 0) on the base task, the evaluation; then it
+   logs exploration grasps there (``base_grasps``, the study's exploration): that session's
+   bag is the base data, grasps of the policy the robot deploys, logged before the world
+   changes.
 2. **the world changes**: the policy's ``task`` is set to the challenge at run time (from the
-   next episode); the collector closes the base session at the first challenge episode and
-   records the challenge in a new one. **before**: greedy evaluation on the challenge; then
-   exploration grasps (epsilon set at run time); that session's bag is the new data.
+   next episode). **before**: greedy evaluation on the challenge; then exploration grasps
+   there: that session's bag is the new data.
 3. **fine-tune**: the trainer's ``fine_tune`` service on the base and the new data with the
    trainer's recipe (its default steps, learning rate and base/target sampling); the policy
-   hot-swaps the announced checkpoint; **after**: greedy evaluation on the challenge. Unless
-   ``robot_runs_while_training``, the robot waits meanwhile (the policy node is deactivated
-   after the collection and activated again once it has swapped in the new checkpoint), so
-   the fine-tune does not share the CPU with the episodes.
+   hot-swaps the announced checkpoint; **after**: greedy evaluation on the challenge.
+
+Between two kinds of episodes the demo deactivates the policy node (the episode in flight ends
+incomplete and is not recorded), closes the collector's session and sets the next task and
+exploration, so every bag holds one kind: with the default sizes the evaluations are recorded,
+never trained on (``base_grasps`` or ``collect_episodes`` 0 trains on them instead). Unless
+``robot_runs_while_training``, the robot waits while the trainer trains, so the fine-tune does
+not share the CPU with the episodes.
 
 It prints a table of the three evaluations with 95% Wilson intervals and the wall time of
 each phase, says whether the before and after intervals overlap, and writes ``summary.json``
@@ -45,6 +50,8 @@ from std_srvs.srv import Trigger
 SHIPPED_BASE_CHECKPOINT = base_checkpoint()
 RECORDING_TIMEOUT = 120.0
 """Seconds the collector may take to write the episodes the demo has seen."""
+RESULT_SETTLE_S = 1.0
+"""Seconds without a new episode result after a pause before the demo counts the results."""
 PHASE_COLORS = {"base": "#999999", "before": "#d9822b", "after": "#2a7ab9"}
 
 __all__ = ["DemoConfig", "format_table", "phase_row", "run_demo", "summarize", "write_plot"]
@@ -290,6 +297,55 @@ class _Phases:
         self.guard(what)
         return results
 
+    def pause_and_close_session(self, what: str) -> tuple[str, int]:
+        """Stop the robot, close the collector's session once it holds every episode.
+
+        Returns the session's bag and the episodes the collector wrote to it. Deactivating
+        ends the episode in flight (published incomplete, not recorded), so the session holds
+        exactly the complete episodes run since the last close; the next complete episode opens
+        a new one. Each kind of episode (greedy evaluation, exploration grasps) gets a bag of
+        its own.
+        """
+        client = self.client
+        client.set_policy_active(False)
+        client.wait_for_quiet_results(RESULT_SETTLE_S, RECORDING_TIMEOUT)
+        in_session = len(client.complete_results()) - self.closed_episodes
+        if in_session == 0:
+            return "", 0  # no complete episode since the last close: no session is open
+
+        def written_or_dropped() -> int:
+            status = client.collector_status
+            if status.get("session") == self.last_bag:
+                return 0  # the status from before the last close: not this session's yet
+            dropped = status.get("dropped_episodes", 0) - self.dropped_before
+            return status.get("session_episodes", 0) + dropped
+
+        client.wait_until(
+            lambda: written_or_dropped() >= in_session or self.node_died(),
+            RECORDING_TIMEOUT,
+            f"the collector to write the {in_session} episodes of the {what}",
+        )
+        self.guard(f"recording the {what}")
+        status = dict(client.collector_status)
+        reply = client.call(client.stop_session_client, Trigger.Request())
+        if not reply.success:
+            raise RuntimeError(f"collector could not close the {what} session: {reply.message}")
+        dropped = status.get("dropped_episodes", 0) - self.dropped_before
+        self.closed_episodes = len(client.complete_results())
+        self.dropped_before = status.get("dropped_episodes", 0)
+        self.last_bag = reply.message
+        written = status.get("session_episodes", 0)
+        say(f"{what}: {written} episodes in {reply.message}")
+        if dropped:
+            say(f"  the collector dropped {dropped} episodes of the {what} (see nodes.log)")
+        return reply.message, written
+
+    def resume(self, task: str, epsilon: float, noise_std: float) -> None:
+        """Set the next episodes' task and exploration, then start the robot again."""
+        self.client.set_task(task)
+        self.client.set_exploration(epsilon, noise_std)
+        self.client.set_policy_active(True)
+
     def run(self) -> dict:
         config, client = self.config, self.client
         say("waiting for the policy to load its checkpoint")
@@ -300,65 +356,62 @@ class _Phases:
         )
         self.guard("starting")
         base_id = client.active_checkpoint.checkpoint_id
+        self.closed_episodes = 0  # complete episodes the client saw before the last close
+        self.dropped_before = 0  # the collector's dropped episodes at the last close
+        self.last_bag = ""  # the bag of the session closed last
         self.clock.mark("start")
+        bags = {}
 
         say(
             f"phase 1, base: checkpoint {base_id} runs greedily on '{BASE_TASK}', "
-            f"{config.base_episodes} episodes; the collector records them as the base data"
+            f"{config.base_episodes} episodes; the collector records them"
         )
         base = self.episodes("base episode", base_id, config.base_episodes, BASE_TASK, 0.0)
-        client.wait_for_recorded(config.base_episodes, RECORDING_TIMEOUT, stop=self.node_died)
-        self.guard("recording the base data")
-        base_bag = client.collector_status["session"]
+        bags["base_evaluation"], base_recorded = self.pause_and_close_session("base evaluation")
         self.clock.mark("base")
+        if config.base_grasps:
+            say(
+                f"the robot logs {config.base_grasps} exploration grasps on '{BASE_TASK}' "
+                f"(epsilon {config.epsilon}, action noise {config.noise_std}): the base data, "
+                "grasps of the policy it deploys, as a robot logs them before the world changes"
+            )
+            self.resume(BASE_TASK, config.epsilon, config.noise_std)
+            self.episodes("base grasp", base_id, config.base_grasps, BASE_TASK, config.epsilon)
+            bags["base"], base_recorded = self.pause_and_close_session("base data")
+            self.clock.mark("base grasps")
+        else:
+            bags["base"] = bags["base_evaluation"]
 
         say(f"phase 2, the world changes: task '{config.task}' from the next episode")
-        client.set_task(config.task)
-        # The first challenge episode closes the base session (every base episode is in it
-        # then: the collector writes episodes in order) and opens the challenge session.
-        client.wait_until(
-            lambda: client.collector_status.get("session_task") == config.task or self.node_died(),
-            config.timeout,
-            "the collector to record the first challenge episode in a new session",
-        )
-        self.guard("switching the task")
-        base_recorded = len(client.complete_results(BASE_TASK))
-        say(f"base data: {base_recorded} episodes in {base_bag}")
         say(f"before: greedy evaluation on '{config.task}', {config.eval_episodes} episodes")
+        self.resume(config.task, 0.0, 0.0)
         before = self.episodes(
             "evaluation episode", base_id, config.eval_episodes, config.task, 0.0
         )
+        bags["before_evaluation"], _ = self.pause_and_close_session("evaluation before")
         self.clock.mark("before")
         if config.collect_episodes:
-            client.set_exploration(config.epsilon, config.noise_std)
             say(
-                f"collecting {config.collect_episodes} exploration grasps "
+                f"collecting {config.collect_episodes} exploration grasps on '{config.task}' "
                 f"(epsilon {config.epsilon}, action noise {config.noise_std})"
             )
+            self.resume(config.task, config.epsilon, config.noise_std)
             self.episodes("grasp", base_id, config.collect_episodes, config.task, config.epsilon)
-            client.set_exploration(0.0, 0.0)  # greedy from here on: the after-evaluation too
-        if not config.robot_runs_while_training:
+            bags["target"], _ = self.pause_and_close_session("new data")
+        else:
+            bags["target"] = bags["before_evaluation"]
+        self.clock.mark("collect")
+        if config.robot_runs_while_training:
+            self.resume(config.task, 0.0, 0.0)  # greedy, into a session of its own
+        else:
             say(
                 "the robot waits while the trainer trains (on a 2-core machine its episodes "
                 "would share the CPU with the fine-tune and slow it; "
                 "--robot-runs-while-training keeps it running)"
             )
-            # Ends the episode in flight (recorded incomplete, not trained on) before returning.
-            client.set_policy_active(False)
-        # Every challenge episode so far belongs in the new data.
-        client.wait_for_recorded(
-            len(client.complete_results(config.task)), RECORDING_TIMEOUT, stop=self.node_died
-        )
-        self.guard("recording the new data")
-        reply = client.call(client.stop_session_client, Trigger.Request())
-        if not reply.success:
-            raise RuntimeError(f"collector could not close the session: {reply.message}")
-        target_bag = reply.message
-        say(f"new data: session {target_bag}")
-        self.clock.mark("collect")
 
         episodes_before_training = len(client.complete_results())
-        job, total_steps, steps_per_s = self.fine_tune(base_bag, target_bag)
+        job, total_steps, steps_per_s = self.fine_tune(bags["base"], bags["target"])
         # An inactive policy swaps an announced checkpoint in at once: no episode runs.
         client.wait_until(
             lambda: client.active_checkpoint.checkpoint_id != base_id or self.node_died(),
@@ -368,9 +421,12 @@ class _Phases:
         self.guard("swapping in the new checkpoint")
         after_id = client.active_checkpoint.checkpoint_id
         episodes_while_training = len(client.complete_results()) - episodes_before_training
-        if not config.robot_runs_while_training:
-            client.set_policy_active(True)
-            say(f"the robot runs again, on {after_id}")
+        if config.robot_runs_while_training:
+            # The episodes run during the fine-tune (on the old checkpoint, and on the new one
+            # once swapped) get a bag of their own, apart from the after-evaluation's.
+            bags["while_training"], _ = self.pause_and_close_session("episodes while training")
+        self.resume(config.task, 0.0, 0.0)
+        say(f"the robot runs on {after_id}")
         self.clock.mark("fine-tune")
         say(
             f"policy hot-swapped to {after_id}; after: greedy evaluation on '{config.task}', "
@@ -387,6 +443,7 @@ class _Phases:
             stop=lambda: client.active_checkpoint.checkpoint_id != after_id,
         )
         restored = client.active_checkpoint.checkpoint_id
+        bags["after_evaluation"], _ = self.pause_and_close_session("evaluation after")
         if restored != after_id:
             say(
                 f"the policy rolled {after_id} back to {restored} after {len(after)} episodes: "
@@ -399,7 +456,7 @@ class _Phases:
                 phase_row("before", config.task, base_id, before),
                 phase_row("after", config.task, after_id, after),
             ],
-            "datasets": {"base": base_bag, "target": target_bag},
+            "datasets": bags,
             "base_episodes_recorded": base_recorded,
             "job_id": job,
             "finetune_steps": total_steps,

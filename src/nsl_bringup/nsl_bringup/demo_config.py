@@ -38,14 +38,19 @@ class DemoConfig:
         f"challenge task the world changes to in phase 2 ({', '.join(CHALLENGES)}), "
         f"optionally at a severity: <task>{SEVERITY_SEPARATOR}<severity>",
     )
-    base_episodes: int = _option(
-        200, "phase 1: greedy episodes on the base task, recorded as the base data"
+    base_episodes: int = _option(200, "phase 1: greedy evaluation episodes on the base task")
+    base_grasps: int = _option(
+        400,
+        "phase 1: exploration grasps on the base task, recorded as the base data "
+        "(0: the greedy base episodes are the base data)",
     )
     eval_episodes: int = _option(
         200, "greedy evaluation episodes on the challenge before and after fine-tuning"
     )
     collect_episodes: int = _option(
-        400, "phase 2: exploration grasps on the challenge, recorded as the new data"
+        400,
+        "phase 2: exploration grasps on the challenge, recorded as the new data "
+        "(0: the greedy evaluation episodes before are the new data)",
     )
     epsilon: float = _option(
         ExplorationRecipe().epsilon, "exploration while collecting: random-action rate, in (0, 1]"
@@ -83,6 +88,7 @@ class DemoConfig:
                 problems.append(f"task: {exc}")
         for name, least in (
             ("base_episodes", 1),
+            ("base_grasps", 0),
             ("eval_episodes", 1),
             ("collect_episodes", 0),
             ("finetune_steps", 0),

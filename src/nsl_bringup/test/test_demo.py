@@ -112,6 +112,7 @@ def test_options_are_checked_and_every_problem_named():
         DemoConfig(
             task="base",
             base_episodes=0,
+            base_grasps=-2,
             eval_episodes=0,
             collect_episodes=-1,
             epsilon=0.0,
@@ -124,6 +125,7 @@ def test_options_are_checked_and_every_problem_named():
     for fragment in (
         "task must be one of the challenge tasks",
         "base_episodes must be an integer >= 1 (got 0)",
+        "base_grasps must be an integer >= 0 (got -2)",
         "eval_episodes must be an integer >= 1 (got 0)",
         "collect_episodes must be an integer >= 0 (got -1)",
         "finetune_steps must be an integer >= 0 (got -5)",
@@ -142,6 +144,7 @@ def test_options_are_checked_and_every_problem_named():
     with pytest.raises(ValueError, match="task must be one of"):
         DemoConfig(task="base@1")
     assert DemoConfig(collect_episodes=0, finetune_steps=0).finetune_steps == 0
+    assert DemoConfig(base_grasps=0).base_grasps == 0  # the greedy base episodes are the data
 
 
 def test_the_default_challenge_is_at_the_severity_the_calibration_chose():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 
 import rclpy
@@ -35,6 +36,7 @@ class LoopClient(Node):
         super().__init__(name, namespace=namespace or "/", context=context)
         self._cond = threading.Condition()
         self.results: list[EpisodeResult] = []
+        self._last_result_s = time.monotonic()  # when the latest episode result arrived
         self.active_checkpoint: CheckpointInfo | None = None
         self.trainer_status: TrainerStatus | None = None
         self.collector_status: dict = {}
@@ -75,7 +77,29 @@ class LoopClient(Node):
             self._cond.notify_all()
 
     def _on_result(self, msg: EpisodeResult) -> None:
-        self._update(lambda: self.results.append(msg))
+        def add() -> None:
+            self.results.append(msg)
+            self._last_result_s = time.monotonic()
+
+        self._update(add)
+
+    def wait_for_quiet_results(self, quiet_s: float, timeout: float) -> None:
+        """Block until no episode result has arrived for ``quiet_s`` seconds.
+
+        After the policy has stopped (deactivated), its last results may still be on their way:
+        the state change's reply and the results topic are separate channels. TimeoutError when
+        results keep coming for ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                left = self._last_result_s + quiet_s - now
+                if left <= 0:
+                    return
+                if now >= deadline:
+                    raise TimeoutError(f"episode results still arriving after {timeout:.0f} s")
+                self._cond.wait(min(left, deadline - now))
 
     def _on_active(self, msg: CheckpointInfo) -> None:
         self._update(lambda: setattr(self, "active_checkpoint", msg))
