@@ -46,7 +46,7 @@ def test_demo_help_lists_every_option_with_its_default():
     result = nsl("demo", "--help")
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())  # argparse wraps the help lines
-    assert len(DEMO_OPTIONS) == 12
+    assert len(DEMO_OPTIONS) == 13
     for option in DEMO_OPTIONS:
         assert f"--{option.name.replace('_', '-')} " in text, option.name
         assert " ".join(option.metadata["help"].split()) in text, option.name
