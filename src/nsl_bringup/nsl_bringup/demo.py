@@ -312,28 +312,17 @@ class _Phases:
         in_session = len(client.complete_results()) - self.closed_episodes
         if in_session == 0:
             return "", 0  # no complete episode since the last close: no session is open
-
-        def written_or_dropped() -> int:
-            status = client.collector_status
-            if status.get("session") == self.last_bag:
-                return 0  # the status from before the last close: not this session's yet
-            dropped = status.get("dropped_episodes", 0) - self.dropped_before
-            return status.get("session_episodes", 0) + dropped
-
-        client.wait_until(
-            lambda: written_or_dropped() >= in_session or self.node_died(),
-            RECORDING_TIMEOUT,
-            f"the collector to write the {in_session} episodes of the {what}",
+        client.wait_for_recorded(
+            in_session, RECORDING_TIMEOUT, stop=self.node_died, since=self.at_last_close
         )
         self.guard(f"recording the {what}")
         status = dict(client.collector_status)
         reply = client.call(client.stop_session_client, Trigger.Request())
         if not reply.success:
             raise RuntimeError(f"collector could not close the {what} session: {reply.message}")
-        dropped = status.get("dropped_episodes", 0) - self.dropped_before
+        dropped = status.get("dropped_episodes", 0) - self.at_last_close["dropped_episodes"]
         self.closed_episodes = len(client.complete_results())
-        self.dropped_before = status.get("dropped_episodes", 0)
-        self.last_bag = reply.message
+        self.at_last_close = {**status, "session": reply.message}
         written = status.get("session_episodes", 0)
         say(f"{what}: {written} episodes in {reply.message}")
         if dropped:
@@ -346,6 +335,13 @@ class _Phases:
         self.client.set_exploration(epsilon, noise_std)
         self.client.set_policy_active(True)
 
+    def grasps(self, what: str, checkpoint: str, count: int, task: str) -> tuple[str, int]:
+        """Run ``count`` exploration grasps on ``task`` in a session of their own: bag, count."""
+        config = self.config
+        self.resume(task, config.epsilon, config.noise_std)
+        self.episodes(f"{what} grasp", checkpoint, count, task, config.epsilon)
+        return self.pause_and_close_session(f"{what} data")
+
     def run(self) -> dict:
         config, client = self.config, self.client
         say("waiting for the policy to load its checkpoint")
@@ -357,8 +353,7 @@ class _Phases:
         self.guard("starting")
         base_id = client.active_checkpoint.checkpoint_id
         self.closed_episodes = 0  # complete episodes the client saw before the last close
-        self.dropped_before = 0  # the collector's dropped episodes at the last close
-        self.last_bag = ""  # the bag of the session closed last
+        self.at_last_close = {"session": "", "dropped_episodes": 0}  # the collector's status
         self.clock.mark("start")
         bags = {}
 
@@ -375,9 +370,9 @@ class _Phases:
                 f"(epsilon {config.epsilon}, action noise {config.noise_std}): the base data, "
                 "grasps of the policy it deploys, as a robot logs them before the world changes"
             )
-            self.resume(BASE_TASK, config.epsilon, config.noise_std)
-            self.episodes("base grasp", base_id, config.base_grasps, BASE_TASK, config.epsilon)
-            bags["base"], base_recorded = self.pause_and_close_session("base data")
+            bags["base"], base_recorded = self.grasps(
+                "base", base_id, config.base_grasps, BASE_TASK
+            )
             self.clock.mark("base grasps")
         else:
             bags["base"] = bags["base_evaluation"]
@@ -395,9 +390,7 @@ class _Phases:
                 f"collecting {config.collect_episodes} exploration grasps on '{config.task}' "
                 f"(epsilon {config.epsilon}, action noise {config.noise_std})"
             )
-            self.resume(config.task, config.epsilon, config.noise_std)
-            self.episodes("grasp", base_id, config.collect_episodes, config.task, config.epsilon)
-            bags["target"], _ = self.pause_and_close_session("new data")
+            bags["target"], _ = self.grasps("new", base_id, config.collect_episodes, config.task)
         else:
             bags["target"] = bags["before_evaluation"]
         self.clock.mark("collect")

@@ -120,16 +120,32 @@ class LoopClient(Node):
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def wait_for_recorded(
-        self, count: int, timeout: float, stop: Callable[[], bool] = lambda: False
+        self,
+        count: int,
+        timeout: float,
+        stop: Callable[[], bool] = lambda: False,
+        since: dict | None = None,
     ) -> None:
         """Wait until the collector reports ``count`` episodes written, or ``stop()`` is true.
 
         The count comes from the latched collector status. The collector gets the results on
         its own subscription, later than this client on a loaded machine: close a session only
-        after this.
+        after this. ``since`` is the collector status at the last session close: episodes the
+        collector dropped after it count as handled (they are never written), and a status that
+        still names that closed session counts nothing.
         """
+
+        def handled() -> int:
+            status = self.collector_status
+            if since is None:
+                return status.get("session_episodes", 0)
+            if since.get("session") and status.get("session") == since["session"]:
+                return 0
+            dropped = status.get("dropped_episodes", 0) - since.get("dropped_episodes", 0)
+            return status.get("session_episodes", 0) + dropped
+
         self.wait_until(
-            lambda: self.collector_status.get("session_episodes", 0) >= count or stop(),
+            lambda: handled() >= count or stop(),
             timeout,
             f"the collector to write {count} episodes",
         )
