@@ -155,6 +155,7 @@ class ExperimentConfig:
         sim = self.sim
         return {
             "image_size": sim.image_size,
+            "camera_fov": sim.camera_fov,
             "max_steps": sim.max_steps,
             "num_objects": sim.num_objects,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nsl_sim.config import CAMERA_FOV_RANGE, SimConfig
 from nsl_sim.tasks import TASKS
 from nsl_trainer.config import AgnosticTrunkConfig
 from nsl_trainer.recipe import ExplorationRecipe, FineTuneRecipe
@@ -56,6 +57,9 @@ class SimSection:
     SECTION = "sim"
     image_size: int = 64
     """Camera image side (pixels) of the sim and the Q-network input; 64 is the shipped base's."""
+    camera_fov: float = SimConfig.camera_fov
+    """The fixed camera's vertical field of view (degrees): how much of the image the tray fills.
+    A checkpoint sees well only at the framing it was trained with."""
     max_steps: int = 10
     """Control steps per grasp episode before the forced close-and-lift, as in the paper."""
     num_objects: int = 3
@@ -65,6 +69,7 @@ class SimSection:
 
     def __post_init__(self) -> None:
         check_int(self, "image_size", 32, 472)
+        check_float(self, "camera_fov", *CAMERA_FOV_RANGE)
         check_int(self, "max_steps", 1, 100)
         check_int(self, "num_objects", 1, 10)
         check_int(self, "chunk_episodes", 1, 100_000)

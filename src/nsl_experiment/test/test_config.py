@@ -70,6 +70,9 @@ def test_config_validation():
         make_config(grasp_value_checks=4, grasp_value_qtopt_steps=3)
     with pytest.raises(ValueError, match="eval_tasks"):
         make_config(eval_tasks=("nope",))
+    with pytest.raises(ValueError, match="camera_fov"):
+        make_config(camera_fov=200)
+    assert make_config().with_overrides(["camera_fov=24"]).sim_kwargs()["camera_fov"] == 24.0
     with pytest.raises(ValueError, match="unknown ExperimentConfig fields"):
         ExperimentConfig.from_dict({"bogus": 1})
     assert make_config().with_overrides(["rounds=2", "model={width: 48}"]).learner.model == {

@@ -16,12 +16,11 @@ from pybullet_utils import bullet_client
 from .tasks import EffectiveTask
 from .world import TRAY_ORIGIN
 
-__all__ = ["CAMERA_EYE", "CAMERA_FOV", "CAMERA_TARGET", "Camera", "blend_objects"]
+__all__ = ["CAMERA_EYE", "CAMERA_TARGET", "Camera", "blend_objects"]
 
 #: Camera eye relative to the tray origin (pybullet_envs' camera re-targeted to this tray).
 CAMERA_EYE = (0.45, -0.35, 0.9)
 CAMERA_TARGET = (-0.02, 0.0, 0.0)
-CAMERA_FOV = 38.0
 
 
 class Camera:
@@ -31,15 +30,24 @@ class Camera:
         self.view: Sequence[float] | None = None
         self.proj: Sequence[float] | None = None
 
-    def aim(self, c: bullet_client.BulletClient, eff: EffectiveTask, noise: np.ndarray) -> None:
-        """Place the camera for an episode: the task's offset plus its noise scale x ``noise``."""
+    def aim(
+        self,
+        c: bullet_client.BulletClient,
+        eff: EffectiveTask,
+        noise: np.ndarray,
+        fov: float,
+    ) -> None:
+        """Place the camera for an episode, ``fov`` degrees wide (vertically).
+
+        Its eye moves by the task's offset plus its noise scale x ``noise``.
+        """
         eye = np.array(CAMERA_EYE) + np.array(eff.camera_offset) + eff.camera_noise * noise
         self.view = c.computeViewMatrix(
             (TRAY_ORIGIN + eye).tolist(),
             (TRAY_ORIGIN + np.array(CAMERA_TARGET)).tolist(),
             [0, 0, 1],
         )
-        self.proj = c.computeProjectionMatrixFOV(CAMERA_FOV, 1.0, 0.05, 5.0)
+        self.proj = c.computeProjectionMatrixFOV(fov, 1.0, 0.05, 5.0)
 
     def render(
         self,

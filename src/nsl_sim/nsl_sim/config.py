@@ -49,12 +49,19 @@ def _vec(v: Any, n: int, name: str) -> tuple[float, ...]:
     return t
 
 
+#: Accepted camera fields of view (degrees).
+CAMERA_FOV_RANGE = (10.0, 90.0)
+
+
 @dataclass
 class SimConfig:
     """Settings of the simulated grasping world. Positions are in the tray frame (m)."""
 
     image_size: int = 64
     """Side of the square RGB camera image (pixels), 32..472."""
+    camera_fov: float = 38.0
+    """Vertical field of view of the fixed camera (degrees), 10..90. It sets how much of the
+    image the tray fills: at 38 the object region spans ~24 of 64 pixels (1.25 cm per pixel)."""
     num_objects: int = 3
     """Objects dropped into the tray each episode, 1..10."""
     max_steps: int = 10
@@ -153,6 +160,7 @@ class SimConfig:
             setattr(self, name, float(v))
 
         check_int("image_size", 32, 472)
+        check_float("camera_fov", *CAMERA_FOV_RANGE)
         check_int("num_objects", 1, 10)
         check_int("max_steps", 1, 1000)
         if self.object_split not in ("train", "test"):

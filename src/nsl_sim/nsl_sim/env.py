@@ -44,7 +44,7 @@ from pybullet_utils import bullet_client
 
 from . import scripted
 from .arm import Arm
-from .camera import CAMERA_FOV, Camera, blend_objects
+from .camera import Camera, blend_objects
 from .config import SimConfig
 from .tasks import EffectiveTask, TaskConfig, get_task
 from .world import (
@@ -55,6 +55,9 @@ from .world import (
     object_footprint,
     settle,
 )
+
+#: The default camera's vertical field of view (degrees); SimConfig.camera_fov owns it.
+CAMERA_FOV = SimConfig.camera_fov
 
 __all__ = ["CAMERA_FOV", "SimConfig", "Observation", "StepResult", "GraspEnv", "object_files"]
 
@@ -219,7 +222,7 @@ class GraspEnv:
         xy = lo + (hi - lo) * rng.random((cfg.num_objects, 2))
         yaws = rng.uniform(-math.pi, math.pi, cfg.num_objects)
         cam_noise = rng.normal(0.0, 1.0, 3)
-        self._camera.aim(c, eff, cam_noise)
+        self._camera.aim(c, eff, cam_noise, self._config.camera_fov)
 
         self._background = None
         if eff.object_alpha < 1.0:

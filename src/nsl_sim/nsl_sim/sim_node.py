@@ -44,18 +44,26 @@ class SimNode(Node):
         )
         self.declare_parameter(
             "image_size",
-            64,
+            SimConfig.image_size,
             ParameterDescriptor(description="camera image width = height, pixels (32..472)"),
         )
         self.declare_parameter(
             "num_objects",
-            3,
+            SimConfig.num_objects,
             ParameterDescriptor(description="objects dropped in the tray per episode"),
         )
         self.declare_parameter(
             "max_steps",
-            10,
+            SimConfig.max_steps,
             ParameterDescriptor(description="control steps before the forced close-and-lift"),
+        )
+        self.declare_parameter(
+            "camera_fov",
+            SimConfig.camera_fov,
+            ParameterDescriptor(
+                description="the camera's vertical field of view, degrees (10..90); "
+                "a checkpoint sees well only at the framing it was trained with"
+            ),
         )
         self.declare_parameter(
             "camera_rate",
@@ -73,6 +81,7 @@ class SimNode(Node):
         p = self.get_parameter
         config = SimConfig(
             image_size=p("image_size").value,
+            camera_fov=p("camera_fov").value,
             num_objects=p("num_objects").value,
             max_steps=p("max_steps").value,
             object_split=p("object_split").value,
@@ -96,6 +105,7 @@ class SimNode(Node):
             self.create_timer(1.0 / rate, self.publish_observation)
         self.get_logger().info(
             f"sim ready: task={self.env.task.name} image={config.image_size}px "
+            f"fov={config.camera_fov:g}deg "
             f"objects={config.num_objects}"
         )
 

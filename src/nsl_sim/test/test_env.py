@@ -56,11 +56,34 @@ def test_observation_format(env):
         ({"workspace_low": (0.2, 0.0, 0.0)}, "workspace_high"),
         ({"start_position": (0.0, 0.0, 0.9)}, "start_position"),
         ({"max_steps": 0}, "max_steps"),
+        ({"camera_fov": 5.0}, "camera_fov"),
+        ({"camera_fov": float("inf")}, "camera_fov"),
     ],
 )
 def test_config_validation_names_field(kwargs, field_name):
     with pytest.raises(ValueError, match=field_name):
         SimConfig(**kwargs)
+
+
+def test_a_narrower_camera_frames_the_objects_larger():
+    """camera_fov zooms the fixed camera: the object region spans more pixels, same centre."""
+
+    def object_region_px(fov):
+        e = GraspEnv(SimConfig(camera_fov=fov, image_size=64))
+        try:
+            e.reset(0)
+            lo, hi = e.config.object_region_low, e.config.object_region_high
+            corners = [
+                e.project_to_image((x, y, 0.0)) for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+            ]
+            return np.ptp(np.array(corners), axis=0), e.render()
+        finally:
+            e.close()
+
+    wide, wide_image = object_region_px(38.0)
+    narrow, narrow_image = object_region_px(24.0)
+    assert np.all(narrow > 1.4 * wide)
+    assert np.abs(narrow_image.astype(int) - wide_image.astype(int)).mean() > 5
 
 
 def test_object_split_sorted_and_disjoint():
