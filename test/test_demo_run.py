@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from nsl_bringup.demo_config import DemoConfig
+from nsl_bringup.demo_config import SEED_BLOCK, DemoConfig
 
 from nsl_collector.reader import read_episodes
 
@@ -65,6 +65,14 @@ def test_the_demo_records_base_and_challenge_apart_fine_tunes_and_reports(tmp_pa
     }
     assert len(set(bags.values())) == 5
     explore = DemoConfig()  # the grasps are collected with its (the study's) exploration
+    # The evaluations run the same scenes (seeds from the demo's seed, 0); the grasps their own.
+    seeds = {name: sorted(e.seed for e in read_episodes(bag)) for name, bag in bags.items()}
+    for name in ("base_evaluation", "before_evaluation", "after_evaluation"):
+        assert seeds[name] == list(range(len(seeds[name]))), (name, seeds[name])
+    assert min(seeds["base"]) == SEED_BLOCK and min(seeds["target"]) == 2 * SEED_BLOCK
+    paired = summary["paired"]
+    assert paired["scenes"] == rows["after"]["episodes"] == rows["before"]["episodes"]
+    assert "scenes both evaluations ran" in result.stdout
     for name, task, epsilon, least in (
         ("base_evaluation", "base", 0.0, 3),
         ("base", "base", explore.epsilon, 4),

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from nsl_common.loop_client import LoopClient, ensure_rclpy
-from nsl_bringup.demo_config import BASE_TASK, DemoConfig
+from nsl_bringup.demo_config import BASE_TASK, SEED_BLOCK, DemoConfig
 from nsl_bringup.graph import resolve
 from nsl_bringup.runner import GraphRunner, isolated_environment
 from nsl_msgs.msg import EpisodeResult, TrainerStatus
@@ -90,6 +90,34 @@ def phase_row(phase: str, task: str, checkpoint: str, results: list[EpisodeResul
         "successes": wins,
         "success_rate": wins / len(results) if results else None,
         "ci95": [lo, hi],
+    }
+
+
+def paired_scenes(before: list[EpisodeResult], after: list[EpisodeResult]) -> dict:
+    """Compare two evaluations on the scenes (seeds) both ran: outcome counts and McNemar's test.
+
+    The exact two-sided McNemar p-value is the binomial test of the discordant scenes (success
+    only before, only after) against a fair coin: small when the change, not the scenes, made
+    the difference. A scene that ran more than once in a phase counts by its first episode.
+    """
+    first_before, first_after = {}, {}
+    for results, first in ((before, first_before), (after, first_after)):
+        for r in results:
+            first.setdefault(int(r.seed), bool(r.success))
+    seeds = sorted(set(first_before) & set(first_after))
+    pairs = [(first_before[s], first_after[s]) for s in seeds]
+    only_before = sum(b and not a for b, a in pairs)
+    only_after = sum(a and not b for b, a in pairs)
+    discordant = only_before + only_after
+    tail = sum(math.comb(discordant, k) for k in range(min(only_before, only_after) + 1))
+    p_value = min(1.0, 2 * tail / 2**discordant) if discordant else 1.0
+    return {
+        "scenes": len(pairs),
+        "both": sum(b and a for b, a in pairs),
+        "neither": sum(not b and not a for b, a in pairs),
+        "only_before": only_before,
+        "only_after": only_after,
+        "mcnemar_p": p_value,
     }
 
 
@@ -152,6 +180,13 @@ def format_table(summary: dict) -> str:
     else:
         verdict = "overlap: no significant difference"
     table.append(f"before vs after on {summary['task']}: the 95% CIs {verdict}")
+    paired = summary.get("paired")
+    if paired and paired["scenes"]:
+        table.append(
+            f"on the {paired['scenes']} scenes both evaluations ran: {paired['only_after']} "
+            f"succeed only after, {paired['only_before']} only before "
+            f"(McNemar exact p = {paired['mcnemar_p']:.3g})"
+        )
     if summary.get("rolled_back"):
         table.append(
             f"the policy rolled {summary['rolled_back_from']} back to "
@@ -329,16 +364,23 @@ class _Phases:
             say(f"  the collector dropped {dropped} episodes of the {what} (see nodes.log)")
         return reply.message, written
 
-    def resume(self, task: str, epsilon: float, noise_std: float) -> None:
-        """Set the next episodes' task and exploration, then start the robot again."""
+    def resume(self, task: str, epsilon: float, noise_std: float, block: int = 0) -> None:
+        """Set the next episodes' task, exploration and first scene, then start the robot again.
+
+        The first scene is ``seed + block * SEED_BLOCK``: block 0, the evaluations' scenes, so
+        every evaluation runs the same scenes and before and after compare scene by scene.
+        """
         self.client.set_task(task)
         self.client.set_exploration(epsilon, noise_std)
+        self.client.set_seed(self.config.seed + block * SEED_BLOCK)
         self.client.set_policy_active(True)
 
-    def grasps(self, what: str, checkpoint: str, count: int, task: str) -> tuple[str, int]:
+    def grasps(
+        self, what: str, checkpoint: str, count: int, task: str, block: int
+    ) -> tuple[str, int]:
         """Run ``count`` exploration grasps on ``task`` in a session of their own: bag, count."""
         config = self.config
-        self.resume(task, config.epsilon, config.noise_std)
+        self.resume(task, config.epsilon, config.noise_std, block)
         self.episodes(f"{what} grasp", checkpoint, count, task, config.epsilon)
         return self.pause_and_close_session(f"{what} data")
 
@@ -371,14 +413,17 @@ class _Phases:
                 "grasps of the policy it deploys, as a robot logs them before the world changes"
             )
             bags["base"], base_recorded = self.grasps(
-                "base", base_id, config.base_grasps, BASE_TASK
+                "base", base_id, config.base_grasps, BASE_TASK, block=1
             )
             self.clock.mark("base grasps")
         else:
             bags["base"] = bags["base_evaluation"]
 
         say(f"phase 2, the world changes: task '{config.task}' from the next episode")
-        say(f"before: greedy evaluation on '{config.task}', {config.eval_episodes} episodes")
+        say(
+            f"before: greedy evaluation on '{config.task}', {config.eval_episodes} episodes, "
+            "on the base evaluation's scenes"
+        )
         self.resume(config.task, 0.0, 0.0)
         before = self.episodes(
             "evaluation episode", base_id, config.eval_episodes, config.task, 0.0
@@ -390,12 +435,14 @@ class _Phases:
                 f"collecting {config.collect_episodes} exploration grasps on '{config.task}' "
                 f"(epsilon {config.epsilon}, action noise {config.noise_std})"
             )
-            bags["target"], _ = self.grasps("new", base_id, config.collect_episodes, config.task)
+            bags["target"], _ = self.grasps(
+                "new", base_id, config.collect_episodes, config.task, block=2
+            )
         else:
             bags["target"] = bags["before_evaluation"]
         self.clock.mark("collect")
         if config.robot_runs_while_training:
-            self.resume(config.task, 0.0, 0.0)  # greedy, into a session of its own
+            self.resume(config.task, 0.0, 0.0, block=3)  # greedy, into a session of its own
         else:
             say(
                 "the robot waits while the trainer trains (on a 2-core machine its episodes "
@@ -423,7 +470,7 @@ class _Phases:
         self.clock.mark("fine-tune")
         say(
             f"policy hot-swapped to {after_id}; after: greedy evaluation on '{config.task}', "
-            f"{config.eval_episodes} episodes"
+            f"{config.eval_episodes} episodes, on the scenes of the evaluation before"
         )
         # The policy watches a swapped-in checkpoint and rolls it back when it does significantly
         # worse than the one before; the after-evaluation then ends with the episodes it had.
@@ -449,6 +496,7 @@ class _Phases:
                 phase_row("before", config.task, base_id, before),
                 phase_row("after", config.task, after_id, after),
             ],
+            "paired": paired_scenes(before, after),
             "datasets": bags,
             "base_episodes_recorded": base_recorded,
             "job_id": job,

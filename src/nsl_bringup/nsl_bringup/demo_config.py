@@ -24,6 +24,15 @@ DEFAULT_TASK = f"{DEFAULT_CHALLENGE}{SEVERITY_SEPARATOR}{DEFAULT_SEVERITY:g}"
 """The demo's default ``task`` option, built from the two above."""
 
 
+SEED_BLOCK = 1_000_000
+"""Scene seeds of each kind of episode start this far apart: the evaluations (base, before
+and after) run the same scenes from ``seed``; the base grasps start at ``seed + SEED_BLOCK``,
+the new grasps at ``seed + 2 * SEED_BLOCK``, greedy episodes while training at
+``seed + 3 * SEED_BLOCK``."""
+MAX_SEED = 2**31 - 1 - 4 * SEED_BLOCK
+"""Largest ``seed``: every block stays inside the policy node's seed range."""
+
+
 def _option(default, text: str):
     return field(default=default, metadata={"help": text})
 
@@ -59,7 +68,12 @@ class DemoConfig:
         ExplorationRecipe().noise_std,
         "exploration while collecting: Gaussian noise on the policy's actions, in [0, 2]",
     )
-    seed: int = _option(0, "seed of the first episode (episode k resets with seed + k)")
+    seed: int = _option(
+        0,
+        "scene seed of the evaluations: base, before and after run the same scenes "
+        f"(episode k: seed + k); the grasps run scenes of their own (seed + {SEED_BLOCK:_} + k "
+        f"on base, seed + {2 * SEED_BLOCK:_} + k on the challenge)",
+    )
     output: str = _option("", "run folder (empty: runs/demo-<time>)")
     checkpoint: str = _option(
         "", "start checkpoint (empty: the shipped base checkpoint, else a random initialisation)"
@@ -97,6 +111,8 @@ class DemoConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 problems.append(f"{name} must be an integer >= {least} (got {value!r})")
+            elif name == "seed" and value > MAX_SEED:
+                problems.append(f"seed must be <= {MAX_SEED} (got {value!r})")
         # Exploration episodes are told from the greedy evaluation by their epsilon.
         if not (isinstance(self.epsilon, (int, float)) and 0 < self.epsilon <= 1):
             problems.append(f"epsilon must be in (0, 1] (got {self.epsilon!r})")

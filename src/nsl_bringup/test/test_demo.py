@@ -9,7 +9,13 @@ import pytest
 
 pytest.importorskip("rclpy")  # the demo module imports the ROS messages
 from nsl_bringup.cli import build_parser  # noqa: E402
-from nsl_bringup.demo import format_table, phase_row, summarize, write_plot  # noqa: E402
+from nsl_bringup.demo import (  # noqa: E402
+    format_table,
+    paired_scenes,
+    phase_row,
+    summarize,
+    write_plot,
+)
 from nsl_bringup.demo_config import (  # noqa: E402
     CHALLENGES,
     DEFAULT_CHALLENGE,
@@ -107,6 +113,42 @@ def test_overlapping_intervals_and_a_roll_back_are_reported(tmp_path):
     write_plot(no_after, tmp_path / "empty.png")  # an empty phase draws as an empty bar
 
 
+def scenes(outcomes: str, first_seed: int = 0) -> list[EpisodeResult]:
+    """Episodes on consecutive seeds; "1" succeeds, "0" fails."""
+    return [
+        EpisodeResult(seed=first_seed + k, success=c == "1", complete=True)
+        for k, c in enumerate(outcomes)
+    ]
+
+
+def test_paired_scenes_count_outcomes_per_scene_and_test_the_discordant_ones():
+    paired = paired_scenes(scenes("1100" + "0" * 10), scenes("1010" + "1" * 10))
+    assert {k: paired[k] for k in ("scenes", "both", "neither", "only_before", "only_after")} == {
+        "scenes": 14,
+        "both": 1,
+        "neither": 1,
+        "only_before": 1,
+        "only_after": 11,
+    }
+    # Binomial(12, 0.5): P(X <= 1) = 13 / 4096, two-sided.
+    assert paired["mcnemar_p"] == pytest.approx(26 / 4096)
+    # Only scenes both phases ran count (an aborted episode skips a seed); a repeat counts once.
+    shifted = paired_scenes(scenes("1111"), scenes("0000", first_seed=2) + scenes("1", 2))
+    assert (shifted["scenes"], shifted["only_before"], shifted["mcnemar_p"]) == (2, 2, 0.5)
+    same = paired_scenes(scenes("1010"), scenes("1010"))
+    assert same["only_after"] == same["only_before"] == 0 and same["mcnemar_p"] == 1.0
+    summary = summarize(
+        DemoConfig(),
+        rows(episodes(35, 15)),
+        {**WALL, "after": 60.0, "total": 553.4},
+        paired=paired,
+    )
+    assert (
+        "on the 14 scenes both evaluations ran: 11 succeed only after, 1 only before "
+        "(McNemar exact p = 0.00635)" in format_table(summary)
+    )
+
+
 def test_options_are_checked_and_every_problem_named():
     with pytest.raises(ValueError) as info:
         DemoConfig(
@@ -137,6 +179,8 @@ def test_options_are_checked_and_every_problem_named():
         assert fragment in message, message
     with pytest.raises(ValueError, match="task must be one of"):
         DemoConfig(task="chekerboard")
+    with pytest.raises(ValueError, match="seed must be <= "):
+        DemoConfig(seed=2**31)
     assert "base" not in CHALLENGES and "checkerboard" in CHALLENGES
     assert DemoConfig(task="checkerboard@0.75").task == "checkerboard@0.75"
     with pytest.raises(ValueError, match="task: .*finite number >= 0"):

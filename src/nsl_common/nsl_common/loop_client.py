@@ -222,6 +222,10 @@ class LoopClient(Node):
         if not result.successful:
             raise ValueError(f"policy refused {values}: {result.reason}")
 
+    def set_seed(self, seed: int, timeout: float = 30.0) -> None:
+        """Set the policy's scene seed: its next episode resets with ``seed``, then + 1 each."""
+        self._set_policy_parameter("seed", int(seed), timeout)
+
     def set_task(self, task: str, timeout: float = 30.0) -> None:
         """Set the policy's task, the world it runs in (applies from its next episode)."""
         self._set_policy_parameter("task", str(task), timeout)
@@ -236,7 +240,7 @@ class LoopClient(Node):
         target = names.qualified_node_name(self.get_namespace(), names.POLICY_NODE)
         change_state(self, target, "activate" if active else "deactivate", timeout)
 
-    def _set_policy_parameter(self, name: str, value: float | str, timeout: float) -> None:
+    def _set_policy_parameter(self, name: str, value: int | float | str, timeout: float) -> None:
         """Set one policy parameter; ValueError with the policy's reason when it refuses."""
         message = Parameter(name, value=value).to_parameter_msg()
         request = SetParameters.Request(parameters=[message])

@@ -118,7 +118,9 @@ class EpisodeLoop:
         while limit == 0 or self._episodes_run < limit:
             if not self.wait_until_ready():
                 break
-            self.run_episode(seed=self.config["seed"] + self._episodes_run)
+            with self._cond:
+                seed, self._next_seed = self._next_seed, self._next_seed + 1
+            self.run_episode(seed=seed)
             self._episodes_run += 1
         self.get_logger().info(f"episode loop finished after {self._episodes_run} episodes")
 

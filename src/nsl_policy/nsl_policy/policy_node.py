@@ -93,7 +93,7 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
         self._halt = threading.Event()  # deactivate or shutdown: the episode loop ends
         self._call_wake: threading.Event | None = None  # wakes the arm call in flight on shutdown
         self._loop: threading.Thread | None = None
-        self._episodes_run = 0  # across activations: seeds go on, max_episodes counts all
+        self._episodes_run = 0  # across activations: max_episodes counts all
         self._state = "unconfigured"
         self._made: list = []  # (destroy function, entity) of everything configure created
         self.slot: CheckpointSlot | None = None
@@ -102,6 +102,8 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
         self.monitor: LearningMonitor | None = None
         self.config = declare_settings(self, SETTINGS)
         self.limits = check_settings(self.config)  # ValueError: the node exits with the reason
+        # The scene seed counts on across activations; setting the parameter restarts it.
+        self._next_seed = self.config["seed"]
         self.frame_id = self.get_namespace().strip("/") or "robot"
         # One condition for everything the episode loop waits on: images, camera matching,
         # checkpoints coming into force, deactivation. Notified by the callbacks; nothing polls.
@@ -339,7 +341,7 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
             self.get_logger().error(f"announced checkpoint {msg.path!r} failed: {exc!r}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Accept exploration, task and rollout mode changes at run time (next episode on)."""
+        """Accept exploration, task, seed and rollout mode changes (from the next episode)."""
         with self._cond:
             current = self._next_exploration or getattr(self, "exploration", None)
         if current is None:  # not configured yet: configure reads the parameters
@@ -356,6 +358,10 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
             )
             # An episode reads its task once, as it starts: the one in flight keeps its own.
             self.config["task"] = change.task
+        if change.seed is not None:
+            self.get_logger().info(f"seed: the next episode resets with seed {change.seed}")
+            with self._cond:  # an episode takes its seed as it starts: the one in flight keeps its
+                self._next_seed = change.seed
         rollout, mode = self.rollout, change.rollout_mode
         if mode is not None and rollout is not None and mode != rollout.mode:
             self.get_logger().info(f"rollout mode: {rollout.mode} -> {mode}")

@@ -57,7 +57,13 @@ SETTINGS: dict[str, Setting] = {
     "max_steps": Setting(
         10, "control steps per episode; the last one terminates", int_range=(1, 10000)
     ),
-    "seed": Setting(0, "seed of the first episode; episode k resets with seed + k"),
+    "seed": Setting(
+        0,
+        "scene seed of the first episode; episode k resets with seed + k; settable at run time "
+        "(the next episode starts at the new seed: an evaluation can re-run the same scenes)",
+        int_range=(0, 2**31 - 1),
+        runtime=True,
+    ),
     "epsilon": Setting(
         0.1,
         "exploration: probability of a uniformly random action per step; settable at run time, "
@@ -201,10 +207,12 @@ class RuntimeChange:
     """The exploration from the next episode (the current one when unchanged)."""
     rollout_mode: str | None = None
     task: str | None = None
+    seed: int | None = None
+    """The next episode's scene seed (the ones after it count up from it)."""
 
 
 def runtime_update(current: ExplorationConfig, changes: dict[str, Any]) -> RuntimeChange:
-    """Return the exploration, rollout mode and task after run-time parameter ``changes``.
+    """Return the exploration, rollout mode, task and seed after run-time parameter ``changes``.
 
     ``changes`` maps setting names to new values (others are ignored: ROS refuses changes of
     read-only ones). Raises ValueError with the reason (ROS checks the numeric ranges).
@@ -221,4 +229,7 @@ def runtime_update(current: ExplorationConfig, changes: dict[str, Any]) -> Runti
         problem = task_name_problem(task)
         if problem is not None:
             raise ValueError(f"task {problem}")
-    return RuntimeChange(ExplorationConfig(**values), mode, task)
+    seed = changes.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
+    return RuntimeChange(ExplorationConfig(**values), mode, task, seed)

@@ -791,7 +791,7 @@ def test_exploration_changes_at_run_time_from_the_next_episode(graph, checkpoint
     check_episodes_consistent(robot)
 
 
-def test_the_task_changes_at_run_time_from_the_next_episode(graph, checkpoints):
+def test_the_task_and_the_seed_change_at_run_time_from_the_next_episode(graph, checkpoints):
     ck = checkpoints
     robot, policy = graph({"checkpoint": str(ck.a), "task": "base"}, step_delay=0.02, min_steps=3)
     robot.wait_until(lambda: len(robot.complete()) >= 2, 90, "episodes on the base task")
@@ -826,6 +826,27 @@ def test_the_task_changes_at_run_time_from_the_next_episode(graph, checkpoints):
     assert tasks[:switch] == ["base"] * switch and before <= switch <= before + 2
     assert set(tasks[switch:]) == {"checkerboard"}
     assert resets[: len(tasks)] == tasks
+
+    # The scene seed restarts where it is set, from the next episode (a paired evaluation).
+    def set_seed(value: int):
+        p = Parameter(
+            name="seed",
+            value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value),
+        )
+        return call_service(client, SetParameters.Request(parameters=[p]), timeout=30).results[0]
+
+    assert not set_seed(-3).successful
+    assert set_seed(5000).successful
+    robot.wait_until(
+        lambda: sum(r.seed >= 5000 for r in robot.complete()) >= 2, 90, "episodes on new seeds"
+    )
+    with robot.cond:
+        seeds = [r.seed for r in robot.results]
+        reset_seeds = [c[1] for c in robot.commands if c[0] == "reset"]
+    restart = seeds.index(5000)
+    assert seeds[:restart] == list(range(restart))  # seed 0 + k until the change
+    assert seeds[restart:] == list(range(5000, 5000 + len(seeds) - restart))
+    assert reset_seeds[: len(seeds)] == seeds
     check_episodes_consistent(robot)
 
 

@@ -24,9 +24,18 @@ def test_the_defaults_pass_and_give_the_default_limits():
     assert {name: DEFAULTS[name] for name in LIMIT_SETTINGS} == vars(CommandLimits())
 
 
-def test_only_exploration_the_task_and_the_rollout_mode_change_at_run_time():
+def test_only_exploration_the_task_the_seed_and_the_rollout_mode_change_at_run_time():
     runtime = {name for name, s in SETTINGS.items() if s.runtime}
-    assert runtime == {"epsilon", "noise_std", "task", "rollout_mode"}
+    assert runtime == {"epsilon", "noise_std", "task", "seed", "rollout_mode"}
+
+
+def test_a_run_time_seed_is_passed_on_and_a_bad_one_refused():
+    current = ExplorationConfig(epsilon=0.1, noise_std=0.0)
+    assert runtime_update(current, {"seed": 1200}).seed == 1200
+    assert runtime_update(current, {"epsilon": 0.0}).seed is None
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            runtime_update(current, {"seed": bad})
 
 
 def test_a_run_time_change_says_what_changes_and_refuses_a_bad_task():
