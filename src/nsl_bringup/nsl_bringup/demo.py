@@ -178,14 +178,21 @@ def format_table(summary: dict) -> str:
             else "do not overlap: success fell significantly"
         )
     else:
-        verdict = "overlap: no significant difference"
+        verdict = "overlap: not separated at this number of episodes"
     table.append(f"before vs after on {summary['task']}: the 95% CIs {verdict}")
     paired = summary.get("paired")
     if paired and paired["scenes"]:
         table.append(
             f"on the {paired['scenes']} scenes both evaluations ran: {paired['only_after']} "
             f"succeed only after, {paired['only_before']} only before "
-            f"(McNemar exact p = {paired['mcnemar_p']:.3g})"
+            f"(McNemar exact p = {paired['mcnemar_p']:.3g}"
+            + (
+                "; the after-evaluation stopped at a roll back, which happens when it does "
+                "worse, so this p favours 'worse'"
+                if summary.get("rolled_back")
+                else ""
+            )
+            + ")"
         )
     if summary.get("rolled_back"):
         table.append(
@@ -265,7 +272,7 @@ def run_demo(config: DemoConfig) -> dict:
             "task": BASE_TASK,
             "checkpoint": checkpoint,
             "epsilon": "0.0",
-            "seed": str(config.seed),
+            "seed": str(config.seed + config.seed_blocks()["base"] * SEED_BLOCK),
             "dataset_root": str(run_dir / "datasets"),
             "checkpoint_dir": str(run_dir / "checkpoints"),
         },
@@ -318,14 +325,29 @@ class _Phases:
     def node_died(self) -> bool:
         return self.runner.first_exit is not None
 
-    def episodes(self, what: str, checkpoint: str, count: int, task: str, epsilon: float, **kw):
-        """Wait for ``count`` complete episodes (progress lines as they come)."""
+    def episodes(
+        self,
+        what: str,
+        checkpoint: str,
+        count: int,
+        task: str,
+        epsilon: float,
+        phase: str,
+        **kw,
+    ):
+        """Wait for ``count`` complete episodes of ``phase`` (progress lines as they come).
+
+        Only episodes on the phase's scenes count: a greedy episode run while training on the
+        swapped-in checkpoint is not one of the after-evaluation's.
+        """
+        first = self.first_seed(phase)
         results = self.client.wait_for_episodes(
             checkpoint,
             count,
             self.config.timeout,
             epsilon=epsilon,
             task=task,
+            seeds=range(first, first + SEED_BLOCK),
             progress=lambda n: say(f"  {what} {n}/{count}"),
             **kw,
         )
@@ -364,24 +386,26 @@ class _Phases:
             say(f"  the collector dropped {dropped} episodes of the {what} (see nodes.log)")
         return reply.message, written
 
-    def resume(self, task: str, epsilon: float, noise_std: float, block: int = 0) -> None:
-        """Set the next episodes' task, exploration and first scene, then start the robot again.
+    def first_seed(self, phase: str) -> int:
+        """Return the scene seed of ``phase``'s first episode (DemoConfig.seed_blocks)."""
+        return self.config.seed + self.config.seed_blocks()[phase] * SEED_BLOCK
 
-        The first scene is ``seed + block * SEED_BLOCK``: block 0, the evaluations' scenes, so
-        every evaluation runs the same scenes and before and after compare scene by scene.
+    def resume(self, task: str, epsilon: float, noise_std: float, phase: str) -> None:
+        """Set the next episodes' task, exploration and scenes (``phase``'s), then start again.
+
+        The evaluations share their scenes, so before and after compare scene by scene.
         """
         self.client.set_task(task)
         self.client.set_exploration(epsilon, noise_std)
-        self.client.set_seed(self.config.seed + block * SEED_BLOCK)
+        self.client.set_seed(self.first_seed(phase))
         self.client.set_policy_active(True)
 
-    def grasps(
-        self, what: str, checkpoint: str, count: int, task: str, block: int
-    ) -> tuple[str, int]:
+    def grasps(self, what: str, checkpoint: str, count: int, task: str) -> tuple[str, int]:
         """Run ``count`` exploration grasps on ``task`` in a session of their own: bag, count."""
         config = self.config
-        self.resume(task, config.epsilon, config.noise_std, block)
-        self.episodes(f"{what} grasp", checkpoint, count, task, config.epsilon)
+        phase = f"{what} grasps"
+        self.resume(task, config.epsilon, config.noise_std, phase)
+        self.episodes(f"{what} grasp", checkpoint, count, task, config.epsilon, phase)
         return self.pause_and_close_session(f"{what} data")
 
     def run(self) -> dict:
@@ -403,7 +427,7 @@ class _Phases:
             f"phase 1, base: checkpoint {base_id} runs greedily on '{BASE_TASK}', "
             f"{config.base_episodes} episodes; the collector records them"
         )
-        base = self.episodes("base episode", base_id, config.base_episodes, BASE_TASK, 0.0)
+        base = self.episodes("base episode", base_id, config.base_episodes, BASE_TASK, 0.0, "base")
         bags["base_evaluation"], base_recorded = self.pause_and_close_session("base evaluation")
         self.clock.mark("base")
         if config.base_grasps:
@@ -413,20 +437,22 @@ class _Phases:
                 "grasps of the policy it deploys, as a robot logs them before the world changes"
             )
             bags["base"], base_recorded = self.grasps(
-                "base", base_id, config.base_grasps, BASE_TASK, block=1
+                "base", base_id, config.base_grasps, BASE_TASK
             )
             self.clock.mark("base grasps")
         else:
             bags["base"] = bags["base_evaluation"]
 
         say(f"phase 2, the world changes: task '{config.task}' from the next episode")
+        blocks = config.seed_blocks()
+        shared = " on the base evaluation's scenes" if blocks["base"] == blocks["before"] else ""
         say(
-            f"before: greedy evaluation on '{config.task}', {config.eval_episodes} episodes, "
-            "on the base evaluation's scenes"
+            f"before: greedy evaluation on '{config.task}', {config.eval_episodes} "
+            f"episodes{shared}"
         )
-        self.resume(config.task, 0.0, 0.0)
+        self.resume(config.task, 0.0, 0.0, "before")
         before = self.episodes(
-            "evaluation episode", base_id, config.eval_episodes, config.task, 0.0
+            "evaluation episode", base_id, config.eval_episodes, config.task, 0.0, "before"
         )
         bags["before_evaluation"], _ = self.pause_and_close_session("evaluation before")
         self.clock.mark("before")
@@ -435,14 +461,12 @@ class _Phases:
                 f"collecting {config.collect_episodes} exploration grasps on '{config.task}' "
                 f"(epsilon {config.epsilon}, action noise {config.noise_std})"
             )
-            bags["target"], _ = self.grasps(
-                "new", base_id, config.collect_episodes, config.task, block=2
-            )
+            bags["target"], _ = self.grasps("new", base_id, config.collect_episodes, config.task)
         else:
             bags["target"] = bags["before_evaluation"]
         self.clock.mark("collect")
         if config.robot_runs_while_training:
-            self.resume(config.task, 0.0, 0.0, block=3)  # greedy, into a session of its own
+            self.resume(config.task, 0.0, 0.0, "while training")  # greedy, a session of its own
         else:
             say(
                 "the robot waits while the trainer trains (on a 2-core machine its episodes "
@@ -465,12 +489,18 @@ class _Phases:
             # The episodes run during the fine-tune (on the old checkpoint, and on the new one
             # once swapped) get a bag of their own, apart from the after-evaluation's.
             bags["while_training"], _ = self.pause_and_close_session("episodes while training")
-        self.resume(config.task, 0.0, 0.0)
+        self.resume(config.task, 0.0, 0.0, "after")
         say(f"the robot runs on {after_id}")
         self.clock.mark("fine-tune")
+        paired = blocks["after"] == blocks["before"]
         say(
             f"policy hot-swapped to {after_id}; after: greedy evaluation on '{config.task}', "
-            f"{config.eval_episodes} episodes, on the scenes of the evaluation before"
+            f"{config.eval_episodes} episodes"
+            + (
+                ", on the scenes of the evaluation before"
+                if paired
+                else ", on scenes of its own (the evaluation before is training data)"
+            )
         )
         # The policy watches a swapped-in checkpoint and rolls it back when it does significantly
         # worse than the one before; the after-evaluation then ends with the episodes it had.
@@ -480,6 +510,7 @@ class _Phases:
             config.eval_episodes,
             config.task,
             0.0,
+            "after",
             stop=lambda: client.active_checkpoint.checkpoint_id != after_id,
         )
         restored = client.active_checkpoint.checkpoint_id
@@ -496,7 +527,7 @@ class _Phases:
                 phase_row("before", config.task, base_id, before),
                 phase_row("after", config.task, after_id, after),
             ],
-            "paired": paired_scenes(before, after),
+            "paired": paired_scenes(before, after) if paired else None,
             "datasets": bags,
             "base_episodes_recorded": base_recorded,
             "job_id": job,

@@ -25,12 +25,10 @@ DEFAULT_TASK = f"{DEFAULT_CHALLENGE}{SEVERITY_SEPARATOR}{DEFAULT_SEVERITY:g}"
 
 
 SEED_BLOCK = 1_000_000
-"""Scene seeds of each kind of episode start this far apart: the evaluations (base, before
-and after) run the same scenes from ``seed``; the base grasps start at ``seed + SEED_BLOCK``,
-the new grasps at ``seed + 2 * SEED_BLOCK``, greedy episodes while training at
-``seed + 3 * SEED_BLOCK``."""
-MAX_SEED = 2**31 - 1 - 4 * SEED_BLOCK
-"""Largest ``seed``: every block stays inside the policy node's seed range."""
+"""Scene seeds of each kind of episode start this far apart (``DemoConfig.seed_blocks``)."""
+SEED_BLOCKS = 6
+MAX_SEED = 2**31 - 1 - SEED_BLOCKS * SEED_BLOCK
+"""Largest ``seed``: every block stays inside the policy node's seed range (0..2**31 - 1)."""
 
 
 def _option(default, text: str):
@@ -72,7 +70,8 @@ class DemoConfig:
         0,
         "scene seed of the evaluations: base, before and after run the same scenes "
         f"(episode k: seed + k); the grasps run scenes of their own (seed + {SEED_BLOCK:_} + k "
-        f"on base, seed + {2 * SEED_BLOCK:_} + k on the challenge)",
+        f"on base, seed + {2 * SEED_BLOCK:_} + k on the challenge); an evaluation that is "
+        "also training data (--base-grasps 0, --collect-episodes 0) keeps its scenes apart",
     )
     output: str = _option("", "run folder (empty: runs/demo-<time>)")
     checkpoint: str = _option(
@@ -85,6 +84,22 @@ class DemoConfig:
         "keep the robot running greedy episodes while the trainer trains; without it the "
         "robot waits and the fine-tune does not share the CPU with the episodes",
     )
+
+    def seed_blocks(self) -> dict[str, int]:
+        """Return each phase's scene block: episode j resets with seed + block x SEED_BLOCK + j.
+
+        The evaluations share block 0, so before and after (and the base evaluation) run the
+        same scenes, except an evaluation that is also training data (``base_grasps`` or
+        ``collect_episodes`` 0): its scenes then keep out of the evaluations after it.
+        """
+        return {
+            "base": 0 if self.base_grasps else 4,
+            "base grasps": 1,
+            "before": 0,
+            "new grasps": 2,
+            "while training": 3,
+            "after": 0 if self.collect_episodes else 5,
+        }
 
     def __post_init__(self) -> None:
         problems = []
@@ -113,6 +128,8 @@ class DemoConfig:
                 problems.append(f"{name} must be an integer >= {least} (got {value!r})")
             elif name == "seed" and value > MAX_SEED:
                 problems.append(f"seed must be <= {MAX_SEED} (got {value!r})")
+            elif name.endswith(("episodes", "grasps")) and value > SEED_BLOCK:
+                problems.append(f"{name} must be <= {SEED_BLOCK} (got {value!r})")
         # Exploration episodes are told from the greedy evaluation by their epsilon.
         if not (isinstance(self.epsilon, (int, float)) and 0 < self.epsilon <= 1):
             problems.append(f"epsilon must be in (0, 1] (got {self.epsilon!r})")

@@ -99,7 +99,7 @@ def test_overlapping_intervals_and_a_roll_back_are_reported(tmp_path):
     )
     assert summary["before_after_cis_overlap"] is True and summary["recovered"] is False
     text = format_table(summary)
-    assert "the 95% CIs overlap: no significant difference" in text
+    assert "the 95% CIs overlap: not separated at this number of episodes" in text
     assert "the policy rolled ckpt-fine back to ckpt-base during the after-evaluation" in text
     no_after = summarize(
         DemoConfig(),
@@ -181,6 +181,23 @@ def test_options_are_checked_and_every_problem_named():
         DemoConfig(task="chekerboard")
     with pytest.raises(ValueError, match="seed must be <= "):
         DemoConfig(seed=2**31)
+    with pytest.raises(ValueError, match="base_grasps must be <= 1000000"):
+        DemoConfig(base_grasps=1_000_001)
+
+
+def test_the_evaluations_share_scenes_unless_one_is_training_data():
+    blocks = DemoConfig().seed_blocks()
+    assert blocks["base"] == blocks["before"] == blocks["after"]
+    grasp_blocks = [blocks[k] for k in ("base grasps", "new grasps", "while training")]
+    assert len(set(grasp_blocks)) == 3 and blocks["before"] not in grasp_blocks
+    # The before-evaluation is the new data: the after-evaluation runs other scenes.
+    no_new = DemoConfig(collect_episodes=0).seed_blocks()
+    assert no_new["after"] != no_new["before"]
+    # The base evaluation is the base data: its scenes keep out of before and after.
+    no_base = DemoConfig(base_grasps=0).seed_blocks()
+    assert no_base["base"] != no_base["before"] == no_base["after"]
+    both = DemoConfig(base_grasps=0, collect_episodes=0).seed_blocks()
+    assert len({both["base"], both["before"], both["after"]}) == 3
     assert "base" not in CHALLENGES and "checkerboard" in CHALLENGES
     assert DemoConfig(task="checkerboard@0.75").task == "checkerboard@0.75"
     with pytest.raises(ValueError, match="task: .*finite number >= 0"):

@@ -172,11 +172,13 @@ class LoopClient(Node):
         epsilon: float | None = None,
         stop: Callable[[], bool] | None = None,
         task: str | None = None,
+        seeds: range | None = None,
     ) -> list[EpisodeResult]:
         """Return the first ``count`` complete episodes run with ``checkpoint_id``.
 
         With ``epsilon``, only episodes with that exploration count, with ``task`` only those
-        on that task; episodes that arrived already count too. When ``stop`` returns True (e.g.
+        on that task, with ``seeds`` only those reset with a seed in that range; episodes that
+        arrived already count too. When ``stop`` returns True (e.g.
         the checkpoint was rolled back), the episodes so far are returned, fewer than ``count``.
         """
 
@@ -187,6 +189,7 @@ class LoopClient(Node):
                 if r.checkpoint_id == checkpoint_id
                 and r.complete
                 and (task is None or r.task == task)
+                and (seeds is None or r.seed in seeds)
                 and (
                     epsilon is None or json.loads(r.exploration or "{}").get("epsilon") == epsilon
                 )

@@ -344,7 +344,11 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
         """Accept exploration, task, seed and rollout mode changes (from the next episode)."""
         with self._cond:
             current = self._next_exploration or getattr(self, "exploration", None)
-        if current is None:  # not configured yet: configure reads the parameters
+        if current is None:  # not configured yet: configure reads the parameters...
+            for p in params:
+                if p.name == "seed":  # ...but the episodes' seed count starts here
+                    with self._cond:
+                        self._next_seed = p.value
             return SetParametersResult(successful=True)
         try:
             change = runtime_update(current, {p.name: p.value for p in params})

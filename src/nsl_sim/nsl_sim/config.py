@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SimConfig"]
+__all__ = ["CAMERA_FOV_RANGE", "SimConfig"]
 
 
 def _vec(v: Any, n: int, name: str) -> tuple[float, ...]:

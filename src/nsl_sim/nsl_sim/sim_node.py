@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -29,6 +29,7 @@ from nsl_common.node_main import run_node
 from nsl_common.qos import CAMERA_QOS, LATCHED_QOS
 from nsl_msgs.msg import GripperState
 from nsl_msgs.srv import ExecuteStep, ResetEpisode
+from nsl_sim.config import CAMERA_FOV_RANGE
 from nsl_sim.env import GraspEnv, Observation, SimConfig
 
 
@@ -61,8 +62,14 @@ class SimNode(Node):
             "camera_fov",
             SimConfig.camera_fov,
             ParameterDescriptor(
-                description="the camera's vertical field of view, degrees (10..90); "
-                "a checkpoint sees well only at the framing it was trained with"
+                description="the camera's vertical field of view, degrees (10..90), a float; "
+                "a checkpoint sees well only at the framing it was trained with",
+                read_only=True,
+                floating_point_range=[
+                    FloatingPointRange(
+                        from_value=CAMERA_FOV_RANGE[0], to_value=CAMERA_FOV_RANGE[1]
+                    )
+                ],
             ),
         )
         self.declare_parameter(
