@@ -958,6 +958,16 @@ def test_imported_base_and_online_rounds(first_run, tmp_path):
     with pytest.raises(ValueError, match=f"already has the base policy {given_id}"):
         run(tiny(run_dir, base_checkpoint=str(other)), run_dir, ["pretrain"], lambda m: None)
     assert load_checkpoint(run_dir / "checkpoints" / "base.safetensors").checkpoint_id == given_id
+    # The pipeline's checkpoints record the camera they were trained with; a base checkpoint
+    # trained at another framing is refused (one without the record is from the 38 degree days).
+    assert load_checkpoint(other).metadata["sim"]["camera_fov"] == 38.0
+    with pytest.raises(ValueError, match="trained on images of a 38 degree camera.*renders 24"):
+        run(
+            tiny(tmp_path / "fov", base_checkpoint=str(given), camera_fov=24),
+            tmp_path / "fov",
+            ["pretrain"],
+            lambda m: None,
+        )
     with pytest.raises(Exception, match="does not exist"):
         run(
             tiny(tmp_path / "missing", base_checkpoint=str(tmp_path / "nope.safetensors")),

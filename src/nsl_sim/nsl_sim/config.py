@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CAMERA_FOV_RANGE", "SimConfig"]
+__all__ = ["CAMERA_FOV_RANGE", "LEGACY_CAMERA_FOV", "SimConfig"]
 
 
 def _vec(v: Any, n: int, name: str) -> tuple[float, ...]:
@@ -51,6 +51,8 @@ def _vec(v: Any, n: int, name: str) -> tuple[float, ...]:
 
 #: Accepted camera fields of view (degrees).
 CAMERA_FOV_RANGE = (10.0, 90.0)
+#: The field of view of every checkpoint made before checkpoints recorded theirs.
+LEGACY_CAMERA_FOV = 38.0
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 
 from nsl_policy.checkpoint import load_checkpoint
 from nsl_policy.shipped import base_checkpoint as shipped_base_checkpoint
+from nsl_sim.config import LEGACY_CAMERA_FOV
 
 from ..cache import Context, finish_stage, unit_key
 from ..episodes import success_summary
@@ -29,6 +30,14 @@ from ..units.train import grasp_values, train
 
 #: The config sections of the pre-training runs (offline QT-Opt and the rounds).
 PRETRAIN_SECTIONS = ("seeds", "sim", "learner", "pretrain")
+
+
+def trained_camera_fov(metadata: dict) -> float:
+    """Return the camera field of view a checkpoint's training images had (its metadata)."""
+    sim = metadata.get("sim")
+    if isinstance(sim, dict) and "camera_fov" in sim:
+        return float(sim["camera_fov"])
+    return LEGACY_CAMERA_FOV
 
 
 def import_base(ctx: Context) -> dict:
@@ -43,6 +52,12 @@ def import_base(ctx: Context) -> dict:
             f"base_checkpoint {source}: the network takes {loaded.config.image_size}-pixel "
             f"images, the experiment renders {image_size} "
             f"(set image_size={loaded.config.image_size})"
+        )
+    trained_fov = trained_camera_fov(loaded.metadata)
+    if trained_fov != cfg.sim.camera_fov:
+        raise ValueError(
+            f"base_checkpoint {source} was trained on images of a {trained_fov:g} degree camera, "
+            f"the experiment renders {cfg.sim.camera_fov:g} (set camera_fov={trained_fov:g})"
         )
     final = ctx.path("checkpoints", "base.safetensors")
     if final.exists() and (held := load_checkpoint(final).checkpoint_id) != loaded.checkpoint_id:

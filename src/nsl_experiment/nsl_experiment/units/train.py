@@ -189,6 +189,8 @@ def train(
         model_config=cfg.model_config(),
         num_threads=cfg.runtime.threads,
         datasets=datasets,
+        # The world the images came from: a checkpoint sees well only at its camera framing.
+        extra_metadata={"sim": cfg.sim_kwargs()},
         **run_options(ctx, run_name, run_key, steps),
     ).checkpoint_id
     os.replace(tmp, out)
