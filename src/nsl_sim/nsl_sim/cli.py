@@ -25,7 +25,13 @@ def cmd_gallery(args) -> int:
     tasks = args.tasks or list(TASKS)
     try:
         severities = _severities(tasks, args.severity, args.task_severity)
-        img = render_gallery(tasks, seed=args.seed, size=args.size, severities=severities)
+        img = render_gallery(
+            tasks,
+            seed=args.seed,
+            size=args.size,
+            severities=severities,
+            **_camera(args),
+        )
     except ValueError as exc:
         print(f"nsl sim gallery: {exc}", file=sys.stderr)
         return 2
@@ -52,13 +58,28 @@ def _severities(tasks: list[str], every: float | None, pairs: list[str]) -> dict
     return out
 
 
+def _camera(args) -> dict:
+    """Return the SimConfig camera fields the command line sets (none: the sim's defaults)."""
+    return {} if args.camera_fov is None else {"camera_fov": args.camera_fov}
+
+
+def _add_camera_fov(parser) -> None:
+    parser.add_argument(
+        "--camera-fov",
+        type=float,
+        default=None,
+        metavar="DEG",
+        help="camera field of view in degrees (default: the sim's, SimConfig.camera_fov)",
+    )
+
+
 def cmd_solvability(args) -> int:
     # pybullet, which nsl_sim.env loads, is slow to import and prints a banner: only here.
     from nsl_sim.env import SimConfig
     from nsl_sim.solvability import SolvabilityChecker
 
     try:
-        config = SimConfig(image_size=args.size, object_split=args.object_split)
+        config = SimConfig(image_size=args.size, object_split=args.object_split, **_camera(args))
         checker = SolvabilityChecker(config, episodes=args.episodes, seed=args.seed)
         result = checker.check(args.task, args.severity)
     except ValueError as exc:
@@ -153,6 +174,7 @@ def add_commands(subparsers) -> None:
         metavar="NAME=S",
         help="show task NAME at severity S (repeatable; e.g. the calibration's choices)",
     )
+    _add_camera_fov(g)
     g.set_defaults(fn=cmd_gallery)
 
     s = sub.add_parser(
@@ -177,6 +199,7 @@ def add_commands(subparsers) -> None:
         "--object-split", default="test", choices=("train", "test"), help="objects (default test)"
     )
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_camera_fov(s)
     s.set_defaults(fn=cmd_solvability)
 
     e = sub.add_parser(

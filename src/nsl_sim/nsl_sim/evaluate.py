@@ -138,13 +138,15 @@ def evaluate_oracle(
 
 
 def gallery_views(
-    task: str | TaskConfig, seed: int = 0, size: int = 128
+    task: str | TaskConfig, seed: int = 0, size: int = 128, camera_fov: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the camera images of one task: at reset, and at the oracle's grasp pose.
 
     The second is just before the gripper closes, where gripper geometry changes show.
+    ``camera_fov`` (degrees): the sim's default when None.
     """
-    env = GraspEnv(SimConfig(image_size=size), task=task)
+    camera = {} if camera_fov is None else {"camera_fov": camera_fov}
+    env = GraspEnv(SimConfig(image_size=size, **camera), task=task)
     try:
         start = env.reset(seed).image
         grasp = start
@@ -198,6 +200,7 @@ def render_gallery(
     seed: int = 0,
     size: int = 128,
     severities: Mapping[str, float] | None = None,
+    camera_fov: float | None = None,
 ) -> np.ndarray:
     """Return one image: a column per task (label, view at reset, view at the grasp pose).
 
@@ -213,7 +216,7 @@ def render_gallery(
         cfg = get_task(t)
         if cfg.name in chosen and cfg.name != "base":
             cfg = dataclasses.replace(cfg, severity=float(chosen[cfg.name]))
-        start, grasp = gallery_views(cfg, seed, size)
+        start, grasp = gallery_views(cfg, seed, size, camera_fov)
         label = _label(size, GALLERY_LABEL_HEIGHT, gallery_label(cfg))
         cols.append(np.concatenate([label, start, grasp], axis=0))
         cols.append(gap)

@@ -213,6 +213,16 @@ def test_nsl_sim_cli(tmp_path, capsys):
     assert img.shape == (2 * 32 + top, 2 * 32 + 2, 3)
     left, right = img[top:, :32].astype(int), img[top:, 34:].astype(int)
     assert np.abs(left - right).mean() > 8  # base vs checkerboard (grey-ish at 0.5) columns
+    zoomed = tmp_path / "zoomed.png"
+    args = parser.parse_args(
+        ["sim", "gallery", "--output", str(zoomed), "--size", "32", "--tasks", "base"]
+        + ["--camera-fov", "24"]
+    )
+    assert args.fn(args) == 0
+    narrow = cv2.imdecode(np.frombuffer(zoomed.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(narrow[top:].astype(int) - left).mean() > 5  # another framing of base
+    args = parser.parse_args(["sim", "gallery", "--output", str(zoomed), "--camera-fov", "200"])
+    assert args.fn(args) == 2 and "camera_fov" in capsys.readouterr().err
 
     args = parser.parse_args(
         ["sim", "eval-oracle", "--task", "base", "--episodes", "2", "--size", "32", "--seed", "40"]
