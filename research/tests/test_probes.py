@@ -62,6 +62,24 @@ def test_grasp_anatomy_measures_each_episode_and_adds_up():
         )  # inside the tray
 
 
+def test_aim_probe_splits_each_miss_along_and_across_its_approach():
+    out = subprocess.run(
+        _tool("aim_probe", "--checkpoint", str(BASE), "--episodes", "4", "--threads", "1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["episodes"] == 4 and 0.0 <= summary["success_rate"] <= 1.0
+    misses = summary["misses_over_3cm"]
+    assert summary["misses_stopped_short"] + summary["misses_went_past"] <= misses
+    for outcome in ("success", "failure"):
+        figures = summary[outcome]
+        if figures["error_cm"] is not None:  # an outcome no episode had has no figures
+            assert 0.0 <= figures["error_cm"] < 40.0 and -1.0 <= figures["first_move_cos"] <= 1.0
+
+
 def test_grasp_anatomy_takes_cem_overrides_and_names_bad_ones():
     tool = _tool("grasp_anatomy", "--checkpoint", str(BASE), "--episodes", "1")
     out = subprocess.run(
