@@ -26,7 +26,14 @@ DEFAULT_TASK = f"{DEFAULT_CHALLENGE}{SEVERITY_SEPARATOR}{DEFAULT_SEVERITY:g}"
 
 SEED_BLOCK = 1_000_000
 """Scene seeds of each kind of episode start this far apart (``DemoConfig.seed_blocks``)."""
-SEED_BLOCKS = 6
+_EVALUATION_BLOCK = 0
+"""The scenes the base, before and after evaluations share."""
+_OWN_BLOCKS = {"base grasps": 1, "new grasps": 2, "while training": 3}
+"""Phases that always run scenes of their own."""
+_APART_BLOCKS = {"base": 4, "after": 5}
+"""Where an evaluation that is also training data runs instead of the shared scenes."""
+SEED_BLOCKS = 1 + max(_EVALUATION_BLOCK, *_OWN_BLOCKS.values(), *_APART_BLOCKS.values())
+"""Blocks any configuration uses."""
 MAX_SEED = 2**31 - 1 - SEED_BLOCKS * SEED_BLOCK
 """Largest ``seed``: every block stays inside the policy node's seed range (0..2**31 - 1)."""
 
@@ -92,13 +99,12 @@ class DemoConfig:
         same scenes, except an evaluation that is also training data (``base_grasps`` or
         ``collect_episodes`` 0): its scenes then keep out of the evaluations after it.
         """
+        shared = _EVALUATION_BLOCK
         return {
-            "base": 0 if self.base_grasps else 4,
-            "base grasps": 1,
-            "before": 0,
-            "new grasps": 2,
-            "while training": 3,
-            "after": 0 if self.collect_episodes else 5,
+            "base": shared if self.base_grasps else _APART_BLOCKS["base"],
+            "before": shared,
+            "after": shared if self.collect_episodes else _APART_BLOCKS["after"],
+            **_OWN_BLOCKS,
         }
 
     def __post_init__(self) -> None:

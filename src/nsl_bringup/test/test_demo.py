@@ -21,6 +21,9 @@ from nsl_bringup.demo_config import (  # noqa: E402
     DEFAULT_CHALLENGE,
     DEFAULT_SEVERITY,
     DEFAULT_TASK,
+    MAX_SEED,
+    SEED_BLOCK,
+    SEED_BLOCKS,
     DemoConfig,
 )
 from nsl_msgs.msg import EpisodeResult  # noqa: E402
@@ -198,6 +201,10 @@ def test_the_evaluations_share_scenes_unless_one_is_training_data():
     assert no_base["base"] != no_base["before"] == no_base["after"]
     both = DemoConfig(base_grasps=0, collect_episodes=0).seed_blocks()
     assert len({both["base"], both["before"], both["after"]}) == 3
+    # The largest seed keeps every phase's last episode inside the node's seed range.
+    for config in (blocks, no_new, no_base, both):
+        assert max(config.values()) < SEED_BLOCKS
+    assert MAX_SEED + SEED_BLOCKS * SEED_BLOCK == 2**31 - 1
     assert "base" not in CHALLENGES and "checkerboard" in CHALLENGES
     assert DemoConfig(task="checkerboard@0.75").task == "checkerboard@0.75"
     with pytest.raises(ValueError, match="task: .*finite number >= 0"):

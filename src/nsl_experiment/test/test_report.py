@@ -142,3 +142,24 @@ def test_best_fine_tune_includes_the_online_rounds():
         "result": _cell(0.9),
     }
     assert best_tier(numbers["table_ii"]["tasks"]["c0"])[0] == "800"
+
+
+def test_table_i_gallery_command_renders_the_run_at_its_framing():
+    from nsl_experiment.report.table_i import table_i_lines
+    from nsl_sim.config import SimConfig
+
+    rate = {"success_rate": 0.5, "ci95": [0.43, 0.57], "episodes": 200}
+    t1 = {
+        "base": {"base_policy": rate},
+        "checkerboard": {
+            "severity": 0.5,
+            "reached": True,
+            "base_policy": rate,
+            "drop": 0.2,
+            "validation_drop": 0.21,
+        },
+    }
+    default = "\n".join(table_i_lines(t1, "calibration", 0.15, SimConfig.camera_fov))
+    assert "--task-severity checkerboard=0.5" in default and "--camera-fov" not in default
+    zoomed = "\n".join(table_i_lines(t1, "calibration", 0.15, 24.0))
+    assert "--task-severity checkerboard=0.5 --camera-fov 24" in zoomed

@@ -347,8 +347,7 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
         if current is None:  # not configured yet: configure reads the parameters...
             for p in params:
                 if p.name == "seed":  # ...but the episodes' seed count starts here
-                    with self._cond:
-                        self._next_seed = p.value
+                    self._seed_next_episode(p.value)
             return SetParametersResult(successful=True)
         try:
             change = runtime_update(current, {p.name: p.value for p in params})
@@ -364,13 +363,17 @@ class PolicyNode(EpisodeLoop, LifecycleNode):
             self.config["task"] = change.task
         if change.seed is not None:
             self.get_logger().info(f"seed: the next episode resets with seed {change.seed}")
-            with self._cond:  # an episode takes its seed as it starts: the one in flight keeps its
-                self._next_seed = change.seed
+            self._seed_next_episode(change.seed)
         rollout, mode = self.rollout, change.rollout_mode
         if mode is not None and rollout is not None and mode != rollout.mode:
             self.get_logger().info(f"rollout mode: {rollout.mode} -> {mode}")
             rollout.set_mode(mode)  # a held candidate follows (immediate promotes it)
         return SetParametersResult(successful=True)
+
+    def _seed_next_episode(self, seed: int) -> None:
+        """Reset the next episode with ``seed`` (and count on from it)."""
+        with self._cond:  # an episode takes its seed as it starts: the one in flight keeps its
+            self._next_seed = seed
 
     def destroy_node(self) -> None:
         self.shutdown()

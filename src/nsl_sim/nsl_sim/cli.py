@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from nsl_sim.config import camera_fields
 from nsl_sim.tasks import TASKS
 
 
@@ -60,7 +61,7 @@ def _severities(tasks: list[str], every: float | None, pairs: list[str]) -> dict
 
 def _camera(args) -> dict:
     """Return the SimConfig camera fields the command line sets (none: the sim's defaults)."""
-    return {} if args.camera_fov is None else {"camera_fov": args.camera_fov}
+    return camera_fields(args.camera_fov)
 
 
 def _add_camera_fov(parser) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CAMERA_FOV_RANGE", "LEGACY_CAMERA_FOV", "SimConfig"]
+__all__ = ["CAMERA_FOV_RANGE", "LEGACY_CAMERA_FOV", "SimConfig", "camera_fields"]
 
 
 def _vec(v: Any, n: int, name: str) -> tuple[float, ...]:
@@ -53,6 +53,11 @@ def _vec(v: Any, n: int, name: str) -> tuple[float, ...]:
 CAMERA_FOV_RANGE = (10.0, 90.0)
 #: The field of view of every checkpoint made before checkpoints recorded theirs.
 LEGACY_CAMERA_FOV = 38.0
+
+
+def camera_fields(camera_fov: float | None) -> dict:
+    """Return the SimConfig keyword for an optional field of view (None: the sim's default)."""
+    return {} if camera_fov is None else {"camera_fov": camera_fov}
 
 
 @dataclass

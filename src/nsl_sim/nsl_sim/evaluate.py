@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .assets import encode_png
+from .config import camera_fields
 from .env import GraspEnv, SimConfig
 from .tasks import TASKS, TaskConfig, get_task
 
@@ -145,8 +146,7 @@ def gallery_views(
     The second is just before the gripper closes, where gripper geometry changes show.
     ``camera_fov`` (degrees): the sim's default when None.
     """
-    camera = {} if camera_fov is None else {"camera_fov": camera_fov}
-    env = GraspEnv(SimConfig(image_size=size, **camera), task=task)
+    env = GraspEnv(SimConfig(image_size=size, **camera_fields(camera_fov)), task=task)
     try:
         start = env.reset(seed).image
         grasp = start

@@ -133,7 +133,10 @@ def render_markdown(
     if t1:
         cal = stamps.get("calibrate", {})
         seed_set = cal.get("calibration", {}).get("base_validation", {}).get("seed_set")
-        out += table_i_lines(t1, seed_set or "validation", cal.get("calibration_drop"))
+        sim = cal.get("provenance", {}).get("config", {}).get("sim", {})
+        out += table_i_lines(
+            t1, seed_set or "validation", cal.get("calibration_drop"), sim.get("camera_fov")
+        )
     else:
         out += ["Not run (no stages/calibrate.json).", ""]
 

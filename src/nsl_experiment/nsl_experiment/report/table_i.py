@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 
+from nsl_sim.config import SimConfig
 from nsl_sim.solvability import MAX_ORACLE_DROP, MAX_PROBE_RATIO, MIN_PIXEL_SHARE
 
 from ..sections import MIN_CALIBRATION_EPISODES
@@ -40,7 +41,9 @@ def _drop(drop: float | None) -> str:
     return "n/a" if drop is None else f"{0.0 - drop:+.2f}"
 
 
-def table_i_lines(t1: dict, seed_set: str, margin: float | None) -> list[str]:
+def table_i_lines(
+    t1: dict, seed_set: str, margin: float | None, camera_fov: float | None = None
+) -> list[str]:
     """Return Table I and its notes.
 
     ``seed_set``: the calibration's episode seeds; ``margin``: its ``calibration_drop``.
@@ -148,6 +151,8 @@ def table_i_lines(t1: dict, seed_set: str, margin: float | None) -> list[str]:
         gallery += ["base", *challenges]
         for name, r in challenges.items():
             gallery += ["--task-severity", f"{name}={r['severity']:g}"]
+        if camera_fov is not None and camera_fov != SimConfig.camera_fov:
+            gallery += ["--camera-fov", f"{camera_fov:g}"]  # the framing the run saw
         out += [
             "",
             "Every challenge at its chosen severity beside base:",
