@@ -55,6 +55,7 @@ def main() -> int:
             centres = [np.asarray(c)[:2] for c in env.object_centres()]
             start = env.commanded_pose()[0][:2].copy()
             path = [start]
+            heights = [float(obs.height)]
             done = False
             while not done:
                 choice = policy.select_action(obs.image, policy_state(obs))
@@ -62,6 +63,7 @@ def main() -> int:
                 res = env.step(cmd.translation, cmd.rotation, cmd.close_gripper, cmd.terminate)
                 path.append(env.commanded_pose()[0][:2].copy())
                 done, obs = res.done, res.observation
+                heights.append(float(obs.height))
             close = path[-1]
             target = min(centres, key=lambda c: np.linalg.norm(close - c))
             nearest_at_start = min(centres, key=lambda c: np.linalg.norm(start - c))
@@ -83,6 +85,20 @@ def main() -> int:
                     "first_move_cos": cos,
                     "target_is_nearest": bool(np.allclose(target, nearest_at_start)),
                     "steps": len(path) - 1,
+                    # per step: (height before, remaining distance to the target before, the
+                    # part of the move that closes it)
+                    "per_step": [
+                        (
+                            heights[k],
+                            float(np.linalg.norm(target - path[k])),
+                            float(
+                                (path[k + 1] - path[k])
+                                @ (target - path[k])
+                                / (np.linalg.norm(target - path[k]) + 1e-9)
+                            ),
+                        )
+                        for k in range(len(path) - 1)
+                    ],
                 }
             )
     ok = np.array([r["success"] for r in rows])
@@ -111,6 +127,24 @@ def main() -> int:
     out["misses_sideways_gt_along"] = sum(
         abs(r["across_cm"]) > abs(r["along_cm"]) for r in fail_rows
     )
+    # How much of the remaining distance each step closes, by step index (the last step is
+    # the grasp itself and usually does not move).
+    by_step = {}
+    for r in rows:
+        for k, (h, remaining, closed) in enumerate(r["per_step"]):
+            by_step.setdefault(k, []).append((h, remaining, closed))
+    out["per_step"] = {
+        k: {
+            "n": len(v),
+            "height_cm": round(100 * float(np.median([x[0] for x in v])), 1),
+            "remaining_cm": round(100 * float(np.median([x[1] for x in v])), 2),
+            "closed_cm": round(100 * float(np.median([x[2] for x in v])), 2),
+            "closed_share": round(
+                float(np.median([x[2] / x[1] for x in v if x[1] > 0.01] or [0.0])), 2
+            ),
+        }
+        for k, v in sorted(by_step.items())
+    }
     print(json.dumps(out))
     return 0
 

@@ -3,10 +3,12 @@
 Runs a checkpoint greedily on validation seeds (test objects, base task) and scales the
 executed downward translation by ``--descent-scale`` (the policy still chooses the action; only
 its descent is slowed), so the closed loop gets more steps to correct its aim before the
-fingers reach the objects. Reports success with a 95% Wilson interval and the horizontal
-distance from the tool to the nearest object centre when the gripper closes.
+fingers reach the objects; ``--xy-gain`` scales the executed horizontal move instead (does the
+policy aim the right way but move too little?). Reports success with a 95% Wilson interval and
+the horizontal distance from the tool to the nearest object centre when the gripper closes.
 
     .venv/bin/python research/descent_probe.py --episodes 100 --descent-scale 1.0 0.5
+    .venv/bin/python research/descent_probe.py --episodes 100 --descent-scale 1.0 --xy-gain 1 2
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from nsl_sim.env import GraspEnv, SimConfig
 from nsl_sim.evaluate import wilson_interval
 
 
-def run(checkpoint: str, episodes: int, descent_scale: float, max_steps: int) -> dict:
+def run(
+    checkpoint: str, episodes: int, descent_scale: float, max_steps: int, xy_gain: float = 1.0
+) -> dict:
     """Run ``episodes`` greedy episodes and return success and aim figures."""
     sim = SimConfig(object_split="test", max_steps=max_steps)
     space = ActionSpace(sim.max_translation, sim.max_rotation)
@@ -42,6 +46,8 @@ def run(checkpoint: str, episodes: int, descent_scale: float, max_steps: int) ->
                 t = np.asarray(cmd.translation, dtype=float)
                 if t[2] < 0:
                     t[2] *= descent_scale
+                # the sim clips each axis to max_translation again
+                t[:2] *= xy_gain
                 closing = cmd.close_gripper or cmd.terminate or k + 1 >= sim.max_steps
                 res = env.step(t, cmd.rotation, cmd.close_gripper, cmd.terminate)
                 if closing and not aim[len(steps) :]:
@@ -55,6 +61,7 @@ def run(checkpoint: str, episodes: int, descent_scale: float, max_steps: int) ->
     aim_cm = np.array(aim[:episodes]) * 100
     return {
         "descent_scale": descent_scale,
+        "xy_gain": xy_gain,
         "max_steps": max_steps,
         "episodes": episodes,
         "success": successes / episodes,
@@ -72,10 +79,19 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--max-steps", type=int, default=10)
     ap.add_argument("--descent-scale", type=float, nargs="+", default=[1.0, 0.5])
+    ap.add_argument(
+        "--xy-gain",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="scale the executed horizontal move (does the policy aim right but move too little?)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     for scale in args.descent_scale:
-        print(json.dumps(run(args.checkpoint, args.episodes, scale, args.max_steps)), flush=True)
+        for gain in args.xy_gain:
+            row = run(args.checkpoint, args.episodes, scale, args.max_steps, gain)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

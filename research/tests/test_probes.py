@@ -78,6 +78,11 @@ def test_aim_probe_splits_each_miss_along_and_across_its_approach():
         figures = summary[outcome]
         if figures["error_cm"] is not None:  # an outcome no episode had has no figures
             assert 0.0 <= figures["error_cm"] < 40.0 and -1.0 <= figures["first_move_cos"] <= 1.0
+    # Every episode has a first step; no step moves more than the action bound allows (3 cm
+    # per axis) towards its object.
+    steps = summary["per_step"]
+    assert steps["0"]["n"] == 4 and steps["0"]["height_cm"] == pytest.approx(15.0, abs=0.5)
+    assert all(abs(s["closed_cm"]) <= 3.0 * 2**0.5 + 1e-6 for s in steps.values())
 
 
 def test_grasp_anatomy_takes_cem_overrides_and_names_bad_ones():
