@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nsl_policy.model_recipe import BASE_MODEL
 from nsl_sim.config import CAMERA_FOV_RANGE, SimConfig
 from nsl_sim.tasks import TASKS
 from nsl_trainer.config import AgnosticTrunkConfig
@@ -88,8 +89,10 @@ class LearnerConfig:
     init_scheme: str = "default"
     """Initialisation of a fresh network: "default" (nsl_policy.model's Kaiming-normal) or
     "kaiming" (Kaiming-normal re-applied to every layer, the output layer included)."""
-    model: dict = field(default_factory=dict)
-    """Overrides of nsl_policy.model.QNetworkConfig (image_size comes from the sim section)."""
+    model: dict = field(default_factory=lambda: dict(BASE_MODEL))
+    """Overrides of nsl_policy.model.QNetworkConfig (image_size comes from the sim section). The
+    default is the shipped base's keypoint head (nsl_policy.model_recipe.BASE_MODEL); a value
+    replaces the whole mapping, so ``model={width: 48}`` is the conv head at width 48."""
     qtopt: dict = field(default_factory=lambda: {"mc_mix": 0.5})
     """Overrides of nsl_trainer's QTOptConfig (seed and learning rate are set per run); mixing
     each target half and half with the episode's return (mc_mix 0.5) gave the best base."""

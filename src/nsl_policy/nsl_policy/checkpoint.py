@@ -17,7 +17,7 @@ Loading is bounded whatever the bytes: only regular files (a FIFO or device is r
 is opened, and the file is opened without blocking), at most ``max_bytes`` (default
 MAX_FILE_BYTES) read, a header of at most MAX_HEADER_BYTES, JSON nested at most MAX_JSON_DEPTH
 deep, and every failure raised as CheckpointError naming the file. Checkpoints written before
-content ids existed (the shipped base ee01599f7bb0) load with ``content_verified`` False.
+content ids existed (the base shipped before a4af17f4b2e1) load with ``content_verified`` False.
 
 Writes are atomic: a temporary file in the destination folder, fsync, os.replace, fsync of the
 folder. A reader sees the old file or the new one, never half of one.

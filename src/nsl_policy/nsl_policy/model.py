@@ -36,14 +36,12 @@ import torch
 from torch import nn
 
 from .action_space import ACTION_DIM, HEIGHT_INDEX, STATE_DIM
+from .model_recipe import KEYPOINTS_RECIPE  # noqa: F401  (re-exported: the measured recipe)
 
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 472
 HEADS = ("conv", "keypoints")
 NORMS = ("none", "group")
-#: QNetworkConfig fields that go with head="keypoints" in the measured recipe
-#: (docs/results/decisions.md): a 16x16 map and an MLP of 256 units.
-KEYPOINTS_RECIPE = {"feature_size": 16, "fc_width": 256}
 
 
 @dataclass(frozen=True)

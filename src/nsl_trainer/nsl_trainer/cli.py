@@ -33,6 +33,7 @@ import sys
 from typing import Any, Callable
 
 from nsl_collector.errors import DatasetError
+from nsl_policy.model_recipe import BASE_MODEL
 
 from . import grasp_values_cli
 from .cli_options import add_compute_and_network_options
@@ -198,10 +199,11 @@ def _common(
     g.add_argument(
         "--head",
         choices=("conv", "keypoints"),
-        default="conv",
+        default=BASE_MODEL["head"],
         help="how a random init's network scores the action against the image (nsl_policy.model."
-        "QNetworkConfig.head; default conv). keypoints: a spatial softmax over a 16x16 map and "
-        "an MLP of 256 units, the recipe measured in docs/results/decisions.md",
+        f"QNetworkConfig.head; default {BASE_MODEL['head']}, the shipped base's). keypoints: a "
+        "spatial softmax over a 16x16 map and an MLP of 256 units; conv: the action added to a "
+        "4x4 feature map (docs/results/decisions.md)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument(
@@ -417,7 +419,8 @@ def _run(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from nsl_policy.model import KEYPOINTS_RECIPE, QNetworkConfig
+    from nsl_policy.model import QNetworkConfig
+    from nsl_policy.model_recipe import KEYPOINTS_RECIPE
     from nsl_trainer.data import load_datasets
     from nsl_trainer.runs import continual, train
 
